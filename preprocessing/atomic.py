@@ -1,0 +1,55 @@
+"""Write outputs atomically: to a temporary name in the same folder, then rename.
+
+A run killed half-way through a write leaves the previous file intact (or no
+file), never a truncated one that a later step would read as valid.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` with the same suffix; renames it on success.
+
+    The suffix is kept because Keras and matplotlib choose the format from it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.remove(tmp)  # Some writers (Keras, h5py) refuse to open an existing file.
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path, frame, **kwargs):
+    """Writes a pandas DataFrame as CSV atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, **kwargs)
+
+
+def save_figure(path, figure, **kwargs):
+    """Saves a matplotlib figure atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, **kwargs)
+    plt.close(figure)

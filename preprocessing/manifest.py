@@ -1,0 +1,214 @@
+"""Build the pretraining manifest: which slice of which file, for which patient, in which split.
+
+    python -m preprocessing.manifest --config preprocessing/datasets.yaml --root DATA_DIR --out manifest.csv
+
+One CSV row per sampled slice, with columns `dataset, modality, body_part,
+patient_id, path, slice_index, split`; counts per modality, body part and dataset
+are printed (thesis Fig. 3.2-3.7) and drawn as PNG charts next to the CSV.
+Unreadable files are skipped with one warning line each and counted.
+"""
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from preprocessing.atomic import save_figure, write_csv
+from preprocessing.errors import ImageReadError
+from preprocessing.normalize import MODALITIES
+from preprocessing.readers import read_header
+from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
+
+COLUMNS = ["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"]
+REQUIRED_KEYS = ("name", "modality", "files", "patient_id", "slices_per_patient")
+
+
+def load_table(config_path):
+    """Reads and checks a datasets table (see preprocessing/datasets.yaml)."""
+    config_path = Path(config_path)
+    try:
+        table = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ImageReadError(config_path, f"cannot be read as YAML ({error})") from error
+    entries = table.get("datasets") if isinstance(table, dict) else None
+    if not entries:
+        raise ImageReadError(config_path, "has no 'datasets' list")
+    for entry in entries:
+        name = entry.get("name", "?")
+        missing = [key for key in REQUIRED_KEYS if key not in entry]
+        if missing:
+            raise ImageReadError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
+        if entry["modality"] not in MODALITIES:
+            raise ImageReadError(config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}")
+        if "body_part" not in entry and "body_part_pattern" not in entry:
+            raise ImageReadError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
+        spp = entry["slices_per_patient"]
+        if not (spp == "all" or (isinstance(spp, int) and spp > 0)):
+            raise ImageReadError(config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'")
+    return entries
+
+
+def find_files(root, pattern):
+    """Files (or, for a pattern ending in '/', non-empty folders) matching a glob under root."""
+    root = Path(root)
+    want_dirs = pattern.endswith("/")
+    matches = root.glob(pattern.rstrip("/"))
+    if want_dirs:
+        found = [p for p in matches if p.is_dir() and any(c.is_file() for c in p.iterdir())]
+    else:
+        found = [p for p in matches if p.is_file()]
+    return sorted(found)
+
+
+def evenly_spaced(total, count):
+    """`count` indices evenly spaced through range(total), all of them when count >= total."""
+    if count == "all" or count >= total:
+        return np.arange(total)
+    return np.unique(np.round(np.linspace(0, total - 1, count)).astype(int))
+
+
+def _body_part(entry, relative):
+    if "body_part" in entry:
+        return entry["body_part"]
+    match = re.search(entry["body_part_pattern"], relative)
+    value = match.group(1) if match else "UNKNOWN"
+    return entry.get("body_part_names", {}).get(value, value)
+
+
+def sample_dataset(entry, root, warn=print):
+    """Rows of the manifest for one dataset (split not yet assigned), and the skipped files."""
+    root = Path(root)
+    volumes = {}  # patient -> [(path, num_slices, body_part)]
+    skipped = []
+    for path in find_files(root, entry["files"]):
+        relative = path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
+        match = re.search(entry["patient_id"], relative)
+        if not match:
+            warn(f"warning: {path}: no patient id matches '{entry['patient_id']}'; skipped")
+            skipped.append(str(path))
+            continue
+        try:
+            header = read_header(path)
+        except ImageReadError as error:
+            warn(f"warning: {error} Skipped.")
+            skipped.append(str(path))
+            continue
+        volumes.setdefault(match.group(1), []).append((str(path), header["num_slices"], _body_part(entry, relative)))
+    rows = []
+    for patient, files in sorted(volumes.items()):
+        # A patient's slices, volume after volume, then taken evenly spaced (thesis 3.1.4-3.1.5).
+        flat = [(path, z, part) for path, n, part in files for z in range(n)]
+        for index in evenly_spaced(len(flat), entry["slices_per_patient"]):
+            path, z, part = flat[index]
+            rows.append((entry["name"], entry["modality"], part, patient, path, z))
+    return rows, skipped
+
+
+def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print):
+    """Samples every dataset, splits by patient and checks the split.
+
+    Returns:
+        (DataFrame with COLUMNS, list of skipped paths).
+    """
+    rows, skipped = [], []
+    for entry in entries:
+        dataset_rows, dataset_skipped = sample_dataset(entry, root, warn=warn)
+        if not dataset_rows:
+            warn(f"warning: dataset '{entry['name']}': no readable files match '{entry['files']}' under {root}")
+        rows += dataset_rows
+        skipped += dataset_skipped
+    frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    frame["patient_id"] = frame["patient_id"].astype(str)
+    frame["split"] = patient_split(frame, fractions=fractions, seed=seed) if len(frame) else pd.Series(dtype=object)
+    check_no_leak(frame)
+    return frame[COLUMNS], skipped
+
+
+def manifest_hash(path):
+    """A short content hash of a manifest file, recorded in model cards."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def summarize(frame):
+    """The count tables of thesis Fig. 3.2-3.7 as a dict of name -> Series."""
+    return {
+        "slices per modality": frame.groupby("modality").size(),
+        "slices per body part": frame.groupby("body_part").size().sort_values(ascending=False),
+        "slices per dataset": frame.groupby("dataset").size().sort_values(ascending=False),
+        "patients per dataset": frame.groupby("dataset")["patient_id"].nunique().sort_values(ascending=False),
+        "patients per modality": frame.drop_duplicates(["dataset", "patient_id"]).groupby("modality").size(),
+        "slices per split": frame.groupby("split").size(),
+    }
+
+
+def save_charts(tables, out_dir, stem):
+    """One bar chart PNG per count table; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for title, counts in tables.items():
+        figure, axis = plt.subplots(figsize=(max(4.0, 0.45 * len(counts) + 2), 3.6))
+        axis.bar([str(k) for k in counts.index], counts.to_numpy(), color="#4c72b0")
+        for x, value in enumerate(counts.to_numpy()):
+            axis.annotate(f"{value:,}", (x, value), ha="center", va="bottom", fontsize=7)
+        axis.set_title(title)
+        axis.tick_params(axis="x", labelrotation=60, labelsize=7)
+        figure.tight_layout()
+        path = Path(out_dir) / f"{stem}_{title.replace(' ', '_')}.png"
+        save_figure(path, figure, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocessing.manifest",
+        description="Sample slices per patient from the pretraining datasets, split by patient "
+        "90/5/5, and write one manifest CSV with count charts beside it.",
+    )
+    parser.add_argument("--config", default=str(Path(__file__).with_name("datasets.yaml")),
+                        help="datasets table (YAML). Default: preprocessing/datasets.yaml (the thesis's 17 datasets).")
+    parser.add_argument("--root", required=True, help="folder holding the datasets; the table's globs are relative to it.")
+    parser.add_argument("--out", required=True, help="manifest CSV to write; charts are written beside it.")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient split. Default: 0.")
+    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VAL", "TEST"),
+                        help="split fractions of images. Default: 0.9 0.05 0.05 (thesis 3.1.7).")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        entries = load_table(args.config)
+    except ImageReadError as error:
+        sys.exit(f"error: {error}")
+    if not Path(args.root).is_dir():
+        sys.exit(f"error: {args.root}: is not a folder.")
+    frame, skipped = build_manifest(entries, args.root, seed=args.seed, fractions=args.fractions,
+                                    warn=lambda line: print(line, file=sys.stderr))
+    if frame.empty:
+        sys.exit(f"error: {args.root}: no readable files match any dataset of {args.config}.")
+    out = Path(args.out)
+    write_csv(out, frame)
+    tables = summarize(frame)
+    for title, counts in tables.items():
+        print(f"\n{title}:")
+        for key, value in counts.items():
+            print(f"  {key:<28} {value:>9,}")
+    charts = save_charts(tables, out.parent, out.stem)
+    print(f"\n{len(frame):,} slices from {frame.groupby(['dataset', 'patient_id']).ngroups:,} patients; "
+          f"{len(skipped)} unreadable files skipped.")
+    print(f"wrote {out} and {len(charts)} charts beside it")
+    return frame
+
+
+if __name__ == "__main__":
+    main()

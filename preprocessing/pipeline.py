@@ -1,0 +1,160 @@
+"""Stream a manifest split (or its TFRecord shards) to a GPU as float32 (B, H, W, 1) batches.
+
+Each volume is read once per epoch for all of its sampled slices; volumes are
+read in parallel (`interleave`), slices normalised by modality, randomly cropped
+and resized (centre crop for evaluation), shuffled in a bounded buffer, batched
+and prefetched. Memory depends on the buffer sizes, not on the corpus size.
+
+Example:
+>>> from preprocessing.pipeline import make_dataset          # doctest: +SKIP
+>>> batches = make_dataset("manifest.csv", split="train", batch_size=32)
+>>> next(iter(batches)).shape                                # doctest: +SKIP
+TensorShape([32, 224, 224, 1])
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from preprocessing.errors import ImageReadError
+from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE, tf_crop_and_resize
+from preprocessing.normalize import normalize_slice
+from preprocessing.readers import read_image
+
+SHARD_PATTERN = "{split}-*.tfrecord"
+PNG16_MAX = 65535.0
+
+
+def load_manifest(source, split=None):
+    """A manifest DataFrame from a CSV path (or a DataFrame), optionally one split only."""
+    if isinstance(source, pd.DataFrame):
+        frame = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageReadError(path, "manifest does not exist")
+        frame = pd.read_csv(path, dtype={"patient_id": str})
+        missing = {"path", "slice_index", "modality", "split"} - set(frame.columns)
+        if missing:
+            raise ImageReadError(path, f"is not a manifest (missing columns {sorted(missing)})")
+    if split is not None:
+        frame = frame[frame["split"] == split]
+        if frame.empty:
+            raise ImageReadError(source if not isinstance(source, pd.DataFrame) else "manifest",
+                                 f"has no rows in split '{split}'")
+    return frame
+
+
+def volume_groups(frame):
+    """[(path, modality, [slice indices])], one entry per file: the unit read at once."""
+    groups = frame.groupby(["path", "modality"], sort=True)["slice_index"].apply(lambda s: sorted(int(v) for v in s))
+    return [(path, modality, slices) for (path, modality), slices in groups.items()]
+
+
+def read_normalized_slices(path, modality, slices):
+    """The listed slices of one file, normalised to [0, 1]: float32 (n, H, W)."""
+    array, meta = read_image(path, slices=slices)
+    if array.ndim == 2:
+        array = array[None]
+    bit_depth = meta.get("bit_depth")
+    return np.stack([normalize_slice(plane, modality, bit_depth) for plane in array])
+
+
+def _slices_from_manifest(frame, training, seed):
+    import tensorflow as tf
+
+    groups = volume_groups(frame)
+    warned = set()
+
+    def generate(index):
+        path, modality, slices = groups[int(index)]
+        try:
+            planes = read_normalized_slices(path, modality, slices)
+        except ImageReadError as error:
+            if path not in warned:  # A file can go bad after the manifest was built: skip, don't stop training.
+                warned.add(path)
+                print(f"warning: {error} Skipped.", file=sys.stderr)
+            return
+        for plane in planes:
+            yield plane[..., None]
+
+    signature = tf.TensorSpec(shape=(None, None, 1), dtype=tf.float32)
+    indices = tf.data.Dataset.range(len(groups))
+    if training:
+        indices = indices.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True).repeat()
+    return indices.interleave(
+        lambda i: tf.data.Dataset.from_generator(generate, args=(i,), output_signature=signature),
+        cycle_length=min(8, max(1, len(groups))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    )
+
+
+def _slices_from_shards(shard_dir, split, training, seed):
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in Path(shard_dir).glob(SHARD_PATTERN.format(split=split)))
+    if not files:
+        raise ImageReadError(shard_dir, f"holds no '{SHARD_PATTERN.format(split=split)}' shards")
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    return dataset.map(decode_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+SHARD_FEATURES = {
+    "image": "png16",  # Normalised slice in [0, 1], stored as 16-bit PNG (lossless to 1/65535).
+    "dataset": "str",
+    "modality": "str",
+    "patient_id": "str",
+}
+
+
+def decode_example(record):
+    """A shard record -> float32 (H, W, 1) in [0, 1]."""
+    import tensorflow as tf
+
+    features = tf.io.parse_single_example(record, {key: tf.io.FixedLenFeature([], tf.string) for key in SHARD_FEATURES})
+    image = tf.io.decode_png(features["image"], channels=1, dtype=tf.uint16)
+    return tf.cast(image, tf.float32) / PNG16_MAX
+
+
+def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, image_size=IMAGE_SIZE,
+                 training=None, shuffle_buffer=512, seed=0, drop_remainder=None):
+    """A tf.data.Dataset of float32 (batch, image_size, image_size, 1) batches in [0, 1].
+
+    Args:
+        source: str, Path or DataFrame. A manifest CSV (or DataFrame), or a folder of
+            TFRecord shards written by `python -m preprocessing.shards`.
+        split: str. 'train', 'val' or 'test'. Defaults to 'train'.
+        batch_size: int. Defaults to 32.
+        crop_size: int. Side of the crop, zero-padded when the slice is smaller.
+            Defaults to 448 (thesis 3.1.8).
+        image_size: int. Side after resizing. Defaults to 224.
+        training: bool. Random crops, shuffling and an endless stream when True;
+            centre crops, manifest order and one pass when False. Defaults to
+            `split == 'train'`.
+        shuffle_buffer: int. Slices held for shuffling. Defaults to 512.
+        seed: int. Seeds the volume order and the shuffles. Defaults to 0.
+        drop_remainder: bool. Defaults to `training`.
+    """
+    import tensorflow as tf
+
+    training = (split == "train") if training is None else training
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    if Path(str(source)).is_dir() and not isinstance(source, pd.DataFrame):
+        slices = _slices_from_shards(source, split, training, seed)
+    else:
+        slices = _slices_from_manifest(load_manifest(source, split), training, seed)
+
+    def crop(image):
+        return tf_crop_and_resize(image, crop_size, image_size, training=training)
+
+    dataset = slices.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
