@@ -456,6 +456,12 @@ def _read_raster(path, slices):
     buffer = np.fromfile(str(path), dtype=np.uint8)  # Works with any path encoding.
     if buffer.size == 0:
         raise ImageReadError(path, "is empty")
+    # OpenCV decodes a cut-off PNG or JPEG into a partly blank image with only a warning:
+    # check that the file reaches its end marker first.
+    tail = buffer[-1024:].tobytes()
+    suffix = suffix_of(path)
+    if (suffix == ".png" and b"IEND" not in tail) or (suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in tail):
+        raise ImageReadError(path, "is truncated (no end-of-image marker)")
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageReadError(path, "cannot be decoded as an image (truncated or corrupt)")

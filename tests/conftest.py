@@ -1,0 +1,27 @@
+import os
+
+# Quiet TensorFlow and pick segmentation_models' tf.keras backend before anything imports them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The demo tree (pretraining corpus, LUNA16, MURA), written once per test session."""
+    from preprocessing.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo") / "data", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_dir, tmp_path_factory):
+    """A manifest of the demo pretraining corpus with non-empty val and test splits."""
+    from preprocessing.manifest import main
+
+    out = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    main(["--config", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
+          "--out", str(out), "--fractions", "0.6", "0.2", "0.2"])
+    return out

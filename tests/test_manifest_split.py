@@ -1,0 +1,76 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from preprocessing.manifest import COLUMNS, build_manifest, evenly_spaced, load_table, main
+from preprocessing.split import check_no_leak, patient_split
+
+
+def test_evenly_spaced():
+    np.testing.assert_array_equal(evenly_spaced(10, 4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(evenly_spaced(3, 5), [0, 1, 2])
+    np.testing.assert_array_equal(evenly_spaced(4, "all"), [0, 1, 2, 3])
+
+
+def test_thesis_table_has_its_17_datasets_and_slice_counts():
+    from pathlib import Path
+
+    import preprocessing
+
+    entries = load_table(Path(preprocessing.__file__).with_name("datasets.yaml"))
+    counts = {e["name"]: e["slices_per_patient"] for e in entries}
+    assert len(entries) == 17
+    assert counts["MRNET"] == 81 and counts["COLON"] == 80 and counts["CARDIAC MRI"] == 200
+    assert counts["CHEST X-RAY14"] == 20 and counts["HEPATICVESSEL"] == 69 and counts["DEEP LESION"] == "all"
+
+
+def test_demo_manifest(demo_manifest, capsys):
+    frame = pd.read_csv(demo_manifest, dtype={"patient_id": str})
+    assert list(frame.columns) == COLUMNS
+    per_patient = frame.groupby(["dataset", "patient_id"]).size()
+    # 20 DICOM slices per patient, 12 sampled; MetaImage 'all' = 10 slices; X-ray 8-bit: 3 images, 2 sampled.
+    assert (per_patient["DEMO CT DICOM"] == 12).all()
+    assert (per_patient["DEMO CT MHD"] == 10).all()
+    assert (per_patient["DEMO XRAY 8BIT"] == 2).all()
+    # Evenly spaced through the 20-slice series: the first and last are both taken.
+    dicom = frame[frame["dataset"] == "DEMO CT DICOM"].groupby("patient_id")["slice_index"].agg(["min", "max"])
+    assert (dicom["min"] == 0).all() and (dicom["max"] == 19).all()
+    check_no_leak(frame)
+    assert set(frame["split"]) == {"train", "val", "test"}
+    charts = list(demo_manifest.parent.glob("manifest_*.png"))
+    assert len(charts) >= 4
+
+
+def test_unreadable_files_are_skipped_and_counted(demo_dir, tmp_path, capsys):
+    root = tmp_path / "pretrain"
+    shutil.copytree(demo_dir / "pretrain", root)
+    good = root / "ct_nifti" / "ct000.nii.gz"
+    (root / "ct_nifti" / "ct999.nii.gz").write_bytes(good.read_bytes()[:300])
+    (root / "xr_png8" / "p999_0.png").write_bytes(b"not a png")
+    frame = main(["--config", str(root / "datasets.yaml"), "--root", str(root), "--out", str(tmp_path / "m.csv")])
+    captured = capsys.readouterr()
+    assert "2 unreadable files skipped" in captured.out
+    assert captured.err.count("warning:") == 2 and "ct999.nii.gz" in captured.err
+    assert "ct999" not in set(frame["patient_id"]) and (tmp_path / "m.csv").exists()
+
+
+def test_split_is_by_patient_near_90_5_5_and_reproducible():
+    rng = np.random.default_rng(0)
+    rows = [("A" if p % 3 else "B", f"p{p}") for p in range(600) for _ in range(rng.integers(1, 30))]
+    frame = pd.DataFrame(rows, columns=["dataset", "patient_id"])
+    frame["split"] = patient_split(frame, seed=7)
+    check_no_leak(frame)
+    shares = frame["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.90) < 0.02 and abs(shares["val"] - 0.05) < 0.015
+    assert abs(shares["test"] - 0.05) < 0.015
+    again = patient_split(frame, seed=7)
+    assert (again == frame["split"]).all()
+    assert not (patient_split(frame, seed=8) == frame["split"]).all()
+
+
+def test_leak_check_names_a_patient():
+    frame = pd.DataFrame({"dataset": ["A", "A"], "patient_id": ["p1", "p1"], "split": ["train", "test"]})
+    with pytest.raises(ValueError, match="p1"):
+        check_no_leak(frame)
