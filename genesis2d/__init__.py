@@ -1,0 +1,1 @@
+"""2D Models Genesis: distortions, the U-Net, pretraining, and the transfer core reused downstream."""
