@@ -68,28 +68,28 @@ def _slices_from_manifest(frame, training, seed):
     groups = volume_groups(frame)
     warned = set()
 
-    def generate(index):
+    def load(index):
         path, modality, slices = groups[int(index)]
         try:
-            planes = read_normalized_slices(path, modality, slices)
+            return read_normalized_slices(path, modality, slices)
         except ImageReadError as error:
             if path not in warned:  # A file can go bad after the manifest was built: skip, don't stop training.
                 warned.add(path)
                 print(f"warning: {error} Skipped.", file=sys.stderr)
-            return
-        for plane in planes:
-            yield plane[..., None]
+            return np.zeros((0, 1, 1), np.float32)
 
-    signature = tf.TensorSpec(shape=(None, None, 1), dtype=tf.float32)
+    def load_tensor(index):
+        planes = tf.numpy_function(load, [index], tf.float32, stateful=False)
+        planes.set_shape((None, None, None))
+        return planes
+
     indices = tf.data.Dataset.range(len(groups))
     if training:
         indices = indices.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True).repeat()
-    return indices.interleave(
-        lambda i: tf.data.Dataset.from_generator(generate, args=(i,), output_signature=signature),
-        cycle_length=min(8, max(1, len(groups))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
-    )
+    # Volumes are read in parallel threads (file reading and decompression release the GIL),
+    # each once for all its sampled slices, which are then streamed one by one.
+    volumes = indices.map(load_tensor, num_parallel_calls=min(8, max(1, len(groups))), deterministic=not training)
+    return volumes.unbatch().map(lambda plane: plane[..., None])
 
 
 def _slices_from_shards(shard_dir, split, training, seed):

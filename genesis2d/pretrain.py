@@ -1,0 +1,346 @@
+"""Models Genesis pretraining in 2D: restore distorted slices with a U-Net (thesis 4.1.1).
+
+The command is `python genesis2d/train.py`; this module is the library behind it.
+
+Optimizer defaults come from the public Models Genesis Keras configuration:
+SGD with learning rate 1.0 and momentum 0.9 on the mean squared error, early
+stopping after 50 epochs without a better validation loss. The learning rate is
+halved after `--lr-patience` (20) such epochs.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.atomic import atomic_path, save_figure, write_json
+from preprocessing.errors import ImageReadError
+from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
+from preprocessing.normalize import HU_MAX, HU_MIN
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+DEMO_CONFIG = CONFIG_DIR / "demo_pretrain.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NORMALISATION = {
+    "CT": f"clip HU to [{HU_MIN:g}, {HU_MAX:g}], scale to [0, 1]",
+    "MR": "divide each slice by its maximum",
+    "XR": "divide by 2**bit_depth - 1",
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python genesis2d/train.py",
+        description="Models Genesis pretraining of a 2D U-Net on CT, MRI and X-ray slices. With no "
+        "--manifest or --shards, trains on the built-in demo corpus (generated on first use) with the "
+        "small settings of genesis2d/configs/demo_pretrain.yaml.",
+    )
+    parser.add_argument("--config", help="YAML file of option defaults (keys are option names); flags override it.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--manifest", help="manifest CSV from `python -m preprocessing.manifest`.")
+    data.add_argument("--shards", help="folder of TFRecord shards from `python -m preprocessing.shards` (faster).")
+    data.add_argument("--crop-size", type=int, default=CROP_SIZE, help="random crop side before resizing. Default: 448.")
+    data.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="network input side. Default: 224.")
+    data.add_argument("--shuffle-buffer", type=int, default=512, help="slices held for shuffling. Default: 512.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default="resnet50", help="encoder: vgg16, vgg19, resnet18, resnet34, resnet50. Default: resnet50.")
+    model.add_argument("--norm", default="batch", choices=("batch", "instance", "none"),
+                       help="decoder normalisation (thesis 3.1.11). Default: batch.")
+    model.add_argument("--encoder-weights", default=None, choices=(None, "imagenet"), type=lambda v: None if v in ("none", "None") else v,
+                       help="start the encoder from ImageNet instead of random weights. Default: none.")
+    train = parser.add_argument_group("training")
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size. Default: 32.")
+    train.add_argument("--epochs", type=int, default=100, help="maximum epochs. Default: 100.")
+    train.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="training steps per epoch. Default: one pass over the training slices.")
+    train.add_argument("--validation-steps", type=int, default=None,
+                       help="validation batches per epoch. Default: the whole validation split.")
+    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="Default: sgd (Models Genesis).")
+    train.add_argument("--lr", type=float, default=1.0, help="initial learning rate. Default: 1.0 (Models Genesis, with SGD).")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9.")
+    train.add_argument("--lr-factor", type=float, default=0.5, help="ReduceLROnPlateau factor. Default: 0.5.")
+    train.add_argument("--lr-patience", type=int, default=20, help="epochs without improvement before reducing. Default: 20.")
+    train.add_argument("--early-stopping-patience", type=int, default=50, help="Default: 50 (Models Genesis).")
+    train.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"),
+                       help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
+    train.add_argument("--seed", type=int, default=0, help="seeds weights, data order and distortions. Default: 0.")
+    distort = parser.add_argument_group("distortions (Models Genesis rates)")
+    distort.add_argument("--flip-rate", type=float, default=0.4, help="Default: 0.4.")
+    distort.add_argument("--local-rate", type=float, default=0.5, help="local pixel shuffling. Default: 0.5.")
+    distort.add_argument("--nonlinear-rate", type=float, default=0.9, help="Default: 0.9.")
+    distort.add_argument("--paint-rate", type=float, default=0.9, help="Default: 0.9.")
+    distort.add_argument("--inpaint-rate", type=float, default=0.2, help="share of painting that is in-painting. Default: 0.2.")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", help="output folder. Default: weights/genesis2d_<backbone>_<norm>/.")
+    output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint.")
+    output.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints. Default: 500.")
+    output.add_argument("--samples", type=int, default=4, help="validation samples drawn in each epoch's PNG grid. Default: 4.")
+    output.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0 none, 1 bar, 2 line per epoch. Default: 1.")
+    return parser
+
+
+def parse_args(argv=None):
+    """Arguments; without a data source, the demo corpus and its config (unless --config is given)."""
+    from genesis2d.cli import parse_with_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=")[0] in ("--manifest", "--shards", "--config") for a in argv):
+        argv = ["--config", str(DEMO_CONFIG), *argv]
+    args = parse_with_config(build_parser(), argv)
+    if args.manifest and args.shards:
+        sys.exit("error: give --manifest or --shards, not both.")
+    if args.out is None:
+        args.out = str(PROJECT_ROOT / "weights" / f"genesis2d_{args.backbone}_{args.norm}")
+    return args
+
+
+def demo_manifest():
+    """The demo corpus's manifest, writing the corpus and the manifest on first use."""
+    from preprocessing.demo import default_demo_dir, ensure_demo
+    from preprocessing.manifest import main as manifest_main
+
+    root = ensure_demo(default_demo_dir())
+    manifest = root / "manifest.csv"
+    if not manifest.exists():
+        # Few demo patients per dataset: 60/20/20 so that val and test are not empty.
+        manifest_main(["--config", str(root / "pretrain" / "datasets.yaml"), "--root", str(root / "pretrain"),
+                       "--out", str(manifest), "--fractions", "0.6", "0.2", "0.2"])
+    return manifest
+
+
+def data_source(args):
+    """(source path, {split: number of slices}, content hash) of the training data."""
+    if args.shards:
+        index_path = Path(args.shards) / "index.json"
+        if not index_path.exists():
+            raise ImageReadError(args.shards, "has no index.json; write shards with `python -m preprocessing.shards`")
+        counts = {split: entry["slices"] for split, entry in json.loads(index_path.read_text()).items()}
+        return Path(args.shards), counts, hashlib.sha256(index_path.read_bytes()).hexdigest()[:16]
+    import pandas as pd
+
+    from preprocessing.manifest import manifest_hash
+
+    manifest = Path(args.manifest) if args.manifest else demo_manifest()
+    if not manifest.is_file():
+        raise ImageReadError(manifest, "manifest does not exist")
+    counts = pd.read_csv(manifest, usecols=["split"])["split"].value_counts().to_dict()
+    return manifest, counts, manifest_hash(manifest)
+
+
+def distortion_rates(args):
+    return {"flip_rate": args.flip_rate, "local_rate": args.local_rate, "nonlinear_rate": args.nonlinear_rate,
+            "paint_rate": args.paint_rate, "inpaint_rate": args.inpaint_rate}
+
+
+def pairs(source, split, args, training, first_seed):
+    """(distorted, target) batches; batch i is distorted with seed first_seed + i."""
+    import tensorflow as tf
+
+    from genesis2d.transforms import tf_make_pair
+    from preprocessing.pipeline import make_dataset
+
+    images = make_dataset(source, split, args.batch_size, args.crop_size, args.image_size, training=training,
+                          shuffle_buffer=args.shuffle_buffer, seed=args.seed, drop_remainder=True)
+    rates = distortion_rates(args)
+    return images.enumerate(start=0).map(
+        lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def make_optimizer(args):
+    import keras
+
+    if args.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=args.lr, momentum=args.momentum)
+    return keras.optimizers.Adam(learning_rate=args.lr)
+
+
+def export_encoder(model, backbone, out):
+    """Writes encoder.h5 (loads with plain `keras.models.load_model`) and encoder.weights.h5.
+
+    The encoder is rebuilt in float32 with a free input size (any multiple of 32),
+    so it loads on a CPU and at another image size, e.g. 64x64 LUNA16 patches.
+    """
+    import keras
+
+    from genesis2d.unet import build_encoder, encoder_of
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        encoder = build_encoder(backbone, (None, None, 1))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    encoder.set_weights(encoder_of(model).get_weights())
+    with atomic_path(Path(out) / "encoder.h5") as tmp, _quiet_absl():
+        encoder.save(tmp)  # Legacy HDF5 on purpose: the format other Keras projects load.
+    with atomic_path(Path(out) / "encoder.weights.h5") as tmp:
+        encoder.save_weights(tmp)
+    return encoder
+
+
+class _quiet_absl:
+    """Silences Keras's 'HDF5 is legacy' warning for the one save that wants HDF5."""
+
+    def __enter__(self):
+        from absl import logging as absl_logging
+
+        self.level = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)
+
+    def __exit__(self, *exc):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(self.level)
+
+
+def plot_samples(path, inputs, restored, targets, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(inputs)
+    figure, axes = plt.subplots(rows, 3, figsize=(6.6, 2.2 * rows), squeeze=False)
+    for r in range(rows):
+        for c, (name, images) in enumerate((("input", inputs), ("restored", restored), ("target", targets))):
+            axes[r, c].imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(name)
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(path, figure, dpi=90)
+
+
+def plot_losses(path, history_csv, title="restoration loss (MSE)"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last")
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for column, label in (("loss", "train"), ("val_loss", "validation")):
+        if column in history:
+            axis.plot(history["epoch"] + 1, history[column], marker="o", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("MSE")
+    axis.set_yscale("log")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    save_figure(path, figure, dpi=100)
+
+
+def make_reporter(model, args, sample_pair, card):
+    """A callback that, each epoch, draws samples and loss curves and exports the best model."""
+    import keras
+
+    class Reporter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = card.get("best_val_loss")
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            out = Path(args.out)
+            inputs, targets = sample_pair
+            restored = model.predict(inputs, verbose=0)
+            plot_samples(out / f"samples_epoch{epoch + 1:03d}.png", inputs, restored, targets,
+                         f"epoch {epoch + 1}: input / restored / target")
+            if (out / "history.csv").exists():
+                plot_losses(out / "loss_curves.png", out / "history.csv")
+            val_loss = logs.get("val_loss", logs.get("loss"))
+            card["epochs"] = epoch + 1
+            if val_loss is not None and np.isfinite(val_loss) and (self.best is None or val_loss < self.best):
+                self.best = float(val_loss)
+                card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1
+                with atomic_path(out / "unet.keras") as tmp:
+                    model.save(tmp)
+                export_encoder(model, args.backbone, out)
+            write_json(out / "card.json", card)
+
+    return Reporter()
+
+
+def run(args, strategy=None, extra_callbacks=()):
+    """Pretrains and writes every output into args.out; returns the model card (dict)."""
+    import keras
+
+    from genesis2d.checkpoint import fit_resumable, load_state
+    from genesis2d.cli import write_run_record
+    from genesis2d.runtime import pick_precision, pick_strategy, set_seed, versions
+    from genesis2d.unet import build_unet
+
+    out = Path(args.out)
+    checkpoint_dir = out / "checkpoint"
+    previous = load_state(checkpoint_dir)
+    if not args.resume and previous and not previous.get("finished"):
+        raise SystemExit(f"error: {out}: holds an unfinished run; pass --resume to continue it or choose another --out.")
+    if args.resume and not load_state(checkpoint_dir):
+        raise SystemExit(f"error: {out}: has no checkpoint to resume from.")
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    precision = pick_precision(args.precision)
+    strategy = strategy or pick_strategy()
+    source, counts, data_hash = data_source(args)
+    if counts.get("train", 0) < args.batch_size:
+        raise ImageReadError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {args.batch_size}")
+    steps = args.steps_per_epoch or max(1, counts["train"] // args.batch_size)
+    has_val = counts.get("val", 0) >= args.batch_size
+    print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
+          f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)
+    state = load_state(checkpoint_dir) if args.resume else None
+    first_step = (state["epoch"] * steps + state["step"]) if state else 0
+    train = pairs(source, "train", args, training=True, first_seed=args.seed * 1_000_003 + first_step)
+    val = pairs(source, "val", args, training=False, first_seed=10**9 + args.seed) if has_val else None
+    validation_steps = counts.get("val", 0) // args.batch_size
+    if args.validation_steps:
+        validation_steps = min(validation_steps, args.validation_steps)
+    sample_source = val if val is not None else train
+    sample_inputs, sample_targets = next(iter(sample_source.take(1)))
+    sample_pair = (sample_inputs.numpy()[: args.samples], sample_targets.numpy()[: args.samples])
+
+    with strategy.scope():
+        model = build_unet(args.backbone, (args.image_size, args.image_size, 1), args.norm, args.encoder_weights)
+        model.compile(optimizer=make_optimizer(args), loss="mse")
+
+    card_path = out / "card.json"
+    card = json.loads(card_path.read_text()) if (args.resume and card_path.exists()) else {}
+    card.update({
+        "backbone": args.backbone, "norm": args.norm, "input_size": [args.image_size, args.image_size, 1],
+        "crop_size": args.crop_size, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
+        "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
+        "distortions": distortion_rates(args),
+    })
+    write_run_record(out, args, {"precision": precision, "replicas": strategy.num_replicas_in_sync})
+    if not args.resume and (out / "history.csv").exists():
+        (out / "history.csv").unlink()
+    monitor = "val_loss" if val is not None else "loss"
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=args.lr_factor, patience=args.lr_patience, verbose=1),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=args.early_stopping_patience, verbose=1),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"),
+        make_reporter(model, args, sample_pair, card),
+        *extra_callbacks,
+    ]
+    started = time.time()
+    fit_resumable(model, train, args.epochs, steps, callbacks, checkpoint_dir, every_steps=args.checkpoint_every,
+                  resume=args.resume, validation_data=val, validation_steps=validation_steps or None,
+                  verbose=args.verbose, shuffle=False)
+    card["training_seconds"] = round(card.get("training_seconds", 0) + time.time() - started, 1)
+    if "best_val_loss" not in card:  # No finite loss at all: still leave a usable encoder.
+        export_encoder(model, args.backbone, out)
+        with atomic_path(out / "unet.keras") as tmp:
+            model.save(tmp)
+    write_json(card_path, card)
+    print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
+    return card

@@ -1,0 +1,152 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from genesis2d.checkpoint import load_state
+from genesis2d.pretrain import parse_args, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
+        "--validation-steps", "1", "--verbose", "0", "--samples", "2"]
+
+
+def tiny_args(manifest, out, *extra):
+    return parse_args(["--manifest", str(manifest), "--out", str(out), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(demo_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    card = run(tiny_args(demo_manifest, out, "--epochs", "1", "--steps-per-epoch", "2"))
+    return out, card
+
+
+def test_two_step_run_writes_every_output(trained):
+    out, card = trained
+    for name in ("unet.keras", "encoder.h5", "encoder.weights.h5", "card.json", "run.json", "history.csv",
+                 "samples_epoch001.png", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    assert any((out / "logs").rglob("*")), "TensorBoard logs"
+    saved = json.loads((out / "card.json").read_text())
+    assert saved["backbone"] == "resnet18" and saved["input_size"] == [32, 32, 1] and saved["epochs"] == 1
+    assert np.isfinite(saved["best_val_loss"]) and len(saved["data_hash"]) == 16
+    assert saved["versions"]["tensorflow"].startswith("2.21")
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [0] and np.isfinite(history["val_loss"]).all()
+    assert load_state(out / "checkpoint")["finished"] is True
+    # The saved U-Net reproduces the run's best validation loss on the same batches.
+    args = json.loads((out / "run.json").read_text())["args"]
+    assert args["backbone"] == "resnet18" and args["seed"] == 0
+
+
+def test_encoder_h5_loads_in_a_plain_keras_program(trained):
+    out, _ = trained
+    x = np.random.default_rng(1).random((2, 64, 64, 1), dtype=np.float32)
+    np.save(out / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        model = keras.models.load_model({str(out / 'encoder.h5')!r}, compile=False)
+        np.save({str(out / 'y.npy')!r}, model.predict(np.load({str(out / 'x.npy')!r}), verbose=0))
+        assert "segmentation_models" not in __import__("sys").modules
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
+                   "PATH": "/usr/bin:/bin"})
+    y = np.load(out / "y.npy")
+    from genesis2d.unet import build_encoder
+
+    encoder = build_encoder("resnet18", (None, None, 1))
+    encoder.load_weights(out / "encoder.weights.h5")
+    np.testing.assert_allclose(y, encoder.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    assert y.shape == (2, 2, 2, 512)  # The encoder takes a 64x64 slice though it was trained at 32.
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops a run the way a killed job stops: abruptly, mid-epoch."""
+
+    def __init__(self, at_batch):
+        super().__init__()
+        self.at_batch = at_batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.at_batch:
+            raise KeyboardInterrupt
+
+
+class CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.per_epoch = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.per_epoch[self.epoch] = self.per_epoch.get(self.epoch, 0) + 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def test_killed_run_resumes_mid_epoch_with_its_counts(demo_manifest, tmp_path):
+    out = tmp_path / "run"
+    extra = ("--epochs", "2", "--steps-per-epoch", "4", "--checkpoint-every", "2")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_args(demo_manifest, out, *extra), extra_callbacks=[Interrupt(at_batch=3)])
+    state = load_state(out / "checkpoint")
+    assert (state["epoch"], state["step"]) == (0, 2)  # Step 3 is lost, steps 1-2 are not.
+    with pytest.raises(SystemExit, match="--resume"):
+        run(tiny_args(demo_manifest, out, *extra))  # Never silently overwrite an unfinished run.
+    counter = CountBatches()
+    card = run(tiny_args(demo_manifest, out, *extra, "--resume"), extra_callbacks=[counter])
+    assert counter.per_epoch == {0: 2, 1: 4}
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and card["epochs"] == 2
+    final = load_state(out / "checkpoint")
+    assert (final["epoch"], final["step"], final["finished"]) == (2, 0, True)
+
+
+def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
+    try:
+        card = run(tiny_args(demo_manifest, tmp_path / "mp", "--epochs", "1", "--steps-per-epoch", "1",
+                             "--precision", "mixed_float16"))
+        assert card["precision"] == "mixed_float16"
+        assert np.isfinite(pd.read_csv(tmp_path / "mp" / "history.csv")["loss"]).all()
+        model = keras.models.load_model(tmp_path / "mp" / "unet.keras", compile=False)
+        assert model.output.dtype == "float32"
+        assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    # The exported encoder is float32 whatever the training precision.
+    encoder = keras.models.load_model(tmp_path / "mp" / "encoder.h5", compile=False)
+    assert all(layer.dtype_policy.name == "float32" for layer in encoder.layers)
+
+
+def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from genesis2d.pretrain import parse_args, run
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        args = parse_args({["--manifest", str(demo_manifest), "--out", str(tmp_path / "mirrored"), *TINY,
+                            "--epochs", "1", "--steps-per-epoch", "1"]!r})
+        card = run(args, strategy=strategy)
+        import json, pathlib
+        run_record = json.loads((pathlib.Path(args.out) / "run.json").read_text())
+        assert run_record["replicas"] == 2, run_record
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "mirrored" / "encoder.h5").is_file()
+
+
+def test_bad_manifest_is_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest",
+                             str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.csv'}: manifest does not exist."
