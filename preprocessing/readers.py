@@ -377,15 +377,16 @@ def _nifti_to_zyx(data):
 def _read_nifti(path, slices):
     image = _load_nifti(path)
     proxy = image.dataobj
-    if slices is not None and len(image.shape) in (3, 4):
-        # Slicing the proxy reads only those planes of an uncompressed file.
+    if slices is not None and len(image.shape) in (3, 4) and suffix_of(path) != ".nii.gz":
+        # Slicing the proxy reads only those planes of an uncompressed file (a gzip stream
+        # would be decompressed again for every plane, so .nii.gz is read whole).
         planes = []
         for k in slices:
             index = (slice(None), slice(None), int(k)) + ((0,) if len(image.shape) == 4 else ())
             planes.append(np.asarray(proxy[index], dtype=np.float32).T)
         data = np.stack(planes)
     else:
-        data = _nifti_to_zyx(np.asarray(proxy, dtype=np.float32))
+        data = _select(_nifti_to_zyx(np.asarray(proxy, dtype=np.float32)), slices)
     meta = {"format": "nifti", "volumes_in_file": int(image.shape[3]) if len(image.shape) == 4 else 1}
     return data, meta | _nifti_geometry(image)
 
