@@ -25,14 +25,18 @@ INPUT_NAME = "image"
 NORMS = ("batch", "instance", "none")
 DECODER_FILTERS = (256, 128, 64, 32, 16)
 
-# Skip connections of each backbone, deepest first: segmentation_models' defaults
-# (`Backbones.get_feature_layers(name, n=4)`). A new backbone is one entry here.
+# For each backbone: its skip connections, deepest first (segmentation_models' defaults,
+# `Backbones.get_feature_layers(name, n=4)`), and the file name under which Keras caches
+# its ImageNet weights in ~/.keras/models. A new backbone is one entry here.
+_RESNET_SKIPS = ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0")
 BACKBONES = {
-    "vgg16": ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2"),
-    "vgg19": ("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2"),
-    "resnet18": ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0"),
-    "resnet34": ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0"),
-    "resnet50": ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0"),
+    "vgg16": {"skips": ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2"),
+              "imagenet_file": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"},
+    "vgg19": {"skips": ("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2"),
+              "imagenet_file": "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"},
+    "resnet18": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet18_imagenet_1000_no_top.h5"},
+    "resnet34": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet34_imagenet_1000_no_top.h5"},
+    "resnet50": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet50_imagenet_1000_no_top.h5"},
 }
 
 
@@ -98,7 +102,7 @@ def build_unet(backbone="resnet50", input_shape=(224, 224, 1), norm="batch", enc
     _check(backbone, input_shape, norm)
     encoder = build_backbone(backbone, input_shape, encoder_weights)
     x = layers.Activation("linear", name=ENCODER_OUTPUT)(encoder.output)
-    skips = [encoder.get_layer(name).output for name in BACKBONES[backbone]]
+    skips = [encoder.get_layer(name).output for name in BACKBONES[backbone]["skips"]]
     if isinstance(encoder.layers[-1], layers.MaxPooling2D):
         # VGG ends on a pooling layer: sm.Unet adds two 512-filter blocks before decoding.
         x = _conv_norm_relu(x, 512, norm, "center_block1")

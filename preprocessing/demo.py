@@ -277,7 +277,8 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
 
     Each scan holds 2-3 spherical nodules (radius 3-5 mm) in the lungs and a few
     vessel-like tubes. Candidates: one or two per nodule (class 1, within 1 mm of its
-    centre) and about 30 negatives (class 0) on vessels, lung and soft tissue.
+    centre) and 250 negatives (class 0) on vessels, lung and soft tissue, so that
+    keeping 10% of the negatives gives about the thesis's class balance.
     """
     out = Path(out)
     candidates, annotations = [], []
@@ -310,11 +311,11 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
                     jitter = rng.uniform(-1, 1, size=3)
                     candidates.append((uid, *(world + jitter), 1))
             for a, b, _ in vessels:
-                for t in rng.uniform(0.1, 0.9, size=3):
+                for t in rng.uniform(0.05, 0.95, size=10):
                     candidates.append((uid, *(origin + a + t * (b - a)), 0))
-            for _ in range(10):
+            for _ in range(120):
                 candidates.append((uid, *(origin + lung_point(2)), 0))
-            for _ in range(8):
+            for _ in range(90):
                 point = np.array([extent[0] * rng.uniform(0.15, 0.85), extent[1] * rng.uniform(0.15, 0.85),
                                   rng.uniform(0, extent[2])])
                 candidates.append((uid, *(origin + point), 0))

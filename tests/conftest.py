@@ -25,3 +25,18 @@ def demo_manifest(demo_dir, tmp_path_factory):
     main(["--config", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
           "--out", str(out), "--fractions", "0.6", "0.2", "0.2"])
     return out
+
+
+TINY_PRETRAIN = ["--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
+                 "--validation-steps", "1", "--verbose", "0", "--samples", "2"]
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(demo_manifest, tmp_path_factory):
+    """A two-step genesis2d pretraining (resnet18, 32x32): (output folder, model card)."""
+    from genesis2d.pretrain import parse_args, run
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    card = run(parse_args(["--manifest", str(demo_manifest), "--out", str(out), *TINY_PRETRAIN,
+                           "--epochs", "1", "--steps-per-epoch", "2"]))
+    return out, card

@@ -13,19 +13,16 @@ from genesis2d.checkpoint import load_state
 from genesis2d.pretrain import parse_args, run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
-        "--validation-steps", "1", "--verbose", "0", "--samples", "2"]
+from conftest import TINY_PRETRAIN as TINY
 
 
 def tiny_args(manifest, out, *extra):
     return parse_args(["--manifest", str(manifest), "--out", str(out), *TINY, *extra])
 
 
-@pytest.fixture(scope="module")
-def trained(demo_manifest, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    card = run(tiny_args(demo_manifest, out, "--epochs", "1", "--steps-per-epoch", "2"))
-    return out, card
+@pytest.fixture
+def trained(pretrained_run):
+    return pretrained_run
 
 
 def test_two_step_run_writes_every_output(trained):

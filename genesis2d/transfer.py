@@ -1,0 +1,239 @@
+"""Transfer to a downstream classification task: encoder initialisation, head, two-phase training.
+
+Written once and used by `luna16/` and `mura/` (thesis 4.2):
+
+- `--init scratch`: the same encoder with random weights;
+- `--init genesis`: a genesis2d encoder (`encoder.h5` or `encoder.weights.h5`);
+- `--init imagenet`: the backbone's ImageNet weights, as Keras downloads them.
+
+The head is thesis Fig. 4.8: encoder, GlobalAveragePooling2D, Flatten,
+Dropout(0.5), Dense(relu, L2), Dropout(0.5), Dense(1, sigmoid). Training has two
+phases (thesis 4.2.2): warm-up epochs with the encoder frozen, then all layers
+fine-tuned; SGD with learning rate 1e-3 and momentum 0.9 on binary
+cross-entropy, ReduceLROnPlateau, AUC every epoch, and the best epoch by
+validation AUC kept.
+"""
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from preprocessing.atomic import atomic_path
+
+INITS = ("scratch", "genesis", "imagenet")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class InitError(ValueError):
+    """An encoder that cannot be initialised as asked; the message says what to do."""
+
+
+def keras_cache_dir():
+    """Where Keras looks for (and downloads) weights: $KERAS_HOME/models or ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def newest_genesis_encoder(backbone, root=None):
+    """The most recent `encoder.h5` under weights/ trained with this backbone."""
+    root = Path(root) if root else PROJECT_ROOT / "weights"
+    found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise InitError(f"{root}: holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
+                        f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder PATH")
+    return found[-1]
+
+
+def _load_genesis(encoder, path):
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise InitError(f"{path}: encoder file does not exist")
+    try:
+        if path.name.endswith(".weights.h5"):
+            encoder.load_weights(path)
+            return encoder
+        saved = keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise InitError(f"{path}: cannot be loaded as an encoder ({type(error).__name__}: {str(error)[:200]})") from error
+    weights = saved.get_weights()
+    if len(weights) != len(encoder.weights) or any(a.shape != b.shape for a, b in zip(weights, encoder.get_weights())):
+        raise InitError(f"{path}: encoder does not match backbone '{encoder.name}' "
+                        f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone")
+    encoder.set_weights(weights)
+    return encoder
+
+
+def _load_imagenet(backbone, input_shape, explicit=None):
+    from genesis2d.unet import BACKBONES, build_encoder
+
+    name = BACKBONES[backbone]["imagenet_file"]
+    path = Path(explicit) if explicit else keras_cache_dir() / name
+    if explicit and not path.is_file():
+        raise InitError(f"{path}: ImageNet weights file does not exist")
+    if path.is_file():
+        encoder = build_encoder(backbone, input_shape, weights=None)
+        try:
+            encoder.load_weights(path)  # Keras-2 HDF5, loaded layer by layer in order.
+        except Exception as error:
+            raise InitError(f"{path}: not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})") from error
+        return encoder
+    try:  # The real download path: segmentation_models asks Keras to fetch the file.
+        return build_encoder(backbone, input_shape, weights="imagenet")
+    except Exception as error:
+        raise InitError(f"{keras_cache_dir() / name}: ImageNet weights for {backbone} are not there and could not be "
+                        f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH") from error
+
+
+def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weights=None):
+    """An encoder (input -> `encoder_output`) initialised as asked.
+
+    Args:
+        init: str. 'scratch', 'genesis' or 'imagenet'.
+        backbone: str. A key of `genesis2d.unet.BACKBONES`.
+        input_shape: (H, W, 1).
+        encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
+            newest under weights/ with this backbone.
+        imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
+    """
+    from genesis2d.unet import build_encoder
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}. Received: init={init!r}")
+    if init == "imagenet":
+        return _load_imagenet(backbone, input_shape, imagenet_weights)
+    encoder = build_encoder(backbone, input_shape, weights=None)
+    if init == "genesis":
+        _load_genesis(encoder, encoder_path or newest_genesis_encoder(backbone))
+    return encoder
+
+
+def build_classifier(encoder, units=256, l2=1e-4, dropout=0.5):
+    """Thesis Fig. 4.8: the encoder, then GAP, Flatten, Dropout, Dense(relu, L2), Dropout, Dense(1, sigmoid).
+
+    Args:
+        encoder: keras.Model ending in `encoder_output`; nested, so freezing it is one switch.
+        units: int. Hidden units. Defaults to 256.
+        l2: float. L2 penalty on the hidden layer's kernel. Defaults to 1e-4.
+        dropout: float. Both dropout rates (thesis 4.2.1.6). Defaults to 0.5.
+    """
+    import keras
+    from keras import layers
+
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    image = keras.Input(encoder.input_shape[1:], name="image")
+    x = encoder(image)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout, name="dropout1")(x)
+    x = layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2), name="hidden")(x)
+    x = layers.Dropout(dropout, name="dropout2")(x)
+    output = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(image, output, name="classifier")
+
+
+def add_transfer_arguments(parser, epochs, warmup_epochs, batch_size, lr_factor, lr_patience):
+    """The options every downstream command shares, with that task's defaults."""
+    group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
+    group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
+    group.add_argument("--backbone", default="vgg16", help="encoder backbone. Default: vgg16.")
+    group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: newest under weights/.")
+    group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
+                       "downloaded on first use.")
+    group.add_argument("--epochs", type=int, default=epochs, help=f"fine-tuning epochs. Default: {epochs}.")
+    group.add_argument("--warmup-epochs", type=int, default=None,
+                       help=f"epochs with the encoder frozen, before fine-tuning. Default: {warmup_epochs} "
+                       "(0 with --init scratch: there is nothing to protect).")
+    group.add_argument("--batch-size", type=int, default=batch_size, help=f"Default: {batch_size}.")
+    group.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate. Default: 1e-3 (thesis).")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
+    group.add_argument("--lr-factor", type=float, default=lr_factor,
+                       help=f"ReduceLROnPlateau factor. Default: {lr_factor} (thesis: 0.01 VGG16, 0.1 ResNet50).")
+    group.add_argument("--lr-patience", type=int, default=lr_patience, help=f"ReduceLROnPlateau patience. Default: {lr_patience}.")
+    group.add_argument("--units", type=int, default=256, help="hidden units of the head. Default: 256.")
+    group.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head's hidden layer. Default: 1e-4.")
+    group.add_argument("--dropout", type=float, default=0.5, help="dropout rate of the head. Default: 0.5 (thesis).")
+    group.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"),
+                       help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
+    group.add_argument("--seed", type=int, default=0, help="seeds weights, sampling and augmentation. Default: 0.")
+    group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress. Default: 1.")
+    parser.set_defaults(default_warmup=warmup_epochs)
+    return group
+
+
+def warmup_epochs_of(args):
+    if args.warmup_epochs is not None:
+        return args.warmup_epochs
+    return 0 if args.init == "scratch" else args.default_warmup
+
+
+def _compile(model, args):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=args.momentum),
+                  loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+
+
+def train_two_phase(model, encoder, train, validation, args, out, steps_per_epoch=None, validation_steps=None):
+    """Warm-up with the encoder frozen, then fine-tuning of all layers; keeps the best epoch.
+
+    Args:
+        train, validation: tf.data datasets of (image, label) batches.
+        out: folder for `history.csv` and `best.weights.h5`.
+
+    Returns:
+        pandas.DataFrame of the per-epoch history (both phases). The model holds the
+        weights of the epoch with the best validation AUC.
+    """
+    import keras
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    history_path = out / "history.csv"
+    if history_path.exists():
+        history_path.unlink()
+    best = KeepBest()
+    logger = keras.callbacks.CSVLogger(str(history_path), append=True)
+    fit = dict(validation_data=validation, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+               verbose=args.verbose, shuffle=False)
+    warmup = warmup_epochs_of(args)
+    if warmup:
+        encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
+        _compile(model, args)
+        model.fit(train, epochs=warmup, callbacks=[best, logger], **fit)
+    encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
+    _compile(model, args)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=args.lr_factor, patience=args.lr_patience,
+                                                verbose=1 if args.verbose else 0)
+    model.fit(train, initial_epoch=warmup, epochs=warmup + args.epochs, callbacks=[best, logger, plateau], **fit)
+    best.restore(model)
+    with atomic_path(out / "best.weights.h5") as tmp:
+        model.save_weights(tmp)
+    return pd.read_csv(history_path)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Holds the weights of the epoch with the highest validation AUC, across both phases."""
+
+    def __init__(self, monitor="val_auc"):
+        super().__init__()
+        self.monitor, self.best, self.weights, self.epoch = monitor, -np.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and np.isfinite(value) and value > self.best:
+            self.best, self.weights, self.epoch = float(value), self.model.get_weights(), epoch
+
+    def restore(self, model):
+        if self.weights is not None:
+            model.set_weights(self.weights)
+
+
+def predict(model, images, batch_size=256):
+    """Probabilities for an array of images (N, H, W, 1), in batches."""
+    return model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0).ravel()

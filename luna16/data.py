@@ -1,0 +1,201 @@
+"""The LUNA16 tree as distributed, patch extraction per subset, folds and class balance.
+
+    python -m luna16.data --data LUNA16_DIR --out PATCH_DIR
+
+reads `subset0`..`subset9/*.mhd`, `candidates_V2.csv` (and `annotations.csv` for
+the FROC) and writes, per subset, the candidates' three views and the augmented
+copies of its positives. Each scan is read once; finished subsets are skipped
+when the command is run again.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from luna16.patches import extract_scan
+from preprocessing.atomic import atomic_path, write_csv, write_json
+from preprocessing.errors import ImageReadError
+from preprocessing.readers import read_image
+
+SUBSETS = tuple(range(10))
+FOLD_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # Test subsets of the five folds (thesis 4.2.1.7).
+CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
+
+
+def read_candidates(data_dir):
+    path = Path(data_dir) / "candidates_V2.csv"
+    if not path.is_file():
+        alt = Path(data_dir) / "candidates.csv"
+        path = alt if alt.is_file() else path
+    if not path.is_file():
+        raise ImageReadError(path, "does not exist (the LUNA16 candidates file)")
+    frame = pd.read_csv(path)
+    missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
+    if missing:
+        raise ImageReadError(path, f"lacks columns {sorted(missing)}")
+    return frame[CANDIDATE_COLUMNS]
+
+
+def scans_by_subset(data_dir):
+    """{subset: {seriesuid: path to .mhd}} for the subsets present."""
+    found = {}
+    for subset in SUBSETS:
+        folder = Path(data_dir) / f"subset{subset}"
+        if folder.is_dir():
+            found[subset] = {p.stem: p for p in sorted(folder.glob("*.mhd"))}
+    if not found:
+        raise ImageReadError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
+    return found
+
+
+def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", positive_copies=8, seed=0,
+                    progress=True):
+    """Extracts every subset not yet done; returns {subset: number of candidates}."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    candidates = read_candidates(data_dir)
+    by_series = {uid: rows for uid, rows in candidates.groupby("seriesuid", sort=False)}
+    settings = {"size": size, "pixel_mm": pixel_mm, "method": method, "positive_copies": positive_copies, "seed": seed}
+    counts = {}
+    for subset, scans in scans_by_subset(data_dir).items():
+        folder = out_dir / f"subset{subset}"
+        done = folder / "done.json"
+        if done.exists() and json.loads(done.read_text()).get("settings") == settings:
+            counts[subset] = json.loads(done.read_text())["candidates"]
+            continue
+        patches, augmented, rows, aug_rows, skipped = [], [], [], [], []
+        for index, (uid, path) in enumerate(tqdm(scans.items(), desc=f"subset{subset}", unit="scan", disable=not progress)):
+            scan_rows = by_series.get(uid)
+            if scan_rows is None:
+                continue
+            try:
+                volume, meta = read_image(path)
+            except ImageReadError as error:
+                print(f"warning: {error} Its {len(scan_rows)} candidates are skipped.", file=sys.stderr)
+                skipped.append(str(path))
+                continue
+            values = scan_rows[["coordX", "coordY", "coordZ", "class"]].to_numpy(float)
+            scan_patches, scan_aug, scan_aug_rows = extract_scan(
+                volume, meta, values, size, pixel_mm, method, positive_copies, rng=[seed, subset, index])
+            offset = sum(len(r) for r in rows)
+            patches.append(scan_patches)
+            augmented.append(scan_aug)
+            aug_rows.append(scan_aug_rows + offset)
+            rows.append(scan_rows)
+        table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+        empty = np.empty((0, 3, size, size), np.float16)
+        _save(folder / "patches.npy", np.concatenate(patches) if patches else empty)
+        _save(folder / "augmented.npy", np.concatenate(augmented) if augmented else empty)
+        write_csv(folder / "candidates.csv", table)
+        write_csv(folder / "augmented.csv", pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else []}))
+        write_json(done, {"settings": settings, "candidates": len(table), "skipped_scans": skipped})  # Last: marks done.
+        counts[subset] = len(table)
+    return counts
+
+
+def _save(path, array):
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+class Subset:
+    """One extracted subset, memory-mapped: `patches` (N, 3, S, S) and `candidates` rows."""
+
+    def __init__(self, folder):
+        folder = Path(folder)
+        if not (folder / "done.json").exists():
+            raise ImageReadError(folder, "is not an extracted subset (run `python -m luna16.data` first)")
+        self.candidates = pd.read_csv(folder / "candidates.csv")
+        self.patches = np.load(folder / "patches.npy", mmap_mode="r")
+        self.augmented = np.load(folder / "augmented.npy", mmap_mode="r")
+        self.augmented_rows = pd.read_csv(folder / "augmented.csv")["candidate"].to_numpy(int)
+
+
+def keep_negatives(labels, fraction, rng):
+    """Indices of the candidates kept for training: every positive and `fraction` of the negatives.
+
+    The number of negatives kept is round(fraction * negatives), at least one when any exist
+    (thesis 4.2.1.3: 10% per subset).
+    """
+    labels = np.asarray(labels)
+    negatives = np.flatnonzero(labels == 0)
+    count = min(len(negatives), max(1, int(round(fraction * len(negatives))))) if len(negatives) else 0
+    chosen = rng.choice(negatives, size=count, replace=False) if count else np.empty(0, int)
+    return np.sort(np.concatenate([np.flatnonzero(labels == 1), chosen]))
+
+
+def fold_subsets(test_pair):
+    """(training subsets, test subsets) of the fold whose test subsets are `test_pair`."""
+    test = tuple(test_pair)
+    return tuple(s for s in SUBSETS if s not in test), test
+
+
+def validation_series(subsets, fraction, rng):
+    """Series held out from the training subsets for validation (whole series, never split)."""
+    series = sorted({uid for subset in subsets for uid in subset.candidates["seriesuid"].unique()})
+    count = max(1, int(round(fraction * len(series))))
+    return set(rng.choice(series, size=count, replace=False)) if series else set()
+
+
+def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=True):
+    """(images (n, S, S, 1) float16, labels) of the training part: views as samples.
+
+    Training subsets lose 90% of their negatives (seeded, per subset) and gain the augmented
+    copies of their positives; `held_out` series are left for validation.
+    """
+    images, labels = [], []
+    for subset in subsets:
+        in_train = ~subset.candidates["seriesuid"].isin(held_out).to_numpy()
+        label = subset.candidates["class"].to_numpy(int)
+        keep = keep_negatives(np.where(in_train, label, -1), negative_fraction, rng)
+        images.append(_views(subset.patches[keep]))
+        labels.append(np.repeat(label[keep], 3))
+        if use_augmented and len(subset.augmented_rows):
+            chosen = np.flatnonzero(in_train[subset.augmented_rows])
+            images.append(_views(subset.augmented[chosen]))
+            labels.append(np.ones(3 * len(chosen), int))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def evaluation_arrays(subsets, series=None):
+    """(images, labels, candidate table) of every candidate (optionally only some series), views as samples."""
+    images, labels, tables = [], [], []
+    for subset in subsets:
+        mask = np.ones(len(subset.candidates), bool) if series is None else subset.candidates["seriesuid"].isin(series).to_numpy()
+        rows = np.flatnonzero(mask)
+        images.append(_views(subset.patches[rows]))
+        labels.append(np.repeat(subset.candidates["class"].to_numpy(int)[rows], 3))
+        tables.append(subset.candidates.iloc[rows])
+    return np.concatenate(images), np.concatenate(labels), pd.concat(tables, ignore_index=True)
+
+
+def _views(patches):
+    """(N, 3, S, S) -> (3N, S, S, 1): each view of each candidate is one sample."""
+    patches = np.asarray(patches)
+    return patches.reshape(-1, patches.shape[-2], patches.shape[-1], 1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m luna16.data", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="LUNA16 folder (subset0..9, candidates_V2.csv).")
+    parser.add_argument("--out", required=True, help="folder for the extracted patches.")
+    parser.add_argument("--patch-size", type=int, default=64, help="patch side in pixels. Default: 64 (thesis).")
+    parser.add_argument("--pixel-mm", type=float, default=None, help="sampling step in mm. Default: the scan's in-plane spacing.")
+    parser.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis method 1 or 2. Default: planes.")
+    parser.add_argument("--positive-copies", type=int, default=8, help="copies of each positive, augmented. Default: 8 (thesis).")
+    parser.add_argument("--seed", type=int, default=0, help="Default: 0.")
+    args = parser.parse_args(argv)
+    try:
+        counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
+    except ImageReadError as error:
+        sys.exit(f"error: {error}")
+    print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {args.out}")
+
+
+if __name__ == "__main__":
+    main()

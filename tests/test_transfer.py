@@ -1,0 +1,128 @@
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from genesis2d.transfer import InitError, build_classifier, keras_cache_dir, load_encoder
+
+CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
+           "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def keras_home(tmp_path_factory, monkeypatch_module=None):
+    """A KERAS_HOME holding a stand-in ImageNet file for resnet18, where Keras looks for it."""
+    import os
+
+    import keras
+    import segmentation_models as sm
+    from keras.src.legacy.saving import legacy_h5_format
+
+    home = tmp_path_factory.mktemp("keras_home")
+    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)("resnet18", input_shape=(None, None, 3),
+                                                                      weights=None, include_top=False)
+    keras.utils.set_random_seed(123)
+    for weight in backbone.weights:  # Recognisable values: a constant per array.
+        weight.assign(np.full(weight.shape, 0.01 * (1 + len(weight.path) % 7), dtype="float32"))
+    (home / "models").mkdir()
+    with h5py.File(home / "models" / "resnet18_imagenet_1000_no_top.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, backbone)  # The Keras-2 layout of the real file.
+    previous = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)
+    yield home, backbone
+    if previous is None:
+        os.environ.pop("KERAS_HOME")
+    else:
+        os.environ["KERAS_HOME"] = previous
+
+
+def test_imagenet_init_loads_the_file_keras_caches(keras_home):
+    home, backbone = keras_home
+    assert keras_cache_dir() == home / "models"
+    encoder = load_encoder("imagenet", "resnet18", (64, 64, 1))
+    ours = [w for w in encoder.weights]
+    assert len(ours) == len(backbone.weights)
+    for a, b in zip(ours, backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_imagenet_init_offline_without_file_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    import keras
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(InitError) as error:
+        load_encoder("imagenet", "resnet18", (64, 64, 1))
+    message = str(error.value)
+    assert "resnet18_imagenet_1000_no_top.h5" in message and "--imagenet-weights" in message
+    with pytest.raises(InitError, match="does not exist"):
+        load_encoder("imagenet", "resnet18", (64, 64, 1), imagenet_weights=tmp_path / "none.h5")
+
+
+def test_genesis_init_takes_the_pretrained_weights(pretrained_run):
+    out, _ = pretrained_run
+    for name in ("encoder.h5", "encoder.weights.h5"):
+        encoder = load_encoder("genesis", "resnet18", (64, 64, 1), out / name)
+        reference = load_encoder("genesis", "resnet18", (64, 64, 1), out / "encoder.weights.h5")
+        for a, b in zip(encoder.get_weights(), reference.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(InitError, match="does not match backbone"):
+        load_encoder("genesis", "vgg16", (64, 64, 1), out / "encoder.h5")
+
+
+def test_head_is_the_thesis_head():
+    import keras
+
+    encoder = load_encoder("scratch", "resnet18", (32, 32, 1))
+    model = build_classifier(encoder, units=16, l2=1e-3, dropout=0.5)
+    names = [type(layer).__name__ for layer in model.layers[2:]]
+    assert names == ["GlobalAveragePooling2D", "Flatten", "Dropout", "Dense", "Dropout", "Dense"]
+    assert model.get_layer("hidden").kernel_regularizer.l2 == pytest.approx(1e-3)
+    assert model.output.dtype == "float32" and model.output_shape == (None, 1)
+    encoder.trainable = False
+    assert all(not w.trainable for w in encoder.weights)
+    assert len(model.trainable_weights) == 4  # Only the head's two Dense layers train in the warm-up.
+    with pytest.raises(ValueError, match="Received: dropout=1.5"):
+        build_classifier(encoder, dropout=1.5)
+
+
+def _check_cv_outputs(out, folds):
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["fold"]) == folds
+    for row in summary.itertuples():
+        fold = pd.read_csv(next(out.glob(f"fold{row.fold}_*/predictions.csv")))
+        assert row.auc == pytest.approx(roc_auc_score(fold["class"], fold["probability"]))
+    for name in ("summary.md", "roc_folds.png", "loss_curves.png", "metrics.json", "run.json"):
+        assert (out / name).is_file(), name
+    return predictions
+
+
+@pytest.mark.parametrize("init", ["scratch", "genesis", "imagenet"])
+def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path_factory):
+    from luna16.experiment import parse_args, run
+
+    patches = tmp_path_factory.getbasetemp() / "cv_patches"
+    out = tmp_path_factory.mktemp(f"cv_{init}")
+    extra = ["--encoder", str(pretrained_run[0] / "encoder.h5")] if init == "genesis" else []
+    args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
+                       "--init", init, "--folds", "1", *CV_TINY, *extra])
+    run(args)
+    predictions = _check_cv_outputs(out, [1])
+    candidates = pd.read_csv(demo_dir / "LUNA16" / "candidates_V2.csv")
+    test_series = set(pd.read_csv(patches / "subset0" / "candidates.csv")["seriesuid"]) | \
+        set(pd.read_csv(patches / "subset1" / "candidates.csv")["seriesuid"])
+    assert set(predictions["seriesuid"]) == test_series
+    assert len(predictions) == candidates["seriesuid"].isin(test_series).sum()  # Test fold never subsampled.
+    if init == "scratch":  # A rerun keeps the finished fold rather than training it again.
+        stamp = (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns
+        run(args)
+        assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
+    json.loads((out / "metrics.json").read_text())
