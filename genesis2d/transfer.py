@@ -136,22 +136,30 @@ def build_classifier(encoder, units=256, l2=1e-4, dropout=0.5):
 
 
 def add_transfer_arguments(parser, epochs, warmup_epochs, batch_size, lr_factor, lr_patience):
-    """The options every downstream command shares, with that task's defaults."""
+    """The options every downstream command shares, with that task's defaults.
+
+    A default of None is resolved by the task after parsing (e.g. per --init) and its help says so.
+    """
+
+    def shown(value, note):
+        return note if value is None else str(value)
+
     group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
     group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
     group.add_argument("--backbone", default="vgg16", help="encoder backbone. Default: vgg16.")
     group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: newest under weights/.")
     group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
                        "downloaded on first use.")
-    group.add_argument("--epochs", type=int, default=epochs, help=f"fine-tuning epochs. Default: {epochs}.")
+    group.add_argument("--epochs", type=int, default=epochs,
+                       help=f"fine-tuning epochs. Default: {shown(epochs, 'the thesis value for --init')}.")
     group.add_argument("--warmup-epochs", type=int, default=None,
-                       help=f"epochs with the encoder frozen, before fine-tuning. Default: {warmup_epochs} "
-                       "(0 with --init scratch: there is nothing to protect).")
+                       help=f"epochs with the encoder frozen, before fine-tuning. Default: "
+                       f"{shown(warmup_epochs, 'the thesis value for --init')} (0 with --init scratch).")
     group.add_argument("--batch-size", type=int, default=batch_size, help=f"Default: {batch_size}.")
     group.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate. Default: 1e-3 (thesis).")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
     group.add_argument("--lr-factor", type=float, default=lr_factor,
-                       help=f"ReduceLROnPlateau factor. Default: {lr_factor} (thesis: 0.01 VGG16, 0.1 ResNet50).")
+                       help=f"ReduceLROnPlateau factor. Default: {shown(lr_factor, 'the thesis value')}.")
     group.add_argument("--lr-patience", type=int, default=lr_patience, help=f"ReduceLROnPlateau patience. Default: {lr_patience}.")
     group.add_argument("--units", type=int, default=256, help="hidden units of the head. Default: 256.")
     group.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head's hidden layer. Default: 1e-4.")
@@ -167,7 +175,7 @@ def add_transfer_arguments(parser, epochs, warmup_epochs, batch_size, lr_factor,
 def warmup_epochs_of(args):
     if args.warmup_epochs is not None:
         return args.warmup_epochs
-    return 0 if args.init == "scratch" else args.default_warmup
+    return 0 if args.init == "scratch" or args.default_warmup is None else args.default_warmup
 
 
 def _compile(model, args):

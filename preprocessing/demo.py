@@ -329,7 +329,7 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
 MURA_PARTS = ("XR_SHOULDER", "XR_HAND")
 
 
-def write_mura(out, rng, patients=(30, 10)):
+def write_mura(out, rng, patients=(50, 15)):
     """A MURA-v1.1 tree with its four header-less csv files.
 
     Args:

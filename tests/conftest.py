@@ -40,3 +40,30 @@ def pretrained_run(demo_manifest, tmp_path_factory):
     card = run(parse_args(["--manifest", str(demo_manifest), "--out", str(out), *TINY_PRETRAIN,
                            "--epochs", "1", "--steps-per-epoch", "2"]))
     return out, card
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory):
+    """A KERAS_HOME holding a stand-in ImageNet file for resnet18, where Keras looks for it."""
+    import h5py
+    import keras
+    import numpy as np
+    import segmentation_models as sm
+    from keras.src.legacy.saving import legacy_h5_format
+
+    home = tmp_path_factory.mktemp("keras_home")
+    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)("resnet18", input_shape=(None, None, 3),
+                                                                      weights=None, include_top=False)
+    keras.utils.set_random_seed(123)
+    for weight in backbone.weights:  # Recognisable values: a constant per array.
+        weight.assign(np.full(weight.shape, 0.01 * (1 + len(weight.path) % 7), dtype="float32"))
+    (home / "models").mkdir()
+    with h5py.File(home / "models" / "resnet18_imagenet_1000_no_top.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, backbone)  # The Keras-2 layout of the real file.
+    previous = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)
+    yield home, backbone
+    if previous is None:
+        os.environ.pop("KERAS_HOME")
+    else:
+        os.environ["KERAS_HOME"] = previous

@@ -1,6 +1,5 @@
 import json
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,33 +9,6 @@ from genesis2d.transfer import InitError, build_classifier, keras_cache_dir, loa
 
 CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
            "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
-
-
-@pytest.fixture(scope="module")
-def keras_home(tmp_path_factory, monkeypatch_module=None):
-    """A KERAS_HOME holding a stand-in ImageNet file for resnet18, where Keras looks for it."""
-    import os
-
-    import keras
-    import segmentation_models as sm
-    from keras.src.legacy.saving import legacy_h5_format
-
-    home = tmp_path_factory.mktemp("keras_home")
-    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)("resnet18", input_shape=(None, None, 3),
-                                                                      weights=None, include_top=False)
-    keras.utils.set_random_seed(123)
-    for weight in backbone.weights:  # Recognisable values: a constant per array.
-        weight.assign(np.full(weight.shape, 0.01 * (1 + len(weight.path) % 7), dtype="float32"))
-    (home / "models").mkdir()
-    with h5py.File(home / "models" / "resnet18_imagenet_1000_no_top.h5", "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, backbone)  # The Keras-2 layout of the real file.
-    previous = os.environ.get("KERAS_HOME")
-    os.environ["KERAS_HOME"] = str(home)
-    yield home, backbone
-    if previous is None:
-        os.environ.pop("KERAS_HOME")
-    else:
-        os.environ["KERAS_HOME"] = previous
 
 
 def test_imagenet_init_loads_the_file_keras_caches(keras_home):

@@ -1,0 +1,135 @@
+"""MURA-v1.1 as distributed: its csv files, images, and the tf.data input (thesis 4.2.4).
+
+The tree is `MURA-v1.1/{train,valid}/XR_*/patientNNNNN/studyN_{positive,negative}/imageN.png`
+with header-less `{split}_image_paths.csv` (one image path per line) and
+`{split}_labeled_studies.csv` (study folder, label), paths relative to the folder
+that holds `MURA-v1.1`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from preprocessing.errors import ImageReadError
+
+BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+IMAGE_SIZE = 224  # Thesis 4.2.4.2.
+
+
+def mura_root(data):
+    """The folder that holds MURA-v1.1 (accepts either it or MURA-v1.1 itself)."""
+    data = Path(data)
+    if (data / "MURA-v1.1").is_dir():
+        return data
+    if data.name == "MURA-v1.1" and data.is_dir():
+        return data.parent
+    raise ImageReadError(data, "holds no MURA-v1.1 folder")
+
+
+def body_parts_of(value):
+    """'all', one name or a list of names -> a tuple of XR_* names (case-insensitive, XR_ optional)."""
+    values = [value] if isinstance(value, str) else list(value)
+    if any(v.lower() == "all" for v in values):
+        return BODY_PARTS
+    parts = tuple(v.upper() if v.upper().startswith("XR_") else f"XR_{v.upper()}" for v in values)
+    unknown = [p for p in parts if p not in BODY_PARTS]
+    if unknown:
+        raise ValueError(f"body part must be one of {BODY_PARTS} or 'all'. Received: {unknown}")
+    return parts
+
+
+def read_split(data, split, body_parts=("XR_SHOULDER",)):
+    """One row per image: path, study, label, body_part, patient. Checks the csvs against the tree.
+
+    Raises:
+        ImageReadError: a csv is missing, a study's csv label disagrees with its folder name,
+            a listed image is missing, or an image has no labelled study.
+    """
+    root = mura_root(data)
+    folder = root / "MURA-v1.1"
+    images_csv, studies_csv = folder / f"{split}_image_paths.csv", folder / f"{split}_labeled_studies.csv"
+    for path in (images_csv, studies_csv):
+        if not path.is_file():
+            raise ImageReadError(path, "does not exist")
+    images = pd.read_csv(images_csv, header=None, names=["image"], dtype=str)
+    studies = pd.read_csv(studies_csv, header=None, names=["study", "label"], dtype={"study": str, "label": int})
+    studies["study"] = studies["study"].map(lambda s: s if s.endswith("/") else s + "/")
+    for study, label in studies.itertuples(index=False):
+        named = "positive" if study.rstrip("/").endswith("_positive") else "negative" if study.rstrip("/").endswith("_negative") else None
+        if named is not None and int(label) != (named == "positive"):
+            raise ImageReadError(studies_csv, f"labels study {study} as {label} but its folder says {named}")
+    labels = dict(zip(studies["study"], studies["label"]))
+    images["study"] = images["image"].map(lambda p: p.rsplit("/", 1)[0] + "/")
+    images["body_part"] = images["image"].map(lambda p: p.split("/")[2] if p.count("/") >= 3 else "")
+    images = images[images["body_part"].isin(body_parts)]
+    unlabelled = images[~images["study"].isin(labels)]
+    if len(unlabelled):
+        raise ImageReadError(images_csv, f"lists {unlabelled['image'].iloc[0]} whose study has no label")
+    images["label"] = images["study"].map(labels).astype(int)
+    images["patient"] = images["image"].map(lambda p: p.split("/")[3])
+    images["path"] = images["image"].map(lambda p: str(root / p))
+    for path in images["path"]:
+        if not Path(path).is_file():
+            raise ImageReadError(path, f"is listed in {images_csv.name} but missing")
+    if images.empty:
+        raise ImageReadError(images_csv, f"lists no images of {', '.join(body_parts)}")
+    return images[["path", "study", "label", "body_part", "patient"]].reset_index(drop=True)
+
+
+def split_patients(frame, fraction, rng):
+    """(rest, held out): a share of patients held out, whole (for model selection)."""
+    patients = np.array(sorted(frame["patient"].unique()))
+    count = int(round(fraction * len(patients)))
+    held = set(rng.choice(patients, size=count, replace=False)) if count else set()
+    mask = frame["patient"].isin(held)
+    return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+def load_image(path, image_size=IMAGE_SIZE):
+    """A tf graph: PNG/JPEG -> grayscale, zero-padded to square when a side is below 224, resized, /255."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False, dtype=tf.uint8)
+    shape = tf.shape(image)
+    side = tf.maximum(shape[0], shape[1])
+
+    def pad_square():
+        # Thesis 3.1.10: some MURA images are under 224 px on a side; pad rather than stretch them.
+        return tf.image.pad_to_bounding_box(image, (side - shape[0]) // 2, (side - shape[1]) // 2, side, side)
+
+    image = tf.cond(tf.minimum(shape[0], shape[1]) < IMAGE_SIZE, pad_square, lambda: image)
+    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
+    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def augmentation(seed):
+    """Thesis 4.2.4.2: rotation 20 degrees, zoom 0.9-1.1, horizontal and vertical flips; seeded."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomRotation(20 / 360, fill_mode="constant", seed=seed),
+        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
+    ], name="augmentation")
+
+
+def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=0):
+    """(image, label) batches of float32 (B, S, S, 1) in [0, 1]; shuffled and augmented when training."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((frame["path"].to_numpy(str), frame["label"].to_numpy(np.float32)))
+    if training:
+        dataset = dataset.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=not training)
+    dataset = dataset.batch(batch_size)
+    if training:
+        augment = augmentation(seed)
+        dataset = dataset.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def study_probabilities(images):
+    """Per study: its label and the mean of its images' probabilities (the MURA paper's rule)."""
+    return images.groupby("study", sort=True).agg(label=("label", "first"), probability=("probability", "mean")).reset_index()

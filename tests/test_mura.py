@@ -1,0 +1,110 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
+from mura.experiment import evaluate
+from preprocessing.errors import ImageReadError
+
+MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18",
+             "--batch-size", "32", "--verbose", "0"]
+
+
+def _csv(demo_dir, name):
+    return pd.read_csv(demo_dir / "MURA-v1.1" / name, header=None)
+
+
+def test_counts_match_the_csvs(demo_dir):
+    for split in ("train", "valid"):
+        listed = _csv(demo_dir, f"{split}_image_paths.csv")[0]
+        studies = _csv(demo_dir, f"{split}_labeled_studies.csv")
+        shoulder = read_split(demo_dir, split)
+        assert len(shoulder) == listed.str.contains("/XR_SHOULDER/").sum()
+        everything = read_split(demo_dir / "MURA-v1.1", split, body_parts_of("all"))
+        assert len(everything) == len(listed) and everything["study"].nunique() == len(studies)
+        labels = dict(zip(studies[0], studies[1]))
+        assert (everything["study"].map(labels) == everything["label"]).all()
+        assert (everything["label"] == everything["study"].str.contains("_positive").astype(int)).all()
+    assert body_parts_of(["shoulder", "XR_HAND"]) == ("XR_SHOULDER", "XR_HAND") and len(body_parts_of("all")) == len(BODY_PARTS)
+    with pytest.raises(ValueError, match="XR_KNEE"):
+        body_parts_of("knee")
+
+
+@pytest.fixture
+def mura_copy(demo_dir, tmp_path):
+    shutil.copytree(demo_dir / "MURA-v1.1", tmp_path / "MURA-v1.1")
+    return tmp_path
+
+
+def test_label_disagreement_names_the_study(mura_copy):
+    path = mura_copy / "MURA-v1.1" / "train_labeled_studies.csv"
+    studies = pd.read_csv(path, header=None)
+    studies.loc[0, 1] = 1 - studies.loc[0, 1]
+    studies.to_csv(path, header=False, index=False)
+    with pytest.raises(ImageReadError) as error:
+        read_split(mura_copy, "train", BODY_PARTS)
+    assert studies.loc[0, 0] in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_image_names_the_file(mura_copy):
+    listed = _csv(mura_copy, "valid_image_paths.csv")[0]
+    victim = mura_copy / listed.iloc[3]
+    victim.unlink()
+    with pytest.raises(ImageReadError, match="missing") as error:
+        read_split(mura_copy, "valid", BODY_PARTS)
+    assert str(victim) in str(error.value)
+
+
+def test_study_aggregation_and_metrics_by_hand():
+    images = pd.DataFrame({
+        "path": list("abcdefg"), "study": ["s1", "s1", "s2", "s3", "s3", "s3", "s4"],
+        "label": [1, 1, 0, 1, 1, 1, 0], "probability": [0.9, 0.3, 0.2, 0.1, 0.5, 0.6, 0.7],
+    })
+    studies, metrics = evaluate(images)
+    np.testing.assert_allclose(studies.set_index("study")["probability"].loc[["s1", "s2", "s3", "s4"]], [0.6, 0.2, 0.4, 0.7])
+    # Studies: s1 (1, 0.6), s2 (0, 0.2), s3 (1, 0.4), s4 (0, 0.7). Pairs positive>negative: (s1,s2), (s3,s2) of 4.
+    assert metrics["study_auc"] == pytest.approx(0.5)
+    # At 0.5: s1 -> 1 (right), s2 -> 0 (right), s3 -> 0 (wrong), s4 -> 1 (wrong): kappa 0.
+    assert metrics["study_kappa"] == pytest.approx(0.0) and metrics["study_sensitivity"] == 0.5
+    assert metrics["image_auc"] == pytest.approx(roc_auc_score(images["label"], images["probability"]))
+
+
+def test_images_are_gray_padded_resized_in_range(demo_dir):
+    frame = read_split(demo_dir, "valid", BODY_PARTS)
+    images, labels = next(iter(make_dataset(frame, 8, image_size=48)))
+    assert images.shape == (8, 48, 48, 1) and images.dtype == "float32"
+    assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 1
+    augmented, _ = next(iter(make_dataset(frame, 8, image_size=48, training=True, seed=3)))
+    assert augmented.shape == (8, 48, 48, 1)
+
+
+@pytest.mark.parametrize("init", ["scratch", "genesis", "imagenet"])
+def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path):
+    from mura.experiment import parse_args, run
+
+    extra = {"scratch": ["--repeats", "2"], "genesis": ["--encoder", str(pretrained_run[0] / "encoder.h5")],
+             "imagenet": []}[init]
+    out = tmp_path / init
+    summary = run(parse_args(["--data", str(demo_dir), "--out", str(out), "--init", init, *MURA_TINY, *extra]))
+    images = pd.read_csv(out / "predictions_images.csv")
+    studies = pd.read_csv(out / "predictions_studies.csv")
+    assert list(images.columns) == ["path", "study", "label", "probability"]
+    assert list(studies.columns) == ["study", "label", "probability"]
+    assert len(images) == len(read_split(demo_dir, "valid"))
+    written = json.loads((out / "metrics.json").read_text())
+    if init != "scratch":
+        assert written["study_auc"] == pytest.approx(roc_auc_score(studies["label"], studies["probability"]))
+        assert written["image_auc"] == pytest.approx(roc_auc_score(images["label"], images["probability"]))
+        kappa = cohen_kappa_score(studies["label"], (studies["probability"] >= 0.5).astype(int))
+        assert written["study_kappa"] == pytest.approx(kappa)
+    else:  # Two repeats: mean and standard deviation of the per-run metrics.
+        per_run = [r["study_auc"] for r in written["repeats"]]
+        assert len(per_run) == 2 and written["study_auc"] == pytest.approx(np.mean(per_run))
+        assert written["study_auc_std"] == pytest.approx(np.std(per_run, ddof=1))
+        assert (out / "repeat2" / "predictions_studies.csv").is_file()
+    for name in ("roc.png", "loss_curves.png", "run.json"):
+        assert (out / name).is_file()
