@@ -73,3 +73,70 @@ def plot_histories(histories, path, title="loss"):
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     save_figure(path, figure, dpi=110)
+
+
+def _midranks(values):
+    """Ranks 1..n with ties given their mean rank."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    ranks = np.empty(len(values), dtype=float)
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and ordered[end + 1] == ordered[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
+def delong_test(y_true, p_a, p_b):
+    """DeLong's test of two correlated AUCs on the same cases (fast algorithm of Sun and Xu, 2014).
+
+    Args:
+        y_true: 0/1 labels.
+        p_a, p_b: the two models' scores for the same cases.
+
+    Returns:
+        dict with auc_a, auc_b, z (positive when a is better) and the two-sided p_value.
+    """
+    from scipy.stats import norm
+
+    y_true = np.asarray(y_true).astype(int)
+    scores = np.stack([np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)])
+    positive, negative = scores[:, y_true == 1], scores[:, y_true == 0]
+    m, n = positive.shape[1], negative.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong's test needs at least two cases of each class. Received: {m} positive, {n} negative")
+    v10, v01, aucs = np.empty((2, m)), np.empty((2, n)), np.empty(2)
+    for k in range(2):
+        tx, ty = _midranks(positive[k]), _midranks(negative[k])
+        tz = _midranks(np.concatenate([positive[k], negative[k]]))
+        aucs[k] = (tz[:m].sum() - m * (m + 1) / 2.0) / (m * n)
+        v10[k] = (tz[:m] - tx) / n  # Per positive: share of negatives it outranks.
+        v01[k] = 1.0 - (tz[m:] - ty) / m  # Per negative: share of positives that outrank it.
+    covariance = np.cov(v10) / m + np.cov(v01) / n
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    difference = aucs[0] - aucs[1]
+    if variance <= 0:
+        z = 0.0 if difference == 0 else np.sign(difference) * np.inf
+    else:
+        z = difference / np.sqrt(variance)
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "z": float(z), "p_value": float(2 * norm.sf(abs(z)))}
+
+
+def bootstrap_auc(y_true, probability, groups, iterations=1000, seed=0, level=0.95):
+    """AUC with a percentile interval from resampling whole groups (series, studies) with replacement."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true, probability, groups = np.asarray(y_true).astype(int), np.asarray(probability, float), np.asarray(groups)
+    names, index = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(iterations):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(names), size=len(names))])
+        if len(np.unique(y_true[rows])) == 2:
+            values.append(roc_auc_score(y_true[rows], probability[rows]))
+    low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100]) if values else (np.nan, np.nan)
+    return float(roc_auc_score(y_true, probability)), float(low), float(high)

@@ -46,6 +46,8 @@ def build_parser():
     data.add_argument("--negative-fraction", type=float, default=0.1, help="negatives kept per training subset. Default: 0.1 (thesis).")
     data.add_argument("--positive-copies", type=int, default=8, help="copies of each training positive. Default: 8 (thesis).")
     data.add_argument("--validation-fraction", type=float, default=0.1, help="share of training series held out for validation. Default: 0.1.")
+    data.add_argument("--train-fraction", type=float, default=1.0,
+                      help="share of training series used, sampled per fold (label-efficiency studies). Default: 1.0.")
     data.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.")
     add_transfer_arguments(parser, epochs=13, warmup_epochs=2, batch_size=32, lr_factor=None, lr_patience=3)
     parser.add_argument("--out", help="output folder. Default: runs/luna16_<backbone>_<init>/.")
@@ -67,6 +69,8 @@ def parse_args(argv=None):
     bad = [k for k in args.folds if k not in range(1, 6)]
     if bad:
         sys.exit(f"error: --folds takes 1 to 5. Received: {bad}")
+    if not 0 < args.train_fraction <= 1:
+        sys.exit(f"error: --train-fraction must be in (0, 1]. Received: {args.train_fraction}")
     return args
 
 
@@ -112,7 +116,12 @@ def run_fold(fold, patches_dir, args):
     train_subsets = [Subset(Path(patches_dir) / f"subset{s}") for s in train_ids]
     test_subsets = [Subset(Path(patches_dir) / f"subset{s}") for s in test_ids]
     held_out = validation_series(train_subsets, args.validation_fraction, rng)
-    x_train, y_train = training_arrays(train_subsets, held_out, args.negative_fraction, rng,
+    unused = set()
+    if args.train_fraction < 1.0:  # Label efficiency: train on a share of the series, whole series only.
+        remaining = sorted({uid for s in train_subsets for uid in s.candidates["seriesuid"]} - held_out)
+        keep = max(1, int(round(args.train_fraction * len(remaining))))
+        unused = set(remaining) - set(rng.choice(remaining, size=keep, replace=False))
+    x_train, y_train = training_arrays(train_subsets, held_out | unused, args.negative_fraction, rng,
                                        use_augmented=args.positive_copies > 1)
     x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
     x_test, y_test, table = evaluation_arrays(test_subsets)
@@ -165,8 +174,9 @@ def summarize(out, folds, predictions_by_fold, args):
     plot_roc(curves, out / "roc_folds.png", title=f"LUNA16 {args.backbone} {args.init}: ROC per fold")
     if histories:
         plot_histories(histories, out / "loss_curves.png", title=f"LUNA16 {args.backbone} {args.init}: loss per fold")
-    write_json(out / "metrics.json", {"mean_auc": float(mean["auc"]), "folds": rows, "init": args.init,
-                                      "backbone": args.backbone, "candidates": int(len(everything))})
+    write_json(out / "metrics.json", {"task": "luna16", "mean_auc": float(mean["auc"]), "folds": rows, "init": args.init,
+                                      "backbone": args.backbone, "candidates": int(len(everything)),
+                                      "train_fraction": args.train_fraction})
     return table
 
 

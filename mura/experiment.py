@@ -52,6 +52,8 @@ def build_parser():
     data.add_argument("--selection-fraction", type=float, default=0.1,
                       help="share of training patients held out to choose the best epoch; 0 chooses on valid as the "
                       "thesis did. Default: 0.1.")
+    data.add_argument("--train-fraction", type=float, default=1.0,
+                      help="share of training patients used, sampled by patient (label-efficiency studies). Default: 1.0.")
     data.add_argument("--repeats", type=int, default=1, help="train N times with seeds seed..seed+N-1 and report mean "
                       "and standard deviation (the thesis averaged 2). Default: 1.")
     add_transfer_arguments(parser, epochs=None, warmup_epochs=None, batch_size=16, lr_factor=None, lr_patience=3)
@@ -130,6 +132,10 @@ def run(args):
         train, selection = split_patients(train_all, args.selection_fraction, rng)
     else:
         train, selection = train_all, valid
+    if not 0 < args.train_fraction <= 1:
+        raise SystemExit(f"error: --train-fraction must be in (0, 1]. Received: {args.train_fraction}")
+    if args.train_fraction < 1.0:  # Label efficiency: whole patients, seeded.
+        train, _ = split_patients(train, 1.0 - args.train_fraction, rng)
     print(f"MURA {', '.join(args.body_part)}: {len(train)} training images, {len(selection)} for model selection, "
           f"{len(valid)} valid images in {valid['study'].nunique()} studies; init {args.init}, {args.backbone}, "
           f"{precision}", flush=True)
@@ -149,7 +155,7 @@ def run(args):
     summary = {key: float(np.mean([m[key] for _, _, m in runs])) for key in METRIC_KEYS}
     summary.update({f"{key}_std": float(np.std([m[key] for _, _, m in runs], ddof=1)) if len(runs) > 1 else 0.0
                     for key in METRIC_KEYS})
-    summary.update({"repeats": [m for _, _, m in runs], "init": args.init, "backbone": args.backbone,
+    summary.update({"task": "mura", "train_fraction": args.train_fraction, "repeats": [m for _, _, m in runs], "init": args.init, "backbone": args.backbone,
                     "body_parts": args.body_part, "images": int(len(valid)), "studies": int(valid["study"].nunique())})
     if args.repeats > 1:  # Top-level predictions: the repeats' mean probability.
         images = runs[0][0].assign(probability=np.mean([r[0]["probability"] for r in runs], axis=0))

@@ -277,8 +277,7 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
 
     Each scan holds 2-3 spherical nodules (radius 3-5 mm) in the lungs and a few
     vessel-like tubes. Candidates: one or two per nodule (class 1, within 1 mm of its
-    centre) and 250 negatives (class 0) on vessels, lung and soft tissue, so that
-    keeping 10% of the negatives gives about the thesis's class balance.
+    centre) and 120 negatives (class 0) on vessels, lung and soft tissue.
     """
     out = Path(out)
     candidates, annotations = [], []
@@ -313,9 +312,9 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
             for a, b, _ in vessels:
                 for t in rng.uniform(0.05, 0.95, size=10):
                     candidates.append((uid, *(origin + a + t * (b - a)), 0))
-            for _ in range(120):
+            for _ in range(50):
                 candidates.append((uid, *(origin + lung_point(2)), 0))
-            for _ in range(90):
+            for _ in range(30):
                 point = np.array([extent[0] * rng.uniform(0.15, 0.85), extent[1] * rng.uniform(0.15, 0.85),
                                   rng.uniform(0, extent[2])])
                 candidates.append((uid, *(origin + point), 0))
