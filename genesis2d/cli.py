@@ -23,6 +23,17 @@ def parse_with_config(parser, argv=None):
     return parser.parse_args(argv)
 
 
+def parse_with_demo_default(parser, argv, demo_config, data_flags):
+    """`parse_with_config`, with `demo_config` as the config when none of `data_flags` nor --config is given.
+
+    So a bare command runs on the built-in demo data with settings sized for it.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=")[0] in (*data_flags, "--config") for a in argv):
+        argv = ["--config", str(demo_config), *argv]
+    return parse_with_config(parser, argv)
+
+
 def load_config(path, parser):
     path = Path(path)
     try:

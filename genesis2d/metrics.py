@@ -100,8 +100,6 @@ def delong_test(y_true, p_a, p_b):
     Returns:
         dict with auc_a, auc_b, z (positive when a is better) and the two-sided p_value.
     """
-    from scipy.stats import norm
-
     y_true = np.asarray(y_true).astype(int)
     scores = np.stack([np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)])
     positive, negative = scores[:, y_true == 1], scores[:, y_true == 0]
@@ -117,26 +115,62 @@ def delong_test(y_true, p_a, p_b):
         v01[k] = 1.0 - (tz[m:] - ty) / m  # Per negative: share of positives that outrank it.
     covariance = np.cov(v10) / m + np.cov(v01) / n
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
-    difference = aucs[0] - aucs[1]
+    return _z_test(aucs[0], aucs[1], variance)
+
+
+def _z_test(auc_a, auc_b, variance):
+    from scipy.stats import norm
+
+    difference = auc_a - auc_b
     if variance <= 0:
         z = 0.0 if difference == 0 else np.sign(difference) * np.inf
     else:
         z = difference / np.sqrt(variance)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "z": float(z), "p_value": float(2 * norm.sf(abs(z)))}
+    return {"auc_a": float(auc_a), "auc_b": float(auc_b), "z": float(z), "p_value": float(2 * norm.sf(abs(z))),
+            "variance": float(variance)}
 
 
-def bootstrap_auc(y_true, probability, groups, iterations=1000, seed=0, level=0.95):
-    """AUC with a percentile interval from resampling whole groups (series, studies) with replacement."""
+def delong_test_strata(y_true, p_a, p_b, strata):
+    """DeLong's test of the mean over independent strata (cross-validation folds) of per-stratum AUCs.
+
+    Each fold has its own models, so their scores are not comparable across folds; the
+    per-fold AUC differences are averaged and their DeLong variances added (the folds'
+    test cases are disjoint), var(mean) = sum(var_k) / K**2.
+    """
+    y_true, p_a, p_b, strata = map(np.asarray, (y_true, p_a, p_b, strata))
+    tests = [delong_test(y_true[strata == s], p_a[strata == s], p_b[strata == s]) for s in np.unique(strata)]
+    k = len(tests)
+    return _z_test(np.mean([t["auc_a"] for t in tests]), np.mean([t["auc_b"] for t in tests]),
+                   sum(t["variance"] for t in tests) / k**2)
+
+
+def stratified_auc(y_true, probability, strata):
+    """Mean over strata (cross-validation folds) of the per-stratum AUC."""
     from sklearn.metrics import roc_auc_score
 
+    y_true, probability, strata = np.asarray(y_true), np.asarray(probability), np.asarray(strata)
+    return float(np.mean([roc_auc_score(y_true[strata == s], probability[strata == s]) for s in np.unique(strata)]))
+
+
+def bootstrap_auc(y_true, probability, groups, iterations=1000, seed=0, level=0.95, strata=None):
+    """AUC with a percentile interval from resampling whole groups (series, studies) with replacement.
+
+    With `strata` (the cross-validation fold of each case), the statistic is the mean of the
+    per-fold AUCs and groups are resampled within their fold.
+    """
     y_true, probability, groups = np.asarray(y_true).astype(int), np.asarray(probability, float), np.asarray(groups)
-    names, index = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(index == g) for g in range(len(names))]
+    strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
     rng = np.random.default_rng(seed)
+    members = {}
+    for s in np.unique(strata):
+        rows = np.flatnonzero(strata == s)
+        names, index = np.unique(groups[rows], return_inverse=True)
+        members[s] = [rows[index == g] for g in range(len(names))]
     values = []
     for _ in range(iterations):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(names), size=len(names))])
-        if len(np.unique(y_true[rows])) == 2:
-            values.append(roc_auc_score(y_true[rows], probability[rows]))
+        rows = np.concatenate([np.concatenate([m[g] for g in rng.integers(0, len(m), size=len(m))])
+                               for m in members.values()])
+        if all(len(np.unique(y_true[rows][strata[rows] == s])) == 2 for s in members):
+            values.append(stratified_auc(y_true[rows], probability[rows], strata[rows]))
     low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100]) if values else (np.nan, np.nan)
-    return float(roc_auc_score(y_true, probability)), float(low), float(high)
+    return stratified_auc(y_true, probability, strata), float(low), float(high)

@@ -85,12 +85,9 @@ def build_parser():
 
 def parse_args(argv=None):
     """Arguments; without a data source, the demo corpus and its config (unless --config is given)."""
-    from genesis2d.cli import parse_with_config
+    from genesis2d.cli import parse_with_demo_default
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.split("=")[0] in ("--manifest", "--shards", "--config") for a in argv):
-        argv = ["--config", str(DEMO_CONFIG), *argv]
-    args = parse_with_config(build_parser(), argv)
+    args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--manifest", "--shards"))
     if args.manifest and args.shards:
         sys.exit("error: give --manifest or --shards, not both.")
     if args.out is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genesis2d.metrics import bootstrap_auc, delong_test, plot_roc
+from genesis2d.metrics import bootstrap_auc, delong_test_strata, plot_roc
 from preprocessing.atomic import save_figure, write_csv, write_text
 
 INIT_ORDER = ("scratch", "genesis", "imagenet")
@@ -34,13 +34,19 @@ def load_run(folder):
     metrics = json.loads(metrics_path.read_text())
     task = metrics.get("task") or ("luna16" if (folder / "predictions.csv").exists() else "mura")
     if task == "luna16":
-        frame = pd.read_csv(folder / "predictions.csv")
+        # Each fold has its own model: AUCs are computed per fold and averaged (thesis Fig. 4.12).
+        folds = sorted(folder.glob("fold*_subsets*/predictions.csv"))
+        if not folds:
+            raise FileNotFoundError(f"{folder}: holds no fold*/predictions.csv")
+        frame = pd.concat([pd.read_csv(f).assign(fold=f.parent.name) for f in folds], ignore_index=True)
         key = frame["seriesuid"] + ":" + frame[["coordX", "coordY", "coordZ"]].round(3).astype(str).agg(",".join, axis=1)
-        table = pd.DataFrame({"key": key, "y": frame["class"], "p": frame["probability"], "group": frame["seriesuid"]})
-        metric = "AUC, candidates of all test folds"
+        table = pd.DataFrame({"key": key, "y": frame["class"], "p": frame["probability"], "group": frame["seriesuid"],
+                              "stratum": frame["fold"]})
+        metric = "mean AUC of the test folds"
     else:
         frame = pd.read_csv(folder / "predictions_studies.csv")
-        table = pd.DataFrame({"key": frame["study"], "y": frame["label"], "p": frame["probability"], "group": frame["study"]})
+        table = pd.DataFrame({"key": frame["study"], "y": frame["label"], "p": frame["probability"], "group": frame["study"],
+                              "stratum": 0})
         metric = "AUC, studies of valid"
     return {"folder": folder, "task": task, "init": metrics["init"], "backbone": metrics["backbone"],
             "fraction": float(metrics.get("train_fraction", 1.0)), "metric": metric, "table": table}
@@ -63,12 +69,14 @@ def results_table(runs, iterations=1000, seed=0):
         for init in INIT_ORDER:
             if init in by_init:
                 t = by_init[init]["table"]
-                auc, low, high = bootstrap_auc(t["y"], t["p"], t["group"], iterations, seed)
+                auc, low, high = bootstrap_auc(t["y"], t["p"], t["group"], iterations, seed, strata=t["stratum"])
                 row.update({init: auc, f"{init}_ci_low": low, f"{init}_ci_high": high})
         for a, b in COMPARISONS:
             if a in by_init and b in by_init:
                 merged = _aligned(by_init[a], by_init[b])
-                test = delong_test(merged["y_a"], merged["p_a"], merged["p_b"])
+                if (merged["stratum_a"] != merged["stratum_b"]).any():
+                    raise ValueError(f"{by_init[a]['folder']} and {by_init[b]['folder']} put the cases in different folds")
+                test = delong_test_strata(merged["y_a"], merged["p_a"], merged["p_b"], merged["stratum_a"])
                 row.update({f"{a}_vs_{b}_delta": test["auc_a"] - test["auc_b"], f"{a}_vs_{b}_p": test["p_value"]})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -94,7 +102,8 @@ def plot_label_efficiency(runs, path):
     import matplotlib.pyplot as plt
 
     frame = pd.DataFrame([{"task": r["task"], "backbone": r["backbone"], "init": r["init"], "fraction": r["fraction"],
-                           "auc": bootstrap_auc(r["table"]["y"], r["table"]["p"], r["table"]["group"], 0)[0]}
+                           "auc": bootstrap_auc(r["table"]["y"], r["table"]["p"], r["table"]["group"], 0,
+                                                strata=r["table"]["stratum"])[0]}
                           for r in runs])
     panels = list(frame.groupby(["task", "backbone"], sort=True))
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
@@ -126,9 +135,9 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
         lines.append(f"| {row['dataset']} | {row['backbone']} | {row['metric']} | {_cell(row, 'scratch')} | "
                      f"{_cell(row, 'genesis')} | {_cell(row, 'imagenet')} | {_test_cell(row, 'genesis', 'scratch')} | "
                      f"{_test_cell(row, 'genesis', 'imagenet')} |")
-    lines += ["", f"AUC with a 95% bootstrap interval ({iterations} resamples of series for LUNA16, of studies for "
-              "MURA). The comparison columns give the AUC difference and the two-sided p-value of DeLong's test "
-              "on the same test cases.", ""]
+    lines += ["", f"AUC with a 95% bootstrap interval ({iterations} resamples of series within each fold for LUNA16, "
+              "of studies for MURA). The comparison columns give the AUC difference and the two-sided p-value of "
+              "DeLong's test on the same test cases (for LUNA16, per fold, the folds' variances combined).", ""]
     for (task, backbone), group in pd.DataFrame([r for r in runs if r["fraction"] == 1.0]).groupby(["task", "backbone"]):
         curves = {r["init"]: (r["table"]["y"], r["table"]["p"]) for r in group.to_dict("records")}
         name = f"roc_{task}_{backbone}.png"

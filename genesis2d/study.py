@@ -26,10 +26,10 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m genesis2d.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/.")
     parser.add_argument("--backbone", default="resnet18", help="backbone of every model. Default: resnet18 (fast on a CPU).")
-    parser.add_argument("--pretrain-epochs", type=int, default=4, help="pretraining epochs. Default: 4.")
+    parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
     parser.add_argument("--pretrain-steps", type=int, default=40, help="pretraining steps per epoch. Default: 40.")
-    parser.add_argument("--fractions", type=float, nargs="*", default=[0.25, 0.5],
-                        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.25 0.5.")
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.5],
+                        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.5.")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in the report. Default: 1000.")
     return parser

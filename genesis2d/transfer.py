@@ -156,6 +156,8 @@ def add_transfer_arguments(parser, epochs, warmup_epochs, batch_size, lr_factor,
                        help=f"epochs with the encoder frozen, before fine-tuning. Default: "
                        f"{shown(warmup_epochs, 'the thesis value for --init')} (0 with --init scratch).")
     group.add_argument("--batch-size", type=int, default=batch_size, help=f"Default: {batch_size}.")
+    group.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="training batches per epoch (the data repeat as needed). Default: one pass over the data.")
     group.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate. Default: 1e-3 (thesis).")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
     group.add_argument("--lr-factor", type=float, default=lr_factor,
@@ -186,11 +188,12 @@ def _compile(model, args):
                   metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
 
-def train_two_phase(model, encoder, train, validation, args, out, steps_per_epoch=None, validation_steps=None):
+def train_two_phase(model, encoder, train, validation, args, out, validation_steps=None):
     """Warm-up with the encoder frozen, then fine-tuning of all layers; keeps the best epoch.
 
     Args:
-        train, validation: tf.data datasets of (image, label) batches.
+        train, validation: tf.data datasets of (image, label) batches; `train` is repeated
+            when `args.steps_per_epoch` is set.
         out: folder for `history.csv` and `best.weights.h5`.
 
     Returns:
@@ -207,7 +210,9 @@ def train_two_phase(model, encoder, train, validation, args, out, steps_per_epoc
         history_path.unlink()
     best = KeepBest()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
-    fit = dict(validation_data=validation, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+    if args.steps_per_epoch:
+        train = train.repeat()
+    fit = dict(validation_data=validation, steps_per_epoch=args.steps_per_epoch, validation_steps=validation_steps,
                verbose=args.verbose, shuffle=False)
     warmup = warmup_epochs_of(args)
     if warmup:

@@ -55,12 +55,9 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from genesis2d.cli import parse_with_config
+    from genesis2d.cli import parse_with_demo_default
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.split("=")[0] in ("--data", "--config") for a in argv):
-        argv = ["--config", str(DEMO_CONFIG), *argv]
-    args = parse_with_config(build_parser(), argv)
+    args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     if args.lr_factor is None:  # Thesis 4.2.2 and 4.2.3.
         args.lr_factor = 0.01 if args.backbone.startswith("vgg") else 0.1
     args.image_size = args.image_size or args.patch_size

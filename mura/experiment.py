@@ -62,12 +62,9 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from genesis2d.cli import parse_with_config
+    from genesis2d.cli import parse_with_demo_default
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.split("=")[0] in ("--data", "--config") for a in argv):
-        argv = ["--config", str(DEMO_CONFIG), *argv]
-    args = parse_with_config(build_parser(), argv)
+    args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     warmup, epochs, factor = THESIS_SCHEDULE[args.init]
     args.default_warmup = warmup
     args.epochs = epochs if args.epochs is None else args.epochs

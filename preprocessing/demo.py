@@ -29,6 +29,7 @@ import pandas as pd
 from preprocessing.atomic import write_text
 
 COMPLETE_MARKER = ".complete"
+DEMO_VERSION = 3  # Bump when the generator changes, so old demo trees are rewritten.
 
 
 # --------------------------------------------------------------------------- phantoms
@@ -328,7 +329,7 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
 MURA_PARTS = ("XR_SHOULDER", "XR_HAND")
 
 
-def write_mura(out, rng, patients=(50, 15)):
+def write_mura(out, rng, patients=(50, 30)):
     """A MURA-v1.1 tree with its four header-less csv files.
 
     Args:
@@ -364,22 +365,31 @@ def make_demo(out, seed=0, size=128):
     """Writes the whole demo tree under `out` (replacing an incomplete one)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    if out.exists() and not (out / COMPLETE_MARKER).exists():
-        shutil.rmtree(out)  # A run killed half-way: start again rather than trust it.
+    if out.exists() and not _is_current(out, seed):
+        shutil.rmtree(out)  # Half-written or from another version: start again rather than trust it.
     parts = [("pretraining corpus", lambda: write_pretraining_corpus(out / "pretrain", rng, size=size)),
              ("LUNA16 tree", lambda: write_luna16(out / "LUNA16", rng)),
              ("MURA tree", lambda: write_mura(out, rng))]
     for name, write in parts:
         print(f"writing demo {name} ...", flush=True)
         write()
-    (out / COMPLETE_MARKER).write_text(f"seed={seed}\n")
+    (out / COMPLETE_MARKER).write_text(_marker(seed))
     return out
 
 
+def _marker(seed):
+    return f"version={DEMO_VERSION} seed={seed}\n"
+
+
+def _is_current(out, seed):
+    marker = Path(out) / COMPLETE_MARKER
+    return marker.exists() and marker.read_text() == _marker(seed)
+
+
 def ensure_demo(out, seed=0):
-    """The demo tree under `out`, generated on first use."""
+    """The demo tree under `out`, generated on first use (and again when the generator changed)."""
     out = Path(out)
-    if not (out / COMPLETE_MARKER).exists():
+    if not _is_current(out, seed):
         make_demo(out, seed=seed)
     return out
 
@@ -398,7 +408,8 @@ def main(argv=None):
     out = Path(args.out)
     if args.force and out.exists():
         shutil.rmtree(out)
-    make_demo(out, seed=args.seed) if args.force or not (out / COMPLETE_MARKER).exists() else None
+    if args.force or not _is_current(out, args.seed):
+        make_demo(out, seed=args.seed)
     print(f"demo data in {out}")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from genesis2d.metrics import binary_metrics, bootstrap_auc, delong_test
+from genesis2d.metrics import binary_metrics, bootstrap_auc, delong_test, delong_test_strata, stratified_auc
 
 
 def _psi(x, y):
@@ -43,6 +43,8 @@ def test_delong_matches_the_direct_computation_on_fixed_data():
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs(z)))
     same = delong_test(y, a, a)
     assert same["z"] == 0 and same["p_value"] == 1.0
+    one_stratum = delong_test_strata(y, a, b, np.zeros(len(y)))
+    assert one_stratum["z"] == pytest.approx(z) and one_stratum["p_value"] == pytest.approx(result["p_value"])
 
 
 def test_binary_metrics_against_sklearn():
@@ -64,3 +66,15 @@ def test_bootstrap_interval_holds_the_auc_and_resamples_groups():
     # Identical groups: resampling them cannot change the AUC.
     constant = bootstrap_auc(np.tile([0, 1], 50), np.tile([0.2, 0.8], 50), np.repeat(np.arange(50), 2), iterations=50)
     assert constant == (1.0, 1.0, 1.0)
+
+
+def test_stratified_auc_is_the_mean_of_fold_aucs():
+    rng = np.random.default_rng(1)
+    y = np.tile([0, 1, 0, 0], 30)
+    p = y + rng.normal(0, 1, size=120)
+    p[60:] += 5  # Another fold's model on another scale: pooling would mix them.
+    strata = np.repeat([1, 2], 60)
+    expected = np.mean([roc_auc_score(y[:60], p[:60]), roc_auc_score(y[60:], p[60:])])
+    assert stratified_auc(y, p, strata) == pytest.approx(expected)
+    auc, low, high = bootstrap_auc(y, p, np.arange(120) // 4, iterations=200, strata=strata)
+    assert auc == pytest.approx(expected) and low < auc < high
