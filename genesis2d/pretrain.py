@@ -50,6 +50,9 @@ def build_parser():
     model.add_argument("--backbone", default="resnet50", help="encoder: vgg16, vgg19, resnet18, resnet34, resnet50. Default: resnet50.")
     model.add_argument("--norm", default="batch", choices=("batch", "instance", "none"),
                        help="decoder normalisation (thesis 3.1.11). Default: batch.")
+    model.add_argument("--bn-momentum", type=float, default=0.99,
+                       help="BatchNormalization momentum of the moving statistics. Lower it (e.g. 0.9) for short runs, "
+                       "whose statistics would otherwise lag the weights. Default: 0.99 (Keras).")
     model.add_argument("--encoder-weights", default=None, choices=(None, "imagenet"), type=lambda v: None if v in ("none", "None") else v,
                        help="start the encoder from ImageNet instead of random weights. Default: none.")
     train = parser.add_argument_group("training")
@@ -307,6 +310,9 @@ def run(args, strategy=None, extra_callbacks=()):
 
     with strategy.scope():
         model = build_unet(args.backbone, (args.image_size, args.image_size, 1), args.norm, args.encoder_weights)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = args.bn_momentum
         model.compile(optimizer=make_optimizer(args), loss="mse")
 
     card_path = out / "card.json"

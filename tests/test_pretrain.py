@@ -109,12 +109,14 @@ def test_killed_run_resumes_mid_epoch_with_its_counts(demo_manifest, tmp_path):
 def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
     try:
         card = run(tiny_args(demo_manifest, tmp_path / "mp", "--epochs", "1", "--steps-per-epoch", "1",
-                             "--precision", "mixed_float16"))
+                             "--precision", "mixed_float16", "--bn-momentum", "0.8"))
         assert card["precision"] == "mixed_float16"
         assert np.isfinite(pd.read_csv(tmp_path / "mp" / "history.csv")["loss"]).all()
         model = keras.models.load_model(tmp_path / "mp" / "unet.keras", compile=False)
         assert model.output.dtype == "float32"
         assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+        norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms)
     finally:
         keras.config.set_dtype_policy("float32")
     # The exported encoder is float32 whatever the training precision.
