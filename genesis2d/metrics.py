@@ -57,6 +57,31 @@ def plot_roc(curves, path, title="ROC"):
     save_figure(path, figure, dpi=110)
 
 
+def plot_mean_roc(curves, path, title="ROC, mean over folds"):
+    """One ROC per entry, averaged vertically over its folds: {label: [(y_true, probability) per fold]}.
+
+    Each fold has its own model, so its scores are not pooled with the others'; the legend
+    gives the mean of the per-fold AUCs.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    grid = np.linspace(0, 1, 201)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for label, folds in curves.items():
+        tprs = [np.interp(grid, *roc_curve(y, p)[:2]) for y, p in folds]
+        auc = np.mean([roc_auc_score(y, p) for y, p in folds])
+        detail = f"mean AUC {auc:.3f}, {len(folds)} folds" if len(folds) > 1 else f"AUC {auc:.3f}"
+        axis.plot(grid, np.mean(tprs, axis=0), label=f"{label} ({detail})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axis.set_xlabel("1 - specificity (false positive rate)")
+    axis.set_ylabel("sensitivity (true positive rate)")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    save_figure(path, figure, dpi=110)
+
+
 def plot_histories(histories, path, title="loss"):
     """Training and validation loss per epoch, one line pair per entry: {label: DataFrame}."""
     plt = _pyplot()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genesis2d.metrics import bootstrap_auc, delong_test_strata, plot_roc
+from genesis2d.metrics import bootstrap_auc, delong_test_strata, plot_mean_roc
 from preprocessing.atomic import save_figure, write_csv, write_text
 
 INIT_ORDER = ("scratch", "genesis", "imagenet")
@@ -139,9 +139,9 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
               "of studies for MURA). The comparison columns give the AUC difference and the two-sided p-value of "
               "DeLong's test on the same test cases (for LUNA16, per fold, the folds' variances combined).", ""]
     for (task, backbone), group in pd.DataFrame([r for r in runs if r["fraction"] == 1.0]).groupby(["task", "backbone"]):
-        curves = {r["init"]: (r["table"]["y"], r["table"]["p"]) for r in group.to_dict("records")}
         name = f"roc_{task}_{backbone}.png"
-        plot_roc(curves, out / name, title=f"{task} {backbone}: initialisations")
+        curves = {r["init"]: [(t["y"], t["p"]) for _, t in r["table"].groupby("stratum")] for r in group.to_dict("records")}
+        plot_mean_roc(curves, out / name, title=f"{task} {backbone}: initialisations")
         lines += [f"![ROC {task} {backbone}]({name})", ""]
     if len({r["fraction"] for r in runs}) > 1:
         plot_label_efficiency(runs, out / "label_efficiency.png")
