@@ -105,7 +105,7 @@ def plot_label_efficiency(runs, path):
                            "auc": bootstrap_auc(r["table"]["y"], r["table"]["p"], r["table"]["group"], 0,
                                                 strata=r["table"]["stratum"])[0]}
                           for r in runs])
-    panels = list(frame.groupby(["task", "backbone"], sort=True))
+    panels = [(key, g) for key, g in frame.groupby(["task", "backbone"], sort=True) if g["fraction"].nunique() > 1]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for axis, ((task, backbone), group) in zip(axes[0], panels):
         for init in INIT_ORDER:
