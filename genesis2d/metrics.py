@@ -37,6 +37,16 @@ def _pyplot():
     return plt
 
 
+def _finish_roc(figure, axis, title, path):
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axis.set_xlabel("1 - specificity (false positive rate)")
+    axis.set_ylabel("sensitivity (true positive rate)")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    save_figure(path, figure, dpi=110)
+
+
 def plot_roc(curves, path, title="ROC"):
     """One PNG with a ROC curve per entry of `curves`: {label: (y_true, probability)}."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -48,13 +58,7 @@ def plot_roc(curves, path, title="ROC"):
             continue
         fpr, tpr, _ = roc_curve(y_true, probability)
         axis.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y_true, probability):.3f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    save_figure(path, figure, dpi=110)
+    _finish_roc(figure, axis, title, path)
 
 
 def plot_mean_roc(curves, path, title="ROC, mean over folds"):
@@ -73,13 +77,7 @@ def plot_mean_roc(curves, path, title="ROC, mean over folds"):
         auc = np.mean([roc_auc_score(y, p) for y, p in folds])
         detail = f"mean AUC {auc:.3f}, {len(folds)} folds" if len(folds) > 1 else f"AUC {auc:.3f}"
         axis.plot(grid, np.mean(tprs, axis=0), label=f"{label} ({detail})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    save_figure(path, figure, dpi=110)
+    _finish_roc(figure, axis, title, path)
 
 
 def plot_histories(histories, path, title="loss"):
