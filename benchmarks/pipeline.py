@@ -12,7 +12,6 @@ fresh process; a streaming pipeline keeps the two about equal.
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -58,3 +58,15 @@ def write_run_record(out, args, extra=None):
     record.update(extra or {})
     write_json(Path(out) / "run.json", record)
     return record
+
+
+def run_command(parse_args, run, argv=None):
+    """Parses, runs, and turns the project's input errors into one `error: ...` line and exit 1."""
+    from genesis2d.transfer import InitError
+    from preprocessing.errors import ImageReadError
+
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ImageReadError, InitError) as error:
+        sys.exit(f"error: {error}")

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import bootstrap_auc, delong_test_strata, plot_mean_roc

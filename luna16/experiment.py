@@ -10,7 +10,6 @@ is the mean over its three views.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.transfer import InitError, add_transfer_arguments, build_classifier, load_encoder, predict, train_two_phase
+from genesis2d.transfer import add_transfer_arguments, build_classifier, load_encoder, train_two_phase
 from luna16.data import FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, training_arrays, validation_series
 from preprocessing.atomic import write_csv, write_json, write_text
-from preprocessing.errors import ImageReadError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
@@ -196,8 +194,6 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ImageReadError, InitError) as error:
-        sys.exit(f"error: {error}")
+    from genesis2d.cli import run_command
+
+    run_command(parse_args, run, argv)

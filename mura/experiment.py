@@ -23,10 +23,9 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.transfer import InitError, add_transfer_arguments, build_classifier, load_encoder, train_two_phase
+from genesis2d.transfer import add_transfer_arguments, build_classifier, load_encoder, train_two_phase
 from mura.data import body_parts_of, make_dataset, read_split, split_patients, study_probabilities
 from preprocessing.atomic import write_csv, write_json
-from preprocessing.errors import ImageReadError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
@@ -171,8 +170,6 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (ImageReadError, InitError) as error:
-        sys.exit(f"error: {error}")
+    from genesis2d.cli import run_command
+
+    run_command(parse_args, run, argv)

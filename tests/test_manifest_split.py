@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from preprocessing.manifest import COLUMNS, build_manifest, evenly_spaced, load_table, main
+from preprocessing.manifest import COLUMNS, evenly_spaced, load_table, main
 from preprocessing.split import check_no_leak, patient_split
 
 

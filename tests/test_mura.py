@@ -89,7 +89,7 @@ def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home,
     extra = {"scratch": ["--repeats", "2"], "genesis": ["--encoder", str(pretrained_run[0] / "encoder.h5")],
              "imagenet": []}[init]
     out = tmp_path / init
-    summary = run(parse_args(["--data", str(demo_dir), "--out", str(out), "--init", init, *MURA_TINY, *extra]))
+    run(parse_args(["--data", str(demo_dir), "--out", str(out), "--init", init, *MURA_TINY, *extra]))
     images = pd.read_csv(out / "predictions_images.csv")
     studies = pd.read_csv(out / "predictions_studies.csv")
     assert list(images.columns) == ["path", "study", "label", "probability"]

@@ -49,7 +49,6 @@ def test_genesis_init_takes_the_pretrained_weights(pretrained_run):
 
 
 def test_head_is_the_thesis_head():
-    import keras
 
     encoder = load_encoder("scratch", "resnet18", (32, 32, 1))
     model = build_classifier(encoder, units=16, l2=1e-3, dropout=0.5)
