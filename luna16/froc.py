@@ -1,16 +1,27 @@
-"""The LUNA16 FROC and CPM of a predictions file (beyond the thesis, which reports AUC only).
+"""The LUNA16 FROC and CPM of a predictions file, as the official evaluation script computes them.
 
-    python -m luna16.froc predictions.csv --annotations annotations.csv [--excluded annotations_excluded.csv]
+    python -m luna16.froc predictions.csv --annotations annotations.csv --excluded annotations_excluded.csv
 
-A candidate hits a nodule when it lies within the nodule's radius (half of
-`diameter_mm`) of its centre; a nodule counts as found at a threshold when any
-candidate hitting it has at least that probability. Candidates that hit no
-nodule are false positives, except those within an excluded finding (the
-`annotations_excluded.csv` of LUNA16, radius half its diameter, 5 mm when the
-diameter is not given), which are ignored. The FROC curve is sensitivity
-against false positives per scan; the CPM (competition performance metric) is
-the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan,
-with a 95% interval from bootstrapping scans. The last printed line is `CPM <value>`.
+Beyond the thesis, which reports AUC only. The rules are those of the LUNA16
+script `noduleCADEvaluationLUNA16.py`:
+
+- every scan of the evaluated list counts (`--seriesuids`; by default the
+  `subset*/*.mhd` scans beside the annotations file), also scans without any
+  prediction, whose nodules are missed; predictions of other scans are ignored;
+- a scan keeps at most 100 candidates (`maxNumberOfCADMarks`): those whose
+  probability is above the 101st highest, in file order;
+- a candidate hits a finding when its squared distance to the centre is
+  strictly below the squared radius (half of `diameter_mm`; a diameter below 0
+  counts as 10 mm); a nodule's score is the highest probability among the
+  candidates that hit it; a candidate that hits an annotated nodule or an
+  excluded finding (`annotations_excluded.csv`) is not a false positive;
+- the FROC curve is scikit-learn's ROC curve of found nodules against false
+  positives, rescaled to sensitivity over all nodules and false positives per
+  scan; the CPM is the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false
+  positives per scan (linear interpolation of that curve).
+
+The 95% interval resamples the evaluated scans with replacement, each with its
+nodules and candidates. The last printed line is `CPM <value>`.
 """
 
 import argparse
@@ -20,114 +31,139 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.atomic import save_figure, write_json
-from preprocessing.errors import ImageReadError
+from preprocessing.atomic import write_json
+from preprocessing.errors import InputError
+from preprocessing.figures import pyplot, save_figure
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-DEFAULT_EXCLUDED_DIAMETER = 10.0
+MAX_CAD_MARKS = 100  # The script's maxNumberOfCADMarks.
+DEFAULT_DIAMETER = 10.0  # mm, for a finding whose diameter is below 0.
+COORDS = ["coordX", "coordY", "coordZ"]
 
 
-def _points(frame):
-    return frame[["coordX", "coordY", "coordZ"]].to_numpy(float)
+def cap_candidates(candidates, limit=MAX_CAD_MARKS):
+    """At most `limit` candidates of one scan, as the script keeps them.
+
+    Those with a probability above the (limit+1)-th highest, in file order; with ties at
+    that value, fewer than `limit` are kept.
+    """
+    if limit <= 0 or len(candidates) <= limit:
+        return candidates
+    probability = candidates["probability"].to_numpy(float)
+    threshold = np.sort(probability)[::-1][limit]
+    return candidates[probability > threshold].iloc[:limit]
+
+
+def _within(points, findings):
+    """(candidates, findings) bool: squared distance strictly below the squared radius."""
+    diameter = findings["diameter_mm"].to_numpy(float)
+    radius_squared = (np.where(diameter < 0, DEFAULT_DIAMETER, diameter) / 2.0) ** 2
+    distance_squared = ((points[:, None, :] - findings[COORDS].to_numpy(float)[None, :, :]) ** 2).sum(axis=-1)
+    return distance_squared < radius_squared[None, :]
 
 
 def match_scan(candidates, nodules, excluded=None):
-    """Scores of one scan: (best probability of each nodule or -inf when missed, probabilities of false positives)."""
+    """One scan: (score of each nodule, -inf when missed; probabilities of its false positives)."""
     probability = candidates["probability"].to_numpy(float)
-    points = _points(candidates)
+    points = candidates[COORDS].to_numpy(float)
     nodule_scores = np.full(len(nodules), -np.inf)
-    hits_any = np.zeros(len(candidates), bool)
-    if len(nodules):
-        distance = np.linalg.norm(points[:, None, :] - _points(nodules)[None, :, :], axis=-1)
-        hits = distance <= nodules["diameter_mm"].to_numpy(float)[None, :] / 2
-        hits_any = hits.any(axis=1)
-        scores = np.where(hits, probability[:, None], -np.inf)
-        nodule_scores = scores.max(axis=0) if len(candidates) else nodule_scores
-    ignored = np.zeros(len(candidates), bool)
-    if excluded is not None and len(excluded):
-        diameter = excluded["diameter_mm"].to_numpy(float)
-        radius = np.where(diameter > 0, diameter, DEFAULT_EXCLUDED_DIAMETER) / 2
-        distance = np.linalg.norm(points[:, None, :] - _points(excluded)[None, :, :], axis=-1)
-        ignored = (distance <= radius[None, :]).any(axis=1)
-    return nodule_scores, probability[~hits_any & ~ignored]
+    not_false_positive = np.zeros(len(candidates), bool)
+    if len(nodules) and len(candidates):
+        hits = _within(points, nodules)
+        nodule_scores = np.where(hits, probability[:, None], -np.inf).max(axis=0)
+        not_false_positive |= hits.any(axis=1)
+    if excluded is not None and len(excluded) and len(candidates):
+        not_false_positive |= _within(points, excluded).any(axis=1)
+    return nodule_scores, probability[~not_false_positive]
 
 
-def match(predictions, annotations, excluded=None):
-    """{seriesuid: (nodule scores, false-positive probabilities)} for every scan with predictions."""
-    by_scan = {}
+def match(predictions, annotations, excluded, seriesuids, limit=MAX_CAD_MARKS):
+    """{seriesuid: (nodule scores, false-positive probabilities)} for every evaluated scan."""
+    empty_predictions = predictions.iloc[0:0]
+    empty_findings = annotations.iloc[0:0]
+    predictions_by_uid = dict(tuple(predictions.groupby("seriesuid", sort=False)))
     annotations_by_uid = dict(tuple(annotations.groupby("seriesuid")))
     excluded_by_uid = dict(tuple(excluded.groupby("seriesuid"))) if excluded is not None else {}
-    empty = annotations.iloc[0:0]
-    for uid, candidates in predictions.groupby("seriesuid"):
-        by_scan[uid] = match_scan(candidates, annotations_by_uid.get(uid, empty), excluded_by_uid.get(uid))
-    return by_scan
+    return {uid: match_scan(cap_candidates(predictions_by_uid.get(uid, empty_predictions), limit),
+                            annotations_by_uid.get(uid, empty_findings), excluded_by_uid.get(uid))
+            for uid in seriesuids}
 
 
 def froc_curve(nodule_scores, fp_scores, n_scans):
-    """(false positives per scan, sensitivity) at every threshold, from the strictest down."""
+    """(false positives per scan, sensitivity), as the script's computeFROC.
+
+    Missed nodules (score -inf) count in the sensitivity's denominator only. With no
+    nodule found the sensitivity is 0 everywhere (the script gives NaN there).
+    """
+    from sklearn.metrics import roc_curve
+
     nodule_scores, fp_scores = np.asarray(nodule_scores, float), np.asarray(fp_scores, float)
-    thresholds = np.unique(np.concatenate([nodule_scores[np.isfinite(nodule_scores)], fp_scores]))[::-1]
     if not len(nodule_scores):
         raise ValueError("there are no nodules to find")
-    fp_sorted = np.sort(fp_scores)
-    found_sorted = np.sort(nodule_scores)
-    fps = (len(fp_sorted) - np.searchsorted(fp_sorted, thresholds, side="left")) / n_scans
-    sensitivity = (len(found_sorted) - np.searchsorted(found_sorted, thresholds, side="left")) / len(nodule_scores)
-    return np.concatenate([[0.0], fps]), np.concatenate([[0.0], sensitivity])
+    found = nodule_scores[np.isfinite(nodule_scores)]
+    if not len(found):
+        return np.array([0.0, len(fp_scores) / n_scans]), np.zeros(2)
+    if not len(fp_scores):  # The script's border case: no false positive, every found nodule at 0 FP per scan.
+        return np.zeros(2), np.array([0.0, len(found) / len(nodule_scores)])
+    labels = np.concatenate([np.ones(len(found)), np.zeros(len(fp_scores))])
+    fpr, tpr, _ = roc_curve(labels, np.concatenate([found, fp_scores]))
+    fps = fpr * len(fp_scores) / n_scans
+    return fps, tpr * len(found) / len(nodule_scores)
 
 
 def cpm(nodule_scores, fp_scores, n_scans, rates=FP_RATES):
-    """Mean sensitivity at the given false-positive rates (linear interpolation of the FROC curve).
-
-    Beyond the largest false-positive rate reached, the curve stays at its last sensitivity.
-    """
+    """(CPM, sensitivity at each rate): the mean sensitivity at the given false-positive rates."""
     fps, sensitivity = froc_curve(nodule_scores, fp_scores, n_scans)
     at = np.interp(rates, fps, sensitivity)
     return float(np.mean(at)), at
 
 
-def bootstrap_cpm(by_scan, n_scans, iterations=1000, seed=0):
-    """95% interval of the CPM when scans are resampled with replacement."""
+def _pooled(by_scan, uids):
+    nodules = [by_scan[uid][0] for uid in uids]
+    fps = [by_scan[uid][1] for uid in uids]
+    return np.concatenate(nodules) if nodules else np.empty(0), np.concatenate(fps) if fps else np.empty(0)
+
+
+def bootstrap_cpm(by_scan, iterations=1000, seed=0, level=0.95):
+    """Percentile interval of the CPM when the evaluated scans are resampled with replacement."""
     rng = np.random.default_rng(seed)
     uids = list(by_scan)
-    extra = max(0, n_scans - len(uids))  # Scans without any prediction add nothing but the denominator.
     values = []
     for _ in range(iterations):
-        chosen = rng.integers(0, len(uids) + extra, size=len(uids) + extra)
-        chosen = chosen[chosen < len(uids)]
-        nodules = [by_scan[uids[i]][0] for i in chosen]
-        if not nodules or not sum(len(n) for n in nodules):
-            continue
-        fps = [by_scan[uids[i]][1] for i in chosen]
-        values.append(cpm(np.concatenate(nodules), np.concatenate(fps), len(uids) + extra)[0])
-    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values else (np.nan, np.nan)
+        chosen = [uids[i] for i in rng.integers(0, len(uids), size=len(uids))]
+        nodules, fps = _pooled(by_scan, chosen)
+        if len(nodules):
+            values.append(cpm(nodules, fps, len(chosen))[0])
+    if not values:
+        return np.nan, np.nan
+    low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(low), float(high)
 
 
-def evaluate(predictions, annotations, excluded=None, n_scans=None, iterations=1000, seed=0):
-    """The FROC evaluation as a dict: cpm, sensitivities at the 7 rates, 95% interval, curve."""
-    by_scan = match(predictions, annotations, excluded)
-    n_scans = int(n_scans or len(by_scan))
-    # Nodules of scans that received no candidate at all are missed as well.
-    missing = annotations[~annotations["seriesuid"].isin(by_scan)]
-    nodule_scores = np.concatenate([s[0] for s in by_scan.values()] + [np.full(len(missing), -np.inf)])
-    fp_scores = np.concatenate([s[1] for s in by_scan.values()])
-    value, at = cpm(nodule_scores, fp_scores, n_scans)
-    fps, sensitivity = froc_curve(nodule_scores, fp_scores, n_scans)
-    low, high = bootstrap_cpm(by_scan, n_scans, iterations, seed) if iterations else (np.nan, np.nan)
+def evaluate(predictions, annotations, excluded=None, seriesuids=None, iterations=1000, seed=0, limit=MAX_CAD_MARKS):
+    """The FROC evaluation as a dict: cpm, sensitivities at the 7 rates, 95% interval, curve, counts.
+
+    Args:
+        predictions: DataFrame with seriesuid, coordX, coordY, coordZ, probability.
+        annotations: DataFrame with seriesuid, coordX, coordY, coordZ, diameter_mm.
+        excluded: the same for findings whose candidates are ignored, or None.
+        seriesuids: the evaluated scans. Defaults to the scans of the predictions.
+    """
+    seriesuids = list(dict.fromkeys(predictions["seriesuid"] if seriesuids is None else seriesuids))
+    by_scan = match(predictions, annotations, excluded, seriesuids, limit)
+    nodule_scores, fp_scores = _pooled(by_scan, seriesuids)
+    value, at = cpm(nodule_scores, fp_scores, len(seriesuids))
+    low, high = bootstrap_cpm(by_scan, iterations, seed) if iterations else (np.nan, np.nan)
     return {"cpm": value, "cpm_ci95": [low, high], "sensitivity_at": dict(zip(map(str, FP_RATES), at.tolist())),
             "nodules": int(len(nodule_scores)), "found_at_any_threshold": int(np.isfinite(nodule_scores).sum()),
-            "scans": n_scans, "curve": (fps, sensitivity)}
+            "scans": len(seriesuids), "curve": froc_curve(nodule_scores, fp_scores, len(seriesuids))}
 
 
 def plot_froc(result, path, title="FROC"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fps, sensitivity = result["curve"]
     figure, axis = plt.subplots(figsize=(6, 4.2))
-    axis.plot(np.maximum(fps, 1e-3), sensitivity, drawstyle="steps-post")
+    axis.plot(np.maximum(fps, 1e-3), sensitivity)
     axis.scatter(FP_RATES, list(result["sensitivity_at"].values()), color="C3", zorder=3,
                  label=f"CPM {result['cpm']:.3f} (95% CI {result['cpm_ci95'][0]:.3f}-{result['cpm_ci95'][1]:.3f})")
     axis.set_xscale("log", base=2)
@@ -142,35 +178,96 @@ def plot_froc(result, path, title="FROC"):
     save_figure(path, figure, dpi=110)
 
 
-def _read(path, columns, what):
+def read_table(path, columns, what):
+    """A CSV with the given columns and at least one row, or one InputError line."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(path, f"does not exist ({what})")
-    frame = pd.read_csv(path)
-    missing = set(columns) - set(frame.columns)
+        raise InputError(path, f"does not exist ({what})")
+    try:
+        frame = pd.read_csv(path, dtype={"seriesuid": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(path, f"cannot be read as CSV ({what}: {str(error).splitlines()[0]})") from None
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ImageReadError(path, f"lacks columns {sorted(missing)} ({what})")
+        raise InputError(path, f"lacks columns {missing} ({what})")
+    numeric = [c for c in columns if c != "seriesuid"]
+    converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    bad = converted.isna() & frame[numeric].notna()
+    if bad.any().any():
+        raise InputError(path, f"has {int(bad.any(axis=1).sum())} rows with non-numeric values in {numeric} ({what})")
+    frame[numeric] = converted
     return frame
 
 
-def main(argv=None):
+def read_predictions(path):
+    frame = read_table(path, ["seriesuid", *COORDS, "probability"], "predictions")
+    if frame.empty:
+        raise InputError(path, "holds no predictions (header only)")
+    finite = np.isfinite(frame[[*COORDS, "probability"]].to_numpy(float)).all(axis=1)
+    if not finite.all():
+        raise InputError(path, f"has {int((~finite).sum())} rows whose probability or coordinates are not finite "
+                         "numbers (NaN or infinite: did training diverge?)")
+    return frame
+
+
+def read_seriesuids(path):
+    """One seriesuid per line (the script's seriesuids.csv, no header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "does not exist (list of evaluated scans)")
+    uids = [line.strip().split(",")[0] for line in path.read_text().splitlines() if line.strip()]
+    if not uids:
+        raise InputError(path, "lists no scans")
+    return list(dict.fromkeys(uids))
+
+
+def layout_seriesuids(annotations_path):
+    """The scans of the LUNA16 layout beside the annotations file (subset*/*.mhd)."""
+    folder = Path(annotations_path).resolve().parent
+    uids = sorted(p.stem for p in folder.glob("subset*/*.mhd"))
+    if not uids:
+        raise InputError(folder, "holds no subset*/*.mhd scans to evaluate; pass --seriesuids FILE")
+    return uids
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m luna16.froc", description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", help="CSV with seriesuid, coordX, coordY, coordZ, probability.")
     parser.add_argument("--annotations", required=True, help="LUNA16 annotations.csv (seriesuid, coords, diameter_mm).")
-    parser.add_argument("--excluded", help="annotations_excluded.csv: findings whose candidates are ignored.")
-    parser.add_argument("--scans", type=int, help="number of scans evaluated. Default: the scans in the predictions.")
+    parser.add_argument("--excluded", help="annotations_excluded.csv: findings whose candidates are ignored. "
+                        "Default: none.")
+    parser.add_argument("--seriesuids", help="file of evaluated scans, one seriesuid per line (as the official script "
+                        "takes). Default: the subset*/*.mhd scans in the annotations file's folder.")
+    parser.add_argument("--max-candidates", type=int, default=MAX_CAD_MARKS,
+                        help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000.")
-    parser.add_argument("--out", help="FROC curve PNG. Default: froc.png beside the predictions.")
-    args = parser.parse_args(argv)
-    coords = ["seriesuid", "coordX", "coordY", "coordZ"]
-    try:
-        predictions = _read(args.predictions, coords + ["probability"], "predictions")
-        annotations = _read(args.annotations, coords + ["diameter_mm"], "annotations")
-        excluded = _read(args.excluded, coords + ["diameter_mm"], "excluded findings") if args.excluded else None
-    except ImageReadError as error:
-        sys.exit(f"error: {error}")
-    annotations = annotations[annotations["seriesuid"].isin(predictions["seriesuid"])] if args.scans is None else annotations
-    result = evaluate(predictions, annotations, excluded, args.scans, args.bootstrap)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
+    parser.add_argument("--out", help="FROC curve PNG (and .json beside it). Default: froc.png beside the predictions.")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    predictions = read_predictions(args.predictions)
+    annotations = read_table(args.annotations, ["seriesuid", *COORDS, "diameter_mm"], "annotations")
+    excluded = (read_table(args.excluded, ["seriesuid", *COORDS, "diameter_mm"], "excluded findings")
+                if args.excluded else None)
+    seriesuids = read_seriesuids(args.seriesuids) if args.seriesuids else layout_seriesuids(args.annotations)
+    evaluated = predictions["seriesuid"].isin(seriesuids)
+    if not evaluated.any():
+        raise InputError(args.predictions, f"has no prediction for any of the {len(seriesuids)} evaluated scans")
+    duplicates = int(predictions.duplicated(["seriesuid", *COORDS]).sum())
+    if duplicates:
+        print(f"warning: {args.predictions}: {duplicates} rows repeat a scan and coordinates of an earlier row; "
+              "each counts as its own candidate, as in the official script.", file=sys.stderr)
+    if (~evaluated).any():
+        print(f"note: {int((~evaluated).sum())} predictions of {predictions.loc[~evaluated, 'seriesuid'].nunique()} "
+              "scans outside the evaluated list are ignored.", file=sys.stderr)
+    without = len(set(seriesuids) - set(predictions["seriesuid"]))
+    if without:
+        print(f"note: {without} of the {len(seriesuids)} evaluated scans have no prediction; their nodules count as "
+              "missed.", file=sys.stderr)
+    result = evaluate(predictions[evaluated], annotations, excluded, seriesuids, args.bootstrap, args.seed,
+                      args.max_candidates)
     out = Path(args.out) if args.out else Path(args.predictions).with_name("froc.png")
     plot_froc(result, out)
     write_json(out.with_suffix(".json"), {k: v for k, v in result.items() if k != "curve"})
@@ -181,6 +278,12 @@ def main(argv=None):
     print(f"FROC curve: {out}")
     print(f"CPM {result['cpm']:.4f}")
     return result
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
