@@ -1,7 +1,11 @@
 """Crop and resize slices: random 448 crop then resize to 224 (thesis 3.1.8-3.1.10).
 
-numpy versions for single slices (evaluation, tests) and a TensorFlow version for
-the streaming pipeline; both pad a side shorter than the crop with zeros, centred.
+A slice smaller than the crop is not padded: it is cropped at the largest square
+that fits (side min(448, H, W)), at a random position in training and centred
+otherwise, then resized to 224 like every other crop, so an MRNet 256x256 slice
+fills the network input instead of a third of it. (The thesis pads only MURA
+images under 224, 3.1.10, which `mura.data` does.) numpy versions for single
+slices (evaluation, tests) and a TensorFlow version for the streaming pipeline.
 """
 
 import numpy as np
@@ -10,32 +14,27 @@ CROP_SIZE = 448  # Thesis 3.1.8: "random clip for images of size 448*448".
 IMAGE_SIZE = 224  # ... "and resize these random clippings ... i.e. 224*224".
 
 
-def pad_to(array, size):
-    """Zero-pads a (H, W) array, centred, so that both sides are at least `size`."""
-    h, w = array.shape[:2]
-    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
-    if not pad_h and not pad_w:
-        return array
-    pads = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pads)
+def crop_side(height, width, size=CROP_SIZE):
+    """The side of the square crop of a (height, width) slice: `size`, or the shorter side when smaller."""
+    return min(int(size), int(height), int(width))
 
 
 def random_crop(array, size=CROP_SIZE, rng=None):
-    """A random `size` x `size` window of a (H, W) array, zero-padded first when smaller."""
+    """A random square window of a (H, W) array, of side min(size, H, W)."""
     rng = np.random.default_rng(rng)
-    array = pad_to(array, size)
     h, w = array.shape[:2]
-    top = int(rng.integers(0, h - size + 1))
-    left = int(rng.integers(0, w - size + 1))
-    return array[top : top + size, left : left + size]
+    side = crop_side(h, w, size)
+    top = int(rng.integers(0, h - side + 1))
+    left = int(rng.integers(0, w - side + 1))
+    return array[top : top + side, left : left + side]
 
 
 def center_crop(array, size=CROP_SIZE):
-    """The central `size` x `size` window (for evaluation), zero-padded first when smaller."""
-    array = pad_to(array, size)
+    """The central square window of side min(size, H, W) (for evaluation)."""
     h, w = array.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return array[top : top + size, left : left + size]
+    side = crop_side(h, w, size)
+    top, left = (h - side) // 2, (w - side) // 2
+    return array[top : top + side, left : left + side]
 
 
 def resize(array, size=IMAGE_SIZE):
@@ -61,22 +60,23 @@ def tf_crop_and_resize(image, crop_size=CROP_SIZE, image_size=IMAGE_SIZE, traini
 
     Args:
         image: tf.Tensor (H, W, 1).
-        seed: optional shape-(2,) int tensor for a stateless random crop.
+        seed: optional shape-(2,) int tensor for a stateless random crop (reproducible
+            whatever the order in which parallel calls run).
     """
     import tensorflow as tf
 
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
-    target_h, target_w = tf.maximum(h, crop_size), tf.maximum(w, crop_size)
-    image = tf.image.pad_to_bounding_box(image, (target_h - h) // 2, (target_w - w) // 2, target_h, target_w)
+    side = tf.minimum(tf.minimum(h, w), crop_size)
     if training:
+        size = tf.stack([side, side, 1])
         if seed is None:
-            image = tf.image.random_crop(image, (crop_size, crop_size, 1))
+            image = tf.image.random_crop(image, size)
         else:
-            image = tf.image.stateless_random_crop(image, (crop_size, crop_size, 1), seed=seed)
+            image = tf.image.stateless_random_crop(image, size, seed=seed)
     else:
-        top, left = (target_h - crop_size) // 2, (target_w - crop_size) // 2
-        image = tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
-    if crop_size != image_size:
-        image = tf.image.resize(image, (image_size, image_size), method="area" if image_size < crop_size else "bilinear")
+        image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
+    # Area averaging when shrinking (no aliasing), bilinear when a small slice is enlarged.
+    image = tf.cond(side > image_size, lambda: tf.image.resize(image, (image_size, image_size), method="area"),
+                    lambda: tf.image.resize(image, (image_size, image_size), method="bilinear"))
     return tf.ensure_shape(image, (image_size, image_size, 1))

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from preprocessing.atomic import save_figure, write_csv
-from preprocessing.errors import ImageReadError
+from preprocessing.atomic import write_csv
+from preprocessing.errors import ImageReadError, InputError
+from preprocessing.figures import pyplot, save_figure
 from preprocessing.normalize import MODALITIES
 from preprocessing.readers import read_header
 from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
@@ -85,10 +86,11 @@ def sample_dataset(entry, root, warn=print):
     root = Path(root)
     volumes = {}  # patient -> [(path, num_slices, body_part)]
     skipped = []
+    from_header = entry["patient_id"] == "header"
     for path in find_files(root, entry["files"]):
         relative = path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
-        match = re.search(entry["patient_id"], relative)
-        if not match:
+        match = None if from_header else re.search(entry["patient_id"], relative)
+        if not from_header and not match:
             warn(f"warning: {path}: no patient id matches '{entry['patient_id']}'; skipped")
             skipped.append(str(path))
             continue
@@ -98,7 +100,12 @@ def sample_dataset(entry, root, warn=print):
             warn(f"warning: {error} Skipped.")
             skipped.append(str(path))
             continue
-        volumes.setdefault(match.group(1), []).append((str(path), header["num_slices"], _body_part(entry, relative)))
+        patient = header.get("patient_id") if from_header else match.group(1)
+        if not patient:
+            warn(f"warning: {path}: names no patient in the file; skipped")
+            skipped.append(str(path))
+            continue
+        volumes.setdefault(patient, []).append((str(path), header["num_slices"], _body_part(entry, relative)))
     rows = []
     for patient, files in sorted(volumes.items()):
         # A patient's slices, volume after volume, then taken evenly spaced (thesis 3.1.4-3.1.5).
@@ -148,11 +155,7 @@ def summarize(frame):
 
 def save_charts(tables, out_dir, stem):
     """One bar chart PNG per count table; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     for title, counts in tables.items():
         figure, axis = plt.subplots(figsize=(max(4.0, 0.45 * len(counts) + 2), 3.6))
@@ -184,18 +187,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        entries = load_table(args.config)
-    except ImageReadError as error:
-        sys.exit(f"error: {error}")
+def run(args):
+    entries = load_table(args.config)
     if not Path(args.root).is_dir():
-        sys.exit(f"error: {args.root}: is not a folder.")
+        raise InputError(args.root, "is not a folder")
     frame, skipped = build_manifest(entries, args.root, seed=args.seed, fractions=args.fractions,
                                     warn=lambda line: print(line, file=sys.stderr))
     if frame.empty:
-        sys.exit(f"error: {args.root}: no readable files match any dataset of {args.config}.")
+        raise InputError(args.root, f"no readable files match any dataset of {args.config}")
     out = Path(args.out)
     write_csv(out, frame)
     tables = summarize(frame)
@@ -208,6 +207,12 @@ def main(argv=None):
           f"{len(skipped)} unreadable files skipped.")
     print(f"wrote {out} and {len(charts)} charts beside it")
     return frame
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -132,8 +132,8 @@ def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, imag
             TFRecord shards written by `python -m preprocessing.shards`.
         split: str. 'train', 'val' or 'test'. Defaults to 'train'.
         batch_size: int. Defaults to 32.
-        crop_size: int. Side of the crop, zero-padded when the slice is smaller.
-            Defaults to 448 (thesis 3.1.8).
+        crop_size: int. Side of the square crop; a smaller slice is cropped at its
+            largest square instead. Defaults to 448 (thesis 3.1.8).
         image_size: int. Side after resizing. Defaults to 224.
         training: bool. Random crops, shuffling and an endless stream when True;
             centre crops, manifest order and one pass when False. Defaults to
@@ -151,10 +151,11 @@ def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, imag
     else:
         slices = _slices_from_manifest(load_manifest(source, split), training, seed)
 
-    def crop(image):
-        return tf_crop_and_resize(image, crop_size, image_size, training=training)
+    def crop(index, image):  # Slice i of the stream is cropped with the stateless seed (seed, i).
+        return tf_crop_and_resize(image, crop_size, image_size, training=training,
+                                  seed=tf.stack([tf.cast(seed, tf.int64), index]))
 
-    dataset = slices.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    dataset = slices.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

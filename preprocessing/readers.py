@@ -9,7 +9,8 @@ millimetres, with patient LPS axes; `direction` is the row-major 3x3 matrix whos
 columns are the world directions of the x, y and z index axes. So the world
 position of voxel `array[k, j, i]` is `origin + direction @ ((i, j, k) * spacing)`.
 It also holds `path`, `format`, `shape`, `modality` ('CT', 'MR', 'XR' or None when
-the file does not say) and, for integer images, `bit_depth`.
+the file does not say), for integer images `bit_depth`, and `patient_id` where the
+file itself names the patient (the figshare brain tumour `.mat` files).
 
 The reader is chosen by the suffix; a folder is read as one DICOM series. Heavy
 libraries are imported where they are used. Every failure is an
@@ -27,6 +28,7 @@ ITK_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 NUMPY_SUFFIXES = (".npy",)
+MATLAB_SUFFIXES = (".mat",)  # The figshare brain tumour set (thesis 3.1.2, item 10): MATLAB v7.3 = HDF5.
 
 # DICOM Modality values of plain radiographs (computed, digital, intra-oral, mammography).
 XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "IO", "MG", "PX"}
@@ -120,9 +122,11 @@ def _reader_for(path):
         return _read_raster
     if suffix in NUMPY_SUFFIXES:
         return _read_numpy
+    if suffix in MATLAB_SUFFIXES:
+        return _read_matlab
     if suffix in DICOM_SUFFIXES:
         return _read_dicom_file
-    raise ImageReadError(path, f"has an unknown suffix '{suffix}' (expected DICOM, NIfTI, MetaImage, NRRD, PNG/JPEG or .npy)")
+    raise ImageReadError(path, f"has an unknown suffix '{suffix}' (expected DICOM, NIfTI, MetaImage, NRRD, PNG/JPEG, .npy or .mat)")
 
 
 def _header_reader_for(path):
@@ -134,6 +138,7 @@ def _header_reader_for(path):
         _read_itk: _header_itk,
         _read_numpy: _header_numpy,
         _read_raster: _header_raster,
+        _read_matlab: _header_matlab,
     }[reader]
 
 
@@ -502,3 +507,38 @@ def _header_numpy(path):
     if array.ndim not in (2, 3):
         raise ImageReadError(path, f"holds a {array.ndim}D array; expected 2D or 3D")
     return {"format": "numpy", "shape": tuple(array.shape)}
+
+
+# --------------------------------------------------------------------------- MATLAB v7.3 (figshare brain tumours)
+
+
+def _matlab_slice(path):
+    """(image (y, x) float32, patient id) of a figshare brain tumour file: `cjdata.image`, `cjdata.PID`."""
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ImageReadError(path, f"is not a MATLAB v7.3 (HDF5) file ({_short(error)})") from error
+    with handle:
+        if "cjdata" not in handle or "image" not in handle["cjdata"]:
+            raise ImageReadError(path, "holds no cjdata.image (expected a figshare brain tumour .mat file)")
+        image = np.asarray(handle["cjdata"]["image"], dtype=np.float32).T  # MATLAB stores columns first.
+        patient = None
+        if "PID" in handle["cjdata"]:  # A MATLAB char array: UTF-16 code units.
+            patient = "".join(chr(int(c)) for c in np.asarray(handle["cjdata"]["PID"]).ravel() if int(c)).strip() or None
+    if image.ndim != 2:
+        raise ImageReadError(path, f"holds a {image.ndim}D cjdata.image; expected one 2D slice")
+    return image, patient
+
+
+def _read_matlab(path, slices):
+    image, patient = _matlab_slice(path)
+    meta = {"format": "matlab", "modality": "MR", "spacing": (1.0, 1.0), "origin": (0.0, 0.0),
+            "direction": (1.0, 0.0, 0.0, 1.0), "patient_id": patient}
+    return image, meta
+
+
+def _header_matlab(path):
+    image, patient = _matlab_slice(path)
+    return {"format": "matlab", "modality": "MR", "shape": image.shape, "patient_id": patient}

@@ -74,3 +74,52 @@ def test_leak_check_names_a_patient():
     frame = pd.DataFrame({"dataset": ["A", "A"], "patient_id": ["p1", "p1"], "split": ["train", "test"]})
     with pytest.raises(ValueError, match="p1"):
         check_no_leak(frame)
+
+
+def test_hold_out_groups_takes_whole_groups_by_count():
+    from preprocessing.split import hold_out_groups
+
+    groups = [f"s{i % 23}" for i in range(200)]  # 23 series, many rows each.
+    held = hold_out_groups(groups, 0.1, np.random.default_rng(0))
+    assert len(held) == round(0.1 * 23) and held <= set(groups)
+    assert held == hold_out_groups(groups, 0.1, np.random.default_rng(0))  # Seeded.
+    assert len(hold_out_groups(groups[:3 * 23:23], 0.1, np.random.default_rng(0), minimum=1)) == 1
+    assert hold_out_groups(groups, 0.0, np.random.default_rng(0)) == set()
+    assert hold_out_groups(groups, 1.0, np.random.default_rng(0)) == set(groups)
+
+
+# Thesis Fig. 3.1 (modality, body part) and 3.1.5 (slices sampled per patient), transcribed by hand.
+THESIS_DATASETS = {
+    "CHEST X-RAY14": ("XR", "CHEST", 20), "MURA": ("XR", None, "all"), "CQ500": ("CT", "BRAIN", 100),
+    "CT LYMPH NODES": ("CT", None, 100), "LIVER": ("CT", "LIVER", 100), "PANCREAS": ("CT", "PANCREAS", 80),
+    "DEEP LESION": ("CT", "INFORMATION NOT AVAILABLE", "all"), "HEPATICVESSEL": ("CT", "HEPATICVESSEL", 69),
+    "COLON": ("CT", "COLON", 80), "SPLEEN": ("CT", "SPLEEN", "all"), "OASIS": ("MR", "BRAIN", 100),
+    "IBSR": ("MR", "BRAIN", "all"), "BrainTumour": ("MR", "BRAIN", "all"), "MRNET": ("MR", "KNEE", 81),
+    "CARDIAC MRI": ("MR", "CARDIAC", 200), "CHAOS": ("MR", "ABDOMEN", "all"), "PROSTATE": ("MR", "PROSTATE", "all"),
+}
+
+
+def test_datasets_table_is_the_thesis_corpus():
+    from pathlib import Path
+
+    entries = {e["name"]: e for e in load_table(Path(__file__).resolve().parents[1] / "preprocessing" / "datasets.yaml")}
+    assert set(entries) == set(THESIS_DATASETS)  # The 17 datasets of Fig. 3.1.
+    for name, (modality, body_part, per_patient) in THESIS_DATASETS.items():
+        entry = entries[name]
+        assert (entry["modality"], entry["slices_per_patient"]) == (modality, per_patient), name
+        if body_part:
+            assert entry["body_part"] == body_part, name
+    # Decathlon sets: training cases only, as Fig. 3.1 counts them; Liver's 201 are training + test.
+    for name in ("PANCREAS", "HEPATICVESSEL", "COLON", "SPLEEN", "PROSTATE"):
+        assert "/imagesTr/" in entries[name]["files"], name
+    assert "/images*/" in entries["LIVER"]["files"]
+    # BrainTumour is the figshare set of single-slice .mat files, its patient named inside each file.
+    assert entries["BrainTumour"]["files"].endswith(".mat") and entries["BrainTumour"]["patient_id"] == "header"
+
+
+def test_manifest_reads_the_patient_from_brain_tumour_mat_files(demo_manifest):
+    frame = pd.read_csv(demo_manifest, dtype={"patient_id": str})
+    rows = frame[frame["dataset"] == "DEMO BRAIN TUMOUR MAT"]
+    assert len(rows) == 8 and rows["patient_id"].nunique() == 4  # Two slices per patient, one per file.
+    assert set(rows["patient_id"]) == {str(100000 + p) for p in range(4)} and (rows["slice_index"] == 0).all()
+    assert (rows.groupby("patient_id")["split"].nunique() == 1).all()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from preprocessing.geometry import center_crop, crop_and_resize, pad_to, random_crop, tf_crop_and_resize
+from preprocessing.geometry import center_crop, crop_and_resize, random_crop, tf_crop_and_resize
 from preprocessing.normalize import hu_window, normalize_slice
 
 
@@ -38,18 +38,18 @@ def test_unknown_modality():
         normalize_slice(np.zeros((2, 2)), "PET")
 
 
-def test_pad_crop_resize():
-    image = np.arange(300 * 500, dtype=np.float32).reshape(300, 500)
-    padded = pad_to(image, 448)
-    assert padded.shape == (448, 500)
-    np.testing.assert_array_equal(padded[74:374], image)  # (448 - 300) // 2 = 74 rows above.
-    assert not padded[:74].any() and not padded[374:].any()
-    crop = random_crop(image, 448, rng=0)
-    assert crop.shape == (448, 448)
-    centre = center_crop(image, 448)
-    np.testing.assert_array_equal(centre[74:374], image[:, 26:474])
+def test_small_slices_are_cropped_at_the_largest_square_never_padded():
+    image = np.arange(300 * 500, dtype=np.float32).reshape(300, 500) + 1
+    for seed in range(5):
+        crop = random_crop(image, 448, rng=seed)
+        assert crop.shape == (300, 300) and crop.min() > 0  # Content only, no zero padding.
+        left = int(crop[0, 0] - 1)  # Its position in the row.
+        np.testing.assert_array_equal(crop, image[:, left : left + 300])
+    np.testing.assert_array_equal(center_crop(image, 448), image[:, 100:400])  # (500 - 300) // 2 = 100.
+    big = np.arange(600 * 700, dtype=np.float32).reshape(600, 700)
+    np.testing.assert_array_equal(center_crop(big, 448), big[76:524, 126:574])
     out = crop_and_resize(image, 448, 224, rng=1)
-    assert out.shape == (224, 224) and out.dtype == np.float32
+    assert out.shape == (224, 224) and out.dtype == np.float32 and out.min() > 0
 
 
 def test_resize_of_a_constant_stays_constant():
@@ -64,5 +64,7 @@ def test_tf_centre_crop_matches_numpy():
     expected = center_crop(image, 64)
     got = tf_crop_and_resize(tf.constant(image[..., None]), 64, 64, training=False).numpy()[..., 0]
     np.testing.assert_allclose(got, expected)
-    small = tf_crop_and_resize(tf.constant(image[:40, :50, None]), 64, 32, training=True).numpy()
-    assert small.shape == (32, 32, 1)
+    small = tf_crop_and_resize(tf.constant(image[:40, :50, None]), 64, 32, training=True, seed=[1, 2]).numpy()
+    assert small.shape == (32, 32, 1) and small.min() > 0  # A 40x40 crop of content, enlarged: no padding.
+    centre = tf_crop_and_resize(tf.constant(image[:40, :50, None]), 64, 40, training=False).numpy()[..., 0]
+    np.testing.assert_allclose(centre, center_crop(image[:40, :50], 64))
