@@ -41,7 +41,7 @@ def main(argv=None):
     stream = iter(pairs(options.manifest, "train", options, training=True, first_seed=0))
     held = [next(stream) for _ in range(args.steps)]  # Also fills the shuffle buffer: steady state below.
     model = build_unet(args.backbone, (args.image_size, args.image_size, 1), "batch")
-    model.compile(make_optimizer(options), loss="mse")
+    model.compile(make_optimizer(options.optimizer, options.lr, options.momentum), loss="mse")
     model.train_on_batch(*held[0])  # Trace and warm up once.
 
     def rate(batches):

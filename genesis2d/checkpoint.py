@@ -43,10 +43,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             (when resuming mid-epoch).
         restore: dict or None. A state from `load_state` to load at the start of training.
         extra_state: callable returning a JSON-able dict saved with each checkpoint.
+        tracked: the run's other callbacks; the counters of those that count epochs
+            (ReduceLROnPlateau, EarlyStopping) are saved and restored with the weights.
     """
 
-    def __init__(self, directory, steps_per_epoch, every_steps=500, start_step=0, restore=None, extra_state=None):
+    def __init__(self, directory, steps_per_epoch, every_steps=500, start_step=0, restore=None, extra_state=None,
+                 tracked=()):
         super().__init__()
+        self.tracked = [cb for cb in tracked if type(cb) in _TRACKED]
         self.directory = Path(directory)
         self.steps_per_epoch = int(steps_per_epoch)
         self.every_steps = int(every_steps)
@@ -55,9 +59,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.extra_state = extra_state or (lambda: {})
         self.epoch = 0
 
-    def _siblings(self):
-        return [cb for cb in getattr(self.model, "_genesis_callbacks", []) if type(cb) in _TRACKED]
-
     def on_train_begin(self, logs=None):
         # Runs after the other callbacks' own on_train_begin (which reset them), so the restored values stick.
         if self.restore:
@@ -65,7 +66,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 if self.model.optimizer is not None and not self.model.optimizer.built:
                     self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.directory / self.restore["weights"])
-            for callback, saved in zip(self._siblings(), self.restore.get("callbacks", [])):
+            for callback, saved in zip(self.tracked, self.restore.get("callbacks", [])):
                 for name, value in saved.items():
                     setattr(callback, name, value)
             self.restore = None
@@ -88,7 +89,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         name = f"ckpt-E{epoch:04d}-S{step:07d}.weights.h5"
         with atomic_path(self.directory / name) as tmp:
             self.model.save_weights(tmp)
-        callbacks = _snapshot(self._siblings())
+        callbacks = _snapshot(self.tracked)
         write_json(self.directory / STATE_FILE, {"epoch": epoch, "step": step, "weights": name,
                                                  "steps_per_epoch": self.steps_per_epoch, "callbacks": callbacks,
                                                  **self.extra_state()})
@@ -126,13 +127,12 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
     epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
     if state and state.get("steps_per_epoch") != steps_per_epoch:
         step = 0  # Different epoch length: restart the interrupted epoch rather than guess.
-    model._genesis_callbacks = callbacks
     histories = []
     restore = state
     while epoch < epochs:
         steps = steps_per_epoch - step
         checkpoint = ResumableCheckpoint(checkpoint_dir, steps_per_epoch, every_steps, start_step=step,
-                                         restore=restore, extra_state=extra_state)
+                                         restore=restore, extra_state=extra_state, tracked=callbacks)
         last = epoch + 1 if step else epochs  # A partial epoch is fitted on its own, then full ones.
         history = model.fit(data, initial_epoch=epoch, epochs=last, steps_per_epoch=steps,
                             callbacks=[*callbacks, checkpoint], **fit_kwargs)

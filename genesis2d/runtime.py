@@ -1,8 +1,16 @@
-"""Pick precision and distribution strategy by the hardware found; record versions and seeds."""
+"""Pick precision and distribution strategy by the hardware found; derive seeds; record runs."""
 
 import json
 import os
 import platform
+import sys
+from pathlib import Path
+
+# Independent random streams derived from one --seed (see `derive_seed`); a named
+# stream per use, so no two uses share numbers by accident.
+STREAM_TRAIN_DISTORTIONS = 1  # Pretraining: the first training batch's distortion seed.
+STREAM_VAL_DISTORTIONS = 2  # Pretraining: the validation batches' distortion seeds.
+STREAM_FOLD = 3  # Downstream: one stream per cross-validation fold or repeat.
 
 
 def gpus():
@@ -40,11 +48,49 @@ def pick_strategy():
     return tf.distribute.get_strategy()
 
 
+def configure_determinism(requested=None):
+    """Turns TensorFlow's op determinism on or off for this process; returns whether it is on.
+
+    None (the default of every command's --deterministic) means on without a GPU and off
+    with one, where deterministic kernels cost speed. With it on, the same seed gives
+    bit-identical weights and predictions (tf.data's parallel maps and stateful random
+    ops included). Once on, it stays on for the process.
+    """
+    import tensorflow as tf
+
+    deterministic = (not gpus()) if requested is None else bool(requested)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return deterministic
+
+
 def set_seed(seed):
     """Seeds Python, numpy and TensorFlow (and so Keras initialisers)."""
     import keras
 
     keras.utils.set_random_seed(int(seed))
+
+
+def derive_seed(seed, *keys):
+    """A 31-bit seed derived from `seed` and integer `keys` (numpy's SeedSequence).
+
+    Derived seeds of different keys are independent streams, unlike `seed + k`,
+    where run seed 0's fold 1 would equal run seed 1's fold 0.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] >> 1)
+
+
+def write_run_record(out, settings, extra=None):
+    """Writes run.json beside a run's outputs: resolved settings (a dict or namespace), command, library versions."""
+    from preprocessing.atomic import write_json
+
+    settings = settings if isinstance(settings, dict) else vars(settings)
+    record = {"args": settings, "command": " ".join(sys.argv), "versions": versions()}
+    record.update(extra or {})
+    write_json(Path(out) / "run.json", record)
+    return record
 
 
 def versions():

@@ -10,19 +10,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a file from a checkout.
 
-from genesis2d.pretrain import parse_args, run  # noqa: E402
-from preprocessing.errors import ImageReadError  # noqa: E402
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except ImageReadError as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: continue with `python genesis2d/train.py --resume --out {args.out}` (and the same options).")
-
+from genesis2d.pretrain import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -45,11 +45,3 @@ def write_csv(path, frame, **kwargs):
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)
 
-
-def save_figure(path, figure, **kwargs):
-    """Saves a matplotlib figure atomically and closes it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, **kwargs)
-    plt.close(figure)

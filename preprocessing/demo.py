@@ -1,18 +1,12 @@
-"""Write a small demo corpus in the real on-disk formats of the thesis's datasets.
+"""Write a small demo corpus in the real on-disk formats of the thesis's pretraining datasets.
 
     python -m preprocessing.demo --out demo_data
 
-Writes, in well under a minute on 2 cores:
-
-- `pretrain/`: CT as DICOM series, NIfTI and MetaImage; MRI as NIfTI; X-ray as
-  8- and 16-bit PNG; and `pretrain/datasets.yaml`, a table for
-  `python -m preprocessing.manifest`.
-- `LUNA16/`: `subset0`..`subset9` of `.mhd`/`.raw` CT scans with non-trivial
-  origin and spacing, `candidates_V2.csv` and `annotations.csv`, nodules at known
-  world coordinates among vessel-like negatives.
-- `MURA-v1.1/`: `{train,valid}/XR_*/patientNNNNN/studyN_{positive,negative}/imageN.png`
-  with the header-less `*_image_paths.csv` and `*_labeled_studies.csv`; abnormal
-  studies show a visible lesion.
+Writes `pretrain/` in seconds: CT as DICOM series, NIfTI and MetaImage; MRI as
+NIfTI; X-ray as 8- and 16-bit PNG; and `pretrain/datasets.yaml`, a table for
+`python -m preprocessing.manifest`. The phantoms and writers here also serve the
+downstream tasks' demo trees (`luna16.demo`, `mura.demo`), which live with their
+tasks; `python -m study.demo_data` writes all of them.
 
 The images are synthetic phantoms with a learnable signal, so downstream demos
 reach an AUC clearly above 0.5. They are not medical data.
@@ -20,16 +14,15 @@ reach an AUC clearly above 0.5. They are not medical data.
 
 import argparse
 import shutil
-import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from preprocessing.atomic import write_text
 
 COMPLETE_MARKER = ".complete"
-DEMO_VERSION = 3  # Bump when the generator changes, so old demo trees are rewritten.
+DEMO_VERSION = 4  # Bump when a generator changes, so old demo trees are rewritten.
 
 
 # --------------------------------------------------------------------------- phantoms
@@ -189,6 +182,23 @@ def write_itk(path, volume, spacing, origin, direction=None, pixel_type=np.int16
     sitk.WriteImage(image, str(path))
 
 
+def write_brain_tumour_mat(path, image, patient_id, label=1):
+    """A MATLAB v7.3 (HDF5) file laid out as the figshare brain tumour set: cjdata.{image, PID, label}.
+
+    MATLAB writes arrays column-major, so the image is stored transposed, and a char
+    array as uint16 code units.
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        group = handle.create_group("cjdata")
+        group["image"] = np.asarray(image, dtype=np.int16).T
+        group["PID"] = np.array([[ord(c)] for c in str(patient_id)], dtype=np.uint16)
+        group["label"] = np.array([[float(label)]])
+
+
 def write_png(path, image01, bit_depth=8, rgb=False):
     """Writes an image in [0, 1] as an 8- or 16-bit PNG (optionally as 3 equal channels)."""
     import cv2
@@ -239,6 +249,12 @@ datasets:
     files: "xr_png8/*.png"
     patient_id: "(p\\\\d+)_"
     slices_per_patient: 2
+  - name: DEMO BRAIN TUMOUR MAT
+    modality: MR
+    body_part: BRAIN
+    files: "brain_mat/*.mat"
+    patient_id: header
+    slices_per_patient: all
   - name: DEMO XRAY 16BIT
     modality: XR
     body_part: XR_HAND
@@ -265,133 +281,38 @@ def write_pretraining_corpus(out, rng, size=128, patients=4):
             write_png(out / "xr_png8" / f"p{p:03d}_{k}.png",
                       xray_phantom(size + 16 * k, size + 8 * p, rng), bit_depth=8, rgb=(k == 2))
         write_png(out / "xr_png16" / f"p{p:03d}_0.png", xray_phantom(size, size, rng), bit_depth=16)
+        for k in range(2):  # Figshare brain tumour style: one slice per file, the patient inside it.
+            write_brain_tumour_mat(out / "brain_mat" / f"{2 * p + k + 1}.mat", mr_phantom((3, size, size), rng)[1],
+                                   patient_id=f"{100000 + p}")
     write_text(out / "datasets.yaml", DEMO_TABLE)
-
-
-# --------------------------------------------------------------------------- LUNA16
-
-LUNA_SUBSETS = 10
-
-
-def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
-    """A LUNA16 tree: subsets of .mhd/.raw scans, candidates_V2.csv and annotations.csv.
-
-    Each scan holds 2-3 spherical nodules (radius 3-5 mm) in the lungs and a few
-    vessel-like tubes. Candidates: one or two per nodule (class 1, within 1 mm of its
-    centre) and 120 negatives (class 0) on vessels, lung and soft tissue.
-    """
-    out = Path(out)
-    candidates, annotations = [], []
-    for subset in range(LUNA_SUBSETS):
-        for s in range(scans_per_subset):
-            uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{subset:02d}{s:02d}{rng.integers(10**9, 10**10)}"
-            spacing = (round(rng.uniform(0.6, 0.85), 4), None, round(rng.choice([1.25, 1.8, 2.5]), 4))
-            spacing = (spacing[0], spacing[0], spacing[2])  # In-plane spacing is square in LUNA16.
-            origin = np.array([rng.uniform(-200, -150), rng.uniform(-220, -170), rng.uniform(-380, -250)])
-            nz, ny, nx = shape
-            extent = np.array([nx * spacing[0], ny * spacing[1], nz * spacing[2]])  # mm, (x, y, z)
-
-            def lung_point(margin):
-                side = rng.choice([-1, 1])
-                return np.array([extent[0] * (0.5 + side * 0.2) + rng.uniform(-0.06, 0.06) * extent[0],
-                                 extent[1] * rng.uniform(0.38, 0.62),
-                                 rng.uniform(margin, extent[2] - margin)])
-
-            nodules = [(lung_point(8), rng.uniform(3.0, 5.0)) for _ in range(rng.integers(2, 4))]
-            vessels = []
-            for _ in range(4):
-                a, b = lung_point(2), lung_point(2)
-                vessels.append((a, b, rng.uniform(1.0, 1.6)))
-            volume = ct_phantom(shape, spacing, rng, nodules=nodules, vessels=vessels)
-            write_itk(out / f"subset{subset}" / f"{uid}.mhd", volume, spacing, origin)
-            for center, radius in nodules:
-                world = origin + center
-                annotations.append((uid, *world, 2 * radius))
-                for _ in range(rng.integers(1, 3)):
-                    jitter = rng.uniform(-1, 1, size=3)
-                    candidates.append((uid, *(world + jitter), 1))
-            for a, b, _ in vessels:
-                for t in rng.uniform(0.05, 0.95, size=10):
-                    candidates.append((uid, *(origin + a + t * (b - a)), 0))
-            for _ in range(50):
-                candidates.append((uid, *(origin + lung_point(2)), 0))
-            for _ in range(30):
-                point = np.array([extent[0] * rng.uniform(0.15, 0.85), extent[1] * rng.uniform(0.15, 0.85),
-                                  rng.uniform(0, extent[2])])
-                candidates.append((uid, *(origin + point), 0))
-    columns = ["seriesuid", "coordX", "coordY", "coordZ"]
-    pd.DataFrame(candidates, columns=columns + ["class"]).to_csv(out / "candidates_V2.csv", index=False)
-    pd.DataFrame(annotations, columns=columns + ["diameter_mm"]).to_csv(out / "annotations.csv", index=False)
-
-
-# --------------------------------------------------------------------------- MURA
-
-MURA_PARTS = ("XR_SHOULDER", "XR_HAND")
-
-
-def write_mura(out, rng, patients=(50, 30)):
-    """A MURA-v1.1 tree with its four header-less csv files.
-
-    Args:
-        patients: (train, valid) patients per body part.
-    """
-    out = Path(out)
-    root = out / "MURA-v1.1"
-    patient_number = 0
-    for split, count in zip(("train", "valid"), patients):
-        image_rows, study_rows = [], []
-        for part in MURA_PARTS:
-            for _ in range(count):
-                patient_number += 1
-                for study in range(1, rng.integers(1, 3) + 1):
-                    positive = bool(rng.random() < 0.5)
-                    label = "positive" if positive else "negative"
-                    study_dir = f"MURA-v1.1/{split}/{part}/patient{patient_number:05d}/study{study}_{label}/"
-                    for image in range(1, rng.integers(1, 4) + 1):
-                        # Some images are smaller than 224 on a side (zero-padded later) and some RGB.
-                        height, width = int(rng.integers(150, 320)), int(rng.integers(120, 300))
-                        pixels = xray_phantom(height, width, rng, lesion=positive)
-                        write_png(out / study_dir / f"image{image}.png", pixels, rgb=bool(rng.random() < 0.2))
-                        image_rows.append(study_dir + f"image{image}.png")
-                    study_rows.append((study_dir, int(positive)))
-        pd.DataFrame(image_rows).to_csv(root / f"{split}_image_paths.csv", header=False, index=False)
-        pd.DataFrame(study_rows).to_csv(root / f"{split}_labeled_studies.csv", header=False, index=False)
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def make_demo(out, seed=0, size=128):
-    """Writes the whole demo tree under `out` (replacing an incomplete one)."""
+def ensure_part(out, name, write, seed=0, version=DEMO_VERSION):
+    """`out/name`, written by `write(folder, rng)` unless a complete one of this version and seed is there.
+
+    Each part of the demo tree (the pretraining corpus here, the downstream trees in their
+    own packages) has its own marker, so each is generated on first use and again when its
+    generator changed; a half-written part is replaced, never trusted.
+    """
     out = Path(out)
-    rng = np.random.default_rng(seed)
-    if out.exists() and not _is_current(out, seed):
-        shutil.rmtree(out)  # Half-written or from another version: start again rather than trust it.
-    parts = [("pretraining corpus", lambda: write_pretraining_corpus(out / "pretrain", rng, size=size)),
-             ("LUNA16 tree", lambda: write_luna16(out / "LUNA16", rng)),
-             ("MURA tree", lambda: write_mura(out, rng))]
-    for name, write in parts:
-        print(f"writing demo {name} ...", flush=True)
-        write()
-    (out / COMPLETE_MARKER).write_text(_marker(seed))
-    return out
+    folder, marker = out / name, out / f"{COMPLETE_MARKER}-{name}"
+    stamp = f"version={version} seed={seed}\n"
+    if marker.exists() and marker.read_text() == stamp and folder.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    print(f"writing demo {name} in {out} ...", flush=True)
+    write(folder, np.random.default_rng([seed, zlib.crc32(name.encode())]))
+    write_text(marker, stamp)
+    return folder
 
 
-def _marker(seed):
-    return f"version={DEMO_VERSION} seed={seed}\n"
-
-
-def _is_current(out, seed):
-    marker = Path(out) / COMPLETE_MARKER
-    return marker.exists() and marker.read_text() == _marker(seed)
-
-
-def ensure_demo(out, seed=0):
-    """The demo tree under `out`, generated on first use (and again when the generator changed)."""
-    out = Path(out)
-    if not _is_current(out, seed):
-        make_demo(out, seed=seed)
-    return out
+def ensure_pretraining_corpus(out, seed=0):
+    """The demo pretraining corpus under `out/pretrain` (with its datasets.yaml), written on first use."""
+    return ensure_part(out, "pretrain", write_pretraining_corpus, seed)
 
 
 def default_demo_dir():
@@ -399,19 +320,28 @@ def default_demo_dir():
     return Path(__file__).resolve().parents[1] / "demo_data"
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocessing.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project.")
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
-    parser.add_argument("--force", action="store_true", help="rewrite the tree even if it is complete.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force", action="store_true", help="rewrite the corpus even if it is complete.")
+    return parser.parse_args(argv)
+
+
+def run(args):
     out = Path(args.out)
-    if args.force and out.exists():
-        shutil.rmtree(out)
-    if args.force or not _is_current(out, args.seed):
-        make_demo(out, seed=args.seed)
-    print(f"demo data in {out}")
+    if args.force:
+        (out / f"{COMPLETE_MARKER}-pretrain").unlink(missing_ok=True)
+    folder = ensure_pretraining_corpus(out, args.seed)
+    print(f"demo pretraining corpus in {folder}")
+    return folder
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -99,18 +99,25 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
     return index
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocessing.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", required=True, help="manifest CSV from preprocessing.manifest.")
     parser.add_argument("--out", required=True, help="folder for the shards.")
     parser.add_argument("--slices-per-shard", type=int, default=2048, help="slices per TFRecord file. Default: 2048.")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to write. Default: all.")
-    args = parser.parse_args(argv)
-    try:
-        write_shards(args.manifest, args.out, args.splits, args.slices_per_shard)
-    except ImageReadError as error:
-        sys.exit(f"error: {error}")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    index = write_shards(args.manifest, args.out, args.splits, args.slices_per_shard)
     print(f"wrote shards to {args.out}")
+    return index
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

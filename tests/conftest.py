@@ -11,9 +11,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The demo tree (pretraining corpus, LUNA16, MURA), written once per test session."""
-    from preprocessing.demo import make_demo
+    from study.demo_data import write_all
 
-    return make_demo(tmp_path_factory.mktemp("demo") / "data", seed=0)
+    return write_all(tmp_path_factory.mktemp("demo") / "data", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The whole study end to end on the built-in demo data: `python -m genesis2d.study`.
+"""The whole study end to end on the built-in demo data: `python -m study`.
 
 Writes the demo data, builds the pretraining manifest, pretrains a genesis2d
 encoder, cross-validates LUNA16 (five folds) and trains MURA for each
@@ -10,7 +10,6 @@ continues where it stopped. Demo numbers describe synthetic phantoms only.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `pytho
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m genesis2d.study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/.")
     parser.add_argument("--backbone", default="resnet18", help="backbone of every model. Default: resnet18 (fast on a CPU).")
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
@@ -32,6 +31,8 @@ def build_parser():
                         help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.5.")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in the report. Default: 1000.")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
+                        "on a CPU the same seed gives the same report. Default: 0.")
     return parser
 
 
@@ -39,17 +40,16 @@ def _step(title):
     print(f"\n=== {title} ===", flush=True)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run(args):
     started = time.time()
     out = Path(args.out)
     from genesis2d import pretrain
     from genesis2d.checkpoint import load_state
-    from genesis2d.report import build_report
     from genesis2d.transfer import keras_cache_dir
     from genesis2d.unet import BACKBONES
     from luna16 import experiment as luna16
     from mura import experiment as mura
+    from study.report import build_report
 
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
@@ -62,7 +62,7 @@ def main(argv=None):
     else:
         options = ["--manifest", str(manifest), "--config", str(pretrain.DEMO_CONFIG), "--backbone", args.backbone,
                    "--out", str(pretrain_dir), "--epochs", str(args.pretrain_epochs),
-                   "--steps-per-epoch", str(args.pretrain_steps), "--verbose", "2"]
+                   "--steps-per-epoch", str(args.pretrain_steps), "--verbose", "2", "--seed", str(args.seed)]
         pretrain.run(pretrain.parse_args(options + (["--resume"] if state else [])))
     encoder = pretrain_dir / "encoder.h5"
 
@@ -79,7 +79,7 @@ def main(argv=None):
         _step(f"LUNA16 5-fold cross-validation, init {init}")
         run_dir = out / f"luna16_{init}"
         options = ["--config", str(luna16.DEMO_CONFIG), "--backbone", args.backbone, "--init", init, "--out", str(run_dir),
-                   "--folds", *map(str, args.folds), "--encoder", str(encoder)]
+                   "--folds", *map(str, args.folds), "--encoder", str(encoder), "--seed", str(args.seed)]
         luna16.run(luna16.parse_args(options))
         run_dirs.append(run_dir)
     for fraction in [1.0, *args.fractions]:
@@ -91,15 +91,24 @@ def main(argv=None):
                 print(f"done earlier: {run_dir}")
             else:
                 options = ["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
-                           "--out", str(run_dir), "--encoder", str(encoder), "--train-fraction", str(fraction)]
+                           "--out", str(run_dir), "--encoder", str(encoder), "--train-fraction", str(fraction),
+                           "--seed", str(args.seed)]
                 mura.run(mura.parse_args(options))
             run_dirs.append(run_dir)
 
     _step("report")
-    table = build_report(run_dirs, out / "report", args.bootstrap, note=NOTE)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    table = build_report(run_dirs, out / "report", args.bootstrap, args.seed, note=NOTE)
+    print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
     print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
+    return table
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(lambda a: build_parser().parse_args(a), run, argv,
+                       interrupted=lambda args: "run the same command again to continue where it stopped.")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

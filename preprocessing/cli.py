@@ -1,0 +1,129 @@
+"""What every command line of the project shares: YAML defaults, option checks, one way to end.
+
+Every `main` goes through `run_command`, so a user mistake ends as one line,
+`error: <file or option>: <problem>.`, with exit code 2 for a usage error and 1
+for bad data, never a traceback. It lives in the lowest layer so that the
+preprocessing commands use it too.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from preprocessing.errors import InputError, UsageError
+
+
+def run_command(parse_args, run, argv=None, interrupted=None):
+    """Parses, runs, and turns the project's input errors into one `error: ...` line.
+
+    Args:
+        parse_args: callable(argv) -> namespace. Raises `InputError` (or exits, as argparse does).
+        run: callable(namespace) -> result.
+        argv: list of str or None (sys.argv).
+        interrupted: callable(namespace) -> str, the line printed on Ctrl-C (exit code 130).
+    """
+    args = None
+    try:
+        args = parse_args(argv)
+        return run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{': ' + interrupted(args) if interrupted and args is not None else ''}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def check_fraction(name, value, allow_zero=False):
+    """`value` as a float in (0, 1], or [0, 1] with `allow_zero`; else a UsageError naming `name`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(name, f"must be a number. Received: {value!r}") from None
+    low_ok = number >= 0 if allow_zero else number > 0
+    if not (low_ok and number <= 1):
+        raise UsageError(name, f"must be in {'[' if allow_zero else '('}0, 1]. Received: {value}")
+    return number
+
+
+def fraction_type(allow_zero=False):
+    """An argparse `type` that accepts a share in (0, 1] (or [0, 1])."""
+
+    def parse(text):
+        try:
+            return check_fraction("value", text, allow_zero)
+        except UsageError as error:
+            raise argparse.ArgumentTypeError(error.problem) from None
+
+    parse.__name__ = "fraction"
+    return parse
+
+
+def parse_with_config(parser, argv=None):
+    """Parses arguments; a `--config` YAML file sets defaults that flags then override.
+
+    The YAML keys are the long option names, with '-' or '_' (e.g. `batch_size: 16`);
+    their values pass the same type and choice checks as the flags.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_config(known.config, parser))
+    return parser.parse_args(argv)
+
+
+def parse_with_demo_default(parser, argv, demo_config, data_flags):
+    """`parse_with_config`, with `demo_config` as the config when none of `data_flags` nor --config is given.
+
+    So a bare command runs on the built-in demo data with settings sized for it.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=")[0] in (*data_flags, "--config") for a in argv):
+        argv = ["--config", str(demo_config), *argv]
+    return parse_with_config(parser, argv)
+
+
+def load_config(path, parser):
+    """The YAML file's options as {dest: value}, each checked like the flag it stands for."""
+    import yaml
+
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise UsageError(path, "must hold a mapping of option names to values")
+    actions = {action.dest: action for action in parser._actions}
+    config = {str(key).replace("-", "_"): value for key, value in config.items()}
+    unknown = sorted(set(config) - set(actions) - {"config"})
+    if unknown:
+        raise UsageError(path, f"unknown options {', '.join(unknown)}")
+    return {key: _checked(path, actions[key], value) for key, value in config.items() if key != "config"}
+
+
+def _checked(path, action, value):
+    """A YAML value converted and checked as argparse would check the flag's text."""
+    name = action.option_strings[-1] if action.option_strings else action.dest
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UsageError(path, f"{name} must be true or false. Received: {value!r}")
+        return value
+    many = action.nargs not in (None, "?")
+    values = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        raise UsageError(path, f"{name} takes one value. Received: {value!r}")
+    converted = []
+    for item in values:
+        if action.type is not None:
+            try:
+                item = action.type(str(item))  # As if typed on the command line.
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+                raise UsageError(path, f"{name}: {error or 'invalid value'}. Received: {item!r}") from None
+        if action.choices is not None and item not in action.choices:
+            raise UsageError(path, f"{name} must be one of {', '.join(map(str, action.choices))}. Received: {item!r}")
+        converted.append(item)
+    return converted if many else converted[0]

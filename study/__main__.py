@@ -1,0 +1,9 @@
+"""`python -m study`: the whole study end to end on the built-in demo data (see `study.demo`)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from study.demo import main  # noqa: E402
+
+main()

@@ -1,0 +1,40 @@
+"""The package layering: preprocessing <- genesis2d <- luna16, mura <- study; no import runs upward."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ABOVE = {"preprocessing": {"genesis2d", "luna16", "mura", "study"}, "genesis2d": {"luna16", "mura", "study"},
+         "luna16": {"mura", "study"}, "mura": {"luna16", "study"}}
+
+
+def imported_packages(path):
+    """Top-level packages a module imports, anywhere in it (lazy imports inside functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_no_layer_imports_a_layer_above_it(package):
+    offenders = {str(path.relative_to(ROOT)): sorted(imported_packages(path) & ABOVE[package])
+                 for path in (ROOT / package).rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_lower_layers_name_the_tasks_only_in_prose():
+    """Strings and comments may mention the tasks; identifiers may not."""
+    import io
+    import tokenize
+
+    for package in ("preprocessing", "genesis2d"):
+        for path in (ROOT / package).rglob("*.py"):
+            tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+            names = {t.string for t in tokens if t.type == tokenize.NAME}
+            assert not {n for n in names if "luna16" in n.lower() or "mura" in n.lower()}, path
