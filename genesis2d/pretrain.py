@@ -4,27 +4,31 @@ The command is `python genesis2d/train.py`; this module is the library behind it
 
 Optimizer defaults come from the public Models Genesis Keras configuration:
 SGD with learning rate 1.0 and momentum 0.9 on the mean squared error, early
-stopping after 50 epochs without a better validation loss. The learning rate is
-halved after `--lr-patience` (20) such epochs.
+stopping after 50 epochs without a better validation loss, and the learning rate
+halved after 10 such epochs, down to 1e-6.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import atomic_path, save_figure, write_json
-from preprocessing.errors import ImageReadError
+from genesis2d.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
+from preprocessing.atomic import atomic_path, write_json
+from preprocessing.errors import ImageReadError, UsageError
+from preprocessing.figures import pyplot, save_figure
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
 from preprocessing.normalize import HU_MAX, HU_MIN
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 DEMO_CONFIG = CONFIG_DIR / "demo_pretrain.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CROP_RULE = ("a square of side min(crop_size, height, width), at a random position in training and centred in "
+             "validation, resized to the input size; small slices are never padded")
 NORMALISATION = {
     "CT": f"clip HU to [{HU_MIN:g}, {HU_MAX:g}], scale to [0, 1]",
     "MR": "divide each slice by its maximum",
@@ -66,11 +70,16 @@ def build_parser():
     train.add_argument("--lr", type=float, default=1.0, help="initial learning rate. Default: 1.0 (Models Genesis, with SGD).")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9.")
     train.add_argument("--lr-factor", type=float, default=0.5, help="ReduceLROnPlateau factor. Default: 0.5.")
-    train.add_argument("--lr-patience", type=int, default=20, help="epochs without improvement before reducing. Default: 20.")
+    train.add_argument("--lr-patience", type=int, default=10,
+                       help="epochs without improvement before reducing. Default: 10 (Models Genesis).")
+    train.add_argument("--min-lr", type=float, default=1e-6, help="lowest learning rate. Default: 1e-6 (Models Genesis).")
     train.add_argument("--early-stopping-patience", type=int, default=50, help="Default: 50 (Models Genesis).")
     train.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"),
                        help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
     train.add_argument("--seed", type=int, default=0, help="seeds weights, data order and distortions. Default: 0.")
+    train.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                       help="deterministic ops, so the same --seed gives bit-identical weights. Default: on without a "
+                       "GPU; off on a GPU, where deterministic kernels are slower.")
     distort = parser.add_argument_group("distortions (Models Genesis rates)")
     distort.add_argument("--flip-rate", type=float, default=0.4, help="Default: 0.4.")
     distort.add_argument("--local-rate", type=float, default=0.5, help="local pixel shuffling. Default: 0.5.")
@@ -86,78 +95,133 @@ def build_parser():
     return parser
 
 
+@dataclasses.dataclass(frozen=True)
+class DistortionRates:
+    """The Models Genesis distortion rates (see `genesis2d.transforms.make_pair`)."""
+
+    flip_rate: float = 0.4
+    local_rate: float = 0.5
+    nonlinear_rate: float = 0.9
+    paint_rate: float = 0.9
+    inpaint_rate: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Every setting of a pretraining run, resolved; one field per option of `build_parser`."""
+
+    out: str
+    manifest: str | None = None
+    shards: str | None = None
+    crop_size: int = CROP_SIZE
+    image_size: int = IMAGE_SIZE
+    shuffle_buffer: int = 512
+    backbone: str = "resnet50"
+    norm: str = "batch"
+    bn_momentum: float = 0.99
+    encoder_weights: str | None = None
+    batch_size: int = 32
+    epochs: int = 100
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.9
+    lr_factor: float = 0.5
+    lr_patience: int = 10
+    min_lr: float = 1e-6
+    early_stopping_patience: int = 50
+    precision: str = "auto"
+    seed: int = 0
+    deterministic: bool | None = None
+    distortions: DistortionRates = DistortionRates()
+    resume: bool = False
+    checkpoint_every: int = 500
+    samples: int = 4
+    verbose: int = 1
+
+    @classmethod
+    def from_args(cls, args):
+        options = vars(args).copy()
+        rates = {field.name: options.pop(field.name) for field in dataclasses.fields(DistortionRates)}
+        options.pop("config", None)
+        return cls(**options, distortions=DistortionRates(**rates))
+
+    def record(self):
+        """A JSON-able dict of the settings, written to run.json."""
+        return dataclasses.asdict(self)
+
+
 def parse_args(argv=None):
-    """Arguments; without a data source, the demo corpus and its config (unless --config is given)."""
-    from genesis2d.cli import parse_with_demo_default
+    """The resolved PretrainConfig; without a data source, the demo corpus and its config (unless --config)."""
+    from preprocessing.cli import parse_with_demo_default
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--manifest", "--shards"))
     if args.manifest and args.shards:
-        sys.exit("error: give --manifest or --shards, not both.")
+        raise UsageError("--manifest/--shards", "give one of them, not both")
     if args.out is None:
         args.out = str(PROJECT_ROOT / "weights" / f"genesis2d_{args.backbone}_{args.norm}")
-    return args
+    return PretrainConfig.from_args(args)
 
 
 def demo_manifest():
     """The demo corpus's manifest, writing the corpus and the manifest on first use."""
-    from preprocessing.demo import default_demo_dir, ensure_demo
+    from preprocessing.demo import default_demo_dir, ensure_pretraining_corpus
     from preprocessing.manifest import main as manifest_main
 
-    root = ensure_demo(default_demo_dir())
-    manifest = root / "manifest.csv"
+    corpus = ensure_pretraining_corpus(default_demo_dir())
+    manifest = corpus / "manifest.csv"  # Inside the corpus folder: rewritten with it.
     if not manifest.exists():
         # Few demo patients per dataset: 60/20/20 so that val and test are not empty.
-        manifest_main(["--config", str(root / "pretrain" / "datasets.yaml"), "--root", str(root / "pretrain"),
+        manifest_main(["--config", str(corpus / "datasets.yaml"), "--root", str(corpus),
                        "--out", str(manifest), "--fractions", "0.6", "0.2", "0.2"])
     return manifest
 
 
-def data_source(args):
-    """(source path, {split: number of slices}, content hash) of the training data."""
-    if args.shards:
-        index_path = Path(args.shards) / "index.json"
+def data_source(manifest=None, shards=None):
+    """(source path, {split: number of slices}, content hash) of the training data (the demo's without either)."""
+    if shards:
+        index_path = Path(shards) / "index.json"
         if not index_path.exists():
-            raise ImageReadError(args.shards, "has no index.json; write shards with `python -m preprocessing.shards`")
+            raise ImageReadError(shards, "has no index.json; write shards with `python -m preprocessing.shards`")
         counts = {split: entry["slices"] for split, entry in json.loads(index_path.read_text()).items()}
-        return Path(args.shards), counts, hashlib.sha256(index_path.read_bytes()).hexdigest()[:16]
+        return Path(shards), counts, hashlib.sha256(index_path.read_bytes()).hexdigest()[:16]
     import pandas as pd
 
     from preprocessing.manifest import manifest_hash
 
-    manifest = Path(args.manifest) if args.manifest else demo_manifest()
+    manifest = Path(manifest) if manifest else demo_manifest()
     if not manifest.is_file():
         raise ImageReadError(manifest, "manifest does not exist")
     counts = pd.read_csv(manifest, usecols=["split"])["split"].value_counts().to_dict()
     return manifest, counts, manifest_hash(manifest)
 
 
-def distortion_rates(args):
-    return {"flip_rate": args.flip_rate, "local_rate": args.local_rate, "nonlinear_rate": args.nonlinear_rate,
-            "paint_rate": args.paint_rate, "inpaint_rate": args.inpaint_rate}
-
-
-def pairs(source, split, args, training, first_seed):
-    """(distorted, target) batches; batch i is distorted with seed first_seed + i."""
+def pairs(source, split, config, training, first_seed):
+    """(distorted, target) batches of a PretrainConfig's data; batch i is distorted with seed first_seed + i."""
     import tensorflow as tf
 
     from genesis2d.transforms import tf_make_pair
     from preprocessing.pipeline import make_dataset
 
-    images = make_dataset(source, split, args.batch_size, args.crop_size, args.image_size, training=training,
-                          shuffle_buffer=args.shuffle_buffer, seed=args.seed, drop_remainder=True)
-    rates = distortion_rates(args)
+    images = make_dataset(source, split, config.batch_size, config.crop_size, config.image_size, training=training,
+                          shuffle_buffer=config.shuffle_buffer, seed=config.seed, drop_remainder=True)
+    rates = dataclasses.asdict(config.distortions)
     return images.enumerate(start=0).map(
         lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
     ).prefetch(tf.data.AUTOTUNE)
 
 
-def make_optimizer(args):
+def make_optimizer(name, lr, momentum=0.9):
+    """SGD with momentum (Models Genesis) or Adam."""
     import keras
 
-    if args.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=args.lr, momentum=args.momentum)
-    return keras.optimizers.Adam(learning_rate=args.lr)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam'. Received: optimizer={name!r}")
 
 
 def export_encoder(model, backbone, out):
@@ -200,11 +264,7 @@ class _quiet_absl:
 
 
 def plot_samples(path, inputs, restored, targets, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = len(inputs)
     figure, axes = plt.subplots(rows, 3, figsize=(6.6, 2.2 * rows), squeeze=False)
     for r in range(rows):
@@ -219,12 +279,9 @@ def plot_samples(path, inputs, restored, targets, title):
 
 
 def plot_losses(path, history_csv, title="restoration loss (MSE)"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
+    plt = pyplot()
     history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last")
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for column, label in (("loss", "train"), ("val_loss", "validation")):
@@ -239,9 +296,11 @@ def plot_losses(path, history_csv, title="restoration loss (MSE)"):
     save_figure(path, figure, dpi=100)
 
 
-def make_reporter(model, args, sample_pair, card):
-    """A callback that, each epoch, draws samples and loss curves and exports the best model."""
+def make_reporter(model, out, backbone, sample_pair, card):
+    """A callback that, each epoch, draws samples and loss curves and exports the best model into `out`."""
     import keras
+
+    out = Path(out)
 
     class Reporter(keras.callbacks.Callback):
         def __init__(self):
@@ -250,7 +309,6 @@ def make_reporter(model, args, sample_pair, card):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            out = Path(args.out)
             inputs, targets = sample_pair
             restored = model.predict(inputs, verbose=0)
             plot_samples(out / f"samples_epoch{epoch + 1:03d}.png", inputs, restored, targets,
@@ -264,86 +322,101 @@ def make_reporter(model, args, sample_pair, card):
                 card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1
                 with atomic_path(out / "unet.keras") as tmp:
                     model.save(tmp)
-                export_encoder(model, args.backbone, out)
+                export_encoder(model, backbone, out)
             write_json(out / "card.json", card)
 
     return Reporter()
 
 
-def run(args, strategy=None, extra_callbacks=()):
-    """Pretrains and writes every output into args.out; returns the model card (dict)."""
+def run(config, strategy=None, extra_callbacks=()):
+    """Pretrains as a PretrainConfig says and writes every output into config.out; returns the model card (dict)."""
     import keras
 
     from genesis2d.checkpoint import fit_resumable, load_state
-    from genesis2d.cli import write_run_record
-    from genesis2d.runtime import pick_precision, pick_strategy, set_seed, versions
+    from genesis2d.runtime import (configure_determinism, pick_precision, pick_strategy, set_seed, versions,
+                                   write_run_record)
     from genesis2d.unet import build_unet
 
-    out = Path(args.out)
+    out = Path(config.out)
     checkpoint_dir = out / "checkpoint"
     previous = load_state(checkpoint_dir)
-    if not args.resume and previous and not previous.get("finished"):
-        raise SystemExit(f"error: {out}: holds an unfinished run; pass --resume to continue it or choose another --out.")
-    if args.resume and not load_state(checkpoint_dir):
-        raise SystemExit(f"error: {out}: has no checkpoint to resume from.")
+    if not config.resume and previous and not previous.get("finished"):
+        raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
+    if config.resume and not previous:
+        raise UsageError(out, "has no checkpoint to resume from")
     out.mkdir(parents=True, exist_ok=True)
-    set_seed(args.seed)
-    precision = pick_precision(args.precision)
+    deterministic = configure_determinism(config.deterministic)
+    set_seed(config.seed)
+    precision = pick_precision(config.precision)
     strategy = strategy or pick_strategy()
-    source, counts, data_hash = data_source(args)
-    if counts.get("train", 0) < args.batch_size:
-        raise ImageReadError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {args.batch_size}")
-    steps = args.steps_per_epoch or max(1, counts["train"] // args.batch_size)
-    has_val = counts.get("val", 0) >= args.batch_size
+    source, counts, data_hash = data_source(config.manifest, config.shards)
+    if counts.get("train", 0) < config.batch_size:
+        raise ImageReadError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
+    steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
+    has_val = counts.get("val", 0) >= config.batch_size
     print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
           f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)
-    state = load_state(checkpoint_dir) if args.resume else None
+    state = previous if config.resume else None
     first_step = (state["epoch"] * steps + state["step"]) if state else 0
-    train = pairs(source, "train", args, training=True, first_seed=args.seed * 1_000_003 + first_step)
-    val = pairs(source, "val", args, training=False, first_seed=10**9 + args.seed) if has_val else None
-    validation_steps = counts.get("val", 0) // args.batch_size
-    if args.validation_steps:
-        validation_steps = min(validation_steps, args.validation_steps)
+    # Batch i of the run is distorted with seed first + i, so a resumed run continues the same stream.
+    train = pairs(source, "train", config, training=True,
+                  first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS) + first_step)
+    val = pairs(source, "val", config, training=False,
+                first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS)) if has_val else None
+    validation_steps = counts.get("val", 0) // config.batch_size
+    if config.validation_steps:
+        validation_steps = min(validation_steps, config.validation_steps)
     sample_source = val if val is not None else train
     sample_inputs, sample_targets = next(iter(sample_source.take(1)))
-    sample_pair = (sample_inputs.numpy()[: args.samples], sample_targets.numpy()[: args.samples])
+    sample_pair = (sample_inputs.numpy()[: config.samples], sample_targets.numpy()[: config.samples])
 
     with strategy.scope():
-        model = build_unet(args.backbone, (args.image_size, args.image_size, 1), args.norm, args.encoder_weights)
+        model = build_unet(config.backbone, (config.image_size, config.image_size, 1), config.norm, config.encoder_weights)
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = args.bn_momentum
-        model.compile(optimizer=make_optimizer(args), loss="mse")
+                layer.momentum = config.bn_momentum
+        model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse")
 
     card_path = out / "card.json"
-    card = json.loads(card_path.read_text()) if (args.resume and card_path.exists()) else {}
+    card = json.loads(card_path.read_text()) if (config.resume and card_path.exists()) else {}
     card.update({
-        "backbone": args.backbone, "norm": args.norm, "input_size": [args.image_size, args.image_size, 1],
-        "crop_size": args.crop_size, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
+        "backbone": config.backbone, "norm": config.norm, "input_size": [config.image_size, config.image_size, 1],
+        "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
         "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
-        "distortions": distortion_rates(args),
+        "distortions": dataclasses.asdict(config.distortions),
     })
-    write_run_record(out, args, {"precision": precision, "replicas": strategy.num_replicas_in_sync})
-    if not args.resume and (out / "history.csv").exists():
+    write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
+                                            "replicas": strategy.num_replicas_in_sync})
+    if not config.resume and (out / "history.csv").exists():
         (out / "history.csv").unlink()
     monitor = "val_loss" if val is not None else "loss"
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=args.lr_factor, patience=args.lr_patience, verbose=1),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=args.early_stopping_patience, verbose=1),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor, patience=config.lr_patience,
+                                          min_lr=config.min_lr, verbose=1),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience, verbose=1),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"),
-        make_reporter(model, args, sample_pair, card),
+        make_reporter(model, out, config.backbone, sample_pair, card),
         *extra_callbacks,
     ]
     started = time.time()
-    fit_resumable(model, train, args.epochs, steps, callbacks, checkpoint_dir, every_steps=args.checkpoint_every,
-                  resume=args.resume, validation_data=val, validation_steps=validation_steps or None,
-                  verbose=args.verbose, shuffle=False)
+    fit_resumable(model, train, config.epochs, steps, callbacks, checkpoint_dir, every_steps=config.checkpoint_every,
+                  resume=config.resume, validation_data=val, validation_steps=validation_steps or None,
+                  verbose=config.verbose, shuffle=False)
     card["training_seconds"] = round(card.get("training_seconds", 0) + time.time() - started, 1)
     if "best_val_loss" not in card:  # No finite loss at all: still leave a usable encoder.
-        export_encoder(model, args.backbone, out)
+        export_encoder(model, config.backbone, out)
         with atomic_path(out / "unet.keras") as tmp:
             model.save(tmp)
     write_json(card_path, card)
     print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
     return card
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    def interrupted(config):
+        return f"continue with `python genesis2d/train.py --resume --out {config.out}` (and the same options)."
+
+    return run_command(parse_args, run, argv, interrupted=interrupted)

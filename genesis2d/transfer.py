@@ -14,19 +14,22 @@ cross-entropy, ReduceLROnPlateau, AUC every epoch, and the best epoch by
 validation AUC kept.
 """
 
+import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from preprocessing.atomic import atomic_path
+from preprocessing.errors import InputError, UsageError
 
 INITS = ("scratch", "genesis", "imagenet")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class InitError(ValueError):
+class InitError(InputError):
     """An encoder that cannot be initialised as asked; the message says what to do."""
 
 
@@ -40,7 +43,7 @@ def newest_genesis_encoder(backbone, root=None):
     root = Path(root) if root else PROJECT_ROOT / "weights"
     found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise InitError(f"{root}: holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
+        raise InitError(root, f"holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
                         f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder PATH")
     return found[-1]
 
@@ -50,17 +53,17 @@ def _load_genesis(encoder, path):
 
     path = Path(path)
     if not path.is_file():
-        raise InitError(f"{path}: encoder file does not exist")
+        raise InitError(path, "encoder file does not exist")
     try:
         if path.name.endswith(".weights.h5"):
             encoder.load_weights(path)
             return encoder
         saved = keras.models.load_model(path, compile=False)
     except Exception as error:
-        raise InitError(f"{path}: cannot be loaded as an encoder ({type(error).__name__}: {str(error)[:200]})") from error
+        raise InitError(path, f"cannot be loaded as an encoder ({type(error).__name__}: {str(error)[:200]})") from error
     weights = saved.get_weights()
     if len(weights) != len(encoder.weights) or any(a.shape != b.shape for a, b in zip(weights, encoder.get_weights())):
-        raise InitError(f"{path}: encoder does not match backbone '{encoder.name}' "
+        raise InitError(path, f"encoder does not match backbone '{encoder.name}' "
                         f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone")
     encoder.set_weights(weights)
     return encoder
@@ -72,18 +75,18 @@ def _load_imagenet(backbone, input_shape, explicit=None):
     name = BACKBONES[backbone]["imagenet_file"]
     path = Path(explicit) if explicit else keras_cache_dir() / name
     if explicit and not path.is_file():
-        raise InitError(f"{path}: ImageNet weights file does not exist")
+        raise InitError(path, "ImageNet weights file does not exist")
     if path.is_file():
         encoder = build_encoder(backbone, input_shape, weights=None)
         try:
             encoder.load_weights(path)  # Keras-2 HDF5, loaded layer by layer in order.
         except Exception as error:
-            raise InitError(f"{path}: not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})") from error
+            raise InitError(path, f"not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})") from error
         return encoder
     try:  # The real download path: segmentation_models asks Keras to fetch the file.
         return build_encoder(backbone, input_shape, weights="imagenet")
     except Exception as error:
-        raise InitError(f"{keras_cache_dir() / name}: ImageNet weights for {backbone} are not there and could not be "
+        raise InitError(keras_cache_dir() / name, f"ImageNet weights for {backbone} are not there and could not be "
                         f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH") from error
 
 
@@ -135,66 +138,164 @@ def build_classifier(encoder, units=256, l2=1e-4, dropout=0.5):
     return keras.Model(image, output, name="classifier")
 
 
-def add_transfer_arguments(parser, epochs, warmup_epochs, batch_size, lr_factor, lr_patience):
-    """The options every downstream command shares, with that task's defaults.
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder to start from (see `load_encoder`)."""
 
-    A default of None is resolved by the task after parsing (e.g. per --init) and its help says so.
+    init: str
+    backbone: str
+    encoder_path: str | None = None
+    imagenet_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classification head of thesis Fig. 4.8 (see `build_classifier`)."""
+
+    units: int = 256
+    l2: float = 1e-4
+    dropout: float = 0.5  # Thesis 4.2.1.6.
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Two-phase training (thesis 4.2.2): warm-up with the encoder frozen, then fine-tuning.
+
+    Attributes:
+        epochs: fine-tuning epochs after the warm-up.
+        warmup_epochs: epochs with the encoder frozen (0 skips the phase).
+        batch_size: images per batch.
+        lr, momentum: SGD (thesis: 1e-3, 0.9).
+        lr_factor, lr_patience: ReduceLROnPlateau on the validation loss.
+        steps_per_epoch: batches per epoch, the data repeated as needed; None for one pass.
     """
 
-    def shown(value, note):
-        return note if value is None else str(value)
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    lr: float = 1e-3
+    momentum: float = 0.9
+    lr_factor: float = 0.1
+    lr_patience: int = 3
+    steps_per_epoch: int | None = None
 
+
+@dataclass(frozen=True)
+class ThesisSchedule:
+    """One row of a task's schedule table: the thesis's training settings for a backbone and init."""
+
+    epochs: int  # Fine-tuning epochs, after the warm-up.
+    warmup_epochs: int
+    batch_size: int
+    lr_factor: float
+    lr_patience: int
+
+
+SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience")
+BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VGG16 and ResNet50 only.
+
+
+def schedule_row(table, backbone, init):
+    """(row, note): the table's row for (backbone, init), or its family's with a note saying so.
+
+    Args:
+        table: {(backbone, init): ThesisSchedule}, a task's table.
+    """
+    if (backbone, init) in table:
+        return table[(backbone, init)], None
+    family = next((row for prefix, row in BACKBONE_FAMILIES.items() if backbone.startswith(prefix)), None)
+    if (family, init) not in table:
+        raise UsageError("--backbone", f"the schedule table has no row for {backbone} or its family with --init {init}")
+    return table[(family, init)], (f"note: the thesis did not train {backbone}; using its {family} schedule "
+                                   f"for --init {init}.")
+
+
+def schedule_table_text(table):
+    """The table as text for --help: one line per (backbone, init)."""
+    lines = ["thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience):"]
+    for (backbone, init), row in table.items():
+        lines.append(f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
+                     f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}")
+    lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50).")
+    return "\n".join(lines)
+
+
+def add_transfer_arguments(parser):
+    """The options every downstream command shares.
+
+    The schedule options (epochs, warm-up, batch size, plateau factor and patience) default
+    to None, resolved after parsing from the task's thesis table by `resolve_schedule`.
+    """
+    thesis = "the thesis's value for --backbone and --init (table below)"
     group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
     group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
     group.add_argument("--backbone", default="vgg16", help="encoder backbone. Default: vgg16.")
     group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: newest under weights/.")
     group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
                        "downloaded on first use.")
-    group.add_argument("--epochs", type=int, default=epochs,
-                       help=f"fine-tuning epochs. Default: {shown(epochs, 'the thesis value for --init')}.")
+    group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
     group.add_argument("--warmup-epochs", type=int, default=None,
-                       help=f"epochs with the encoder frozen, before fine-tuning. Default: "
-                       f"{shown(warmup_epochs, 'the thesis value for --init')} (0 with --init scratch).")
-    group.add_argument("--batch-size", type=int, default=batch_size, help=f"Default: {batch_size}.")
+                       help=f"epochs with the encoder frozen, before fine-tuning. Default: {thesis}.")
+    group.add_argument("--batch-size", type=int, default=None, help=f"Default: {thesis}.")
     group.add_argument("--steps-per-epoch", type=int, default=None,
                        help="training batches per epoch (the data repeat as needed). Default: one pass over the data.")
     group.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate. Default: 1e-3 (thesis).")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
-    group.add_argument("--lr-factor", type=float, default=lr_factor,
-                       help=f"ReduceLROnPlateau factor. Default: {shown(lr_factor, 'the thesis value')}.")
-    group.add_argument("--lr-patience", type=int, default=lr_patience, help=f"ReduceLROnPlateau patience. Default: {lr_patience}.")
+    group.add_argument("--lr-factor", type=float, default=None, help=f"ReduceLROnPlateau factor. Default: {thesis}.")
+    group.add_argument("--lr-patience", type=int, default=None, help=f"ReduceLROnPlateau patience. Default: {thesis}.")
     group.add_argument("--units", type=int, default=256, help="hidden units of the head. Default: 256.")
     group.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head's hidden layer. Default: 1e-4.")
     group.add_argument("--dropout", type=float, default=0.5, help="dropout rate of the head. Default: 0.5 (thesis).")
     group.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"),
                        help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
     group.add_argument("--seed", type=int, default=0, help="seeds weights, sampling and augmentation. Default: 0.")
+    group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                       help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
+                       "a GPU; off on a GPU, where deterministic kernels are slower.")
     group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress. Default: 1.")
-    parser.set_defaults(default_warmup=warmup_epochs)
     return group
 
 
-def warmup_epochs_of(args):
-    if args.warmup_epochs is not None:
-        return args.warmup_epochs
-    return 0 if args.init == "scratch" or args.default_warmup is None else args.default_warmup
+def resolve_schedule(args, table):
+    """Fills the schedule options left at None from the task's thesis table; prints a note on a fallback."""
+    row, note = schedule_row(table, args.backbone, args.init)
+    if note and any(getattr(args, field) is None for field in SCHEDULE_FIELDS):
+        print(note)
+    for field in SCHEDULE_FIELDS:
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(row, field))
+    return args
 
 
-def _compile(model, args):
+def transfer_settings(args):
+    """(EncoderSpec, Head, Schedule) from the options of `add_transfer_arguments`, once the task resolved them."""
+    encoder = EncoderSpec(args.init, args.backbone, args.encoder, args.imagenet_weights)
+    head = Head(args.units, args.l2, args.dropout)
+    schedule = Schedule(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
+                        momentum=args.momentum, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
+                        steps_per_epoch=args.steps_per_epoch)
+    return encoder, head, schedule
+
+
+def _compile(model, schedule):
     import keras
 
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=args.momentum),
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=schedule.lr, momentum=schedule.momentum),
                   loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
 
-def train_two_phase(model, encoder, train, validation, args, out, validation_steps=None):
+def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1):
     """Warm-up with the encoder frozen, then fine-tuning of all layers; keeps the best epoch.
 
     Args:
+        model: the classifier of `build_classifier(encoder)`.
+        encoder: the nested encoder model, frozen during the warm-up.
         train, validation: tf.data datasets of (image, label) batches; `train` is repeated
-            when `args.steps_per_epoch` is set.
+            when `schedule.steps_per_epoch` is set.
+        schedule: Schedule.
         out: folder for `history.csv` and `best.weights.h5`.
+        verbose: Keras progress, 0, 1 or 2.
 
     Returns:
         pandas.DataFrame of the per-epoch history (both phases). The model holds the
@@ -210,24 +311,48 @@ def train_two_phase(model, encoder, train, validation, args, out, validation_ste
         history_path.unlink()
     best = KeepBest()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
-    if args.steps_per_epoch:
+    if schedule.steps_per_epoch:
         train = train.repeat()
-    fit = dict(validation_data=validation, steps_per_epoch=args.steps_per_epoch, validation_steps=validation_steps,
-               verbose=args.verbose, shuffle=False)
-    warmup = warmup_epochs_of(args)
+    fit = dict(validation_data=validation, steps_per_epoch=schedule.steps_per_epoch, verbose=verbose, shuffle=False)
+    warmup = schedule.warmup_epochs
     if warmup:
         encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
-        _compile(model, args)
+        _compile(model, schedule)
         model.fit(train, epochs=warmup, callbacks=[best, logger], **fit)
     encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
-    _compile(model, args)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=args.lr_factor, patience=args.lr_patience,
-                                                verbose=1 if args.verbose else 0)
-    model.fit(train, initial_epoch=warmup, epochs=warmup + args.epochs, callbacks=[best, logger, plateau], **fit)
+    _compile(model, schedule)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=schedule.lr_factor,
+                                                patience=schedule.lr_patience, verbose=1 if verbose else 0)
+    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[best, logger, plateau], **fit)
     best.restore(model)
     with atomic_path(out / "best.weights.h5") as tmp:
         model.save_weights(tmp)
     return pd.read_csv(history_path)
+
+
+def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out, seed, verbose=1):
+    """The downstream recipe, once for every task: seed, load the encoder, add the head, train two phases.
+
+    Args:
+        encoder_spec: EncoderSpec.
+        head: Head.
+        schedule: Schedule.
+        input_shape: (H, W, 1).
+        train, validation: tf.data datasets of (image, label) batches.
+        out: folder for the run's history and best weights.
+        seed: int. Seeds the head's and (for scratch) the encoder's initial weights and dropout.
+
+    Returns:
+        (model with the best epoch's weights, per-epoch history DataFrame).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,
+                           encoder_spec.imagenet_weights)
+    model = build_classifier(encoder, head.units, head.l2, head.dropout)
+    history = train_two_phase(model, encoder, train, validation, schedule, out, verbose)
+    return model, history
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -247,6 +372,8 @@ class KeepBest(keras.callbacks.Callback):
             model.set_weights(self.weights)
 
 
-def predict(model, images, batch_size=256):
-    """Probabilities for an array of images (N, H, W, 1), in batches."""
-    return model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0).ravel()
+def predict(model, data):
+    """Probabilities (N,) for a tf.data dataset of image batches, or of (image, label) batches, in order."""
+    if isinstance(data.element_spec, tuple):
+        data = data.map(lambda x, *rest: x)
+    return model.predict(data, verbose=0).ravel().astype(float)

@@ -20,6 +20,7 @@ from luna16.patches import extract_scan
 from preprocessing.atomic import atomic_path, write_csv, write_json
 from preprocessing.errors import ImageReadError
 from preprocessing.readers import read_image
+from preprocessing.split import hold_out_groups
 
 SUBSETS = tuple(range(10))
 FOLD_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # Test subsets of the five folds (thesis 4.2.1.7).
@@ -136,10 +137,8 @@ def fold_subsets(test_pair):
 
 
 def validation_series(subsets, fraction, rng):
-    """Series held out from the training subsets for validation (whole series, never split)."""
-    series = sorted({uid for subset in subsets for uid in subset.candidates["seriesuid"].unique()})
-    count = max(1, int(round(fraction * len(series))))
-    return set(rng.choice(series, size=count, replace=False)) if series else set()
+    """Series held out from the training subsets for validation (whole series, never split; at least one)."""
+    return hold_out_groups({uid for subset in subsets for uid in subset.candidates["seriesuid"]}, fraction, rng, minimum=1)
 
 
 def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=True):
@@ -180,7 +179,7 @@ def _views(patches):
     return patches.reshape(-1, patches.shape[-2], patches.shape[-1], 1)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m luna16.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="LUNA16 folder (subset0..9, candidates_V2.csv).")
     parser.add_argument("--out", required=True, help="folder for the extracted patches.")
@@ -189,12 +188,19 @@ def main(argv=None):
     parser.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis method 1 or 2. Default: planes.")
     parser.add_argument("--positive-copies", type=int, default=8, help="copies of each positive, augmented. Default: 8 (thesis).")
     parser.add_argument("--seed", type=int, default=0, help="Default: 0.")
-    args = parser.parse_args(argv)
-    try:
-        counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
-    except ImageReadError as error:
-        sys.exit(f"error: {error}")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
     print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {args.out}")
+    return counts
+
+
+def main(argv=None):
+    from preprocessing.cli import run_command
+
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,44 @@ is the mean over its three views.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.transfer import add_transfer_arguments, build_classifier, load_encoder, train_two_phase
+from genesis2d.results import fingerprint, score_rows, write_results
+from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
+from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_schedule,
+                                schedule_table_text, transfer_settings)
 from luna16.data import FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, training_arrays, validation_series
 from preprocessing.atomic import write_csv, write_json, write_text
+from preprocessing.cli import fraction_type
+from preprocessing.errors import UsageError
+from preprocessing.split import hold_out_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 PREDICTION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
+# The thesis's LUNA16 schedules (SGD 1e-3, momentum 0.9, 64x64 patches): VGG16 from Fig. 4.9 (4.2.2),
+# ResNet50 from 4.2.3. Where the thesis is silent: no warm-up (its LUNA16 tables list none, where the MURA
+# table of Fig. 4.33 lists one), and patience 3 for VGG16 (4.2.3 gives 3 for ResNet50; 4.2.2 gives none).
+THESIS_SCHEDULES = {
+    ("vgg16", "scratch"): ThesisSchedule(epochs=18, warmup_epochs=0, batch_size=32, lr_factor=0.01, lr_patience=3),
+    ("vgg16", "genesis"): ThesisSchedule(epochs=13, warmup_epochs=0, batch_size=32, lr_factor=0.01, lr_patience=3),
+    ("vgg16", "imagenet"): ThesisSchedule(epochs=13, warmup_epochs=0, batch_size=32, lr_factor=0.01, lr_patience=3),
+    ("resnet50", "scratch"): ThesisSchedule(epochs=10, warmup_epochs=0, batch_size=32, lr_factor=0.1, lr_patience=3),
+    ("resnet50", "genesis"): ThesisSchedule(epochs=10, warmup_epochs=0, batch_size=32, lr_factor=0.1, lr_patience=3),
+    ("resnet50", "imagenet"): ThesisSchedule(epochs=10, warmup_epochs=0, batch_size=32, lr_factor=0.1, lr_patience=3),
+}
+VIEWS = 3
+# The results contract's levels: the candidate (its views' mean) first, as the thesis counts candidates.
+LEVELS = [
+    {"name": "candidate", "description": "candidates of the test folds (mean of 3 views), mean of folds",
+     "group": "scan", "metrics": ["auc"]},
+    {"name": "patch", "description": "patches of the test folds (each view alone), mean of folds",
+     "group": "scan", "metrics": ["auc"]},
+]
 
 
 def build_parser():
@@ -32,6 +56,7 @@ def build_parser():
         description="LUNA16 false-positive reduction as 2D patch classification: 5-fold cross-validation over "
         "subset pairs 0-1 .. 8-9 with a scratch, genesis or ImageNet encoder. With no --data, runs on the "
         "built-in demo LUNA16 tree with the small settings of luna16/configs/demo.yaml.",
+        epilog=schedule_table_text(THESIS_SCHEDULES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of option defaults; flags override it.")
     data = parser.add_argument_group("data")
@@ -41,32 +66,40 @@ def build_parser():
     data.add_argument("--pixel-mm", type=float, default=None, help="patch sampling step in mm. Default: in-plane spacing.")
     data.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis patch method 1 or 2. Default: planes.")
     data.add_argument("--image-size", type=int, default=None, help="network input side. Default: the patch size.")
-    data.add_argument("--negative-fraction", type=float, default=0.1, help="negatives kept per training subset. Default: 0.1 (thesis).")
+    data.add_argument("--negative-fraction", type=fraction_type(), default=0.1,
+                      help="negatives kept per training subset. Default: 0.1 (thesis).")
     data.add_argument("--positive-copies", type=int, default=8, help="copies of each training positive. Default: 8 (thesis).")
-    data.add_argument("--validation-fraction", type=float, default=0.1, help="share of training series held out for validation. Default: 0.1.")
-    data.add_argument("--train-fraction", type=float, default=1.0,
+    data.add_argument("--validation-fraction", type=fraction_type(), default=0.1,
+                      help="share of training series held out for validation. Default: 0.1.")
+    data.add_argument("--train-fraction", type=fraction_type(), default=1.0,
                       help="share of training series used, sampled per fold (label-efficiency studies). Default: 1.0.")
     data.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.")
-    add_transfer_arguments(parser, epochs=13, warmup_epochs=2, batch_size=32, lr_factor=None, lr_patience=3)
+    add_transfer_arguments(parser)
     parser.add_argument("--out", help="output folder. Default: runs/luna16_<backbone>_<init>/.")
     return parser
 
 
 def parse_args(argv=None):
-    from genesis2d.cli import parse_with_demo_default
+    from preprocessing.cli import parse_with_demo_default
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
-    if args.lr_factor is None:  # Thesis 4.2.2 and 4.2.3.
-        args.lr_factor = 0.01 if args.backbone.startswith("vgg") else 0.1
+    resolve_schedule(args, THESIS_SCHEDULES)
     args.image_size = args.image_size or args.patch_size
     if args.out is None:
         args.out = str(PROJECT_ROOT / "runs" / f"luna16_{args.backbone}_{args.init}")
     bad = [k for k in args.folds if k not in range(1, 6)]
     if bad:
-        sys.exit(f"error: --folds takes 1 to 5. Received: {bad}")
-    if not 0 < args.train_fraction <= 1:
-        sys.exit(f"error: --train-fraction must be in (0, 1]. Received: {args.train_fraction}")
+        raise UsageError("--folds", f"takes 1 to 5. Received: {bad}")
     return args
+
+
+def training_settings(args):
+    """Every option that changes what a fold's model learns (recorded as the run's fingerprint)."""
+    keys = ("data", "patch_size", "pixel_mm", "method", "image_size", "negative_fraction", "positive_copies",
+            "validation_fraction", "train_fraction", "init", "backbone", "encoder", "imagenet_weights", "epochs",
+            "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum", "lr_factor", "lr_patience", "units",
+            "l2", "dropout", "precision", "seed")
+    return {key: getattr(args, key) for key in keys}
 
 
 def data_dirs(args):
@@ -74,9 +107,9 @@ def data_dirs(args):
     if args.data:
         data = Path(args.data)
     else:
-        from preprocessing.demo import default_demo_dir, ensure_demo
+        from luna16.demo import ensure_demo
 
-        data = ensure_demo(default_demo_dir()) / "LUNA16"
+        data = ensure_demo()
     patches = Path(args.patches) if args.patches else Path(args.out).parent / f"luna16_patches_{args.patch_size}_{args.method}"
     return data, patches
 
@@ -97,95 +130,127 @@ def _dataset(images, labels, batch_size, image_size, shuffle_seed=None):
     return dataset.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def run_fold(fold, patches_dir, args):
-    """Trains and tests one fold; returns its predictions (one row per test candidate)."""
-    import keras
+def fold_dir(out, fold):
+    a, b = FOLD_PAIRS[fold - 1]
+    return Path(out) / f"fold{fold}_subsets{a}-{b}"
 
+
+def run_fold(fold, patches_dir, args):
+    """Trains and tests one fold; returns its predictions (one row per test candidate and view)."""
     test_pair = FOLD_PAIRS[fold - 1]
-    fold_dir = Path(args.out) / f"fold{fold}_subsets{test_pair[0]}-{test_pair[1]}"
-    if (fold_dir / "predictions.csv").exists():
-        print(f"fold {fold}: done earlier, kept ({fold_dir / 'predictions.csv'})")
-        return pd.read_csv(fold_dir / "predictions.csv")
+    out = fold_dir(args.out, fold)
+    if (out / "predictions.csv").exists():
+        print(f"fold {fold}: done earlier, kept ({out / 'predictions.csv'})")
+        return pd.read_csv(out / "predictions.csv")
     train_ids, test_ids = fold_subsets(test_pair)
-    rng = np.random.default_rng([args.seed, fold])
+    seed = derive_seed(args.seed, STREAM_FOLD, fold)
+    set_seed(seed)  # Before any dataset: TensorFlow derives op seeds from the global one.
+    rng = np.random.default_rng(seed)
     train_subsets = [Subset(Path(patches_dir) / f"subset{s}") for s in train_ids]
     test_subsets = [Subset(Path(patches_dir) / f"subset{s}") for s in test_ids]
     held_out = validation_series(train_subsets, args.validation_fraction, rng)
     unused = set()
     if args.train_fraction < 1.0:  # Label efficiency: train on a share of the series, whole series only.
-        remaining = sorted({uid for s in train_subsets for uid in s.candidates["seriesuid"]} - held_out)
-        keep = max(1, int(round(args.train_fraction * len(remaining))))
-        unused = set(remaining) - set(rng.choice(remaining, size=keep, replace=False))
+        remaining = {uid for s in train_subsets for uid in s.candidates["seriesuid"]} - held_out
+        unused = remaining - hold_out_groups(remaining, args.train_fraction, rng, minimum=1)
     x_train, y_train = training_arrays(train_subsets, held_out | unused, args.negative_fraction, rng,
                                        use_augmented=args.positive_copies > 1)
     x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
     x_test, y_test, table = evaluation_arrays(test_subsets)
-    print(f"fold {fold}: test subsets {test_pair}; {len(y_train) // 3} training candidates "
-          f"({int(y_train.sum()) // 3} positive after augmentation), {len(held_out)} validation series, "
+    print(f"fold {fold}: test subsets {test_pair}; {len(y_train) // VIEWS} training candidates "
+          f"({int(y_train.sum()) // VIEWS} positive after augmentation), {len(held_out)} validation series, "
           f"{len(table)} test candidates", flush=True)
-    keras.utils.set_random_seed(args.seed + fold)
-    encoder = load_encoder(args.init, args.backbone, (args.image_size, args.image_size, 1), args.encoder,
-                           args.imagenet_weights)
-    model = build_classifier(encoder, args.units, args.l2, args.dropout)
-    train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=args.seed + fold)
+    encoder, head, schedule = transfer_settings(args)
+    train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=seed)
     validation = _dataset(x_val, y_val, args.batch_size, args.image_size)
-    history = train_two_phase(model, encoder, train, validation, args, fold_dir)
-    test_images = _dataset(x_test, y_test, 256, args.image_size).map(lambda x, y: x)
-    views = model.predict(test_images, verbose=0).ravel().reshape(-1, 3)
+    model, history = fine_tune(encoder, head, schedule, (args.image_size, args.image_size, 1), train, validation,
+                               out, seed, args.verbose)
+    views = predict(model, _dataset(x_test, y_test, 256, args.image_size)).reshape(-1, VIEWS)
     predictions = table.assign(probability=views.mean(axis=1))[PREDICTION_COLUMNS]
+    predictions[[f"view{v}" for v in range(VIEWS)]] = views
     metrics = binary_metrics(predictions["class"], predictions["probability"])
-    write_json(fold_dir / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
-                                           "epochs_trained": len(history)})
-    write_csv(fold_dir / "predictions.csv", predictions)  # Last: marks the fold done.
+    write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
+                                      "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
+                                      "epochs_trained": len(history)})
+    write_csv(out / "predictions.csv", predictions)  # Last: marks the fold done.
     print(f"fold {fold}: test AUC {metrics['auc']:.4f}", flush=True)
     return predictions
 
 
+def candidate_keys(predictions):
+    """A candidate's id: its scan and world coordinates (to 1 micrometre), and #k for the k-th repeat of both."""
+    coords = predictions[["coordX", "coordY", "coordZ"]].round(3).astype(str).agg(",".join, axis=1)
+    keys = predictions["seriesuid"] + ":" + coords
+    return keys + "#" + keys.groupby(keys).cumcount().astype(str)
+
+
+def test_scores(folds, predictions_by_fold):
+    """The results contract's rows: each candidate (mean of views) and each patch, grouped by scan, per fold."""
+    parts = []
+    for fold, predictions in zip(folds, predictions_by_fold):
+        keys = candidate_keys(predictions)
+        parts.append(score_rows("candidate", keys, predictions["class"], predictions["probability"],
+                                predictions["seriesuid"], stratum=fold))
+        for v in range(VIEWS):
+            parts.append(score_rows("patch", keys + f":view{v}", predictions["class"], predictions[f"view{v}"],
+                                    predictions["seriesuid"], stratum=fold))
+    return pd.concat(parts, ignore_index=True)
+
+
 def summarize(out, folds, predictions_by_fold, args):
-    """summary.csv / summary.md (thesis Fig. 4.12), predictions.csv, roc_folds.png, loss_curves.png."""
+    """summary.csv / summary.md (thesis Fig. 4.12), predictions.csv, figures, and the results contract."""
     out = Path(out)
     rows, curves, histories = [], {}, {}
     for fold, predictions in zip(folds, predictions_by_fold):
         a, b = FOLD_PAIRS[fold - 1]
         metrics = binary_metrics(predictions["class"], predictions["probability"])
-        rows.append({"fold": fold, "test_subsets": f"{a}-{b}", **metrics})
+        views = predictions[[f"view{v}" for v in range(VIEWS)]].to_numpy().ravel()
+        patch_auc = binary_metrics(np.repeat(predictions["class"].to_numpy(), VIEWS), views)["auc"]
+        rows.append({"fold": fold, "test_subsets": f"{a}-{b}", **metrics, "patch_auc": patch_auc})
         curves[f"subset{a}-{b}"] = (predictions["class"], predictions["probability"])
-        history = Path(out) / f"fold{fold}_subsets{a}-{b}" / "history.csv"
+        history = fold_dir(out, fold) / "history.csv"
         if history.exists():
             histories[f"subset{a}-{b}"] = pd.read_csv(history)
     table = pd.DataFrame(rows)
-    mean = table[["auc", "accuracy", "sensitivity", "specificity"]].mean()
-    std = table[["auc"]].std(ddof=1)
+    mean = table[["auc", "patch_auc", "accuracy", "sensitivity", "specificity"]].mean()
+    std = table[["auc", "patch_auc"]].std(ddof=1)
     write_csv(out / "summary.csv", table)
-    lines = [f"# LUNA16 {args.backbone}, init {args.init}", "", "| test subsets | AUC | accuracy | sensitivity | specificity |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['test_subsets']} | {r['auc']:.4f} | {r['accuracy']:.4f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} |"
-              for r in rows]
-    lines.append(f"| **mean** | **{mean['auc']:.4f}**" + (f" (sd {std['auc']:.4f})" if len(rows) > 1 else "")
-                 + f" | {mean['accuracy']:.4f} | {mean['sensitivity']:.4f} | {mean['specificity']:.4f} |")
+    lines = [f"# LUNA16 {args.backbone}, init {args.init}", "",
+             "Candidate AUC: each test candidate scored by the mean probability of its three views (axial, coronal, "
+             "sagittal). Patch AUC: each view scored alone. Accuracy, sensitivity and specificity of candidates at 0.5.",
+             "", "| test subsets | candidate AUC | patch AUC | accuracy | sensitivity | specificity |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['test_subsets']} | {r['auc']:.4f} | {r['patch_auc']:.4f} | {r['accuracy']:.4f} | "
+              f"{r['sensitivity']:.4f} | {r['specificity']:.4f} |" for r in rows]
+    spread = (lambda k: f" (sd {std[k]:.4f})") if len(rows) > 1 else (lambda k: "")
+    lines.append(f"| **mean** | **{mean['auc']:.4f}**{spread('auc')} | {mean['patch_auc']:.4f}{spread('patch_auc')} | "
+                 f"{mean['accuracy']:.4f} | {mean['sensitivity']:.4f} | {mean['specificity']:.4f} |")
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     everything = pd.concat(predictions_by_fold, ignore_index=True)
-    write_csv(out / "predictions.csv", everything)
+    write_csv(out / "predictions.csv", everything[PREDICTION_COLUMNS])
     plot_roc(curves, out / "roc_folds.png", title=f"LUNA16 {args.backbone} {args.init}: ROC per fold")
     if histories:
         plot_histories(histories, out / "loss_curves.png", title=f"LUNA16 {args.backbone} {args.init}: loss per fold")
-    write_json(out / "metrics.json", {"task": "luna16", "mean_auc": float(mean["auc"]), "folds": rows, "init": args.init,
-                                      "backbone": args.backbone, "candidates": int(len(everything)),
-                                      "train_fraction": args.train_fraction})
+    write_results(out, test_scores(folds, predictions_by_fold), {
+        "task": "luna16", "backbone": args.backbone, "init": args.init, "train_fraction": args.train_fraction,
+        "levels": LEVELS, "fingerprint": fingerprint(training_settings(args)), "candidates": int(len(everything)),
+        "candidate_auc_mean": float(mean["auc"]), "patch_auc_mean": float(mean["patch_auc"]), "folds": rows,
+    })
     return table
 
 
 def run(args):
-    from genesis2d.cli import write_run_record
-    from genesis2d.runtime import pick_precision
+    from genesis2d.runtime import configure_determinism, pick_precision, write_run_record
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    deterministic = configure_determinism(args.deterministic)
     precision = pick_precision(args.precision)
     data, patches = data_dirs(args)
     print(f"LUNA16: {data}; patches: {patches}; init {args.init}, backbone {args.backbone}, {precision}", flush=True)
     extract_subsets(data, patches, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
-    write_run_record(out, args, {"precision": precision, "data": str(data), "patches": str(patches)})
+    write_run_record(out, args, {"precision": precision, "deterministic": deterministic, "data": str(data),
+                                 "patches": str(patches)})
     predictions = [run_fold(fold, patches, args) for fold in args.folds]
     table = summarize(out, args.folds, predictions, args)
     print((out / "summary.md").read_text())
@@ -194,6 +259,6 @@ def run(args):
 
 
 def main(argv=None):
-    from genesis2d.cli import run_command
+    from preprocessing.cli import run_command
 
-    run_command(parse_args, run, argv)
+    return run_command(parse_args, run, argv)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.errors import ImageReadError
+from preprocessing.split import hold_out_groups
 
 BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 IMAGE_SIZE = 224  # Thesis 4.2.4.2.
@@ -77,12 +78,9 @@ def read_split(data, split, body_parts=("XR_SHOULDER",)):
     return images[["path", "study", "label", "body_part", "patient"]].reset_index(drop=True)
 
 
-def split_patients(frame, fraction, rng):
-    """(rest, held out): a share of patients held out, whole (for model selection)."""
-    patients = np.array(sorted(frame["patient"].unique()))
-    count = int(round(fraction * len(patients)))
-    held = set(rng.choice(patients, size=count, replace=False)) if count else set()
-    mask = frame["patient"].isin(held)
+def split_patients(frame, fraction, rng, minimum=0):
+    """(rest, held out): about `fraction` of the patients held out, whole (see `hold_out_groups`)."""
+    mask = frame["patient"].isin(hold_out_groups(frame["patient"], fraction, rng, minimum))
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 
@@ -114,13 +112,29 @@ def augmentation(seed):
     ], name="augmentation")
 
 
-def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=0):
-    """(image, label) batches of float32 (B, S, S, 1) in [0, 1]; shuffled and augmented when training."""
+def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=0, balanced=False):
+    """(image, label) batches of float32 (B, S, S, 1) in [0, 1]; shuffled and augmented when training.
+
+    With `balanced` (training only), an endless stream that draws each image from the
+    positive or the negative images with equal probability, as the thesis's class-balanced
+    offline-augmented set (4.2.4.2); otherwise one pass over the frame.
+    """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((frame["path"].to_numpy(str), frame["label"].to_numpy(np.float32)))
-    if training:
-        dataset = dataset.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
+    def images(part, shuffle_seed):
+        dataset = tf.data.Dataset.from_tensor_slices((part["path"].to_numpy(str), part["label"].to_numpy(np.float32)))
+        if training:
+            dataset = dataset.shuffle(len(part), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset
+
+    if training and balanced:
+        positive, negative = frame[frame["label"] == 1], frame[frame["label"] == 0]
+        if positive.empty or negative.empty:
+            raise ImageReadError("training split", "needs images of both classes for class-balanced epochs")
+        dataset = tf.data.Dataset.sample_from_datasets(
+            [images(positive, seed).repeat(), images(negative, seed + 1).repeat()], weights=[0.5, 0.5], seed=seed + 2)
+    else:
+        dataset = images(frame, seed)
     dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=not training)
     dataset = dataset.batch(batch_size)

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from luna16.data import FOLD_PAIRS, Subset, extract_subsets, fold_subsets, keep_negatives, training_arrays, validation_series
-from luna16.froc import cpm, evaluate
+from luna16.froc import cap_candidates, cpm, evaluate
 from luna16.patches import augment, extract, extract_cube, voxel_to_world, world_to_voxel
 from preprocessing.demo import write_itk
 from preprocessing.readers import read_image
@@ -117,7 +117,8 @@ def test_extraction_counts_and_folds(demo_dir, extracted):
     images, labels = training_arrays(train_subsets, held, 0.1, rng)
     in_train = [sub.candidates[~sub.candidates["seriesuid"].isin(held)] for sub in train_subsets]
     expected_pos = sum(int((c["class"] == 1).sum()) for c in in_train) * 3
-    expected_neg = sum(max(1, round(0.1 * int((c["class"] == 0).sum()))) for c in in_train)
+    negatives = [int((c["class"] == 0).sum()) for c in in_train]
+    expected_neg = sum(max(1, round(0.1 * n)) if n else 0 for n in negatives)  # A fully held-out subset keeps none.
     assert labels.sum() == 3 * expected_pos and (labels == 0).sum() == 3 * expected_neg
     assert images.shape == (len(labels), 32, 32, 1)
     # A rerun skips finished subsets.
@@ -140,7 +141,7 @@ def test_cpm_on_a_hand_made_case():
     # Nodules: a@0 found at 0.9 (and 0.2), b@50 at 0.4, b@-40 never. False positives: 0.8, 0.3 (scan a),
     # 0.5 (scan b); 0.95 lies in an excluded finding. Thresholds 0.9, 0.8, 0.5, 0.4, 0.3 give
     # (FP/scan, sensitivity) = (0, 1/3), (0.5, 1/3), (1, 1/3), (1, 2/3), (1.5, 2/3).
-    expected = np.mean([1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    expected = np.mean([1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])  # Hand-checked against the official script.
     assert result["cpm"] == pytest.approx(expected)
     assert result["nodules"] == 3 and result["found_at_any_threshold"] == 2
     # Without the exclusion 0.95 is a false positive: (0.5, 0), (0.5, 1/3), (1, 1/3), (1.5, 1/3),
@@ -148,6 +149,89 @@ def test_cpm_on_a_hand_made_case():
     value, at = cpm([0.9, 0.4, -np.inf], [0.8, 0.3, 0.5, 0.95], 2)
     np.testing.assert_allclose(at, [0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
     assert value == pytest.approx(8 / 21)
+
+
+def _frame(uids, xs, probability=None, diameter=None):
+    frame = pd.DataFrame({"seriesuid": uids, "coordX": np.asarray(xs, float), "coordY": 0.0, "coordZ": 0.0})
+    if probability is not None:
+        frame["probability"] = probability
+    if diameter is not None:
+        frame["diameter_mm"] = diameter
+    return frame
+
+
+def test_froc_keeps_at_most_100_candidates_per_scan_as_the_official_script():
+    # Scan a: nodule n1 at x=0 hit at 0.95 (rank 1), nodule n2 at x=1000 hit at 0.05 (rank 150), 148 false
+    # positives in between; 19 more evaluated scans without predictions, so 20 scans in all.
+    fps = np.linspace(0.9, 0.1, 148)
+    predictions = _frame(["a"] * 150, [0.0, 1000.0, *(-100.0 - np.arange(148) * 10)], [0.95, 0.05, *fps])
+    annotations = _frame(["a", "a"], [0.0, 1000.0], diameter=[6.0, 6.0])
+    scans = ["a"] + [f"empty{i}" for i in range(19)]
+    capped = evaluate(predictions, annotations, None, scans, iterations=0)
+    # The cap keeps the 100 most probable: n2's only hit is dropped, so sensitivity is 1/2 at every rate.
+    assert capped["cpm"] == pytest.approx(0.5)
+    # Without it n2 is found at 148/20 = 7.4 FP per scan: 1/2 up to 4 FP per scan, 1 at 8.
+    uncapped = evaluate(predictions, annotations, None, scans, iterations=0, limit=0)
+    assert uncapped["cpm"] == pytest.approx((6 * 0.5 + 1.0) / 7)
+    # Ties at the 101st probability keep fewer than 100, as the script's strict '>' does.
+    tied = _frame(["a"] * 101, np.arange(101), [*np.linspace(0.99, 0.5, 98), 0.1, 0.1, 0.1])
+    assert len(cap_candidates(tied)) == 98 and len(cap_candidates(tied.iloc[:100])) == 100
+
+
+def test_froc_counts_scans_without_predictions_and_uses_strict_radius_and_excluded_rule():
+    annotations = _frame(["a", "b", "c"], [0.0, 0.0, 0.0], diameter=[10.0, 10.0, 8.0])
+    # a: a hit at 0.9 (1 mm away); b: a candidate exactly on the radius (5 mm) is no hit, a false positive;
+    # c: no predictions at all.
+    predictions = _frame(["a", "b"], [1.0, 5.0], [0.9, 0.8])
+    result = evaluate(predictions, annotations, None, ["a", "b", "c"], iterations=0)
+    # 3 nodules, 1 found at 0.9; one FP at 0.8 over 3 scans: sensitivity 1/3 at every rate.
+    assert result["nodules"] == 3 and result["found_at_any_threshold"] == 1 and result["scans"] == 3
+    assert result["cpm"] == pytest.approx(1 / 3)
+    # Only predicted scans evaluated (the old behaviour): c's nodule dropped, sensitivity 1/2.
+    assert evaluate(predictions, annotations, None, ["a", "b"], iterations=0)["cpm"] == pytest.approx(0.5)
+    # An excluded finding of diameter 0 covers nothing; one of -1 covers 5 mm (a 10 mm default).
+    far = _frame(["a", "a"], [1.0, 50.0], [0.9, 0.95])
+    for diameter, expected_fp in ((0.0, True), (-1.0, False)):
+        excluded = _frame(["a"], [52.0], diameter=[diameter])
+        value = evaluate(far, annotations.iloc[:1], excluded, ["a"], iterations=0)["cpm"]
+        # With the FP at 0.95 counted, the nodule is found only after 1 FP per scan: 0 below it.
+        assert value == pytest.approx(4 / 7 if expected_fp else 1.0)
+
+
+def test_froc_bootstrap_resamples_every_scan_and_holds_the_estimate():
+    rng = np.random.default_rng(3)
+    uids = [f"s{i}" for i in range(30)]
+    annotations = _frame(uids[:20], np.zeros(20), diameter=np.full(20, 10.0))
+    rows = []
+    for i, uid in enumerate(uids[:25]):  # Five evaluated scans have no prediction.
+        if i < 20:
+            rows.append((uid, 1.0, rng.uniform(0.2, 1.0)))
+        rows += [(uid, 100.0 + k * 20, rng.uniform(0, 0.9)) for k in range(4)]
+    predictions = _frame([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    result = evaluate(predictions, annotations, None, uids, iterations=300)
+    low, high = result["cpm_ci95"]
+    assert low <= result["cpm"] <= high and high - low > 0.01
+
+
+@pytest.mark.parametrize("content, message", [
+    ("seriesuid,coordX,coordY,coordZ,probability\na,0,0,0,nan\na,1,0,0,0.5\n", "1 rows whose probability"),
+    ("seriesuid,coordX,coordY,coordZ,probability\n", "header only"),
+    ("", "cannot be read as CSV"),
+    ("seriesuid,coordX,coordY,coordZ,probability\nzzz,0,0,0,0.5\n", "no prediction for any of the 1 evaluated"),
+    ("seriesuid,coordX,coordY,coordZ,probability\na,x,0,0,0.5\n", "non-numeric"),
+])
+def test_froc_bad_predictions_are_one_line(tmp_path, capsys, content, message):
+    from luna16.froc import main
+
+    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\n")
+    (tmp_path / "scans.txt").write_text("a\n")
+    (tmp_path / "p.csv").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "p.csv"), "--annotations", str(tmp_path / "annotations.csv"), "--seriesuids",
+              str(tmp_path / "scans.txt")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {tmp_path / 'p.csv'}: ") and message in error[0]
 
 
 def test_froc_command_prints_cpm_last(tmp_path, capsys):
@@ -158,6 +242,8 @@ def test_froc_command_prints_cpm_last(tmp_path, capsys):
     pd.DataFrame({"seriesuid": ["a"], "coordX": [0.0], "coordY": [0.0], "coordZ": [0.0], "diameter_mm": [10.0]}).to_csv(annotations, index=False)
     pd.DataFrame({"seriesuid": ["a", "a"], "coordX": [1.0, 40.0], "coordY": [0.0, 0.0], "coordZ": [0.0, 0.0],
                   "class": [1, 0], "probability": [0.7, 0.6]}).to_csv(predictions, index=False)
+    (tmp_path / "subset0").mkdir()
+    (tmp_path / "subset0" / "a.mhd").write_text("")  # The evaluated scans: the LUNA16 layout by default.
     main([str(predictions), "--annotations", str(annotations), "--bootstrap", "50"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "CPM 1.0000"

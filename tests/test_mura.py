@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
+from genesis2d.results import read_results
 from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
 from mura.experiment import evaluate
 from preprocessing.errors import ImageReadError
 
-MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18",
+MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18", "--epoch-size", "96",
              "--batch-size", "32", "--verbose", "0"]
 
 
@@ -90,21 +91,37 @@ def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home,
              "imagenet": []}[init]
     out = tmp_path / init
     run(parse_args(["--data", str(demo_dir), "--out", str(out), "--init", init, *MURA_TINY, *extra]))
-    images = pd.read_csv(out / "predictions_images.csv")
-    studies = pd.read_csv(out / "predictions_studies.csv")
-    assert list(images.columns) == ["path", "study", "label", "probability"]
-    assert list(studies.columns) == ["study", "label", "probability"]
-    assert len(images) == len(read_split(demo_dir, "valid"))
     written = json.loads((out / "metrics.json").read_text())
-    if init != "scratch":
-        assert written["study_auc"] == pytest.approx(roc_auc_score(studies["label"], studies["probability"]))
-        assert written["image_auc"] == pytest.approx(roc_auc_score(images["label"], images["probability"]))
-        kappa = cohen_kappa_score(studies["label"], (studies["probability"] >= 0.5).astype(int))
-        assert written["study_kappa"] == pytest.approx(kappa)
-    else:  # Two repeats: mean and standard deviation of the per-run metrics.
-        per_run = [r["study_auc"] for r in written["repeats"]]
-        assert len(per_run) == 2 and written["study_auc"] == pytest.approx(np.mean(per_run))
-        assert written["study_auc_std"] == pytest.approx(np.std(per_run, ddof=1))
-        assert (out / "repeat2" / "predictions_studies.csv").is_file()
+    contract = read_results(out)
+    assert [level["name"] for level in contract.levels] == ["image", "study"]  # The thesis's level first.
+    runs = [out] if init != "scratch" else [out / "repeat1", out / "repeat2"]
+    for number, folder in enumerate(runs, start=1):
+        images = pd.read_csv(folder / "predictions_images.csv")
+        studies = pd.read_csv(folder / "predictions_studies.csv")
+        assert list(images.columns) == ["path", "study", "label", "patient", "probability"]
+        assert list(studies.columns) == ["study", "label", "probability"]
+        assert len(images) == len(read_split(demo_dir, "valid"))
+        scored = contract.scores[(contract.scores["run"] == number) & (contract.scores["level"] == "image")]
+        np.testing.assert_allclose(scored["probability"], images["probability"])
+        assert (scored["group"].to_numpy() == images["patient"].to_numpy()).all()  # Resampled by patient.
+        if init != "scratch":
+            assert written["study_auc"] == pytest.approx(roc_auc_score(studies["label"], studies["probability"]))
+            assert written["image_auc"] == pytest.approx(roc_auc_score(images["label"], images["probability"]))
+            kappa = cohen_kappa_score(studies["label"], (studies["probability"] >= 0.5).astype(int))
+            assert written["study_kappa"] == pytest.approx(kappa)
+    if init == "scratch":  # Two repeats: each run's metrics, then their mean and standard deviation.
+        per_run = [r["image_auc"] for r in written["runs"]]
+        assert len(per_run) == 2 and written["image_auc"] == pytest.approx(np.mean(per_run))
+        assert written["image_auc_std"] == pytest.approx(np.std(per_run, ddof=1))
+        assert "ensemble" in written["ensemble_of_runs"]["note"]
     for name in ("roc.png", "loss_curves.png", "run.json"):
         assert (out / name).is_file()
+
+
+def test_balanced_epochs_draw_both_classes_equally(demo_dir):
+    frame = read_split(demo_dir, "train", ("XR_SHOULDER",))
+    skewed = pd.concat([frame[frame["label"] == 1].iloc[:3], frame[frame["label"] == 0]], ignore_index=True)
+    labels = np.concatenate([y.numpy() for _, y in make_dataset(skewed, 16, 32, training=True, seed=1,
+                                                                 balanced=True).take(12)])
+    assert len(labels) == 192 and abs(labels.mean() - 0.5) < 0.1  # 3 positives against ~30 negatives in the split.
+    assert skewed["label"].mean() < 0.2

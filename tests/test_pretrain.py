@@ -11,6 +11,7 @@ import pytest
 
 from genesis2d.checkpoint import load_state
 from genesis2d.pretrain import parse_args, run
+from preprocessing.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 from conftest import TINY_PRETRAIN as TINY
@@ -95,7 +96,7 @@ def test_killed_run_resumes_mid_epoch_with_its_counts(demo_manifest, tmp_path):
         run(tiny_args(demo_manifest, out, *extra), extra_callbacks=[Interrupt(at_batch=3)])
     state = load_state(out / "checkpoint")
     assert (state["epoch"], state["step"]) == (0, 2)  # Step 3 is lost, steps 1-2 are not.
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(UsageError, match="--resume"):
         run(tiny_args(demo_manifest, out, *extra))  # Never silently overwrite an unfinished run.
     counter = CountBatches()
     card = run(tiny_args(demo_manifest, out, *extra, "--resume"), extra_callbacks=[counter])

@@ -3,71 +3,92 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 
-from genesis2d.metrics import delong_test
-from genesis2d.report import build_report, main
+from genesis2d.metrics import paired_auc_test
+from genesis2d.results import SCORE_COLUMNS, read_results
+from study.report import build_report, main
+
+LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patient", "metrics": ["auc", "accuracy"]},
+          {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]}]
 
 
-def _luna_run(folder, init, probability, truth, fraction=1.0):
-    """Two folds: the first half of the cases in fold 1, the rest in fold 2."""
+def _contract(folder, init, runs, truth, patients, folds, fraction=1.0):
+    """A results contract written by hand for a made-up task, 'retina': eyes nested in patients, two folds."""
     folder.mkdir(parents=True)
-    n = len(truth)
-    frame = pd.DataFrame({"seriesuid": [f"s{i % 12}" for i in range(n)], "coordX": np.arange(n, dtype=float),
-                          "coordY": 0.0, "coordZ": 0.0, "class": truth, "probability": probability})
-    frame.to_csv(folder / "predictions.csv", index=False)
-    for name, part in (("fold1_subsets0-1", frame[: n // 2]), ("fold2_subsets2-3", frame[n // 2 :])):
-        (folder / name).mkdir()
-        part.to_csv(folder / name / "predictions.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps({"task": "luna16", "init": init, "backbone": "vgg16", "train_fraction": fraction}))
+    rows = []
+    for run, probability in enumerate(runs, start=1):
+        for i, (y, p, patient, fold) in enumerate(zip(truth, probability, patients, folds)):
+            rows.append(("eye", f"eye{i}", y, p, f"pt{patient}", fold, run))
+        frame = pd.DataFrame({"y": truth, "p": probability, "patient": patients, "fold": folds})
+        for patient, part in frame.groupby("patient"):
+            rows.append(("patient", f"pt{patient}", int(part["y"].max()), part["p"].mean(), f"pt{patient}",
+                         part["fold"].iloc[0], run))
+    pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(folder / "test_scores.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({"task": "retina", "backbone": "vgg16", "init": init,
+                                                     "train_fraction": fraction, "levels": LEVELS}))
     return folder
 
 
-def _mura_run(folder, init, probability, truth, fraction=1.0):
-    folder.mkdir(parents=True)
-    pd.DataFrame({"study": [f"st{i}/" for i in range(len(truth))], "label": truth,
-                  "probability": probability}).to_csv(folder / "predictions_studies.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps({"task": "mura", "init": init, "backbone": "vgg16", "train_fraction": fraction}))
-    return folder
-
-
-def test_report_table_ci_and_delong(tmp_path):
+@pytest.fixture
+def retina(tmp_path):
     rng = np.random.default_rng(0)
-    truth = (rng.random(120) < 0.3).astype(int)
-    scores = {"scratch": truth * 0.3 + rng.random(120), "genesis": truth * 0.8 + rng.random(120),
-              "imagenet": truth * 0.6 + rng.random(120)}
-    runs = [_luna_run(tmp_path / f"luna_{k}", k, v, truth) for k, v in scores.items()]
-    runs += [_mura_run(tmp_path / f"mura_{k}", k, v[:60], truth[:60]) for k, v in scores.items() if k != "imagenet"]
-    runs += [_mura_run(tmp_path / f"mura_{k}_half", k, v[:60] * 0.5 + rng.random(60), truth[:60], 0.5)
+    patients = np.repeat(np.arange(60), 2)  # Two eyes per patient.
+    truth = np.repeat((rng.random(60) < 0.4).astype(int), 2)
+    folds = np.where(patients < 30, 1, 2)
+    shared = np.repeat(rng.normal(0, 0.5, 60), 2)
+    scores = {"scratch": [truth * 0.4 + shared + rng.random(120)],
+              "genesis": [truth * 0.9 + shared + rng.random(120) for _ in range(2)],  # Two repeats.
+              "imagenet": [truth * 0.6 + shared + rng.random(120)]}
+    runs = [_contract(tmp_path / k, k, v, truth, patients, folds) for k, v in scores.items()]
+    runs += [_contract(tmp_path / f"{k}_half", k, [v[0] * 0.5 + rng.random(120)], truth, patients, folds, 0.5)
              for k, v in scores.items() if k != "imagenet"]
+    return runs, scores, truth, patients, folds
+
+
+def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_path):
+    runs, scores, truth, patients, folds = retina
     table = build_report(runs, tmp_path / "report", iterations=200)
-    luna = table[table["dataset"] == "luna16"].iloc[0]
-    halves = (slice(0, 60), slice(60, 120))
-    for init, score in scores.items():
-        # The mean of the two folds' AUCs, as thesis Fig. 4.12 reports it.
-        assert luna[init] == pytest.approx(np.mean([roc_auc_score(truth[h], score[h]) for h in halves]))
-        assert luna[f"{init}_ci_low"] < luna[init] < luna[f"{init}_ci_high"]
-    # DeLong per fold; the mean difference's variance is the sum of the folds' variances over K^2.
-    per_fold = [delong_test(truth[h], scores["genesis"][h], scores["scratch"][h]) for h in halves]
-    delta = np.mean([t["auc_a"] - t["auc_b"] for t in per_fold])
-    z = delta / np.sqrt(sum(t["variance"] for t in per_fold) / 4)
-    from scipy.stats import norm
-
-    assert luna["genesis_vs_scratch_delta"] == pytest.approx(delta)
-    assert luna["genesis_vs_scratch_p"] == pytest.approx(2 * norm.sf(abs(z)))
-    mura = table[table["dataset"] == "mura"].iloc[0]
-    assert pd.isna(mura.get("imagenet")) and mura["genesis"] == pytest.approx(roc_auc_score(truth[:60], scores["genesis"][:60]))
+    auc = table[(table["level"] == "eye") & (table["metric"] == "auc")].iloc[0]
+    for init, probabilities in scores.items():
+        # The mean over runs of the mean over folds of the AUC (thesis Fig. 4.12; repeats averaged as in 4.2.4.4).
+        expected = np.mean([np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in (1, 2)])
+                            for p in probabilities])
+        assert auc[init] == pytest.approx(expected)
+        assert auc[f"{init}_ci_low"] <= auc[init] <= auc[f"{init}_ci_high"]
+    per_run = [np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in (1, 2)]) for p in scores["genesis"]]
+    assert auc["genesis_sd"] == pytest.approx(np.std(per_run, ddof=1)) and auc["genesis_runs"] == 2
+    # Eyes of one patient are not independent: the test clusters them.
+    expected = paired_auc_test(truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds)
+    assert auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
+    assert auc["test"] == "clustered DeLong (Obuchowski 1997), clusters: patients, folds combined"
+    accuracy = table[(table["level"] == "eye") & (table["metric"] == "accuracy")].iloc[0]
+    assert accuracy["scratch"] == pytest.approx(np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5)
+                                                         for f in (1, 2)]))
+    # Patients are one per row at their level: plain DeLong there.
+    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"].startswith("DeLong")
+    ensemble = table[table["metric"] == "auc_ensemble"]
+    assert len(ensemble) == 2 and "ensemble" in ensemble.iloc[0]["label"]
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| luna16 | vgg16 |" in text and "not run" in text and "p = " in text
-    for name in ("results.csv", "roc_luna16_vgg16.png", "roc_mura_vgg16.png", "label_efficiency.png"):
+    assert "| retina | vgg16 | AUC, eyes of the test set |" in text and "(sd " in text and "p = " in text
+    assert text.index("AUC, eyes of the test set") < text.index("AUC, patients")  # Headline level first.
+    for name in ("results.csv", "roc_retina_vgg16.png", "label_efficiency.png", "label_efficiency.csv"):
         assert (tmp_path / "report" / name).is_file(), name
+    efficiency = pd.read_csv(tmp_path / "report" / "label_efficiency.csv")
+    assert (efficiency["ci_low"] <= efficiency["auc"]).all() and (efficiency["auc"] <= efficiency["ci_high"]).all()
 
 
-def test_report_refuses_runs_on_different_cases(tmp_path, capsys):
-    truth = np.array([0, 1] * 20)
-    a = _luna_run(tmp_path / "a", "genesis", np.linspace(0, 1, 40), truth)
-    b = _luna_run(tmp_path / "b", "scratch", np.linspace(0, 1, 38), truth[:38])
-    with pytest.raises(SystemExit, match="not tested on the same cases"):
-        main([str(a), str(b), "--out", str(tmp_path / "r"), "--bootstrap", "10"])
-    with pytest.raises(SystemExit, match="metrics.json"):
-        main([str(tmp_path), "--out", str(tmp_path / "r")])
+def test_report_refuses_runs_on_different_cases_with_one_line(retina, tmp_path, capsys):
+    runs, _, _, _, _ = retina
+    other = tmp_path / "other"
+    other.mkdir()
+    scores = pd.read_csv(runs[2] / "test_scores.csv")
+    scores[scores["key"] != "eye0"].to_csv(other / "test_scores.csv", index=False)
+    (other / "metrics.json").write_text((runs[2] / "metrics.json").read_text())
+    for folders, message in (([runs[1], other], "not tested on the same cases"), ([tmp_path], "not a finished")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*map(str, folders), "--out", str(tmp_path / "r"), "--bootstrap", "10"])
+        assert exit_info.value.code == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0]
+    assert read_results(runs[0]).task == "retina"

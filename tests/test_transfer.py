@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from genesis2d.results import read_results
 from genesis2d.transfer import InitError, build_classifier, keras_cache_dir, load_encoder
 
 CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
@@ -73,6 +74,16 @@ def _check_cv_outputs(out, folds):
         assert row.auc == pytest.approx(roc_auc_score(fold["class"], fold["probability"]))
     for name in ("summary.md", "roc_folds.png", "loss_curves.png", "metrics.json", "run.json"):
         assert (out / name).is_file(), name
+    # The results contract: candidates (mean of views) first, then patches, grouped by scan, stratified by fold.
+    contract = read_results(out)
+    assert [level["name"] for level in contract.levels] == ["candidate", "patch"]
+    candidates = contract.level("candidate")
+    np.testing.assert_allclose(candidates["probability"], predictions["probability"])
+    assert (candidates["group"].to_numpy() == predictions["seriesuid"].to_numpy()).all()
+    patches = contract.level("patch")
+    assert len(patches) == 3 * len(predictions)
+    means = patches.assign(candidate=patches["key"].str.rsplit(":", n=1).str[0]).groupby("candidate", sort=False)["probability"].mean()
+    np.testing.assert_allclose(means.loc[candidates["key"]].to_numpy(), candidates["probability"], rtol=1e-6)
     return predictions
 
 
@@ -97,3 +108,31 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         run(args)
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
     json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("task, backbone, init, expected", [
+    # (epochs, warm-up, batch, factor, patience) from thesis Fig. 4.9 / 4.2.3 (LUNA16) and Fig. 4.33 / 4.38 (MURA).
+    ("luna16", "vgg16", "scratch", (18, 0, 32, 0.01, 3)),
+    ("luna16", "vgg16", "genesis", (13, 0, 32, 0.01, 3)),
+    ("luna16", "vgg16", "imagenet", (13, 0, 32, 0.01, 3)),
+    ("luna16", "resnet50", "scratch", (10, 0, 32, 0.1, 3)),
+    ("luna16", "resnet50", "imagenet", (10, 0, 32, 0.1, 3)),
+    ("mura", "resnet50", "scratch", (12, 0, 16, 0.01, 3)),
+    ("mura", "resnet50", "genesis", (9, 2, 16, 0.1, 3)),
+    ("mura", "resnet50", "imagenet", (3, 2, 16, 0.1, 3)),
+    ("mura", "vgg16", "scratch", (15, 0, 16, 0.01, 3)),
+    ("mura", "vgg16", "genesis", (12, 0, 16, 0.1, 3)),
+    ("mura", "vgg16", "imagenet", (5, 0, 16, 0.01, 3)),
+    ("mura", "resnet18", "genesis", (9, 2, 16, 0.1, 3)),  # Not in the thesis: its family's row, with a note.
+])
+def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init, expected, capsys):
+    from importlib import import_module
+
+    experiment = import_module(f"{task}.experiment")
+    args = experiment.parse_args(["--data", "/nowhere", "--backbone", backbone, "--init", init])
+    assert (args.epochs, args.warmup_epochs, args.batch_size, args.lr_factor, args.lr_patience) == expected
+    assert ("the thesis did not train resnet18" in capsys.readouterr().out) == (backbone == "resnet18")
+    override = experiment.parse_args(["--data", "/nowhere", "--backbone", backbone, "--init", init, "--epochs", "4"])
+    assert override.epochs == 4 and override.lr_factor == expected[3]
+    if task == "mura":  # An epoch draws as many images as the thesis's offline-augmented set held.
+        assert args.steps_per_epoch == -(-(29_477 + 29_176) // 16)
