@@ -11,6 +11,20 @@ import tempfile
 from pathlib import Path
 
 
+TEMPORARY_PREFIX = ".tmp-"  # Names of the files being written; a killed write leaves one behind.
+
+
+def remove_temporaries(folder):
+    """Deletes the temporaries that killed writes left in `folder` (not below it); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.glob(f"{TEMPORARY_PREFIX}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path` with the same suffix; renames it on success.
@@ -20,7 +34,7 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.remove(tmp)  # Some writers (Keras, h5py) refuse to open an existing file.
     try:

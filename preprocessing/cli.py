@@ -29,6 +29,10 @@ def run_command(parse_args, run, argv=None, interrupted=None):
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
+    except OSError as error:  # A read-only folder, a full disk, a file that vanished: the system's words.
+        where = error.filename or "output"
+        print(f"error: {where}: cannot be written or read ({error.strerror or error}).", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted{': ' + interrupted(args) if interrupted and args is not None else ''}", file=sys.stderr)
         raise SystemExit(130) from None

@@ -24,6 +24,7 @@ from preprocessing.normalize import normalize_slice
 from preprocessing.readers import read_image
 
 SHARD_PATTERN = "{split}-*.tfrecord"
+NO_SLICE_LEFT = "no slice is left to stream"
 PNG16_MAX = 65535.0
 
 
@@ -39,6 +40,8 @@ def load_manifest(source, split=None):
         missing = {"path", "slice_index", "modality", "split"} - set(frame.columns)
         if missing:
             raise ImageReadError(path, f"is not a manifest (missing columns {sorted(missing)})")
+        # Paths written relative (older manifests) are relative to the manifest's folder, not to the caller's.
+        frame["path"] = [p if Path(p).is_absolute() else str((path.parent / p).resolve()) for p in frame["path"]]
     if split is not None:
         frame = frame[frame["split"] == split]
         if frame.empty:
@@ -76,6 +79,9 @@ def _slices_from_manifest(frame, training, seed):
             if path not in warned:  # A file can go bad after the manifest was built: skip, don't stop training.
                 warned.add(path)
                 print(f"warning: {error} Skipped.", file=sys.stderr)
+            if len(warned) == len(groups):  # A whole pass without one slice would spin forever.
+                raise ImageReadError(path, f"and the other {len(groups) - 1} files of this split cannot be read; "
+                                     f"{NO_SLICE_LEFT}") from None
             return np.zeros((0, 1, 1), np.float32)
 
     def load_tensor(index):

@@ -17,6 +17,7 @@ libraries are imported where they are used. Every failure is an
 `ImageReadError` whose message names the file and the problem.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,12 @@ def _series_headers(folder):
         if np.any(np.abs(steps) < 1e-6):
             raise ImageReadError(folder, "holds two slices at the same position")
         z_spacing = float(np.median(steps))
+        gaps = np.flatnonzero(steps > 1.5 * z_spacing)
+        if len(gaps):  # Read with the median spacing; a user who needs true geometry must know.
+            k = int(gaps[0])
+            print(f"warning: {folder}: slices are missing between positions {distances[k]:.2f} and "
+                  f"{distances[k + 1]:.2f} mm ({len(gaps)} gap(s); spacing {z_spacing:.2f} mm); read with that "
+                  "spacing.", file=sys.stderr)
     else:
         ds = headers[0][1]
         z_spacing = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
@@ -415,9 +422,45 @@ def _itk_meta(image):
     }
 
 
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage_data(path):
+    """For a .mhd with an uncompressed data file: that file exists and holds what the header says.
+
+    SimpleITK reports a short .raw as 'No such file or directory'; this says what is wrong.
+    """
+    if suffix_of(path) != ".mhd":
+        return
+    fields = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip()
+    data = fields.get("ElementDataFile", "")
+    if not data or data == "LOCAL" or data.startswith("LIST") or "%" in data:
+        return
+    if fields.get("CompressedData", "False").lower() == "true":
+        return
+    data_path = Path(path).parent / data
+    if not data_path.is_file():
+        raise ImageReadError(path, f"names the data file {data}, which does not exist")
+    try:
+        size = np.prod([int(v) for v in fields["DimSize"].split()])
+        needed = int(size) * _MET_BYTES[fields["ElementType"]] * int(fields.get("ElementNumberOfChannels", 1))
+    except (KeyError, ValueError):
+        return  # Let SimpleITK judge a header this check does not understand.
+    needed += max(0, int(fields.get("HeaderSize", 0) or 0))
+    actual = data_path.stat().st_size
+    if actual < needed:
+        raise ImageReadError(path, f"its data file {data} holds {actual:,} bytes but the header needs {needed:,} "
+                             "(cut short?)")
+
+
 def _read_itk(path, slices):
     import SimpleITK as sitk
 
+    _check_metaimage_data(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -431,6 +474,7 @@ def _read_itk(path, slices):
 def _header_itk(path):
     import SimpleITK as sitk
 
+    _check_metaimage_data(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -463,11 +507,12 @@ def _read_raster(path, slices):
     if buffer.size == 0:
         raise ImageReadError(path, "is empty")
     # OpenCV decodes a cut-off PNG or JPEG into a partly blank image with only a warning:
-    # check that the file reaches its end marker first.
-    tail = buffer[-1024:].tobytes()
-    suffix = suffix_of(path)
-    if (suffix == ".png" and b"IEND" not in tail) or (suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in tail):
-        raise ImageReadError(path, "is truncated (no end-of-image marker)")
+    # check that the file reaches its end marker first. The kind comes from the content, not
+    # the suffix: a JPEG saved as .png is a JPEG.
+    head, tail = buffer[:8].tobytes(), buffer[-1024:].tobytes()
+    kind = "PNG" if head.startswith(b"\x89PNG") else "JPEG" if head.startswith(b"\xff\xd8") else None
+    if (kind == "PNG" and b"IEND" not in tail) or (kind == "JPEG" and b"\xff\xd9" not in tail):
+        raise ImageReadError(path, f"is truncated (a {kind} without its end-of-image marker)")
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageReadError(path, "cannot be decoded as an image (truncated or corrupt)")
