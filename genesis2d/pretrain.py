@@ -12,13 +12,14 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from genesis2d.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
-from preprocessing.atomic import atomic_path, write_json
+from preprocessing.atomic import atomic_path, remove_temporaries, write_csv, write_json
 from preprocessing.errors import ImageReadError, UsageError
 from preprocessing.figures import pyplot, save_figure
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
@@ -87,8 +88,11 @@ def build_parser():
     distort.add_argument("--paint-rate", type=float, default=0.9, help="Default: 0.9.")
     distort.add_argument("--inpaint-rate", type=float, default=0.2, help="share of painting that is in-painting. Default: 0.2.")
     output = parser.add_argument_group("output")
-    output.add_argument("--out", help="output folder. Default: weights/genesis2d_<backbone>_<norm>/.")
+    output.add_argument("--out", help="output folder. Default: weights/genesis2d_<backbone>_<norm>/ "
+                        "(runs/demo_genesis2d_<backbone>_<norm>/ for the demo corpus).")
     output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint.")
+    output.add_argument("--overwrite", action="store_true", help="replace a finished run in --out. Default: a finished "
+                        "run is never replaced; the command stops and says so.")
     output.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints. Default: 500.")
     output.add_argument("--samples", type=int, default=4, help="validation samples drawn in each epoch's PNG grid. Default: 4.")
     output.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0 none, 1 bar, 2 line per epoch. Default: 1.")
@@ -136,6 +140,7 @@ class PretrainConfig:
     deterministic: bool | None = None
     distortions: DistortionRates = DistortionRates()
     resume: bool = False
+    overwrite: bool = False
     checkpoint_every: int = 500
     samples: int = 4
     verbose: int = 1
@@ -159,8 +164,10 @@ def parse_args(argv=None):
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--manifest", "--shards"))
     if args.manifest and args.shards:
         raise UsageError("--manifest/--shards", "give one of them, not both")
-    if args.out is None:
-        args.out = str(PROJECT_ROOT / "weights" / f"genesis2d_{args.backbone}_{args.norm}")
+    if args.out is None:  # Demo encoders go under runs/, so weights/ holds only encoders of real data.
+        demo = not (args.manifest or args.shards)
+        args.out = str(PROJECT_ROOT / ("runs" if demo else "weights") / f"{'demo_' if demo else ''}genesis2d_"
+                       f"{args.backbone}_{args.norm}")
     return PretrainConfig.from_args(args)
 
 
@@ -193,7 +200,18 @@ def data_source(manifest=None, shards=None):
     manifest = Path(manifest) if manifest else demo_manifest()
     if not manifest.is_file():
         raise ImageReadError(manifest, "manifest does not exist")
-    counts = pd.read_csv(manifest, usecols=["split"])["split"].value_counts().to_dict()
+    from preprocessing.pipeline import load_manifest
+
+    frame = load_manifest(manifest)
+    files = pd.Series(frame["path"].unique())
+    missing = files[~files.map(lambda p: Path(p).exists())]
+    if len(missing) == len(files):
+        raise ImageReadError(manifest, f"none of its {len(files)} files exist (e.g. {missing.iloc[0]}); was it written "
+                             "for another machine or folder?")
+    if len(missing):
+        print(f"warning: {manifest}: {len(missing)} of its {len(files)} files do not exist (e.g. {missing.iloc[0]}); "
+              "their slices are skipped.", file=sys.stderr)
+    counts = frame["split"].value_counts().to_dict()
     return manifest, counts, manifest_hash(manifest)
 
 
@@ -205,7 +223,7 @@ def pairs(source, split, config, training, first_seed):
     from preprocessing.pipeline import make_dataset
 
     images = make_dataset(source, split, config.batch_size, config.crop_size, config.image_size, training=training,
-                          shuffle_buffer=config.shuffle_buffer, seed=config.seed, drop_remainder=True)
+                          shuffle_buffer=config.shuffle_buffer, seed=config.seed, drop_remainder=training)
     rates = dataclasses.asdict(config.distortions)
     return images.enumerate(start=0).map(
         lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
@@ -296,6 +314,48 @@ def plot_losses(path, history_csv, title="restoration loss (MSE)"):
     save_figure(path, figure, dpi=100)
 
 
+BEST_FILES = ("unet.keras", "encoder.weights.h5", "encoder.h5", "card.json")  # One unit; the card last.
+STAGING = ".best-staging"
+
+
+def export_best(model, backbone, out, card):
+    """Writes the best model's files as one unit: all into a staging folder, then moved into place.
+
+    The card is written last into the staging folder, so a complete staging folder is one
+    that holds it; `commit_export` then moves the files (and repairs a kill during the moves).
+    """
+    import shutil
+
+    from genesis2d.runtime import file_sha256
+
+    staging = Path(out) / STAGING
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    model.save(staging / "unet.keras")
+    export_encoder(model, backbone, staging)
+    card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:-1]}
+    write_json(staging / "card.json", card)
+    commit_export(out)
+
+
+def commit_export(out):
+    """Finishes an export whose staging folder is complete; drops an incomplete one. Returns True if it moved files."""
+    import os
+    import shutil
+
+    staging = Path(out) / STAGING
+    if not staging.exists():
+        return False
+    complete = (staging / "card.json").exists()
+    if complete:
+        for name in BEST_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, Path(out) / name)
+    shutil.rmtree(staging)
+    return complete
+
+
 def make_reporter(model, out, backbone, sample_pair, card):
     """A callback that, each epoch, draws samples and loss curves and exports the best model into `out`."""
     import keras
@@ -315,36 +375,72 @@ def make_reporter(model, out, backbone, sample_pair, card):
                          f"epoch {epoch + 1}: input / restored / target")
             if (out / "history.csv").exists():
                 plot_losses(out / "loss_curves.png", out / "history.csv")
-            val_loss = logs.get("val_loss", logs.get("loss"))
+            val_loss = logs.get("val_loss")
             card["epochs"] = epoch + 1
             if val_loss is not None and np.isfinite(val_loss) and (self.best is None or val_loss < self.best):
                 self.best = float(val_loss)
                 card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1
-                with atomic_path(out / "unet.keras") as tmp:
-                    model.save(tmp)
-                export_encoder(model, backbone, out)
-            write_json(out / "card.json", card)
+                export_best(model, backbone, out, card)
+            else:
+                write_json(out / "card.json", card)
 
     return Reporter()
+
+
+def clear_outputs(out):
+    """Removes what a finished run wrote into `out` (for --overwrite)."""
+    import shutil
+
+    out = Path(out)
+    for name in (*BEST_FILES, "history.csv", "loss_curves.png", "run.json"):
+        (out / name).unlink(missing_ok=True)
+    for path in out.glob("samples_epoch*.png"):
+        path.unlink()
+    for folder in ("checkpoint", "logs", STAGING):
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def trim_history(path, epochs):
+    """Keeps the rows of history.csv for the first `epochs` epochs (a resumed run writes the rest again)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        return
+    if not epochs:
+        path.unlink()
+        return
+    history = pd.read_csv(path)
+    write_csv(path, history[history["epoch"] < epochs].drop_duplicates("epoch", keep="last"))
 
 
 def run(config, strategy=None, extra_callbacks=()):
     """Pretrains as a PretrainConfig says and writes every output into config.out; returns the model card (dict)."""
     import keras
+    import tensorflow as tf
 
     from genesis2d.checkpoint import fit_resumable, load_state
-    from genesis2d.runtime import (configure_determinism, pick_precision, pick_strategy, set_seed, versions,
-                                   write_run_record)
+    from preprocessing.pipeline import NO_SLICE_LEFT
+    from genesis2d.runtime import (configure_determinism, divergence_guard, pick_precision, pick_strategy, set_seed,
+                                   versions, write_run_record)
     from genesis2d.unet import build_unet
 
     out = Path(config.out)
     checkpoint_dir = out / "checkpoint"
+    commit_export(out)  # A run killed while exporting its best model: finish or drop that export.
     previous = load_state(checkpoint_dir)
     if not config.resume and previous and not previous.get("finished"):
         raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
     if config.resume and not previous:
         raise UsageError(out, "has no checkpoint to resume from")
+    if not config.resume and (out / "card.json").exists():
+        if not config.overwrite:
+            raise UsageError(out, "holds a finished run; pass --overwrite to replace it, --resume with more --epochs "
+                             "to continue it, or choose another --out")
+        clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, checkpoint_dir):
+        remove_temporaries(folder)
     deterministic = configure_determinism(config.deterministic)
     set_seed(config.seed)
     precision = pick_precision(config.precision)
@@ -352,8 +448,10 @@ def run(config, strategy=None, extra_callbacks=()):
     source, counts, data_hash = data_source(config.manifest, config.shards)
     if counts.get("train", 0) < config.batch_size:
         raise ImageReadError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
+    if not counts.get("val", 0):
+        raise ImageReadError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
+                             "(`python -m preprocessing.manifest --fractions`)")
     steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
-    has_val = counts.get("val", 0) >= config.batch_size
     print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
           f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)
     state = previous if config.resume else None
@@ -361,13 +459,12 @@ def run(config, strategy=None, extra_callbacks=()):
     # Batch i of the run is distorted with seed first + i, so a resumed run continues the same stream.
     train = pairs(source, "train", config, training=True,
                   first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS) + first_step)
-    val = pairs(source, "val", config, training=False,
-                first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS)) if has_val else None
-    validation_steps = counts.get("val", 0) // config.batch_size
+    # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
+    val = pairs(source, "val", config, training=False, first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS))
+    validation_steps = -(-counts["val"] // config.batch_size)
     if config.validation_steps:
         validation_steps = min(validation_steps, config.validation_steps)
-    sample_source = val if val is not None else train
-    sample_inputs, sample_targets = next(iter(sample_source.take(1)))
+    sample_inputs, sample_targets = next(iter(val.take(1)))
     sample_pair = (sample_inputs.numpy()[: config.samples], sample_targets.numpy()[: config.samples])
 
     with strategy.scope():
@@ -384,13 +481,14 @@ def run(config, strategy=None, extra_callbacks=()):
         "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
         "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
         "distortions": dataclasses.asdict(config.distortions),
+        "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
     })
     write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
                                             "replicas": strategy.num_replicas_in_sync})
-    if not config.resume and (out / "history.csv").exists():
-        (out / "history.csv").unlink()
-    monitor = "val_loss" if val is not None else "loss"
+    trim_history(out / "history.csv", state["epoch"] if state else 0)
+    monitor = "val_loss"
     callbacks = [
+        divergence_guard(),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor, patience=config.lr_patience,
                                           min_lr=config.min_lr, verbose=1),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience, verbose=1),
@@ -400,14 +498,17 @@ def run(config, strategy=None, extra_callbacks=()):
         *extra_callbacks,
     ]
     started = time.time()
-    fit_resumable(model, train, config.epochs, steps, callbacks, checkpoint_dir, every_steps=config.checkpoint_every,
-                  resume=config.resume, validation_data=val, validation_steps=validation_steps or None,
-                  verbose=config.verbose, shuffle=False)
+    try:
+        fit_resumable(model, train, config.epochs, steps, callbacks, checkpoint_dir, every_steps=config.checkpoint_every,
+                      resume=config.resume, validation_data=val, validation_steps=validation_steps,
+                      verbose=config.verbose, shuffle=False)
+    except tf.errors.OpError as error:
+        if NO_SLICE_LEFT in str(error):  # Raised inside the input pipeline; said here as one line.
+            raise ImageReadError(source, "no file of a split can be read (see the warnings above)") from None
+        raise
     card["training_seconds"] = round(card.get("training_seconds", 0) + time.time() - started, 1)
-    if "best_val_loss" not in card:  # No finite loss at all: still leave a usable encoder.
-        export_encoder(model, config.backbone, out)
-        with atomic_path(out / "unet.keras") as tmp:
-            model.save(tmp)
+    if "best_val_loss" not in card:  # No finite validation loss at all: still leave a usable encoder.
+        export_best(model, config.backbone, out, card)
     write_json(card_path, card)
     print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
     return card

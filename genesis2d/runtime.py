@@ -64,6 +64,30 @@ def configure_determinism(requested=None):
     return deterministic
 
 
+def divergence_guard():
+    """A Keras callback that stops training at the first non-finite loss with one clear sentence.
+
+    The sentence names the epoch and what to try; `preprocessing.cli.run_command` prints it
+    as one line, where Keras would go on and hand NaN probabilities to the metrics.
+    """
+    import keras
+    import numpy as np
+
+    from preprocessing.errors import InputError
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)):
+                raise InputError("training", f"diverged at epoch {getattr(self, 'epoch', 0) + 1}: the loss is "
+                                 f"{float(loss)}; lower --lr (or check the inputs)")
+
+    return DivergenceGuard()
+
+
 def set_seed(seed):
     """Seeds Python, numpy and TensorFlow (and so Keras initialisers)."""
     import keras
@@ -80,6 +104,17 @@ def derive_seed(seed, *keys):
     import numpy as np
 
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] >> 1)
+
+
+def file_sha256(path):
+    """The sha256 of a file, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_run_record(out, settings, extra=None):

@@ -38,14 +38,37 @@ def keras_cache_dir():
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def newest_genesis_encoder(backbone, root=None):
-    """The most recent `encoder.h5` under weights/ trained with this backbone."""
+def default_genesis_encoder(backbone, root=None):
+    """The one `weights/genesis2d_<backbone>_*/encoder.h5`; none or several stop with a line that lists them."""
     root = Path(root) if root else PROJECT_ROOT / "weights"
-    found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"), key=lambda p: p.stat().st_mtime)
+    found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"))
     if not found:
         raise InitError(root, f"holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
                         f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder PATH")
-    return found[-1]
+    if len(found) > 1:
+        raise InitError(root, f"holds {len(found)} {backbone} encoders ({', '.join(str(p.parent.name) for p in found)}); "
+                        "choose one with --encoder PATH")
+    print(f"genesis encoder: {found[0]} (the only {backbone} encoder under {root})")
+    return found[0]
+
+
+def resolve_encoder_files(args):
+    """Checks the encoder files an init needs before any data is read; records the resolved path and sha256.
+
+    Sets `args.encoder` (genesis: --encoder, or the one encoder under weights/) and
+    `args.encoder_sha256`; checks that --imagenet-weights exists when given.
+    """
+    from genesis2d.runtime import file_sha256
+
+    args.encoder_sha256 = None
+    if args.init == "genesis":
+        path = Path(args.encoder) if args.encoder else default_genesis_encoder(args.backbone)
+        if not path.is_file():
+            raise InitError(path, "encoder file does not exist (--encoder)")
+        args.encoder, args.encoder_sha256 = str(path), file_sha256(path)
+    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
+        raise InitError(args.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
+    return args
 
 
 def _load_genesis(encoder, path):
@@ -98,7 +121,7 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
         backbone: str. A key of `genesis2d.unet.BACKBONES`.
         input_shape: (H, W, 1).
         encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
-            newest under weights/ with this backbone.
+            one under weights/ with this backbone.
         imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
     """
     from genesis2d.unet import build_encoder
@@ -109,7 +132,7 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
         return _load_imagenet(backbone, input_shape, imagenet_weights)
     encoder = build_encoder(backbone, input_shape, weights=None)
     if init == "genesis":
-        _load_genesis(encoder, encoder_path or newest_genesis_encoder(backbone))
+        _load_genesis(encoder, encoder_path or default_genesis_encoder(backbone))
     return encoder
 
 
@@ -230,7 +253,8 @@ def add_transfer_arguments(parser):
     group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
     group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
     group.add_argument("--backbone", default="vgg16", help="encoder backbone. Default: vgg16.")
-    group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: newest under weights/.")
+    group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: the one "
+                       "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and lists them).")
     group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
                        "downloaded on first use.")
     group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
@@ -253,6 +277,8 @@ def add_transfer_arguments(parser):
                        help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
                        "a GPU; off on a GPU, where deterministic kernels are slower.")
     group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress. Default: 1.")
+    group.add_argument("--overwrite", action="store_true", help="redo finished results in --out made with other "
+                       "settings. Default: such results are kept and the command stops, saying what changed.")
     return group
 
 
@@ -309,7 +335,9 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
     history_path = out / "history.csv"
     if history_path.exists():
         history_path.unlink()
-    best = KeepBest()
+    from genesis2d.runtime import divergence_guard
+
+    best, guard = KeepBest(), divergence_guard()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
     if schedule.steps_per_epoch:
         train = train.repeat()
@@ -318,12 +346,12 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
     if warmup:
         encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
         _compile(model, schedule)
-        model.fit(train, epochs=warmup, callbacks=[best, logger], **fit)
+        model.fit(train, epochs=warmup, callbacks=[guard, best, logger], **fit)
     encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
     _compile(model, schedule)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=schedule.lr_factor,
                                                 patience=schedule.lr_patience, verbose=1 if verbose else 0)
-    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[best, logger, plateau], **fit)
+    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[guard, best, logger, plateau], **fit)
     best.restore(model)
     with atomic_path(out / "best.weights.h5") as tmp:
         model.save_weights(tmp)
