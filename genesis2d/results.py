@@ -17,7 +17,8 @@ A finished run folder holds two files:
 `metrics.json`, a mapping with at least:
 
 - `task`, `backbone`, `init`, `train_fraction`: the run's identity;
-- `fingerprint`: a hash of every setting that changes training (`fingerprint`);
+- `settings` and `fingerprint`: every setting that changes training, and its hash
+  (`fingerprint`); a rerun reuses the run only under the same settings (`finished_with`);
 - `levels`: the levels in report order, the first the headline (the thesis's
   metric), each `{"name", "description", "group", "metrics"}`: `description` labels
   the number (e.g. "AUC of candidates, mean of 3 views"), `group` names the
@@ -36,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from preprocessing.atomic import write_csv, write_json
-from preprocessing.errors import InputError
+from preprocessing.errors import InputError, UsageError
 
 SCORES_FILE = "test_scores.csv"
 METRICS_FILE = "metrics.json"
@@ -108,6 +109,30 @@ def fingerprint(settings):
     """A short hash of a JSON-able mapping of settings (order of keys does not matter)."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_with(record_path, settings, overwrite=False):
+    """Whether a finished result may be reused: its record holds these same `settings`.
+
+    Returns True to reuse it, False when there is none (or `overwrite` asks to redo it).
+    Raises UsageError naming what changed when it was made with other settings: finished
+    work is never replaced, nor presented under settings it was not made with, silently.
+    """
+    record_path = Path(record_path)
+    if overwrite or not record_path.is_file():
+        return False
+    try:
+        recorded = json.loads(record_path.read_text()).get("settings")
+    except ValueError:
+        return False  # A record cut short: the work was not finished.
+    settings = json.loads(json.dumps(settings, default=str))  # As it would be written.
+    if recorded == settings:
+        return True
+    recorded = recorded or {}
+    changed = [f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" for key in sorted(set(settings) | set(recorded))
+               if recorded.get(key) != settings.get(key)]
+    raise UsageError(record_path.parent, f"holds results made with other settings ({'; '.join(changed[:6])}"
+                     f"{'; ...' if len(changed) > 6 else ''}); pass --overwrite to redo them or choose another --out")
 
 
 def write_results(out, scores, metrics):

@@ -28,17 +28,42 @@ CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
 
 
 def read_candidates(data_dir):
-    path = Path(data_dir) / "candidates_V2.csv"
-    if not path.is_file():
-        alt = Path(data_dir) / "candidates.csv"
-        path = alt if alt.is_file() else path
+    path = candidates_path(data_dir)
     if not path.is_file():
         raise ImageReadError(path, "does not exist (the LUNA16 candidates file)")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={"seriesuid": str})
     missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
     if missing:
         raise ImageReadError(path, f"lacks columns {sorted(missing)}")
+    numeric = ["coordX", "coordY", "coordZ", "class"]
+    converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    bad = (converted.isna() & frame[numeric].notna()).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ImageReadError(path, f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
+                             f"{row + 2}, {frame.loc[row, numeric].tolist()})")
+    frame[numeric] = converted
     return frame[CANDIDATE_COLUMNS]
+
+
+def input_fingerprint(candidates_path, scans):
+    """What a subset's patches were made from: the candidates file and the scans (names, sizes, times).
+
+    A changed, added or removed file changes it, so a cache of other data is never reused.
+    """
+    from genesis2d.results import fingerprint
+
+    def stamp(path):
+        stat = Path(path).stat()
+        return [Path(path).name, stat.st_size, stat.st_mtime_ns]
+
+    files = [stamp(candidates_path)]
+    for path in scans.values():
+        files.append(stamp(path))
+        raw = Path(path).with_suffix(".raw")
+        if raw.exists():
+            files.append(stamp(raw))
+    return fingerprint(files)
 
 
 def scans_by_subset(data_dir):
@@ -53,10 +78,34 @@ def scans_by_subset(data_dir):
     return found
 
 
+def candidates_path(data_dir):
+    path = Path(data_dir) / "candidates_V2.csv"
+    return path if path.is_file() or not (Path(data_dir) / "candidates.csv").is_file() else Path(data_dir) / "candidates.csv"
+
+
+def inside_scan(volume, meta, xyz):
+    """Which candidates have finite world coordinates that fall inside the scan's voxel grid."""
+    from luna16.patches import world_to_voxel
+
+    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+    finite = np.isfinite(xyz).all(axis=1)
+    zyx = world_to_voxel(np.where(finite[:, None], xyz, 0.0), meta["origin"], meta["spacing"], meta.get("direction"))
+    within = ((zyx >= -0.5) & (zyx <= np.asarray(volume.shape) - 0.5)).all(axis=1)
+    return finite & within
+
+
 def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", positive_copies=8, seed=0,
                     progress=True):
-    """Extracts every subset not yet done; returns {subset: number of candidates}."""
+    """Extracts every subset not yet done with these inputs and settings; returns {subset: number of candidates}.
+
+    A subset's cache is reused only when its record names the same settings and the same
+    input files (candidates file and scans: names, sizes, modification times) and no scan
+    failed; otherwise it is extracted again. Candidates with non-finite coordinates or
+    outside their scan are dropped, one warning per scan, and counted in the record.
+    """
     from tqdm import tqdm
+
+    from genesis2d.results import fingerprint
 
     out_dir = Path(out_dir)
     candidates = read_candidates(data_dir)
@@ -66,10 +115,15 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     for subset, scans in scans_by_subset(data_dir).items():
         folder = out_dir / f"subset{subset}"
         done = folder / "done.json"
-        if done.exists() and json.loads(done.read_text()).get("settings") == settings:
-            counts[subset] = json.loads(done.read_text())["candidates"]
-            continue
-        patches, augmented, rows, aug_rows, skipped = [], [], [], [], []
+        inputs = input_fingerprint(candidates_path(data_dir), scans)
+        if done.exists():
+            record = json.loads(done.read_text())
+            if (record.get("settings") == settings and record.get("inputs") == inputs
+                    and not record.get("skipped_scans")):
+                counts[subset] = record["candidates"]
+                continue
+            done.unlink()  # Stale or incomplete: extract again rather than trust it.
+        patches, augmented, rows, aug_rows, skipped, dropped = [], [], [], [], [], 0
         for index, (uid, path) in enumerate(tqdm(scans.items(), desc=f"subset{subset}", unit="scan", disable=not progress)):
             scan_rows = by_series.get(uid)
             if scan_rows is None:
@@ -80,6 +134,12 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                 print(f"warning: {error} Its {len(scan_rows)} candidates are skipped.", file=sys.stderr)
                 skipped.append(str(path))
                 continue
+            keep = inside_scan(volume, meta, scan_rows[["coordX", "coordY", "coordZ"]].to_numpy(float))
+            if not keep.all():
+                print(f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the scan or "
+                      "have no coordinates; dropped.", file=sys.stderr)
+                dropped += int((~keep).sum())
+                scan_rows = scan_rows[keep]
             values = scan_rows[["coordX", "coordY", "coordZ", "class"]].to_numpy(float)
             scan_patches, scan_aug, scan_aug_rows = extract_scan(
                 volume, meta, values, size, pixel_mm, method, positive_copies, rng=[seed, subset, index])
@@ -94,7 +154,8 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
         _save(folder / "augmented.npy", np.concatenate(augmented) if augmented else empty)
         write_csv(folder / "candidates.csv", table)
         write_csv(folder / "augmented.csv", pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else []}))
-        write_json(done, {"settings": settings, "candidates": len(table), "skipped_scans": skipped})  # Last: marks done.
+        write_json(done, {"settings": settings, "inputs": inputs, "candidates": len(table), "skipped_scans": skipped,
+                          "dropped_candidates": dropped, "fingerprint": fingerprint([settings, inputs])})  # Last.
         counts[subset] = len(table)
     return counts
 
@@ -111,7 +172,8 @@ class Subset:
         folder = Path(folder)
         if not (folder / "done.json").exists():
             raise ImageReadError(folder, "is not an extracted subset (run `python -m luna16.data` first)")
-        self.candidates = pd.read_csv(folder / "candidates.csv")
+        self.record = json.loads((folder / "done.json").read_text())
+        self.candidates = pd.read_csv(folder / "candidates.csv", dtype={"seriesuid": str})
         self.patches = np.load(folder / "patches.npy", mmap_mode="r")
         self.augmented = np.load(folder / "augmented.npy", mmap_mode="r")
         self.augmented_rows = pd.read_csv(folder / "augmented.csv")["candidate"].to_numpy(int)

@@ -34,6 +34,10 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
             origin = np.array([rng.uniform(-200, -150), rng.uniform(-220, -170), rng.uniform(-380, -250)])
             nz, ny, nx = shape
             extent = np.array([nx * spacing[0], ny * spacing[1], nz * spacing[2]])  # mm, (x, y, z)
+            last = np.array([(nx - 1) * spacing[0], (ny - 1) * spacing[1], (nz - 1) * spacing[2]])
+
+            def inside(offset):  # Candidates lie inside their scan, as LUNA16's do.
+                return origin + np.clip(offset, 0.0, last)
 
             def lung_point(margin):
                 side = rng.choice([-1, 1])
@@ -53,16 +57,16 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
                 annotations.append((uid, *world, 2 * radius))
                 for _ in range(rng.integers(1, 3)):
                     jitter = rng.uniform(-1, 1, size=3)
-                    candidates.append((uid, *(world + jitter), 1))
+                    candidates.append((uid, *inside(center + jitter), 1))
             for a, b, _ in vessels:
                 for t in rng.uniform(0.05, 0.95, size=10):
-                    candidates.append((uid, *(origin + a + t * (b - a)), 0))
+                    candidates.append((uid, *inside(a + t * (b - a)), 0))
             for _ in range(50):
-                candidates.append((uid, *(origin + lung_point(2)), 0))
+                candidates.append((uid, *inside(lung_point(2)), 0))
             for _ in range(30):
                 point = np.array([extent[0] * rng.uniform(0.15, 0.85), extent[1] * rng.uniform(0.15, 0.85),
                                   rng.uniform(0, extent[2])])
-                candidates.append((uid, *(origin + point), 0))
+                candidates.append((uid, *inside(point), 0))
     columns = ["seriesuid", "coordX", "coordY", "coordZ"]
     pd.DataFrame(candidates, columns=columns + ["class"]).to_csv(out / "candidates_V2.csv", index=False)
     pd.DataFrame(annotations, columns=columns + ["diameter_mm"]).to_csv(out / "annotations.csv", index=False)

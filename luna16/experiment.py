@@ -10,16 +10,17 @@ is the mean over its three views.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.results import fingerprint, score_rows, write_results
+from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
-from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_schedule,
-                                schedule_table_text, transfer_settings)
+from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
+                                resolve_schedule, schedule_table_text, transfer_settings)
 from luna16.data import FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, training_arrays, validation_series
 from preprocessing.atomic import write_csv, write_json, write_text
 from preprocessing.cli import fraction_type
@@ -84,6 +85,7 @@ def parse_args(argv=None):
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     resolve_schedule(args, THESIS_SCHEDULES)
+    resolve_encoder_files(args)  # Before hours of patch extraction, not after.
     args.image_size = args.image_size or args.patch_size
     if args.out is None:
         args.out = str(PROJECT_ROOT / "runs" / f"luna16_{args.backbone}_{args.init}")
@@ -96,7 +98,7 @@ def parse_args(argv=None):
 def training_settings(args):
     """Every option that changes what a fold's model learns (recorded as the run's fingerprint)."""
     keys = ("data", "patch_size", "pixel_mm", "method", "image_size", "negative_fraction", "positive_copies",
-            "validation_fraction", "train_fraction", "init", "backbone", "encoder", "imagenet_weights", "epochs",
+            "validation_fraction", "train_fraction", "init", "backbone", "encoder", "encoder_sha256", "imagenet_weights", "epochs",
             "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum", "lr_factor", "lr_patience", "units",
             "l2", "dropout", "precision", "seed")
     return {key: getattr(args, key) for key in keys}
@@ -139,8 +141,9 @@ def run_fold(fold, patches_dir, args):
     """Trains and tests one fold; returns its predictions (one row per test candidate and view)."""
     test_pair = FOLD_PAIRS[fold - 1]
     out = fold_dir(args.out, fold)
-    if (out / "predictions.csv").exists():
-        print(f"fold {fold}: done earlier, kept ({out / 'predictions.csv'})")
+    settings = {**training_settings(args), "fold": fold}
+    if (out / "predictions.csv").exists() and finished_with(out / "metrics.json", settings, args.overwrite):
+        print(f"fold {fold}: done earlier with these settings, kept ({out / 'predictions.csv'})")
         return pd.read_csv(out / "predictions.csv")
     train_ids, test_ids = fold_subsets(test_pair)
     seed = derive_seed(args.seed, STREAM_FOLD, fold)
@@ -157,9 +160,11 @@ def run_fold(fold, patches_dir, args):
                                        use_augmented=args.positive_copies > 1)
     x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
     x_test, y_test, table = evaluation_arrays(test_subsets)
+    dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
     print(f"fold {fold}: test subsets {test_pair}; {len(y_train) // VIEWS} training candidates "
           f"({int(y_train.sum()) // VIEWS} positive after augmentation), {len(held_out)} validation series, "
-          f"{len(table)} test candidates", flush=True)
+          f"{len(table)} test candidates" + (f" ({dropped} dropped: outside their scan or without coordinates)"
+                                             if dropped else ""), flush=True)
     encoder, head, schedule = transfer_settings(args)
     train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=seed)
     validation = _dataset(x_val, y_val, args.batch_size, args.image_size)
@@ -171,7 +176,8 @@ def run_fold(fold, patches_dir, args):
     metrics = binary_metrics(predictions["class"], predictions["probability"])
     write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
                                       "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
-                                      "epochs_trained": len(history)})
+                                      "epochs_trained": len(history), "dropped_test_candidates": dropped,
+                                      "settings": settings})
     write_csv(out / "predictions.csv", predictions)  # Last: marks the fold done.
     print(f"fold {fold}: test AUC {metrics['auc']:.4f}", flush=True)
     return predictions
@@ -206,7 +212,10 @@ def summarize(out, folds, predictions_by_fold, args):
         metrics = binary_metrics(predictions["class"], predictions["probability"])
         views = predictions[[f"view{v}" for v in range(VIEWS)]].to_numpy().ravel()
         patch_auc = binary_metrics(np.repeat(predictions["class"].to_numpy(), VIEWS), views)["auc"]
-        rows.append({"fold": fold, "test_subsets": f"{a}-{b}", **metrics, "patch_auc": patch_auc})
+        record = fold_dir(out, fold) / "metrics.json"
+        dropped = json.loads(record.read_text()).get("dropped_test_candidates", 0) if record.exists() else 0
+        rows.append({"fold": fold, "test_subsets": f"{a}-{b}", **metrics, "patch_auc": patch_auc,
+                     "dropped_candidates": dropped})
         curves[f"subset{a}-{b}"] = (predictions["class"], predictions["probability"])
         history = fold_dir(out, fold) / "history.csv"
         if history.exists():
@@ -225,6 +234,9 @@ def summarize(out, folds, predictions_by_fold, args):
     spread = (lambda k: f" (sd {std[k]:.4f})") if len(rows) > 1 else (lambda k: "")
     lines.append(f"| **mean** | **{mean['auc']:.4f}**{spread('auc')} | {mean['patch_auc']:.4f}{spread('patch_auc')} | "
                  f"{mean['accuracy']:.4f} | {mean['sensitivity']:.4f} | {mean['specificity']:.4f} |")
+    if table["dropped_candidates"].sum():
+        lines += ["", f"{int(table['dropped_candidates'].sum())} test candidates were dropped before testing: "
+                  "outside their scan or without finite coordinates."]
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     everything = pd.concat(predictions_by_fold, ignore_index=True)
     write_csv(out / "predictions.csv", everything[PREDICTION_COLUMNS])
@@ -233,7 +245,8 @@ def summarize(out, folds, predictions_by_fold, args):
         plot_histories(histories, out / "loss_curves.png", title=f"LUNA16 {args.backbone} {args.init}: loss per fold")
     write_results(out, test_scores(folds, predictions_by_fold), {
         "task": "luna16", "backbone": args.backbone, "init": args.init, "train_fraction": args.train_fraction,
-        "levels": LEVELS, "fingerprint": fingerprint(training_settings(args)), "candidates": int(len(everything)),
+        "levels": LEVELS, "settings": {**training_settings(args), "folds": list(folds)},
+        "fingerprint": fingerprint(training_settings(args)), "candidates": int(len(everything)),
         "candidate_auc_mean": float(mean["auc"]), "patch_auc_mean": float(mean["patch_auc"]), "folds": rows,
     })
     return table

@@ -40,12 +40,15 @@ def body_parts_of(value):
     return parts
 
 
-def read_split(data, split, body_parts=("XR_SHOULDER",)):
+def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True):
     """One row per image: path, study, label, body_part, patient. Checks the csvs against the tree.
+
+    Args:
+        verify: bool. Decode every image now. Defaults to True.
 
     Raises:
         ImageReadError: a csv is missing, a study's csv label disagrees with its folder name,
-            a listed image is missing, or an image has no labelled study.
+            a listed image is missing or cannot be decoded, or an image has no labelled study.
     """
     root = mura_root(data)
     folder = root / "MURA-v1.1"
@@ -75,7 +78,38 @@ def read_split(data, split, body_parts=("XR_SHOULDER",)):
             raise ImageReadError(path, f"is listed in {images_csv.name} but missing")
     if images.empty:
         raise ImageReadError(images_csv, f"lists no images of {', '.join(body_parts)}")
+    if verify:
+        check_decodable(images["path"], f"{split} images")
     return images[["path", "study", "label", "body_part", "patient"]].reset_index(drop=True)
+
+
+def check_decodable(paths, what="images", progress=True):
+    """Decodes every image (threads, with a progress bar); the first that fails stops with its one-line error.
+
+    Done when the split is read, so a cut or empty PNG is named before training rather
+    than failing inside TensorFlow after it.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from preprocessing.readers import read_image
+
+    def check(path):
+        try:
+            read_image(path)
+            return None
+        except ImageReadError as error:
+            return error
+
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        errors = [e for e in tqdm(pool.map(check, paths), total=len(paths), desc=f"checking {what}", unit="image",
+                                  disable=not progress, leave=False) if e is not None]
+    if errors:
+        first = errors[0]
+        raise ImageReadError(first.path, first.problem + (f" ({len(errors) - 1} more images fail too)" if len(errors) > 1 else ""))
 
 
 def split_patients(frame, fraction, rng, minimum=0):

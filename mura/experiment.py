@@ -16,16 +16,17 @@ number of steps and needs no disk.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.results import fingerprint, score_rows, write_results
+from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
-from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_schedule,
-                                schedule_table_text, transfer_settings)
+from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
+                                resolve_schedule, schedule_table_text, transfer_settings)
 from mura.data import body_parts_of, make_dataset, read_split, split_patients, study_probabilities
 from preprocessing.atomic import write_csv, write_json
 from preprocessing.cli import fraction_type
@@ -93,6 +94,7 @@ def parse_args(argv=None):
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     resolve_schedule(args, THESIS_SCHEDULES)
+    resolve_encoder_files(args)
     if args.steps_per_epoch is None:  # An epoch as long as the thesis's offline-augmented set.
         args.steps_per_epoch = -(-args.epoch_size // args.batch_size)
     try:
@@ -127,8 +129,8 @@ def evaluate(images):
 
 def training_settings(args):
     """Every option that changes what the model learns (recorded as the run's fingerprint)."""
-    keys = ("data", "body_part", "image_size", "selection_fraction", "train_fraction", "repeats", "init", "backbone",
-            "encoder", "imagenet_weights", "epochs", "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
+    keys = ("data", "body_part", "image_size", "epoch_size", "selection_fraction", "train_fraction", "repeats", "init",
+            "backbone", "encoder", "encoder_sha256", "imagenet_weights", "epochs", "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
             "lr_factor", "lr_patience", "units", "l2", "dropout", "precision", "seed")
     return {key: getattr(args, key) for key in keys}
 
@@ -149,6 +151,10 @@ def run(args):
     from genesis2d.runtime import configure_determinism, pick_precision, write_run_record
 
     out = Path(args.out)
+    settings = training_settings(args)
+    if finished_with(out / "metrics.json", settings, args.overwrite):
+        print(f"done earlier with these settings: {out}")
+        return json.loads((out / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     deterministic = configure_determinism(args.deterministic)
     precision = pick_precision(args.precision)
@@ -194,7 +200,7 @@ def run(args):
     summary.update({"task": "mura", "train_fraction": args.train_fraction, "runs": [m for _, _, m in runs],
                     "init": args.init, "backbone": args.backbone, "body_parts": args.body_part, "levels": LEVELS,
                     "images": int(len(valid)), "studies": int(valid["study"].nunique()),
-                    "fingerprint": fingerprint(training_settings(args))})
+                    "settings": settings, "fingerprint": fingerprint(settings)})
     if args.repeats > 1:  # An extra, labelled as what it is: not the thesis's average of runs.
         ensemble = runs[0][0].assign(probability=np.mean([r[0]["probability"] for r in runs], axis=0))
         _, ensemble_metrics = evaluate(ensemble)

@@ -22,7 +22,7 @@ import numpy as np
 from preprocessing.atomic import write_text
 
 COMPLETE_MARKER = ".complete"
-DEMO_VERSION = 4  # Bump when a generator changes, so old demo trees are rewritten.
+DEMO_VERSION = 5  # Bump when a generator changes, so old demo trees are rewritten.
 
 
 # --------------------------------------------------------------------------- phantoms

@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m preprocessing.demo` and small "
+NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
         "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
         "on LUNA16 and MURA.")
 
@@ -27,8 +27,10 @@ def build_parser():
     parser.add_argument("--backbone", default="resnet18", help="backbone of every model. Default: resnet18 (fast on a CPU).")
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
     parser.add_argument("--pretrain-steps", type=int, default=40, help="pretraining steps per epoch. Default: 40.")
-    parser.add_argument("--fractions", type=float, nargs="*", default=[0.5],
-                        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.5.")
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.25, 0.5],
+                        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.25 0.5.")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="MURA runs per initialisation and fraction, averaged (the thesis trained 2). Default: 2.")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in the report. Default: 1000.")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
@@ -87,13 +89,10 @@ def run(args):
             suffix = "" if fraction == 1.0 else f"_labels{int(round(fraction * 100))}"
             _step(f"MURA shoulder, init {init}, {fraction:.0%} of training labels")
             run_dir = out / f"mura_{init}{suffix}"
-            if (run_dir / "metrics.json").exists():
-                print(f"done earlier: {run_dir}")
-            else:
-                options = ["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
-                           "--out", str(run_dir), "--encoder", str(encoder), "--train-fraction", str(fraction),
-                           "--seed", str(args.seed)]
-                mura.run(mura.parse_args(options))
+            options = ["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
+                       "--out", str(run_dir), "--encoder", str(encoder), "--train-fraction", str(fraction),
+                       "--seed", str(args.seed), "--repeats", str(args.repeats)]
+            mura.run(mura.parse_args(options))  # Keeps a run finished earlier with the same settings.
             run_dirs.append(run_dir)
 
     _step("report")

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from genesis2d.results import read_results
 from genesis2d.transfer import InitError, build_classifier, keras_cache_dir, load_encoder
+from preprocessing.errors import UsageError
 
 CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
            "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
@@ -107,6 +108,12 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         stamp = (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns
         run(args)
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
+        # ... but never under other settings: it stops and says what changed.
+        other = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
+                            "--init", init, "--folds", "1", *CV_TINY, "--epochs", "2", "--seed", "7"])
+        with pytest.raises(UsageError, match=r"epochs 1 -> 2; seed 0 -> 7.*pass --overwrite"):
+            run(other)
+        assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
     json.loads((out / "metrics.json").read_text())
 
 
@@ -125,14 +132,38 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
     ("mura", "vgg16", "imagenet", (5, 0, 16, 0.01, 3)),
     ("mura", "resnet18", "genesis", (9, 2, 16, 0.1, 3)),  # Not in the thesis: its family's row, with a note.
 ])
-def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init, expected, capsys):
+def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init, expected, capsys, tmp_path):
     from importlib import import_module
 
     experiment = import_module(f"{task}.experiment")
-    args = experiment.parse_args(["--data", "/nowhere", "--backbone", backbone, "--init", init])
+    (tmp_path / "encoder.h5").write_bytes(b"checked for existence at parse time")
+    common = ["--data", "/nowhere", "--backbone", backbone, "--init", init, "--encoder", str(tmp_path / "encoder.h5")]
+    args = experiment.parse_args(common)
     assert (args.epochs, args.warmup_epochs, args.batch_size, args.lr_factor, args.lr_patience) == expected
     assert ("the thesis did not train resnet18" in capsys.readouterr().out) == (backbone == "resnet18")
-    override = experiment.parse_args(["--data", "/nowhere", "--backbone", backbone, "--init", init, "--epochs", "4"])
+    override = experiment.parse_args([*common, "--epochs", "4"])
     assert override.epochs == 4 and override.lr_factor == expected[3]
     if task == "mura":  # An epoch draws as many images as the thesis's offline-augmented set held.
         assert args.steps_per_epoch == -(-(29_477 + 29_176) // 16)
+
+
+def test_encoders_are_checked_before_any_data_and_never_chosen_silently(tmp_path, monkeypatch, capsys):
+    import genesis2d.transfer as transfer
+    from luna16.experiment import parse_args
+
+    monkeypatch.setattr(transfer, "PROJECT_ROOT", tmp_path)
+    with pytest.raises(InitError, match="does not exist .--encoder."):
+        parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(tmp_path / "missing.h5")])
+    with pytest.raises(InitError, match="holds no genesis2d_vgg16"):
+        parse_args(["--data", "/nowhere", "--init", "genesis"])
+    for name in ("genesis2d_vgg16_batch", "genesis2d_vgg16_instance"):
+        (tmp_path / "weights" / name).mkdir(parents=True)
+        (tmp_path / "weights" / name / "encoder.h5").write_bytes(name.encode())
+    with pytest.raises(InitError, match="holds 2 vgg16 encoders .genesis2d_vgg16_batch, genesis2d_vgg16_instance."):
+        parse_args(["--data", "/nowhere", "--init", "genesis"])
+    (tmp_path / "weights" / "genesis2d_vgg16_instance" / "encoder.h5").unlink()
+    args = parse_args(["--data", "/nowhere", "--init", "genesis"])
+    assert args.encoder.endswith("genesis2d_vgg16_batch/encoder.h5") and len(args.encoder_sha256) == 64
+    assert "genesis encoder:" in capsys.readouterr().out
+    with pytest.raises(InitError, match="--imagenet-weights"):
+        parse_args(["--data", "/nowhere", "--init", "imagenet", "--imagenet-weights", str(tmp_path / "none.h5")])

@@ -1,0 +1,302 @@
+"""Breaking things on purpose: cut files, stale caches, killed writes, bad coordinates, full disks.
+
+Each case ends either in a correct result or in one line that names the file and the problem.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_PRETRAIN
+
+from preprocessing.demo import write_dicom_series, write_itk, write_png
+from preprocessing.errors import ImageReadError, InputError, UsageError
+from preprocessing.readers import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_short_raw_says_so(tmp_path):
+    path = tmp_path / "scan.mhd"
+    write_itk(path, np.zeros((4, 8, 8), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(raw.read_bytes()[:100])
+    with pytest.raises(ImageReadError, match=r"scan.raw holds 100 bytes but the header needs 512"):
+        read_image(path)
+    raw.unlink()
+    with pytest.raises(ImageReadError, match="names the data file scan.raw, which does not exist"):
+        read_image(path)
+
+
+def test_a_jpeg_saved_as_png_is_read_by_its_content(tmp_path):
+    import cv2
+
+    image = (np.arange(40 * 30).reshape(40, 30) % 251).astype(np.uint8)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    (tmp_path / "x.png").write_bytes(encoded.tobytes())
+    array, meta = read_image(tmp_path / "x.png")
+    assert array.shape == (40, 30) and np.abs(array - image).mean() < 2
+    (tmp_path / "cut.png").write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    with pytest.raises(ImageReadError, match="truncated .a JPEG without its end-of-image marker"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_a_dicom_series_with_a_missing_slice_warns(tmp_path, capsys):
+    volume = np.stack([np.full((6, 5), 10.0 * k) for k in range(6)])
+    folder = write_dicom_series(tmp_path / "series", volume, (0.7, 0.7, 2.0), (0, 0, 0), patient_id="p", rng=1)
+    files = sorted(folder.iterdir(), key=lambda p: float(__import__("pydicom").dcmread(p).ImagePositionPatient[2]))
+    files[3].unlink()  # The fourth of six positions.
+    array, meta = read_image(folder)
+    assert array.shape == (5, 6, 5) and meta["spacing"][2] == pytest.approx(2.0)
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: {folder}: slices are missing between positions 4.00 and 8.00 mm")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _table(root, entries):
+    lines = ["datasets:"]
+    for name, files in entries:
+        lines += [f"  - name: {name}", "    modality: CT", "    body_part: CHEST", f'    files: "{files}"',
+                  '    patient_id: "(p\\\\d+)"', "    slices_per_patient: all"]
+    (root / "table.yaml").write_text("\n".join(lines) + "\n")
+    return root / "table.yaml"
+
+
+def test_manifest_decodes_what_it_keeps_and_writes_absolute_paths(tmp_path, capsys, monkeypatch):
+    from preprocessing.manifest import main
+
+    root = tmp_path / "data"
+    volume = np.linspace(-1000, 400, 4 * 16 * 16).reshape(4, 16, 16).astype(np.int16)
+    write_itk(root / "mhd" / "p1.mhd", volume, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    write_itk(root / "mhd" / "p2.mhd", volume, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    raw = root / "mhd" / "p2.raw"
+    raw.write_bytes(raw.read_bytes()[: raw.stat().st_size * 6 // 10])  # The header is fine, the data short.
+    (root / "nii").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.arange(16 * 16 * 40, dtype=np.int16).reshape(16, 16, 40), np.eye(4)),
+             root / "nii" / "p3.nii.gz")
+    good = (root / "nii" / "p3.nii.gz").read_bytes()
+    (root / "nii" / "p4.nii.gz").write_bytes(good[: len(good) * 6 // 10])  # A cut .nii.gz: its header reads.
+    series = write_dicom_series(root / "dcm" / "p5", volume.astype(float), (1.0, 1.0, 2.0), (0, 0, 0), "p5", rng=0)
+    cut = sorted(series.iterdir())[1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])  # A DICOM cut at 60%.
+    table = _table(root, [("MHD", "mhd/*.mhd"), ("NII", "nii/*.nii.gz"), ("DCM", "dcm/*/")])
+    monkeypatch.chdir(tmp_path)
+    frame = main(["--config", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"])
+    captured = capsys.readouterr()
+    assert set(frame["patient_id"]) == {"p1", "p3"}  # Only what decodes.
+    assert "3 unreadable files skipped" in captured.out
+    for name in ("p2.mhd", "p4.nii.gz", "p5"):
+        assert name in captured.err
+    assert all(Path(p).is_absolute() for p in frame["path"])  # Built from a relative --root.
+    unchecked = main(["--config", str(table), "--root", "data", "--out", str(tmp_path / "u.csv"), "--no-verify",
+                      "--fractions", "1", "0", "0"])
+    # Headers alone accept the cut NIfTI and DICOM (the .mhd's header check already sees its short .raw).
+    assert {"p4", "p5"} <= set(unchecked["patient_id"]) and "p2" not in set(unchecked["patient_id"])
+
+
+def test_pipeline_stops_when_no_file_of_a_split_can_be_read(tmp_path):
+    import tensorflow as tf
+
+    from preprocessing.pipeline import NO_SLICE_LEFT, make_dataset
+
+    frame = pd.DataFrame({"path": [str(tmp_path / f"gone{i}.nii.gz") for i in range(3)], "slice_index": 0,
+                          "modality": "CT", "split": "train"})
+    with pytest.raises(tf.errors.OpError, match=NO_SLICE_LEFT):
+        next(iter(make_dataset(frame, "train", batch_size=2, crop_size=32, image_size=32)))
+
+
+def test_pretraining_refuses_a_manifest_whose_files_are_gone(demo_manifest, tmp_path, capsys):
+    from genesis2d.pretrain import main
+
+    frame = pd.read_csv(demo_manifest)
+    frame["path"] = [f"moved/{Path(p).name}" for p in frame["path"]]
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"), *TINY_PRETRAIN])
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'm.csv'}: none of its") and "files exist" in line
+
+
+# --------------------------------------------------------------------------- pretraining outputs
+
+
+def test_finished_pretraining_is_never_replaced_by_accident(pretrained_run, tmp_path):
+    from genesis2d.pretrain import parse_args, run
+
+    out = tmp_path / "run"
+    shutil.copytree(pretrained_run[0], out)
+    manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
+    options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "1"]
+    with pytest.raises(UsageError, match="holds a finished run; pass --overwrite"):
+        run(parse_args(options))
+    (out / "samples_epoch007.png").write_bytes(b"old")  # From an earlier, longer run.
+    (out / "checkpoint" / ".tmp-ckpt-E0001.weights.h5").write_bytes(b"left by a kill")
+    card = run(parse_args([*options, "--overwrite"]))
+    assert card["epochs"] == 1 and not (out / "samples_epoch007.png").exists()
+    assert not list((out / "checkpoint").glob(".tmp-*"))
+    assert len(pd.read_csv(out / "history.csv")) == 1
+
+
+def test_an_export_killed_half_way_is_finished_or_dropped(tmp_path):
+    from genesis2d.pretrain import BEST_FILES, STAGING, commit_export
+
+    out = tmp_path / "run"
+    staging = out / STAGING
+    staging.mkdir(parents=True)
+    for name in BEST_FILES:
+        (out / name).write_text(f"epoch 1 {name}")
+    # Killed while moving epoch 2's files into place: staging complete (its card is there), two moved already.
+    for name in BEST_FILES:
+        (staging / name).write_text(f"epoch 2 {name}")
+    for name in BEST_FILES[:2]:
+        os.replace(staging / name, out / name)
+    assert commit_export(out) is True
+    assert all((out / n).read_text() == f"epoch 2 {n}" for n in BEST_FILES) and not staging.exists()
+    # Killed while writing the staging folder (no card yet): the previous unit stays whole.
+    staging.mkdir()
+    (staging / "unet.keras").write_text("epoch 3, alone")
+    assert commit_export(out) is False
+    assert all((out / n).read_text() == f"epoch 2 {n}" for n in BEST_FILES) and not staging.exists()
+
+
+def test_card_names_its_files_and_what_chose_the_best_epoch(pretrained_run):
+    from genesis2d.runtime import file_sha256
+
+    out, card = pretrained_run
+    saved = json.loads((out / "card.json").read_text())
+    assert saved["best_epoch_chosen_on"].startswith("validation loss")
+    for name, digest in saved["files"].items():
+        assert file_sha256(out / name) == digest, name
+
+
+def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path):
+    from genesis2d.pretrain import parse_args, run
+
+    frame = pd.read_csv(demo_manifest)
+    val = frame[frame["split"] == "val"]
+    small = pd.concat([frame[frame["split"] == "train"], val[val["path"] == val["path"].iloc[0]].head(3)])
+    small.to_csv(tmp_path / "m.csv", index=False)
+    run(parse_args(["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"), *TINY_PRETRAIN,
+                    "--epochs", "1", "--steps-per-epoch", "1"]))
+    history = pd.read_csv(tmp_path / "o" / "history.csv")
+    assert "val_loss" in history and np.isfinite(history["val_loss"]).all()  # 3 slices, batch 4.
+    frame[frame["split"] == "train"].to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(ImageReadError, match="has no validation slices"):
+        run(parse_args(["--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "n"), *TINY_PRETRAIN]))
+
+
+def test_a_diverging_run_stops_with_one_line(demo_manifest, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
+                             "--out", str(tmp_path / "o"), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "4",
+                             "--lr", "1e30"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: training: diverged at epoch 1: the loss is ")
+    assert result.stderr.strip().endswith("lower --lr (or check the inputs).")
+
+
+def test_a_read_only_output_is_one_line(tmp_path, capsys):
+    from preprocessing.cli import run_command
+
+    def write(_):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "card.json"))
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda argv: None, write, [])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'ro' / 'card.json'}: cannot be written or read (Permission denied).\n"
+
+
+# --------------------------------------------------------------------------- LUNA16 caches and candidates
+
+
+def _luna_copy(demo_dir, tmp_path):
+    data = tmp_path / "LUNA16"
+    data.mkdir()
+    for name in ("candidates_V2.csv", "annotations.csv"):
+        shutil.copy(demo_dir / "LUNA16" / name, data)
+    shutil.copytree(demo_dir / "LUNA16" / "subset0", data / "subset0")
+    return data
+
+
+def test_patch_caches_follow_their_inputs_and_retry_failed_scans(demo_dir, tmp_path, capsys):
+    from luna16.data import extract_subsets
+
+    data, out = _luna_copy(demo_dir, tmp_path), tmp_path / "patches"
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)
+    record = json.loads((out / "subset0" / "done.json").read_text())
+    stamp = (out / "subset0" / "patches.npy").stat().st_mtime_ns
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)  # Same inputs: kept.
+    assert (out / "subset0" / "patches.npy").stat().st_mtime_ns == stamp
+    # Another data tree: one scan replaced by a corrupt file. Not reused; the scan is skipped and recorded.
+    scan = sorted((data / "subset0").glob("*.mhd"))[0]
+    raw = scan.with_suffix(".raw")
+    good = raw.read_bytes()
+    raw.write_bytes(good[:50])
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)
+    failed = json.loads((out / "subset0" / "done.json").read_text())
+    assert failed["skipped_scans"] == [str(scan)] and failed["candidates"] < record["candidates"]
+    assert "holds 50 bytes" in capsys.readouterr().err
+    raw.write_bytes(good)  # Fixed: the failed scan is retried.
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)
+    assert json.loads((out / "subset0" / "done.json").read_text())["candidates"] == record["candidates"]
+    # A kill after the arrays but before done.json: the subset is extracted again, not trusted.
+    (out / "subset0" / "done.json").unlink()
+    (out / "subset0" / "patches.npy").write_bytes(b"cut")
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)
+    assert np.load(out / "subset0" / "patches.npy").shape[0] == record["candidates"]
+
+
+def test_candidates_outside_the_scan_or_without_coordinates_are_dropped_and_counted(demo_dir, tmp_path, capsys):
+    from luna16.data import Subset, extract_subsets
+
+    data, out = _luna_copy(demo_dir, tmp_path), tmp_path / "patches"
+    candidates = pd.read_csv(data / "candidates_V2.csv")
+    uid = sorted(p.stem for p in (data / "subset0").glob("*.mhd"))[0]
+    extra = pd.DataFrame({"seriesuid": [uid, uid, uid], "coordX": [np.nan, 5000.0, -5000.0], "coordY": [0.0, 0.0, 0.0],
+                          "coordZ": [0.0, 0.0, 0.0], "class": [0, 1, 0]})
+    pd.concat([candidates, extra]).to_csv(data / "candidates_V2.csv", index=False)
+    extract_subsets(data, out, size=16, positive_copies=2, progress=False)
+    subset = Subset(out / "subset0")
+    assert subset.record["dropped_candidates"] == 3
+    assert np.isfinite(subset.candidates[["coordX", "coordY", "coordZ"]].to_numpy()).all()
+    assert f"3 of its" in capsys.readouterr().err
+    pd.concat([candidates, extra.assign(coordX=["x", 1, 2])]).to_csv(data / "candidates_V2.csv", index=False)
+    with pytest.raises(ImageReadError, match="1 rows with non-numeric coordinates or class"):
+        extract_subsets(data, tmp_path / "p2", size=16, progress=False)
+
+
+# --------------------------------------------------------------------------- MURA
+
+
+def test_a_cut_or_empty_mura_image_is_named_when_the_split_is_read(demo_dir, tmp_path):
+    from mura.data import read_split
+
+    shutil.copytree(demo_dir / "MURA-v1.1", tmp_path / "MURA-v1.1")
+    frame = read_split(tmp_path, "valid", ("XR_SHOULDER",))
+    first, second = Path(frame["path"].iloc[0]), Path(frame["path"].iloc[1])
+    first.write_bytes(first.read_bytes()[:200])
+    second.write_bytes(b"")
+    with pytest.raises(ImageReadError) as error:
+        read_split(tmp_path, "valid", ("XR_SHOULDER",))
+    assert str(error.value).startswith(f"{first}: is truncated") and "(1 more images fail too)" in str(error.value)
+
+
+def test_input_errors_share_one_base():
+    from genesis2d.results import ResultsError
+    from genesis2d.transfer import InitError
+
+    for kind in (ImageReadError, UsageError, InitError, ResultsError):
+        assert issubclass(kind, InputError)
