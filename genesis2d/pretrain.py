@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
-from preprocessing.atomic import atomic_path, remove_temporaries, write_csv, write_json
-from preprocessing.errors import ImageReadError, UsageError
+from preprocessing.atomic import atomic_path, remove_temporaries, write_csv, write_json, write_text
+from preprocessing.cli import ArgumentParser, default_verbosity
+from preprocessing.errors import ImageReadError, InputError, UsageError
 from preprocessing.figures import pyplot, save_figure
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
 from preprocessing.normalize import HU_MAX, HU_MIN
@@ -38,7 +40,7 @@ NORMALISATION = {
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python genesis2d/train.py",
         description="Models Genesis pretraining of a 2D U-Net on CT, MRI and X-ray slices. With no "
         "--manifest or --shards, trains on the built-in demo corpus (generated on first use) with the "
@@ -49,10 +51,11 @@ def build_parser():
     data.add_argument("--manifest", help="manifest CSV from `python -m preprocessing.manifest`.")
     data.add_argument("--shards", help="folder of TFRecord shards from `python -m preprocessing.shards` (faster).")
     data.add_argument("--crop-size", type=int, default=CROP_SIZE, help="random crop side before resizing. Default: 448.")
-    data.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="network input side. Default: 224.")
+    data.add_argument("--image-size", type=image_size, default=IMAGE_SIZE,
+                      help="network input side, a multiple of 32. Default: 224.")
     data.add_argument("--shuffle-buffer", type=int, default=512, help="slices held for shuffling. Default: 512.")
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="resnet50", help="encoder: vgg16, vgg19, resnet18, resnet34, resnet50. Default: resnet50.")
+    model.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="encoder. Default: resnet50.")
     model.add_argument("--norm", default="batch", choices=("batch", "instance", "none"),
                        help="decoder normalisation (thesis 3.1.11). Default: batch.")
     model.add_argument("--bn-momentum", type=float, default=0.99,
@@ -95,7 +98,9 @@ def build_parser():
                         "run is never replaced; the command stops and says so.")
     output.add_argument("--checkpoint-every", type=int, default=500, help="steps between mid-epoch checkpoints. Default: 500.")
     output.add_argument("--samples", type=int, default=4, help="validation samples drawn in each epoch's PNG grid. Default: 4.")
-    output.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0 none, 1 bar, 2 line per epoch. Default: 1.")
+    output.add_argument("--verbose", type=int, default=default_verbosity(), choices=(0, 1, 2),
+                        help="Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 when "
+                        "the output goes to a file.")
     return parser
 
 
@@ -190,7 +195,7 @@ def data_source(manifest=None, shards=None):
     if shards:
         index_path = Path(shards) / "index.json"
         if not index_path.exists():
-            raise ImageReadError(shards, "has no index.json; write shards with `python -m preprocessing.shards`")
+            raise InputError(shards, "has no index.json; write shards with `python -m preprocessing.shards`")
         counts = {split: entry["slices"] for split, entry in json.loads(index_path.read_text()).items()}
         return Path(shards), counts, hashlib.sha256(index_path.read_bytes()).hexdigest()[:16]
     import pandas as pd
@@ -199,14 +204,14 @@ def data_source(manifest=None, shards=None):
 
     manifest = Path(manifest) if manifest else demo_manifest()
     if not manifest.is_file():
-        raise ImageReadError(manifest, "manifest does not exist")
+        raise InputError(manifest, "manifest does not exist")
     from preprocessing.pipeline import load_manifest
 
     frame = load_manifest(manifest)
     files = pd.Series(frame["path"].unique())
     missing = files[~files.map(lambda p: Path(p).exists())]
     if len(missing) == len(files):
-        raise ImageReadError(manifest, f"none of its {len(files)} files exist (e.g. {missing.iloc[0]}); was it written "
+        raise InputError(manifest, f"none of its {len(files)} files exist (e.g. {missing.iloc[0]}); was it written "
                              "for another machine or folder?")
     if len(missing):
         print(f"warning: {manifest}: {len(missing)} of its {len(files)} files do not exist (e.g. {missing.iloc[0]}); "
@@ -243,13 +248,14 @@ def make_optimizer(name, lr, momentum=0.9):
 
 
 def export_encoder(model, backbone, out):
-    """Writes encoder.h5 (loads with plain `keras.models.load_model`) and encoder.weights.h5.
+    """Writes encoder.h5 (loads with plain `load_model` in Keras 3 and Keras 2) and encoder.weights.h5 (Keras 3).
 
     The encoder is rebuilt in float32 with a free input size (any multiple of 32),
     so it loads on a CPU and at another image size, e.g. 64x64 LUNA16 patches.
     """
     import keras
 
+    from genesis2d.portable import make_portable
     from genesis2d.unet import build_encoder, encoder_of
 
     previous = keras.config.dtype_policy()
@@ -261,6 +267,7 @@ def export_encoder(model, backbone, out):
     encoder.set_weights(encoder_of(model).get_weights())
     with atomic_path(Path(out) / "encoder.h5") as tmp, _quiet_absl():
         encoder.save(tmp)  # Legacy HDF5 on purpose: the format other Keras projects load.
+        make_portable(tmp)  # Its config in the schema Keras 2 reads too.
     with atomic_path(Path(out) / "encoder.weights.h5") as tmp:
         encoder.save_weights(tmp)
     return encoder
@@ -314,7 +321,7 @@ def plot_losses(path, history_csv, title="restoration loss (MSE)"):
     save_figure(path, figure, dpi=100)
 
 
-BEST_FILES = ("unet.keras", "encoder.weights.h5", "encoder.h5", "card.json")  # One unit; the card last.
+BEST_FILES = ("unet.keras", "encoder.weights.h5", "encoder.h5", "MODEL_CARD.md", "card.json")  # One unit; card last.
 STAGING = ".best-staging"
 
 
@@ -326,6 +333,7 @@ def export_best(model, backbone, out, card):
     """
     import shutil
 
+    from genesis2d.card import card_markdown
     from genesis2d.runtime import file_sha256
 
     staging = Path(out) / STAGING
@@ -334,7 +342,8 @@ def export_best(model, backbone, out, card):
     staging.mkdir(parents=True)
     model.save(staging / "unet.keras")
     export_encoder(model, backbone, staging)
-    card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:-1]}
+    card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:3]}
+    write_text(staging / "MODEL_CARD.md", card_markdown(card))
     write_json(staging / "card.json", card)
     commit_export(out)
 
@@ -366,6 +375,19 @@ def make_reporter(model, out, backbone, sample_pair, card):
         def __init__(self):
             super().__init__()
             self.best = card.get("best_val_loss")
+            self.writer = None
+
+        def log_images(self, epoch, inputs, restored, targets):
+            """The samples in TensorBoard too: input | restored | target, side by side."""
+            import tensorflow as tf
+
+            if self.writer is None:
+                self.writer = tf.summary.create_file_writer(str(out / "logs" / "samples"))
+            strip = np.concatenate([inputs, restored.astype(np.float32), targets], axis=2)
+            with self.writer.as_default():
+                tf.summary.image("input | restored | target", np.clip(strip, 0, 1), step=epoch + 1,
+                                 max_outputs=len(strip))
+            self.writer.flush()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -373,6 +395,7 @@ def make_reporter(model, out, backbone, sample_pair, card):
             restored = model.predict(inputs, verbose=0)
             plot_samples(out / f"samples_epoch{epoch + 1:03d}.png", inputs, restored, targets,
                          f"epoch {epoch + 1}: input / restored / target")
+            self.log_images(epoch, inputs, restored, targets)
             if (out / "history.csv").exists():
                 plot_losses(out / "loss_curves.png", out / "history.csv")
             val_loss = logs.get("val_loss")
@@ -419,6 +442,7 @@ def run(config, strategy=None, extra_callbacks=()):
     import keras
     import tensorflow as tf
 
+    from genesis2d.card import encoder_card
     from genesis2d.checkpoint import fit_resumable, load_state
     from preprocessing.pipeline import NO_SLICE_LEFT
     from genesis2d.runtime import (configure_determinism, divergence_guard, pick_precision, pick_strategy, set_seed,
@@ -438,19 +462,19 @@ def run(config, strategy=None, extra_callbacks=()):
             raise UsageError(out, "holds a finished run; pass --overwrite to replace it, --resume with more --epochs "
                              "to continue it, or choose another --out")
         clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
+    source, counts, data_hash = data_source(config.manifest, config.shards)
+    if counts.get("train", 0) < config.batch_size:
+        raise InputError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
+    if not counts.get("val", 0):
+        raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
+                             "(`python -m preprocessing.manifest --fractions`)")
+    out.mkdir(parents=True, exist_ok=True)  # Only once every check has passed: a refused run leaves no folder.
     for folder in (out, checkpoint_dir):
         remove_temporaries(folder)
     deterministic = configure_determinism(config.deterministic)
     set_seed(config.seed)
     precision = pick_precision(config.precision)
     strategy = strategy or pick_strategy()
-    source, counts, data_hash = data_source(config.manifest, config.shards)
-    if counts.get("train", 0) < config.batch_size:
-        raise ImageReadError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
-    if not counts.get("val", 0):
-        raise ImageReadError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
-                             "(`python -m preprocessing.manifest --fractions`)")
     steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
     print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
           f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)
@@ -482,6 +506,7 @@ def run(config, strategy=None, extra_callbacks=()):
         "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
         "distortions": dataclasses.asdict(config.distortions),
         "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
+        **encoder_card(config.backbone, NORMALISATION),
     })
     write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
                                             "replicas": strategy.num_replicas_in_sync})
@@ -520,4 +545,4 @@ def main(argv=None):
     def interrupted(config):
         return f"continue with `python genesis2d/train.py --resume --out {config.out}` (and the same options)."
 
-    return run_command(parse_args, run, argv, interrupted=interrupted)
+    return run_command(parse_args, run, argv, interrupted=interrupted, tensorflow=True)

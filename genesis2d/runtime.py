@@ -128,18 +128,19 @@ def write_run_record(out, settings, extra=None):
     return record
 
 
-def versions():
-    """Library versions written next to every run's outputs."""
-    import keras
-    import numpy
-    import tensorflow as tf
+DISTRIBUTIONS = ("tensorflow", "keras", "numpy", "segmentation-models", "image-classifiers", "keras-applications",
+                 "efficientnet", "numba", "pydicom", "nibabel", "SimpleITK", "opencv-python-headless", "scikit-learn",
+                 "scipy", "pandas", "h5py", "PyYAML")
 
-    found = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-             "numpy": numpy.__version__}
-    for name in ("segmentation_models", "numba", "pydicom", "nibabel", "SimpleITK"):
+
+def versions():
+    """Versions of Python and of every library a run depends on, written next to its outputs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in DISTRIBUTIONS:
         try:
-            module = __import__(name)
-            found[name] = getattr(module, "__version__", getattr(module, "Version", "?"))
-        except Exception:  # Optional for the record; never fatal.
+            found[name] = version(name)
+        except PackageNotFoundError:  # Optional for the record; never fatal.
             found[name] = None
     return found

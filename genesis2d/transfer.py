@@ -22,7 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from genesis2d.backbones import BACKBONES
 from preprocessing.atomic import atomic_path
+from preprocessing.cli import default_verbosity
 from preprocessing.errors import InputError, UsageError
 
 INITS = ("scratch", "genesis", "imagenet")
@@ -93,7 +95,7 @@ def _load_genesis(encoder, path):
 
 
 def _load_imagenet(backbone, input_shape, explicit=None):
-    from genesis2d.unet import BACKBONES, build_encoder
+    from genesis2d.unet import build_encoder
 
     name = BACKBONES[backbone]["imagenet_file"]
     path = Path(explicit) if explicit else keras_cache_dir() / name
@@ -118,7 +120,7 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
 
     Args:
         init: str. 'scratch', 'genesis' or 'imagenet'.
-        backbone: str. A key of `genesis2d.unet.BACKBONES`.
+        backbone: str. A key of `genesis2d.backbones.BACKBONES`.
         input_shape: (H, W, 1).
         encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
             one under weights/ with this backbone.
@@ -252,7 +254,7 @@ def add_transfer_arguments(parser):
     thesis = "the thesis's value for --backbone and --init (table below)"
     group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
     group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
-    group.add_argument("--backbone", default="vgg16", help="encoder backbone. Default: vgg16.")
+    group.add_argument("--backbone", default="vgg16", choices=sorted(BACKBONES), help="encoder backbone. Default: vgg16.")
     group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: the one "
                        "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and lists them).")
     group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
@@ -276,7 +278,9 @@ def add_transfer_arguments(parser):
     group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                        help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
                        "a GPU; off on a GPU, where deterministic kernels are slower.")
-    group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress. Default: 1.")
+    group.add_argument("--verbose", type=int, default=default_verbosity(), choices=(0, 1, 2),
+                       help="Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 when "
+                       "the output goes to a file.")
     group.add_argument("--overwrite", action="store_true", help="redo finished results in --out made with other "
                        "settings. Default: such results are kept and the command stops, saying what changed.")
     return group
@@ -339,6 +343,7 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
 
     best, guard = KeepBest(), divergence_guard()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
+    board = keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch")
     if schedule.steps_per_epoch:
         train = train.repeat()
     fit = dict(validation_data=validation, steps_per_epoch=schedule.steps_per_epoch, verbose=verbose, shuffle=False)
@@ -346,12 +351,12 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
     if warmup:
         encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
         _compile(model, schedule)
-        model.fit(train, epochs=warmup, callbacks=[guard, best, logger], **fit)
+        model.fit(train, epochs=warmup, callbacks=[guard, best, logger, board], **fit)
     encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
     _compile(model, schedule)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=schedule.lr_factor,
                                                 patience=schedule.lr_patience, verbose=1 if verbose else 0)
-    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[guard, best, logger, plateau], **fit)
+    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[guard, best, logger, plateau, board], **fit)
     best.restore(model)
     with atomic_path(out / "best.weights.h5") as tmp:
         model.save_weights(tmp)

@@ -25,19 +25,7 @@ INPUT_NAME = "image"
 NORMS = ("batch", "instance", "none")
 DECODER_FILTERS = (256, 128, 64, 32, 16)
 
-# For each backbone: its skip connections, deepest first (segmentation_models' defaults,
-# `Backbones.get_feature_layers(name, n=4)`), and the file name under which Keras caches
-# its ImageNet weights in ~/.keras/models. A new backbone is one entry here.
-_RESNET_SKIPS = ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0")
-BACKBONES = {
-    "vgg16": {"skips": ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2"),
-              "imagenet_file": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"},
-    "vgg19": {"skips": ("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2"),
-              "imagenet_file": "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"},
-    "resnet18": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet18_imagenet_1000_no_top.h5"},
-    "resnet34": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet34_imagenet_1000_no_top.h5"},
-    "resnet50": {"skips": _RESNET_SKIPS, "imagenet_file": "resnet50_imagenet_1000_no_top.h5"},
-}
+from genesis2d.backbones import BACKBONES  # noqa: E402  The table, importable without Keras.
 
 
 def _check(backbone, input_shape, norm=None):

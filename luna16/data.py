@@ -8,7 +8,6 @@ copies of its positives. Each scan is read once; finished subsets are skipped
 when the command is run again.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ import pandas as pd
 
 from luna16.patches import extract_scan
 from preprocessing.atomic import atomic_path, write_csv, write_json
-from preprocessing.errors import ImageReadError
+from preprocessing.cli import ArgumentParser
+from preprocessing.errors import ImageReadError, InputError
 from preprocessing.readers import read_image
 from preprocessing.split import hold_out_groups
 
@@ -30,17 +30,17 @@ CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
 def read_candidates(data_dir):
     path = candidates_path(data_dir)
     if not path.is_file():
-        raise ImageReadError(path, "does not exist (the LUNA16 candidates file)")
+        raise InputError(path, "does not exist (the LUNA16 candidates file)")
     frame = pd.read_csv(path, dtype={"seriesuid": str})
     missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
     if missing:
-        raise ImageReadError(path, f"lacks columns {sorted(missing)}")
+        raise InputError(path, f"lacks columns {sorted(missing)}")
     numeric = ["coordX", "coordY", "coordZ", "class"]
     converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
     bad = (converted.isna() & frame[numeric].notna()).any(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ImageReadError(path, f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
+        raise InputError(path, f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
                              f"{row + 2}, {frame.loc[row, numeric].tolist()})")
     frame[numeric] = converted
     return frame[CANDIDATE_COLUMNS]
@@ -74,7 +74,7 @@ def scans_by_subset(data_dir):
         if folder.is_dir():
             found[subset] = {p.stem: p for p in sorted(folder.glob("*.mhd"))}
     if not found:
-        raise ImageReadError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
+        raise InputError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
     return found
 
 
@@ -171,7 +171,7 @@ class Subset:
     def __init__(self, folder):
         folder = Path(folder)
         if not (folder / "done.json").exists():
-            raise ImageReadError(folder, "is not an extracted subset (run `python -m luna16.data` first)")
+            raise InputError(folder, "is not an extracted subset (run `python -m luna16.data` first)")
         self.record = json.loads((folder / "done.json").read_text())
         self.candidates = pd.read_csv(folder / "candidates.csv", dtype={"seriesuid": str})
         self.patches = np.load(folder / "patches.npy", mmap_mode="r")
@@ -242,7 +242,7 @@ def _views(patches):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m luna16.data", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m luna16.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="LUNA16 folder (subset0..9, candidates_V2.csv).")
     parser.add_argument("--out", required=True, help="folder for the extracted patches.")
     parser.add_argument("--patch-size", type=int, default=64, help="patch side in pixels. Default: 64 (thesis).")

@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genesis2d.backbones import image_size
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
 from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
                                 resolve_schedule, schedule_table_text, transfer_settings)
-from luna16.data import FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, training_arrays, validation_series
+from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, read_candidates,
+                         scans_by_subset, training_arrays, validation_series)
 from preprocessing.atomic import write_csv, write_json, write_text
-from preprocessing.cli import fraction_type
+from preprocessing.cli import ArgumentParser, fraction_type
 from preprocessing.errors import UsageError
 from preprocessing.split import hold_out_groups
 
@@ -52,7 +54,7 @@ LEVELS = [
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python luna16/cross_validate.py",
         description="LUNA16 false-positive reduction as 2D patch classification: 5-fold cross-validation over "
         "subset pairs 0-1 .. 8-9 with a scratch, genesis or ImageNet encoder. With no --data, runs on the "
@@ -66,7 +68,8 @@ def build_parser():
     data.add_argument("--patch-size", type=int, default=64, help="patch side in pixels. Default: 64 (thesis).")
     data.add_argument("--pixel-mm", type=float, default=None, help="patch sampling step in mm. Default: in-plane spacing.")
     data.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis patch method 1 or 2. Default: planes.")
-    data.add_argument("--image-size", type=int, default=None, help="network input side. Default: the patch size.")
+    data.add_argument("--image-size", type=image_size, default=None,
+                      help="network input side, a multiple of 32. Default: the patch size.")
     data.add_argument("--negative-fraction", type=fraction_type(), default=0.1,
                       help="negatives kept per training subset. Default: 0.1 (thesis).")
     data.add_argument("--positive-copies", type=int, default=8, help="copies of each training positive. Default: 8 (thesis).")
@@ -87,6 +90,9 @@ def parse_args(argv=None):
     resolve_schedule(args, THESIS_SCHEDULES)
     resolve_encoder_files(args)  # Before hours of patch extraction, not after.
     args.image_size = args.image_size or args.patch_size
+    if args.image_size % 32:
+        raise UsageError("--image-size", f"(the patch size unless given) must be a multiple of 32. Received: "
+                         f"{args.image_size}")
     if args.out is None:
         args.out = str(PROJECT_ROOT / "runs" / f"luna16_{args.backbone}_{args.init}")
     bad = [k for k in args.folds if k not in range(1, 6)]
@@ -256,10 +262,11 @@ def run(args):
     from genesis2d.runtime import configure_determinism, pick_precision, write_run_record
 
     out = Path(args.out)
+    data, patches = data_dirs(args)
+    read_candidates(data), scans_by_subset(data)  # The data tree checked before anything is written.
     out.mkdir(parents=True, exist_ok=True)
     deterministic = configure_determinism(args.deterministic)
     precision = pick_precision(args.precision)
-    data, patches = data_dirs(args)
     print(f"LUNA16: {data}; patches: {patches}; init {args.init}, backbone {args.backbone}, {precision}", flush=True)
     extract_subsets(data, patches, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
     write_run_record(out, args, {"precision": precision, "deterministic": deterministic, "data": str(data),
@@ -274,4 +281,4 @@ def run(args):
 def main(argv=None):
     from preprocessing.cli import run_command
 
-    return run_command(parse_args, run, argv)
+    return run_command(parse_args, run, argv, tensorflow=True)

@@ -24,7 +24,6 @@ The 95% interval resamples the evaluated scans with replacement, each with its
 nodules and candidates. The last printed line is `CPM <value>`.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.atomic import write_json
+from preprocessing.cli import ArgumentParser
 from preprocessing.errors import InputError
 from preprocessing.figures import pyplot, save_figure
 
@@ -231,7 +231,7 @@ def layout_seriesuids(annotations_path):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m luna16.froc", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m luna16.froc", description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", help="CSV with seriesuid, coordX, coordY, coordZ, probability.")
     parser.add_argument("--annotations", required=True, help="LUNA16 annotations.csv (seriesuid, coords, diameter_mm).")
     parser.add_argument("--excluded", help="annotations_excluded.csv: findings whose candidates are ignored. "

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.errors import ImageReadError
+from preprocessing.errors import ImageReadError, InputError
 from preprocessing.split import hold_out_groups
 
 BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
@@ -25,7 +25,7 @@ def mura_root(data):
         return data
     if data.name == "MURA-v1.1" and data.is_dir():
         return data.parent
-    raise ImageReadError(data, "holds no MURA-v1.1 folder")
+    raise InputError(data, "holds no MURA-v1.1 folder")
 
 
 def body_parts_of(value):
@@ -55,21 +55,21 @@ def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True):
     images_csv, studies_csv = folder / f"{split}_image_paths.csv", folder / f"{split}_labeled_studies.csv"
     for path in (images_csv, studies_csv):
         if not path.is_file():
-            raise ImageReadError(path, "does not exist")
+            raise InputError(path, "does not exist")
     images = pd.read_csv(images_csv, header=None, names=["image"], dtype=str)
     studies = pd.read_csv(studies_csv, header=None, names=["study", "label"], dtype={"study": str, "label": int})
     studies["study"] = studies["study"].map(lambda s: s if s.endswith("/") else s + "/")
     for study, label in studies.itertuples(index=False):
         named = "positive" if study.rstrip("/").endswith("_positive") else "negative" if study.rstrip("/").endswith("_negative") else None
         if named is not None and int(label) != (named == "positive"):
-            raise ImageReadError(studies_csv, f"labels study {study} as {label} but its folder says {named}")
+            raise InputError(studies_csv, f"labels study {study} as {label} but its folder says {named}")
     labels = dict(zip(studies["study"], studies["label"]))
     images["study"] = images["image"].map(lambda p: p.rsplit("/", 1)[0] + "/")
     images["body_part"] = images["image"].map(lambda p: p.split("/")[2] if p.count("/") >= 3 else "")
     images = images[images["body_part"].isin(body_parts)]
     unlabelled = images[~images["study"].isin(labels)]
     if len(unlabelled):
-        raise ImageReadError(images_csv, f"lists {unlabelled['image'].iloc[0]} whose study has no label")
+        raise InputError(images_csv, f"lists {unlabelled['image'].iloc[0]} whose study has no label")
     images["label"] = images["study"].map(labels).astype(int)
     images["patient"] = images["image"].map(lambda p: p.split("/")[3])
     images["path"] = images["image"].map(lambda p: str(root / p))
@@ -77,7 +77,7 @@ def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True):
         if not Path(path).is_file():
             raise ImageReadError(path, f"is listed in {images_csv.name} but missing")
     if images.empty:
-        raise ImageReadError(images_csv, f"lists no images of {', '.join(body_parts)}")
+        raise InputError(images_csv, f"lists no images of {', '.join(body_parts)}")
     if verify:
         check_decodable(images["path"], f"{split} images")
     return images[["path", "study", "label", "body_part", "patient"]].reset_index(drop=True)
@@ -164,7 +164,7 @@ def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=
     if training and balanced:
         positive, negative = frame[frame["label"] == 1], frame[frame["label"] == 0]
         if positive.empty or negative.empty:
-            raise ImageReadError("training split", "needs images of both classes for class-balanced epochs")
+            raise InputError("training split", "needs images of both classes for class-balanced epochs")
         dataset = tf.data.Dataset.sample_from_datasets(
             [images(positive, seed).repeat(), images(negative, seed + 1).repeat()], weights=[0.5, 0.5], seed=seed + 2)
     else:

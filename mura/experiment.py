@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genesis2d.backbones import image_size
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -29,7 +30,7 @@ from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tun
                                 resolve_schedule, schedule_table_text, transfer_settings)
 from mura.data import body_parts_of, make_dataset, read_split, split_patients, study_probabilities
 from preprocessing.atomic import write_csv, write_json
-from preprocessing.cli import fraction_type
+from preprocessing.cli import ArgumentParser, fraction_type
 from preprocessing.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ LEVELS = [
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python mura/train.py",
         description="MURA abnormality detection (shoulder by default) with a scratch, genesis or ImageNet encoder; "
         "image- and study-level evaluation on the official valid split. With no --data, runs on the built-in "
@@ -72,7 +73,8 @@ def build_parser():
     data.add_argument("--data", help="folder holding MURA-v1.1 (or MURA-v1.1 itself).")
     data.add_argument("--body-part", nargs="+", default=["XR_SHOULDER"],
                       help="one or more of XR_ELBOW .. XR_WRIST, or 'all'. Default: XR_SHOULDER (thesis 4.2.4.1).")
-    data.add_argument("--image-size", type=int, default=224, help="network input side. Default: 224 (thesis).")
+    data.add_argument("--image-size", type=image_size, default=224,
+                      help="network input side, a multiple of 32. Default: 224 (thesis).")
     data.add_argument("--epoch-size", type=int, default=THESIS_EPOCH_SIZE,
                       help="training images per epoch, drawn class-balanced and freshly augmented from the training "
                       f"split (ignored with --steps-per-epoch). Default: {THESIS_EPOCH_SIZE:,}, the size of the "
@@ -155,12 +157,12 @@ def run(args):
     if finished_with(out / "metrics.json", settings, args.overwrite):
         print(f"done earlier with these settings: {out}")
         return json.loads((out / "metrics.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    deterministic = configure_determinism(args.deterministic)
-    precision = pick_precision(args.precision)
     root = data_root(args)
     train_all = read_split(root, "train", args.body_part)
     valid = read_split(root, "valid", args.body_part)
+    out.mkdir(parents=True, exist_ok=True)  # Only once the data passed their checks.
+    deterministic = configure_determinism(args.deterministic)
+    precision = pick_precision(args.precision)
     rng = np.random.default_rng(args.seed)
     if args.selection_fraction > 0:
         train, selection = split_patients(train_all, args.selection_fraction, rng, minimum=1)
@@ -223,4 +225,4 @@ def run(args):
 def main(argv=None):
     from preprocessing.cli import run_command
 
-    return run_command(parse_args, run, argv)
+    return run_command(parse_args, run, argv, tensorflow=True)

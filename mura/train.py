@@ -3,12 +3,14 @@
 A thin command line over `mura.experiment`; `--help` lists the options.
 """
 
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a file from a checkout.
+
+from preprocessing.cli import start_tensorflow_quietly  # noqa: E402
+
+start_tensorflow_quietly()  # Before the imports below load TensorFlow, so its start-up noise stays out of the log.
 
 from mura.experiment import main  # noqa: E402
 

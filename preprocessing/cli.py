@@ -7,13 +7,50 @@ preprocessing commands use it too.
 """
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 from preprocessing.errors import InputError, UsageError
 
 
-def run_command(parse_args, run, argv=None, interrupted=None):
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Sends what native code writes to stderr (file descriptor 2) to /dev/null meanwhile.
+
+    TensorFlow 2.21 prints oneDNN, CUDA-driver and cuInit lines at import and at its
+    first device query, ignoring TF_CPP_MIN_LOG_LEVEL; on a CPU machine they are noise.
+    Python's own errors are raised as usual and printed after the block.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def start_tensorflow_quietly():
+    """Imports TensorFlow and lists its devices without the native start-up noise (TF_LOGS=1 keeps it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("TF_LOGS") == "1" or "tensorflow" in sys.modules:
+        return
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+
+
+def default_verbosity():
+    """Keras progress: a bar (1) on a terminal, one plain line per epoch (2) when output goes to a file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def run_command(parse_args, run, argv=None, interrupted=None, tensorflow=False):
     """Parses, runs, and turns the project's input errors into one `error: ...` line.
 
     Args:
@@ -21,10 +58,13 @@ def run_command(parse_args, run, argv=None, interrupted=None):
         run: callable(namespace) -> result.
         argv: list of str or None (sys.argv).
         interrupted: callable(namespace) -> str, the line printed on Ctrl-C (exit code 130).
+        tensorflow: bool. Start TensorFlow quietly after parsing (for the training commands).
     """
     args = None
     try:
         args = parse_args(argv)
+        if tensorflow:
+            start_tensorflow_quietly()
         return run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -36,6 +76,13 @@ def run_command(parse_args, run, argv=None, interrupted=None):
     except KeyboardInterrupt:
         print(f"\ninterrupted{': ' + interrupted(args) if interrupted and args is not None else ''}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, ending a usage error with one line (`error: ...`, exit 2) instead of usage and error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def check_fraction(name, value, allow_zero=False):

@@ -12,7 +12,6 @@ The images are synthetic phantoms with a learnable signal, so downstream demos
 reach an AUC clearly above 0.5. They are not medical data.
 """
 
-import argparse
 import shutil
 import zlib
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.atomic import write_text
+from preprocessing.cli import ArgumentParser
 
 COMPLETE_MARKER = ".complete"
 DEMO_VERSION = 5  # Bump when a generator changes, so old demo trees are rewritten.
@@ -321,7 +321,7 @@ def default_demo_dir():
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m preprocessing.demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocessing.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project.")
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     parser.add_argument("--force", action="store_true", help="rewrite the corpus even if it is complete.")

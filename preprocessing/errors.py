@@ -24,7 +24,7 @@ class InputError(ValueError):
 
 
 class ImageReadError(InputError):
-    """A file or folder that cannot be read as an image (or as the table that lists images)."""
+    """A file or folder that cannot be read as an image."""
 
 
 class UsageError(InputError):

@@ -10,7 +10,6 @@ warning line each and counted (`--no-verify` checks headers only). Paths are
 written absolute, so the manifest works from any folder.
 """
 
-import argparse
 import hashlib
 import re
 import sys
@@ -21,6 +20,7 @@ import pandas as pd
 import yaml
 
 from preprocessing.atomic import write_csv
+from preprocessing.cli import ArgumentParser
 from preprocessing.errors import ImageReadError, InputError
 from preprocessing.figures import pyplot, save_figure
 from preprocessing.normalize import MODALITIES
@@ -37,22 +37,22 @@ def load_table(config_path):
     try:
         table = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ImageReadError(config_path, f"cannot be read as YAML ({error})") from error
+        raise InputError(config_path, f"cannot be read as YAML ({error})") from error
     entries = table.get("datasets") if isinstance(table, dict) else None
     if not entries:
-        raise ImageReadError(config_path, "has no 'datasets' list")
+        raise InputError(config_path, "has no 'datasets' list")
     for entry in entries:
         name = entry.get("name", "?")
         missing = [key for key in REQUIRED_KEYS if key not in entry]
         if missing:
-            raise ImageReadError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
+            raise InputError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
         if entry["modality"] not in MODALITIES:
-            raise ImageReadError(config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}")
+            raise InputError(config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}")
         if "body_part" not in entry and "body_part_pattern" not in entry:
-            raise ImageReadError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
+            raise InputError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
         spp = entry["slices_per_patient"]
         if not (spp == "all" or (isinstance(spp, int) and spp > 0)):
-            raise ImageReadError(config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'")
+            raise InputError(config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'")
     return entries
 
 
@@ -212,7 +212,7 @@ def save_charts(tables, out_dir, stem):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m preprocessing.manifest",
         description="Sample slices per patient from the pretraining datasets, split by patient "
         "90/5/5, and write one manifest CSV with count charts beside it.",

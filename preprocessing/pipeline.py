@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.errors import ImageReadError
+from preprocessing.errors import ImageReadError, InputError
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE, tf_crop_and_resize
 from preprocessing.normalize import normalize_slice
 from preprocessing.readers import read_image
@@ -35,17 +35,17 @@ def load_manifest(source, split=None):
     else:
         path = Path(source)
         if not path.is_file():
-            raise ImageReadError(path, "manifest does not exist")
+            raise InputError(path, "manifest does not exist")
         frame = pd.read_csv(path, dtype={"patient_id": str})
         missing = {"path", "slice_index", "modality", "split"} - set(frame.columns)
         if missing:
-            raise ImageReadError(path, f"is not a manifest (missing columns {sorted(missing)})")
+            raise InputError(path, f"is not a manifest (missing columns {sorted(missing)})")
         # Paths written relative (older manifests) are relative to the manifest's folder, not to the caller's.
         frame["path"] = [p if Path(p).is_absolute() else str((path.parent / p).resolve()) for p in frame["path"]]
     if split is not None:
         frame = frame[frame["split"] == split]
         if frame.empty:
-            raise ImageReadError(source if not isinstance(source, pd.DataFrame) else "manifest",
+            raise InputError(source if not isinstance(source, pd.DataFrame) else "manifest",
                                  f"has no rows in split '{split}'")
     return frame
 
@@ -103,7 +103,7 @@ def _slices_from_shards(shard_dir, split, training, seed):
 
     files = sorted(str(p) for p in Path(shard_dir).glob(SHARD_PATTERN.format(split=split)))
     if not files:
-        raise ImageReadError(shard_dir, f"holds no '{SHARD_PATTERN.format(split=split)}' shards")
+        raise InputError(shard_dir, f"holds no '{SHARD_PATTERN.format(split=split)}' shards")
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()

@@ -8,7 +8,6 @@ named `{split}-NNNNN.tfrecord`. Every volume is read once. Shards are written
 atomically; a rerun skips the splits whose shards are complete.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.atomic import atomic_path, write_json
+from preprocessing.cli import ArgumentParser
 from preprocessing.errors import ImageReadError
 from preprocessing.pipeline import PNG16_MAX, load_manifest, read_normalized_slices, volume_groups
 
@@ -100,7 +100,7 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m preprocessing.shards", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocessing.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", required=True, help="manifest CSV from preprocessing.manifest.")
     parser.add_argument("--out", required=True, help="folder for the shards.")
     parser.add_argument("--slices-per-shard", type=int, default=2048, help="slices per TFRecord file. Default: 2048.")

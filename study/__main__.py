@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from preprocessing.cli import start_tensorflow_quietly  # noqa: E402
+
+start_tensorflow_quietly()
 from study.demo import main  # noqa: E402
 
 main()

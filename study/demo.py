@@ -8,12 +8,14 @@ is skipped when its outputs are already complete, so an interrupted study
 continues where it stopped. Demo numbers describe synthetic phantoms only.
 """
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras import.
+from preprocessing.cli import ArgumentParser  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
@@ -22,9 +24,10 @@ NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `pytho
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/.")
-    parser.add_argument("--backbone", default="resnet18", help="backbone of every model. Default: resnet18 (fast on a CPU).")
+    parser.add_argument("--backbone", default="resnet18", choices=sorted(BACKBONES),
+                        help="backbone of every model. Default: resnet18 (fast on a CPU).")
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
     parser.add_argument("--pretrain-steps", type=int, default=40, help="pretraining steps per epoch. Default: 40.")
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.25, 0.5],
@@ -48,7 +51,6 @@ def run(args):
     from genesis2d import pretrain
     from genesis2d.checkpoint import load_state
     from genesis2d.transfer import keras_cache_dir
-    from genesis2d.unet import BACKBONES
     from luna16 import experiment as luna16
     from mura import experiment as mura
     from study.report import build_report

@@ -5,8 +5,8 @@ the MURA-v1.1 tree (`mura.demo`), each in its real on-disk format, in seconds.
 Each is also written on first use by the command that needs it.
 """
 
-import argparse
 from pathlib import Path
+from preprocessing.cli import ArgumentParser
 
 
 def write_all(out, seed=0):
@@ -24,7 +24,7 @@ def write_all(out, seed=0):
 def parse_args(argv=None):
     from preprocessing.demo import default_demo_dir
 
-    parser = argparse.ArgumentParser(prog="python -m study.demo_data", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m study.demo_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project.")
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     return parser.parse_args(argv)

@@ -15,7 +15,6 @@ several share a group. Adds ROC overlays and, for runs at several
 Writes `report.md` and `results.csv`.
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import pandas as pd
 from genesis2d.metrics import bootstrap_auc, paired_auc_test, plot_mean_roc, stratified_metric
 from genesis2d.results import ResultsError, read_results
 from preprocessing.atomic import write_csv, write_text
+from preprocessing.cli import ArgumentParser
 from preprocessing.errors import UsageError
 from preprocessing.figures import pyplot, save_figure
 
@@ -220,7 +220,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished downstream run folders (each with metrics.json and "
                         "test_scores.csv).")
     parser.add_argument("--out", required=True, help="folder for report.md, results.csv and figures.")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_PRETRAIN
 
-from preprocessing.demo import write_dicom_series, write_itk, write_png
+from preprocessing.demo import write_dicom_series, write_itk
 from preprocessing.errors import ImageReadError, InputError, UsageError
 from preprocessing.readers import read_image
 
@@ -194,7 +194,7 @@ def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path
     history = pd.read_csv(tmp_path / "o" / "history.csv")
     assert "val_loss" in history and np.isfinite(history["val_loss"]).all()  # 3 slices, batch 4.
     frame[frame["split"] == "train"].to_csv(tmp_path / "none.csv", index=False)
-    with pytest.raises(ImageReadError, match="has no validation slices"):
+    with pytest.raises(InputError, match="has no validation slices"):
         run(parse_args(["--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "n"), *TINY_PRETRAIN]))
 
 
@@ -272,9 +272,9 @@ def test_candidates_outside_the_scan_or_without_coordinates_are_dropped_and_coun
     subset = Subset(out / "subset0")
     assert subset.record["dropped_candidates"] == 3
     assert np.isfinite(subset.candidates[["coordX", "coordY", "coordZ"]].to_numpy()).all()
-    assert f"3 of its" in capsys.readouterr().err
+    assert "3 of its" in capsys.readouterr().err
     pd.concat([candidates, extra.assign(coordX=["x", 1, 2])]).to_csv(data / "candidates_V2.csv", index=False)
-    with pytest.raises(ImageReadError, match="1 rows with non-numeric coordinates or class"):
+    with pytest.raises(InputError, match="1 rows with non-numeric coordinates or class"):
         extract_subsets(data, tmp_path / "p2", size=16, progress=False)
 
 

@@ -9,7 +9,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from genesis2d.results import read_results
 from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
 from mura.experiment import evaluate
-from preprocessing.errors import ImageReadError
+from preprocessing.errors import ImageReadError, InputError
 
 MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18", "--epoch-size", "96",
              "--batch-size", "32", "--verbose", "0"]
@@ -46,7 +46,7 @@ def test_label_disagreement_names_the_study(mura_copy):
     studies = pd.read_csv(path, header=None)
     studies.loc[0, 1] = 1 - studies.loc[0, 1]
     studies.to_csv(path, header=False, index=False)
-    with pytest.raises(ImageReadError) as error:
+    with pytest.raises(InputError) as error:
         read_split(mura_copy, "train", BODY_PARTS)
     assert studies.loc[0, 0] in str(error.value) and "\n" not in str(error.value)
 

@@ -28,10 +28,11 @@ def trained(pretrained_run):
 
 def test_two_step_run_writes_every_output(trained):
     out, card = trained
-    for name in ("unet.keras", "encoder.h5", "encoder.weights.h5", "card.json", "run.json", "history.csv",
-                 "samples_epoch001.png", "loss_curves.png"):
+    for name in ("unet.keras", "encoder.h5", "encoder.weights.h5", "card.json", "MODEL_CARD.md", "run.json",
+                 "history.csv", "samples_epoch001.png", "loss_curves.png"):
         assert (out / name).is_file(), name
     assert any((out / "logs").rglob("*")), "TensorBoard logs"
+    assert any((out / "logs" / "samples").rglob("events.out.tfevents.*")), "restored samples in TensorBoard"
     saved = json.loads((out / "card.json").read_text())
     assert saved["backbone"] == "resnet18" and saved["input_size"] == [32, 32, 1] and saved["epochs"] == 1
     assert np.isfinite(saved["best_val_loss"]) and len(saved["data_hash"]) == 16
@@ -149,4 +150,6 @@ def test_bad_manifest_is_one_line_error(tmp_path):
                              str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.csv'}: manifest does not exist."
+    # One line, and nothing else: TensorFlow's native start-up noise (oneDNN, CUDA drivers) is kept out.
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.csv'}: manifest does not exist."]
+    assert not (tmp_path / "o").exists()

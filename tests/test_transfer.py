@@ -75,6 +75,7 @@ def _check_cv_outputs(out, folds):
         assert row.auc == pytest.approx(roc_auc_score(fold["class"], fold["probability"]))
     for name in ("summary.md", "roc_folds.png", "loss_curves.png", "metrics.json", "run.json"):
         assert (out / name).is_file(), name
+    assert any(out.glob("fold*/logs/**/events.out.tfevents.*")), "TensorBoard logs of each fold"
     # The results contract: candidates (mean of views) first, then patches, grouped by scan, stratified by fold.
     contract = read_results(out)
     assert [level["name"] for level in contract.levels] == ["candidate", "patch"]
@@ -114,7 +115,11 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         with pytest.raises(UsageError, match=r"epochs 1 -> 2; seed 0 -> 7.*pass --overwrite"):
             run(other)
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
-    json.loads((out / "metrics.json").read_text())
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    if init == "genesis":  # The resolved encoder and its checksum are recorded.
+        from genesis2d.runtime import file_sha256
+
+        assert settings["encoder_sha256"] == file_sha256(pretrained_run[0] / "encoder.h5")
 
 
 @pytest.mark.parametrize("task, backbone, init, expected", [
