@@ -98,7 +98,15 @@ def _slices_from_manifest(frame, training, seed):
     return volumes.unbatch().map(lambda plane: plane[..., None])
 
 
-def _slices_from_shards(shard_dir, split, training, seed):
+SHARD_CYCLE = 64  # Shards read at once in training: with shards mixed when written, batches mix volumes.
+
+
+def shard_records(shard_dir, split, training, seed):
+    """The parsed records (a dict of string tensors, see SHARD_FEATURES) of a split's shards.
+
+    In training the shards are shuffled and up to SHARD_CYCLE are read at once, one record
+    from each in turn, endlessly; otherwise in file order, once.
+    """
     import tensorflow as tf
 
     files = sorted(str(p) for p in Path(shard_dir).glob(SHARD_PATTERN.format(split=split)))
@@ -107,9 +115,16 @@ def _slices_from_shards(shard_dir, split, training, seed):
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(SHARD_CYCLE, len(files)), block_length=1,
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    return dataset.map(decode_example, num_parallel_calls=tf.data.AUTOTUNE)
+    spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in SHARD_FEATURES}
+    return dataset.map(lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _slices_from_shards(shard_dir, split, training, seed):
+    import tensorflow as tf
+
+    return shard_records(shard_dir, split, training, seed).map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 SHARD_FEATURES = {
@@ -117,14 +132,14 @@ SHARD_FEATURES = {
     "dataset": "str",
     "modality": "str",
     "patient_id": "str",
+    "volume": "str",  # The file it came from (absent from shards of older versions).
 }
 
 
-def decode_example(record):
-    """A shard record -> float32 (H, W, 1) in [0, 1]."""
+def decode_image(features):
+    """A parsed shard record -> float32 (H, W, 1) in [0, 1]."""
     import tensorflow as tf
 
-    features = tf.io.parse_single_example(record, {key: tf.io.FixedLenFeature([], tf.string) for key in SHARD_FEATURES})
     image = tf.io.decode_png(features["image"], channels=1, dtype=tf.uint16)
     return tf.cast(image, tf.float32) / PNG16_MAX
 

@@ -4,23 +4,30 @@
 
 Each slice is read, normalised to [0, 1] by modality and stored at its native
 size as a 16-bit PNG (so random crops still happen at training time), in shards
-named `{split}-NNNNN.tfrecord`. Every volume is read once. Shards are written
-atomically; a rerun skips the splits whose shards are complete.
+named `{split}-NNNNN.tfrecord`. Every volume is read once.
+
+Slices are stored well mixed, so that a batch read from the shards holds many
+volumes of every modality rather than a run of one volume: volumes are read in
+a seeded random order, each slice goes to a random shard (a first pass), and
+each shard's records are then shuffled in memory, one shard at a time (a second
+pass). Shards are written atomically; a rerun skips the splits whose shards are
+complete.
 """
 
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import atomic_path, write_json
+from preprocessing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
 from preprocessing.cli import ArgumentParser
 from preprocessing.errors import ImageReadError
 from preprocessing.pipeline import PNG16_MAX, load_manifest, read_normalized_slices, volume_groups
 
 
-def _example(plane, dataset, modality, patient_id):
+def _example(plane, dataset, modality, patient_id, volume):
     import cv2
     import tensorflow as tf
 
@@ -36,48 +43,53 @@ def _example(plane, dataset, modality, patient_id):
         "dataset": feature(str(dataset).encode()),
         "modality": feature(str(modality).encode()),
         "patient_id": feature(str(patient_id).encode()),
+        "volume": feature(str(volume).encode()),
     })).SerializeToString()
 
 
-def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True):
-    """Writes one split's shards; returns (number of slices written, skipped files)."""
+def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, seed=0):
+    """Writes one split's shards, well mixed (see the module docstring); returns (slices written, skipped files)."""
     import tensorflow as tf
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     rows = frame[frame["split"] == split]
     lookup = rows.drop_duplicates("path").set_index("path")[["dataset", "patient_id"]]
-    shard, count, in_shard, skipped, writer, tmp_ctx = 0, 0, 0, [], None, None
-
-    def close():
-        nonlocal writer, tmp_ctx
-        if writer is not None:
+    groups = volume_groups(rows)
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+    shards = max(1, -(-len(rows) // slices_per_shard))
+    # Pass 1: volumes in a random order, each slice to a random shard (balanced: a shuffled deck of shard numbers).
+    deck = rng.permutation(np.arange(len(rows)) % shards)
+    scratch = [out_dir / f"{TEMPORARY_PREFIX}pass1-{split}-{k:05d}.tfrecord" for k in range(shards)]
+    writers = [tf.io.TFRecordWriter(str(path)) for path in scratch]
+    count, skipped = 0, []
+    try:
+        for index in tqdm(rng.permutation(len(groups)), desc=f"{split} volumes", disable=not progress, unit="vol"):
+            path, modality, slices = groups[index]
+            try:
+                planes = read_normalized_slices(path, modality, slices)
+            except ImageReadError as error:
+                print(f"warning: {error} Skipped.", file=sys.stderr)
+                skipped.append(path)
+                continue
+            dataset, patient_id = lookup.loc[path]
+            for plane in planes:
+                writers[deck[count % len(deck)]].write(_example(plane, dataset, modality, patient_id, path))
+                count += 1
+    finally:
+        for writer in writers:
             writer.close()
-            tmp_ctx.__exit__(None, None, None)  # Renames the finished shard into place.
-            writer, tmp_ctx = None, None
-
-    for path, modality, slices in tqdm(volume_groups(rows), desc=f"{split} volumes", disable=not progress, unit="vol"):
-        try:
-            planes = read_normalized_slices(path, modality, slices)
-        except ImageReadError as error:
-            print(f"warning: {error} Skipped.", file=sys.stderr)
-            skipped.append(path)
-            continue
-        dataset, patient_id = lookup.loc[path]
-        for plane in planes:
-            if writer is None:
-                tmp_ctx = atomic_path(out_dir / f"{split}-{shard:05d}.tfrecord")
-                writer = tf.io.TFRecordWriter(str(tmp_ctx.__enter__()))
-            writer.write(_example(plane, dataset, modality, patient_id))
-            count, in_shard = count + 1, in_shard + 1
-            if in_shard == slices_per_shard:
-                close()
-                shard, in_shard = shard + 1, 0
-    close()
+    # Pass 2: each shard's records shuffled in memory, written atomically, its scratch file removed.
+    for k, path in enumerate(tqdm(scratch, desc=f"{split} shards", disable=not progress, unit="shard")):
+        records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+        with atomic_path(out_dir / f"{split}-{k:05d}.tfrecord") as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+            for i in rng.permutation(len(records)):
+                writer.write(records[i])
+        path.unlink()
     return count, skipped
 
 
-def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_shard=2048, progress=True):
+def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_shard=2048, progress=True, seed=0):
     """Writes every split's shards and an `index.json`; complete splits are skipped on a rerun."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +104,9 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
             continue
         for stale in out_dir.glob(f"{split}-*.tfrecord"):
             stale.unlink()
-        count, skipped = write_split(frame, split, out_dir, slices_per_shard, progress)
-        index[split] = {"slices": count, "skipped_files": skipped}
+        remove_temporaries(out_dir)
+        count, skipped = write_split(frame, split, out_dir, slices_per_shard, progress, seed)
+        index[split] = {"slices": count, "skipped_files": skipped, "seed": seed}
         write_json(index_path, index)  # After each split, so a killed run keeps finished splits.
         print(f"{split}: {count} slices, {len(skipped)} unreadable files skipped")
     return index
@@ -105,11 +118,12 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="folder for the shards.")
     parser.add_argument("--slices-per-shard", type=int, default=2048, help="slices per TFRecord file. Default: 2048.")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to write. Default: all.")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the volume order and the mixing. Default: 0.")
     return parser.parse_args(argv)
 
 
 def run(args):
-    index = write_shards(args.manifest, args.out, args.splits, args.slices_per_shard)
+    index = write_shards(args.manifest, args.out, args.splits, args.slices_per_shard, seed=args.seed)
     print(f"wrote shards to {args.out}")
     return index
 

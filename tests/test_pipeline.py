@@ -41,3 +41,38 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     # A rerun skips finished splits.
     again = write_shards(demo_manifest, tmp_path / "shards", progress=False)
     assert again == index
+
+
+def test_shards_mix_volumes_and_modalities_in_every_batch(tmp_path):
+    """130 volumes of three modalities: a training batch of 32 from the shards holds many of them."""
+    import nibabel as nib
+
+    from preprocessing.demo import write_png
+    from preprocessing.pipeline import shard_records
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for modality, volumes, depth in (("CT", 40, 8), ("MR", 30, 8), ("XR", 160, 1)):
+        for v in range(volumes):
+            if modality == "XR":
+                path = tmp_path / "xr" / f"p{v}.png"
+                write_png(path, rng.random((24, 24)))
+            else:
+                path = tmp_path / modality / f"v{v}.nii.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(rng.integers(0, 1000, (24, 24, depth)).astype(np.int16), np.eye(4)), path)
+            rows += [(f"D{modality}", modality, "X", f"{modality}{v}", str(path), z, "train") for z in range(depth)]
+    frame = pd.DataFrame(rows, columns=["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"])
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    write_shards(tmp_path / "m.csv", tmp_path / "shards", slices_per_shard=32, progress=False)
+    records = shard_records(tmp_path / "shards", "train", training=True, seed=0).batch(32).take(20)
+    share = frame["modality"].value_counts(normalize=True)
+    distinct, complete, shares = [], 0, []
+    for batch in records.as_numpy_iterator():
+        modalities = pd.Series([m.decode() for m in batch["modality"]])
+        distinct.append(len(set(batch["volume"])))
+        complete += set(modalities) == {"CT", "MR", "XR"}
+        shares.append(modalities.value_counts(normalize=True).reindex(share.index, fill_value=0))
+    assert np.median(distinct) >= 20  # Slices of at least 20 volumes in a typical batch of 32 ...
+    assert complete >= 18  # ... of all three modalities (in 18 of 20 batches or more) ...
+    np.testing.assert_allclose(pd.concat(shares, axis=1).mean(axis=1), share, atol=0.06)  # ... in their proportions.
