@@ -1,6 +1,6 @@
 """Distortion speed: genesis2d.transforms against a per-sample Python loop port, side by side.
 
-    python benchmarks/transforms.py [--size 224] [--batch 32] [--repeats 3]
+    python benchmarks/transforms.py [--size 224] [--batch 32] [--repeats 7]
 
 The baseline below is a line-by-line 2D port of the public Models Genesis
 `generate_pair` (Python `random`, one `np.random.shuffle` per block, a
@@ -130,20 +130,22 @@ def loop_generate_pair(images):
     return np.stack(xs)[..., None].astype(np.float32), np.stack(ys)[..., None].astype(np.float32)
 
 
-def _rate(function, images, repeats):
-    best = float("inf")
+def _times(function, images, repeats):
+    """Seconds per batch, one per repeat (each a new seed)."""
+    times = []
     for r in range(repeats):
         start = time.perf_counter()
         function(images, r)
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=224, help="image side. Default: 224.")
     parser.add_argument("--batch", type=int, default=32, help="images per batch. Default: 32.")
-    parser.add_argument("--repeats", type=int, default=3, help="timed batches per method (best kept). Default: 3.")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed batches per method, interleaved; the median is reported. Default: 7.")
     args = parser.parse_args(argv)
     images = np.random.default_rng(0).random((args.batch, args.size, args.size, 1), dtype=np.float32)
     make_pair(images[:2], seed=0)  # Compile (or load) the numba kernel outside the timing.
@@ -153,10 +155,12 @@ def main(argv=None):
         np.random.seed(r)
         return loop_generate_pair(batch)
 
-    ours = _rate(lambda batch, r: make_pair(batch, seed=r), images, args.repeats)
-    loop = _rate(baseline, images, args.repeats)
-    ours = max(ours, _rate(lambda batch, r: make_pair(batch, seed=r), images, args.repeats))  # Interleaved.
-    print(f"image {args.size}x{args.size}, batch {args.batch}, one core")
+    ours_times, loop_times = [], []
+    for r in range(args.repeats):  # Interleaved, so drifts of a noisy machine hit both alike.
+        ours_times += _times(lambda batch, _: make_pair(batch, seed=r), images, 1)
+        loop_times += _times(lambda batch, _: baseline(batch, r), images, 1)
+    ours, loop = len(images) / np.median(ours_times), len(images) / np.median(loop_times)
+    print(f"image {args.size}x{args.size}, batch {args.batch}, one core, median of {args.repeats} batches each")
     print(f"loop port (baseline): {loop:8.1f} pairs/s  ({1000 / loop:6.1f} ms per slice)")
     print(f"genesis2d.transforms: {ours:8.1f} pairs/s  ({1000 / ours:6.1f} ms per slice)")
     print(f"speed-up: {ours / loop:.1f}x")

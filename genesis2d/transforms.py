@@ -68,29 +68,48 @@ def _below(state, n):
 
 @numba.njit(nogil=True, cache=True)
 def _shuffle_blocks(image, n_blocks, max_h, max_w, seed):
+    """Models Genesis's local pixel shuffle, computing only what the output keeps.
+
+    Every block reads the undistorted image and overwrites its window, so a pixel
+    shows the last block that covers it. The block geometries are drawn first, in
+    order; then the blocks are visited from the last to the first, and each fills
+    only its pixels that no later block covers, with distinct source pixels of its
+    window drawn uniformly (a partial Fisher-Yates shuffle): the same distribution
+    as permuting every block in full, for a few percent of the random draws.
+    """
     state = np.empty(1, dtype=np.uint64)
     state[0] = np.uint64(seed)
     h, w = image.shape
-    out = image.copy()
-    block = np.empty(max_h * max_w, dtype=image.dtype)
-    for _ in range(n_blocks):
+    geometry = np.empty((n_blocks, 4), dtype=np.int64)
+    for b in range(n_blocks):
         bh = 1 + _below(state, max_h)
         bw = 1 + _below(state, max_w)
-        top = _below(state, h - bh + 1)
-        left = _below(state, w - bw + 1)
-        n = 0
+        geometry[b, 0], geometry[b, 1] = bh, bw
+        geometry[b, 2] = _below(state, h - bh + 1)
+        geometry[b, 3] = _below(state, w - bw + 1)
+    out = image.copy()
+    covered = np.zeros((h, w), dtype=np.bool_)
+    visible = np.empty(max_h * max_w, dtype=np.int64)
+    order = np.empty(max_h * max_w, dtype=np.int64)
+    for b in range(n_blocks - 1, -1, -1):
+        bh, bw, top, left = geometry[b, 0], geometry[b, 1], geometry[b, 2], geometry[b, 3]
+        m = 0
         for i in range(bh):
             for j in range(bw):
-                block[n] = image[top + i, left + j]  # From the undistorted image.
-                n += 1
-        for i in range(n - 1, 0, -1):  # Fisher-Yates.
-            k = _below(state, i + 1)
-            block[i], block[k] = block[k], block[i]
-        n = 0
-        for i in range(bh):
-            for j in range(bw):
-                out[top + i, left + j] = block[n]
-                n += 1
+                if not covered[top + i, left + j]:
+                    covered[top + i, left + j] = True
+                    visible[m] = i * bw + j
+                    m += 1
+        if m == 0:
+            continue
+        size = bh * bw
+        for k in range(size):
+            order[k] = k
+        for t in range(m):  # The first m draws of a Fisher-Yates shuffle of the window's pixels.
+            r = t + _below(state, size - t)
+            order[t], order[r] = order[r], order[t]
+            target, source = visible[t], order[t]
+            out[top + target // bw, left + target % bw] = image[top + source // bw, left + source % bw]
     return out
 
 

@@ -101,3 +101,38 @@ def test_inpaint_hole_sizes_and_margin():
 def test_bad_shape():
     with pytest.raises(ValueError, match="Received: images.shape"):
         T.make_pair(np.zeros((4, 64, 64)))
+
+
+def _shuffle_every_block(image, n_blocks, max_h, max_w, rng):
+    """The direct form of the local pixel shuffle (each block permuted in full, in order): the reference."""
+    h, w = image.shape
+    out = image.copy()
+    for _ in range(n_blocks):
+        bh, bw = 1 + rng.integers(max_h), 1 + rng.integers(max_w)
+        top, left = rng.integers(h - bh + 1), rng.integers(w - bw + 1)
+        block = image[top : top + bh, left : left + bw].ravel()
+        out[top : top + bh, left : left + bw] = rng.permutation(block).reshape(bh, bw)
+    return out
+
+
+def test_local_shuffle_has_the_distribution_of_permuting_every_block():
+    """The kernel fills only what later blocks leave visible; its output must be distributed as the direct form's."""
+    image = np.arange(20 * 20, dtype=np.float32).reshape(20, 20)
+    rows, cols = np.mgrid[0:20, 0:20]
+    stats = {}
+    for name in ("kernel", "reference"):
+        changed, shift = np.zeros((20, 20)), np.zeros((20, 20))
+        for seed in range(3000):
+            rng = np.random.default_rng(seed)
+            if name == "kernel":
+                out = T._shuffle_blocks(image, 40, 4, 4, seed)
+            else:
+                out = _shuffle_every_block(image, 40, 4, 4, rng)
+            source = out.astype(int)
+            changed += out != image
+            shift += np.abs(source // 20 - rows) + np.abs(source % 20 - cols)
+        stats[name] = (changed / 3000, shift / 3000)
+    (c1, s1), (c2, s2) = stats["kernel"], stats["reference"]
+    assert abs(c1.mean() - c2.mean()) < 0.005 and abs(s1.mean() - s2.mean()) < 0.02  # Overall rates.
+    # Per pixel (borders are covered less often than the centre): the same maps, up to sampling noise.
+    assert np.abs(c1 - c2).mean() < 0.01 and np.corrcoef(c1.ravel(), c2.ravel())[0, 1] > 0.9
