@@ -193,6 +193,8 @@ class Schedule:
         lr, momentum: SGD (thesis: 1e-3, 0.9).
         lr_factor, lr_patience: ReduceLROnPlateau on the validation loss.
         steps_per_epoch: batches per epoch, the data repeated as needed; None for one pass.
+        bn_momentum: momentum of the BatchNormalization moving statistics while fine-tuning;
+            None keeps the layers' own (Keras: 0.99).
     """
 
     epochs: int
@@ -203,6 +205,7 @@ class Schedule:
     lr_factor: float = 0.1
     lr_patience: int = 3
     steps_per_epoch: int | None = None
+    bn_momentum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,10 @@ def add_transfer_arguments(parser):
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
     group.add_argument("--lr-factor", type=float, default=None, help=f"ReduceLROnPlateau factor. Default: {thesis}.")
     group.add_argument("--lr-patience", type=int, default=None, help=f"ReduceLROnPlateau patience. Default: {thesis}.")
+    group.add_argument("--bn-momentum", type=float, default=None,
+                       help="BatchNormalization momentum of the encoder's moving statistics while fine-tuning. Lower it "
+                       "(e.g. 0.9) for runs of a few dozen steps, whose statistics would otherwise lag the weights and "
+                       "spoil inference. Default: the layers' own (Keras: 0.99).")
     group.add_argument("--units", type=int, default=256, help="hidden units of the head. Default: 256.")
     group.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head's hidden layer. Default: 1e-4.")
     group.add_argument("--dropout", type=float, default=0.5, help="dropout rate of the head. Default: 0.5 (thesis).")
@@ -303,7 +310,7 @@ def transfer_settings(args):
     head = Head(args.units, args.l2, args.dropout)
     schedule = Schedule(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
-                        steps_per_epoch=args.steps_per_epoch)
+                        steps_per_epoch=args.steps_per_epoch, bn_momentum=args.bn_momentum)
     return encoder, head, schedule
 
 
@@ -383,6 +390,10 @@ def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out,
     keras.utils.set_random_seed(seed)
     encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,
                            encoder_spec.imagenet_weights)
+    if schedule.bn_momentum is not None:
+        for layer in encoder.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = schedule.bn_momentum
     model = build_classifier(encoder, head.units, head.l2, head.dropout)
     history = train_two_phase(model, encoder, train, validation, schedule, out, verbose)
     return model, history

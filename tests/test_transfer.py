@@ -172,3 +172,19 @@ def test_encoders_are_checked_before_any_data_and_never_chosen_silently(tmp_path
     assert "genesis encoder:" in capsys.readouterr().out
     with pytest.raises(InitError, match="--imagenet-weights"):
         parse_args(["--data", "/nowhere", "--init", "imagenet", "--imagenet-weights", str(tmp_path / "none.h5")])
+
+
+def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from genesis2d.transfer import EncoderSpec, Head, Schedule, fine_tune
+
+    x = np.random.default_rng(0).random((8, 32, 32, 1), dtype=np.float32)
+    y = np.array([0, 1] * 4, np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    schedule = Schedule(epochs=1, warmup_epochs=0, batch_size=4, bn_momentum=0.8)
+    model, history = fine_tune(EncoderSpec("scratch", "resnet18"), Head(units=8), schedule, (32, 32, 1), data, data,
+                               tmp_path, seed=0, verbose=0)
+    norms = [layer for layer in model.get_layer("encoder").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms) and len(history) == 1
