@@ -156,7 +156,8 @@ def label_efficiency(runs, iterations, seed):
         _, y, p, groups, strata = run.arrays(level["name"])
         auc, low, high = bootstrap_auc(y, p, groups, iterations, seed, strata=strata)
         rows.append({"task": run.task, "backbone": run.backbone, "init": run.init, "fraction": run.fraction,
-                     "auc": auc, "ci_low": low, "ci_high": high, "label": level.get("description", level["name"])})
+                     "auc": auc, "ci_low": low, "ci_high": high, "level": level["name"],
+                     "label": level.get("description", level["name"])})
     return pd.DataFrame(rows)
 
 
@@ -174,7 +175,7 @@ def plot_label_efficiency(frame, inits, path):
                               marker="o", capsize=3, label=init)
         axis.set_xlabel("training labels used (%)")
         axis.set_ylabel("AUC (95% interval)")
-        axis.set_title(f"{task} {backbone}: {group['label'].iloc[0]}", fontsize=9)
+        axis.set_title(f"{task} {backbone}: AUC of the {group['level'].iloc[0]}s", fontsize=9)
         axis.legend()
     figure.tight_layout()
     save_figure(path, figure, dpi=110)
@@ -204,7 +205,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
             rows = run.level(level["name"])
             curves[run.init] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])]
         name = f"roc_{task}_{backbone}.png"
-        plot_mean_roc(curves, out / name, title=f"{task} {backbone}: {level.get('description', level['name'])}")
+        plot_mean_roc(curves, out / name, title=f"{task} {backbone}: ROC of the {level['name']}s")
         lines += [f"![ROC {task} {backbone}]({name})", ""]
     if len({r.fraction for r in runs}) > 1:
         frame = label_efficiency(runs, iterations, seed)
