@@ -468,13 +468,13 @@ def run(config, strategy=None, extra_callbacks=()):
     if not counts.get("val", 0):
         raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
                              "(`python -m preprocessing.manifest --fractions`)")
+    strategy = strategy or pick_strategy()
     out.mkdir(parents=True, exist_ok=True)  # Only once every check has passed: a refused run leaves no folder.
     for folder in (out, checkpoint_dir):
         remove_temporaries(folder)
     deterministic = configure_determinism(config.deterministic)
     set_seed(config.seed)
     precision = pick_precision(config.precision)
-    strategy = strategy or pick_strategy()
     steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
     print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
           f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)

@@ -36,13 +36,21 @@ def pick_precision(requested="auto"):
 
 
 def pick_strategy():
-    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, MirroredStrategy with
-    several GPUs, else the default strategy (one device)."""
+    """MirroredStrategy with several GPUs, else the default strategy (one device).
+
+    A TF_CONFIG that names a cluster of several machines stops with one line: Keras 3's
+    `fit` does not run under MultiWorkerMirroredStrategy (it fails at the first step).
+    """
     import tensorflow as tf
 
+    from preprocessing.errors import UsageError
+
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster")
-    if cluster and sum(len(v) for v in cluster.values()) > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    tasks = sum(len(v) for v in cluster.values()) if cluster else 0
+    if tasks > 1:
+        raise UsageError("TF_CONFIG", f"names a cluster of {tasks} tasks; training on several machines is not "
+                         "supported yet (Keras 3's fit does not run under MultiWorkerMirroredStrategy); unset it to "
+                         "train on this machine's GPUs")
     if len(gpus()) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

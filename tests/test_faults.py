@@ -300,3 +300,17 @@ def test_input_errors_share_one_base():
 
     for kind in (ImageReadError, UsageError, InitError, ResultsError):
         assert issubclass(kind, InputError)
+
+
+def test_a_multi_machine_tf_config_is_refused_with_one_line(demo_manifest, tmp_path):
+    tf_config = json.dumps({"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
+                            "task": {"type": "worker", "index": 0}})
+    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
+                             "--out", str(tmp_path / "o"), *TINY_PRETRAIN], capture_output=True, text=True,
+                            env={**os.environ, "TF_CONFIG": tf_config})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: TF_CONFIG: names a cluster of 2 tasks; training on several "
+                                                  "machines is not supported yet (Keras 3's fit does not run under "
+                                                  "MultiWorkerMirroredStrategy); unset it to train on this machine's "
+                                                  "GPUs."]
+    assert not (tmp_path / "o").exists()
