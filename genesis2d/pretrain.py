@@ -70,7 +70,9 @@ def build_parser():
                        help="training steps per epoch. Default: one pass over the training slices.")
     train.add_argument("--validation-steps", type=int, default=None,
                        help="validation batches per epoch. Default: the whole validation split.")
-    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="Default: sgd (Models Genesis).")
+    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
+                       help="Default: sgd (Models Genesis). With adam, a CPU run is not bit-for-bit repeatable (Keras's "
+                       "Adam under TensorFlow: two runs of one seed differ in the 6th digit of the loss).")
     train.add_argument("--lr", type=float, default=1.0, help="initial learning rate. Default: 1.0 (Models Genesis, with SGD).")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9.")
     train.add_argument("--lr-factor", type=float, default=0.5, help="ReduceLROnPlateau factor. Default: 0.5.")
@@ -225,14 +227,14 @@ def pairs(source, split, config, training, first_seed):
     import tensorflow as tf
 
     from genesis2d.transforms import tf_make_pair
-    from preprocessing.pipeline import make_dataset
+    from preprocessing.pipeline import make_dataset, ordered
 
     images = make_dataset(source, split, config.batch_size, config.crop_size, config.image_size, training=training,
                           shuffle_buffer=config.shuffle_buffer, seed=config.seed, drop_remainder=training)
     rates = dataclasses.asdict(config.distortions)
     return images.enumerate(start=0).map(
         lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training),
     ).prefetch(tf.data.AUTOTUNE)
 
 

@@ -155,6 +155,8 @@ def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=
     """
     import tensorflow as tf
 
+    from preprocessing.pipeline import ordered
+
     def images(part, shuffle_seed):
         dataset = tf.data.Dataset.from_tensor_slices((part["path"].to_numpy(str), part["label"].to_numpy(np.float32)))
         if training:
@@ -170,7 +172,7 @@ def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=
     else:
         dataset = images(frame, seed)
     dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=not training)
+                          deterministic=ordered(training))
     dataset = dataset.batch(batch_size)
     if training:
         augment = augmentation(seed)

@@ -50,6 +50,14 @@ def load_manifest(source, split=None):
     return frame
 
 
+def ordered(training):
+    """The `deterministic` argument of parallel tf.data maps: in order when evaluating, and in training too when
+    TensorFlow's op determinism is on (a run then replays exactly); otherwise first-come, which is faster."""
+    from tensorflow.python.framework import config  # The public API can turn it on but not tell.
+
+    return (not training) or config.is_op_determinism_enabled()
+
+
 def volume_groups(frame):
     """[(path, modality, [slice indices])], one entry per file: the unit read at once."""
     groups = frame.groupby(["path", "modality"], sort=True)["slice_index"].apply(lambda s: sorted(int(v) for v in s))
@@ -94,7 +102,7 @@ def _slices_from_manifest(frame, training, seed):
         indices = indices.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True).repeat()
     # Volumes are read in parallel threads (file reading and decompression release the GIL),
     # each once for all its sampled slices, which are then streamed one by one.
-    volumes = indices.map(load_tensor, num_parallel_calls=min(8, max(1, len(groups))), deterministic=not training)
+    volumes = indices.map(load_tensor, num_parallel_calls=min(8, max(1, len(groups))), deterministic=ordered(training))
     return volumes.unbatch().map(lambda plane: plane[..., None])
 
 
@@ -116,7 +124,7 @@ def shard_records(shard_dir, split, training, seed):
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(SHARD_CYCLE, len(files)), block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training))
     spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in SHARD_FEATURES}
     return dataset.map(lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -176,7 +184,7 @@ def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, imag
         return tf_crop_and_resize(image, crop_size, image_size, training=training,
                                   seed=tf.stack([tf.cast(seed, tf.int64), index]))
 
-    dataset = slices.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    dataset = slices.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training))
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
