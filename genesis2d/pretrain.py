@@ -72,7 +72,7 @@ def build_parser():
                        help="validation batches per epoch. Default: the whole validation split.")
     train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
                        help="Default: sgd (Models Genesis). With adam, a CPU run is not bit-for-bit repeatable (Keras's "
-                       "Adam under TensorFlow: two runs of one seed differ in the 6th digit of the loss).")
+                       "Adam under TensorFlow: two runs of one seed drift apart from the first epoch's 5th significant digit).")
     train.add_argument("--lr", type=float, default=1.0, help="initial learning rate. Default: 1.0 (Models Genesis, with SGD).")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9.")
     train.add_argument("--lr-factor", type=float, default=0.5, help="ReduceLROnPlateau factor. Default: 0.5.")
