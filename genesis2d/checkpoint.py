@@ -45,11 +45,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         extra_state: callable returning a JSON-able dict saved with each checkpoint.
         tracked: the run's other callbacks; the counters of those that count epochs
             (ReduceLROnPlateau, EarlyStopping) are saved and restored with the weights.
+        write: bool. False on the workers of a multi-machine run other than the chief,
+            which keep count but write nothing.
     """
 
     def __init__(self, directory, steps_per_epoch, every_steps=500, start_step=0, restore=None, extra_state=None,
-                 tracked=()):
+                 tracked=(), write=True):
         super().__init__()
+        self.write = write
         self.tracked = [cb for cb in tracked if type(cb) in _TRACKED]
         self.directory = Path(directory)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -66,9 +69,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 if self.model.optimizer is not None and not self.model.optimizer.built:
                     self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.directory / self.restore["weights"])
-            for callback, saved in zip(self.tracked, self.restore.get("callbacks", [])):
-                for name, value in saved.items():
-                    setattr(callback, name, value)
+            restore_counters(self.tracked, self.restore.get("callbacks"))
             self.restore = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -85,6 +86,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def save(self, epoch, step):
         """Writes `ckpt-E{epoch}-S{step}.weights.h5`, then state.json, then drops older files."""
+        if not self.write:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-E{epoch:04d}-S{step:07d}.weights.h5"
         with atomic_path(self.directory / name) as tmp:
@@ -96,6 +99,20 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         for old in self.directory.glob("ckpt-*.weights.h5"):
             if old.name != name:
                 old.unlink()
+
+
+def restore_counters(callbacks, saved):
+    """Sets the counters that `_snapshot` saved back on the callbacks that count epochs."""
+    for callback, values in zip([cb for cb in callbacks if type(cb) in _TRACKED], saved or []):
+        for name, value in values.items():
+            setattr(callback, name, value)
+
+
+def mark_finished(checkpoint_dir):
+    """Marks the last checkpoint as a finished run's: a new run may start; --resume with more epochs continues."""
+    final = load_state(checkpoint_dir)
+    if final is not None:
+        write_json(Path(checkpoint_dir) / STATE_FILE, {**final, "finished": True})
 
 
 def _snapshot(callbacks):
@@ -142,7 +159,5 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
         epoch = last
         if model.stop_training:
             break
-    final = load_state(checkpoint_dir)
-    if final is not None:  # Done: a new run may start here; --resume with more epochs still continues.
-        write_json(Path(checkpoint_dir) / STATE_FILE, {**final, "finished": True})
+    mark_finished(checkpoint_dir)
     return histories, state

@@ -86,6 +86,11 @@ def build_parser():
     train.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                        help="deterministic ops, so the same --seed gives bit-identical weights. Default: on without a "
                        "GPU; off on a GPU, where deterministic kernels are slower.")
+    train.add_argument("--cluster", default="auto", choices=("auto", "slurm"),
+                       help="where the workers of a multi-machine run are listed: auto reads TF_CONFIG (several tasks "
+                       "there: train on all of them), slurm reads the allocation of `srun`. Each worker reads its own "
+                       "share of the data; --batch-size stays the global batch; worker 0 writes the outputs. "
+                       "Default: auto (one machine without TF_CONFIG).")
     distort = parser.add_argument_group("distortions (Models Genesis rates)")
     distort.add_argument("--flip-rate", type=float, default=0.4, help="Default: 0.4.")
     distort.add_argument("--local-rate", type=float, default=0.5, help="local pixel shuffling. Default: 0.5.")
@@ -145,6 +150,7 @@ class PretrainConfig:
     precision: str = "auto"
     seed: int = 0
     deterministic: bool | None = None
+    cluster: str = "auto"
     distortions: DistortionRates = DistortionRates()
     resume: bool = False
     overwrite: bool = False
@@ -222,15 +228,22 @@ def data_source(manifest=None, shards=None):
     return manifest, counts, manifest_hash(manifest)
 
 
-def pairs(source, split, config, training, first_seed):
-    """(distorted, target) batches of a PretrainConfig's data; batch i is distorted with seed first_seed + i."""
+def pairs(source, split, config, training, first_seed, batch_size=None, share=None):
+    """(distorted, target) batches of a PretrainConfig's data; batch i is distorted with seed first_seed + i.
+
+    `batch_size` defaults to config.batch_size; with a `share` (index, count) only worker
+    `index`'s share of the data is read, in an order and crops seeded for that worker.
+    """
     import tensorflow as tf
 
+    from genesis2d.runtime import STREAM_WORKER_DATA
     from genesis2d.transforms import tf_make_pair
     from preprocessing.pipeline import make_dataset, ordered
 
-    images = make_dataset(source, split, config.batch_size, config.crop_size, config.image_size, training=training,
-                          shuffle_buffer=config.shuffle_buffer, seed=config.seed, drop_remainder=training)
+    seed = config.seed if share is None else derive_seed(config.seed, STREAM_WORKER_DATA, share[0])
+    images = make_dataset(source, split, batch_size or config.batch_size, config.crop_size, config.image_size,
+                          training=training, shuffle_buffer=config.shuffle_buffer, seed=seed, drop_remainder=training,
+                          share=share)
     rates = dataclasses.asdict(config.distortions)
     return images.enumerate(start=0).map(
         lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
@@ -394,7 +407,7 @@ def make_reporter(model, out, backbone, sample_pair, card):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             inputs, targets = sample_pair
-            restored = model.predict(inputs, verbose=0)
+            restored = np.asarray(model(inputs, training=False))
             plot_samples(out / f"samples_epoch{epoch + 1:03d}.png", inputs, restored, targets,
                          f"epoch {epoch + 1}: input / restored / target")
             self.log_images(epoch, inputs, restored, targets)
@@ -439,22 +452,13 @@ def trim_history(path, epochs):
     write_csv(path, history[history["epoch"] < epochs].drop_duplicates("epoch", keep="last"))
 
 
-def run(config, strategy=None, extra_callbacks=()):
-    """Pretrains as a PretrainConfig says and writes every output into config.out; returns the model card (dict)."""
-    import keras
-    import tensorflow as tf
-
-    from genesis2d.card import encoder_card
-    from genesis2d.checkpoint import fit_resumable, load_state
-    from preprocessing.pipeline import NO_SLICE_LEFT
-    from genesis2d.runtime import (configure_determinism, divergence_guard, pick_precision, pick_strategy, set_seed,
-                                   versions, write_run_record)
-    from genesis2d.unet import build_unet
+def prepare_out(config):
+    """Checks --out against --resume/--overwrite and returns the checkpoint state to resume from (or None)."""
+    from genesis2d.checkpoint import load_state
 
     out = Path(config.out)
-    checkpoint_dir = out / "checkpoint"
     commit_export(out)  # A run killed while exporting its best model: finish or drop that export.
-    previous = load_state(checkpoint_dir)
+    previous = load_state(out / "checkpoint")
     if not config.resume and previous and not previous.get("finished"):
         raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
     if config.resume and not previous:
@@ -464,33 +468,91 @@ def run(config, strategy=None, extra_callbacks=()):
             raise UsageError(out, "holds a finished run; pass --overwrite to replace it, --resume with more --epochs "
                              "to continue it, or choose another --out")
         clear_outputs(out)
+    return previous if config.resume else None
+
+
+def prepare_out_on_chief(config, strategy, chief):
+    """`prepare_out` on the chief of a multi-machine run, its answer (state or error) given to every worker."""
+    from genesis2d.distributed import broadcast_json
+
+    answer = {}
+    if chief:
+        try:
+            answer = {"state": prepare_out(config)}
+        except UsageError as error:
+            answer = {"error": [error.path, error.problem]}
+    answer = broadcast_json(strategy, answer)
+    if "error" in answer:
+        raise UsageError(*answer["error"])
+    return answer["state"]
+
+
+def run(config, strategy=None, extra_callbacks=()):
+    """Pretrains as a PretrainConfig says and writes every output into config.out; returns the model card (dict).
+
+    On several machines (see `genesis2d.distributed`) every worker calls it; the chief
+    (worker 0) writes the outputs and the others return None.
+    """
+    from genesis2d.runtime import pick_strategy, worker_role
+
+    strategy = strategy or pick_strategy(config.cluster)  # First: a multi-worker strategy must precede other TF work.
+    worker, workers, chief = worker_role(strategy)
+    state = prepare_out(config) if workers == 1 else prepare_out_on_chief(config, strategy, chief)
+    card = _train(config, strategy, state, chief, worker, workers, extra_callbacks)
+    if workers > 1:  # Every worker waits for the chief's last writes, so none leaves the group early.
+        from genesis2d.distributed import broadcast_json
+
+        broadcast_json(strategy, {})
+    return card
+
+
+def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
+    import keras
+    import tensorflow as tf
+
+    from genesis2d.card import encoder_card
+    from genesis2d.checkpoint import fit_resumable
+    from preprocessing.pipeline import NO_SLICE_LEFT
+    from genesis2d.runtime import configure_determinism, divergence_guard, pick_precision, set_seed, versions, write_run_record
+    from genesis2d.unet import build_unet
+
+    out = Path(config.out)
+    checkpoint_dir = out / "checkpoint"
     source, counts, data_hash = data_source(config.manifest, config.shards)
     if counts.get("train", 0) < config.batch_size:
         raise InputError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
     if not counts.get("val", 0):
         raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
                              "(`python -m preprocessing.manifest --fractions`)")
-    strategy = strategy or pick_strategy()
-    out.mkdir(parents=True, exist_ok=True)  # Only once every check has passed: a refused run leaves no folder.
-    for folder in (out, checkpoint_dir):
-        remove_temporaries(folder)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise UsageError("--batch-size", f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
+                         "replicas that share it")
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)  # Only once every check has passed: a refused run leaves no folder.
+        for folder in (out, checkpoint_dir):
+            remove_temporaries(folder)
     deterministic = configure_determinism(config.deterministic)
     set_seed(config.seed)
     precision = pick_precision(config.precision)
     steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
-    print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
-          f"precision {precision}; {strategy.num_replicas_in_sync} replica(s); {steps} steps per epoch", flush=True)
-    state = previous if config.resume else None
+    if chief:
+        print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
+              f"precision {precision}; {strategy.num_replicas_in_sync} replica(s) on {workers} machine(s); "
+              f"{steps} steps per epoch", flush=True)
     first_step = (state["epoch"] * steps + state["step"]) if state else 0
-    # Batch i of the run is distorted with seed first + i, so a resumed run continues the same stream.
-    train = pairs(source, "train", config, training=True,
-                  first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS) + first_step)
-    # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
-    val = pairs(source, "val", config, training=False, first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS))
     validation_steps = -(-counts["val"] // config.batch_size)
     if config.validation_steps:
         validation_steps = min(validation_steps, config.validation_steps)
-    sample_inputs, sample_targets = next(iter(val.take(1)))
+    if workers == 1:
+        # Batch i of the run is distorted with seed first + i, so a resumed run continues the same stream.
+        train = pairs(source, "train", config, training=True,
+                      first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS) + first_step)
+        # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
+        val = pairs(source, "val", config, training=False, first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS))
+        sample_batch = val
+    else:
+        train, val, sample_batch = worker_datasets(source, config, strategy, first_step, worker, workers)
+    sample_inputs, sample_targets = next(iter(sample_batch.take(1)))
     sample_pair = (sample_inputs.numpy()[: config.samples], sample_targets.numpy()[: config.samples])
 
     with strategy.scope():
@@ -499,9 +561,14 @@ def run(config, strategy=None, extra_callbacks=()):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.bn_momentum
         model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse")
+        if workers > 1:
+            from genesis2d.distributed import synchronize_batch_norm
+
+            synchronize_batch_norm(model)
+            model.optimizer.build(model.trainable_variables)
 
     card_path = out / "card.json"
-    card = json.loads(card_path.read_text()) if (config.resume and card_path.exists()) else {}
+    card = json.loads(card_path.read_text()) if (state and card_path.exists()) else {}
     card.update({
         "backbone": config.backbone, "norm": config.norm, "input_size": [config.image_size, config.image_size, 1],
         "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
@@ -510,35 +577,79 @@ def run(config, strategy=None, extra_callbacks=()):
         "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
         **encoder_card(config.backbone, NORMALISATION),
     })
-    write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
-                                            "replicas": strategy.num_replicas_in_sync})
-    trim_history(out / "history.csv", state["epoch"] if state else 0)
+    if chief:
+        write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
+                                                "replicas": strategy.num_replicas_in_sync, "workers": workers})
+        trim_history(out / "history.csv", state["epoch"] if state else 0)
     monitor = "val_loss"
     callbacks = [
         divergence_guard(),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor, patience=config.lr_patience,
-                                          min_lr=config.min_lr, verbose=1),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience, verbose=1),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"),
-        make_reporter(model, out, config.backbone, sample_pair, card),
-        *extra_callbacks,
+                                          min_lr=config.min_lr, verbose=1 if chief else 0),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
+                                      verbose=1 if chief else 0),
     ]
+    if chief:  # The writers.
+        callbacks += [
+            keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+            keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"),
+            make_reporter(model, out, config.backbone, sample_pair, card),
+        ]
+    callbacks += list(extra_callbacks)
     started = time.time()
     try:
-        fit_resumable(model, train, config.epochs, steps, callbacks, checkpoint_dir, every_steps=config.checkpoint_every,
-                      resume=config.resume, validation_data=val, validation_steps=validation_steps,
-                      verbose=config.verbose, shuffle=False)
+        if workers == 1:
+            fit_resumable(model, train, config.epochs, steps, callbacks, checkpoint_dir,
+                          every_steps=config.checkpoint_every, resume=config.resume, validation_data=val,
+                          validation_steps=validation_steps, verbose=config.verbose, shuffle=False)
+        else:
+            from genesis2d.distributed import broadcast_variables, fit_multiworker
+
+            if chief and state and state.get("weights"):  # Only the chief reads the checkpoint; it is broadcast.
+                model.load_weights(checkpoint_dir / state["weights"])
+            broadcast_variables(strategy, [*model.variables, *model.optimizer.variables])
+            fit_multiworker(model, strategy, train, val, config.batch_size, config.epochs, steps, callbacks,
+                            checkpoint_dir, every_steps=config.checkpoint_every, state=state, chief=chief,
+                            validation_steps=validation_steps, verbose=config.verbose)
     except tf.errors.OpError as error:
         if NO_SLICE_LEFT in str(error):  # Raised inside the input pipeline; said here as one line.
             raise ImageReadError(source, "no file of a split can be read (see the warnings above)") from None
         raise
+    if not chief:
+        return None
     card["training_seconds"] = round(card.get("training_seconds", 0) + time.time() - started, 1)
     if "best_val_loss" not in card:  # No finite validation loss at all: still leave a usable encoder.
         export_best(model, config.backbone, out, card)
     write_json(card_path, card)
     print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
     return card
+
+
+def worker_datasets(source, config, strategy, first_step, worker, workers):
+    """(train, val, samples) on one worker of several: distributed training and validation data of its own share.
+
+    Worker k's batch i is distorted with seed derive_seed(seed, stream, k) + i; `val` is a
+    callable giving a fresh pass over the validation split; `samples` is this worker's
+    first validation batch (the chief draws it in the epoch figures).
+    """
+    import tensorflow as tf
+
+    def share(context):
+        return context.input_pipeline_id, context.num_input_pipelines
+
+    def train_fn(context):
+        seed = derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, context.input_pipeline_id) + first_step
+        return pairs(source, "train", config, True, seed, context.get_per_replica_batch_size(config.batch_size),
+                     share(context))
+
+    def val_fn(context):
+        seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS, context.input_pipeline_id)
+        return pairs(source, "val", config, False, seed, context.get_per_replica_batch_size(config.batch_size),
+                     share(context))
+
+    train = strategy.distribute_datasets_from_function(train_fn)
+    samples = val_fn(tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync))
+    return train, lambda: strategy.distribute_datasets_from_function(val_fn), samples
 
 
 def main(argv=None):

@@ -104,7 +104,8 @@ def build_unet(backbone="resnet50", input_shape=(224, 224, 1), norm="batch", enc
     x = layers.Conv2D(1, 3, padding="same", name="final_conv")(x)
     # Under mixed_float16 the output (and so the loss) must stay float32.
     output = layers.Activation("sigmoid", dtype="float32", name="restored")(x)
-    return keras.Model(encoder.input, output, name=f"genesis2d_unet_{backbone}_{norm}")
+    # One input tensor (not the backbone's one-item list), so the model is called on a plain batch.
+    return keras.Model(encoder.inputs[0], output, name=f"genesis2d_unet_{backbone}_{norm}")
 
 
 def encoder_of(model):

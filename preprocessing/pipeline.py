@@ -73,10 +73,24 @@ def read_normalized_slices(path, modality, slices):
     return np.stack([normalize_slice(plane, modality, bit_depth) for plane in array])
 
 
-def _slices_from_manifest(frame, training, seed):
+def worker_share(items, share, source, what):
+    """The items of one worker (`share` = (index, count)): every count-th item from index; all without a share.
+
+    Workers of a multi-machine run each read their own share, so no item is read twice per pass.
+    """
+    if share is None:
+        return items
+    index, count = share
+    mine = items[index::count]
+    if not mine:
+        raise InputError(source, f"has {len(items)} {what}, fewer than the {count} workers that share them")
+    return mine
+
+
+def _slices_from_manifest(frame, training, seed, share=None, source="manifest"):
     import tensorflow as tf
 
-    groups = volume_groups(frame)
+    groups = worker_share(volume_groups(frame), share, source, "volumes in this split")
     warned = set()
 
     def load(index):
@@ -109,17 +123,19 @@ def _slices_from_manifest(frame, training, seed):
 SHARD_CYCLE = 64  # Shards read at once in training: with shards mixed when written, batches mix volumes.
 
 
-def shard_records(shard_dir, split, training, seed):
+def shard_records(shard_dir, split, training, seed, share=None):
     """The parsed records (a dict of string tensors, see SHARD_FEATURES) of a split's shards.
 
     In training the shards are shuffled and up to SHARD_CYCLE are read at once, one record
-    from each in turn, endlessly; otherwise in file order, once.
+    from each in turn, endlessly; otherwise in file order, once. With a `share`
+    (index, count), only that worker's shards (see `worker_share`).
     """
     import tensorflow as tf
 
     files = sorted(str(p) for p in Path(shard_dir).glob(SHARD_PATTERN.format(split=split)))
     if not files:
         raise InputError(shard_dir, f"holds no '{SHARD_PATTERN.format(split=split)}' shards")
+    files = worker_share(files, share, shard_dir, f"'{split}' shards (write smaller ones: --slices-per-shard)")
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -129,10 +145,10 @@ def shard_records(shard_dir, split, training, seed):
     return dataset.map(lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _slices_from_shards(shard_dir, split, training, seed):
+def _slices_from_shards(shard_dir, split, training, seed, share=None):
     import tensorflow as tf
 
-    return shard_records(shard_dir, split, training, seed).map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
+    return shard_records(shard_dir, split, training, seed, share).map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 SHARD_FEATURES = {
@@ -153,7 +169,7 @@ def decode_image(features):
 
 
 def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, image_size=IMAGE_SIZE,
-                 training=None, shuffle_buffer=512, seed=0, drop_remainder=None):
+                 training=None, shuffle_buffer=512, seed=0, drop_remainder=None, share=None):
     """A tf.data.Dataset of float32 (batch, image_size, image_size, 1) batches in [0, 1].
 
     Args:
@@ -170,15 +186,18 @@ def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, imag
         shuffle_buffer: int. Slices held for shuffling. Defaults to 512.
         seed: int. Seeds the volume order and the shuffles. Defaults to 0.
         drop_remainder: bool. Defaults to `training`.
+        share: (index, count) or None. Read only worker `index`'s share of the
+            volumes or shards (of `count` workers). Defaults to all of them.
     """
     import tensorflow as tf
 
     training = (split == "train") if training is None else training
     drop_remainder = training if drop_remainder is None else drop_remainder
     if Path(str(source)).is_dir() and not isinstance(source, pd.DataFrame):
-        slices = _slices_from_shards(source, split, training, seed)
+        slices = _slices_from_shards(source, split, training, seed, share)
     else:
-        slices = _slices_from_manifest(load_manifest(source, split), training, seed)
+        slices = _slices_from_manifest(load_manifest(source, split), training, seed, share,
+                                       source if not isinstance(source, pd.DataFrame) else "manifest")
 
     def crop(index, image):  # Slice i of the stream is cropped with the stateless seed (seed, i).
         return tf_crop_and_resize(image, crop_size, image_size, training=training,

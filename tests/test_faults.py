@@ -302,15 +302,11 @@ def test_input_errors_share_one_base():
         assert issubclass(kind, InputError)
 
 
-def test_a_multi_machine_tf_config_is_refused_with_one_line(demo_manifest, tmp_path):
-    tf_config = json.dumps({"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
-                            "task": {"type": "worker", "index": 0}})
-    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
-                             "--out", str(tmp_path / "o"), *TINY_PRETRAIN], capture_output=True, text=True,
-                            env={**os.environ, "TF_CONFIG": tf_config})
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: TF_CONFIG: names a cluster of 2 tasks; training on several "
-                                                  "machines is not supported yet (Keras 3's fit does not run under "
-                                                  "MultiWorkerMirroredStrategy); unset it to train on this machine's "
-                                                  "GPUs."]
-    assert not (tmp_path / "o").exists()
+def test_a_malformed_tf_config_is_one_usage_error():
+    from genesis2d.runtime import cluster_tasks
+
+    assert cluster_tasks({}) == 0
+    assert cluster_tasks({"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+                                                   "task": {"type": "chief", "index": 0}})}) == 3
+    with pytest.raises(UsageError, match="TF_CONFIG: is not a JSON object"):
+        cluster_tasks({"TF_CONFIG": "{'cluster': "})

@@ -1,7 +1,9 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 import preprocessing.pipeline as pipeline
+from preprocessing.errors import InputError
 from preprocessing.shards import write_shards
 
 
@@ -25,6 +27,16 @@ def test_each_volume_is_read_once_per_pass(demo_manifest, monkeypatch):
                                                                image_size=32))
     assert seen == len(val)
     assert sorted(calls) == sorted(val["path"].unique())
+    # Two workers of a multi-machine run: each reads its own volumes, together all of them, none twice.
+    shares = []
+    for worker in range(2):
+        calls.clear()
+        seen = sum(int(b.shape[0]) for b in pipeline.make_dataset(demo_manifest, "val", batch_size=5, crop_size=64,
+                                                                   image_size=32, share=(worker, 2)))
+        shares.append((seen, sorted(calls)))
+    assert shares[0][0] + shares[1][0] == len(val)
+    assert not set(shares[0][1]) & set(shares[1][1])
+    assert sorted(shares[0][1] + shares[1][1]) == sorted(val["path"].unique())
 
 
 def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
@@ -41,6 +53,13 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     # A rerun skips finished splits.
     again = write_shards(demo_manifest, tmp_path / "shards", progress=False)
     assert again == index
+    # Workers' shares of the shards: disjoint, together every slice; more workers than shards is one line.
+    shares = [[r["volume"] + b"#" + r["image"] for r in pipeline.shard_records(
+        tmp_path / "shards", "val", training=False, seed=0, share=(k, 2)).as_numpy_iterator()] for k in range(2)]
+    assert len(shares[0]) + len(shares[1]) == index["val"]["slices"] and not set(shares[0]) & set(shares[1])
+    shards = len(list((tmp_path / "shards").glob("val-*.tfrecord")))
+    with pytest.raises(InputError, match=f"has {shards} 'val' shards .*, fewer than the {shards + 1} workers"):
+        pipeline.shard_records(tmp_path / "shards", "val", training=False, seed=0, share=(shards, shards + 1))
 
 
 def test_shards_mix_volumes_and_modalities_in_every_batch(tmp_path):

@@ -1,0 +1,109 @@
+"""Pretraining on two machines, played by two processes on 127.0.0.1 (see genesis2d/distributed.py)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).with_name("two_workers.py")
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_configs(workers=2):
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
+
+
+def start(command, tf_config=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+    if tf_config:
+        env["TF_CONFIG"] = tf_config
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(processes, timeout=300):
+    results = []
+    for process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        results.append((process.returncode, stdout, stderr))
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]
+    return results
+
+
+def weights(path):
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def largest_difference(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def test_two_workers_end_equal_to_one_process_on_the_same_global_batches(demo_manifest, tmp_path):
+    steps = "2"
+    out = str(tmp_path / "run")
+    processes = [start([sys.executable, str(HELPER), "worker", str(demo_manifest), out, steps], config)
+                 for config in tf_configs()]
+    processes.append(start([sys.executable, str(HELPER), "reference", str(demo_manifest), str(tmp_path / "ref"), steps]))
+    finish(processes)
+    chief, other, reference, reordered, local_bn, initial = (
+        weights(tmp_path / f"weights-{name}.npz") for name in ("0", "1", "reference", "reordered", "local-bn", "initial"))
+    assert len(chief) == len(reference) > 50
+    for a, b in zip(chief, other):  # The workers hold one model.
+        np.testing.assert_array_equal(a, b)
+    # Float sums in another order move this tiny BatchNorm network a little (the floor);
+    # the two workers are within a few floors of one process, a wrong computation far outside.
+    floor = largest_difference(reordered, reference)
+    print(f"floor {floor:.3g}, workers {largest_difference(chief, reference):.3g}, local BatchNorm "
+          f"{largest_difference(local_bn, reference):.3g}, training moved {largest_difference(reference, initial):.3g}")
+    assert largest_difference(chief, reference) <= 4 * floor
+    assert largest_difference(local_bn, reference) > 25 * floor
+    assert largest_difference(reference, initial) > 10 * floor
+    # Only the chief wrote outputs.
+    assert (Path(out) / "encoder.h5").is_file()
+    assert json.loads((Path(out) / "run.json").read_text())["workers"] == 2
+
+
+def test_two_worker_cli_run_resumes_from_the_chiefs_checkpoint(demo_manifest, tmp_path):
+    out = tmp_path / "run"
+    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest), "--out", str(out),
+             "--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
+             "--steps-per-epoch", "2", "--validation-steps", "1", "--samples", "1", "--verbose", "2",
+             "--precision", "mixed_float16"]
+    first = finish([start([*train, "--epochs", "1"], config) for config in tf_configs()])
+    assert "2 replica(s) on 2 machine(s)" in first[0][1] and first[1][1].count("Epoch") == 0
+    second = finish([start([*train, "--epochs", "2", "--resume"], config) for config in tf_configs()])
+    assert "Epoch 2/2" in second[0][1] and "Epoch 1/2" not in second[0][1]
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [0, 1] and np.isfinite(history["val_loss"]).all()
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["finished"]
+    assert sorted(p.name for p in out.glob("samples_epoch*.png")) == ["samples_epoch001.png", "samples_epoch002.png"]
+    import keras
+
+    encoder = keras.models.load_model(out / "encoder.h5", compile=False)
+    assert encoder.output_shape[-1] == 512
