@@ -28,15 +28,15 @@ import numpy as np  # noqa: E402
 TARGET = 1500.0  # pairs/s
 
 
-def write_corpus(folder, volumes, depth, rng):
-    """CT NIfTI volumes of 512x512 slices and an all-training manifest (one row per slice)."""
+def write_corpus(folder, volumes, depth, rng, size=512):
+    """CT NIfTI volumes of size x size slices (512: real CT) and a manifest, volume 0 for validation."""
     import nibabel as nib
     import pandas as pd
 
     rows = []
     for v in range(volumes):
         path = folder / f"ct{v}.nii.gz"
-        data = rng.normal(0, 300, size=(512, 512, depth)).astype(np.int16)
+        data = rng.normal(0, 300, size=(size, size, depth)).astype(np.int16)
         nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), path)
         split = "val" if v == 0 else "train"
         rows += [("BENCH", "CT", "CHEST", f"p{v}", str(path), z, split) for z in range(depth)]

@@ -120,22 +120,48 @@ def local_pixel_shuffle(image, rng, n_blocks=N_BLOCKS):
     return _shuffle_blocks(np.ascontiguousarray(image, dtype=np.float32), n_blocks, max(h // 10, 1), max(w // 10, 1), seed)
 
 
+@numba.njit(nogil=True, cache=True)
+def _bezier(points, n):
+    """n samples of the cubic Bezier curve of the (4, 2) control points, t evenly spaced in [0, 1]."""
+    xs, ys = np.empty(n), np.empty(n)
+    for k in range(n):
+        t = k / (n - 1)
+        a = 1.0 - t
+        weights = (a * a * a, 3.0 * a * a * t, 3.0 * a * t * t, t * t * t)
+        x = y = 0.0
+        for p in range(4):
+            x += weights[p] * points[p, 0]
+            y += weights[p] * points[p, 1]
+        xs[k], ys[k] = x, y
+    return xs, ys
+
+
 def bezier_curve(points, n=BEZIER_POINTS):
     """Samples the cubic Bezier curve of four (x, y) control points: (x, y) arrays of length n."""
-    t = np.linspace(0.0, 1.0, n)[:, None]
-    p0, p1, p2, p3 = (np.asarray(p, dtype=np.float64) for p in points)
-    curve = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
-    return curve[:, 0], curve[:, 1]
+    return _bezier(np.asarray(points, dtype=np.float64).reshape(4, 2), n)
+
+
+@numba.njit(nogil=True, cache=True)
+def _nonlinear(image, points, inverted, n, grid):
+    """The image through the monotone map of the Bezier curve's sorted samples (decreasing when inverted)."""
+    xs, ys = _bezier(points, n)
+    xs, ys = np.sort(xs), np.sort(ys)
+    if inverted:
+        ys = ys[::-1].copy()
+    table = np.interp(np.linspace(0.0, 1.0, grid + 1), xs, ys).astype(np.float32)
+    return _apply_table(image, table, grid)
 
 
 def nonlinear_intensity(image, rng):
-    """Maps intensities through a Bezier curve (0,0), (u1,u2), (u3,u4), (1,1); half the time inverted."""
+    """Maps intensities through a Bezier curve (0,0), (u1,u2), (u3,u4), (1,1); half the time inverted.
+
+    The curve's samples are sorted along both axes (as the public code does), which makes the map
+    monotone; it is applied through a look-up table, as `apply_curve` explains, in one compiled call.
+    """
     u = rng.random(4)
-    xs, ys = bezier_curve([(0.0, 0.0), (u[0], u[1]), (u[2], u[3]), (1.0, 1.0)])
-    xs, ys = np.sort(xs), np.sort(ys)
-    if rng.random() >= 0.5:
-        ys = ys[::-1]  # Decreasing map: inverted intensities.
-    return apply_curve(image, xs, ys)
+    inverted = rng.random() >= 0.5  # Decreasing map: inverted intensities.
+    points = np.array([(0.0, 0.0), (u[0], u[1]), (u[2], u[3]), (1.0, 1.0)])
+    return _nonlinear(np.ascontiguousarray(image, dtype=np.float32), points, inverted, BEZIER_POINTS, LUT_SIZE)
 
 
 def apply_curve(image, xs, ys, grid=LUT_SIZE):
@@ -146,11 +172,22 @@ def apply_curve(image, xs, ys, grid=LUT_SIZE):
     table is piecewise linear between monotone samples, so the map stays monotone.
     """
     table = np.interp(np.linspace(0.0, 1.0, grid + 1), xs, ys).astype(np.float32)
-    position = np.clip(image, 0.0, 1.0) * np.float32(grid)
-    index = np.minimum(position.astype(np.int32), grid - 1)
-    fraction = position - index
-    low = table[index]
-    return low + fraction * (table[index + 1] - low)
+    return _apply_table(np.ascontiguousarray(image, dtype=np.float32), table, grid)
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_table(image, table, grid):
+    """Each pixel's value in [0, 1] mapped through `table` (grid + 1 samples), blending its two neighbours."""
+    values = image.ravel()  # A contiguous image of any shape.
+    out = np.empty_like(values)
+    scale = np.float32(grid)
+    for k in range(values.size):
+        position = min(max(values[k], np.float32(0.0)), np.float32(1.0)) * scale
+        index = min(np.int64(position), grid - 1)
+        fraction = position - np.float32(index)
+        low = table[index]
+        out[k] = low + fraction * (table[index + 1] - low)
+    return out.reshape(image.shape)
 
 
 def _window(rng, size, low, high):

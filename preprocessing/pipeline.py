@@ -25,7 +25,7 @@ from preprocessing.readers import read_image
 
 SHARD_PATTERN = "{split}-*.tfrecord"
 NO_SLICE_LEFT = "no slice is left to stream"
-PNG16_MAX = 65535.0
+UINT16_MAX = 65535.0  # Shards store slices in [0, 1] as 16-bit integers (lossless to 1/65535).
 
 
 def load_manifest(source, split=None):
@@ -124,7 +124,7 @@ SHARD_CYCLE = 64  # Shards read at once in training: with shards mixed when writ
 
 
 def shard_records(shard_dir, split, training, seed, share=None):
-    """The parsed records (a dict of string tensors, see SHARD_FEATURES) of a split's shards.
+    """The parsed records (a dict of tensors, see SHARD_FEATURES) of a split's shards.
 
     In training the shards are shuffled and up to SHARD_CYCLE are read at once, one record
     from each in turn, endlessly; otherwise in file order, once. With a `share`
@@ -141,7 +141,7 @@ def shard_records(shard_dir, split, training, seed, share=None):
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(SHARD_CYCLE, len(files)), block_length=1,
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training))
-    spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in SHARD_FEATURES}
+    spec = shard_feature_spec()
     return dataset.map(lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -151,21 +151,39 @@ def _slices_from_shards(shard_dir, split, training, seed, share=None):
     return shard_records(shard_dir, split, training, seed, share).map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-SHARD_FEATURES = {
-    "image": "png16",  # Normalised slice in [0, 1], stored as 16-bit PNG (lossless to 1/65535).
-    "dataset": "str",
-    "modality": "str",
-    "patient_id": "str",
-    "volume": "str",  # The file it came from (absent from shards of older versions).
+SHARD_FEATURES = {  # name: kind. A record holds `raw` (with height, width) or, in PNG-encoded shards, `image`.
+    "raw": "bytes",  # Normalised slice in [0, 1] as uint16, little-endian, row-major: the fast default.
+    "height": "int64",
+    "width": "int64",
+    "image": "bytes",  # The same as a 16-bit PNG (`--encoding png`): about half the disk, slower to decode.
+    "dataset": "bytes",
+    "modality": "bytes",
+    "patient_id": "bytes",
+    "volume": "bytes",  # The file it came from (absent from shards of older versions).
 }
 
 
-def decode_image(features):
-    """A parsed shard record -> float32 (H, W, 1) in [0, 1]."""
+def shard_feature_spec():
+    """The tf.io parsing spec of SHARD_FEATURES (missing features read as empty / 0)."""
     import tensorflow as tf
 
-    image = tf.io.decode_png(features["image"], channels=1, dtype=tf.uint16)
-    return tf.cast(image, tf.float32) / PNG16_MAX
+    return {key: tf.io.FixedLenFeature([], tf.int64, default_value=0) if kind == "int64"
+            else tf.io.FixedLenFeature([], tf.string, default_value="") for key, kind in SHARD_FEATURES.items()}
+
+
+def decode_image(features):
+    """A parsed shard record -> float32 (H, W, 1) in [0, 1], from its raw or its PNG bytes."""
+    import tensorflow as tf
+
+    def raw():
+        pixels = tf.io.decode_raw(features["raw"], tf.uint16, little_endian=True)
+        return tf.reshape(pixels, tf.stack([tf.cast(features["height"], tf.int32), tf.cast(features["width"], tf.int32), 1]))
+
+    def png():
+        return tf.io.decode_png(features["image"], channels=1, dtype=tf.uint16)
+
+    image = tf.cond(tf.strings.length(features["raw"]) > 0, raw, png)
+    return tf.cast(image, tf.float32) / UINT16_MAX
 
 
 def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, image_size=IMAGE_SIZE,

@@ -53,8 +53,13 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     # A rerun skips finished splits.
     again = write_shards(demo_manifest, tmp_path / "shards", progress=False)
     assert again == index
+    # PNG-encoded shards (and those of older versions, all PNG) hold the same pixels.
+    write_shards(demo_manifest, tmp_path / "png", splits=["val"], progress=False, encoding="png")
+    from_png = np.concatenate(list(pipeline.make_dataset(tmp_path / "png", "val", batch_size=8, crop_size=64,
+                                                         image_size=64).as_numpy_iterator()))
+    np.testing.assert_array_equal(np.sort(from_png.ravel()), np.sort(from_shards.ravel()))
     # Workers' shares of the shards: disjoint, together every slice; more workers than shards is one line.
-    shares = [[r["volume"] + b"#" + r["image"] for r in pipeline.shard_records(
+    shares = [[r["volume"] + b"#" + r["raw"] for r in pipeline.shard_records(
         tmp_path / "shards", "val", training=False, seed=0, share=(k, 2)).as_numpy_iterator()] for k in range(2)]
     assert len(shares[0]) + len(shares[1]) == index["val"]["slices"] and not set(shares[0]) & set(shares[1])
     shards = len(list((tmp_path / "shards").glob("val-*.tfrecord")))
