@@ -72,12 +72,11 @@ def measure(config, source, backbone, jit, steps, repeats):
     held = list(stream.take(4))  # Distinct batches, cycled: the accelerator's own speed.
     memory = tf.data.Dataset.from_tensor_slices(
         (tf.stack([b[0] for b in held]), tf.stack([b[1] for b in held]))).repeat()
-    rates = {}
+    keras.backend.clear_session()
+    model = build_unet(backbone, (config.image_size, config.image_size, 1), config.norm)
+    model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse", jit_compile=jit)
+    rates = {}  # One model, compiled once, fed from memory and then from the pipeline.
     for feed, dataset in (("memory", memory), ("pipeline", stream)):
-        keras.backend.clear_session()
-        model = build_unet(backbone, (config.image_size, config.image_size, 1), config.norm)
-        model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse",
-                      jit_compile=jit)
         rates[feed] = float(np.median(epoch_rates(model, dataset, steps, repeats, config.batch_size)))
     peak = None
     if tf.config.list_physical_devices("GPU"):
