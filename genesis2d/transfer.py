@@ -4,7 +4,9 @@ Written once and used by `luna16/` and `mura/` (thesis 4.2):
 
 - `--init scratch`: the same encoder with random weights;
 - `--init genesis`: a genesis2d encoder (`encoder.h5` or `encoder.weights.h5`);
-- `--init imagenet`: the backbone's ImageNet weights, as Keras downloads them.
+- `--init imagenet`: the backbone's ImageNet weights, as Keras downloads them;
+- `--init radimagenet`: RadImageNet's supervised medical weights (Mei et al., Radiology: AI
+  2022), a file the user downloads (`--radimagenet-weights`), for the backbones that have one.
 
 The head is thesis Fig. 4.8: encoder, GlobalAveragePooling2D, Flatten,
 Dropout(0.5), Dense(relu, L2), Dropout(0.5), Dense(1, sigmoid). Training has two
@@ -22,12 +24,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from genesis2d.backbones import BACKBONES
+from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
 from preprocessing.atomic import atomic_path
 from preprocessing.cli import default_verbosity
 from preprocessing.errors import InputError, UsageError
 
-INITS = ("scratch", "genesis", "imagenet")
+INITS = ("scratch", "genesis", "imagenet", "radimagenet")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,7 +72,24 @@ def resolve_encoder_files(args):
         args.encoder, args.encoder_sha256 = str(path), file_sha256(path)
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
         raise InitError(args.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
+    if args.init == "radimagenet":
+        path = radimagenet_file(args.backbone, args.radimagenet_weights)
+        args.radimagenet_weights, args.encoder_sha256 = str(path), file_sha256(path)
     return args
+
+
+def radimagenet_file(backbone, explicit=None):
+    """The RadImageNet weights file of a backbone: `explicit`, else the one in Keras's cache; one line if neither."""
+    name = BACKBONES[backbone].get("radimagenet_file")
+    if not name:
+        having = sorted(b for b, entry in BACKBONES.items() if entry.get("radimagenet_file"))
+        raise UsageError("--backbone", f"RadImageNet publishes no {backbone} weights in this layout; use "
+                         f"--backbone {' or '.join(having)} with --init radimagenet")
+    path = Path(explicit) if explicit else keras_cache_dir() / name
+    if not path.is_file():
+        raise InitError(path, f"does not exist: --init radimagenet needs {name}, which cannot be downloaded "
+                        f"automatically; get it from {RADIMAGENET_SOURCE} and pass --radimagenet-weights PATH")
+    return path
 
 
 def _load_genesis(encoder, path):
@@ -115,16 +134,31 @@ def _load_imagenet(backbone, input_shape, explicit=None):
                         f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH") from error
 
 
-def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weights=None):
+def _load_radimagenet(backbone, input_shape, path):
+    from genesis2d.unet import build_encoder
+
+    path = radimagenet_file(backbone, path)
+    encoder = build_encoder(backbone, input_shape, weights=None)
+    try:
+        encoder.load_weights(path)  # The Keras HDF5 weights of keras.applications' architecture, layer by layer.
+    except Exception as error:
+        raise InitError(path, f"not RadImageNet's {backbone} weights ({type(error).__name__}: "
+                        f"{str(error)[:160]})") from error
+    return encoder
+
+
+def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weights=None, radimagenet_weights=None):
     """An encoder (input -> `encoder_output`) initialised as asked.
 
     Args:
-        init: str. 'scratch', 'genesis' or 'imagenet'.
+        init: str. 'scratch', 'genesis', 'imagenet' or 'radimagenet'.
         backbone: str. A key of `genesis2d.backbones.BACKBONES`.
         input_shape: (H, W, 1).
         encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
             one under weights/ with this backbone.
         imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
+        radimagenet_weights: for 'radimagenet', the RadImageNet weights file. Defaults to
+            its name in Keras's cache.
     """
     from genesis2d.unet import build_encoder
 
@@ -132,6 +166,8 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
         raise ValueError(f"init must be one of {INITS}. Received: init={init!r}")
     if init == "imagenet":
         return _load_imagenet(backbone, input_shape, imagenet_weights)
+    if init == "radimagenet":
+        return _load_radimagenet(backbone, input_shape, radimagenet_weights)
     encoder = build_encoder(backbone, input_shape, weights=None)
     if init == "genesis":
         _load_genesis(encoder, encoder_path or default_genesis_encoder(backbone))
@@ -171,6 +207,7 @@ class EncoderSpec:
     backbone: str
     encoder_path: str | None = None
     imagenet_weights: str | None = None
+    radimagenet_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,10 +258,13 @@ class ThesisSchedule:
 
 SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience")
 BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VGG16 and ResNet50 only.
+# The thesis did not train RadImageNet encoders: they take the schedule of the other supervised start, ImageNet.
+INIT_FALLBACKS = {"radimagenet": "imagenet"}
 
 
 def schedule_row(table, backbone, init):
-    """(row, note): the table's row for (backbone, init), or its family's with a note saying so.
+    """(row, note): the table's row for (backbone, init), or its family's (and for radimagenet, imagenet's) with a
+    note saying so.
 
     Args:
         table: {(backbone, init): ThesisSchedule}, a task's table.
@@ -232,10 +272,13 @@ def schedule_row(table, backbone, init):
     if (backbone, init) in table:
         return table[(backbone, init)], None
     family = next((row for prefix, row in BACKBONE_FAMILIES.items() if backbone.startswith(prefix)), None)
-    if (family, init) not in table:
-        raise UsageError("--backbone", f"the schedule table has no row for {backbone} or its family with --init {init}")
-    return table[(family, init)], (f"note: the thesis did not train {backbone}; using its {family} schedule "
-                                   f"for --init {init}.")
+    for name, start in ((family, init), (backbone, INIT_FALLBACKS.get(init)), (family, INIT_FALLBACKS.get(init))):
+        if (name, start) in table:
+            untrained = [backbone] if name != backbone else []
+            untrained += [f"--init {init}"] if start != init else []
+            return table[(name, start)], (f"note: the thesis did not train {' with '.join(untrained)}; using its "
+                                          f"{name} schedule for --init {start}.")
+    raise UsageError("--backbone", f"the schedule table has no row for {backbone} or its family with --init {init}")
 
 
 def schedule_table_text(table):
@@ -244,7 +287,8 @@ def schedule_table_text(table):
     for (backbone, init), row in table.items():
         lines.append(f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
                      f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}")
-    lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50).")
+    lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
+                 "takes the imagenet row.")
     return "\n".join(lines)
 
 
@@ -262,6 +306,9 @@ def add_transfer_arguments(parser):
                        "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and lists them).")
     group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
                        "downloaded on first use.")
+    group.add_argument("--radimagenet-weights", help="RadImageNet weights file for --init radimagenet (e.g. "
+                       "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable automatically: "
+                       f"{RADIMAGENET_SOURCE}). Default: that file in Keras's cache (~/.keras/models).")
     group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
     group.add_argument("--warmup-epochs", type=int, default=None,
                        help=f"epochs with the encoder frozen, before fine-tuning. Default: {thesis}.")
@@ -306,7 +353,7 @@ def resolve_schedule(args, table):
 
 def transfer_settings(args):
     """(EncoderSpec, Head, Schedule) from the options of `add_transfer_arguments`, once the task resolved them."""
-    encoder = EncoderSpec(args.init, args.backbone, args.encoder, args.imagenet_weights)
+    encoder = EncoderSpec(args.init, args.backbone, args.encoder, args.imagenet_weights, args.radimagenet_weights)
     head = Head(args.units, args.l2, args.dropout)
     schedule = Schedule(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
@@ -389,7 +436,7 @@ def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out,
 
     keras.utils.set_random_seed(seed)
     encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,
-                           encoder_spec.imagenet_weights)
+                           encoder_spec.imagenet_weights, encoder_spec.radimagenet_weights)
     if schedule.bn_momentum is not None:
         for layer in encoder.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

@@ -52,11 +52,15 @@ def build_backbone(backbone, input_shape=(224, 224, 1), weights=None):
         keras.Model from the grayscale input to the backbone's last feature map,
         with the grayscale slice repeated to 3 channels by a `gray_to_rgb` layer.
     """
-    import segmentation_models as sm
-
     input_shape = _check(backbone, input_shape)
     image = keras.Input(input_shape, name=INPUT_NAME)
     rgb = layers.Concatenate(axis=-1, name="gray_to_rgb")([image, image, image])
+    application = BACKBONES[backbone].get("application")
+    if application:  # keras.applications: Keras's own layer names and weight files.
+        return getattr(keras.applications, application)(include_top=False, weights=weights, input_tensor=rgb,
+                                                         input_shape=input_shape[:2] + (3,))
+    import segmentation_models as sm
+
     get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
     return get_backbone(backbone, input_shape=input_shape[:2] + (3,), input_tensor=rgb, weights=weights,
                         include_top=False)

@@ -104,7 +104,7 @@ def parse_args(argv=None):
 def training_settings(args):
     """Every option that changes what a fold's model learns (recorded as the run's fingerprint)."""
     keys = ("data", "patch_size", "pixel_mm", "method", "image_size", "negative_fraction", "positive_copies",
-            "validation_fraction", "train_fraction", "init", "backbone", "encoder", "encoder_sha256", "imagenet_weights", "epochs",
+            "validation_fraction", "train_fraction", "init", "backbone", "encoder", "encoder_sha256", "imagenet_weights", "radimagenet_weights", "epochs",
             "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum", "lr_factor", "lr_patience", "bn_momentum", "units",
             "l2", "dropout", "precision", "seed")
     return {key: getattr(args, key) for key in keys}

@@ -132,7 +132,7 @@ def evaluate(images):
 def training_settings(args):
     """Every option that changes what the model learns (recorded as the run's fingerprint)."""
     keys = ("data", "body_part", "image_size", "epoch_size", "selection_fraction", "train_fraction", "repeats", "init",
-            "backbone", "encoder", "encoder_sha256", "imagenet_weights", "epochs", "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
+            "backbone", "encoder", "encoder_sha256", "imagenet_weights", "radimagenet_weights", "epochs", "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
             "lr_factor", "lr_patience", "bn_momentum", "units", "l2", "dropout", "precision", "seed")
     return {key: getattr(args, key) for key in keys}
 

@@ -27,7 +27,7 @@ from preprocessing.cli import ArgumentParser
 from preprocessing.errors import UsageError
 from preprocessing.figures import pyplot, save_figure
 
-INIT_ORDER = ("scratch", "genesis", "imagenet")  # Known initialisations first, any others after them.
+INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet")  # Known initialisations first, any others after them.
 REFERENCE = "genesis"  # The initialisation compared with every other.
 METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy", "kappa": "Cohen's kappa", "sensitivity": "sensitivity",
                 "specificity": "specificity"}

@@ -136,13 +136,15 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
     ("mura", "vgg16", "genesis", (12, 0, 16, 0.1, 3)),
     ("mura", "vgg16", "imagenet", (5, 0, 16, 0.01, 3)),
     ("mura", "resnet18", "genesis", (9, 2, 16, 0.1, 3)),  # Not in the thesis: its family's row, with a note.
+    ("mura", "resnet50_keras", "radimagenet", (3, 2, 16, 0.1, 3)),  # Neither: resnet50's imagenet row.
 ])
 def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init, expected, capsys, tmp_path):
     from importlib import import_module
 
     experiment = import_module(f"{task}.experiment")
     (tmp_path / "encoder.h5").write_bytes(b"checked for existence at parse time")
-    common = ["--data", "/nowhere", "--backbone", backbone, "--init", init, "--encoder", str(tmp_path / "encoder.h5")]
+    common = ["--data", "/nowhere", "--backbone", backbone, "--init", init, "--encoder", str(tmp_path / "encoder.h5"),
+              "--radimagenet-weights", str(tmp_path / "encoder.h5")]
     args = experiment.parse_args(common)
     assert (args.epochs, args.warmup_epochs, args.batch_size, args.lr_factor, args.lr_patience) == expected
     assert ("the thesis did not train resnet18" in capsys.readouterr().out) == (backbone == "resnet18")
