@@ -16,7 +16,8 @@ A finished run folder holds two files:
 
 `metrics.json`, a mapping with at least:
 
-- `task`, `backbone`, `init`, `train_fraction`: the run's identity;
+- `task`, `backbone`, `init`, `train_fraction`: the run's identity, with `method`
+  ("fine-tune", the default when absent, or "linear probe");
 - `settings` and `fingerprint`: every setting that changes training, and its hash
   (`fingerprint`); a rerun reuses the run only under the same settings (`finished_with`);
 - `levels`: the levels in report order, the first the headline (the thesis's
@@ -63,6 +64,15 @@ class Results:
     @property
     def init(self):
         return self.metrics["init"]
+
+    @property
+    def method(self):
+        return self.metrics.get("method", "fine-tune")
+
+    @property
+    def arm(self):
+        """The report's column: the init, and 'probe' after it for a linear probe (e.g. 'genesis probe')."""
+        return self.init if self.method == "fine-tune" else f"{self.init} probe"
 
     @property
     def backbone(self):

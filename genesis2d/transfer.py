@@ -309,6 +309,10 @@ def add_transfer_arguments(parser):
     group.add_argument("--radimagenet-weights", help="RadImageNet weights file for --init radimagenet (e.g. "
                        "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable automatically: "
                        f"{RADIMAGENET_SOURCE}). Default: that file in Keras's cache (~/.keras/models).")
+    group.add_argument("--probe", action="store_true",
+                       help="linear probe instead of fine-tuning: the encoder frozen, a logistic regression on its "
+                       "pooled features, its C chosen by cross-validation within the training split "
+                       "(genesis2d/probe.py). Results go to <default out>_probe.")
     group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
     group.add_argument("--warmup-epochs", type=int, default=None,
                        help=f"epochs with the encoder frozen, before fine-tuning. Default: {thesis}.")

@@ -203,24 +203,29 @@ def validation_series(subsets, fraction, rng):
     return hold_out_groups({uid for subset in subsets for uid in subset.candidates["seriesuid"]}, fraction, rng, minimum=1)
 
 
-def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=True):
+def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=True, with_series=False):
     """(images (n, S, S, 1) float16, labels) of the training part: views as samples.
 
     Training subsets lose 90% of their negatives (seeded, per subset) and gain the augmented
-    copies of their positives; `held_out` series are left for validation.
+    copies of their positives; `held_out` series are left for validation. With
+    `with_series`, each sample's seriesuid too (its scan: the unit to group by).
     """
-    images, labels = [], []
+    images, labels, series = [], [], []
     for subset in subsets:
+        uids = subset.candidates["seriesuid"].to_numpy()
         in_train = ~subset.candidates["seriesuid"].isin(held_out).to_numpy()
         label = subset.candidates["class"].to_numpy(int)
         keep = keep_negatives(np.where(in_train, label, -1), negative_fraction, rng)
         images.append(_views(subset.patches[keep]))
         labels.append(np.repeat(label[keep], 3))
+        series.append(np.repeat(uids[keep], 3))
         if use_augmented and len(subset.augmented_rows):
             chosen = np.flatnonzero(in_train[subset.augmented_rows])
             images.append(_views(subset.augmented[chosen]))
             labels.append(np.ones(3 * len(chosen), int))
-    return np.concatenate(images), np.concatenate(labels)
+            series.append(np.repeat(uids[subset.augmented_rows[chosen]], 3))
+    arrays = (np.concatenate(images), np.concatenate(labels))
+    return (*arrays, np.concatenate(series)) if with_series else arrays
 
 
 def evaluation_arrays(subsets, series=None):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import image_size
+from genesis2d.probe import probe_encoder
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -94,7 +95,7 @@ def parse_args(argv=None):
         raise UsageError("--image-size", f"(the patch size unless given) must be a multiple of 32. Received: "
                          f"{args.image_size}")
     if args.out is None:
-        args.out = str(PROJECT_ROOT / "runs" / f"luna16_{args.backbone}_{args.init}")
+        args.out = str(PROJECT_ROOT / "runs" / f"luna16_{args.backbone}_{args.init}{'_probe' if args.probe else ''}")
     bad = [k for k in args.folds if k not in range(1, 6)]
     if bad:
         raise UsageError("--folds", f"takes 1 to 5. Received: {bad}")
@@ -106,7 +107,7 @@ def training_settings(args):
     keys = ("data", "patch_size", "pixel_mm", "method", "image_size", "negative_fraction", "positive_copies",
             "validation_fraction", "train_fraction", "init", "backbone", "encoder", "encoder_sha256", "imagenet_weights", "radimagenet_weights", "epochs",
             "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum", "lr_factor", "lr_patience", "bn_momentum", "units",
-            "l2", "dropout", "precision", "seed")
+            "l2", "dropout", "precision", "seed", "probe")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -162,8 +163,8 @@ def run_fold(fold, patches_dir, args):
     if args.train_fraction < 1.0:  # Label efficiency: train on a share of the series, whole series only.
         remaining = {uid for s in train_subsets for uid in s.candidates["seriesuid"]} - held_out
         unused = remaining - hold_out_groups(remaining, args.train_fraction, rng, minimum=1)
-    x_train, y_train = training_arrays(train_subsets, held_out | unused, args.negative_fraction, rng,
-                                       use_augmented=args.positive_copies > 1)
+    x_train, y_train, train_series = training_arrays(train_subsets, held_out | unused, args.negative_fraction, rng,
+                                                     use_augmented=args.positive_copies > 1, with_series=True)
     x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
     x_test, y_test, table = evaluation_arrays(test_subsets)
     dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
@@ -172,20 +173,31 @@ def run_fold(fold, patches_dir, args):
           f"{len(table)} test candidates" + (f" ({dropped} dropped: outside their scan or without coordinates)"
                                              if dropped else ""), flush=True)
     encoder, head, schedule = transfer_settings(args)
-    train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=seed)
-    validation = _dataset(x_val, y_val, args.batch_size, args.image_size)
-    model, history = fine_tune(encoder, head, schedule, (args.image_size, args.image_size, 1), train, validation,
-                               out, seed, args.verbose)
-    views = predict(model, _dataset(x_test, y_test, 256, args.image_size)).reshape(-1, VIEWS)
+    input_shape = (args.image_size, args.image_size, 1)
+    extra = {}
+    if args.probe:  # Frozen encoder; C chosen by cross-validation over the training scans.
+        predictor, extra["probe"] = probe_encoder(encoder, input_shape, _dataset(x_train, y_train, 256, args.image_size),
+                                                  y_train, train_series, seed)
+        history = []
+    else:
+        train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=seed)
+        validation = _dataset(x_val, y_val, args.batch_size, args.image_size)
+        model, history = fine_tune(encoder, head, schedule, input_shape, train, validation, out, seed, args.verbose)
+
+        def predictor(data):
+            return predict(model, data)
+    views = predictor(_dataset(x_test, y_test, 256, args.image_size)).reshape(-1, VIEWS)
     predictions = table.assign(probability=views.mean(axis=1))[PREDICTION_COLUMNS]
     predictions[[f"view{v}" for v in range(VIEWS)]] = views
     metrics = binary_metrics(predictions["class"], predictions["probability"])
     write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
                                       "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
                                       "epochs_trained": len(history), "dropped_test_candidates": dropped,
-                                      "settings": settings})
+                                      "settings": settings, **extra})
     write_csv(out / "predictions.csv", predictions)  # Last: marks the fold done.
-    print(f"fold {fold}: test AUC {metrics['auc']:.4f}", flush=True)
+    chosen = (f" (linear probe: C {extra['probe']['C']:g}, cross-validated training AUC "
+              f"{extra['probe']['cv_auc']:.4f})" if args.probe else "")
+    print(f"fold {fold}: test AUC {metrics['auc']:.4f}{chosen}", flush=True)
     return predictions
 
 
@@ -230,7 +242,8 @@ def summarize(out, folds, predictions_by_fold, args):
     mean = table[["auc", "patch_auc", "accuracy", "sensitivity", "specificity"]].mean()
     std = table[["auc", "patch_auc"]].std(ddof=1)
     write_csv(out / "summary.csv", table)
-    lines = [f"# LUNA16 {args.backbone}, init {args.init}", "",
+    arm = f"{args.init} {'linear probe' if args.probe else 'fine-tuned'}"
+    lines = [f"# LUNA16 {args.backbone}, init {arm}", "",
              "Candidate AUC: each test candidate scored by the mean probability of its three views (axial, coronal, "
              "sagittal). Patch AUC: each view scored alone. Accuracy, sensitivity and specificity of candidates at 0.5.",
              "", "| test subsets | candidate AUC | patch AUC | accuracy | sensitivity | specificity |",
@@ -246,11 +259,12 @@ def summarize(out, folds, predictions_by_fold, args):
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     everything = pd.concat(predictions_by_fold, ignore_index=True)
     write_csv(out / "predictions.csv", everything[PREDICTION_COLUMNS])
-    plot_roc(curves, out / "roc_folds.png", title=f"LUNA16 {args.backbone} {args.init}: ROC per fold")
+    plot_roc(curves, out / "roc_folds.png", title=f"LUNA16 {args.backbone} {arm}: ROC per fold")
     if histories:
         plot_histories(histories, out / "loss_curves.png", title=f"LUNA16 {args.backbone} {args.init}: loss per fold")
     write_results(out, test_scores(folds, predictions_by_fold), {
         "task": "luna16", "backbone": args.backbone, "init": args.init, "train_fraction": args.train_fraction,
+        "method": "linear probe" if args.probe else "fine-tune",
         "levels": LEVELS, "settings": {**training_settings(args), "folds": list(folds)},
         "fingerprint": fingerprint(training_settings(args)), "candidates": int(len(everything)),
         "candidate_auc_mean": float(mean["auc"]), "patch_auc_mean": float(mean["patch_auc"]), "folds": rows,

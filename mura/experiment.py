@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import image_size
+from genesis2d.probe import probe_encoder
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -106,7 +107,7 @@ def parse_args(argv=None):
     if args.repeats < 1:
         raise UsageError("--repeats", f"must be at least 1. Received: {args.repeats}")
     if args.out is None:
-        args.out = str(PROJECT_ROOT / "runs" / f"mura_{args.backbone}_{args.init}")
+        args.out = str(PROJECT_ROOT / "runs" / f"mura_{args.backbone}_{args.init}{'_probe' if args.probe else ''}")
     return args
 
 
@@ -133,7 +134,7 @@ def training_settings(args):
     """Every option that changes what the model learns (recorded as the run's fingerprint)."""
     keys = ("data", "body_part", "image_size", "epoch_size", "selection_fraction", "train_fraction", "repeats", "init",
             "backbone", "encoder", "encoder_sha256", "imagenet_weights", "radimagenet_weights", "epochs", "warmup_epochs", "batch_size", "steps_per_epoch", "lr", "momentum",
-            "lr_factor", "lr_patience", "bn_momentum", "units", "l2", "dropout", "precision", "seed")
+            "lr_factor", "lr_patience", "bn_momentum", "units", "l2", "dropout", "precision", "seed", "probe")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -181,10 +182,20 @@ def run(args):
         run_dir = out if args.repeats == 1 else out / f"repeat{repeat + 1}"
         seed = derive_seed(args.seed, STREAM_FOLD, repeat)
         set_seed(seed)  # Before any dataset: TensorFlow derives op seeds from the global one.
-        model, history = fine_tune(encoder, head, schedule, input_shape,
-                                   make_dataset(train, args.batch_size, args.image_size, True, seed, balanced=True),
-                                   make_dataset(selection, args.batch_size, args.image_size), run_dir, seed, args.verbose)
-        images = valid.assign(probability=predict(model, make_dataset(valid, 64, args.image_size)))
+        if args.probe:  # Frozen encoder on the training images as they are; C chosen over training patients.
+            predictor, probe_record = probe_encoder(encoder, input_shape, make_dataset(train, 64, args.image_size),
+                                                    train["label"].to_numpy(), train["patient"].to_numpy(), seed)
+            write_json(run_dir / "probe.json", probe_record)
+            history = None
+        else:
+            model, history = fine_tune(encoder, head, schedule, input_shape,
+                                       make_dataset(train, args.batch_size, args.image_size, True, seed, balanced=True),
+                                       make_dataset(selection, args.batch_size, args.image_size), run_dir, seed,
+                                       args.verbose)
+
+            def predictor(data, model=model):
+                return predict(model, data)
+        images = valid.assign(probability=predictor(make_dataset(valid, 64, args.image_size)))
         images = images[["path", "study", "label", "patient", "probability"]]
         studies, metrics = evaluate(images)
         write_csv(run_dir / "predictions_images.csv", images)
@@ -192,7 +203,8 @@ def run(args):
         if args.repeats > 1:
             write_json(run_dir / "run_metrics.json", metrics)
         runs.append((images, studies, metrics))
-        histories[f"run {repeat + 1}"] = history
+        if history is not None:
+            histories[f"run {repeat + 1}"] = history
         print(f"run {repeat + 1}: image AUC {metrics['image_auc']:.4f}, accuracy {metrics['image_accuracy']:.4f}; "
               f"study AUC {metrics['study_auc']:.4f}, kappa {metrics['study_kappa']:.4f}", flush=True)
     # The thesis averaged its runs' metrics (4.2.4.4); each run stays a model of its own.
@@ -200,6 +212,7 @@ def run(args):
     summary.update({f"{key}_std": float(np.std([m[key] for _, _, m in runs], ddof=1)) if len(runs) > 1 else 0.0
                     for key in METRIC_KEYS})
     summary.update({"task": "mura", "train_fraction": args.train_fraction, "runs": [m for _, _, m in runs],
+                    "method": "linear probe" if args.probe else "fine-tune",
                     "init": args.init, "backbone": args.backbone, "body_parts": args.body_part, "levels": LEVELS,
                     "images": int(len(valid)), "studies": int(valid["study"].nunique()),
                     "settings": settings, "fingerprint": fingerprint(settings)})
@@ -213,8 +226,10 @@ def run(args):
         suffix = f" run {index}" if len(runs) > 1 else ""
         curves[f"images{suffix}"] = (images["label"], images["probability"])
         curves[f"studies{suffix}"] = (studies["label"], studies["probability"])
-    plot_roc(curves, out / "roc.png", title=f"MURA {args.backbone} {args.init}")
-    plot_histories(histories, out / "loss_curves.png", title=f"MURA {args.backbone} {args.init}: loss")
+    arm = f"{args.init} {'linear probe' if args.probe else 'fine-tuned'}"
+    plot_roc(curves, out / "roc.png", title=f"MURA {args.backbone} {arm}")
+    if histories:
+        plot_histories(histories, out / "loss_curves.png", title=f"MURA {args.backbone} {arm}: loss")
     write_results(out, test_scores(runs, valid), summary)
     spread = f" (sd {summary['image_auc_std']:.4f} over {args.repeats} runs)" if args.repeats > 1 else ""
     print(f"image AUC {summary['image_auc']:.4f}{spread}, accuracy {summary['image_accuracy']:.4f}; study AUC "

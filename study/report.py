@@ -28,23 +28,32 @@ from preprocessing.errors import UsageError
 from preprocessing.figures import pyplot, save_figure
 
 INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet")  # Known initialisations first, any others after them.
-REFERENCE = "genesis"  # The initialisation compared with every other.
+REFERENCE = "genesis"  # The initialisation compared with every other (fine-tuned with fine-tuned, probe with probe).
+PROBE = " probe"  # A linear probe's column is its init followed by this (`Results.arm`).
+
+
+def reference_of(arm):
+    """The column an arm is tested against: genesis fine-tuned, or genesis's probe for a probe."""
+    return REFERENCE + PROBE if arm.endswith(PROBE) else REFERENCE
 METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy", "kappa": "Cohen's kappa", "sensitivity": "sensitivity",
                 "specificity": "specificity"}
 
 
 def _inits(runs):
-    found = {r.init for r in runs}
-    return [i for i in INIT_ORDER if i in found] + sorted(found - set(INIT_ORDER))
+    """The report's columns: fine-tuned inits in INIT_ORDER, any others, then the linear probes in the same order."""
+    found = {r.arm for r in runs}
+    order = [*INIT_ORDER, *sorted(a for a in found if a not in INIT_ORDER and not a.endswith(PROBE))]
+    order += [a + PROBE for a in order]
+    return [a for a in order if a in found] + sorted(found - set(order))
 
 
 def _by_init(group):
     by_init = {}
     for run in group:
-        if run.init in by_init:
-            raise ResultsError(run.folder, f"repeats {run.task} {run.backbone} {run.init} at "
-                               f"{run.fraction:.0%} of labels already given by {by_init[run.init].folder}")
-        by_init[run.init] = run
+        if run.arm in by_init:
+            raise ResultsError(run.folder, f"repeats {run.task} {run.backbone} {run.arm} at "
+                               f"{run.fraction:.0%} of labels already given by {by_init[run.arm].folder}")
+        by_init[run.arm] = run
     return by_init
 
 
@@ -77,14 +86,15 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed):
             value, per_run = stratified_metric(metric, y, p, strata)
             row[init] = value
         row[f"{init}_sd"] = float(np.std(per_run, ddof=1)) if len(per_run) > 1 else np.nan
-    if metric == "auc" and REFERENCE in by_init:
+    if metric == "auc":
         for other in inits:
-            if other == REFERENCE or other not in by_init:
+            reference = reference_of(other)
+            if other == reference or other not in by_init or reference not in by_init:
                 continue
-            y, p_a, p_b, groups, strata = _aligned(by_init[REFERENCE], by_init[other], name)
+            y, p_a, p_b, groups, strata = _aligned(by_init[reference], by_init[other], name)
             test = paired_auc_test(y, p_a, p_b, clusters=groups, strata=strata)
-            row.update({f"{REFERENCE}_vs_{other}_delta": test["auc_a"] - test["auc_b"],
-                        f"{REFERENCE}_vs_{other}_p": test["p_value"]})
+            row.update({f"{reference}_vs_{other}_delta": test["auc_a"] - test["auc_b"],
+                        f"{reference}_vs_{other}_p": test["p_value"]})
             clusters = f", clusters: {level.get('group', 'group')}s" if test["test"] != "DeLong" else ""
             row["test"] = f"{test['test']}{clusters}" + (", folds combined" if len(np.unique(strata)) > 1 else "")
     return row
@@ -131,15 +141,15 @@ def _cell(row, init):
 
 
 def _test_cell(row, other):
-    key = f"{REFERENCE}_vs_{other}_p"
+    key = f"{reference_of(other)}_vs_{other}_p"
     if pd.isna(row.get(key, np.nan)):
         return "-"
-    return f"{row[f'{REFERENCE}_vs_{other}_delta']:+.3f} (p = {row[key]:.3g})"
+    return f"{row[f'{reference_of(other)}_vs_{other}_delta']:+.3f} (p = {row[key]:.3g})"
 
 
 def markdown_table(table, inits):
-    others = [i for i in inits if i != REFERENCE] if REFERENCE in inits else []
-    header = ["dataset", "backbone", "metric", *inits, *[f"{REFERENCE} vs {o}" for o in others], "test"]
+    others = [i for i in inits if i != reference_of(i) and reference_of(i) in inits]
+    header = ["dataset", "backbone", "metric", *inits, *[f"{reference_of(o)} vs {o}" for o in others], "test"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in table.to_dict("records"):
         cells = [row["dataset"], row["backbone"], row["label"], *[_cell(row, i) for i in inits],
@@ -155,7 +165,7 @@ def label_efficiency(runs, iterations, seed):
         level = run.levels[0]
         _, y, p, groups, strata = run.arrays(level["name"])
         auc, low, high = bootstrap_auc(y, p, groups, iterations, seed, strata=strata)
-        rows.append({"task": run.task, "backbone": run.backbone, "init": run.init, "fraction": run.fraction,
+        rows.append({"task": run.task, "backbone": run.backbone, "init": run.arm, "fraction": run.fraction,
                      "auc": auc, "ci_low": low, "ci_high": high, "level": level["name"],
                      "label": level.get("description", level["name"])})
     return pd.DataFrame(rows)
@@ -192,7 +202,9 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
     lines += markdown_table(table, inits)
     lines += ["", f"Each number is the mean over training runs of the mean over folds; AUC with a 95% bootstrap "
               f"interval ({iterations} resamples of each level's groups within each fold). The comparison columns "
-              f"give the AUC difference of {REFERENCE} against each initialisation on the same test cases, and the "
+              f"give the AUC difference of {REFERENCE} against each initialisation on the same test cases (a linear "
+              f"probe against {REFERENCE}'s probe: the encoder frozen, a logistic regression on its pooled features), "
+              "and the "
               "two-sided p-value of the test named in the last column: DeLong's where the cases are independent, "
               "its clustered form (Obuchowski 1997) where several cases share a group (a scan's candidates, a "
               "patient's images).", ""]
@@ -203,7 +215,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
         curves = {}
         for run in group:
             rows = run.level(level["name"])
-            curves[run.init] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])]
+            curves[run.arm] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])]
         name = f"roc_{task}_{backbone}.png"
         plot_mean_roc(curves, out / name, title=f"{task} {backbone}: ROC of the {level['name']}s")
         lines += [f"![ROC {task} {backbone}]({name})", ""]
@@ -214,7 +226,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
         lines += ["## Label efficiency", "", "Headline AUC against the share of training labels used "
                   "(`--train-fraction`), with 95% bootstrap intervals: where the intervals overlap, the curve's "
                   "ups and downs may be noise.", "", "![label efficiency](label_efficiency.png)", ""]
-    lines += ["## Runs", ""] + [f"- `{r.folder}`: {r.task} {r.backbone} {r.init}, {r.fraction:.0%} of training "
+    lines += ["## Runs", ""] + [f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
                                   f"labels, {r.scores['run'].nunique()} run(s)" for r in runs]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return table

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from genesis2d.results import read_results
+from genesis2d.runtime import STREAM_FOLD, derive_seed
 from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
 from mura.experiment import evaluate
 from preprocessing.errors import ImageReadError, InputError
@@ -125,3 +126,34 @@ def test_balanced_epochs_draw_both_classes_equally(demo_dir):
                                                                  balanced=True).take(12)])
     assert len(labels) == 192 and abs(labels.mean() - 0.5) < 0.1  # 3 positives against ~30 negatives in the split.
     assert skewed["label"].mean() < 0.2
+
+
+def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run, tmp_path):
+    from genesis2d.probe import encoder_features, fit_probe
+    from genesis2d.transfer import load_encoder
+    from mura.data import make_dataset
+    from mura.experiment import parse_args, run
+
+    args = parse_args(["--data", str(demo_dir), "--init", "genesis", "--encoder", str(pretrained_run[0] / "encoder.h5"),
+                       "--probe", *MURA_TINY])
+    assert args.out.endswith("mura_resnet18_genesis_probe")
+    args.out = str(tmp_path / "probe")
+    run(args)
+    contract = read_results(tmp_path / "probe")
+    assert contract.method == "linear probe" and contract.arm == "genesis probe"
+    record = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    # The same probe by hand: the frozen encoder's pooled features of the training images, refitted at the chosen C.
+    from mura.experiment import split_patients
+
+    train_all = read_split(demo_dir, "train")
+    train, _ = split_patients(train_all, args.selection_fraction, np.random.default_rng(args.seed), minimum=1)
+    encoder = load_encoder("genesis", "resnet18", (32, 32, 1), pretrained_run[0] / "encoder.h5")
+    features = encoder_features(encoder, make_dataset(train, 64, 32))
+    model, again = fit_probe(features, train["label"].to_numpy(), train["patient"].to_numpy(),
+                             seed=derive_seed(args.seed, STREAM_FOLD, 0))
+    assert again["C"] == record["C"]
+    valid = read_split(demo_dir, "valid")
+    expected = model.predict_proba(encoder_features(encoder, make_dataset(valid, 64, 32)))[:, 1]
+    images = pd.read_csv(tmp_path / "probe" / "predictions_images.csv")
+    np.testing.assert_allclose(images["probability"], expected, rtol=1e-6)
+    assert not (tmp_path / "probe" / "loss_curves.png").exists()

@@ -13,7 +13,7 @@ LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patie
           {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]}]
 
 
-def _contract(folder, init, runs, truth, patients, folds, fraction=1.0):
+def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=None):
     """A results contract written by hand for a made-up task, 'retina': eyes nested in patients, two folds."""
     folder.mkdir(parents=True)
     rows = []
@@ -25,8 +25,8 @@ def _contract(folder, init, runs, truth, patients, folds, fraction=1.0):
             rows.append(("patient", f"pt{patient}", int(part["y"].max()), part["p"].mean(), f"pt{patient}",
                          part["fold"].iloc[0], run))
     pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(folder / "test_scores.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps({"task": "retina", "backbone": "vgg16", "init": init,
-                                                     "train_fraction": fraction, "levels": LEVELS}))
+    metrics = {"task": "retina", "backbone": "vgg16", "init": init, "train_fraction": fraction, "levels": LEVELS}
+    (folder / "metrics.json").write_text(json.dumps({**metrics, **({"method": method} if method else {})}))
     return folder
 
 
@@ -92,3 +92,23 @@ def test_report_refuses_runs_on_different_cases_with_one_line(retina, tmp_path, 
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0]
     assert read_results(runs[0]).task == "retina"
+
+
+def test_linear_probes_sit_beside_fine_tuning_and_are_tested_against_genesis_probe(retina, tmp_path):
+    runs, scores, truth, patients, folds = retina
+    rng = np.random.default_rng(1)
+    probes = {init: truth * weight + rng.random(120) for init, weight in (("genesis", 0.7), ("scratch", 0.2))}
+    runs = runs + [_contract(tmp_path / f"{k}_probe", k, [v], truth, patients, folds, method="linear probe")
+                   for k, v in probes.items()]
+    table = build_report(runs, tmp_path / "report", iterations=100)
+    auc = table[(table["level"] == "eye") & (table["metric"] == "auc")].iloc[0]
+    expected = np.mean([roc_auc_score(truth[folds == f], probes["scratch"][folds == f]) for f in (1, 2)])
+    assert auc["scratch probe"] == pytest.approx(expected)
+    # Probes are compared with genesis's probe, fine-tuned runs with genesis fine-tuned.
+    test = paired_auc_test(truth, probes["genesis"], probes["scratch"], clusters=patients, strata=folds)
+    assert auc["genesis probe_vs_scratch probe_p"] == pytest.approx(test["p_value"])
+    assert "genesis_vs_scratch probe_p" not in auc and not pd.isna(auc["genesis_vs_scratch_p"])
+    header = (tmp_path / "report" / "report.md").read_text().splitlines()[2]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[3:8] == ["scratch", "genesis", "imagenet", "scratch probe", "genesis probe"]
+    assert "genesis probe vs scratch probe" in columns and "genesis vs imagenet" in columns

@@ -65,7 +65,7 @@ def test_head_is_the_thesis_head():
         build_classifier(encoder, dropout=1.5)
 
 
-def _check_cv_outputs(out, folds):
+def _check_cv_outputs(out, folds, trained=True):
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
     summary = pd.read_csv(out / "summary.csv")
@@ -73,9 +73,10 @@ def _check_cv_outputs(out, folds):
     for row in summary.itertuples():
         fold = pd.read_csv(next(out.glob(f"fold{row.fold}_*/predictions.csv")))
         assert row.auc == pytest.approx(roc_auc_score(fold["class"], fold["probability"]))
-    for name in ("summary.md", "roc_folds.png", "loss_curves.png", "metrics.json", "run.json"):
+    for name in ("summary.md", "roc_folds.png", "metrics.json", "run.json", *(["loss_curves.png"] if trained else [])):
         assert (out / name).is_file(), name
-    assert any(out.glob("fold*/logs/**/events.out.tfevents.*")), "TensorBoard logs of each fold"
+    if trained:
+        assert any(out.glob("fold*/logs/**/events.out.tfevents.*")), "TensorBoard logs of each fold"
     # The results contract: candidates (mean of views) first, then patches, grouped by scan, stratified by fold.
     contract = read_results(out)
     assert [level["name"] for level in contract.levels] == ["candidate", "patch"]
@@ -190,3 +191,20 @@ def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
                                tmp_path, seed=0, verbose=0)
     norms = [layer for layer in model.get_layer("encoder").layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms) and len(history) == 1
+
+
+def test_linear_probe_cross_validation_groups_by_scan(demo_dir, tmp_path_factory):
+    from luna16.experiment import parse_args, run
+
+    patches = tmp_path_factory.getbasetemp() / "cv_patches"
+    out = tmp_path_factory.mktemp("cv_probe")
+    args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
+                       "--init", "scratch", "--probe", "--folds", "1", *CV_TINY])
+    run(args)
+    predictions = _check_cv_outputs(out, [1], trained=False)
+    contract = read_results(out)
+    assert contract.arm == "scratch probe" and contract.metrics["settings"]["probe"] is True
+    fold = json.loads((out / "fold1_subsets0-1" / "metrics.json").read_text())
+    assert fold["probe"]["C"] in [float(c) for c in np.logspace(-4, 2, 7)] and fold["epochs_trained"] == 0
+    assert np.isfinite(predictions["probability"]).all() and predictions["probability"].nunique() > 1
+    assert "linear probe" in (out / "summary.md").read_text()
