@@ -22,7 +22,8 @@ from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
 from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
-                                resolve_schedule, schedule_table_text, transfer_settings)
+                                resolve_schedule, saliency_gallery, schedule_table_text, transfer_settings)
+from luna16.patches import PLANES
 from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, read_candidates,
                          scans_by_subset, training_arrays, validation_series)
 from preprocessing.atomic import write_csv, write_json, write_text
@@ -190,6 +191,10 @@ def run_fold(fold, patches_dir, args):
     predictions = table.assign(probability=views.mean(axis=1))[PREDICTION_COLUMNS]
     predictions[[f"view{v}" for v in range(VIEWS)]] = views
     metrics = binary_metrics(predictions["class"], predictions["probability"])
+    if args.gallery and not args.probe:
+        saliency_gallery(model, x_test.reshape(-1, VIEWS, *x_test.shape[1:]), predictions["class"],
+                         predictions["probability"], out / "saliency.png", args.gallery,
+                         f"LUNA16 {args.backbone} {args.init}, fold {fold}: Grad-CAM", args.image_size, PLANES)
     write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
                                       "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
                                       "epochs_trained": len(history), "dropped_test_candidates": dropped,

@@ -28,7 +28,7 @@ from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
 from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
-                                resolve_schedule, schedule_table_text, transfer_settings)
+                                resolve_schedule, saliency_gallery, schedule_table_text, transfer_settings)
 from mura.data import body_parts_of, make_dataset, read_split, split_patients, study_probabilities
 from preprocessing.atomic import write_csv, write_json
 from preprocessing.cli import ArgumentParser, fraction_type
@@ -198,6 +198,14 @@ def run(args):
         images = valid.assign(probability=predictor(make_dataset(valid, 64, args.image_size)))
         images = images[["path", "study", "label", "patient", "probability"]]
         studies, metrics = evaluate(images)
+        if args.gallery and not args.probe:
+            def chosen_images(rows, frame=images.reset_index(drop=True)):
+                batches = make_dataset(frame.iloc[rows], 64, args.image_size).map(lambda x, y: x)
+                return np.concatenate(list(batches.as_numpy_iterator()))
+
+            saliency_gallery(model, chosen_images, images["label"].to_numpy(), images["probability"].to_numpy(),
+                             run_dir / "saliency.png", args.gallery,
+                             f"MURA {args.backbone} {args.init}, run {repeat + 1}: Grad-CAM", args.image_size)
         write_csv(run_dir / "predictions_images.csv", images)
         write_csv(run_dir / "predictions_studies.csv", studies)
         if args.repeats > 1:

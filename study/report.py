@@ -15,6 +15,7 @@ several share a group. Adds ROC overlays and, for runs at several
 Writes `report.md` and `results.csv`.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,13 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
                   "ups and downs may be noise.", "", "![label efficiency](label_efficiency.png)", ""]
     lines += ["## Runs", ""] + [f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
                                   f"labels, {r.scores['run'].nunique()} run(s)" for r in runs]
+    galleries = [(r, path) for r in runs if r.fraction == 1.0 for path in sorted(Path(r.folder).glob("**/saliency.png"))]
+    if galleries:
+        lines += ["", "## Where the classifiers look", "",
+                  "Grad-CAM on the encoder's last block for the most confident true positives, false positives and "
+                  "false negatives of each test set (`genesis2d/saliency.py`), one gallery per fold or run:", ""]
+        lines += [f"- {r.task} {r.backbone} {r.arm}: [{path.parent.name if path.parent != Path(r.folder) else 'run'}]"
+                  f"({os.path.relpath(path, out)})" for r, path in galleries]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return table
 

@@ -102,6 +102,7 @@ def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home,
         assert list(images.columns) == ["path", "study", "label", "patient", "probability"]
         assert list(studies.columns) == ["study", "label", "probability"]
         assert len(images) == len(read_split(demo_dir, "valid"))
+        assert (folder / "saliency.png").is_file()
         scored = contract.scores[(contract.scores["run"] == number) & (contract.scores["level"] == "image")]
         np.testing.assert_allclose(scored["probability"], images["probability"])
         assert (scored["group"].to_numpy() == images["patient"].to_numpy()).all()  # Resampled by patient.

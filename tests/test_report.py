@@ -112,3 +112,12 @@ def test_linear_probes_sit_beside_fine_tuning_and_are_tested_against_genesis_pro
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns[3:8] == ["scratch", "genesis", "imagenet", "scratch probe", "genesis probe"]
     assert "genesis probe vs scratch probe" in columns and "genesis vs imagenet" in columns
+
+
+def test_report_links_every_runs_saliency_gallery(retina, tmp_path):
+    runs, *_ = retina
+    (runs[0] / "fold1").mkdir()
+    (runs[0] / "fold1" / "saliency.png").write_bytes(b"png")
+    build_report(runs, tmp_path / "report", iterations=10)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Where the classifiers look" in text and "- retina vgg16 scratch: [fold1](../scratch/fold1/saliency.png)" in text
