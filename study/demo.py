@@ -3,7 +3,9 @@
 Writes the demo data, builds the pretraining manifest, pretrains a genesis2d
 encoder, cross-validates LUNA16 (five folds) and trains MURA for each
 initialisation (scratch, genesis, and imagenet when its weights are in Keras's
-cache), adds a label-efficiency sweep on MURA, and writes the report. Each step
+cache), each with its Grad-CAM galleries, fits a linear probe of each
+initialisation on both tasks, adds a label-efficiency sweep on MURA, and writes
+the report. Each step
 is skipped when its outputs are already complete, so an interrupted study
 continues where it stopped. Demo numbers describe synthetic phantoms only.
 """
@@ -79,12 +81,21 @@ def run(args):
               "(Keras downloads it there on a machine with internet access).")
 
     run_dirs = []
-    for init in inits:
-        _step(f"LUNA16 5-fold cross-validation, init {init}")
-        run_dir = out / f"luna16_{init}"
-        options = ["--config", str(luna16.DEMO_CONFIG), "--backbone", args.backbone, "--init", init, "--out", str(run_dir),
-                   "--folds", *map(str, args.folds), "--encoder", str(encoder), "--seed", str(args.seed)]
-        luna16.run(luna16.parse_args(options))
+    for probe in (False, True):
+        for init in inits:
+            _step(f"LUNA16 5-fold cross-validation, init {init}{', linear probe' if probe else ''}")
+            run_dir = out / f"luna16_{init}{'_probe' if probe else ''}"
+            options = ["--config", str(luna16.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
+                       "--out", str(run_dir), "--folds", *map(str, args.folds), "--encoder", str(encoder),
+                       "--seed", str(args.seed), *(["--probe"] if probe else [])]
+            luna16.run(luna16.parse_args(options))
+            run_dirs.append(run_dir)
+    for init in inits:  # The probe has no training noise to average: one run each.
+        _step(f"MURA shoulder, init {init}, linear probe")
+        run_dir = out / f"mura_{init}_probe"
+        mura.run(mura.parse_args(["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
+                                  "--out", str(run_dir), "--encoder", str(encoder), "--seed", str(args.seed),
+                                  "--probe"]))
         run_dirs.append(run_dir)
     for fraction in [1.0, *args.fractions]:
         for init in inits:
