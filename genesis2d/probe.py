@@ -67,14 +67,38 @@ def fit_probe(features, labels, groups, seed=0, c_grid=C_GRID, folds=PROBE_FOLDS
     return search.best_estimator_, record
 
 
+class LinearProbe:
+    """A fitted probe: the frozen encoder and the logistic regression on its pooled features."""
+
+    def __init__(self, encoder, model, record):
+        self.encoder, self.model, self.record = encoder, model, record
+
+    def predict(self, data):
+        """Probabilities (N,) of a dataset of image batches (or of (image, label) batches), in order."""
+        return self.model.predict_proba(encoder_features(self.encoder, data))[:, 1]
+
+    def saliency(self, images):
+        """(N, H, W) class activation maps in [0, 1]: each location's share of the probe's logit.
+
+        The logit is linear in the pooled features, sum_c w_c (mean A_c - mu_c) / s_c + b, so
+        the map sum_c (w_c / s_c) A_c(y, x) is its exact split over locations (Zhou et al.
+        2016), what Grad-CAM gives for a linear head; rectified, resized and scaled per image.
+        """
+        import tensorflow as tf
+
+        scaler, logistic = self.model[0], self.model[-1]
+        weights = (logistic.coef_[0] / scaler.scale_).astype(np.float32)
+        features = self.encoder.predict(np.asarray(images, dtype=np.float32), verbose=0)
+        cam = np.maximum(np.tensordot(features, weights, axes=([-1], [0])), 0)[..., None]
+        cam = tf.image.resize(cam, np.asarray(images).shape[1:3], method="bilinear")[..., 0].numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1)
+        return (cam / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
+
+
 def linear_probe(encoder, train, train_labels, train_groups, seed=0):
-    """Fits the probe on a training dataset; returns (predict: dataset -> probabilities (N,), record)."""
+    """Fits the probe on a training dataset (see `fit_probe`); returns a LinearProbe."""
     model, record = fit_probe(encoder_features(encoder, train), train_labels, train_groups, seed)
-
-    def predict(data):
-        return model.predict_proba(encoder_features(encoder, data))[:, 1]
-
-    return predict, record
+    return LinearProbe(encoder, model, record)
 
 
 def probe_encoder(encoder_spec, input_shape, train, train_labels, train_groups, seed):

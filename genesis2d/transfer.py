@@ -316,7 +316,7 @@ def add_transfer_arguments(parser):
     group.add_argument("--gallery", type=int, default=4, metavar="K",
                        help="Grad-CAM gallery (saliency.png in each run or fold folder): the K most confident true "
                        "positives, false positives and false negatives of the test set, the map over each view. 0 "
-                       "skips it; linear probes have none. Default: 4.")
+                       "skips it. A linear probe's maps are its class activation maps (genesis2d/probe.py). Default: 4.")
     group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
     group.add_argument("--warmup-epochs", type=int, default=None,
                        help=f"epochs with the encoder frozen, before fine-tuning. Default: {thesis}.")
@@ -478,11 +478,12 @@ def predict(model, data):
     return model.predict(data, verbose=0).ravel().astype(float)
 
 
-def saliency_gallery(model, images, labels, probabilities, path, k, title, image_size, view_names=None):
-    """Grad-CAM of a test set's k most confident TP, FP and FN cases, drawn to `path` (see `genesis2d.saliency`).
+def saliency_gallery(cam, images, labels, probabilities, path, k, title, image_size, view_names=None):
+    """Maps of a test set's k most confident TP, FP and FN cases, drawn to `path` (see `genesis2d.saliency`).
 
     Args:
-        model: the fine-tuned classifier of `build_classifier`.
+        cam: images (n, S, S, 1) -> maps (n, S, S): `genesis2d.saliency.grad_cam` of a
+            fine-tuned classifier, or a linear probe's `saliency`.
         images: (N, V, S, S, 1) or a callable giving those of a list of case indices (to load only those drawn).
         labels, probabilities: (N,) per case.
         image_size: the network's input side (images are resized to it).
@@ -501,9 +502,7 @@ def saliency_gallery(model, images, labels, probabilities, path, k, title, image
     flat = cases.reshape(n * views, *cases.shape[2:])
     if flat.shape[1] != image_size:
         flat = tf.image.resize(flat, (image_size, image_size)).numpy()
-    from genesis2d.saliency import grad_cam
-
-    maps = grad_cam(model, flat).reshape(n, views, image_size, image_size)
+    maps = cam(flat).reshape(n, views, image_size, image_size)
     gallery(path, flat[..., 0].reshape(n, views, image_size, image_size), maps, np.asarray(labels)[chosen],
             np.asarray(probabilities)[chosen], k, title, view_names)
     return path

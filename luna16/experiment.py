@@ -18,6 +18,7 @@ import pandas as pd
 
 from genesis2d.backbones import image_size
 from genesis2d.probe import probe_encoder
+from genesis2d.saliency import grad_cam
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -177,9 +178,9 @@ def run_fold(fold, patches_dir, args):
     input_shape = (args.image_size, args.image_size, 1)
     extra = {}
     if args.probe:  # Frozen encoder; C chosen by cross-validation over the training scans.
-        predictor, extra["probe"] = probe_encoder(encoder, input_shape, _dataset(x_train, y_train, 256, args.image_size),
-                                                  y_train, train_series, seed)
-        history = []
+        probe = probe_encoder(encoder, input_shape, _dataset(x_train, y_train, 256, args.image_size), y_train,
+                              train_series, seed)
+        predictor, cam, extra["probe"], history = probe.predict, probe.saliency, probe.record, []
     else:
         train = _dataset(x_train, y_train, args.batch_size, args.image_size, shuffle_seed=seed)
         validation = _dataset(x_val, y_val, args.batch_size, args.image_size)
@@ -187,14 +188,18 @@ def run_fold(fold, patches_dir, args):
 
         def predictor(data):
             return predict(model, data)
+
+        def cam(images):
+            return grad_cam(model, images)
     views = predictor(_dataset(x_test, y_test, 256, args.image_size)).reshape(-1, VIEWS)
     predictions = table.assign(probability=views.mean(axis=1))[PREDICTION_COLUMNS]
     predictions[[f"view{v}" for v in range(VIEWS)]] = views
     metrics = binary_metrics(predictions["class"], predictions["probability"])
-    if args.gallery and not args.probe:
-        saliency_gallery(model, x_test.reshape(-1, VIEWS, *x_test.shape[1:]), predictions["class"],
+    if args.gallery:
+        saliency_gallery(cam, x_test.reshape(-1, VIEWS, *x_test.shape[1:]), predictions["class"],
                          predictions["probability"], out / "saliency.png", args.gallery,
-                         f"LUNA16 {args.backbone} {args.init}, fold {fold}: Grad-CAM", args.image_size, PLANES)
+                         f"LUNA16 {args.backbone} {args.init}{' probe' if args.probe else ''}, fold {fold}: "
+                         f"{'class activation' if args.probe else 'Grad-CAM'}", args.image_size, PLANES)
     write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
                                       "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
                                       "epochs_trained": len(history), "dropped_test_candidates": dropped,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from genesis2d.backbones import image_size
 from genesis2d.probe import probe_encoder
+from genesis2d.saliency import grad_cam
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -183,10 +184,10 @@ def run(args):
         seed = derive_seed(args.seed, STREAM_FOLD, repeat)
         set_seed(seed)  # Before any dataset: TensorFlow derives op seeds from the global one.
         if args.probe:  # Frozen encoder on the training images as they are; C chosen over training patients.
-            predictor, probe_record = probe_encoder(encoder, input_shape, make_dataset(train, 64, args.image_size),
-                                                    train["label"].to_numpy(), train["patient"].to_numpy(), seed)
-            write_json(run_dir / "probe.json", probe_record)
-            history = None
+            probe = probe_encoder(encoder, input_shape, make_dataset(train, 64, args.image_size),
+                                  train["label"].to_numpy(), train["patient"].to_numpy(), seed)
+            write_json(run_dir / "probe.json", probe.record)
+            predictor, cam, history = probe.predict, probe.saliency, None
         else:
             model, history = fine_tune(encoder, head, schedule, input_shape,
                                        make_dataset(train, args.batch_size, args.image_size, True, seed, balanced=True),
@@ -195,17 +196,21 @@ def run(args):
 
             def predictor(data, model=model):
                 return predict(model, data)
+
+            def cam(images, model=model):
+                return grad_cam(model, images)
         images = valid.assign(probability=predictor(make_dataset(valid, 64, args.image_size)))
         images = images[["path", "study", "label", "patient", "probability"]]
         studies, metrics = evaluate(images)
-        if args.gallery and not args.probe:
+        if args.gallery:
             def chosen_images(rows, frame=images.reset_index(drop=True)):
                 batches = make_dataset(frame.iloc[rows], 64, args.image_size).map(lambda x, y: x)
                 return np.concatenate(list(batches.as_numpy_iterator()))
 
-            saliency_gallery(model, chosen_images, images["label"].to_numpy(), images["probability"].to_numpy(),
+            saliency_gallery(cam, chosen_images, images["label"].to_numpy(), images["probability"].to_numpy(),
                              run_dir / "saliency.png", args.gallery,
-                             f"MURA {args.backbone} {args.init}, run {repeat + 1}: Grad-CAM", args.image_size)
+                             f"MURA {args.backbone} {args.init}{' probe' if args.probe else ''}, run {repeat + 1}: "
+                             f"{'class activation' if args.probe else 'Grad-CAM'}", args.image_size)
         write_csv(run_dir / "predictions_images.csv", images)
         write_csv(run_dir / "predictions_studies.csv", studies)
         if args.repeats > 1:

@@ -157,4 +157,4 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     expected = model.predict_proba(encoder_features(encoder, make_dataset(valid, 64, 32)))[:, 1]
     images = pd.read_csv(tmp_path / "probe" / "predictions_images.csv")
     np.testing.assert_allclose(images["probability"], expected, rtol=1e-6)
-    assert not (tmp_path / "probe" / "loss_curves.png").exists()
+    assert not (tmp_path / "probe" / "loss_curves.png").exists() and (tmp_path / "probe" / "saliency.png").is_file()

@@ -39,6 +39,31 @@ def test_grad_cam_peaks_where_the_signal_is():
         assert inside > 0.4 and far < 0.05
 
 
+def test_a_linear_probes_class_activation_map_peaks_where_the_signal_is():
+    """A probe trained to tell slices with a bright square from empty ones points at the square."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from genesis2d.probe import LinearProbe
+
+    encoder = hand_made_classifier().get_layer("encoder")
+    rng = np.random.default_rng(0)
+    images = 0.05 * rng.random((40, 64, 64, 1)).astype(np.float32)
+    labels = np.arange(40) % 2
+    for image, label in zip(images, labels):
+        if label:
+            top, left = rng.integers(0, 52, size=2)
+            image[top:top + 12, left:left + 12] = 1.0
+    pooled = encoder.predict(images, verbose=0).mean(axis=(1, 2))
+    probe = LinearProbe(encoder, make_pipeline(StandardScaler(), LogisticRegression()).fit(pooled, labels), {})
+    test = np.zeros((1, 64, 64, 1), np.float32)
+    test[0, 40:52, 8:20] = 1.0
+    cam = probe.saliency(test)[0]
+    row, column = np.unravel_index(np.argmax(cam), cam.shape)
+    assert 36 <= row < 56 and 4 <= column < 24 and cam[:24, 32:].mean() < 0.05
+
+
 def test_confident_cases_are_the_most_confident_of_each_kind(tmp_path):
     labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     probabilities = np.array([0.9, 0.6, 0.2, 0.8, 0.55, 0.1, 0.05, 0.3])

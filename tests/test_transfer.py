@@ -77,8 +77,8 @@ def _check_cv_outputs(out, folds, trained=True):
         assert (out / name).is_file(), name
     if trained:
         assert any(out.glob("fold*/logs/**/events.out.tfevents.*")), "TensorBoard logs of each fold"
-    for fold in folds:  # A Grad-CAM gallery per fine-tuned fold, none for a probe.
-        assert (next(out.glob(f"fold{fold}_*")) / "saliency.png").is_file() == trained
+    for fold in folds:  # A saliency gallery per fold (Grad-CAM, or a probe's class activation maps).
+        assert (next(out.glob(f"fold{fold}_*")) / "saliency.png").is_file()
     # The results contract: candidates (mean of views) first, then patches, grouped by scan, stratified by fold.
     contract = read_results(out)
     assert [level["name"] for level in contract.levels] == ["candidate", "patch"]
