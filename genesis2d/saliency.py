@@ -3,7 +3,10 @@
 Grad-CAM (Selvaraju et al., ICCV 2017) on the encoder's last convolutional block
 (`encoder_output`, stride 32): the feature maps weighted by the spatial mean of the
 gradient of the positive class's score, summed over channels, rectified, resized
-to the input and scaled to [0, 1] per image. The score is the sigmoid output;
+to the input and scaled to [0, 1] per image. On small inputs that block is a grid
+of one or two cells (a 64x64 LUNA16 patch gives 2x2), which cannot show where the
+network looks; `saliency_block` then picks the deepest skip block with a grid of
+at least 4x4 (stride 16 at 64 px), and the gallery's title names the block. The score is the sigmoid output;
 its gradient differs from the logit's by a positive factor per image, which the
 per-image scaling removes. `gallery` draws, for the k most confident true
 positives, false positives and false negatives of a test set, every view of each
@@ -17,7 +20,19 @@ from preprocessing.figures import pyplot, save_figure
 CATEGORIES = ("true positives", "false positives", "false negatives")
 
 
-def grad_cam(model, images, encoder_name="encoder", batch_size=32):
+MIN_GRID = 4  # Cells per side below which the last block cannot localise.
+
+
+def saliency_block(skips, image_size, stride=32):
+    """The block to explain: None (the encoder's output) when its grid is at least MIN_GRID cells a side, else the
+    deepest of `skips` (deepest first, strides 16, 8, 4, 2) that is; None if none is."""
+    for index, name in enumerate([None, *skips]):
+        if image_size // (stride >> index) >= MIN_GRID:
+            return name
+    return None
+
+
+def grad_cam(model, images, block=None, encoder_name="encoder", batch_size=32):
     """(N, H, W) float32 maps in [0, 1] for a classifier that nests its encoder as one layer.
 
     Args:
@@ -25,22 +40,28 @@ def grad_cam(model, images, encoder_name="encoder", batch_size=32):
             ending in `encoder_output`) is followed by the head's layers (see
             `genesis2d.transfer.build_classifier`).
         images: float (N, H, W, 1).
+        block: name of the encoder layer to explain. Defaults to its output.
     """
+    import keras
     import tensorflow as tf
 
     encoder = model.get_layer(encoder_name)
     head = model.layers[model.layers.index(encoder) + 1:]
+    outputs = [encoder.output] if block is None else [encoder.get_layer(block).output, encoder.output]
+    encoder = keras.Model(encoder.input, outputs)
     maps = []
     for start in range(0, len(images), batch_size):
         x = tf.convert_to_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
         with tf.GradientTape() as tape:
-            features = tf.cast(encoder(x, training=False), tf.float32)
-            tape.watch(features)
-            score = features
+            found = encoder(x, training=False)
+            found = found if isinstance(found, (list, tuple)) else [found]
+            features = tf.cast(found[0], tf.float32)
+            tape.watch(found[0])
+            score = found[-1]
             for layer in head:
                 score = layer(score, training=False)
             score = tf.cast(score, tf.float32)[:, 0]
-        gradients = tape.gradient(score, features)
+        gradients = tf.cast(tape.gradient(score, found[0]), tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, x.shape[1:3], method="bilinear")[..., 0].numpy()

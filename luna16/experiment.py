@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genesis2d.backbones import image_size
+from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.probe import probe_encoder
-from genesis2d.saliency import grad_cam
+from genesis2d.saliency import grad_cam, saliency_block
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -189,8 +189,10 @@ def run_fold(fold, patches_dir, args):
         def predictor(data):
             return predict(model, data)
 
+        block = saliency_block(BACKBONES[args.backbone]["skips"], args.image_size)
+
         def cam(images):
-            return grad_cam(model, images)
+            return grad_cam(model, images, block)
     views = predictor(_dataset(x_test, y_test, 256, args.image_size)).reshape(-1, VIEWS)
     predictions = table.assign(probability=views.mean(axis=1))[PREDICTION_COLUMNS]
     predictions[[f"view{v}" for v in range(VIEWS)]] = views
@@ -199,7 +201,7 @@ def run_fold(fold, patches_dir, args):
         saliency_gallery(cam, x_test.reshape(-1, VIEWS, *x_test.shape[1:]), predictions["class"],
                          predictions["probability"], out / "saliency.png", args.gallery,
                          f"LUNA16 {args.backbone} {args.init}{' probe' if args.probe else ''}, fold {fold}: "
-                         f"{'class activation' if args.probe else 'Grad-CAM'}", args.image_size, PLANES)
+                         + ("class activation maps" if args.probe else f"Grad-CAM at {block or 'the last block'}"), args.image_size, PLANES)
     write_json(out / "metrics.json", {"fold": fold, "test_subsets": list(test_pair), **metrics,
                                       "patch_auc": binary_metrics(np.repeat(predictions["class"], VIEWS), views.ravel())["auc"],
                                       "epochs_trained": len(history), "dropped_test_candidates": dropped,

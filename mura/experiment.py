@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genesis2d.backbones import image_size
+from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.probe import probe_encoder
-from genesis2d.saliency import grad_cam
+from genesis2d.saliency import grad_cam, saliency_block
 from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
 from genesis2d.results import finished_with, fingerprint, score_rows, write_results
 from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
@@ -197,8 +197,10 @@ def run(args):
             def predictor(data, model=model):
                 return predict(model, data)
 
-            def cam(images, model=model):
-                return grad_cam(model, images)
+            block = saliency_block(BACKBONES[args.backbone]["skips"], args.image_size)
+
+            def cam(images, model=model, block=block):
+                return grad_cam(model, images, block)
         images = valid.assign(probability=predictor(make_dataset(valid, 64, args.image_size)))
         images = images[["path", "study", "label", "patient", "probability"]]
         studies, metrics = evaluate(images)
@@ -210,7 +212,7 @@ def run(args):
             saliency_gallery(cam, chosen_images, images["label"].to_numpy(), images["probability"].to_numpy(),
                              run_dir / "saliency.png", args.gallery,
                              f"MURA {args.backbone} {args.init}{' probe' if args.probe else ''}, run {repeat + 1}: "
-                             f"{'class activation' if args.probe else 'Grad-CAM'}", args.image_size)
+                             + ("class activation maps" if args.probe else f"Grad-CAM at {block or 'the last block'}"), args.image_size)
         write_csv(run_dir / "predictions_images.csv", images)
         write_csv(run_dir / "predictions_studies.csv", studies)
         if args.repeats > 1:

@@ -24,14 +24,14 @@ def _weights(path):
 def test_pretraining_twice_with_one_seed_gives_identical_weights(demo_manifest, tmp_path):
     """Each run is a fresh process, as a user reruns the command (hash seeds differ between them)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    outputs = []
-    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
-        out = tmp_path / name
-        subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
-                        "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "3", "--seed", seed],
-                       check=True, capture_output=True, env=env, cwd=tmp_path)
-        outputs.append(_weights(out / "encoder.weights.h5"))
-    first, again, other = outputs
+    runs = {name: subprocess.Popen([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest",
+                                    str(demo_manifest), "--out", str(tmp_path / name), *TINY_PRETRAIN, "--epochs", "1",
+                                    "--steps-per-epoch", "3", "--seed", seed],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+            for name, seed in (("a", "0"), ("b", "0"), ("c", "1"))}  # Side by side: independent processes.
+    for process in runs.values():
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    first, again, other = (_weights(tmp_path / name / "encoder.weights.h5") for name in runs)
     assert first.keys() == again.keys() and len(first) > 10
     for key in first:
         np.testing.assert_array_equal(first[key], again[key], err_msg=key)

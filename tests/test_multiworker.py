@@ -63,7 +63,7 @@ def largest_difference(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
-def test_two_workers_end_equal_to_one_process_on_the_same_global_batches(demo_manifest, tmp_path):
+def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(demo_manifest, tmp_path):
     steps = "2"
     out = str(tmp_path / "run")
     processes = [start([sys.executable, str(HELPER), "worker", str(demo_manifest), out, steps], config)
@@ -84,20 +84,19 @@ def test_two_workers_end_equal_to_one_process_on_the_same_global_batches(demo_ma
     assert largest_difference(local_bn, reference) > 25 * floor
     assert largest_difference(reference, initial) > 10 * floor
     # Only the chief wrote outputs.
-    assert (Path(out) / "encoder.h5").is_file()
     assert json.loads((Path(out) / "run.json").read_text())["workers"] == 2
+    assert json.loads((Path(out) / "checkpoint" / "state.json").read_text())["epoch"] == 1
 
+    # The command itself, restarted on both workers: it resumes from the chief's checkpoint, in mixed precision.
+    sys.path.insert(0, str(HELPER.parent))
+    from two_workers import options
 
-def test_two_worker_cli_run_resumes_from_the_chiefs_checkpoint(demo_manifest, tmp_path):
-    out = tmp_path / "run"
-    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest), "--out", str(out),
-             "--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
-             "--steps-per-epoch", "2", "--validation-steps", "1", "--samples", "1", "--verbose", "2",
-             "--precision", "mixed_float16"]
-    first = finish([start([*train, "--epochs", "1"], config) for config in tf_configs()])
-    assert "2 replica(s) on 2 machine(s)" in first[0][1] and first[1][1].count("Epoch") == 0
-    second = finish([start([*train, "--epochs", "2", "--resume"], config) for config in tf_configs()])
-    assert "Epoch 2/2" in second[0][1] and "Epoch 1/2" not in second[0][1]
+    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), *options(str(demo_manifest), out, steps),
+             "--epochs", "2", "--resume", "--precision", "mixed_float16", "--verbose", "2"]
+    chief_run, other_run = finish([start(train, config) for config in tf_configs()])
+    assert "2 replica(s) on 2 machine(s)" in chief_run[1] and "precision mixed_float16" in chief_run[1]
+    assert "Epoch 2/2" in chief_run[1] and "Epoch 1/2" not in chief_run[1] and "Epoch" not in other_run[1]
+    out = Path(out)
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [0, 1] and np.isfinite(history["val_loss"]).all()
     state = json.loads((out / "checkpoint" / "state.json").read_text())

@@ -77,7 +77,8 @@ def test_luna16_cross_validation_with_radimagenet_end_to_end(radimagenet_standin
     args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(tmp_path_factory.getbasetemp() / "cv_patches"),
                        "--out", str(out), "--init", "radimagenet", "--backbone", "resnet50_keras",
                        "--radimagenet-weights", str(path), "--folds", "1", "--patch-size", "32", "--positive-copies",
-                       "2", "--negative-fraction", "0.05", "--epochs", "1", "--batch-size", "256", "--verbose", "0"])
+                       "2", "--negative-fraction", "0.05", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
+                       "--gallery", "2", "--verbose", "0"])
     assert "using its resnet50 schedule for --init imagenet" in capsys.readouterr().out
     run(args)
     contract = read_results(out)

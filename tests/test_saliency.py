@@ -13,7 +13,7 @@ def hand_made_classifier():
     from genesis2d.transfer import build_classifier
 
     image = keras.Input((64, 64, 1))
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, kernel_initializer="ones")(image)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, kernel_initializer="ones", name="full_grid")(image)
     x = keras.layers.AveragePooling2D(8)(x)  # An 8x8 map, as a backbone's deep block at stride 8.
     encoder = keras.Model(image, keras.layers.Activation("linear", name="encoder_output")(x), name="encoder")
     model = build_classifier(encoder, units=4, dropout=0.5)
@@ -31,6 +31,9 @@ def test_grad_cam_peaks_where_the_signal_is():
         image[top:top + 12, left:left + 12] = 1.0  # A bright square; the rest is empty.
     maps = grad_cam(model, images)
     assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() == pytest.approx(1.0)
+    finer = grad_cam(model, images, block="full_grid")  # An earlier block: the gradient flows through the rest.
+    for cam, (top, left) in zip(finer, places):
+        assert cam[top:top + 12, left:left + 12].min() > 0.4 and cam[(top + 32) % 64, (left + 32) % 64] == 0
     for cam, (top, left) in zip(maps, places):
         row, column = np.unravel_index(np.argmax(cam), cam.shape)
         assert top - 4 <= row < top + 16 and left - 4 <= column < left + 16
@@ -62,6 +65,17 @@ def test_a_linear_probes_class_activation_map_peaks_where_the_signal_is():
     cam = probe.saliency(test)[0]
     row, column = np.unravel_index(np.argmax(cam), cam.shape)
     assert 36 <= row < 56 and 4 <= column < 24 and cam[:24, 32:].mean() < 0.05
+
+
+def test_the_explained_block_keeps_a_grid_that_can_localise():
+    from genesis2d.backbones import BACKBONES
+    from genesis2d.saliency import saliency_block
+
+    skips = BACKBONES["resnet18"]["skips"]  # Strides 16, 8, 4, 2.
+    assert saliency_block(skips, 224) is None  # 7x7: the encoder's last block, as Grad-CAM is usually drawn.
+    assert saliency_block(skips, 128) is None
+    assert saliency_block(skips, 64) == skips[0]  # 2x2 at stride 32; 4x4 at stride 16.
+    assert saliency_block(skips, 32) == skips[1]
 
 
 def test_confident_cases_are_the_most_confident_of_each_kind(tmp_path):
