@@ -84,15 +84,12 @@ class LinearProbe:
         the map sum_c (w_c / s_c) A_c(y, x) is its exact split over locations (Zhou et al.
         2016), what Grad-CAM gives for a linear head; rectified, resized and scaled per image.
         """
-        import tensorflow as tf
+        from genesis2d.saliency import image_maps
 
         scaler, logistic = self.model[0], self.model[-1]
         weights = (logistic.coef_[0] / scaler.scale_).astype(np.float32)
         features = self.encoder.predict(np.asarray(images, dtype=np.float32), verbose=0)
-        cam = np.maximum(np.tensordot(features, weights, axes=([-1], [0])), 0)[..., None]
-        cam = tf.image.resize(cam, np.asarray(images).shape[1:3], method="bilinear")[..., 0].numpy()
-        peak = cam.reshape(len(cam), -1).max(axis=1)
-        return (cam / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
+        return image_maps(np.tensordot(features, weights, axes=([-1], [0])), np.asarray(images).shape[1:3])
 
 
 def linear_probe(encoder, train, train_labels, train_groups, seed=0):

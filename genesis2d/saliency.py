@@ -32,6 +32,16 @@ def saliency_block(skips, image_size, stride=32):
     return None
 
 
+def image_maps(cam, size):
+    """Coarse maps (N, h, w) weighted by channel -> (N, H, W) float32: rectified, resized to `size`, peak 1 each."""
+    import tensorflow as tf
+
+    cam = np.maximum(np.asarray(cam, dtype=np.float32), 0)[..., None]
+    cam = tf.image.resize(cam, tuple(size), method="bilinear")[..., 0].numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1)
+    return (cam / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
+
+
 def grad_cam(model, images, block=None, encoder_name="encoder", batch_size=32):
     """(N, H, W) float32 maps in [0, 1] for a classifier that nests its encoder as one layer.
 
@@ -63,10 +73,7 @@ def grad_cam(model, images, block=None, encoder_name="encoder", batch_size=32):
             score = tf.cast(score, tf.float32)[:, 0]
         gradients = tf.cast(tape.gradient(score, found[0]), tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, x.shape[1:3], method="bilinear")[..., 0].numpy()
-        peak = cam.reshape(len(cam), -1).max(axis=1)
-        maps.append(cam / np.where(peak > 0, peak, 1.0)[:, None, None])
+        maps.append(image_maps(tf.reduce_sum(weights * features, axis=-1), x.shape[1:3]))
     return np.concatenate(maps).astype(np.float32)
 
 
