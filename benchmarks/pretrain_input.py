@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median). Default: 5.")
     args = parser.parse_args(argv)
 
-    from preprocessing.cli import start_tensorflow_quietly
+    from plumbing.cli import start_tensorflow_quietly
 
     start_tensorflow_quietly()
     from preprocessing.shards import write_shards

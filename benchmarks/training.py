@@ -99,11 +99,11 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=40, help="slices per volume. Default: 40.")
     args = parser.parse_args(argv)
 
-    from preprocessing.cli import start_tensorflow_quietly
+    from plumbing.cli import start_tensorflow_quietly
 
     start_tensorflow_quietly()
     from genesis2d.pretrain import PretrainConfig
-    from genesis2d.runtime import pick_precision
+    from plumbing.runtime import pick_precision
     from preprocessing.shards import write_shards
 
     precision = pick_precision("auto")

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocessing.atomic import atomic_path, write_json
+from plumbing.atomic import atomic_path, write_json
 
 STATE_FILE = "state.json"
 _TRACKED = {  # Callback attributes that must survive a restart.

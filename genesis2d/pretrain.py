@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from genesis2d.backbones import BACKBONES, image_size
-from genesis2d.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
-from preprocessing.atomic import atomic_path, remove_temporaries, write_csv, write_json, write_text
-from preprocessing.cli import ArgumentParser, default_verbosity
-from preprocessing.errors import ImageReadError, InputError, UsageError
-from preprocessing.figures import pyplot, save_figure
+from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
+from plumbing.atomic import atomic_path, remove_temporaries, write_csv, write_json, write_text
+from plumbing.cli import ArgumentParser, default_verbosity
+from plumbing.errors import ImageReadError, InputError, UsageError
+from plumbing.figures import pyplot, save_figure
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
 from preprocessing.normalize import HU_MAX, HU_MIN
 
@@ -172,7 +172,7 @@ class PretrainConfig:
 
 def parse_args(argv=None):
     """The resolved PretrainConfig; without a data source, the demo corpus and its config (unless --config)."""
-    from preprocessing.cli import parse_with_demo_default
+    from plumbing.cli import parse_with_demo_default
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--manifest", "--shards"))
     if args.manifest and args.shards:
@@ -236,7 +236,7 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
     """
     import tensorflow as tf
 
-    from genesis2d.runtime import STREAM_WORKER_DATA
+    from plumbing.runtime import STREAM_WORKER_DATA
     from genesis2d.transforms import tf_make_pair
     from preprocessing.pipeline import make_dataset, ordered
 
@@ -349,7 +349,7 @@ def export_best(model, backbone, out, card):
     import shutil
 
     from genesis2d.card import card_markdown
-    from genesis2d.runtime import file_sha256
+    from plumbing.fingerprint import file_sha256
 
     staging = Path(out) / STAGING
     if staging.exists():
@@ -493,7 +493,7 @@ def run(config, strategy=None, extra_callbacks=()):
     On several machines (see `genesis2d.distributed`) every worker calls it; the chief
     (worker 0) writes the outputs and the others return None.
     """
-    from genesis2d.runtime import pick_strategy, worker_role
+    from genesis2d.strategy import pick_strategy, worker_role
 
     strategy = strategy or pick_strategy(config.cluster)  # First: a multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
@@ -513,7 +513,8 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
     from genesis2d.card import encoder_card
     from genesis2d.checkpoint import fit_resumable
     from preprocessing.pipeline import NO_SLICE_LEFT
-    from genesis2d.runtime import configure_determinism, divergence_guard, pick_precision, set_seed, versions, write_run_record
+    from plumbing.runtime import (configure_determinism, divergence_guard, pick_precision, set_seed, versions,
+                                  write_run_record)
     from genesis2d.unet import build_unet
 
     out = Path(config.out)
@@ -653,7 +654,7 @@ def worker_datasets(source, config, strategy, first_step, worker, workers):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     def interrupted(config):
         return f"continue with `python genesis2d/train.py --resume --out {config.out}` (and the same options)."

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from luna16.patches import extract_scan
-from preprocessing.atomic import atomic_path, write_csv, write_json
-from preprocessing.cli import ArgumentParser
-from preprocessing.errors import ImageReadError, InputError
+from plumbing.atomic import atomic_path, write_csv, write_json
+from plumbing.cli import ArgumentParser
+from plumbing.errors import ImageReadError, InputError
 from preprocessing.readers import read_image
 from preprocessing.split import hold_out_groups
 
@@ -51,7 +51,7 @@ def input_fingerprint(candidates_path, scans):
 
     A changed, added or removed file changes it, so a cache of other data is never reused.
     """
-    from genesis2d.results import fingerprint
+    from plumbing.fingerprint import fingerprint
 
     def stamp(path):
         stat = Path(path).stat()
@@ -105,7 +105,7 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     """
     from tqdm import tqdm
 
-    from genesis2d.results import fingerprint
+    from plumbing.fingerprint import fingerprint
 
     out_dir = Path(out_dir)
     candidates = read_candidates(data_dir)
@@ -265,7 +265,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

@@ -17,19 +17,24 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import BACKBONES, image_size
-from genesis2d.probe import probe_encoder
-from genesis2d.saliency import grad_cam, saliency_block
-from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.results import finished_with, fingerprint, score_rows, write_results
-from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
-from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
-                                resolve_schedule, saliency_gallery, schedule_table_text, transfer_settings)
+from transfer.probe import probe_encoder
+from transfer.saliency import grad_cam, saliency_block
+from transfer.statistics import binary_metrics
+from transfer.plots import plot_histories, plot_roc
+from plumbing.fingerprint import finished_with, fingerprint
+from transfer.results import score_rows, write_results
+from plumbing.runtime import STREAM_FOLD, derive_seed, set_seed
+from transfer.schedules import ThesisSchedule, schedule_table_text
+from transfer.options import add_transfer_arguments, resolve_schedule, transfer_settings
+from transfer.finetune import fine_tune, predict
+from transfer.encoders import resolve_encoder_files
+from transfer.saliency import saliency_gallery
 from luna16.patches import PLANES
 from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, extract_subsets, fold_subsets, read_candidates,
                          scans_by_subset, training_arrays, validation_series)
-from preprocessing.atomic import write_csv, write_json, write_text
-from preprocessing.cli import ArgumentParser, fraction_type
-from preprocessing.errors import UsageError
+from plumbing.atomic import write_csv, write_json, write_text
+from plumbing.cli import ArgumentParser, fraction_type
+from plumbing.errors import UsageError
 from preprocessing.split import hold_out_groups
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +92,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from preprocessing.cli import parse_with_demo_default
+    from plumbing.cli import parse_with_demo_default
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     resolve_schedule(args, THESIS_SCHEDULES)
@@ -285,7 +290,7 @@ def summarize(out, folds, predictions_by_fold, args):
 
 
 def run(args):
-    from genesis2d.runtime import configure_determinism, pick_precision, write_run_record
+    from plumbing.runtime import configure_determinism, pick_precision, write_run_record
 
     out = Path(args.out)
     data, patches = data_dirs(args)
@@ -305,6 +310,6 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv, tensorflow=True)

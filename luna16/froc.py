@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.atomic import write_json
-from preprocessing.cli import ArgumentParser
-from preprocessing.errors import InputError
-from preprocessing.figures import pyplot, save_figure
+from plumbing.atomic import write_json
+from plumbing.cli import ArgumentParser
+from plumbing.errors import InputError
+from plumbing.figures import pyplot, save_figure
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CAD_MARKS = 100  # The script's maxNumberOfCADMarks.
@@ -281,7 +281,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError
 from preprocessing.split import hold_out_groups
 
 BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")

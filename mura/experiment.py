@@ -23,17 +23,22 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import BACKBONES, image_size
-from genesis2d.probe import probe_encoder
-from genesis2d.saliency import grad_cam, saliency_block
-from genesis2d.metrics import binary_metrics, plot_histories, plot_roc
-from genesis2d.results import finished_with, fingerprint, score_rows, write_results
-from genesis2d.runtime import STREAM_FOLD, derive_seed, set_seed
-from genesis2d.transfer import (ThesisSchedule, add_transfer_arguments, fine_tune, predict, resolve_encoder_files,
-                                resolve_schedule, saliency_gallery, schedule_table_text, transfer_settings)
+from transfer.probe import probe_encoder
+from transfer.saliency import grad_cam, saliency_block
+from transfer.statistics import binary_metrics
+from transfer.plots import plot_histories, plot_roc
+from plumbing.fingerprint import finished_with, fingerprint
+from transfer.results import score_rows, write_results
+from plumbing.runtime import STREAM_FOLD, derive_seed, set_seed
+from transfer.schedules import ThesisSchedule, schedule_table_text
+from transfer.options import add_transfer_arguments, resolve_schedule, transfer_settings
+from transfer.finetune import fine_tune, predict
+from transfer.encoders import resolve_encoder_files
+from transfer.saliency import saliency_gallery
 from mura.data import body_parts_of, make_dataset, read_split, split_patients, study_probabilities
-from preprocessing.atomic import write_csv, write_json
-from preprocessing.cli import ArgumentParser, fraction_type
-from preprocessing.errors import UsageError
+from plumbing.atomic import write_csv, write_json
+from plumbing.cli import ArgumentParser, fraction_type
+from plumbing.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
@@ -94,7 +99,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from preprocessing.cli import parse_with_demo_default
+    from plumbing.cli import parse_with_demo_default
 
     args = parse_with_demo_default(build_parser(), argv, DEMO_CONFIG, ("--data",))
     resolve_schedule(args, THESIS_SCHEDULES)
@@ -152,7 +157,7 @@ def test_scores(runs, valid):
 
 
 def run(args):
-    from genesis2d.runtime import configure_determinism, pick_precision, write_run_record
+    from plumbing.runtime import configure_determinism, pick_precision, write_run_record
 
     out = Path(args.out)
     settings = training_settings(args)
@@ -253,6 +258,6 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv, tensorflow=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a file from a checkout.
 
-from preprocessing.cli import start_tensorflow_quietly  # noqa: E402
+from plumbing.cli import start_tensorflow_quietly
 
 start_tensorflow_quietly()  # Before the imports below load TensorFlow, so its start-up noise stays out of the log.
 

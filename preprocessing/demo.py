@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import write_text
-from preprocessing.cli import ArgumentParser
+from plumbing.atomic import write_text
+from plumbing.cli import ArgumentParser
 
 COMPLETE_MARKER = ".complete"
 DEMO_VERSION = 5  # Bump when a generator changes, so old demo trees are rewritten.
@@ -338,7 +338,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from preprocessing.atomic import write_csv
-from preprocessing.cli import ArgumentParser
-from preprocessing.errors import ImageReadError, InputError
-from preprocessing.figures import pyplot, save_figure
+from plumbing.atomic import write_csv
+from plumbing.cli import ArgumentParser
+from plumbing.errors import ImageReadError, InputError
+from plumbing.figures import pyplot, save_figure
 from preprocessing.normalize import MODALITIES
 from preprocessing.readers import read_header
 from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
@@ -253,7 +253,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

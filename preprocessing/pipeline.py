@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE, tf_crop_and_resize
 from preprocessing.normalize import normalize_slice
 from preprocessing.readers import read_image

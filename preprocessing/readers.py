@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.errors import ImageReadError
+from plumbing.errors import ImageReadError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")  # .hdr: Analyze 7.5 (OASIS, IBSR), read by nibabel
 ITK_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
-from preprocessing.cli import ArgumentParser
-from preprocessing.errors import ImageReadError
+from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
+from plumbing.cli import ArgumentParser
+from plumbing.errors import ImageReadError
 from preprocessing.pipeline import UINT16_MAX, load_manifest, read_normalized_slices, volume_groups
 
 
@@ -154,7 +154,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

@@ -2,6 +2,7 @@
 
 `python -m study` runs the whole study on the demo data (`study.demo`);
 `python -m study.report RUN_DIRS --out DIR` builds the report from any finished
-runs, reading only the results contract of `genesis2d.results`. The layers below
-(`preprocessing` <- `genesis2d` <- `luna16`, `mura`) never import this package.
+runs, reading only the results contract of `transfer.results`. The layers below
+(`plumbing` <- `preprocessing` <- `genesis2d` <- `transfer` <- `luna16`, `mura`) never
+import this package.
 """

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from preprocessing.cli import start_tensorflow_quietly  # noqa: E402
+from plumbing.cli import start_tensorflow_quietly
 
 start_tensorflow_quietly()
 from study.demo import main  # noqa: E402

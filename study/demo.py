@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras import.
-from preprocessing.cli import ArgumentParser  # noqa: E402
+from plumbing.cli import ArgumentParser
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
@@ -52,7 +52,7 @@ def run(args):
     out = Path(args.out)
     from genesis2d import pretrain
     from genesis2d.checkpoint import load_state
-    from genesis2d.transfer import keras_cache_dir
+    from transfer.encoders import keras_cache_dir
     from luna16 import experiment as luna16
     from mura import experiment as mura
     from study.report import build_report
@@ -116,7 +116,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(lambda a: build_parser().parse_args(a), run, argv,
                        interrupted=lambda args: "run the same command again to continue where it stopped.")

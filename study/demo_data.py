@@ -6,7 +6,7 @@ Each is also written on first use by the command that needs it.
 """
 
 from pathlib import Path
-from preprocessing.cli import ArgumentParser
+from plumbing.cli import ArgumentParser
 
 
 def write_all(out, seed=0):
@@ -37,7 +37,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

@@ -2,7 +2,7 @@
 
     python -m study.report runs/study/luna16_* runs/study/mura_* --out runs/report
 
-Reads only the results contract of each run folder (`genesis2d.results`), so any
+Reads only the results contract of each run folder (`transfer.results`), so any
 task that writes it appears here. For every task, backbone and level (the first
 level the thesis's metric): each initialisation's AUC with a 95% interval from
 resampling the level's groups (scans, patients) within folds; the runs of
@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genesis2d.metrics import bootstrap_auc, paired_auc_test, plot_mean_roc, stratified_metric
-from genesis2d.results import ResultsError, read_results
-from preprocessing.atomic import write_csv, write_text
-from preprocessing.cli import ArgumentParser
-from preprocessing.errors import UsageError
-from preprocessing.figures import pyplot, save_figure
+from transfer.statistics import bootstrap_auc, paired_auc_test, stratified_metric
+from transfer.plots import plot_mean_roc
+from transfer.results import ResultsError, read_results
+from plumbing.atomic import write_csv, write_text
+from plumbing.cli import ArgumentParser
+from plumbing.errors import UsageError
+from plumbing.figures import pyplot, save_figure
 
 INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet")  # Known initialisations first, any others after them.
 REFERENCE = "genesis"  # The initialisation compared with every other (fine-tuned with fine-tuned, probe with probe).
@@ -233,7 +234,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
     if galleries:
         lines += ["", "## Where the classifiers look", "",
                   "Grad-CAM on the encoder's last block for the most confident true positives, false positives and "
-                  "false negatives of each test set (`genesis2d/saliency.py`), one gallery per fold or run:", ""]
+                  "false negatives of each test set (`transfer/saliency.py`), one gallery per fold or run:", ""]
         lines += [f"- {r.task} {r.backbone} {r.arm}: [{path.parent.name if path.parent != Path(r.folder) else 'run'}]"
                   f"({os.path.relpath(path, out)})" for r, path in galleries]
     write_text(out / "report.md", "\n".join(lines) + "\n")
@@ -259,7 +260,7 @@ def run(args):
 
 
 def main(argv=None):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     return run_command(parse_args, run, argv)
 

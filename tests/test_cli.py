@@ -2,8 +2,8 @@ import argparse
 
 import pytest
 
-from preprocessing.cli import check_fraction, fraction_type, parse_with_config, run_command
-from preprocessing.errors import ImageReadError, UsageError
+from plumbing.cli import check_fraction, fraction_type, parse_with_config, run_command
+from plumbing.errors import ImageReadError, UsageError
 
 
 def _parser():

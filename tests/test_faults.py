@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY_PRETRAIN
 
 from preprocessing.demo import write_dicom_series, write_itk
-from preprocessing.errors import ImageReadError, InputError, UsageError
+from plumbing.errors import ImageReadError, InputError, UsageError
 from preprocessing.readers import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_an_export_killed_half_way_is_finished_or_dropped(tmp_path):
 
 
 def test_card_names_its_files_and_what_chose_the_best_epoch(pretrained_run):
-    from genesis2d.runtime import file_sha256
+    from plumbing.fingerprint import file_sha256
 
     out, card = pretrained_run
     saved = json.loads((out / "card.json").read_text())
@@ -208,7 +208,7 @@ def test_a_diverging_run_stops_with_one_line(demo_manifest, tmp_path):
 
 
 def test_a_read_only_output_is_one_line(tmp_path, capsys):
-    from preprocessing.cli import run_command
+    from plumbing.cli import run_command
 
     def write(_):
         raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "card.json"))
@@ -295,15 +295,15 @@ def test_a_cut_or_empty_mura_image_is_named_when_the_split_is_read(demo_dir, tmp
 
 
 def test_input_errors_share_one_base():
-    from genesis2d.results import ResultsError
-    from genesis2d.transfer import InitError
+    from transfer.results import ResultsError
+    from transfer.encoders import InitError
 
     for kind in (ImageReadError, UsageError, InitError, ResultsError):
         assert issubclass(kind, InputError)
 
 
 def test_a_malformed_tf_config_is_one_usage_error():
-    from genesis2d.runtime import cluster_tasks
+    from genesis2d.strategy import cluster_tasks
 
     assert cluster_tasks({}) == 0
     assert cluster_tasks({"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},

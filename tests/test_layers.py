@@ -1,4 +1,4 @@
-"""The package layering: preprocessing <- genesis2d <- luna16, mura <- study; no import runs upward."""
+"""The package layering: plumbing <- preprocessing <- genesis2d <- transfer <- luna16, mura <- study; no import runs upward."""
 
 import ast
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ABOVE = {"preprocessing": {"genesis2d", "luna16", "mura", "study"}, "genesis2d": {"luna16", "mura", "study"},
-         "luna16": {"mura", "study"}, "mura": {"luna16", "study"}}
+ORDER = ["plumbing", "preprocessing", "genesis2d", "transfer", ("luna16", "mura"), "study"]
+LAYERS = [set(layer) if isinstance(layer, tuple) else {layer} for layer in ORDER]
+# Every package may import those below it, never one above it nor (for the tasks) its sibling.
+ABOVE = {package: set().union(*LAYERS[i:]) - {package} for i, layer in enumerate(LAYERS) for package in layer}
 
 
 def imported_packages(path):
@@ -33,8 +35,13 @@ def test_lower_layers_name_the_tasks_only_in_prose():
     import io
     import tokenize
 
-    for package in ("preprocessing", "genesis2d"):
+    for package in ("plumbing", "preprocessing", "genesis2d", "transfer"):
         for path in (ROOT / package).rglob("*.py"):
             tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
             names = {t.string for t in tokens if t.type == tokenize.NAME}
             assert not {n for n in names if "luna16" in n.lower() or "mura" in n.lower()}, path
+
+
+def test_every_package_is_in_the_order():
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert packages == set().union(*LAYERS)

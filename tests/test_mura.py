@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from genesis2d.results import read_results
-from genesis2d.runtime import STREAM_FOLD, derive_seed
+from transfer.results import read_results
+from plumbing.runtime import STREAM_FOLD, derive_seed
 from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
 from mura.experiment import evaluate
-from preprocessing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError
 
 MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18", "--epoch-size", "96",
              "--batch-size", "32", "--verbose", "0"]
@@ -130,8 +130,8 @@ def test_balanced_epochs_draw_both_classes_equally(demo_dir):
 
 
 def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run, tmp_path):
-    from genesis2d.probe import encoder_features, fit_probe
-    from genesis2d.transfer import load_encoder
+    from transfer.probe import encoder_features, fit_probe
+    from transfer.encoders import load_encoder
     from mura.data import make_dataset
     from mura.experiment import parse_args, run
 

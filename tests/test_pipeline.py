@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import preprocessing.pipeline as pipeline
-from preprocessing.errors import InputError
+from plumbing.errors import InputError
 from preprocessing.shards import write_shards
 
 

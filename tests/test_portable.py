@@ -63,7 +63,7 @@ def test_the_cards_snippets_load_encoder_h5_with_the_trained_outputs(pretrained_
 def test_the_card_tells_how_to_feed_the_encoder(pretrained_run):
     import keras
 
-    from genesis2d.runtime import file_sha256
+    from plumbing.fingerprint import file_sha256
 
     out, _ = pretrained_run
     card = json.loads((out / "card.json").read_text())

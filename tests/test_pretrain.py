@@ -11,7 +11,7 @@ import pytest
 
 from genesis2d.checkpoint import load_state
 from genesis2d.pretrain import parse_args, run
-from preprocessing.errors import UsageError
+from plumbing.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 from conftest import TINY_PRETRAIN as TINY

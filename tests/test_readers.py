@@ -8,7 +8,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from preprocessing.demo import write_dicom_series, write_itk, write_nifti, write_png
-from preprocessing.errors import ImageReadError
+from plumbing.errors import ImageReadError
 from preprocessing.readers import read_header, read_image
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from genesis2d.metrics import paired_auc_test
-from genesis2d.results import SCORE_COLUMNS, read_results
+from transfer.statistics import paired_auc_test
+from transfer.results import SCORE_COLUMNS, read_results
 from study.report import build_report, main
 
 LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patient", "metrics": ["auc", "accuracy"]},

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from genesis2d.saliency import CATEGORIES, confident_cases, gallery, grad_cam
+from transfer.saliency import CATEGORIES, confident_cases, gallery, grad_cam
 
 
 def hand_made_classifier():
-    """The thesis head (genesis2d.transfer.build_classifier) on a tiny encoder that responds to brightness."""
+    """The thesis head (transfer.finetune.build_classifier) on a tiny encoder that responds to brightness."""
     import keras
 
-    from genesis2d.transfer import build_classifier
+    from transfer.finetune import build_classifier
 
     image = keras.Input((64, 64, 1))
     x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, kernel_initializer="ones", name="full_grid")(image)
@@ -48,7 +48,7 @@ def test_a_linear_probes_class_activation_map_peaks_where_the_signal_is():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from genesis2d.probe import LinearProbe
+    from transfer.probe import LinearProbe
 
     encoder = hand_made_classifier().get_layer("encoder")
     rng = np.random.default_rng(0)
@@ -69,7 +69,7 @@ def test_a_linear_probes_class_activation_map_peaks_where_the_signal_is():
 
 def test_the_explained_block_keeps_a_grid_that_can_localise():
     from genesis2d.backbones import BACKBONES
-    from genesis2d.saliency import saliency_block
+    from transfer.saliency import saliency_block
 
     skips = BACKBONES["resnet18"]["skips"]  # Strides 16, 8, 4, 2.
     assert saliency_block(skips, 224) is None  # 7x7: the encoder's last block, as Grad-CAM is usually drawn.

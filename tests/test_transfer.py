@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from genesis2d.results import read_results
-from genesis2d.transfer import InitError, build_classifier, keras_cache_dir, load_encoder
-from preprocessing.errors import UsageError
+from transfer.results import read_results
+from transfer.encoders import InitError, keras_cache_dir, load_encoder
+from transfer.finetune import build_classifier
+from plumbing.errors import UsageError
 
 CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
            "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
@@ -120,7 +121,7 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     if init == "genesis":  # The resolved encoder and its checksum are recorded.
-        from genesis2d.runtime import file_sha256
+        from plumbing.fingerprint import file_sha256
 
         assert settings["encoder_sha256"] == file_sha256(pretrained_run[0] / "encoder.h5")
 
@@ -158,10 +159,10 @@ def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init,
 
 
 def test_encoders_are_checked_before_any_data_and_never_chosen_silently(tmp_path, monkeypatch, capsys):
-    import genesis2d.transfer as transfer
+    import transfer.encoders as encoders
     from luna16.experiment import parse_args
 
-    monkeypatch.setattr(transfer, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(encoders, "PROJECT_ROOT", tmp_path)
     with pytest.raises(InitError, match="does not exist .--encoder."):
         parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(tmp_path / "missing.h5")])
     with pytest.raises(InitError, match="holds no genesis2d_vgg16"):
@@ -183,7 +184,8 @@ def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
     import keras
     import tensorflow as tf
 
-    from genesis2d.transfer import EncoderSpec, Head, Schedule, fine_tune
+    from transfer.encoders import EncoderSpec
+    from transfer.finetune import Head, Schedule, fine_tune
 
     x = np.random.default_rng(0).random((8, 32, 32, 1), dtype=np.float32)
     y = np.array([0, 1] * 4, np.float32)

@@ -37,7 +37,7 @@ def worker(manifest, out, steps):
     import keras
 
     from genesis2d.pretrain import parse_args, run
-    from genesis2d.runtime import pick_strategy, worker_role
+    from genesis2d.strategy import pick_strategy, worker_role
 
     strategy = pick_strategy()
     index, _, _ = worker_role(strategy)
@@ -63,7 +63,7 @@ def reference(manifest, out, steps):
 
     from genesis2d.distributed import synchronize_batch_norm
     from genesis2d.pretrain import pairs, parse_args
-    from genesis2d.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
+    from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
     from genesis2d.unet import build_unet
 
     config = parse_args(options(manifest, out, steps))

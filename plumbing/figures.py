@@ -1,6 +1,6 @@
 """Figures: one matplotlib set-up (the non-interactive Agg backend) and atomic PNG writes."""
 
-from preprocessing.atomic import atomic_path
+from plumbing.atomic import atomic_path
 
 
 def pyplot():

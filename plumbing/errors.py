@@ -2,7 +2,7 @@
 
 Every user-facing input problem (an image, a manifest, a CSV, an encoder file, an
 option) is an `InputError`, whose message is one sentence naming the thing and the
-problem; `preprocessing.cli.run_command` prints it as one `error: ...` line and
+problem; `plumbing.cli.run_command` prints it as one `error: ...` line and
 exits with code 1, or 2 for a `UsageError` (a bad option, as argparse does).
 """
 

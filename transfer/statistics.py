@@ -1,4 +1,4 @@
-"""Binary classification metrics, their statistics and plots, written once for every downstream task.
+"""Binary classification metrics and their statistics, written once for every downstream task.
 
 Statistics follow the unit of independence: an AUC's interval resamples whole
 groups (scans, patients) within each cross-validation fold, and two models are
@@ -9,8 +9,6 @@ ensemble: the statistic is the mean over runs of the mean over folds of the AUC.
 """
 
 import numpy as np
-
-from preprocessing.figures import pyplot, save_figure
 
 
 def binary_metrics(y_true, probability, threshold=0.5):
@@ -35,67 +33,6 @@ def binary_metrics(y_true, probability, threshold=0.5):
         "n": int(len(y_true)),
         "n_positive": int(positives.sum()),
     }
-
-
-def _finish_roc(figure, axis, title, path):
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    save_figure(path, figure, dpi=110)
-
-
-def plot_roc(curves, path, title="ROC"):
-    """One PNG with a ROC curve per entry of `curves`: {label: (y_true, probability)}."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(5, 5))
-    for label, (y_true, probability) in curves.items():
-        if len(np.unique(y_true)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y_true, probability)
-        axis.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y_true, probability):.3f})")
-    _finish_roc(figure, axis, title, path)
-
-
-def plot_mean_roc(curves, path, title="ROC, mean over folds"):
-    """One ROC per entry, averaged vertically over its folds: {label: [(y_true, probability) per fold]}.
-
-    Each fold has its own model, so its scores are not pooled with the others'; the legend
-    gives the mean of the per-fold AUCs.
-    """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = pyplot()
-    grid = np.linspace(0, 1, 201)
-    figure, axis = plt.subplots(figsize=(5, 5))
-    for label, folds in curves.items():
-        tprs = [np.interp(grid, *roc_curve(y, p)[:2]) for y, p in folds]
-        auc = np.mean([roc_auc_score(y, p) for y, p in folds])
-        detail = f"mean AUC {auc:.3f}, {len(folds)} folds" if len(folds) > 1 else f"AUC {auc:.3f}"
-        axis.plot(grid, np.mean(tprs, axis=0), label=f"{label} ({detail})")
-    _finish_roc(figure, axis, title, path)
-
-
-def plot_histories(histories, path, title="loss"):
-    """Training and validation loss per epoch, one line pair per entry: {label: DataFrame}."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for index, (label, history) in enumerate(histories.items()):
-        color = f"C{index % 10}"
-        epochs = np.arange(1, len(history) + 1)
-        axis.plot(epochs, history["loss"], color=color, label=f"{label} train")
-        if "val_loss" in history:
-            axis.plot(epochs, history["val_loss"], color=color, linestyle="--", label=f"{label} validation")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("binary cross-entropy")
-    axis.set_title(title)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    save_figure(path, figure, dpi=110)
 
 
 def _midranks(values):

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from preprocessing.errors import InputError, UsageError
+from plumbing.errors import InputError, UsageError
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ case with its map over it.
 
 import numpy as np
 
-from preprocessing.figures import pyplot, save_figure
+from plumbing.figures import pyplot, save_figure
 
 CATEGORIES = ("true positives", "false positives", "false negatives")
 
@@ -48,7 +48,7 @@ def grad_cam(model, images, block=None, encoder_name="encoder", batch_size=32):
     Args:
         model: keras.Model image -> probability, whose layer `encoder_name` (a nested model
             ending in `encoder_output`) is followed by the head's layers (see
-            `genesis2d.transfer.build_classifier`).
+            `transfer.finetune.build_classifier`).
         images: float (N, H, W, 1).
         block: name of the encoder layer to explain. Defaults to its output.
     """
@@ -129,3 +129,33 @@ def gallery(path, images, maps, labels, probabilities, k=4, title="", view_names
     figure.tight_layout()
     save_figure(path, figure, dpi=90)
     return chosen
+
+
+def saliency_gallery(cam, images, labels, probabilities, path, k, title, image_size, view_names=None):
+    """Maps of a test set's k most confident TP, FP and FN cases, drawn to `path` (see `transfer.saliency`).
+
+    Args:
+        cam: images (n, S, S, 1) -> maps (n, S, S): `transfer.saliency.grad_cam` of a
+            fine-tuned classifier, or a linear probe's `saliency`.
+        images: (N, V, S, S, 1) or a callable giving those of a list of case indices (to load only those drawn).
+        labels, probabilities: (N,) per case.
+        image_size: the network's input side (images are resized to it).
+    """
+    import tensorflow as tf
+
+    from transfer.saliency import confident_cases, gallery
+
+    chosen = np.concatenate(list(confident_cases(labels, probabilities, k).values())).astype(int)
+    if not len(chosen):
+        return None
+    cases = np.asarray(images(chosen) if callable(images) else np.asarray(images)[chosen], dtype=np.float32)
+    if cases.ndim == 4:
+        cases = cases[:, None]
+    n, views = cases.shape[:2]
+    flat = cases.reshape(n * views, *cases.shape[2:])
+    if flat.shape[1] != image_size:
+        flat = tf.image.resize(flat, (image_size, image_size)).numpy()
+    maps = cam(flat).reshape(n, views, image_size, image_size)
+    gallery(path, flat[..., 0].reshape(n, views, image_size, image_size), maps, np.asarray(labels)[chosen],
+            np.asarray(probabilities)[chosen], k, title, view_names)
+    return path

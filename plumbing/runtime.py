@@ -1,7 +1,5 @@
-"""Pick precision and distribution strategy by the hardware found; derive seeds; record runs."""
+"""Pick precision by the hardware found; determinism; derive seeds; stop a diverging run; record runs."""
 
-import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -36,62 +34,6 @@ def pick_precision(requested="auto"):
     return policy
 
 
-CLUSTERS = ("auto", "slurm")
-
-
-def cluster_tasks(environ=None):
-    """How many tasks the TF_CONFIG environment variable names (0 without one)."""
-    environ = os.environ if environ is None else environ
-    try:
-        cluster = json.loads(environ.get("TF_CONFIG", "") or "{}").get("cluster") or {}
-    except (json.JSONDecodeError, AttributeError):
-        from preprocessing.errors import UsageError
-
-        raise UsageError("TF_CONFIG", "is not a JSON object with a 'cluster' and a 'task'") from None
-    return sum(len(v) for v in cluster.values())
-
-
-def pick_strategy(cluster="auto"):
-    """The distribution strategy for the hardware and cluster found.
-
-    Several machines: `MultiWorkerMirroredStrategy`, with the cluster read from TF_CONFIG
-    ('auto', when it names several tasks) or from Slurm's environment ('slurm', inside
-    `srun`). Otherwise `MirroredStrategy` over this machine's GPUs when it has several, and
-    the default strategy (one device) when not. Call it before any other TensorFlow work:
-    a multi-worker strategy must be created first.
-    """
-    import tensorflow as tf
-
-    if cluster not in CLUSTERS:
-        raise ValueError(f"cluster must be one of {CLUSTERS}. Received: cluster={cluster!r}")
-    if cluster == "slurm":
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    if cluster_tasks() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(gpus()) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def worker_role(strategy):
-    """(index, count, chief) of this process among the workers of `strategy`; (0, 1, True) on one machine.
-
-    The chief (a 'chief' task, else worker 0) has index 0 and is the one that writes outputs.
-    """
-    import tensorflow as tf
-
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return 0, 1, True
-    resolver = strategy.cluster_resolver
-    spec = resolver.cluster_spec().as_dict()
-    count = len(spec.get("chief", [])) + len(spec.get("worker", []))
-    if count <= 1 or resolver.task_type in (None, "chief"):
-        return 0, max(count, 1), True
-    index = int(resolver.task_id) + (1 if "chief" in spec else 0)
-    return index, count, index == 0
-
-
 def configure_determinism(requested=None):
     """Turns TensorFlow's op determinism on or off for this process; returns whether it is on.
 
@@ -111,13 +53,13 @@ def configure_determinism(requested=None):
 def divergence_guard():
     """A Keras callback that stops training at the first non-finite loss with one clear sentence.
 
-    The sentence names the epoch and what to try; `preprocessing.cli.run_command` prints it
+    The sentence names the epoch and what to try; `plumbing.cli.run_command` prints it
     as one line, where Keras would go on and hand NaN probabilities to the metrics.
     """
     import keras
     import numpy as np
 
-    from preprocessing.errors import InputError
+    from plumbing.errors import InputError
 
     class DivergenceGuard(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -150,20 +92,9 @@ def derive_seed(seed, *keys):
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] >> 1)
 
 
-def file_sha256(path):
-    """The sha256 of a file, read in chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_run_record(out, settings, extra=None):
     """Writes run.json beside a run's outputs: resolved settings (a dict or namespace), command, library versions."""
-    from preprocessing.atomic import write_json
+    from plumbing.atomic import write_json
 
     settings = settings if isinstance(settings, dict) else vars(settings)
     record = {"args": settings, "command": " ".join(sys.argv), "versions": versions()}

@@ -30,15 +30,14 @@ and whatever the task adds. `metrics.json` is written last: it marks the run fin
 A new task only writes these two files to appear in the report.
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from preprocessing.atomic import write_csv, write_json
-from preprocessing.errors import InputError, UsageError
+from plumbing.atomic import write_csv, write_json
+from plumbing.errors import InputError
 
 SCORES_FILE = "test_scores.csv"
 METRICS_FILE = "metrics.json"
@@ -113,36 +112,6 @@ def score_rows(level, key, label, probability, group, stratum=0, run=1):
     frame.insert(0, "level", level)
     frame["stratum"], frame["run"] = stratum, run
     return frame[list(SCORE_COLUMNS)]
-
-
-def fingerprint(settings):
-    """A short hash of a JSON-able mapping of settings (order of keys does not matter)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def finished_with(record_path, settings, overwrite=False):
-    """Whether a finished result may be reused: its record holds these same `settings`.
-
-    Returns True to reuse it, False when there is none (or `overwrite` asks to redo it).
-    Raises UsageError naming what changed when it was made with other settings: finished
-    work is never replaced, nor presented under settings it was not made with, silently.
-    """
-    record_path = Path(record_path)
-    if overwrite or not record_path.is_file():
-        return False
-    try:
-        recorded = json.loads(record_path.read_text()).get("settings")
-    except ValueError:
-        return False  # A record cut short: the work was not finished.
-    settings = json.loads(json.dumps(settings, default=str))  # As it would be written.
-    if recorded == settings:
-        return True
-    recorded = recorded or {}
-    changed = [f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" for key in sorted(set(settings) | set(recorded))
-               if recorded.get(key) != settings.get(key)]
-    raise UsageError(record_path.parent, f"holds results made with other settings ({'; '.join(changed[:6])}"
-                     f"{'; ...' if len(changed) > 6 else ''}); pass --overwrite to redo them or choose another --out")
 
 
 def write_results(out, scores, metrics):

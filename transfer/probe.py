@@ -12,7 +12,7 @@ the report shows probe and fine-tuning side by side.
 
 import numpy as np
 
-from preprocessing.errors import InputError
+from plumbing.errors import InputError
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))  # Inverse L2 strength: 1e-4 .. 100.
 PROBE_FOLDS = 5
@@ -84,7 +84,7 @@ class LinearProbe:
         the map sum_c (w_c / s_c) A_c(y, x) is its exact split over locations (Zhou et al.
         2016), what Grad-CAM gives for a linear head; rectified, resized and scaled per image.
         """
-        from genesis2d.saliency import image_maps
+        from transfer.saliency import image_maps
 
         scaler, logistic = self.model[0], self.model[-1]
         weights = (logistic.coef_[0] / scaler.scale_).astype(np.float32)
@@ -102,7 +102,7 @@ def probe_encoder(encoder_spec, input_shape, train, train_labels, train_groups, 
     """`linear_probe` on the encoder an EncoderSpec names (seeded, so a scratch encoder is the same each time)."""
     import keras
 
-    from genesis2d.transfer import load_encoder
+    from transfer.encoders import load_encoder
 
     keras.utils.set_random_seed(seed)
     encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,

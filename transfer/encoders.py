@@ -1,0 +1,173 @@
+"""Encoders and their initialisations for transfer to a downstream task (thesis 4.2).
+
+- `--init scratch`: the backbone's encoder with random weights;
+- `--init genesis`: a genesis2d encoder (`encoder.h5` or `encoder.weights.h5`);
+- `--init imagenet`: the backbone's ImageNet weights, as Keras downloads them;
+- `--init radimagenet`: RadImageNet's supervised medical weights (Mei et al., Radiology: AI
+  2022), a file the user downloads (`--radimagenet-weights`), for the backbones that have one.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
+from plumbing.errors import InputError, UsageError
+
+
+INITS = ("scratch", "genesis", "imagenet", "radimagenet")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class InitError(InputError):
+    """An encoder that cannot be initialised as asked; the message says what to do."""
+
+
+def keras_cache_dir():
+    """Where Keras looks for (and downloads) weights: $KERAS_HOME/models or ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def default_genesis_encoder(backbone, root=None):
+    """The one `weights/genesis2d_<backbone>_*/encoder.h5`; none or several stop with a line that lists them."""
+    root = Path(root) if root else PROJECT_ROOT / "weights"
+    found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"))
+    if not found:
+        raise InitError(root, f"holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
+                        f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder PATH")
+    if len(found) > 1:
+        raise InitError(root, f"holds {len(found)} {backbone} encoders ({', '.join(str(p.parent.name) for p in found)}); "
+                        "choose one with --encoder PATH")
+    print(f"genesis encoder: {found[0]} (the only {backbone} encoder under {root})")
+    return found[0]
+
+
+def resolve_encoder_files(args):
+    """Checks the encoder files an init needs before any data is read; records the resolved path and sha256.
+
+    Sets `args.encoder` (genesis: --encoder, or the one encoder under weights/) and
+    `args.encoder_sha256`; checks that --imagenet-weights exists when given.
+    """
+    from plumbing.fingerprint import file_sha256
+
+    args.encoder_sha256 = None
+    if args.init == "genesis":
+        path = Path(args.encoder) if args.encoder else default_genesis_encoder(args.backbone)
+        if not path.is_file():
+            raise InitError(path, "encoder file does not exist (--encoder)")
+        args.encoder, args.encoder_sha256 = str(path), file_sha256(path)
+    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
+        raise InitError(args.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
+    if args.init == "radimagenet":
+        path = radimagenet_file(args.backbone, args.radimagenet_weights)
+        args.radimagenet_weights, args.encoder_sha256 = str(path), file_sha256(path)
+    return args
+
+
+def radimagenet_file(backbone, explicit=None):
+    """The RadImageNet weights file of a backbone: `explicit`, else the one in Keras's cache; one line if neither."""
+    name = BACKBONES[backbone].get("radimagenet_file")
+    if not name:
+        having = sorted(b for b, entry in BACKBONES.items() if entry.get("radimagenet_file"))
+        raise UsageError("--backbone", f"RadImageNet publishes no {backbone} weights in this layout; use "
+                         f"--backbone {' or '.join(having)} with --init radimagenet")
+    path = Path(explicit) if explicit else keras_cache_dir() / name
+    if not path.is_file():
+        raise InitError(path, f"does not exist: --init radimagenet needs {name}, which cannot be downloaded "
+                        f"automatically; get it from {RADIMAGENET_SOURCE} and pass --radimagenet-weights PATH")
+    return path
+
+
+def _load_genesis(encoder, path):
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise InitError(path, "encoder file does not exist")
+    try:
+        if path.name.endswith(".weights.h5"):
+            encoder.load_weights(path)
+            return encoder
+        saved = keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise InitError(path, f"cannot be loaded as an encoder ({type(error).__name__}: {str(error)[:200]})") from error
+    weights = saved.get_weights()
+    if len(weights) != len(encoder.weights) or any(a.shape != b.shape for a, b in zip(weights, encoder.get_weights())):
+        raise InitError(path, f"encoder does not match backbone '{encoder.name}' "
+                        f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone")
+    encoder.set_weights(weights)
+    return encoder
+
+
+def _load_imagenet(backbone, input_shape, explicit=None):
+    from genesis2d.unet import build_encoder
+
+    name = BACKBONES[backbone]["imagenet_file"]
+    path = Path(explicit) if explicit else keras_cache_dir() / name
+    if explicit and not path.is_file():
+        raise InitError(path, "ImageNet weights file does not exist")
+    if path.is_file():
+        encoder = build_encoder(backbone, input_shape, weights=None)
+        try:
+            encoder.load_weights(path)  # Keras-2 HDF5, loaded layer by layer in order.
+        except Exception as error:
+            raise InitError(path, f"not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})") from error
+        return encoder
+    try:  # The real download path: segmentation_models asks Keras to fetch the file.
+        return build_encoder(backbone, input_shape, weights="imagenet")
+    except Exception as error:
+        raise InitError(keras_cache_dir() / name, f"ImageNet weights for {backbone} are not there and could not be "
+                        f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH") from error
+
+
+def _load_radimagenet(backbone, input_shape, path):
+    from genesis2d.unet import build_encoder
+
+    path = radimagenet_file(backbone, path)
+    encoder = build_encoder(backbone, input_shape, weights=None)
+    try:
+        encoder.load_weights(path)  # The Keras HDF5 weights of keras.applications' architecture, layer by layer.
+    except Exception as error:
+        raise InitError(path, f"not RadImageNet's {backbone} weights ({type(error).__name__}: "
+                        f"{str(error)[:160]})") from error
+    return encoder
+
+
+def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weights=None, radimagenet_weights=None):
+    """An encoder (input -> `encoder_output`) initialised as asked.
+
+    Args:
+        init: str. 'scratch', 'genesis', 'imagenet' or 'radimagenet'.
+        backbone: str. A key of `genesis2d.backbones.BACKBONES`.
+        input_shape: (H, W, 1).
+        encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
+            one under weights/ with this backbone.
+        imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
+        radimagenet_weights: for 'radimagenet', the RadImageNet weights file. Defaults to
+            its name in Keras's cache.
+    """
+    from genesis2d.unet import build_encoder
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}. Received: init={init!r}")
+    if init == "imagenet":
+        return _load_imagenet(backbone, input_shape, imagenet_weights)
+    if init == "radimagenet":
+        return _load_radimagenet(backbone, input_shape, radimagenet_weights)
+    encoder = build_encoder(backbone, input_shape, weights=None)
+    if init == "genesis":
+        _load_genesis(encoder, encoder_path or default_genesis_encoder(backbone))
+    return encoder
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder to start from (see `load_encoder`)."""
+
+    init: str
+    backbone: str
+    encoder_path: str | None = None
+    imagenet_weights: str | None = None
+    radimagenet_weights: str | None = None

@@ -1,0 +1,56 @@
+"""The schedule tables: per task, the thesis's training schedule for each backbone and initialisation."""
+
+from dataclasses import dataclass
+
+from plumbing.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ThesisSchedule:
+    """One row of a task's schedule table: the thesis's training settings for a backbone and init."""
+
+    epochs: int  # Fine-tuning epochs, after the warm-up.
+    warmup_epochs: int
+    batch_size: int
+    lr_factor: float
+    lr_patience: int
+
+
+SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience")
+
+
+BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VGG16 and ResNet50 only.
+
+
+# The thesis did not train RadImageNet encoders: they take the schedule of the other supervised start, ImageNet.
+INIT_FALLBACKS = {"radimagenet": "imagenet"}
+
+
+def schedule_row(table, backbone, init):
+    """(row, note): the table's row for (backbone, init), or its family's (and for radimagenet, imagenet's) with a
+    note saying so.
+
+    Args:
+        table: {(backbone, init): ThesisSchedule}, a task's table.
+    """
+    if (backbone, init) in table:
+        return table[(backbone, init)], None
+    family = next((row for prefix, row in BACKBONE_FAMILIES.items() if backbone.startswith(prefix)), None)
+    for name, start in ((family, init), (backbone, INIT_FALLBACKS.get(init)), (family, INIT_FALLBACKS.get(init))):
+        if (name, start) in table:
+            untrained = [backbone] if name != backbone else []
+            untrained += [f"--init {init}"] if start != init else []
+            return table[(name, start)], (f"note: the thesis did not train {' with '.join(untrained)}; using its "
+                                          f"{name} schedule for --init {start}.")
+    raise UsageError("--backbone", f"the schedule table has no row for {backbone} or its family with --init {init}")
+
+
+def schedule_table_text(table):
+    """The table as text for --help: one line per (backbone, init)."""
+    lines = ["thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience):"]
+    for (backbone, init), row in table.items():
+        lines.append(f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
+                     f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}")
+    lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
+                 "takes the imagenet row.")
+    return "\n".join(lines)
