@@ -46,3 +46,22 @@ def finished_with(record_path, settings, overwrite=False):
                if recorded.get(key) != settings.get(key)]
     raise UsageError(record_path.parent, f"holds results made with other settings ({'; '.join(changed[:6])}"
                      f"{'; ...' if len(changed) > 6 else ''}); pass --overwrite to redo them or choose another --out")
+
+
+def files_fingerprint(paths, root):
+    """What a set of files holds, cheaply: each one's path relative to `root`, size and modification time.
+
+    Size and time rather than a hash: a dataset's images are many gigabytes, and a changed,
+    added, removed or replaced file changes one of the three. Relative paths, so the same
+    data in a moved folder still match.
+    """
+    root = Path(root).resolve()
+    entries = []
+    for path in sorted(Path(p).resolve() for p in paths):
+        stat = path.stat()
+        try:
+            name = str(path.relative_to(root))
+        except ValueError:
+            name = str(path)
+        entries.append([name, stat.st_size, stat.st_mtime_ns])
+    return fingerprint(entries)

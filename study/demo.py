@@ -12,6 +12,7 @@ continues where it stopped. Demo numbers describe synthetic phantoms only.
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,6 +57,7 @@ def run(args):
     from luna16 import experiment as luna16
     from mura import experiment as mura
     from study.report import build_report
+    from transfer.options import from_config
 
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
@@ -80,32 +82,30 @@ def run(args):
         print(f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
               "(Keras downloads it there on a machine with internet access).")
 
+    luna16_demo = from_config(luna16.Luna16Options, luna16.build_parser_(), luna16.DEMO_CONFIG,
+                              backbone=args.backbone, encoder=str(encoder), seed=args.seed, folds=list(args.folds))
+    mura_demo = from_config(mura.MuraOptions, mura.build_parser_(), mura.DEMO_CONFIG, backbone=args.backbone,
+                            encoder=str(encoder), seed=args.seed)
     run_dirs = []
     for probe in (False, True):
         for init in inits:
             _step(f"LUNA16 5-fold cross-validation, init {init}{', linear probe' if probe else ''}")
             run_dir = out / f"luna16_{init}{'_probe' if probe else ''}"
-            options = ["--config", str(luna16.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
-                       "--out", str(run_dir), "--folds", *map(str, args.folds), "--encoder", str(encoder),
-                       "--seed", str(args.seed), *(["--probe"] if probe else [])]
-            luna16.run(luna16.parse_args(options))
+            options = replace(luna16_demo, init=init, probe=probe, out=str(run_dir))
+            luna16.run(luna16.resolve_options(options))
             run_dirs.append(run_dir)
     for init in inits:  # The probe has no training noise to average: one run each.
         _step(f"MURA shoulder, init {init}, linear probe")
         run_dir = out / f"mura_{init}_probe"
-        mura.run(mura.parse_args(["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
-                                  "--out", str(run_dir), "--encoder", str(encoder), "--seed", str(args.seed),
-                                  "--probe"]))
+        mura.run(mura.resolve_options(replace(mura_demo, init=init, probe=True, out=str(run_dir))))
         run_dirs.append(run_dir)
     for fraction in [1.0, *args.fractions]:
         for init in inits:
             suffix = "" if fraction == 1.0 else f"_labels{int(round(fraction * 100))}"
             _step(f"MURA shoulder, init {init}, {fraction:.0%} of training labels")
             run_dir = out / f"mura_{init}{suffix}"
-            options = ["--config", str(mura.DEMO_CONFIG), "--backbone", args.backbone, "--init", init,
-                       "--out", str(run_dir), "--encoder", str(encoder), "--train-fraction", str(fraction),
-                       "--seed", str(args.seed), "--repeats", str(args.repeats)]
-            mura.run(mura.parse_args(options))  # Keeps a run finished earlier with the same settings.
+            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=args.repeats)
+            mura.run(mura.resolve_options(options))  # Keeps a run finished earlier with the same settings and data.
             run_dirs.append(run_dir)
 
     _step("report")

@@ -1,5 +1,6 @@
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -138,16 +139,15 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     args = parse_args(["--data", str(demo_dir), "--init", "genesis", "--encoder", str(pretrained_run[0] / "encoder.h5"),
                        "--probe", *MURA_TINY])
     assert args.out.endswith("mura_resnet18_genesis_probe")
-    args.out = str(tmp_path / "probe")
-    run(args)
+    run(replace(args, out=str(tmp_path / "probe")))
     contract = read_results(tmp_path / "probe")
     assert contract.method == "linear probe" and contract.arm == "genesis probe"
-    record = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    record = json.loads((tmp_path / "probe" / "run_metrics.json").read_text())["probe"]
     # The same probe by hand: the frozen encoder's pooled features of the training images, refitted at the chosen C.
     from mura.experiment import split_patients
 
     train_all = read_split(demo_dir, "train")
-    train, _ = split_patients(train_all, args.selection_fraction, np.random.default_rng(args.seed), minimum=1)
+    train, _ = split_patients(train_all, args.validation_fraction, np.random.default_rng(args.seed), minimum=1)
     encoder = load_encoder("genesis", "resnet18", (32, 32, 1), pretrained_run[0] / "encoder.h5")
     features = encoder_features(encoder, make_dataset(train, 64, 32))
     model, again = fit_probe(features, train["label"].to_numpy(), train["patient"].to_numpy(),

@@ -16,14 +16,17 @@ import numpy as np
 from plumbing.atomic import atomic_path
 
 
-def build_classifier(encoder, units=256, l2=1e-4, dropout=0.5):
+def build_classifier(encoder, units, dropout, l2=0.0):
     """Thesis Fig. 4.8: the encoder, then GAP, Flatten, Dropout, Dense(relu, L2), Dropout, Dense(1, sigmoid).
+
+    The downstream commands' values (256 units, L2 1e-4, dropout 0.5) are
+    `transfer.options.TransferOptions`'s defaults, with their sources.
 
     Args:
         encoder: keras.Model ending in `encoder_output`; nested, so freezing it is one switch.
-        units: int. Hidden units. Defaults to 256.
-        l2: float. L2 penalty on the hidden layer's kernel. Defaults to 1e-4.
-        dropout: float. Both dropout rates (thesis 4.2.1.6). Defaults to 0.5.
+        units: int. Hidden units.
+        dropout: float. Both dropout rates.
+        l2: float. L2 penalty on the hidden layer's kernel. Defaults to 0 (none).
     """
     import keras
     from keras import layers
@@ -45,9 +48,14 @@ def build_classifier(encoder, units=256, l2=1e-4, dropout=0.5):
 class Head:
     """The classification head of thesis Fig. 4.8 (see `build_classifier`)."""
 
-    units: int = 256
-    l2: float = 1e-4
-    dropout: float = 0.5  # Thesis 4.2.1.6.
+    units: int
+    l2: float
+    dropout: float
+
+
+# Which epoch a run keeps (`--selection`): the best validation AUC on data held out of the training split, the last
+# epoch of a run on all training data, or the best AUC on the test data (the thesis's reading of its epochs).
+SELECTIONS = ("held-out", "last", "test")
 
 
 @dataclass(frozen=True)
@@ -58,20 +66,26 @@ class Schedule:
         epochs: fine-tuning epochs after the warm-up.
         warmup_epochs: epochs with the encoder frozen (0 skips the phase).
         batch_size: images per batch.
-        lr, momentum: SGD (thesis: 1e-3, 0.9).
-        lr_factor, lr_patience: ReduceLROnPlateau on the validation loss.
+        lr, momentum: SGD.
+        lr_factor, lr_patience: ReduceLROnPlateau on the validation loss (the training loss
+            when there is no validation data).
         steps_per_epoch: batches per epoch, the data repeated as needed; None for one pass.
         bn_momentum: momentum of the BatchNormalization moving statistics while fine-tuning;
             None keeps the layers' own (Keras: 0.99).
+        selection: one of SELECTIONS; 'last' keeps the last epoch and needs no validation data.
+
+    The thesis's values per task, backbone and init are the tasks' schedule tables
+    (`transfer.schedules`); the command-line defaults are `transfer.options.TransferOptions`'s.
     """
 
     epochs: int
     warmup_epochs: int
     batch_size: int
-    lr: float = 1e-3
-    momentum: float = 0.9
-    lr_factor: float = 0.1
-    lr_patience: int = 3
+    lr: float
+    momentum: float
+    lr_factor: float
+    lr_patience: int
+    selection: str
     steps_per_epoch: int | None = None
     bn_momentum: float | None = None
 
@@ -85,51 +99,59 @@ def _compile(model, schedule):
 
 
 def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1):
-    """Warm-up with the encoder frozen, then fine-tuning of all layers; keeps the best epoch.
+    """Warm-up with the encoder frozen, then fine-tuning of all layers; keeps the epoch the selection rule picks.
 
     Args:
         model: the classifier of `build_classifier(encoder)`.
         encoder: the nested encoder model, frozen during the warm-up.
         train, validation: tf.data datasets of (image, label) batches; `train` is repeated
-            when `schedule.steps_per_epoch` is set.
+            when `schedule.steps_per_epoch` is set. `validation` is None with
+            `schedule.selection == 'last'`.
         schedule: Schedule.
         out: folder for `history.csv` and `best.weights.h5`.
         verbose: Keras progress, 0, 1 or 2.
 
     Returns:
-        pandas.DataFrame of the per-epoch history (both phases). The model holds the
-        weights of the epoch with the best validation AUC.
+        (history DataFrame of both phases, index of the epoch kept). The model holds that
+        epoch's weights: the best validation AUC (ties to the later epoch with the lower
+        validation loss), or the last epoch with `selection == 'last'`.
     """
     import keras
     import pandas as pd
+
+    from plumbing.runtime import divergence_guard
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     history_path = out / "history.csv"
     if history_path.exists():
         history_path.unlink()
-    from plumbing.runtime import divergence_guard
-
+    last = schedule.selection == "last"
     best, guard = KeepBest(), divergence_guard()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
     board = keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch")
+    callbacks = [guard, logger, board] if last else [guard, best, logger, board]
     if schedule.steps_per_epoch:
         train = train.repeat()
-    fit = dict(validation_data=validation, steps_per_epoch=schedule.steps_per_epoch, verbose=verbose, shuffle=False)
+    fit = dict(validation_data=None if last else validation, steps_per_epoch=schedule.steps_per_epoch,
+               verbose=verbose, shuffle=False)
     warmup = schedule.warmup_epochs
     if warmup:
         encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
         _compile(model, schedule)
-        model.fit(train, epochs=warmup, callbacks=[guard, best, logger, board], **fit)
+        model.fit(train, epochs=warmup, callbacks=callbacks, **fit)
     encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
     _compile(model, schedule)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=schedule.lr_factor,
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss" if last else "val_loss", factor=schedule.lr_factor,
                                                 patience=schedule.lr_patience, verbose=1 if verbose else 0)
-    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[guard, best, logger, plateau, board], **fit)
-    best.restore(model)
+    model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[*callbacks, plateau], **fit)
+    kept = warmup + schedule.epochs - 1
+    if not last:
+        best.restore(model)
+        kept = best.epoch if best.epoch is not None else kept
     with atomic_path(out / "best.weights.h5") as tmp:
         model.save_weights(tmp)
-    return pd.read_csv(history_path)
+    return pd.read_csv(history_path), kept
 
 
 def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out, seed, verbose=1):
@@ -145,7 +167,7 @@ def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out,
         seed: int. Seeds the head's and (for scratch) the encoder's initial weights and dropout.
 
     Returns:
-        (model with the best epoch's weights, per-epoch history DataFrame).
+        (model with the kept epoch's weights, per-epoch history DataFrame, index of the kept epoch).
     """
     import keras
 
@@ -158,22 +180,32 @@ def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out,
         for layer in encoder.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = schedule.bn_momentum
-    model = build_classifier(encoder, head.units, head.l2, head.dropout)
-    history = train_two_phase(model, encoder, train, validation, schedule, out, verbose)
-    return model, history
+    model = build_classifier(encoder, head.units, head.dropout, head.l2)
+    history, kept = train_two_phase(model, encoder, train, validation, schedule, out, verbose)
+    return model, history, kept
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Holds the weights of the epoch with the highest validation AUC, across both phases."""
+    """Holds the weights of the epoch with the highest validation AUC, across both phases.
 
-    def __init__(self, monitor="val_auc"):
+    A tie of the AUC (common on small validation sets, where it saturates at 1.0) goes to
+    the later epoch when its validation loss is lower: a tie never keeps a less trained
+    model that fits the validation data worse.
+    """
+
+    def __init__(self, monitor="val_auc", tie_breaker="val_loss"):
         super().__init__()
-        self.monitor, self.best, self.weights, self.epoch = monitor, -np.inf, None, None
+        self.monitor, self.tie_breaker = monitor, tie_breaker
+        self.best, self.best_loss, self.weights, self.epoch = -np.inf, np.inf, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and np.isfinite(value) and value > self.best:
-            self.best, self.weights, self.epoch = float(value), self.model.get_weights(), epoch
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get(self.tie_breaker, np.inf)
+        if value is None or not np.isfinite(value):
+            return
+        if value > self.best or (value == self.best and np.isfinite(loss) and loss < self.best_loss):
+            self.best, self.best_loss = float(value), float(loss)
+            self.weights, self.epoch = self.model.get_weights(), epoch
 
     def restore(self, model):
         if self.weights is not None:

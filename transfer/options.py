@@ -1,86 +1,226 @@
-"""The command-line options every downstream command shares, and their resolution into typed settings."""
+"""The downstream commands' options: each written once, as a dataclass field, with its default and its source.
+
+A task's options are a frozen dataclass that extends `TransferOptions` with the task's
+own fields (`luna16.experiment.Luna16Options`, `mura.experiment.MuraOptions`). The
+command-line parser is built from the fields (`build_parser`), so a default, its help
+text and its source live in one place; `parse_options` returns the dataclass, and
+`resolve` fills what the task's schedule table and the encoder files decide, as a new
+object (nothing is mutated). Which settings decide whether a kept result may be reused
+is derived from the fields too (`reuse_settings`): a new option counts unless its field
+says it cannot change what a model learns.
+"""
 
 import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
-from plumbing.cli import default_verbosity
-from transfer.encoders import INITS, EncoderSpec
-from transfer.finetune import Head, Schedule
+from plumbing.cli import ArgumentParser, default_verbosity, parse_with_demo_default
+from transfer.encoders import INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
+from transfer.finetune import SELECTIONS, Head, Schedule
 from transfer.schedules import SCHEDULE_FIELDS, schedule_row
 
+THESIS_TABLE = "the thesis's value for --backbone and --init (table below)"
+SHARED = "initialisation and training (shared by the downstream tasks)"
 
-def add_transfer_arguments(parser):
-    """The options every downstream command shares.
 
-    The schedule options (epochs, warm-up, batch size, plateau factor and patience) default
-    to None, resolved after parsing from the task's thesis table by `resolve_schedule`.
+def option(default, help, *, source=None, reuse=True, flag=None, group=SHARED, default_text=None, **argparse_kwargs):
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        default: the default, shown in --help with its `source`.
+        help: what the option does, without its default.
+        source: where the default comes from: a thesis section or figure, the public Models
+            Genesis code, or "this project's choice: <reason>". None for a plain setting.
+        reuse: False when the option cannot change what a model learns (output folder,
+            progress, gallery); such options are left out of `reuse_settings`.
+        flag: the option string(s); default `--<name with dashes>`.
+        group: the --help group.
+        default_text: what --help says the default is, where the field's default (None) is
+            filled later (e.g. from the schedule table).
+        argparse_kwargs: type, choices, nargs, action, metavar, as argparse takes them.
     """
-    thesis = "the thesis's value for --backbone and --init (table below)"
-    group = parser.add_argument_group("initialisation and training (shared by the downstream tasks)")
-    group.add_argument("--init", default="genesis", choices=INITS, help="encoder initialisation. Default: genesis.")
-    group.add_argument("--backbone", default="vgg16", choices=sorted(BACKBONES), help="encoder backbone. Default: vgg16.")
-    group.add_argument("--encoder", help="genesis encoder (.h5 or .weights.h5). Default: the one "
-                       "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and lists them).")
-    group.add_argument("--imagenet-weights", help="ImageNet weights file. Default: Keras's cache (~/.keras/models), "
-                       "downloaded on first use.")
-    group.add_argument("--radimagenet-weights", help="RadImageNet weights file for --init radimagenet (e.g. "
-                       "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable automatically: "
-                       f"{RADIMAGENET_SOURCE}). Default: that file in Keras's cache (~/.keras/models).")
-    group.add_argument("--probe", action="store_true",
-                       help="linear probe instead of fine-tuning: the encoder frozen, a logistic regression on its "
-                       "pooled features, its C chosen by cross-validation within the training split "
-                       "(transfer/probe.py). Results go to <default out>_probe.")
-    group.add_argument("--gallery", type=int, default=4, metavar="K",
-                       help="Grad-CAM gallery (saliency.png in each run or fold folder): the K most confident true "
-                       "positives, false positives and false negatives of the test set, the map over each view. 0 "
-                       "skips it. A linear probe's maps are its class activation maps (transfer/probe.py). Default: 4.")
-    group.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs. Default: {thesis}.")
-    group.add_argument("--warmup-epochs", type=int, default=None,
-                       help=f"epochs with the encoder frozen, before fine-tuning. Default: {thesis}.")
-    group.add_argument("--batch-size", type=int, default=None, help=f"Default: {thesis}.")
-    group.add_argument("--steps-per-epoch", type=int, default=None,
-                       help="training batches per epoch (the data repeat as needed). Default: one pass over the data.")
-    group.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate. Default: 1e-3 (thesis).")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum. Default: 0.9 (thesis).")
-    group.add_argument("--lr-factor", type=float, default=None, help=f"ReduceLROnPlateau factor. Default: {thesis}.")
-    group.add_argument("--lr-patience", type=int, default=None, help=f"ReduceLROnPlateau patience. Default: {thesis}.")
-    group.add_argument("--bn-momentum", type=float, default=None,
-                       help="BatchNormalization momentum of the encoder's moving statistics while fine-tuning. Lower it "
-                       "(e.g. 0.9) for runs of a few dozen steps, whose statistics would otherwise lag the weights and "
-                       "spoil inference. Default: the layers' own (Keras: 0.99).")
-    group.add_argument("--units", type=int, default=256, help="hidden units of the head. Default: 256.")
-    group.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head's hidden layer. Default: 1e-4.")
-    group.add_argument("--dropout", type=float, default=0.5, help="dropout rate of the head. Default: 0.5 (thesis).")
-    group.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"),
-                       help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
-    group.add_argument("--seed", type=int, default=0, help="seeds weights, sampling and augmentation. Default: 0.")
-    group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                       help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
-                       "a GPU; off on a GPU, where deterministic kernels are slower.")
-    group.add_argument("--verbose", type=int, default=default_verbosity(), choices=(0, 1, 2),
-                       help="Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 when "
-                       "the output goes to a file.")
-    group.add_argument("--overwrite", action="store_true", help="redo finished results in --out made with other "
-                       "settings. Default: such results are kept and the command stops, saying what changed.")
-    return group
+    metadata = {"help": help, "source": source, "reuse": reuse, "flag": flag, "group": group,
+                "default_text": default_text, "argparse": argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def resolve_schedule(args, table):
-    """Fills the schedule options left at None from the task's thesis table; prints a note on a fallback."""
-    row, note = schedule_row(table, args.backbone, args.init)
-    if note and any(getattr(args, field) is None for field in SCHEDULE_FIELDS):
+def derived(default=None):
+    """A field that no flag sets: filled by `resolve` (e.g. the encoder file's checksum)."""
+    return field(default=default, metadata={"derived": True, "reuse": True})
+
+
+def _default_text(item):
+    default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+    meta = item.metadata
+    if meta.get("default_text"):
+        return meta["default_text"]
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        text = "on" if default else "off"
+    elif isinstance(default, list):
+        text = " ".join(map(str, default))
+    else:
+        text = f"{default:,}" if isinstance(default, int) and default >= 10_000 else str(default)
+    return f"{text} ({meta['source']})" if meta.get("source") else text
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """What every downstream command shares: the encoder, the head, the schedule, the run.
+
+    The schedule fields left at None are the thesis's for the task, --backbone and --init
+    (`resolve`); every other default is written here once, with its source.
+    """
+
+    init: str = option("genesis", "encoder initialisation.", choices=INITS)
+    backbone: str = option("vgg16", "encoder backbone.", choices=sorted(BACKBONES))
+    encoder: str = option(None, "genesis encoder (.h5 or .weights.h5). Default: the one "
+                          "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and "
+                          "lists them).", reuse=False)
+    imagenet_weights: str = option(None, "ImageNet weights file. Default: Keras's cache (~/.keras/models), downloaded "
+                                   "on first use.", reuse=False)
+    radimagenet_weights: str = option(None, "RadImageNet weights file for --init radimagenet (e.g. "
+                                      "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable "
+                                      f"automatically: {RADIMAGENET_SOURCE}). Default: that file in Keras's cache "
+                                      "(~/.keras/models).", reuse=False)
+    probe: bool = option(False, "linear probe instead of fine-tuning: the encoder frozen, a logistic regression on "
+                         "its pooled features, its C chosen by cross-validation within the training split "
+                         "(transfer/probe.py). Results go to <default out>_probe.", action="store_true")
+    gallery: int = option(4, "Grad-CAM gallery (saliency.png in each run or fold folder): the K most confident true "
+                          "positives, false positives and false negatives of the test set, the map over each view. 0 "
+                          "skips it. A linear probe's maps are its class activation maps.", reuse=False,
+                          type=int, metavar="K")
+    selection: str = option(
+        "held-out", "which epoch is kept. held-out: the best validation AUC on --validation-fraction of the training "
+        "groups held out (ties go to the later epoch with the lower validation loss); last: train on all training "
+        "data and keep the last epoch; test: the best AUC on the test data, as the thesis read its epochs (optimistic: "
+        "the test data choose the model).", source="this project's choice: the test data never choose the model",
+        choices=SELECTIONS)
+    epochs: int = option(None, "fine-tuning epochs.", type=int, default_text=THESIS_TABLE)
+    warmup_epochs: int = option(None, "epochs with the encoder frozen, before fine-tuning.", type=int,
+                                default_text=THESIS_TABLE)
+    batch_size: int = option(None, "images per batch.", type=int, default_text=THESIS_TABLE)
+    steps_per_epoch: int = option(None, "training batches per epoch (the data repeat as needed). Default: one pass "
+                                  "over the data.", type=int)
+    lr: float = option(1e-3, "SGD learning rate.", source="thesis 4.2.2-4.2.6", type=float)
+    momentum: float = option(None, "SGD momentum.", type=float, default_text=THESIS_TABLE)
+    lr_factor: float = option(None, "ReduceLROnPlateau factor (it watches the validation loss, the training loss "
+                              "with --selection last, and starts after the warm-up).", type=float,
+                              default_text=THESIS_TABLE)
+    lr_patience: int = option(None, "ReduceLROnPlateau patience.", type=int, default_text=THESIS_TABLE)
+    bn_momentum: float = option(None, "BatchNormalization momentum of the encoder's moving statistics while "
+                                "fine-tuning. Lower it (e.g. 0.9) for runs of a few dozen steps, whose statistics "
+                                "would otherwise lag the weights and spoil inference. Default: the layers' own "
+                                "(Keras: 0.99).", type=float)
+    units: int = option(256, "hidden units of the head.", source="this project's choice: thesis Fig. 4.8 shows a "
+                        "Dense layer without its width", type=int)
+    l2: float = option(1e-4, "L2 penalty of the head's hidden layer.", source="this project's choice: thesis "
+                       "4.2.1.6 names L2 regularisation without its strength", type=float)
+    dropout: float = option(0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=float)
+    precision: str = option("auto", "auto: mixed_float16 on GPU, float32 on CPU.", group="run",
+                            choices=("auto", "float32", "mixed_float16"))
+    seed: int = option(0, "seeds weights, sampling and augmentation.", group="run", type=int)
+    deterministic: bool = option(None, "deterministic ops, so the same --seed gives bit-identical results. Default: "
+                                 "on without a GPU; off on a GPU, where deterministic kernels are slower.", reuse=False,
+                                 group="run", action=argparse.BooleanOptionalAction)
+    verbose: int = option(None, "Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 "
+                          "when the output goes to a file.", reuse=False, group="run", type=int, choices=(0, 1, 2))
+    overwrite: bool = option(False, "redo finished results in --out made with other settings or data. Default: such "
+                             "results are kept and the command stops, saying what changed.", reuse=False, group="run",
+                             action="store_true")
+    encoder_sha256: str = derived()
+    imagenet_sha256: str = derived()
+
+    def encoder_spec(self):
+        return EncoderSpec(self.init, self.backbone, self.encoder, self.imagenet_weights, self.radimagenet_weights)
+
+    def head(self):
+        return Head(self.units, self.l2, self.dropout)
+
+    def schedule(self):
+        return Schedule(epochs=self.epochs, warmup_epochs=self.warmup_epochs, batch_size=self.batch_size, lr=self.lr,
+                        momentum=self.momentum, lr_factor=self.lr_factor, lr_patience=self.lr_patience,
+                        steps_per_epoch=self.steps_per_epoch, bn_momentum=self.bn_momentum, selection=self.selection)
+
+
+def build_parser(options_class, prog, description, epilog=None):
+    """An argparse parser whose options are the fields of `options_class`, grouped, with their defaults' sources."""
+    parser = ArgumentParser(prog=prog, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of option defaults; flags override it.")
+    groups = {}
+    for item in fields(options_class):
+        meta = item.metadata
+        if meta.get("derived") or "help" not in meta:
+            continue
+        group = meta["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        flags = meta["flag"] or (f"--{item.name.replace('_', '-')}",)
+        flags = (flags,) if isinstance(flags, str) else flags
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        text = meta["help"]
+        shown = _default_text(item)
+        if shown and "Default:" not in text:
+            text = f"{text} Default: {shown}."
+        groups[group].add_argument(*flags, dest=item.name, default=default, help=text, **meta["argparse"])
+    return parser
+
+
+def parse_options(options_class, parser, argv, demo_config, data_flags):
+    """The options of `argv` as an `options_class` (the demo config when no data flag nor --config is given)."""
+    namespace = parse_with_demo_default(parser, argv, demo_config, data_flags)
+    values = {key: value for key, value in vars(namespace).items() if key != "config"}
+    return options_class(**values)
+
+
+def from_config(options_class, parser, config, **values):
+    """An `options_class` from a YAML config file (checked as the command line checks it), then `values`.
+
+    For callers that are programs rather than people (the study): typed values, no argv.
+    """
+    return dataclasses.replace(parse_options(options_class, parser, ["--config", str(config)], config, ()), **values)
+
+
+def resolve(options, table):
+    """`options` with the schedule table's row filled in, the encoder files checked and their checksums recorded.
+
+    Prints a note when the row is a fallback (a backbone or init the thesis did not train).
+    Checks every file an init needs before any data is read: a missing or ambiguous encoder
+    stops here, not after hours of preparation.
+    """
+    from plumbing.fingerprint import file_sha256
+
+    row, note = schedule_row(table, options.backbone, options.init)
+    if note and any(getattr(options, name) is None for name in SCHEDULE_FIELDS):
         print(note)
-    for field in SCHEDULE_FIELDS:
-        if getattr(args, field) is None:
-            setattr(args, field, getattr(row, field))
-    return args
+    changes = {name: getattr(row, name) for name in SCHEDULE_FIELDS if getattr(options, name) is None}
+    if options.verbose is None:
+        changes["verbose"] = default_verbosity()
+    if options.init == "genesis":
+        path = Path(options.encoder) if options.encoder else default_genesis_encoder(options.backbone)
+        if not path.is_file():
+            raise InitError(path, "encoder file does not exist (--encoder)")
+        changes.update(encoder=str(path), encoder_sha256=file_sha256(path))
+    if options.imagenet_weights:
+        if not Path(options.imagenet_weights).is_file():
+            raise InitError(options.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
+        changes["imagenet_sha256"] = file_sha256(options.imagenet_weights)
+    if options.init == "radimagenet":
+        path = radimagenet_file(options.backbone, options.radimagenet_weights)
+        changes.update(radimagenet_weights=str(path), encoder_sha256=file_sha256(path))
+    return dataclasses.replace(options, **changes)
 
 
-def transfer_settings(args):
-    """(EncoderSpec, Head, Schedule) from the options of `add_transfer_arguments`, once the task resolved them."""
-    encoder = EncoderSpec(args.init, args.backbone, args.encoder, args.imagenet_weights, args.radimagenet_weights)
-    head = Head(args.units, args.l2, args.dropout)
-    schedule = Schedule(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
-                        momentum=args.momentum, lr_factor=args.lr_factor, lr_patience=args.lr_patience,
-                        steps_per_epoch=args.steps_per_epoch, bn_momentum=args.bn_momentum)
-    return encoder, head, schedule
+def reuse_settings(options):
+    """Every setting that can change what a model learns, read off the dataclass's fields.
+
+    Paths are left out (a moved folder still matches); what they hold is in through the
+    checksums and the data's fingerprint.
+    """
+    return {item.name: getattr(options, item.name) for item in fields(options) if item.metadata.get("reuse", True)}

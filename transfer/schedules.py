@@ -14,9 +14,11 @@ class ThesisSchedule:
     batch_size: int
     lr_factor: float
     lr_patience: int
+    momentum: float  # 0 where the thesis wrote `SGD(lr=0.001)`: Keras's SGD has no momentum unless given one.
+    source: str  # The thesis figure or section of the row, and where it is silent, the choice made.
 
 
-SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience")
+SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience", "momentum")
 
 
 BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VGG16 and ResNet50 only.
@@ -47,10 +49,12 @@ def schedule_row(table, backbone, init):
 
 def schedule_table_text(table):
     """The table as text for --help: one line per (backbone, init)."""
-    lines = ["thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience):"]
+    lines = ["thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience, "
+             "SGD momentum; source):"]
     for (backbone, init), row in table.items():
         lines.append(f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
-                     f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}")
+                     f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}  momentum "
+                     f"{row.momentum:g}; {row.source}")
     lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
                  "takes the imagenet row.")
     return "\n".join(lines)
