@@ -44,28 +44,6 @@ def default_genesis_encoder(backbone, root=None):
     return found[0]
 
 
-def resolve_encoder_files(args):
-    """Checks the encoder files an init needs before any data is read; records the resolved path and sha256.
-
-    Sets `args.encoder` (genesis: --encoder, or the one encoder under weights/) and
-    `args.encoder_sha256`; checks that --imagenet-weights exists when given.
-    """
-    from plumbing.fingerprint import file_sha256
-
-    args.encoder_sha256 = None
-    if args.init == "genesis":
-        path = Path(args.encoder) if args.encoder else default_genesis_encoder(args.backbone)
-        if not path.is_file():
-            raise InitError(path, "encoder file does not exist (--encoder)")
-        args.encoder, args.encoder_sha256 = str(path), file_sha256(path)
-    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
-        raise InitError(args.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
-    if args.init == "radimagenet":
-        path = radimagenet_file(args.backbone, args.radimagenet_weights)
-        args.radimagenet_weights, args.encoder_sha256 = str(path), file_sha256(path)
-    return args
-
-
 def radimagenet_file(backbone, explicit=None):
     """The RadImageNet weights file of a backbone: `explicit`, else the one in Keras's cache; one line if neither."""
     name = BACKBONES[backbone].get("radimagenet_file")

@@ -1,0 +1,217 @@
+"""The one downstream runner: a third task in a few dozen lines, reuse decided by the options' fields, one writer."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from plumbing.errors import UsageError
+from transfer.options import TransferOptions, build_parser, option, reuse_settings
+from transfer.runner import Split, Task, run_task
+from transfer.schedules import ThesisSchedule
+
+SIZE = 32
+
+
+def _images(count, rng):
+    """Noise, with a bright square in the positives: (images (n, S, S, 1), labels)."""
+    labels = np.arange(count) % 2
+    images = rng.random((count, SIZE, SIZE, 1), dtype=np.float32) * 0.3
+    images[labels == 1, 8:20, 8:20] += 0.6
+    return images, labels
+
+
+# ---- A made-up third task: what a new task writes to run through the runner and appear in the report. ----
+@dataclass(frozen=True)
+class SquaresOptions(TransferOptions):
+    slides: int = option(12, "slides per split (each holds 4 images).", type=int)
+    out: str = option(None, "output folder.", reuse=False)
+
+
+class Squares(Task):
+    name, title, unit, unit_record, image_size = "squares", "Squares", "run", "unit.json", SIZE
+    levels = [{"name": "image", "description": "test images", "group": "slide", "metrics": ["auc", "accuracy"]}]
+
+    def __init__(self, options, content=0):
+        super().__init__(options, options.out)
+        self.content = content
+
+    def check_data(self):
+        return {"squares": self.content}
+
+    def unit_dir(self, run):
+        return self.out
+
+    def units(self):
+        return [1]
+
+    def split(self, run, seed):
+        import tensorflow as tf
+
+        rng = np.random.default_rng(seed)
+        (x, y), (x_test, y_test) = _images(4 * self.options.slides, rng), _images(4 * self.options.slides, rng)
+        self.slides = np.arange(len(y_test)) // 4
+
+        def batches(images, labels, batch):
+            return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32))).batch(batch)
+
+        return Split(train=lambda batch: batches(x, y, batch).repeat(), train_in_order=batches(x, y, 16),
+                     train_labels=y, train_groups=np.arange(len(y)) // 4, validation=lambda b: batches(x, y, b),
+                     test=batches(x_test, y_test, 16), test_labels=y_test, test_cases=x_test[:, None])
+
+    def unit_table(self, run, split, probabilities):
+        return pd.DataFrame({"label": split.test_labels, "probability": probabilities[:, 0],
+                             "slide": self.slides}), {}
+
+    def save_unit(self, folder, table):
+        table.to_csv(folder / "predictions.csv", index=False)
+
+    def load_unit(self, folder):
+        return pd.read_csv(folder / "predictions.csv")
+
+    def curves(self, runs, tables):
+        return {f"run {run}": (t["label"], t["probability"]) for run, t in zip(runs, tables)}
+
+    def test_scores(self, runs, tables):
+        from transfer.results import score_rows
+
+        return pd.concat([score_rows("image", t.index.astype(str), t["label"], t["probability"], t["slide"], run=run)
+                          for run, t in zip(runs, tables)], ignore_index=True)
+
+
+SCHEDULE = ThesisSchedule(epochs=2, warmup_epochs=0, batch_size=16, lr_factor=0.1, lr_patience=3, momentum=0.9,
+                          source="test")
+
+
+def _options(tmp_path, **values):
+    from transfer.options import resolve
+
+    options = SquaresOptions(init="scratch", backbone="resnet18", out=str(tmp_path / "squares"), verbose=0,
+                             gallery=1, steps_per_epoch=8, lr=0.01, bn_momentum=0.5, **values)
+    return resolve(options, {("resnet18", "scratch"): SCHEDULE})
+
+
+def test_a_third_task_runs_through_the_runner_and_appears_in_the_report(tmp_path):
+    from study.report import build_report
+    from transfer.results import read_results
+
+    options = _options(tmp_path)
+    metrics = run_task(Squares(options), options)
+    contract = read_results(options.out)
+    scores = contract.scores
+    assert metrics["task"] == "squares" and metrics["selection"].startswith("best validation AUC")
+    table = pd.read_csv(tmp_path / "squares" / "predictions.csv")
+    np.testing.assert_allclose(scores["probability"], table["probability"])
+    assert roc_auc_score(table["label"], table["probability"]) > 0.9  # A bright square is easy: it learned.
+    assert (tmp_path / "squares" / "saliency.png").is_file() and (tmp_path / "squares" / "roc.png").is_file()
+    record = json.loads((tmp_path / "squares" / "unit.json").read_text())
+    assert record["settings"]["slides"] == 12 and record["epochs_trained"] == 2
+    build_report([tmp_path / "squares"], tmp_path / "report", iterations=50, seed=0)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "squares" in report and f"{roc_auc_score(table['label'], table['probability']):.3f}" in report
+
+
+def test_reuse_follows_every_option_and_the_data_content(tmp_path):
+    """A kept result is reused under the same options and data; an option added to the dataclass counts at once."""
+
+    @dataclass(frozen=True)
+    class WithNewKnob(SquaresOptions):
+        new_knob: float = option(1.0, "an option added later.", type=float)
+
+    assert "new_knob" in reuse_settings(WithNewKnob()) and "out" not in reuse_settings(WithNewKnob())
+    options = dataclasses.replace(_options(tmp_path, probe=True), gallery=0)
+    first = WithNewKnob(**dataclasses.asdict(options))
+    run_task(Squares(first), first)
+    stamp = (tmp_path / "squares" / "predictions.csv").stat().st_mtime_ns
+    moved = dataclasses.replace(first, out=str(tmp_path / "squares"), verbose=2)  # Not learning settings: kept.
+    run_task(Squares(moved), moved)
+    assert (tmp_path / "squares" / "predictions.csv").stat().st_mtime_ns == stamp
+    changed = dataclasses.replace(first, new_knob=2.0)
+    with pytest.raises(UsageError, match=r"new_knob 1\.0 -> 2\.0.*--overwrite"):
+        run_task(Squares(changed), changed)
+    with pytest.raises(UsageError, match=r"data \{'squares': 0\} -> \{'squares': 1\}"):
+        run_task(Squares(first, content=1), first)
+    run_task(Squares(changed), dataclasses.replace(changed, overwrite=True))
+    assert (tmp_path / "squares" / "predictions.csv").stat().st_mtime_ns != stamp
+    record = json.loads((tmp_path / "squares" / "unit.json").read_text())
+    assert record["settings"]["new_knob"] == 2.0
+
+
+def test_the_parser_is_built_from_the_fields_with_their_defaults_and_sources():
+    from luna16.experiment import Luna16Options, build_parser_
+    from mura.experiment import MuraOptions, build_parser_ as mura_parser
+
+    for options_class, parser in ((Luna16Options, build_parser_()), (MuraOptions, mura_parser())):
+        parsed = vars(parser.parse_args([]))
+        for item in dataclasses.fields(options_class):
+            if item.metadata.get("derived"):
+                continue
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            assert parsed[item.name] == default, item.name
+        text = " ".join(parser.format_help().split())
+        assert "Default: 0.5 (thesis 4.2.1.6)" in text and "Default: 256 (this project's choice" in text
+    luna16_help = " ".join(build_parser_().format_help().split())
+    assert "Default: 0.1 (thesis 4.2.1.3)" in luna16_help and "momentum 0.9; 4.2.3" in luna16_help
+
+
+def test_no_library_function_takes_an_argparse_namespace():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("plumbing", "preprocessing", "genesis2d", "transfer", "luna16", "mura", "study"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef) and any(a.arg == "args" for a in node.args.args):
+                    offenders.append(f"{path.relative_to(root)}:{node.name}")
+    assert offenders == [] or all(name.endswith((":run", ":main")) for name in offenders), offenders
+
+
+def test_one_writer_per_output_folder(tmp_path, capsys):
+    from plumbing.lock import output_lock
+
+    with output_lock(tmp_path):
+        with pytest.raises(UsageError, match=f"is in use by process {os.getpid()}"):
+            with output_lock(tmp_path):
+                pass
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with output_lock(tmp_path):  # The process that left it is gone: taken over, with a line.
+        pass
+    assert "no longer runs; taking it over" in capsys.readouterr().out
+
+
+def test_a_tie_of_the_validation_auc_keeps_the_later_epoch_with_the_lower_loss():
+    import keras
+
+    from transfer.finetune import KeepBest
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    keep = KeepBest()
+    keep.set_model(model)
+    for epoch, (auc, loss) in enumerate([(1.0, 0.7), (1.0, 0.3), (1.0, 0.5), (0.9, 0.1)]):
+        model.layers[0].bias.assign([float(epoch)])
+        keep.on_epoch_end(epoch, {"val_auc": auc, "val_loss": loss})
+    keep.restore(model)
+    assert keep.epoch == 1 and float(model.layers[0].bias.numpy()[0]) == 1.0
+
+
+def test_help_lists_every_option():
+    from luna16.experiment import Luna16Options, build_parser_
+
+    text = build_parser_().format_help()
+    flags = [f"--{item.name.replace('_', '-')}" for item in dataclasses.fields(Luna16Options)
+             if not item.metadata.get("derived")]
+    assert [flag for flag in flags if flag not in text] == []
+    assert build_parser is not None
