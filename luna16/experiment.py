@@ -28,7 +28,7 @@ from plumbing.errors import UsageError
 from preprocessing.split import hold_out_groups
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
 from transfer.runner import Split, Task, run_task
-from transfer.schedules import ThesisSchedule, schedule_table_text
+from transfer.schedules import load_table, schedule_table_text
 from transfer.statistics import binary_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -37,24 +37,8 @@ PREDICTION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class", "proba
 VIEWS = 3
 DATA = "data"
 
-
-def _row(epochs, factor, momentum, source):
-    # SGD 1e-3, batch 32, 64x64 patches, no warm-up (the LUNA16 tables list none, where MURA's Fig. 4.33 does),
-    # patience 3 (4.2.3; 4.2.2 gives none for VGG16).
-    return ThesisSchedule(epochs=epochs, warmup_epochs=0, batch_size=32, lr_factor=factor, lr_patience=3,
-                          momentum=momentum, source=source)
-
-
-# The thesis's LUNA16 schedules: VGG16 from Fig. 4.9 (4.2.2), `SGD(lr=0.001)`, so no momentum; ResNet50 from 4.2.3,
-# which states momentum 0.9.
-THESIS_SCHEDULES = {
-    ("vgg16", "scratch"): _row(18, 0.01, 0.0, "Fig. 4.9; patience 3 from 4.2.3"),
-    ("vgg16", "genesis"): _row(13, 0.01, 0.0, "Fig. 4.9; patience 3 from 4.2.3"),
-    ("vgg16", "imagenet"): _row(13, 0.01, 0.0, "Fig. 4.9; patience 3 from 4.2.3"),
-    ("resnet50", "scratch"): _row(10, 0.1, 0.9, "4.2.3"),
-    ("resnet50", "genesis"): _row(10, 0.1, 0.9, "4.2.3"),
-    ("resnet50", "imagenet"): _row(10, 0.1, 0.9, "4.2.3"),
-}
+# The thesis's schedules per backbone and init, with their sources: a table as data.
+THESIS_SCHEDULES = load_table(Path(__file__).with_name("configs") / "schedules.yaml")
 # The results contract's levels: the candidate (its views' mean) first, as the thesis counts candidates.
 LEVELS = [
     {"name": "candidate", "description": "candidates of the test folds (mean of 3 views), mean of folds",
@@ -68,8 +52,6 @@ LEVELS = [
 class Luna16Options(TransferOptions):
     """LUNA16's options: the shared ones and its data's."""
 
-    data: str = option(None, "LUNA16 folder: subset0..subset9 with .mhd/.raw scans and candidates_V2.csv. Default: "
-                       "the built-in demo tree.", group=DATA, reuse=False)
     patches: str = option(None, "folder for extracted patches (shared by runs). Default: beside --out.", group=DATA,
                           reuse=False)
     patch_size: int = option(64, "patch side in pixels.", source="thesis 4.2.1.2", group=DATA, type=int)
@@ -82,18 +64,11 @@ class Luna16Options(TransferOptions):
                                       group=DATA, type=fraction_type())
     positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.4",
                                   group=DATA, type=int)
-    validation_fraction: float = option(
-        0.1, "share of training series held out to choose the epoch (--selection held-out); 0 trains on all eight "
-        "training subsets and keeps the last epoch.", source="this project's choice: the thesis chose epochs on the "
-        "test folds", group=DATA, type=fraction_type(allow_zero=True))
-    train_fraction: float = option(1.0, "share of training series used, sampled per fold (label-efficiency "
-                                   "studies).", group=DATA, type=fraction_type())
     folds: list = option([1, 2, 3, 4, 5], "folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.",
                          group=DATA, reuse=False, type=int, nargs="+")
-    out: str = option(None, "output folder. Default: runs/luna16_<backbone>_<init>/.", group="run", reuse=False)
 
 
-def build_parser_():
+def parser():
     return build_parser(
         Luna16Options, "python luna16/cross_validate.py",
         "LUNA16 false-positive reduction as 2D patch classification: 5-fold cross-validation over subset pairs 0-1 "
@@ -103,7 +78,7 @@ def build_parser_():
 
 
 def parse_args(argv=None):
-    options = parse_options(Luna16Options, build_parser_(), argv, DEMO_CONFIG, ("--data",))
+    options = parse_options(Luna16Options, parser(), argv, DEMO_CONFIG, ("--data",))
     return resolve_options(options)
 
 
@@ -153,16 +128,14 @@ class Luna16(Task):
     name, title, levels, unit, unit_record = "luna16", "LUNA16", LEVELS, "fold", "metrics.json"
 
     def __init__(self, options):
-        super().__init__(options, options.out)
-        self.image_size = options.image_size
-        if options.data:
-            self.data = Path(options.data)
-        else:
-            from luna16.demo import ensure_demo
-
-            self.data = ensure_demo()
+        super().__init__(options)
         self.patches = (Path(options.patches) if options.patches else
                         self.out.parent / f"luna16_patches_{options.patch_size}_{options.method}")
+
+    def demo_data(self):
+        from luna16.demo import ensure_demo
+
+        return ensure_demo()
 
     def check_data(self):
         read_candidates(self.data)

@@ -25,34 +25,18 @@ import pandas as pd
 from genesis2d.backbones import image_size
 from mura.data import body_parts_of, make_dataset, mura_root, read_split, split_patients, study_probabilities
 from plumbing.atomic import write_csv
-from plumbing.cli import fraction_type
 from plumbing.errors import UsageError
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
 from transfer.runner import Split, Task, run_task
-from transfer.schedules import ThesisSchedule, schedule_table_text
+from transfer.schedules import load_table, schedule_table_text
 from transfer.statistics import binary_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 DATA = "data"
 
-
-def _row(epochs, warmup, factor, source):
-    # Shoulder, SGD(lr=0.001) in every cell of Figs. 4.33 and 4.38, so no momentum; batch 16, 224x224; patience 3,
-    # the one value the thesis states (4.2.3).
-    return ThesisSchedule(epochs=epochs, warmup_epochs=warmup, batch_size=16, lr_factor=factor, lr_patience=3,
-                          momentum=0.0, source=source)
-
-
-# ResNet50 from Fig. 4.33 (4.2.5), VGG16 from Fig. 4.38 (4.2.6).
-THESIS_SCHEDULES = {
-    ("resnet50", "scratch"): _row(12, 0, 0.01, "Fig. 4.33"),
-    ("resnet50", "genesis"): _row(9, 2, 0.1, "Fig. 4.33"),
-    ("resnet50", "imagenet"): _row(3, 2, 0.1, "Fig. 4.33; factor blank there, the genesis row's 0.1 taken"),
-    ("vgg16", "scratch"): _row(15, 0, 0.01, "Fig. 4.38"),
-    ("vgg16", "genesis"): _row(12, 0, 0.1, "Fig. 4.38; no warm-up listed"),
-    ("vgg16", "imagenet"): _row(5, 0, 0.01, "Fig. 4.38; no warm-up listed"),
-}
+# The thesis's schedules per backbone and init, with their sources: a table as data.
+THESIS_SCHEDULES = load_table(Path(__file__).with_name("configs") / "schedules.yaml")
 # Thesis 4.2.4.2: the offline-augmented training set held 29,477 negative and 29,176 positive images.
 THESIS_EPOCH_SIZE = 29_477 + 29_176
 METRIC_KEYS = ("image_auc", "image_accuracy", "study_auc", "study_accuracy", "study_kappa", "study_sensitivity",
@@ -70,8 +54,6 @@ LEVELS = [
 class MuraOptions(TransferOptions):
     """MURA's options: the shared ones and its data's."""
 
-    data: str = option(None, "folder holding MURA-v1.1 (or MURA-v1.1 itself). Default: the built-in demo tree.",
-                       group=DATA, reuse=False)
     body_part: list = option(["XR_SHOULDER"], "one or more of XR_ELBOW .. XR_WRIST, or 'all'.",
                              source="thesis 4.2.4.1", group=DATA, nargs="+")
     image_size: int = option(224, "network input side, a multiple of 32.", source="thesis 4.2.4.2", group=DATA,
@@ -80,20 +62,12 @@ class MuraOptions(TransferOptions):
                              "augmented from the training split (ignored with --steps-per-epoch).",
                              source="thesis 4.2.4.2: the size of its offline-augmented, class-balanced set",
                              group=DATA, type=int)
-    validation_fraction: float = option(
-        0.1, "share of training patients held out to choose the epoch (--selection held-out); 0 trains on all "
-        "training patients and keeps the last epoch.", source="this project's choice: the thesis chose epochs on "
-        "valid, its test data", flag=("--validation-fraction", "--selection-fraction"), group=DATA,
-        type=fraction_type(allow_zero=True))
-    train_fraction: float = option(1.0, "share of training patients used, sampled by patient (label-efficiency "
-                                   "studies).", group=DATA, type=fraction_type())
     repeats: int = option(1, "train N times with seeds derived from --seed and report each run's metrics, their "
                           "mean and standard deviation.", source="1; the thesis averaged 2 (4.2.4)", group=DATA,
                           type=int)
-    out: str = option(None, "output folder. Default: runs/mura_<backbone>_<init>/.", group="run", reuse=False)
 
 
-def build_parser_():
+def parser():
     return build_parser(
         MuraOptions, "python mura/train.py",
         "MURA abnormality detection (shoulder by default) with a scratch, genesis, ImageNet or RadImageNet encoder; "
@@ -102,7 +76,7 @@ def build_parser_():
 
 
 def parse_args(argv=None):
-    options = parse_options(MuraOptions, build_parser_(), argv, DEMO_CONFIG, ("--data",))
+    options = parse_options(MuraOptions, parser(), argv, DEMO_CONFIG, ("--data",))
     return resolve_options(options)
 
 
@@ -141,27 +115,22 @@ class Mura(Task):
 
     name, title, levels, unit, unit_record = "mura", "MURA", LEVELS, "run", "run_metrics.json"
 
-    def __init__(self, options):
-        super().__init__(options, options.out)
-        self.image_size = options.image_size
-        if options.data:
-            self.root = Path(options.data)
-        else:
-            from mura.demo import ensure_demo
+    def demo_data(self):
+        from mura.demo import ensure_demo
 
-            self.root = ensure_demo()
+        return ensure_demo()
 
     def check_data(self):
         from plumbing.fingerprint import files_fingerprint
 
         parts = self.options.body_part
-        self.train_all = read_split(self.root, "train", parts)
-        self.valid = read_split(self.root, "valid", parts)
-        folder = mura_root(self.root) / "MURA-v1.1"
+        self.train_all = read_split(self.data, "train", parts)
+        self.valid = read_split(self.data, "valid", parts)
+        folder = mura_root(self.data) / "MURA-v1.1"
         csvs = [folder / f"{split}_{kind}.csv" for split in ("train", "valid")
                 for kind in ("image_paths", "labeled_studies")]
         files = [*csvs, *self.train_all["path"], *self.valid["path"]]
-        return {"mura": files_fingerprint(files, mura_root(self.root)), "body_parts": list(parts)}
+        return {"mura": files_fingerprint(files, mura_root(self.data)), "body_parts": list(parts)}
 
     def prepare(self):
         o = self.options

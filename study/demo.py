@@ -82,9 +82,9 @@ def run(args):
         print(f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
               "(Keras downloads it there on a machine with internet access).")
 
-    luna16_demo = from_config(luna16.Luna16Options, luna16.build_parser_(), luna16.DEMO_CONFIG,
+    luna16_demo = from_config(luna16.Luna16Options, luna16.parser(), luna16.DEMO_CONFIG,
                               backbone=args.backbone, encoder=str(encoder), seed=args.seed, folds=list(args.folds))
-    mura_demo = from_config(mura.MuraOptions, mura.build_parser_(), mura.DEMO_CONFIG, backbone=args.backbone,
+    mura_demo = from_config(mura.MuraOptions, mura.parser(), mura.DEMO_CONFIG, backbone=args.backbone,
                             encoder=str(encoder), seed=args.seed)
     run_dirs = []
     for probe in (False, True):

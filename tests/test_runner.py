@@ -32,7 +32,6 @@ def _images(count, rng):
 @dataclass(frozen=True)
 class SquaresOptions(TransferOptions):
     slides: int = option(12, "slides per split (each holds 4 images).", type=int)
-    out: str = option(None, "output folder.", reuse=False)
 
 
 class Squares(Task):
@@ -40,7 +39,7 @@ class Squares(Task):
     levels = [{"name": "image", "description": "test images", "group": "slide", "metrics": ["auc", "accuracy"]}]
 
     def __init__(self, options, content=0):
-        super().__init__(options, options.out)
+        super().__init__(options)
         self.content = content
 
     def check_data(self):
@@ -145,19 +144,19 @@ def test_reuse_follows_every_option_and_the_data_content(tmp_path):
 
 
 def test_the_parser_is_built_from_the_fields_with_their_defaults_and_sources():
-    from luna16.experiment import Luna16Options, build_parser_
-    from mura.experiment import MuraOptions, build_parser_ as mura_parser
+    from luna16.experiment import Luna16Options, parser
+    from mura.experiment import MuraOptions, parser as mura_parser
 
-    for options_class, parser in ((Luna16Options, build_parser_()), (MuraOptions, mura_parser())):
-        parsed = vars(parser.parse_args([]))
+    for options_class, built in ((Luna16Options, parser()), (MuraOptions, mura_parser())):
+        parsed = vars(built.parse_args([]))
         for item in dataclasses.fields(options_class):
             if item.metadata.get("derived"):
                 continue
             default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
             assert parsed[item.name] == default, item.name
-        text = " ".join(parser.format_help().split())
+        text = " ".join(built.format_help().split())
         assert "Default: 0.5 (thesis 4.2.1.6)" in text and "Default: 256 (this project's choice" in text
-    luna16_help = " ".join(build_parser_().format_help().split())
+    luna16_help = " ".join(parser().format_help().split())
     assert "Default: 0.1 (thesis 4.2.1.3)" in luna16_help and "momentum 0.9; 4.2.3" in luna16_help
 
 
@@ -208,9 +207,9 @@ def test_a_tie_of_the_validation_auc_keeps_the_later_epoch_with_the_lower_loss()
 
 
 def test_help_lists_every_option():
-    from luna16.experiment import Luna16Options, build_parser_
+    from luna16.experiment import Luna16Options, parser
 
-    text = build_parser_().format_help()
+    text = parser().format_help()
     flags = [f"--{item.name.replace('_', '-')}" for item in dataclasses.fields(Luna16Options)
              if not item.metadata.get("derived")]
     assert [flag for flag in flags if flag not in text] == []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
-from plumbing.cli import ArgumentParser, default_verbosity, parse_with_demo_default
+from plumbing.cli import ArgumentParser, default_verbosity, fraction_type, parse_with_demo_default
 from transfer.encoders import INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
 from transfer.finetune import SELECTIONS, Head, Schedule
 from transfer.schedules import SCHEDULE_FIELDS, schedule_row
@@ -122,6 +122,18 @@ class TransferOptions:
     l2: float = option(1e-4, "L2 penalty of the head's hidden layer.", source="this project's choice: thesis "
                        "4.2.1.6 names L2 regularisation without its strength", type=float)
     dropout: float = option(0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=float)
+    data: str = option(None, "the dataset's folder, as distributed (the description above says what it holds). "
+                       "Default: the task's built-in demo tree, with the small settings of its configs/demo.yaml.",
+                       group="data", reuse=False)
+    validation_fraction: float = option(
+        0.1, "share of the training groups (LUNA16: scans, MURA: patients) held out to choose the epoch (--selection "
+        "held-out); 0 trains on all training data and keeps the last epoch.", source="this project's choice: the "
+        "thesis chose epochs on its test data", flag=("--validation-fraction", "--selection-fraction"), group="data",
+        type=fraction_type(allow_zero=True))
+    train_fraction: float = option(1.0, "share of the training groups used, sampled by group (label-efficiency "
+                                   "studies).", group="data", type=fraction_type())
+    out: str = option(None, "output folder. Default: runs/<task>_<backbone>_<init>[_probe]/.", group="run",
+                      reuse=False)
     precision: str = option("auto", "auto: mixed_float16 on GPU, float32 on CPU.", group="run",
                             choices=("auto", "float32", "mixed_float16"))
     seed: int = option(0, "seeds weights, sampling and augmentation.", group="run", type=int)

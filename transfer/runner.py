@@ -152,8 +152,15 @@ class Task:
     unit_record = "metrics.json"
     image_size = 224
 
-    def __init__(self, options, out):
-        self.options, self.out = options, Path(out)
+    def __init__(self, options):
+        self.options, self.out = options, Path(options.out)
+        self.image_size = getattr(options, "image_size", None) or self.image_size
+        data = getattr(options, "data", None)
+        self.data = Path(data) if data else self.demo_data()
+
+    def demo_data(self):
+        """The task's built-in demo tree (written on first use), for a command given no --data."""
+        return None
 
     def check_data(self):
         """Reads and checks the data; returns a JSON-able fingerprint of its content. Writes nothing."""

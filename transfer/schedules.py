@@ -1,6 +1,7 @@
 """The schedule tables: per task, the thesis's training schedule for each backbone and initialisation."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from plumbing.errors import UsageError
 
@@ -26,6 +27,30 @@ BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VG
 
 # The thesis did not train RadImageNet encoders: they take the schedule of the other supervised start, ImageNet.
 INIT_FALLBACKS = {"radimagenet": "imagenet"}
+
+
+def load_table(path):
+    """A task's schedule table from its YAML file: {(backbone, init): ThesisSchedule}.
+
+    The file holds `defaults` (fields shared by every row) and `rows`, each a backbone, an
+    init and the rest of ThesisSchedule's fields; a row missing a field or naming an unknown
+    one stops with one line naming the file.
+    """
+    import dataclasses
+
+    import yaml
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    names = {item.name for item in dataclasses.fields(ThesisSchedule)}
+    table = {}
+    for row in data["rows"]:
+        values = {**data.get("defaults", {}), **row}
+        key = (values.pop("backbone"), values.pop("init"))
+        if set(values) != names:
+            raise UsageError(path, f"row {key} has fields {sorted(values)}, expected {sorted(names)}")
+        table[key] = ThesisSchedule(**values)
+    return table
 
 
 def schedule_row(table, backbone, init):
