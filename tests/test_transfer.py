@@ -215,3 +215,32 @@ def test_linear_probe_cross_validation_groups_by_scan(demo_dir, tmp_path_factory
     assert fold["probe"]["C"] in [float(c) for c in np.logspace(-4, 2, 7)] and fold["epochs_trained"] == 0
     assert np.isfinite(predictions["probability"]).all() and predictions["probability"].nunique() > 1
     assert "linear probe" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])
+def test_imagenet_preprocessing_feeds_the_weights_their_own_input(backbone):
+    """The encoder sees what its ImageNet weights were trained on: 0-255 (qubvel ResNet, whose bn_data normalises it)
+    or caffe-style BGR minus the ImageNet means (VGG), computed here by hand; its weights are the same variables."""
+    import keras
+
+    from genesis2d.unet import build_encoder
+    from transfer.encoders import CAFFE_MEANS_BGR, with_imagenet_input
+
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    encoder = build_encoder(backbone, (32, 32, 1))
+    converted = with_imagenet_input(encoder, backbone)
+    assert all(a is b for a, b in zip(converted.weights, encoder.weights))
+    if backbone == "resnet18":
+        expected = encoder.predict(255 * x, verbose=0)
+    else:
+        rgb = np.concatenate([255 * x] * 3, axis=-1) - np.asarray(CAFFE_MEANS_BGR, np.float32)
+        expected = keras.Model(encoder.get_layer("block1_conv1").input, encoder.output).predict(rgb, verbose=0)
+    np.testing.assert_allclose(converted.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert not np.allclose(encoder.predict(x, verbose=0), expected, rtol=1e-2)
+
+
+def test_imagenet_preprocessing_is_refused_for_inits_not_trained_on_imagenet(tmp_path):
+    from luna16.experiment import parse_args
+
+    with pytest.raises(UsageError, match="applies to --init imagenet or radimagenet"):
+        parse_args(["--data", "/nowhere", "--init", "scratch", "--imagenet-preprocessing"])

@@ -142,10 +142,74 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """Which encoder to start from (see `load_encoder`)."""
+    """Which encoder to start from (see `load_encoder`), and whether it is fed its weights' input convention."""
 
     init: str
     backbone: str
     encoder_path: str | None = None
     imagenet_weights: str | None = None
     radimagenet_weights: str | None = None
+    imagenet_input: bool = False
+
+    def load(self, input_shape):
+        encoder = load_encoder(self.init, self.backbone, input_shape, self.encoder_path, self.imagenet_weights,
+                               self.radimagenet_weights)
+        return with_imagenet_input(encoder, self.backbone) if self.imagenet_input else encoder
+
+
+# The input each backbone's ImageNet weights were trained on, from [0, 1] grayscale repeated to RGB: keras
+# VGG and keras.applications ResNet50 take caffe-style input (0-255, BGR, ImageNet channel means subtracted:
+# `keras.applications.imagenet_utils.preprocess_input(mode="caffe")`); qubvel's ResNets take 0-255 and
+# normalise it in their first layer, bn_data. The thesis fed every encoder the [0, 1] slice (4.2.1.4).
+IMAGENET_INPUT = {"vgg16": "caffe", "vgg19": "caffe", "resnet50_keras": "caffe", "resnet18": "0-255",
+                  "resnet34": "0-255", "resnet50": "0-255"}
+CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+IMAGENET_INITS = ("imagenet", "radimagenet")
+
+
+_IMAGENET_INPUT_LAYER = []
+
+
+def imagenet_input_layer():
+    """The Keras layer class of `with_imagenet_input` (defined on first use: Keras is imported lazily here)."""
+    if _IMAGENET_INPUT_LAYER:
+        return _IMAGENET_INPUT_LAYER[0]
+    import keras
+
+    @keras.saving.register_keras_serializable(package="transfer")
+    class ImageNetInput(keras.layers.Layer):
+        """In place of `gray_to_rgb`: three copies of a [0, 1] slice, as the ImageNet weights' input convention."""
+
+        def __init__(self, convention, **kwargs):
+            super().__init__(**kwargs)
+            self.convention = convention
+
+        def call(self, inputs):
+            rgb = keras.ops.concatenate(inputs, axis=-1) * 255.0
+            if self.convention == "caffe":  # R = G = B, so the swap to BGR changes nothing; the means do.
+                rgb = rgb - keras.ops.convert_to_tensor(CAFFE_MEANS_BGR, dtype=rgb.dtype)
+            return rgb
+
+        def get_config(self):
+            return {**super().get_config(), "convention": self.convention}
+
+    _IMAGENET_INPUT_LAYER.append(ImageNetInput)
+    return ImageNetInput
+
+
+def with_imagenet_input(encoder, backbone):
+    """The encoder with its `gray_to_rgb` layer turned into the backbone's ImageNet input convention.
+
+    Every other layer is the encoder's own (shared, weights included); only the input
+    changes, inside the model, so that saving, Grad-CAM and predicting see it too.
+    """
+    import keras
+
+    if backbone not in IMAGENET_INPUT:
+        raise UsageError("--imagenet-preprocessing", f"knows no ImageNet input convention for {backbone}")
+    layer = imagenet_input_layer()
+
+    def swap(item):
+        return layer(IMAGENET_INPUT[backbone], name="gray_to_rgb") if item.name == "gray_to_rgb" else item
+
+    return keras.models.clone_model(encoder, clone_function=swap)

@@ -171,11 +171,8 @@ def fine_tune(encoder_spec, head, schedule, input_shape, train, validation, out,
     """
     import keras
 
-    from transfer.encoders import load_encoder
-
     keras.utils.set_random_seed(seed)
-    encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,
-                           encoder_spec.imagenet_weights, encoder_spec.radimagenet_weights)
+    encoder = encoder_spec.load(input_shape)
     if schedule.bn_momentum is not None:
         for layer in encoder.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

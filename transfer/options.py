@@ -17,7 +17,8 @@ from pathlib import Path
 
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
 from plumbing.cli import ArgumentParser, default_verbosity, fraction_type, parse_with_demo_default
-from transfer.encoders import INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
+from plumbing.errors import UsageError
+from transfer.encoders import IMAGENET_INITS, INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
 from transfer.finetune import SELECTIONS, Head, Schedule
 from transfer.schedules import SCHEDULE_FIELDS, schedule_row
 
@@ -88,6 +89,11 @@ class TransferOptions:
                                       "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable "
                                       f"automatically: {RADIMAGENET_SOURCE}). Default: that file in Keras's cache "
                                       "(~/.keras/models).", reuse=False)
+    imagenet_preprocessing: bool = option(
+        False, "feed a supervised start (--init imagenet or radimagenet) the input its weights were trained on: the "
+        "backbone's ImageNet convention (0-255, and caffe-style BGR mean subtraction for VGG and the keras.applications "
+        "ResNet50) instead of the [0, 1] slice.", source="thesis 4.2.1.4: the [0, 1] slice for every init",
+        action="store_true")
     probe: bool = option(False, "linear probe instead of fine-tuning: the encoder frozen, a logistic regression on "
                          "its pooled features, its C chosen by cross-validation within the training split "
                          "(transfer/probe.py). Results go to <default out>_probe.", action="store_true")
@@ -149,7 +155,8 @@ class TransferOptions:
     imagenet_sha256: str = derived()
 
     def encoder_spec(self):
-        return EncoderSpec(self.init, self.backbone, self.encoder, self.imagenet_weights, self.radimagenet_weights)
+        return EncoderSpec(self.init, self.backbone, self.encoder, self.imagenet_weights, self.radimagenet_weights,
+                           self.imagenet_preprocessing)
 
     def head(self):
         return Head(self.units, self.l2, self.dropout)
@@ -226,6 +233,9 @@ def resolve(options, table):
     if options.init == "radimagenet":
         path = radimagenet_file(options.backbone, options.radimagenet_weights)
         changes.update(radimagenet_weights=str(path), encoder_sha256=file_sha256(path))
+    if options.imagenet_preprocessing and options.init not in IMAGENET_INITS:
+        raise UsageError("--imagenet-preprocessing", f"applies to --init {' or '.join(IMAGENET_INITS)}, whose weights "
+                         f"were trained on ImageNet's input. Received: --init {options.init}")
     return dataclasses.replace(options, **changes)
 
 

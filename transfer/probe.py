@@ -102,9 +102,6 @@ def probe_encoder(encoder_spec, input_shape, train, train_labels, train_groups, 
     """`linear_probe` on the encoder an EncoderSpec names (seeded, so a scratch encoder is the same each time)."""
     import keras
 
-    from transfer.encoders import load_encoder
-
     keras.utils.set_random_seed(seed)
-    encoder = load_encoder(encoder_spec.init, encoder_spec.backbone, input_shape, encoder_spec.encoder_path,
-                           encoder_spec.imagenet_weights, encoder_spec.radimagenet_weights)
+    encoder = encoder_spec.load(input_shape)
     return linear_probe(encoder, train, train_labels, train_groups, seed)
