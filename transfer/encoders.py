@@ -160,7 +160,7 @@ class EncoderSpec:
 # The input each backbone's ImageNet weights were trained on, from [0, 1] grayscale repeated to RGB: keras
 # VGG and keras.applications ResNet50 take caffe-style input (0-255, BGR, ImageNet channel means subtracted:
 # `keras.applications.imagenet_utils.preprocess_input(mode="caffe")`); qubvel's ResNets take 0-255 and
-# normalise it in their first layer, bn_data. The thesis fed every encoder the [0, 1] slice (4.2.1.4).
+# normalise it in their first layer, bn_data. The thesis fed every encoder [0, 1] images (4.2.1.4, 4.2.4.3).
 IMAGENET_INPUT = {"vgg16": "caffe", "vgg19": "caffe", "resnet50_keras": "caffe", "resnet18": "0-255",
                   "resnet34": "0-255", "resnet50": "0-255"}
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)

@@ -92,7 +92,7 @@ class TransferOptions:
     imagenet_preprocessing: bool = option(
         False, "feed a supervised start (--init imagenet or radimagenet) the input its weights were trained on: the "
         "backbone's ImageNet convention (0-255, and caffe-style BGR mean subtraction for VGG and the keras.applications "
-        "ResNet50) instead of the [0, 1] slice.", source="thesis 4.2.1.4: the [0, 1] slice for every init",
+        "ResNet50) instead of the [0, 1] slice.", source="thesis 4.2.1.4 and 4.2.4.3: the [0, 1] image for every init",
         action="store_true")
     probe: bool = option(False, "linear probe instead of fine-tuning: the encoder frozen, a logistic regression on "
                          "its pooled features, its C chosen by cross-validation within the training split "
