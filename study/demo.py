@@ -21,6 +21,7 @@ from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras imp
 from plumbing.cli import ArgumentParser
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STEP_RECORD = "study_step.json"  # Beside the pretraining outputs: the study settings that made them.
 NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
         "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
         "on LUNA16 and MURA.")
@@ -39,6 +40,8 @@ def build_parser():
                         help="MURA runs per initialisation and fraction, averaged (the thesis trained 2). Default: 2.")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in the report. Default: 1000.")
+    parser.add_argument("--overwrite", action="store_true", help="redo steps whose kept results were made with other "
+                        "settings or data. Default: such a step stops the study, saying what changed.")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
                         "on a CPU the same seed gives the same report. Default: 0.")
     return parser
@@ -57,6 +60,8 @@ def run(args):
     from luna16 import experiment as luna16
     from mura import experiment as mura
     from study.report import build_report
+    from plumbing.atomic import write_json
+    from plumbing.fingerprint import file_sha256, finished_with
     from transfer.options import from_config
 
     _step("demo data and pretraining manifest")
@@ -64,14 +69,21 @@ def run(args):
 
     _step(f"genesis2d pretraining ({args.backbone})")
     pretrain_dir = out / "pretrain"
+    # What makes the encoder, by content (not by path, so a moved study folder continues): a finished pretraining
+    # is reused only when these match, else the study stops naming what changed (--overwrite redoes it).
+    step = {"backbone": args.backbone, "epochs": args.pretrain_epochs, "steps_per_epoch": args.pretrain_steps,
+            "seed": args.seed, "config": file_sha256(pretrain.DEMO_CONFIG), "manifest": file_sha256(manifest)}
     state = load_state(pretrain_dir / "checkpoint")
-    if state and state.get("finished") and (pretrain_dir / "encoder.h5").exists():
-        print(f"done earlier: {pretrain_dir / 'encoder.h5'}")
+    finished = bool(state and state.get("finished") and (pretrain_dir / "encoder.h5").exists())
+    if finished and finished_with(pretrain_dir / STEP_RECORD, step, args.overwrite):
+        print(f"done earlier with these settings: {pretrain_dir / 'encoder.h5'}")
     else:
         options = ["--manifest", str(manifest), "--config", str(pretrain.DEMO_CONFIG), "--backbone", args.backbone,
                    "--out", str(pretrain_dir), "--epochs", str(args.pretrain_epochs),
                    "--steps-per-epoch", str(args.pretrain_steps), "--verbose", "2", "--seed", str(args.seed)]
-        pretrain.run(pretrain.parse_args(options + (["--resume"] if state else [])))
+        resume = ["--resume"] if state and not finished else ["--overwrite"] if finished else []
+        pretrain.run(pretrain.parse_args(options + resume))
+        write_json(pretrain_dir / STEP_RECORD, {"settings": step})
     encoder = pretrain_dir / "encoder.h5"
 
     inits = ["scratch", "genesis"]
@@ -82,10 +94,10 @@ def run(args):
         print(f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
               "(Keras downloads it there on a machine with internet access).")
 
-    luna16_demo = from_config(luna16.Luna16Options, luna16.parser(), luna16.DEMO_CONFIG,
-                              backbone=args.backbone, encoder=str(encoder), seed=args.seed, folds=list(args.folds))
+    luna16_demo = from_config(luna16.Luna16Options, luna16.parser(), luna16.DEMO_CONFIG, backbone=args.backbone,
+                              encoder=str(encoder), seed=args.seed, folds=list(args.folds), overwrite=args.overwrite)
     mura_demo = from_config(mura.MuraOptions, mura.parser(), mura.DEMO_CONFIG, backbone=args.backbone,
-                            encoder=str(encoder), seed=args.seed)
+                            encoder=str(encoder), seed=args.seed, overwrite=args.overwrite)
     run_dirs = []
     for probe in (False, True):
         for init in inits:
