@@ -62,7 +62,7 @@ class Luna16Options(TransferOptions):
                              type=image_size)
     negative_fraction: float = option(0.1, "negatives kept per training subset.", source="thesis 4.2.1.3",
                                       group=DATA, type=fraction_type())
-    positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.4",
+    positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3",
                                   group=DATA, type=int)
     folds: list = option([1, 2, 3, 4, 5], "folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.",
                          group=DATA, reuse=False, type=int, nargs="+")

@@ -63,7 +63,7 @@ class MuraOptions(TransferOptions):
                              source="thesis 4.2.4.2: the size of its offline-augmented, class-balanced set",
                              group=DATA, type=int)
     repeats: int = option(1, "train N times with seeds derived from --seed and report each run's metrics, their "
-                          "mean and standard deviation.", source="1; the thesis averaged 2 (4.2.4)", group=DATA,
+                          "mean and standard deviation.", source="1; the thesis trained its best models twice and averaged them (4.2.4.4, 4.2.6)", group=DATA,
                           type=int)
 
 

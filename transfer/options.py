@@ -104,8 +104,8 @@ class TransferOptions:
     selection: str = option(
         "held-out", "which epoch is kept. held-out: the best validation AUC on --validation-fraction of the training "
         "groups held out (ties go to the later epoch with the lower validation loss); last: train on all training "
-        "data and keep the last epoch; test: the best AUC on the test data, as the thesis read its epochs (optimistic: "
-        "the test data choose the model).", source="this project's choice: the test data never choose the model",
+        "data and keep the last epoch; test: the best AUC on the test data (the thesis read every epoch's AUC on its "
+        "test data, 4.2.2-4.2.4.4; optimistic: the test data choose the model).", source="this project's choice: the test data never choose the model",
         choices=SELECTIONS)
     epochs: int = option(None, "fine-tuning epochs.", type=int, default_text=THESIS_TABLE)
     warmup_epochs: int = option(None, "epochs with the encoder frozen, before fine-tuning.", type=int,
