@@ -171,7 +171,9 @@ def test_no_library_function_takes_an_argparse_namespace():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef) and any(a.arg == "args" for a in node.args.args):
                     offenders.append(f"{path.relative_to(root)}:{node.name}")
-    assert offenders == [] or all(name.endswith((":run", ":main")) for name in offenders), offenders
+    # Only a command's own entry points (`run`, `main`) and the one converter from a namespace to a typed
+    # configuration (`from_args`) see the namespace.
+    assert [name for name in offenders if not name.endswith((":run", ":main", ":from_args"))] == []
 
 
 def test_one_writer_per_output_folder(tmp_path, capsys):
