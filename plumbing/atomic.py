@@ -40,9 +40,13 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:  # A full disk, a read-only folder: name the file the user knows, not the temporary.
+        if error.filename and str(error.filename) != str(tmp):
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     finally:
         if os.path.exists(tmp):
-            os.remove(tmp)
+            os.remove(tmp)  # Never leave a partial file behind, whatever failed.
 
 
 def write_text(path, text):

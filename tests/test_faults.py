@@ -310,3 +310,18 @@ def test_a_malformed_tf_config_is_one_usage_error():
                                                    "task": {"type": "chief", "index": 0}})}) == 3
     with pytest.raises(UsageError, match="TF_CONFIG: is not a JSON object"):
         cluster_tasks({"TF_CONFIG": "{'cluster': "})
+
+
+# ---- Writes that fail: the real file is named, nothing partial is left. ----
+def test_a_failed_atomic_write_names_the_real_file_and_leaves_nothing(tmp_path):
+    import errno
+
+    from plumbing.atomic import TEMPORARY_PREFIX, atomic_path
+
+    target = tmp_path / "encoder.h5"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == [] and not list(tmp_path.glob(f"{TEMPORARY_PREFIX}*"))
