@@ -15,6 +15,20 @@ file itself names the patient (the figshare brain tumour `.mat` files).
 The reader is chosen by the suffix; a folder is read as one DICOM series. Heavy
 libraries are imported where they are used. Every failure is an
 `ImageReadError` whose message names the file and the problem.
+
+What a file may not do, checked before any pixel is allocated:
+- name data outside its own folder: the data files a MetaImage (`ElementDataFile`)
+  or NRRD (`data file`) header names must lie, once `..` and symlinks are
+  resolved, in the header's folder or below it, unless `allow_outside_root=True`
+  (the commands' `--allow-outside-root`). A downloaded dataset could otherwise
+  have any file of the machine (keys, `/etc/passwd`) read and stored in shards;
+- claim more voxels than its bytes can hold: a NIfTI or MetaImage header is
+  checked against the size of its data file (for compressed data, against
+  deflate's largest ratio, 1032:1) so a header claiming 100000^3 voxels is one
+  line, not a MemoryError;
+- be more than `MAX_NONFINITE_SHARE` NaN or infinite: a few such values (a
+  conversion's edge voxels) are replaced by the image's lowest finite value
+  (the background) with one warning per file; more, and the file is refused.
 """
 
 import sys
@@ -29,7 +43,12 @@ ITK_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 NUMPY_SUFFIXES = (".npy",)
-MATLAB_SUFFIXES = (".mat",)  # The figshare brain tumour set (thesis 3.1.2, item 10): MATLAB v7.3 = HDF5.
+MATLAB_SUFFIXES = (".mat",)  # Figshare brain tumours (v7.3 = HDF5) and Cardiac MRI (thesis 3.1.2, items 10 and 8).
+
+# This project's choice: up to 1% of the values read may be NaN or infinite (replaced by the lowest finite
+# value, with a warning); beyond that an image is broken, and an all-NaN one would become blank training slices.
+MAX_NONFINITE_SHARE = 0.01
+DEFLATE_MAX_RATIO = 1032  # zlib's largest compression ratio: no compressed byte expands to more than this.
 
 # DICOM Modality values of plain radiographs (computed, digital, intra-oral, mammography).
 XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "IO", "MG", "PX"}
@@ -43,7 +62,7 @@ def suffix_of(path):
     return Path(name).suffix
 
 
-def read_image(path, slices=None):
+def read_image(path, slices=None, allow_outside_root=False):
     """Reads an image file or a DICOM series folder.
 
     Args:
@@ -51,6 +70,8 @@ def read_image(path, slices=None):
         slices: optional sequence of int. For volumes, only these z indices are
             returned (stacked in the given order); DICOM series and uncompressed
             NIfTI then read only those slices from disk. Defaults to all.
+        allow_outside_root: bool. Let a header name data files outside its own
+            folder (see the module docstring). Defaults to False.
 
     Returns:
         `(array, meta)` as described in the module docstring.
@@ -66,6 +87,7 @@ def read_image(path, slices=None):
     path = Path(path)
     reader = _reader_for(path)
     try:
+        _check_data_files(path, allow_outside_root)
         array, meta = reader(path, slices)
     except ImageReadError:
         raise
@@ -75,23 +97,23 @@ def read_image(path, slices=None):
         raise ImageReadError(path, f"cannot be read ({type(error).__name__}: {_short(error)})") from error
     if array.size == 0:
         raise ImageReadError(path, "holds no pixel data")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    array = _finite(path, np.ascontiguousarray(array, dtype=np.float32))
     meta.setdefault("modality", None)
     meta["path"] = str(path)
     meta["shape"] = tuple(int(s) for s in array.shape)
     return array, meta
 
 
-def read_header(path):
+def read_header(path, allow_outside_root=False):
     """Reads only what the manifest needs: `meta` with `shape` and `num_slices`.
 
-    Cheap for every format (pixel data is not decoded, except for 2D rasters).
+    Cheap for every format (pixel data is not decoded, except for 2D rasters). The
+    same checks of data files and sizes as `read_image` apply.
     """
     path = Path(path)
     reader = _header_reader_for(path)
     try:
+        _check_data_files(path, allow_outside_root)
         meta = reader(path)
     except ImageReadError:
         raise
@@ -102,6 +124,28 @@ def read_header(path):
     shape = meta["shape"]
     meta["num_slices"] = int(shape[0]) if len(shape) == 3 else 1
     return meta
+
+
+_WARNED_NONFINITE = set()  # Files already warned about in this process (the pipeline reads them every epoch).
+
+
+def _finite(path, array):
+    """`array` with its few NaN/infinite values replaced by its lowest finite value; refused beyond the share."""
+    bad = ~np.isfinite(array)
+    count = int(bad.sum())
+    if not count:
+        return array
+    share = count / array.size
+    if share > MAX_NONFINITE_SHARE:
+        raise ImageReadError(path, f"has {count:,} NaN or infinite values ({share:.1%} of the {array.size:,} read), "
+                             f"more than the {MAX_NONFINITE_SHARE:.0%} tolerated")
+    array = array.copy() if not array.flags.writeable else array
+    array[bad] = float(array[~bad].min())
+    if str(path) not in _WARNED_NONFINITE:
+        _WARNED_NONFINITE.add(str(path))
+        print(f"warning: {path}: {count:,} NaN or infinite values ({share:.2%} of those read) replaced by its lowest "
+              "value.", file=sys.stderr)
+    return array
 
 
 def _short(error):
@@ -370,9 +414,25 @@ def _load_nifti(path):
     import nibabel
 
     try:
-        return nibabel.load(str(path))
+        image = nibabel.load(str(path))
     except Exception as error:
         raise ImageReadError(path, f"is not a readable NIfTI file ({_short(error)})") from error
+    _check_nifti_size(path, image)
+    return image
+
+
+def _check_nifti_size(path, image):
+    """The header's voxels fit in the bytes on disk (deflate's largest ratio for .gz), before any allocation."""
+    voxels = int(np.prod([int(n) for n in image.shape], dtype=object))
+    needed = voxels * image.header.get_data_dtype().itemsize
+    data_file = Path(image.file_map["image"].filename or path)
+    if not data_file.is_file():
+        raise ImageReadError(path, f"has no data file {data_file.name} beside it")
+    actual = data_file.stat().st_size
+    compressed = data_file.name.lower().endswith(".gz")
+    if needed > (DEFLATE_MAX_RATIO * actual + 1024 if compressed else actual):
+        raise ImageReadError(path, f"claims {'x'.join(str(n) for n in image.shape)} voxels ({needed:,} bytes), more "
+                             f"than its {actual:,}{' compressed' if compressed else ''} bytes on disk can hold")
 
 
 def _nifti_to_zyx(data):
@@ -407,7 +467,8 @@ def _header_nifti(path):
     image = _load_nifti(path)
     shape = image.shape
     zyx = tuple(reversed(shape[:3])) if len(shape) >= 3 else tuple(reversed(shape))
-    return {"format": "nifti", "shape": zyx} | _nifti_geometry(image)
+    volumes = int(shape[3]) if len(shape) == 4 else 1
+    return {"format": "nifti", "shape": zyx, "volumes_in_file": volumes, "volumes_read": "first"} | _nifti_geometry(image)
 
 
 # --------------------------------------------------------------------------- ITK (MetaImage, NRRD)
@@ -424,36 +485,96 @@ def _itk_meta(image):
 
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+_TEXT_HEADER_BYTES = 1 << 20  # A MetaImage/NRRD header is text, at most this long (a LIST of slice files included).
+
+
+def _text_header(path):
+    """(fields, lines after the data-file line) of a MetaImage (`Key = value`) or NRRD (`key: value`) header.
+
+    Only the text before the pixel data is read: a .mha or .nrrd holds its data after it.
+    """
+    with open(path, "rb") as handle:
+        text = handle.read(_TEXT_HEADER_BYTES).decode("latin-1")
+    lines = text.splitlines()
+    fields, separator = {}, "=" if suffix_of(path) in (".mhd", ".mha") else ":"
+    for number, line in enumerate(lines):
+        if suffix_of(path) in (".nrrd", ".nhdr") and not line.strip():
+            break  # NRRD: a blank line ends the header.
+        key, found, value = line.partition(separator)
+        if not found:
+            continue
+        key = key.strip().lower().replace(" ", "")
+        fields[key] = value.strip()
+        if key in ("elementdatafile", "datafile"):
+            return fields, lines[number + 1:]  # The last header field; a LIST's file names follow it.
+    return fields, []
+
+
+def _named_data_files(path):
+    """The data files a MetaImage or detached NRRD header names (none for data in the file itself)."""
+    if suffix_of(path) not in ITK_SUFFIXES:
+        return []
+    fields, rest = _text_header(path)
+    value = fields.get("elementdatafile", fields.get("datafile", ""))
+    if not value or value.upper() == "LOCAL":
+        return []
+    words = value.split()
+    if words[0].upper() == "LIST":
+        return [line.strip() for line in rest if line.strip()]
+    if "%" in value and len(words) >= 4:  # A numbered series: `format min max step`.
+        try:
+            low, high, step = int(words[-3]), int(words[-2]), int(words[-1]) or 1
+            return [" ".join(words[:-3]) % i for i in range(low, high + 1, step)][:100_000]
+        except (TypeError, ValueError):
+            return [value]
+    return [value]
+
+
+def _check_data_files(path, allow_outside_root=False):
+    """The files a header names lie in its folder (after `..` and symlinks), unless allowed elsewhere."""
+    if allow_outside_root:
+        return
+    folder = Path(path).parent.resolve()
+    for name in _named_data_files(path):
+        target = (Path(path).parent / name).resolve()
+        if not target.is_relative_to(folder):
+            raise ImageReadError(path, f"names the data file {name}, which lies outside its folder {folder} "
+                                 "(read only with --allow-outside-root)")
 
 
 def _check_metaimage_data(path):
-    """For a .mhd with an uncompressed data file: that file exists and holds what the header says.
+    """For a MetaImage: its data file exists and holds what the header's DimSize and ElementType need.
 
-    SimpleITK reports a short .raw as 'No such file or directory'; this says what is wrong.
+    SimpleITK reports a short .raw as 'No such file or directory' and allocates whatever DimSize
+    claims before reading; this says what is wrong first. Compressed data is held to deflate's
+    largest ratio.
     """
-    if suffix_of(path) != ".mhd":
+    if suffix_of(path) not in (".mhd", ".mha"):
         return
-    fields = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        fields[key.strip()] = value.strip()
-    data = fields.get("ElementDataFile", "")
-    if not data or data == "LOCAL" or data.startswith("LIST") or "%" in data:
+    fields, _ = _text_header(path)
+    data = fields.get("elementdatafile", "")
+    if not data or data.startswith("LIST") or "%" in data:
         return
-    if fields.get("CompressedData", "False").lower() == "true":
-        return
-    data_path = Path(path).parent / data
+    local = data.upper() == "LOCAL"
+    data_path = Path(path) if local else Path(path).parent / data
     if not data_path.is_file():
         raise ImageReadError(path, f"names the data file {data}, which does not exist")
     try:
-        size = np.prod([int(v) for v in fields["DimSize"].split()])
-        needed = int(size) * _MET_BYTES[fields["ElementType"]] * int(fields.get("ElementNumberOfChannels", 1))
+        size = int(np.prod([int(v) for v in fields["dimsize"].split()], dtype=object))
+        needed = size * _MET_BYTES[fields["elementtype"]] * int(fields.get("elementnumberofchannels", 1))
     except (KeyError, ValueError):
         return  # Let SimpleITK judge a header this check does not understand.
-    needed += max(0, int(fields.get("HeaderSize", 0) or 0))
     actual = data_path.stat().st_size
+    where = "it" if local else f"its data file {data}"
+    if fields.get("compresseddata", "False").lower() == "true":
+        if needed > DEFLATE_MAX_RATIO * actual + 1024:
+            raise ImageReadError(path, f"claims {needed:,} bytes of pixels (DimSize {fields['dimsize']}), more than "
+                                 f"{where} of {actual:,} compressed bytes can hold")
+        return
+    if not local:
+        needed += max(0, int(fields.get("headersize", 0) or 0))
     if actual < needed:
-        raise ImageReadError(path, f"its data file {data} holds {actual:,} bytes but the header needs {needed:,} "
+        raise ImageReadError(path, f"{where} holds {actual:,} bytes but the header needs {needed:,} "
                              "(cut short?)")
 
 
@@ -554,30 +675,105 @@ def _header_numpy(path):
     return {"format": "numpy", "shape": tuple(array.shape)}
 
 
-# --------------------------------------------------------------------------- MATLAB v7.3 (figshare brain tumours)
+# --------------------------------------------------------------------------- MATLAB (figshare brain tumours, Cardiac MRI)
+#
+# Two layouts, in either MATLAB format (v7.3 is HDF5, read with h5py; v4-v7 with scipy):
+# - `cjdata.image` (y, x) and `cjdata.PID`: one slice per file, the patient named inside
+#   (the figshare brain tumour set, thesis 3.1.2 item 10);
+# - `sol_yxzt` (y, x, z, t): a Cardiac MRI patient, `sol_yxzt_patN.mat`, 20 frames of 8-15
+#   slices (thesis 3.1.2 item 8). Every frame of every slice is one of the patient's slices
+#   (so 160-300 per patient, as Fig. 3.1 counts them), in frame-major order: slice index
+#   i is frame i // z, slice i % z.
+# HDF5 holds MATLAB's column-major arrays with their axes reversed.
+
+
+def _matlab_is_hdf5(path):
+    import h5py
+
+    return h5py.is_hdf5(str(path))
+
+
+def _matlab_layout(path):
+    """('brain', shape (y, x)) or ('cardiac', shape (t, z, y, x)), from the file's variables alone."""
+    if _matlab_is_hdf5(path):
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            if "sol_yxzt" in handle:
+                return "cardiac", tuple(handle["sol_yxzt"].shape[:2]) + tuple(reversed(handle["sol_yxzt"].shape[2:]))
+            if "cjdata" in handle and "image" in handle["cjdata"]:
+                return "brain", tuple(reversed(handle["cjdata"]["image"].shape))
+    else:
+        from scipy.io import whosmat
+
+        shapes = {name: shape for name, shape, _ in whosmat(str(path))}
+        if "sol_yxzt" in shapes:
+            y, x, *rest = shapes["sol_yxzt"]
+            z, t = (list(rest) + [1, 1])[:2]
+            return "cardiac", (t, z, y, x)
+        if "cjdata" in shapes:
+            image, _ = _matlab_slice(path)
+            return "brain", image.shape
+    raise ImageReadError(path, "holds neither sol_yxzt (Cardiac MRI) nor cjdata.image (figshare brain tumour)")
 
 
 def _matlab_slice(path):
     """(image (y, x) float32, patient id) of a figshare brain tumour file: `cjdata.image`, `cjdata.PID`."""
-    import h5py
+    if not _matlab_is_hdf5(path):
+        from scipy.io import loadmat
 
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise ImageReadError(path, f"is not a MATLAB v7.3 (HDF5) file ({_short(error)})") from error
-    with handle:
-        if "cjdata" not in handle or "image" not in handle["cjdata"]:
+        data = loadmat(str(path), variable_names=["cjdata"], simplify_cells=True).get("cjdata")
+        if not isinstance(data, dict) or "image" not in data:
             raise ImageReadError(path, "holds no cjdata.image (expected a figshare brain tumour .mat file)")
-        image = np.asarray(handle["cjdata"]["image"], dtype=np.float32).T  # MATLAB stores columns first.
-        patient = None
-        if "PID" in handle["cjdata"]:  # A MATLAB char array: UTF-16 code units.
-            patient = "".join(chr(int(c)) for c in np.asarray(handle["cjdata"]["PID"]).ravel() if int(c)).strip() or None
+        image = np.asarray(data["image"], dtype=np.float32)
+        patient = str(data.get("PID", "") or "").strip() or None
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            if "cjdata" not in handle or "image" not in handle["cjdata"]:
+                raise ImageReadError(path, "holds no cjdata.image (expected a figshare brain tumour .mat file)")
+            image = np.asarray(handle["cjdata"]["image"], dtype=np.float32).T  # MATLAB stores columns first.
+            patient = None
+            if "PID" in handle["cjdata"]:  # A MATLAB char array: UTF-16 code units.
+                patient = "".join(chr(int(c)) for c in np.asarray(handle["cjdata"]["PID"]).ravel() if int(c)).strip() or None
     if image.ndim != 2:
         raise ImageReadError(path, f"holds a {image.ndim}D cjdata.image; expected one 2D slice")
     return image, patient
 
 
+def _cardiac_planes(path, shape, slices):
+    """The (frame, slice) planes of `sol_yxzt` at flat indices `slices` (all when None), as (n, y, x)."""
+    t, z = shape[0], shape[1]
+    chosen = range(t * z) if slices is None else [int(i) for i in slices]
+    for index in chosen:
+        if not 0 <= index < t * z:
+            raise ImageReadError(path, f"has no slice {index} (it has {t} frames x {z} slices = {t * z})")
+    if _matlab_is_hdf5(path):
+        import h5py
+
+        with h5py.File(path, "r") as handle:  # Stored (t, z, x, y): read only the planes asked for.
+            data = handle["sol_yxzt"]
+            return np.stack([np.asarray(data[i // z, i % z], dtype=np.float32).T for i in chosen])
+    from scipy.io import loadmat
+
+    volume = np.asarray(loadmat(str(path), variable_names=["sol_yxzt"])["sol_yxzt"], dtype=np.float32)
+    volume = volume.reshape(volume.shape[:2] + (z, t))
+    return np.stack([volume[:, :, i % z, i // z] for i in chosen])
+
+
+def _matlab_meta(layout, shape):
+    meta = {"format": "matlab", "modality": "MR", "spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
+            "direction": tuple(np.eye(3).ravel())}
+    if layout == "cardiac":
+        meta |= {"volumes_in_file": shape[0], "volumes_read": "all", "slices_per_volume": shape[1]}
+    return meta
+
+
 def _read_matlab(path, slices):
+    layout, shape = _matlab_layout(path)
+    if layout == "cardiac":
+        return _cardiac_planes(path, shape, slices), _matlab_meta(layout, shape)
     image, patient = _matlab_slice(path)
     meta = {"format": "matlab", "modality": "MR", "spacing": (1.0, 1.0), "origin": (0.0, 0.0),
             "direction": (1.0, 0.0, 0.0, 1.0), "patient_id": patient}
@@ -585,5 +781,8 @@ def _read_matlab(path, slices):
 
 
 def _header_matlab(path):
+    layout, shape = _matlab_layout(path)
+    if layout == "cardiac":
+        return _matlab_meta(layout, shape) | {"shape": (shape[0] * shape[1], shape[2], shape[3])}
     image, patient = _matlab_slice(path)
     return {"format": "matlab", "modality": "MR", "shape": image.shape, "patient_id": patient}
