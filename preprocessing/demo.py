@@ -199,6 +199,27 @@ def write_brain_tumour_mat(path, image, patient_id, label=1):
         group["label"] = np.array([[float(label)]])
 
 
+def write_cardiac_mat(path, volume_yxzt, version="7.3"):
+    """A Cardiac MRI file as distributed (`sol_yxzt_patN.mat`): one array `sol_yxzt` of (y, x, z, t).
+
+    Args:
+        version: '7.3' writes HDF5 as MATLAB does (column-major, so h5py sees (t, z, x, y));
+            '5' writes a MATLAB v5 file through scipy.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    volume = np.asarray(volume_yxzt)
+    if version == "5":
+        from scipy.io import savemat
+
+        savemat(str(path), {"sol_yxzt": volume})
+        return
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["sol_yxzt"] = np.transpose(volume)
+
+
 def write_png(path, image01, bit_depth=8, rgb=False):
     """Writes an image in [0, 1] as an 8- or 16-bit PNG (optionally as 3 equal channels)."""
     import cv2

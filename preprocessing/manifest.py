@@ -7,7 +7,13 @@ patient_id, path, slice_index, split`; counts per modality, body part and datase
 are printed (thesis Fig. 3.2-3.7) and drawn as PNG charts next to the CSV.
 Files whose header or sampled slices cannot be decoded are skipped with one
 warning line each and counted (`--no-verify` checks headers only). Paths are
-written absolute, so the manifest works from any folder.
+written absolute, so the manifest works from any folder. Each dataset's patients
+and slices are printed beside the thesis's (Fig. 3.1, and the sampled counts of
+Fig. 3.3), with a warning where they differ by more than 2x.
+
+A file that lies outside `--root` once symlinks are resolved (a link leaving the
+dataset folder), and a header naming data outside its own folder, stop the
+command with one line unless `--allow-outside-root` is given.
 """
 
 import hashlib
@@ -24,24 +30,41 @@ from plumbing.cli import ArgumentParser
 from plumbing.errors import ImageReadError, InputError
 from plumbing.figures import pyplot, save_figure
 from preprocessing.normalize import MODALITIES
-from preprocessing.readers import read_header
+from preprocessing.readers import OutsideRootError, read_header
 from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
 
 COLUMNS = ["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"]
 REQUIRED_KEYS = ("name", "modality", "files", "patient_id", "slices_per_patient")
+VOLUME_RULES = ("first", "all")  # Which volumes of a 4D file become slices (see datasets.yaml).
+THESIS_KEYS = ("patients", "slices", "sampled")  # Fig. 3.1's patients and slices; the thesis's sampled slices.
+DIFFERENCE_WARNED = 2.0  # A built count this many times above or below the thesis's is warned about.
+
+
+def _regex(config_path, name, key, pattern):
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, TypeError) as error:
+        raise InputError(config_path, f"dataset '{name}' has {key} {pattern!r}, which is not a regular expression "
+                         f"({error})") from None
+    if compiled.groups < 1:
+        raise InputError(config_path, f"dataset '{name}' has {key} {pattern!r} without a group; group 1 is the value")
 
 
 def load_table(config_path):
     """Reads and checks a datasets table (see preprocessing/datasets.yaml)."""
     config_path = Path(config_path)
     try:
-        table = yaml.safe_load(config_path.read_text())
+        table = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(config_path, "is not UTF-8 text") from None
     except (OSError, yaml.YAMLError) as error:
-        raise InputError(config_path, f"cannot be read as YAML ({error})") from error
+        raise InputError(config_path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
     entries = table.get("datasets") if isinstance(table, dict) else None
-    if not entries:
+    if not entries or not isinstance(entries, list):
         raise InputError(config_path, "has no 'datasets' list")
-    for entry in entries:
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise InputError(config_path, f"dataset {number} is {entry!r}, not a mapping of fields (name, modality, ...)")
         name = entry.get("name", "?")
         missing = [key for key in REQUIRED_KEYS if key not in entry]
         if missing:
@@ -51,13 +74,33 @@ def load_table(config_path):
         if "body_part" not in entry and "body_part_pattern" not in entry:
             raise InputError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
         spp = entry["slices_per_patient"]
-        if not (spp == "all" or (isinstance(spp, int) and spp > 0)):
+        if not (spp == "all" or (isinstance(spp, int) and not isinstance(spp, bool) and spp > 0)):
             raise InputError(config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'")
+        files = entry["files"]
+        if not isinstance(files, str) or not files.strip():
+            raise InputError(config_path, f"dataset '{name}' has files={files!r}, expected a glob relative to --root")
+        if Path(files).is_absolute() or files.startswith("~") or ".." in Path(files).parts:
+            raise InputError(config_path, f"dataset '{name}' has files {files!r}, which leaves --root; globs are "
+                             "relative to it")
+        if entry["patient_id"] != "header":
+            _regex(config_path, name, "patient_id", entry["patient_id"])
+        if "body_part_pattern" in entry:
+            _regex(config_path, name, "body_part_pattern", entry["body_part_pattern"])
+        if entry.get("volumes", "first") not in VOLUME_RULES:
+            raise InputError(config_path, f"dataset '{name}' has volumes={entry['volumes']!r}, expected one of "
+                             f"{', '.join(VOLUME_RULES)}")
+        thesis = entry.get("thesis", {})
+        if not isinstance(thesis, dict) or any(not isinstance(thesis.get(k, 0), int) for k in THESIS_KEYS):
+            raise InputError(config_path, f"dataset '{name}' has thesis={thesis!r}, expected integers "
+                             f"{', '.join(THESIS_KEYS)}")
     return entries
 
 
-def find_files(root, pattern):
-    """Files (or, for a pattern ending in '/', non-empty folders) matching a glob under root."""
+def find_files(root, pattern, allow_outside_root=False):
+    """Files (or, for a pattern ending in '/', non-empty folders) matching a glob under root.
+
+    Raises InputError for a match that a symlink takes outside `root` (unless allowed).
+    """
     root = Path(root)
     want_dirs = pattern.endswith("/")
     matches = root.glob(pattern.rstrip("/"))
@@ -65,6 +108,12 @@ def find_files(root, pattern):
         found = [p for p in matches if p.is_dir() and any(c.is_file() for c in p.iterdir())]
     else:
         found = [p for p in matches if p.is_file()]
+    if not allow_outside_root:
+        real_root = root.resolve()
+        for path in found:
+            if not path.resolve().is_relative_to(real_root):
+                raise InputError(path, f"leads outside --root {real_root} (to {path.resolve()}); pass "
+                                 "--allow-outside-root to read it anyway")
     return sorted(found)
 
 
@@ -83,13 +132,18 @@ def _body_part(entry, relative):
     return entry.get("body_part_names", {}).get(value, value)
 
 
-def sample_dataset(entry, root, warn=print):
-    """Rows of the manifest for one dataset (split not yet assigned), and the skipped files."""
+def sample_dataset(entry, root, warn=print, allow_outside_root=False):
+    """Rows of the manifest for one dataset (split not yet assigned), and the skipped files.
+
+    A 4D file (NIfTI with several volumes, a Cardiac MRI .mat) must be read by the rule the
+    entry's `volumes` states (default 'first'); a mismatch stops with one line.
+    """
     root = Path(root)
     volumes = {}  # patient -> [(path, num_slices, body_part)]
     skipped = []
     from_header = entry["patient_id"] == "header"
-    for path in find_files(root, entry["files"]):
+    stated = entry.get("volumes", "first")
+    for path in find_files(root, entry["files"], allow_outside_root):
         relative = path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
         match = None if from_header else re.search(entry["patient_id"], relative)
         if not from_header and not match:
@@ -97,11 +151,18 @@ def sample_dataset(entry, root, warn=print):
             skipped.append(str(path))
             continue
         try:
-            header = read_header(path)
+            header = read_header(path, allow_outside_root=allow_outside_root)
+        except OutsideRootError:
+            raise  # Not a damaged file: a header pointing elsewhere, refused outright.
         except ImageReadError as error:
             warn(f"warning: {error} Skipped.")
             skipped.append(str(path))
             continue
+        in_file = header.get("volumes_in_file", 1)
+        if in_file > 1 and header.get("volumes_read", "first") != stated:
+            raise InputError(path, f"holds {in_file} volumes, of which the reader makes slices of "
+                             f"{header.get('volumes_read', 'first')}, but dataset '{entry['name']}' states volumes: "
+                             f"{stated}")
         patient = header.get("patient_id") if from_header else match.group(1)
         if not patient:
             warn(f"warning: {path}: names no patient in the file; skipped")
@@ -119,7 +180,7 @@ def sample_dataset(entry, root, warn=print):
     return rows, skipped
 
 
-def verify_decodable(frame, warn=print, workers=None, progress=True):
+def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outside_root=False):
     """The rows whose files decode, and the files that do not (each read once, in parallel threads).
 
     Headers alone accept a DICOM cut at 60% or a MetaImage whose .raw is short; decoding the
@@ -137,8 +198,10 @@ def verify_decodable(frame, warn=print, workers=None, progress=True):
     def check(item):
         path, slices = item
         try:
-            read_image(path, slices=slices)
+            read_image(path, slices=slices, allow_outside_root=allow_outside_root)
             return None
+        except OutsideRootError:
+            raise
         except ImageReadError as error:
             return path, str(error)
 
@@ -152,15 +215,19 @@ def verify_decodable(frame, warn=print, workers=None, progress=True):
     return frame[~frame["path"].isin(bad_paths)], sorted(bad_paths)
 
 
-def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print, verify=True, progress=True):
+def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print, verify=True, progress=True,
+                   allow_outside_root=False):
     """Samples every dataset, decodes what it keeps (unless `verify` is False), splits by patient and checks the split.
+
+    `allow_outside_root` accepts files that symlinks take outside `root` and headers naming
+    data outside their folder (refused by default).
 
     Returns:
         (DataFrame with COLUMNS, list of skipped paths).
     """
     rows, skipped = [], []
     for entry in entries:
-        dataset_rows, dataset_skipped = sample_dataset(entry, root, warn=warn)
+        dataset_rows, dataset_skipped = sample_dataset(entry, root, warn=warn, allow_outside_root=allow_outside_root)
         if not dataset_rows:
             warn(f"warning: dataset '{entry['name']}': no readable files match '{entry['files']}' under {root}")
         rows += dataset_rows
@@ -168,7 +235,7 @@ def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=prin
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
     frame["patient_id"] = frame["patient_id"].astype(str)
     if verify and len(frame):
-        frame, undecodable = verify_decodable(frame, warn=warn, progress=progress)
+        frame, undecodable = verify_decodable(frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root)
         skipped += undecodable
     frame = frame.reset_index(drop=True)
     frame["split"] = patient_split(frame, fractions=fractions, seed=seed) if len(frame) else pd.Series(dtype=object)
@@ -191,6 +258,48 @@ def summarize(frame):
         "patients per modality": frame.drop_duplicates(["dataset", "patient_id"]).groupby("modality").size(),
         "slices per split": frame.groupby("split").size(),
     }
+
+
+def compare_with_thesis(frame, entries):
+    """Each dataset's patients and slices beside the thesis's, as a DataFrame.
+
+    Columns: patients, thesis_patients (Fig. 3.1), slices, thesis_sampled (the thesis's
+    slices after sampling: Fig. 3.3 where a body part is one dataset's, else 3.1.5's rule
+    applied to Fig. 3.1), thesis_slices (Fig. 3.1, before sampling), and `differs`: the
+    built patients or slices are more than 2x above or below the thesis's. Datasets the
+    thesis did not use have no thesis figures (NaN) and never differ.
+    """
+    rows = []
+    for entry in entries:
+        mine = frame[frame["dataset"] == entry["name"]]
+        thesis = entry.get("thesis", {})
+        row = {"dataset": entry["name"], "patients": int(mine["patient_id"].nunique()), "slices": len(mine),
+               "thesis_patients": thesis.get("patients"), "thesis_sampled": thesis.get("sampled"),
+               "thesis_slices": thesis.get("slices")}
+        ratios = [max(a, 1) / max(b, 1) for a, b in ((row["patients"], row["thesis_patients"]),
+                                                     (row["slices"], row["thesis_sampled"])) if b is not None]
+        row["differs"] = any(r > DIFFERENCE_WARNED or r < 1 / DIFFERENCE_WARNED for r in ratios)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+def print_thesis_comparison(comparison, warn=print):
+    """Prints the comparison table, then one warning per dataset that differs by more than 2x."""
+    def number(value):
+        return "-" if pd.isna(value) else f"{int(value):,}"
+
+    print("\nbeside the thesis (patients: Fig. 3.1; slices: sampled, Fig. 3.3 or 3.1.5 x Fig. 3.1; "
+          "before sampling: Fig. 3.1):")
+    print(f"  {'dataset':<22} {'patients':>9} {'thesis':>9} {'slices':>9} {'thesis':>9} {'before sampling':>16}")
+    for name, row in comparison.iterrows():
+        print(f"  {name:<22} {number(row['patients']):>9} {number(row['thesis_patients']):>9} "
+              f"{number(row['slices']):>9} {number(row['thesis_sampled']):>9} {number(row['thesis_slices']):>16}")
+    if comparison["thesis_patients"].isna().all():
+        print("  (no dataset of this table is one of the thesis's: nothing to compare)")
+    for name, row in comparison[comparison["differs"]].iterrows():
+        warn(f"warning: dataset '{name}': {row['patients']:,} patients and {row['slices']:,} slices, the thesis "
+             f"{number(row['thesis_patients'])} and {number(row['thesis_sampled'])}: more than "
+             f"{DIFFERENCE_WARNED:g}x apart (another release or layout of the dataset, or other globs?).")
 
 
 def save_charts(tables, out_dir, stem):
@@ -227,6 +336,10 @@ def parse_args(argv=None):
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip decoding the sampled slices (faster; undecodable files then fail during training). "
                         "Default: every kept file is decoded, and those that fail are skipped and counted.")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read files that symlinks take outside --root, and MetaImage/NRRD headers that name data "
+                        "files outside their own folder. Default: refused, so a dataset cannot have other files of "
+                        "this machine read into the corpus.")
     return parser.parse_args(argv)
 
 
@@ -234,8 +347,11 @@ def run(args):
     entries = load_table(args.config)
     if not Path(args.root).is_dir():
         raise InputError(args.root, "is not a folder")
-    frame, skipped = build_manifest(entries, args.root, seed=args.seed, fractions=args.fractions,
-                                    warn=lambda line: print(line, file=sys.stderr), verify=args.verify)
+    def warn(line):
+        print(line, file=sys.stderr)
+
+    frame, skipped = build_manifest(entries, args.root, seed=args.seed, fractions=args.fractions, warn=warn,
+                                    verify=args.verify, allow_outside_root=args.allow_outside_root)
     if frame.empty:
         raise InputError(args.root, f"no readable files match any dataset of {args.config}")
     out = Path(args.out)
@@ -245,6 +361,7 @@ def run(args):
         print(f"\n{title}:")
         for key, value in counts.items():
             print(f"  {key:<28} {value:>9,}")
+    print_thesis_comparison(compare_with_thesis(frame, entries), warn=warn)
     charts = save_charts(tables, out.parent, out.stem)
     print(f"\n{len(frame):,} slices from {frame.groupby(['dataset', 'patient_id']).ngroups:,} patients; "
           f"{len(skipped)} unreadable files skipped.")

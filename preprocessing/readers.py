@@ -530,6 +530,10 @@ def _named_data_files(path):
     return [value]
 
 
+class OutsideRootError(ImageReadError):
+    """A header names a data file outside its folder: refused whole, never skipped as a damaged file."""
+
+
 def _check_data_files(path, allow_outside_root=False):
     """The files a header names lie in its folder (after `..` and symlinks), unless allowed elsewhere."""
     if allow_outside_root:
@@ -538,7 +542,7 @@ def _check_data_files(path, allow_outside_root=False):
     for name in _named_data_files(path):
         target = (Path(path).parent / name).resolve()
         if not target.is_relative_to(folder):
-            raise ImageReadError(path, f"names the data file {name}, which lies outside its folder {folder} "
+            raise OutsideRootError(path, f"names the data file {name}, which lies outside its folder {folder} "
                                  "(read only with --allow-outside-root)")
 
 

@@ -169,3 +169,93 @@ def test_bad_files_raise_one_sentence_naming_the_file(tmp_path):
             read_image(tmp_path / name)
         message = str(error.value)
         assert str(tmp_path / name) in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("version", ["5", "7.3"])
+def test_cardiac_mri_mat_gives_frames_times_slices(tmp_path, version):
+    from preprocessing.demo import write_cardiac_mat
+
+    y, x, z, t = 6, 5, 3, 4  # The real files: 256x256, 8-15 slices, 20 frames.
+    volume = np.random.default_rng(0).integers(0, 4000, size=(y, x, z, t)).astype(np.uint16)
+    path = tmp_path / "sol_yxzt_pat7.mat"
+    write_cardiac_mat(path, volume, version)
+    array, meta = read_image(path)
+    # Frame-major: slice index i is frame i // z, slice i % z.
+    expected = np.stack([volume[:, :, i % z, i // z] for i in range(z * t)]).astype(np.float32)
+    np.testing.assert_array_equal(array, expected)
+    header = read_header(path)
+    assert header["num_slices"] == z * t == 12 and header["shape"] == (12, y, x) and header["modality"] == "MR"
+    assert header["volumes_in_file"] == t and header["volumes_read"] == "all"
+    part, _ = read_image(path, slices=[11, 4])
+    np.testing.assert_array_equal(part, expected[[11, 4]])
+    with pytest.raises(ImageReadError, match="has no slice 12 .it has 4 frames x 3 slices = 12"):
+        read_image(path, slices=[12])
+
+
+def test_a_header_may_not_read_outside_its_folder(tmp_path):
+    from preprocessing.readers import OutsideRootError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(bytes(range(256)) * 2)  # 512 bytes: what a 2x4x4 MET_SHORT header asks for... and more.
+    good = tmp_path / "data" / "scan.mhd"
+    write_itk(good, np.arange(32).reshape(2, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    text = good.read_text()
+    cases = {"dotdot.mhd": "../secret.txt", "absolute.mhd": str(secret), "link.mhd": "link.raw"}
+    (tmp_path / "data" / "link.raw").symlink_to(secret)
+    for name, target in cases.items():
+        (tmp_path / "data" / name).write_text(text.replace("ElementDataFile = scan.raw", f"ElementDataFile = {target}"))
+        for read in (read_image, read_header):
+            with pytest.raises(OutsideRootError) as error:
+                read(tmp_path / "data" / name)
+            assert str(error.value) == (f"{tmp_path / 'data' / name}: names the data file {target}, which lies outside "
+                                        f"its folder {tmp_path / 'data'} (read only with --allow-outside-root).")
+        array, _ = read_image(tmp_path / "data" / name, allow_outside_root=True)  # Said explicitly: read.
+        np.testing.assert_array_equal(array.ravel()[:2], np.frombuffer(secret.read_bytes()[:4], "<i2"))
+    # A data file in a subfolder, or a path that leaves and comes back, stays inside: read.
+    (tmp_path / "data" / "sub").mkdir()
+    (tmp_path / "data" / "scan.raw").rename(tmp_path / "data" / "sub" / "scan.raw")
+    (tmp_path / "data" / "sub.mhd").write_text(text.replace("= scan.raw", "= sub/../sub/scan.raw"))
+    np.testing.assert_array_equal(read_image(tmp_path / "data" / "sub.mhd")[0], np.arange(32).reshape(2, 4, 4))
+
+
+def test_absurd_header_sizes_are_refused_before_allocating(tmp_path):
+    import gzip
+
+    import nibabel
+
+    nibabel.save(nibabel.Nifti2Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), tmp_path / "small.nii")
+    header = nibabel.Nifti2Header.from_fileobj(open(tmp_path / "small.nii", "rb"))
+    header.set_data_shape((100000, 100000, 100000))
+    data = bytearray((tmp_path / "small.nii").read_bytes())
+    data[: len(header.binaryblock)] = header.binaryblock
+    (tmp_path / "huge.nii").write_bytes(bytes(data))
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    needed = 100000**3 * 2
+    for name, read in (("huge.nii", read_header), ("huge.nii.gz", read_image)):
+        actual = (tmp_path / name).stat().st_size
+        with pytest.raises(ImageReadError, match=f"claims 100000x100000x100000 voxels .{needed:,} bytes., more than its "
+                           f"{actual:,}( compressed)? bytes on disk can hold"):
+            read(tmp_path / name)
+    write_itk(tmp_path / "scan.mhd", np.zeros((2, 4, 4)), (1, 1, 1), (0, 0, 0))
+    text = (tmp_path / "scan.mhd").read_text().replace("DimSize = 4 4 2", "DimSize = 100000 100000 100000")
+    (tmp_path / "big.mhd").write_text(text)
+    with pytest.raises(ImageReadError, match=f"holds 64 bytes but the header needs {needed:,}"):
+        read_header(tmp_path / "big.mhd")
+
+
+def test_nan_voxels_are_counted_replaced_or_refused(tmp_path, capsys):
+    volume = np.full((4, 10, 10), 7.0, np.float32)
+    volume[1, 2, 3] = -5.0
+    volume[0, 0, 0], volume[3, 1, 1] = np.nan, np.inf  # 2 of 400: 0.5%.
+    write_nifti(tmp_path / "few.nii.gz", volume, (1, 1, 1))
+    array, _ = read_image(tmp_path / "few.nii.gz")
+    assert array[0, 0, 0] == -5.0 and array[3, 1, 1] == -5.0 and np.isfinite(array).all()  # The lowest finite value.
+    assert "2 NaN or infinite values (0.50% of those read) replaced" in capsys.readouterr().err
+    volume[2] = np.nan  # 102 of 400.
+    write_nifti(tmp_path / "many.nii.gz", volume, (1, 1, 1))
+    with pytest.raises(ImageReadError, match=r"many.nii.gz: has 102 NaN or infinite values \(25.5% of the 400 read\), "
+                       r"more than the 1% tolerated"):
+        read_image(tmp_path / "many.nii.gz")
+    write_nifti(tmp_path / "all.nii.gz", np.full((2, 4, 4), np.nan, np.float32), (1, 1, 1))
+    with pytest.raises(ImageReadError, match="has 32 NaN"):
+        read_image(tmp_path / "all.nii.gz")
