@@ -27,14 +27,49 @@ FOLD_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # Test subsets of the fiv
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
 
 
-def read_candidates(data_dir):
-    path = candidates_path(data_dir)
+def read_csv_table(path, what):
+    """A CSV as strings, or one InputError line: missing, empty, not UTF-8 or not CSV."""
+    path = Path(path)
     if not path.is_file():
-        raise InputError(path, "does not exist (the LUNA16 candidates file)")
-    frame = pd.read_csv(path, dtype={"seriesuid": str})
+        raise InputError(path, f"does not exist ({what})")
+    try:
+        return pd.read_csv(path, dtype=str, encoding="utf-8-sig", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise InputError(path, f"is empty ({what})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"is not UTF-8 text (byte {error.start}; {what})") from None
+    except pd.errors.ParserError as error:
+        raise InputError(path, f"cannot be read as CSV ({what}: {str(error).splitlines()[0]})") from None
+
+
+def _stderr(line):
+    print(line, file=sys.stderr)
+
+
+def read_candidates(data_dir, warn=_stderr):
+    """The candidates file as a DataFrame of CANDIDATE_COLUMNS, checked.
+
+    Seriesuids are stripped of surrounding spaces (a trailing space would otherwise drop
+    every candidate of its scan), with a warning counting them; `class` must be 0 or 1;
+    rows repeating an earlier one exactly are dropped and counted, while one location
+    given both classes is refused. Non-numeric coordinates or classes are refused.
+    """
+    path = candidates_path(data_dir)
+    frame = read_csv_table(path, "the LUNA16 candidates file")
     missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
     if missing:
         raise InputError(path, f"lacks columns {sorted(missing)}")
+    if frame.empty:
+        raise InputError(path, "holds no candidates (header only)")
+    uids = frame["seriesuid"].fillna("")
+    stripped = uids.str.strip()
+    if (stripped == "").any():
+        raise InputError(path, f"has {int((stripped == '').sum())} rows without a seriesuid (first: line "
+                         f"{int(np.flatnonzero(stripped == '')[0]) + 2})")
+    if (stripped != uids).any():
+        warn(f"warning: {path}: {int((stripped != uids).sum())} seriesuids had spaces around them (first: line "
+             f"{int(np.flatnonzero(stripped != uids)[0]) + 2}); stripped.")
+    frame["seriesuid"] = stripped
     numeric = ["coordX", "coordY", "coordZ", "class"]
     converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
     bad = (converted.isna() & frame[numeric].notna()).any(axis=1)
@@ -43,7 +78,27 @@ def read_candidates(data_dir):
         raise InputError(path, f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
                              f"{row + 2}, {frame.loc[row, numeric].tolist()})")
     frame[numeric] = converted
-    return frame[CANDIDATE_COLUMNS]
+    labels = frame["class"]
+    not_binary = ~labels.isin([0, 1])
+    if not_binary.any():
+        row = int(np.flatnonzero(not_binary)[0])
+        raise InputError(path, f"has {int(not_binary.sum())} rows whose class is not 0 or 1 (first: line {row + 2}, "
+                         f"class {frame['class'].iloc[row]!r})")
+    frame["class"] = labels.astype(int)
+    frame = frame[CANDIDATE_COLUMNS]
+    location = ["seriesuid", "coordX", "coordY", "coordZ"]
+    distinct = frame.drop_duplicates()
+    conflicting = distinct[distinct.duplicated(location, keep=False)]
+    if len(conflicting):
+        first = conflicting.iloc[0]
+        raise InputError(path, f"gives {len(conflicting.drop_duplicates(location))} locations both classes (first: "
+                         f"{first['seriesuid']} at {first['coordX']}, {first['coordY']}, {first['coordZ']})")
+    repeated = frame.duplicated()
+    if repeated.any():
+        warn(f"warning: {path}: {int(repeated.sum())} rows repeat an earlier row exactly (first: line "
+             f"{int(np.flatnonzero(repeated)[0]) + 2}); dropped.")
+        frame = frame[~repeated].reset_index(drop=True)
+    return frame
 
 
 def input_fingerprint(candidates_path, scans):
@@ -66,13 +121,21 @@ def input_fingerprint(candidates_path, scans):
     return fingerprint(files)
 
 
-def scans_by_subset(data_dir):
-    """{subset: {seriesuid: path to .mhd}} for the subsets present."""
+def scans_by_subset(data_dir, allow_outside_root=False):
+    """{subset: {seriesuid: path to .mhd}} for the subsets present.
+
+    A scan that a symlink takes outside `data_dir` is refused (one line) unless allowed.
+    """
     found = {}
+    root = Path(data_dir).resolve()
     for subset in SUBSETS:
         folder = Path(data_dir) / f"subset{subset}"
         if folder.is_dir():
             found[subset] = {p.stem: p for p in sorted(folder.glob("*.mhd"))}
+            for path in found[subset].values():
+                if not allow_outside_root and not path.resolve().is_relative_to(root):
+                    raise InputError(path, f"leads outside the LUNA16 folder {root} (to {path.resolve()}); pass "
+                                     "--allow-outside-root to read it anyway")
     if not found:
         raise InputError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
     return found

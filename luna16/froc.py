@@ -32,13 +32,14 @@ import pandas as pd
 
 from plumbing.atomic import write_json
 from plumbing.cli import ArgumentParser
-from plumbing.errors import InputError
+from plumbing.errors import InputError, UsageError
 from plumbing.figures import pyplot, save_figure
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CAD_MARKS = 100  # The script's maxNumberOfCADMarks.
 DEFAULT_DIAMETER = 10.0  # mm, for a finding whose diameter is below 0.
 COORDS = ["coordX", "coordY", "coordZ"]
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # --out is the figure; its numbers go to a .json beside it.
 
 
 def cap_candidates(candidates, limit=MAX_CAD_MARKS):
@@ -184,12 +185,22 @@ def read_table(path, columns, what):
     if not path.is_file():
         raise InputError(path, f"does not exist ({what})")
     try:
-        frame = pd.read_csv(path, dtype={"seriesuid": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        frame = pd.read_csv(path, dtype={"seriesuid": str}, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise InputError(path, f"is empty ({what})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"is not UTF-8 text (byte {error.start}; {what})") from None
+    except pd.errors.ParserError as error:
         raise InputError(path, f"cannot be read as CSV ({what}: {str(error).splitlines()[0]})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(path, f"lacks columns {missing} ({what})")
+    if "seriesuid" in frame:  # A space around a seriesuid would silently detach its rows from their scan.
+        uids = frame["seriesuid"].fillna("")
+        if (uids.str.strip() != uids).any():
+            print(f"warning: {path}: {int((uids.str.strip() != uids).sum())} seriesuids had spaces around them; "
+                  "stripped.", file=sys.stderr)
+        frame["seriesuid"] = uids.str.strip()
     numeric = [c for c in columns if c != "seriesuid"]
     converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
     bad = converted.isna() & frame[numeric].notna()
@@ -210,12 +221,25 @@ def read_predictions(path):
     return frame
 
 
+def read_findings(path, what):
+    """Annotated nodules or excluded findings; a row repeating an earlier one is dropped (it would count twice)."""
+    frame = read_table(path, ["seriesuid", *COORDS, "diameter_mm"], what)
+    repeated = frame.duplicated(["seriesuid", *COORDS, "diameter_mm"])
+    if repeated.any():
+        print(f"warning: {path}: {int(repeated.sum())} rows repeat an earlier finding exactly; dropped.", file=sys.stderr)
+    return frame[~repeated].reset_index(drop=True)
+
+
 def read_seriesuids(path):
     """One seriesuid per line (the script's seriesuids.csv, no header)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "does not exist (list of evaluated scans)")
-    uids = [line.strip().split(",")[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"is not UTF-8 text (byte {error.start}; list of evaluated scans)") from None
+    uids = [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
     if not uids:
         raise InputError(path, "lists no scans")
     return list(dict.fromkeys(uids))
@@ -242,19 +266,26 @@ def parse_args(argv=None):
                         help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
-    parser.add_argument("--out", help="FROC curve PNG (and .json beside it). Default: froc.png beside the predictions.")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", help="FROC curve figure (.png, .pdf or .svg; its numbers go to a .json beside it). "
+                        "Default: froc.png beside the predictions.")
+    args = parser.parse_args(argv)
+    if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
+        raise UsageError("--out", f"names the figure, which must end in {', '.join(FIGURE_SUFFIXES)} (its numbers are "
+                         f"written to a .json beside it). Received: {args.out}")
+    return args
 
 
 def run(args):
     predictions = read_predictions(args.predictions)
-    annotations = read_table(args.annotations, ["seriesuid", *COORDS, "diameter_mm"], "annotations")
-    excluded = (read_table(args.excluded, ["seriesuid", *COORDS, "diameter_mm"], "excluded findings")
-                if args.excluded else None)
+    annotations = read_findings(args.annotations, "annotations")
+    excluded = read_findings(args.excluded, "excluded findings") if args.excluded else None
     seriesuids = read_seriesuids(args.seriesuids) if args.seriesuids else layout_seriesuids(args.annotations)
     evaluated = predictions["seriesuid"].isin(seriesuids)
     if not evaluated.any():
         raise InputError(args.predictions, f"has no prediction for any of the {len(seriesuids)} evaluated scans")
+    if not annotations["seriesuid"].isin(seriesuids).any():
+        raise InputError(args.annotations, f"has no nodule in any of the {len(seriesuids)} evaluated scans; the FROC "
+                         "measures how many nodules are found, so it needs at least one")
     duplicates = int(predictions.duplicated(["seriesuid", *COORDS]).sum())
     if duplicates:
         print(f"warning: {args.predictions}: {duplicates} rows repeat a scan and coordinates of an earlier row; "

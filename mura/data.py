@@ -4,8 +4,17 @@ The tree is `MURA-v1.1/{train,valid}/XR_*/patientNNNNN/studyN_{positive,negative
 with header-less `{split}_image_paths.csv` (one image path per line) and
 `{split}_labeled_studies.csv` (study folder, label), paths relative to the folder
 that holds `MURA-v1.1`.
+
+Every path the csv files list must lead, once `..` and symlinks are resolved,
+into the `MURA-v1.1` folder: an absolute path is accepted when it points there
+(as a relative one would), and any path leaving it (`../x`, `/etc/...`, a symlink
+out) is refused with one line unless `allow_outside_root=True` (the commands'
+`--allow-outside-root`). Labels must be 0 or 1; a row repeating an earlier one is
+dropped and counted, a study given both labels is refused.
 """
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +49,53 @@ def body_parts_of(value):
     return parts
 
 
-def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True):
+def _read_listing(path, names):
+    """A header-less MURA csv as strings, or one InputError line."""
+    try:
+        frame = pd.read_csv(path, header=None, names=names, dtype=str, encoding="utf-8-sig", keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "is empty") from None
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"is not UTF-8 text (byte {error.start})") from None
+    except pd.errors.ParserError as error:
+        raise InputError(path, f"cannot be read as CSV ({str(error).splitlines()[0]})") from None
+    return frame.apply(lambda column: column.str.strip())
+
+
+def _dropped_repeats(frame, path, what):
+    repeated = frame.duplicated()
+    if repeated.any():
+        print(f"warning: {path}: {int(repeated.sum())} {what} repeat an earlier row (first: line "
+              f"{int(repeated.to_numpy().argmax()) + 1}); dropped.", file=sys.stderr)
+    return frame[~repeated]
+
+
+def _located(entries, listing, root, folder, allow_outside_root):
+    """Each listed path as an absolute, normalised path (no symlinks resolved), checked to stay inside `folder`."""
+    real_folder = folder.resolve()
+    located = []
+    for number, entry in enumerate(entries, start=1):
+        path = Path(os.path.normpath(root / entry))  # An absolute entry stays itself.
+        if not allow_outside_root and not path.resolve().is_relative_to(real_folder):
+            raise InputError(listing, f"line {number} lists {entry}, which leads outside {real_folder}; pass "
+                             "--allow-outside-root to read it anyway")
+        located.append(path)
+    return located
+
+
+def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True, allow_outside_root=False):
     """One row per image: path, study, label, body_part, patient. Checks the csvs against the tree.
 
     Args:
         verify: bool. Decode every image now. Defaults to True.
+        allow_outside_root: bool. Accept csv paths that lead outside the MURA-v1.1 folder.
+            Defaults to False.
 
     Raises:
-        ImageReadError: a csv is missing, a study's csv label disagrees with its folder name,
-            a listed image is missing or cannot be decoded, or an image has no labelled study.
+        InputError: a csv is missing, empty, not UTF-8, lists a path leaving MURA-v1.1, has a
+            label other than 0 or 1, gives a study both labels or a label that disagrees with
+            its folder name, or lists an image that has no labelled study.
+        ImageReadError: a listed image is missing or cannot be decoded.
     """
     root = mura_root(data)
     folder = root / "MURA-v1.1"
@@ -56,23 +103,38 @@ def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True):
     for path in (images_csv, studies_csv):
         if not path.is_file():
             raise InputError(path, "does not exist")
-    images = pd.read_csv(images_csv, header=None, names=["image"], dtype=str)
-    studies = pd.read_csv(studies_csv, header=None, names=["study", "label"], dtype={"study": str, "label": int})
-    studies["study"] = studies["study"].map(lambda s: s if s.endswith("/") else s + "/")
-    for study, label in studies.itertuples(index=False):
-        named = "positive" if study.rstrip("/").endswith("_positive") else "negative" if study.rstrip("/").endswith("_negative") else None
+    images = _dropped_repeats(_read_listing(images_csv, ["image"]), images_csv, "image paths")
+    studies = _dropped_repeats(_read_listing(studies_csv, ["study", "label"]), studies_csv, "studies")
+    not_binary = ~studies["label"].isin(["0", "1"])
+    if not_binary.any():
+        first = studies[not_binary].iloc[0]
+        raise InputError(studies_csv, f"has {int(not_binary.sum())} labels that are not 0 or 1 (first: study "
+                         f"{first['study']}, label {first['label']!r})")
+    studies["label"] = studies["label"].astype(int)
+    studies["where"] = _located(studies["study"], studies_csv, root, folder, allow_outside_root)
+    both = studies.duplicated("where", keep=False)
+    if both.any():
+        raise InputError(studies_csv, f"gives {int(studies[both]['where'].nunique())} studies both labels (first: "
+                         f"{studies[both]['study'].iloc[0]})")
+    for study, label in studies[["study", "label"]].itertuples(index=False):
+        name = study.rstrip("/")
+        named = "positive" if name.endswith("_positive") else "negative" if name.endswith("_negative") else None
         if named is not None and int(label) != (named == "positive"):
             raise InputError(studies_csv, f"labels study {study} as {label} but its folder says {named}")
-    labels = dict(zip(studies["study"], studies["label"]))
-    images["study"] = images["image"].map(lambda p: p.rsplit("/", 1)[0] + "/")
-    images["body_part"] = images["image"].map(lambda p: p.split("/")[2] if p.count("/") >= 3 else "")
-    images = images[images["body_part"].isin(body_parts)]
-    unlabelled = images[~images["study"].isin(labels)]
+    labels = dict(zip(studies["where"], studies["label"]))
+    names = dict(zip(studies["where"], studies["study"]))
+    images["where"] = _located(images["image"], images_csv, root, folder, allow_outside_root)
+    # XR_*/patientN/studyN_x/imageN.png: read from the end, so an absolute path parses as a relative one.
+    images["body_part"] = images["where"].map(lambda p: p.parts[-4] if len(p.parts) >= 4 else "")
+    images = images[images["body_part"].isin(body_parts)].copy()
+    images["study_where"] = images["where"].map(lambda p: p.parent)
+    unlabelled = images[~images["study_where"].isin(labels)]
     if len(unlabelled):
         raise InputError(images_csv, f"lists {unlabelled['image'].iloc[0]} whose study has no label")
-    images["label"] = images["study"].map(labels).astype(int)
-    images["patient"] = images["image"].map(lambda p: p.split("/")[3])
-    images["path"] = images["image"].map(lambda p: str(root / p))
+    images["label"] = images["study_where"].map(labels).astype(int)
+    images["study"] = images["study_where"].map(names).map(lambda s: s if s.endswith("/") else s + "/")
+    images["patient"] = images["where"].map(lambda p: p.parts[-3])
+    images["path"] = images["where"].map(str)
     for path in images["path"]:
         if not Path(path).is_file():
             raise ImageReadError(path, f"is listed in {images_csv.name} but missing")
