@@ -33,7 +33,7 @@ def read_csv_table(path, what):
     if not path.is_file():
         raise InputError(path, f"does not exist ({what})")
     try:
-        return pd.read_csv(path, dtype=str, encoding="utf-8-sig", skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise InputError(path, f"is empty ({what})") from None
     except UnicodeDecodeError as error:
@@ -71,6 +71,7 @@ def read_candidates(data_dir, warn=_stderr):
              f"{int(np.flatnonzero(stripped != uids)[0]) + 2}); stripped.")
     frame["seriesuid"] = stripped
     numeric = ["coordX", "coordY", "coordZ", "class"]
+    written = frame["class"].copy()
     converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
     bad = (converted.isna() & frame[numeric].notna()).any(axis=1)
     if bad.any():
@@ -83,7 +84,7 @@ def read_candidates(data_dir, warn=_stderr):
     if not_binary.any():
         row = int(np.flatnonzero(not_binary)[0])
         raise InputError(path, f"has {int(not_binary.sum())} rows whose class is not 0 or 1 (first: line {row + 2}, "
-                         f"class {frame['class'].iloc[row]!r})")
+                         f"class {written.iloc[row]})")
     frame["class"] = labels.astype(int)
     frame = frame[CANDIDATE_COLUMNS]
     location = ["seriesuid", "coordX", "coordY", "coordZ"]

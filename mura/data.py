@@ -59,6 +59,8 @@ def _read_listing(path, names):
         raise InputError(path, f"is not UTF-8 text (byte {error.start})") from None
     except pd.errors.ParserError as error:
         raise InputError(path, f"cannot be read as CSV ({str(error).splitlines()[0]})") from None
+    if frame.empty:
+        raise InputError(path, "is empty")
     return frame.apply(lambda column: column.str.strip())
 
 

@@ -325,3 +325,221 @@ def test_a_failed_atomic_write_names_the_real_file_and_leaves_nothing(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
     assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == [] and not list(tmp_path.glob(f"{TEMPORARY_PREFIX}*"))
+
+
+# =========================================================================== input: nothing read from outside the
+# dataset, bad input is one line (exit 1 for data, 2 for usage), never a guess.
+
+
+def _exit_line(main, argv, capsys):
+    """(exit code, last stderr line) of a command expected to stop."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_metaimage_naming_a_file_outside_the_dataset_stops_the_manifest(tmp_path, capsys):
+    from preprocessing.manifest import main
+
+    root = tmp_path / "data"
+    (tmp_path / "secret.txt").write_bytes(b"k" * 4096)
+    write_itk(root / "mhd" / "p1.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    text = (root / "mhd" / "p1.mhd").read_text()
+    (root / "mhd" / "p2.mhd").write_text(text.replace("= p1.raw", "= ../../secret.txt"))
+    table = _table(root, [("MHD", "mhd/*.mhd")])
+    argv = ["--config", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+    code, line = _exit_line(main, argv, capsys)
+    assert code == 1 and line == (f"error: {root / 'mhd' / 'p2.mhd'}: names the data file ../../secret.txt, which lies "
+                                  f"outside its folder {root / 'mhd'} (read only with --allow-outside-root).")
+    assert not (tmp_path / "m.csv").exists()
+    frame = main([*argv, "--allow-outside-root"])  # Said explicitly: read.
+    assert set(frame["patient_id"]) == {"p1", "p2"}
+
+
+def test_a_symlink_leaving_the_root_stops_the_manifest(tmp_path, capsys):
+    from preprocessing.manifest import main
+
+    write_itk(tmp_path / "elsewhere" / "p9.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    root = tmp_path / "data"
+    write_itk(root / "mhd" / "p1.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    (root / "mhd" / "p9.mhd").symlink_to(tmp_path / "elsewhere" / "p9.mhd")
+    argv = ["--config", str(_table(root, [("MHD", "mhd/*.mhd")])), "--root", str(root), "--out", str(tmp_path / "m.csv")]
+    code, line = _exit_line(main, argv, capsys)
+    assert code == 1 and line.startswith(f"error: {root / 'mhd' / 'p9.mhd'}: leads outside --root {root}")
+
+
+@pytest.mark.parametrize("body,message", [
+    ("datasets:\n  - just a name\n", "dataset 1 is 'just a name', not a mapping of fields"),
+    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p\\\\d+", '
+     "slices_per_patient: all}\n", "dataset 'A' has patient_id '(p\\\\d+', which is not a regular expression"),
+    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "p\\\\d+", '
+     "slices_per_patient: all}\n", "without a group; group 1 is the value"),
+    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "/etc/*", patient_id: "(p)", '
+     "slices_per_patient: all}\n", "dataset 'A' has files '/etc/*', which leaves --root"),
+    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "../*/x.mhd", patient_id: "(p)", '
+     "slices_per_patient: all}\n", "dataset 'A' has files '../*/x.mhd', which leaves --root"),
+    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p)", '
+     "slices_per_patient: all, volumes: some}\n", "dataset 'A' has volumes='some', expected one of first, all"),
+], ids=["not-a-mapping", "bad-regex", "no-group", "absolute-glob", "dotdot-glob", "volume-rule"])
+def test_a_bad_datasets_table_is_one_line(tmp_path, capsys, body, message):
+    from preprocessing.manifest import main
+
+    (tmp_path / "table.yaml").write_text(body)
+    code, line = _exit_line(main, ["--config", str(tmp_path / "table.yaml"), "--root", str(tmp_path),
+                                   "--out", str(tmp_path / "m.csv")], capsys)
+    assert code == 1 and line.startswith(f"error: {tmp_path / 'table.yaml'}: ") and message in line, line
+
+
+def _luna_tree(tmp_path, rows):
+    data = tmp_path / "LUNA16"
+    write_itk(data / "subset0" / "1.2.3.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    (data / "candidates_V2.csv").write_text("seriesuid,coordX,coordY,coordZ,class\n" + "".join(r + "\n" for r in rows))
+    return data
+
+
+def test_luna16_candidates_are_stripped_checked_and_deduplicated(tmp_path, capsys):
+    from luna16.data import read_candidates
+
+    data = _luna_tree(tmp_path, ["1.2.3 ,1,2,3,0", "1.2.3,1,2,3,0", " 1.2.3,4,5,6,1", "1.2.3,7,8,9,0"])
+    frame = read_candidates(data)
+    err = capsys.readouterr().err
+    assert list(frame["seriesuid"]) == ["1.2.3"] * 3 and list(frame["class"]) == [0, 1, 0]  # Line 3 repeated line 2.
+    assert f"warning: {data / 'candidates_V2.csv'}: 2 seriesuids had spaces around them (first: line 2); stripped." in err
+    assert f"warning: {data / 'candidates_V2.csv'}: 1 rows repeat an earlier row exactly (first: line 3); dropped." in err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "is empty (the LUNA16 candidates file)"),
+    (b"seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n\xff\xfe,1,2,3,0\n", "is not UTF-8 text (byte"),
+    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,2\n", "1 rows whose class is not 0 or 1 (first: line 2, class 2"),
+    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,-1\n", "class is not 0 or 1 (first: line 3"),
+    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0.5\n", "class is not 0 or 1 (first: line 2, class 0.5"),
+    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,1\n", "gives 1 locations both classes"),
+    ("seriesuid,coordX,coordY,coordZ,class\n", "holds no candidates (header only)"),
+], ids=["empty", "not-utf8", "class-2", "class-minus-1", "class-half", "both-classes", "header-only"])
+def test_bad_luna16_candidates_are_one_line(tmp_path, capsys, content, message):
+    from luna16.data import read_candidates
+
+    data = _luna_tree(tmp_path, [])
+    path = data / "candidates_V2.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError) as error:
+        read_candidates(data)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_luna16_scan_linked_from_outside_is_refused(tmp_path):
+    from luna16.data import scans_by_subset
+
+    data = _luna_tree(tmp_path, ["1.2.3,1,2,3,0"])
+    write_itk(tmp_path / "elsewhere" / "9.9.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    (data / "subset0" / "9.9.mhd").symlink_to(tmp_path / "elsewhere" / "9.9.mhd")
+    with pytest.raises(InputError, match="9.9.mhd: leads outside the LUNA16 folder"):
+        scans_by_subset(data)
+    assert set(scans_by_subset(data, allow_outside_root=True)[0]) == {"1.2.3", "9.9"}
+
+
+def _froc_files(tmp_path, annotations):
+    predictions = tmp_path / "predictions.csv"
+    pd.DataFrame({"seriesuid": ["a", "b"], "coordX": [1.0, 40.0], "coordY": 0.0, "coordZ": 0.0,
+                  "probability": [0.7, 0.6]}).to_csv(predictions, index=False)
+    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + annotations)
+    (tmp_path / "uids.csv").write_text("a\nb\n")
+    return [str(predictions), "--annotations", str(tmp_path / "annotations.csv"), "--seriesuids",
+            str(tmp_path / "uids.csv"), "--bootstrap", "20"]
+
+
+def test_froc_without_nodules_in_the_evaluated_scans_is_one_line(tmp_path, capsys):
+    from luna16.froc import main
+
+    argv = _froc_files(tmp_path, "z,0,0,0,10\n")  # A nodule, but of a scan not evaluated.
+    code, line = _exit_line(main, argv, capsys)
+    assert code == 1 and line == (f"error: {tmp_path / 'annotations.csv'}: has no nodule in any of the 2 evaluated "
+                                  "scans; the FROC measures how many nodules are found, so it needs at least one.")
+
+
+def test_froc_out_must_name_a_figure_and_findings_are_stripped_and_deduplicated(tmp_path, capsys):
+    from luna16.froc import main
+
+    argv = _froc_files(tmp_path, "a ,0,0,0,10\na,0,0,0,10\n")
+    code, line = _exit_line(main, [*argv, "--out", str(tmp_path / "x.json")], capsys)
+    assert code == 2 and line.startswith("error: --out: names the figure, which must end in .png, .pdf, .svg")
+    result = main([*argv, "--out", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err
+    # One nodule (the repeated row dropped, the space stripped), found: sensitivity 1 at every rate.
+    assert result["nodules"] == 1 and result["cpm"] == 1.0
+    assert "1 seriesuids had spaces around them; stripped." in err and "1 rows repeat an earlier finding" in err
+    assert json.loads((tmp_path / "f.json").read_text())["nodules"] == 1
+
+
+def _mura_listing(mura_copy, name, transform):
+    path = mura_copy / "MURA-v1.1" / name
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(transform(lines)) + "\n")
+    return path
+
+
+@pytest.fixture
+def mura_copy(demo_dir, tmp_path):
+    shutil.copytree(demo_dir / "MURA-v1.1", tmp_path / "MURA-v1.1")
+    return tmp_path
+
+
+def test_mura_paths_stay_inside_the_dataset(mura_copy, tmp_path):
+    from mura.data import read_split
+
+    before = read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+    # Absolute paths into MURA-v1.1 are the same images (none dropped), parsed from their ends.
+    _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [str(mura_copy / line) for line in lines])
+    absolute = read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+    pd.testing.assert_frame_equal(absolute, before)
+    # A path leaving the folder, with `..` or absolute, is refused unless allowed.
+    outside = tmp_path / "outside" / "XR_SHOULDER" / "patient99999" / "study1_negative"
+    outside.mkdir(parents=True)
+    shutil.copy(before["path"].iloc[0], outside / "image1.png")
+    first_study = before["study"].iloc[0]
+    for entry in [str(outside / "image1.png"), "MURA-v1.1/../outside/XR_SHOULDER/patient99999/study1_negative/image1.png"]:
+        images = _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [*lines, entry])
+        with pytest.raises(InputError) as error:
+            read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+        listed = len(images.read_text().splitlines())
+        assert str(error.value).startswith(f"{images}: line {listed} lists {entry}, which leads outside "
+                                           f"{(mura_copy / 'MURA-v1.1').resolve()}; pass --allow-outside-root")
+        _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: lines[:-1])
+    _mura_listing(mura_copy, "valid_labeled_studies.csv", lambda lines: [*lines, f"{outside},0"])
+    _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [*lines, str(outside / "image1.png")])
+    allowed = read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False, allow_outside_root=True)
+    assert len(allowed) == len(before) + 1 and allowed["patient"].iloc[-1] == "patient99999"
+    assert first_study in set(allowed["study"])
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",yes", *lines[1:]], "1 labels that are not 0 or 1 (first: study"),
+    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",", *lines[1:]], "label ''"),
+    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",2", *lines[1:]], "label '2'"),
+    (lambda lines: [*lines, lines[0].rsplit(",", 1)[0] + f",{1 - int(lines[0].rsplit(',', 1)[1])}"],
+     "gives 1 studies both labels"),
+    (lambda lines: [], "is empty"),
+], ids=["text", "empty-label", "label-2", "both-labels", "empty-file"])
+def test_bad_mura_labels_are_one_line(mura_copy, change, message):
+    from mura.data import read_split
+
+    path = _mura_listing(mura_copy, "valid_labeled_studies.csv", change)
+    if not path.read_text().strip():
+        path.write_text("")
+    with pytest.raises(InputError) as error:
+        read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_mura_repeated_rows_are_dropped_and_counted(mura_copy, capsys):
+    from mura.data import read_split
+
+    before = read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+    path = _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [*lines, lines[0], lines[0]])
+    after = read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+    assert len(after) == len(before)
+    assert f"warning: {path}: 2 image paths repeat an earlier row" in capsys.readouterr().err
+    (mura_copy / "MURA-v1.1" / "valid_labeled_studies.csv").write_bytes(b"\xff\xfe\x00bad\n")
+    with pytest.raises(InputError, match="valid_labeled_studies.csv: is not UTF-8 text"):
+        read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
