@@ -216,7 +216,7 @@ def test_froc_bootstrap_resamples_every_scan_and_holds_the_estimate():
 @pytest.mark.parametrize("content, message", [
     ("seriesuid,coordX,coordY,coordZ,probability\na,0,0,0,nan\na,1,0,0,0.5\n", "1 rows whose probability"),
     ("seriesuid,coordX,coordY,coordZ,probability\n", "header only"),
-    ("", "cannot be read as CSV"),
+    ("", "is empty (predictions)"),
     ("seriesuid,coordX,coordY,coordZ,probability\nzzz,0,0,0,0.5\n", "no prediction for any of the 1 evaluated"),
     ("seriesuid,coordX,coordY,coordZ,probability\na,x,0,0,0.5\n", "non-numeric"),
 ])
