@@ -64,9 +64,9 @@ def volume_groups(frame):
     return [(path, modality, slices) for (path, modality), slices in groups.items()]
 
 
-def read_normalized_slices(path, modality, slices):
+def read_normalized_slices(path, modality, slices, allow_outside_root=False):
     """The listed slices of one file, normalised to [0, 1]: float32 (n, H, W)."""
-    array, meta = read_image(path, slices=slices)
+    array, meta = read_image(path, slices=slices, allow_outside_root=allow_outside_root)
     if array.ndim == 2:
         array = array[None]
     bit_depth = meta.get("bit_depth")

@@ -12,8 +12,16 @@ Slices are stored well mixed, so that a batch read from the shards holds many
 volumes of every modality rather than a run of one volume: volumes are read in
 a seeded random order, each slice goes to a random shard (a first pass), and
 each shard's records are then shuffled in memory, one shard at a time (a second
-pass). Shards are written atomically; a rerun skips the splits whose shards are
-complete.
+pass). Shards are written atomically.
+
+`index.json` records, per split, what made its shards: the content hash of the
+manifest's rows of that split (paths taken relative to the folder holding all
+the manifest's files, so a manifest rebuilt over a moved data folder still
+matches) and the settings that shape the shards (`--encoding`,
+`--slices-per-shard`, `--seed`). A rerun skips a split made from the same; if
+anything changed it stops and names it, before writing anything (`--overwrite`
+writes those splits again). An image changed in place under an unchanged
+manifest is not detected: rebuild the shards with `--overwrite`.
 """
 
 import json
@@ -25,7 +33,8 @@ import numpy as np
 
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
 from plumbing.cli import ArgumentParser
-from plumbing.errors import ImageReadError
+from plumbing.errors import ImageReadError, UsageError
+from plumbing.fingerprint import common_root, rows_hash
 from preprocessing.pipeline import UINT16_MAX, load_manifest, read_normalized_slices, volume_groups
 
 
@@ -62,7 +71,8 @@ def _example(plane, dataset, modality, patient_id, volume, encoding="raw"):
     })).SerializeToString()
 
 
-def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, seed=0, encoding="raw"):
+def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, seed=0, encoding="raw",
+                allow_outside_root=False):
     """Writes one split's shards, well mixed (see the module docstring); returns (slices written, skipped files)."""
     import tensorflow as tf
     from tqdm import tqdm
@@ -82,7 +92,7 @@ def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, see
         for index in tqdm(rng.permutation(len(groups)), desc=f"{split} volumes", disable=not progress, unit="vol"):
             path, modality, slices = groups[index]
             try:
-                planes = read_normalized_slices(path, modality, slices)
+                planes = read_normalized_slices(path, modality, slices, allow_outside_root)
             except ImageReadError as error:
                 print(f"warning: {error} Skipped.", file=sys.stderr)
                 skipped.append(path)
@@ -104,29 +114,67 @@ def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, see
     return count, skipped
 
 
+MANIFEST_COLUMNS_HASHED = ["dataset", "modality", "patient_id", "path", "slice_index"]  # What a shard's records hold.
+
+
+def split_record(frame, split, slices_per_shard, seed, encoding):
+    """What makes one split's shards: {'settings': ..., 'inputs': {'manifest_rows', 'rows'}}."""
+    rows = frame[frame["split"] == split]
+    columns = [c for c in MANIFEST_COLUMNS_HASHED if c in rows.columns]
+    root = common_root(frame["path"])  # Of the whole manifest, so every split's paths are relative to one folder.
+    return {"settings": {"encoding": encoding, "slices_per_shard": int(slices_per_shard), "seed": int(seed)},
+            "inputs": {"manifest_rows": rows_hash(rows[columns], root=root), "rows": len(rows)}}
+
+
+def record_changes(recorded, made, split):
+    """What differs between a split's recorded making and this one, in words (empty when nothing)."""
+    if "inputs" not in recorded:
+        return [f"{split} shards were written before shards recorded their inputs"]
+    changes = [f"--{key.replace('_', '-')} {recorded['settings'].get(key)!r} -> {value!r}"
+               for key, value in made["settings"].items() if recorded["settings"].get(key) != value]
+    before, now = recorded["inputs"], made["inputs"]
+    if before["manifest_rows"] != now["manifest_rows"]:
+        counts = (f"{before['rows']:,} rows then, {now['rows']:,} now" if before["rows"] != now["rows"]
+                  else f"{now['rows']:,} rows, other content")
+        changes.append(f"the manifest's {split} rows ({counts})")
+    return changes
+
+
 def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_shard=2048, progress=True, seed=0,
-                 encoding="raw"):
-    """Writes every split's shards and an `index.json`; complete splits are skipped on a rerun.
+                 encoding="raw", overwrite=False, allow_outside_root=False):
+    """Writes every split's shards and an `index.json`; splits made from the same rows and settings are kept.
 
     `encoding` 'raw' stores each slice's 16-bit pixels as they are (about 0.5 MB for a
     512x512 slice; decoded ~20x faster), 'png' as a 16-bit PNG (about half that for CT).
+
+    Raises:
+        UsageError: a split's shards were made from other manifest rows or settings (named),
+            unless `overwrite`; checked for every split before any is written.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     frame = load_manifest(manifest)
     index_path = out_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    for split in splits:
-        if split not in set(frame["split"]):
+    wanted = [split for split in splits if split in set(frame["split"])]
+    made = {split: split_record(frame, split, slices_per_shard, seed, encoding) for split in wanted}
+    changed = {split: record_changes(index[split], made[split], split) for split in wanted if split in index}
+    stale = [f"{split}: {'; '.join(changes)}" for split, changes in changed.items() if changes]
+    if stale and not overwrite:
+        raise UsageError(out_dir, f"holds shards made from other inputs or settings ({' | '.join(stale)}); pass "
+                         "--overwrite to write them again, or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in wanted:
+        if split in index and not changed[split] and not overwrite:
+            print(f"{split}: {index[split]['slices']} slices already in shards, made from these rows and settings; kept")
             continue
-        if split in index:
-            print(f"{split}: {index[split]['slices']} slices already in shards; skipped")
-            continue
-        for stale in out_dir.glob(f"{split}-*.tfrecord"):
-            stale.unlink()
+        for old in out_dir.glob(f"{split}-*.tfrecord"):
+            old.unlink()
+        index.pop(split, None)
+        write_json(index_path, index)  # A split being rewritten is never listed as done.
         remove_temporaries(out_dir)
-        count, skipped = write_split(frame, split, out_dir, slices_per_shard, progress, seed, encoding)
-        index[split] = {"slices": count, "skipped_files": skipped, "seed": seed, "encoding": encoding}
+        count, skipped = write_split(frame, split, out_dir, slices_per_shard, progress, seed, encoding,
+                                     allow_outside_root)
+        index[split] = {"slices": count, "skipped_files": skipped, **made[split]}
         write_json(index_path, index)  # After each split, so a killed run keeps finished splits.
         print(f"{split}: {count} slices, {len(skipped)} unreadable files skipped")
     return index
@@ -143,12 +191,18 @@ def parse_args(argv=None):
                         help="raw: 16-bit pixels as they are, the fastest to read (a 512x512 slice takes 0.5 MB); "
                         "png: 16-bit PNG, about half the disk for CT but ~2.5 ms more per slice to decode, which "
                         "takes about a third of a core's pretraining input. Default: raw.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write again the splits whose shards were made from other manifest rows or settings. "
+                        "Default: such a split stops the command, naming what changed.")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read MetaImage/NRRD headers that name data files outside their own folder (as "
+                        "preprocessing.manifest --allow-outside-root). Default: refused.")
     return parser.parse_args(argv)
 
 
 def run(args):
     index = write_shards(args.manifest, args.out, args.splits, args.slices_per_shard, seed=args.seed,
-                         encoding=args.encoding)
+                         encoding=args.encoding, overwrite=args.overwrite, allow_outside_root=args.allow_outside_root)
     print(f"wrote shards to {args.out}")
     return index
 

@@ -543,3 +543,37 @@ def test_mura_repeated_rows_are_dropped_and_counted(mura_copy, capsys):
     (mura_copy / "MURA-v1.1" / "valid_labeled_studies.csv").write_bytes(b"\xff\xfe\x00bad\n")
     with pytest.raises(InputError, match="valid_labeled_studies.csv: is not UTF-8 text"):
         read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
+
+
+def test_file_stamps_hash_small_files_time_large_ones_and_survive_a_move(tmp_path):
+    import hashlib
+
+    from plumbing.fingerprint import file_stamp, files_stamp, finished_with, rows_hash, stamp_changes
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.csv").write_text("x,y\n1,2\n")
+    (data / "sub" / "big.raw").write_bytes(b"\0" * 300)
+    small, large = file_stamp(data / "a.csv", data), file_stamp(data / "sub" / "big.raw", data, hashed_below=100)
+    assert small == {"path": "a.csv", "bytes": 8, "sha256": hashlib.sha256(b"x,y\n1,2\n").hexdigest()}
+    assert large == {"path": "sub/big.raw", "bytes": 300, "mtime_ns": (data / "sub" / "big.raw").stat().st_mtime_ns}
+    recorded = files_stamp([data / "a.csv", data / "sub" / "big.raw"], data, hashed_below=100)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)  # copy2: times kept, as `cp -a` keeps them.
+    assert files_stamp([moved / "a.csv", moved / "sub" / "big.raw"], moved, hashed_below=100) == recorded
+    (moved / "a.csv").write_text("x,y\n1,3\n")  # Same size, other content: the hash sees it.
+    (moved / "c.csv").write_text("new")
+    now = files_stamp([moved / "a.csv", moved / "c.csv"], moved, hashed_below=100)
+    assert stamp_changes(recorded, now) == ["removed sub/big.raw", "added c.csv", "a.csv changed (same size, other content)"]
+    # A kept result with its inputs: reused when they match, refused naming the change otherwise.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"settings": {"epochs": 1}, "inputs": recorded}))
+    assert finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, inputs=recorded) is True
+    with pytest.raises(UsageError, match=r"removed sub/big.raw; added c.csv; a.csv changed .same size, other content.\); "
+                       "pass --overwrite"):
+        finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, inputs=now)
+    assert finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, overwrite=True, inputs=now) is False
+    # A table's hash: the same rows under another root, in another order, match; a changed row does not.
+    rows = pd.DataFrame({"path": [str(data / "a.csv"), str(data / "sub" / "big.raw")], "slice_index": [0, 3]})
+    elsewhere = pd.DataFrame({"path": [str(moved / "sub" / "big.raw"), str(moved / "a.csv")], "slice_index": [3, 0]})
+    assert rows_hash(rows) == rows_hash(elsewhere) != rows_hash(elsewhere.assign(slice_index=[3, 1]))

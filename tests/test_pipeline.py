@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,8 +53,8 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     assert from_shards.shape == from_manifest.shape
     # Same volumes, same order, 16-bit quantisation apart.
     np.testing.assert_allclose(np.sort(from_shards.ravel()), np.sort(from_manifest.ravel()), atol=2e-5)
-    # A rerun skips finished splits.
-    again = write_shards(demo_manifest, tmp_path / "shards", progress=False)
+    # A rerun with the same rows and settings keeps finished splits.
+    again = write_shards(demo_manifest, tmp_path / "shards", slices_per_shard=16, progress=False)
     assert again == index
     # PNG-encoded shards (and those of older versions, all PNG) hold the same pixels.
     write_shards(demo_manifest, tmp_path / "png", splits=["val"], progress=False, encoding="png")
@@ -100,3 +103,39 @@ def test_shards_mix_volumes_and_modalities_in_every_batch(tmp_path):
     assert np.median(distinct) >= 20  # Slices of at least 20 volumes in a typical batch of 32 ...
     assert complete >= 18  # ... of all three modalities (in 18 of 20 batches or more) ...
     np.testing.assert_allclose(pd.concat(shares, axis=1).mean(axis=1), share, atol=0.06)  # ... in their proportions.
+
+
+def test_shards_record_what_made_them_and_say_what_changed(demo_dir, demo_manifest, tmp_path, capsys):
+    from plumbing.errors import UsageError
+
+    frame = pd.read_csv(demo_manifest, dtype={"patient_id": str})
+    frame = frame[frame["split"] == "val"]
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "shards"
+    index = write_shards(tmp_path / "m.csv", out, slices_per_shard=16, progress=False)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("val-*.tfrecord")}
+    # The same rows over a moved data folder (a manifest rebuilt there): kept.
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_dir / "pretrain", moved)
+    relocated = frame.assign(path=[str(moved / Path(p).relative_to(demo_dir / "pretrain")) for p in frame["path"]])
+    relocated.to_csv(tmp_path / "moved.csv", index=False)
+    assert write_shards(tmp_path / "moved.csv", out, slices_per_shard=16, progress=False) == index
+    assert "made from these rows and settings; kept" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("val-*.tfrecord")} == stamp
+    # Another encoding, or rows removed from the manifest: stop, name it, write nothing.
+    with pytest.raises(UsageError, match=r"val: --encoding 'raw' -> 'png'\); pass --overwrite"):
+        write_shards(tmp_path / "m.csv", out, slices_per_shard=16, progress=False, encoding="png")
+    frame.iloc[:-2].to_csv(tmp_path / "fewer.csv", index=False)
+    with pytest.raises(UsageError, match=f"val: the manifest's val rows \\({len(frame):,} rows then, "
+                       f"{len(frame) - 2:,} now\\)"):
+        write_shards(tmp_path / "fewer.csv", out, slices_per_shard=16, progress=False)
+    changed = frame.copy()
+    changed.loc[changed.index[0], "slice_index"] += 1
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    with pytest.raises(UsageError, match=f"the manifest's val rows \\({len(frame):,} rows, other content\\)"):
+        write_shards(tmp_path / "changed.csv", out, slices_per_shard=16, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("val-*.tfrecord")} == stamp
+    # --overwrite writes them again, from the new rows.
+    redone = write_shards(tmp_path / "fewer.csv", out, slices_per_shard=16, progress=False, overwrite=True)
+    assert redone["val"]["slices"] == len(frame) - 2
+    assert write_shards(tmp_path / "fewer.csv", out, slices_per_shard=16, progress=False) == redone
