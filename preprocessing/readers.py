@@ -485,16 +485,19 @@ def _itk_meta(image):
 
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
-_TEXT_HEADER_BYTES = 1 << 20  # A MetaImage/NRRD header is text, at most this long (a LIST of slice files included).
+_TEXT_HEADER_BYTES = 1 << 16  # A MetaImage/NRRD header's fields fit in this; a .mha or .nrrd's pixels follow them.
+_LISTING_BYTES = 1 << 24  # ... and a LIST of slice files after them in this.
 
 
 def _text_header(path):
     """(fields, lines after the data-file line) of a MetaImage (`Key = value`) or NRRD (`key: value`) header.
 
-    Only the text before the pixel data is read: a .mha or .nrrd holds its data after it.
+    Only the text before the pixel data is read (a LIST of files in full, up to 16 MB).
     """
     with open(path, "rb") as handle:
         text = handle.read(_TEXT_HEADER_BYTES).decode("latin-1")
+        if "LIST" in text:
+            text += handle.read(_LISTING_BYTES).decode("latin-1")
     lines = text.splitlines()
     fields, separator = {}, "=" if suffix_of(path) in (".mhd", ".mha") else ":"
     for number, line in enumerate(lines):
@@ -511,7 +514,13 @@ def _text_header(path):
 
 
 def _named_data_files(path):
-    """The data files a MetaImage or detached NRRD header names (none for data in the file itself)."""
+    """The data files a file reads besides itself: those a MetaImage or detached NRRD header names,
+    an Analyze/NIfTI pair's .img, a DICOM series folder's files."""
+    path = Path(path)
+    if path.is_dir():
+        return [child.name for child in path.iterdir() if not child.name.startswith(".")]
+    if suffix_of(path) == ".hdr":
+        return [path.with_suffix(".img").name]
     if suffix_of(path) not in ITK_SUFFIXES:
         return []
     fields, rest = _text_header(path)
@@ -535,15 +544,17 @@ class OutsideRootError(ImageReadError):
 
 
 def _check_data_files(path, allow_outside_root=False):
-    """The files a header names lie in its folder (after `..` and symlinks), unless allowed elsewhere."""
+    """The files a header names (or a series folder holds) lie in its folder, after `..` and symlinks."""
     if allow_outside_root:
         return
-    folder = Path(path).parent.resolve()
+    path = Path(path)
+    base = path if path.is_dir() else path.parent
+    folder = base.resolve()
     for name in _named_data_files(path):
-        target = (Path(path).parent / name).resolve()
+        target = (base / name).resolve()
         if not target.is_relative_to(folder):
-            raise OutsideRootError(path, f"names the data file {name}, which lies outside its folder {folder} "
-                                 "(read only with --allow-outside-root)")
+            what = f"holds {name}, a link to" if path.is_dir() else f"names the data file {name}, which lies"
+            raise OutsideRootError(path, f"{what} outside its folder {folder} (read only with --allow-outside-root)")
 
 
 def _check_metaimage_data(path):

@@ -259,3 +259,23 @@ def test_nan_voxels_are_counted_replaced_or_refused(tmp_path, capsys):
     write_nifti(tmp_path / "all.nii.gz", np.full((2, 4, 4), np.nan, np.float32), (1, 1, 1))
     with pytest.raises(ImageReadError, match="has 32 NaN"):
         read_image(tmp_path / "all.nii.gz")
+
+
+def test_a_series_folder_or_analyze_pair_may_not_link_outside(tmp_path):
+    import nibabel
+
+    from preprocessing.readers import OutsideRootError
+
+    volume = np.arange(2 * 4 * 4, dtype=float).reshape(2, 4, 4)
+    series = write_dicom_series(tmp_path / "series", volume, (1, 1, 1), (0, 0, 0), "p", rng=0)
+    elsewhere = write_dicom_series(tmp_path / "elsewhere", volume, (1, 1, 1), (0, 0, 5), "p", rng=1)
+    (series / "extra.dcm").symlink_to(next(elsewhere.iterdir()))
+    with pytest.raises(OutsideRootError, match="series: holds extra.dcm, a link to outside its folder"):
+        read_header(series)
+    nibabel.save(nibabel.AnalyzeImage(np.zeros((4, 4, 2), np.int16), np.eye(4)), tmp_path / "scan.hdr")
+    (tmp_path / "pair").mkdir()
+    (tmp_path / "pair" / "scan.hdr").write_bytes((tmp_path / "scan.hdr").read_bytes())
+    (tmp_path / "pair" / "scan.img").symlink_to(tmp_path / "scan.img")
+    with pytest.raises(OutsideRootError, match="scan.hdr: names the data file scan.img, which lies outside"):
+        read_image(tmp_path / "pair" / "scan.hdr")
+    assert read_image(tmp_path / "pair" / "scan.hdr", allow_outside_root=True)[0].shape == (2, 4, 4)
