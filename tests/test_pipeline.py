@@ -25,7 +25,7 @@ def test_each_volume_is_read_once_per_pass(demo_manifest, monkeypatch):
     val = frame[frame["split"] == "val"]
     calls = []
     real = pipeline.read_image
-    monkeypatch.setattr(pipeline, "read_image", lambda path, slices=None: calls.append(path) or real(path, slices))
+    monkeypatch.setattr(pipeline, "read_image", lambda path, slices=None, **options: calls.append(path) or real(path, slices, **options))
     seen = sum(int(b.shape[0]) for b in pipeline.make_dataset(demo_manifest, "val", batch_size=5, crop_size=64,
                                                                image_size=32))
     assert seen == len(val)
