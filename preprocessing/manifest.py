@@ -9,7 +9,8 @@ Files whose header or sampled slices cannot be decoded are skipped with one
 warning line each and counted (`--no-verify` checks headers only). Paths are
 written absolute, so the manifest works from any folder. Each dataset's patients
 and slices are printed beside the thesis's (Fig. 3.1, and the sampled counts of
-Fig. 3.3), with a warning where they differ by more than 2x.
+Fig. 3.3), with a warning where they differ by more than 2x, and written beside
+the CSV as `<stem>_beside_thesis.csv`.
 
 A file that lies outside `--root` once symlinks are resolved (a link leaving the
 dataset folder), and a header naming data outside its own folder, stop the
@@ -361,11 +362,13 @@ def run(args):
         print(f"\n{title}:")
         for key, value in counts.items():
             print(f"  {key:<28} {value:>9,}")
-    print_thesis_comparison(compare_with_thesis(frame, entries), warn=warn)
+    comparison = compare_with_thesis(frame, entries)
+    print_thesis_comparison(comparison, warn=warn)
+    write_csv(out.with_name(f"{out.stem}_beside_thesis.csv"), comparison.reset_index())
     charts = save_charts(tables, out.parent, out.stem)
     print(f"\n{len(frame):,} slices from {frame.groupby(['dataset', 'patient_id']).ngroups:,} patients; "
           f"{len(skipped)} unreadable files skipped.")
-    print(f"wrote {out} and {len(charts)} charts beside it")
+    print(f"wrote {out}, {out.stem}_beside_thesis.csv and {len(charts)} charts beside it")
     return frame
 
 

@@ -150,6 +150,8 @@ def test_cardiac_mri_as_distributed_and_the_comparison_with_fig_3_1(tmp_path, ca
     assert per_patient.loc["1", "size"] == 10 and per_patient.loc["1", "max"] == 11
     assert per_patient.loc["2", "size"] == 8 and per_patient.loc["2", "max"] == 7
     comparison = compare_with_thesis(frame, load_table(table))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m_beside_thesis.csv", index_col="dataset"), comparison,
+                                  check_dtype=False)
     row = comparison.loc["CARDIAC MRI"]
     assert (row["patients"], row["thesis_patients"], row["slices"], row["thesis_sampled"]) == (2, 33, 18, 6340)
     assert row["differs"]  # 2 of 33 patients: far more than 2x apart.
