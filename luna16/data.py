@@ -125,8 +125,11 @@ def input_fingerprint(candidates_path, scans):
 def scans_by_subset(data_dir, allow_outside_root=False):
     """{subset: {seriesuid: path to .mhd}} for the subsets present.
 
-    A scan that a symlink takes outside `data_dir` is refused (one line) unless allowed.
+    A scan that a symlink takes outside `data_dir`, or whose header names a data file
+    outside its folder, is refused (one line) unless allowed.
     """
+    from preprocessing.readers import check_data_files
+
     found = {}
     root = Path(data_dir).resolve()
     for subset in SUBSETS:
@@ -137,6 +140,7 @@ def scans_by_subset(data_dir, allow_outside_root=False):
                 if not allow_outside_root and not path.resolve().is_relative_to(root):
                     raise InputError(path, f"leads outside the LUNA16 folder {root} (to {path.resolve()}); pass "
                                      "--allow-outside-root to read it anyway")
+                check_data_files(path, allow_outside_root)
     if not found:
         raise InputError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
     return found

@@ -87,7 +87,7 @@ def read_image(path, slices=None, allow_outside_root=False):
     path = Path(path)
     reader = _reader_for(path)
     try:
-        _check_data_files(path, allow_outside_root)
+        check_data_files(path, allow_outside_root)
         array, meta = reader(path, slices)
     except ImageReadError:
         raise
@@ -113,7 +113,7 @@ def read_header(path, allow_outside_root=False):
     path = Path(path)
     reader = _header_reader_for(path)
     try:
-        _check_data_files(path, allow_outside_root)
+        check_data_files(path, allow_outside_root)
         meta = reader(path)
     except ImageReadError:
         raise
@@ -543,8 +543,12 @@ class OutsideRootError(ImageReadError):
     """A header names a data file outside its folder: refused whole, never skipped as a damaged file."""
 
 
-def _check_data_files(path, allow_outside_root=False):
-    """The files a header names (or a series folder holds) lie in its folder, after `..` and symlinks."""
+def check_data_files(path, allow_outside_root=False):
+    """Raises OutsideRootError unless the files a header names (or a series folder holds) lie in its folder.
+
+    `..` and symlinks are resolved first; `read_image` and `read_header` call it, and a
+    caller may call it alone to check a dataset before reading any pixel.
+    """
     if allow_outside_root:
         return
     path = Path(path)

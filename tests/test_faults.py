@@ -380,11 +380,12 @@ def test_a_symlink_leaving_the_root_stops_the_manifest(tmp_path, capsys):
      "slices_per_patient: all}\n", "dataset 'A' has files '../*/x.mhd', which leaves --root"),
     ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p)", '
      "slices_per_patient: all, volumes: some}\n", "dataset 'A' has volumes='some', expected one of first, all"),
-], ids=["not-a-mapping", "bad-regex", "no-group", "absolute-glob", "dotdot-glob", "volume-rule"])
+    (b"datasets:\n  - name: \xe9t\xe9\n", "is not UTF-8 text"),
+], ids=["not-a-mapping", "bad-regex", "no-group", "absolute-glob", "dotdot-glob", "volume-rule", "not-utf8"])
 def test_a_bad_datasets_table_is_one_line(tmp_path, capsys, body, message):
     from preprocessing.manifest import main
 
-    (tmp_path / "table.yaml").write_text(body)
+    (tmp_path / "table.yaml").write_bytes(body if isinstance(body, bytes) else body.encode())
     code, line = _exit_line(main, ["--config", str(tmp_path / "table.yaml"), "--root", str(tmp_path),
                                    "--out", str(tmp_path / "m.csv")], capsys)
     assert code == 1 and line.startswith(f"error: {tmp_path / 'table.yaml'}: ") and message in line, line
@@ -437,6 +438,14 @@ def test_a_luna16_scan_linked_from_outside_is_refused(tmp_path):
     with pytest.raises(InputError, match="9.9.mhd: leads outside the LUNA16 folder"):
         scans_by_subset(data)
     assert set(scans_by_subset(data, allow_outside_root=True)[0]) == {"1.2.3", "9.9"}
+    # A header in the tree naming a file outside its folder: refused before any scan is read.
+    from preprocessing.readers import OutsideRootError
+
+    (data / "subset0" / "9.9.mhd").unlink()
+    header = data / "subset0" / "1.2.3.mhd"
+    header.write_text(header.read_text().replace("= 1.2.3.raw", "= ../../secret.txt"))
+    with pytest.raises(OutsideRootError, match="1.2.3.mhd: names the data file ../../secret.txt, which lies outside"):
+        scans_by_subset(data)
 
 
 def _froc_files(tmp_path, annotations):
