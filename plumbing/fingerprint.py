@@ -92,13 +92,17 @@ def stamp_changes(recorded, current, limit=3):
 
 
 def common_root(paths):
-    """The deepest folder holding every path (a single file's folder)."""
-    paths = [os.path.abspath(str(p)) for p in paths]
-    if not paths:
-        return ""
-    if len(paths) == 1:
-        return os.path.dirname(paths[0])
-    return os.path.commonpath(paths)
+    """The deepest folder holding every path's folder ('' for no paths)."""
+    folders = {os.path.dirname(os.path.abspath(p)) for p in {str(p) for p in paths}}  # Far fewer than paths.
+    return os.path.commonpath(sorted(folders)) if folders else ""
+
+
+def _relative(path, base):
+    """`path` relative to the folder `base`, '/'-separated (a plain prefix cut when it lies under it: fast)."""
+    prefix = base.rstrip(os.sep) + os.sep
+    if os.path.isabs(path) and path.startswith(prefix) and os.sep + ".." not in path and os.sep + "." + os.sep not in path:
+        return path[len(prefix):].replace(os.sep, "/")
+    return os.path.relpath(os.path.abspath(path), base).replace(os.sep, "/")
 
 
 def rows_hash(frame, path_columns=("path",), root=None):
@@ -116,14 +120,21 @@ def rows_hash(frame, path_columns=("path",), root=None):
     Returns:
         str: 16 hex digits.
     """
+    import pandas as pd
+
     frame = frame.copy()
     columns = [c for c in path_columns if c in frame.columns]
     if columns and len(frame):
-        base = str(root) if root is not None else common_root(frame[columns].to_numpy().ravel())
+        base = os.path.abspath(str(root)) if root is not None else common_root(frame[columns].to_numpy().ravel())
         for column in columns:
-            frame[column] = [Path(os.path.relpath(os.path.abspath(str(p)), base)).as_posix() for p in frame[column]]
-    frame = frame[sorted(frame.columns)]
-    text = frame.astype(str).sort_values(list(frame.columns)).to_csv(index=False, lineterminator="\n")
+            unique = frame[column].astype(str).unique()  # A volume's path repeats for each of its slices.
+            relative = {p: _relative(p, base) for p in unique}
+            frame[column] = frame[column].astype(str).map(relative)
+    names = sorted(frame.columns)
+    lines = pd.Series("", index=frame.index, dtype=object)
+    for name in names:  # One line per row, fields joined by a unit separator no path or id holds.
+        lines = lines + "\x1f" + frame[name].astype(str)
+    text = "\x1e".join(names) + "\n" + "\n".join(sorted(lines.tolist()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -117,11 +117,13 @@ def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, see
 MANIFEST_COLUMNS_HASHED = ["dataset", "modality", "patient_id", "path", "slice_index"]  # What a shard's records hold.
 
 
-def split_record(frame, split, slices_per_shard, seed, encoding):
-    """What makes one split's shards: {'settings': ..., 'inputs': {'manifest_rows', 'rows'}}."""
+def split_record(frame, split, slices_per_shard, seed, encoding, root):
+    """What makes one split's shards: {'settings': ..., 'inputs': {'manifest_rows', 'rows'}}.
+
+    `root` is the folder the rows' paths are hashed relative to (the manifest's `common_root`).
+    """
     rows = frame[frame["split"] == split]
     columns = [c for c in MANIFEST_COLUMNS_HASHED if c in rows.columns]
-    root = common_root(frame["path"])  # Of the whole manifest, so every split's paths are relative to one folder.
     return {"settings": {"encoding": encoding, "slices_per_shard": int(slices_per_shard), "seed": int(seed)},
             "inputs": {"manifest_rows": rows_hash(rows[columns], root=root), "rows": len(rows)}}
 
@@ -156,7 +158,8 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
     index_path = out_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     wanted = [split for split in splits if split in set(frame["split"])]
-    made = {split: split_record(frame, split, slices_per_shard, seed, encoding) for split in wanted}
+    root = common_root(frame["path"])  # Of the whole manifest: every split's paths relative to one folder.
+    made = {split: split_record(frame, split, slices_per_shard, seed, encoding, root) for split in wanted}
     changed = {split: record_changes(index[split], made[split], split) for split in wanted if split in index}
     stale = [f"{split}: {'; '.join(changes)}" for split, changes in changed.items() if changes]
     if stale and not overwrite:
