@@ -297,7 +297,7 @@ def print_thesis_comparison(comparison, warn=print):
               f"{number(row['slices']):>9} {number(row['thesis_sampled']):>9} {number(row['thesis_slices']):>16}")
     if comparison["thesis_patients"].isna().all():
         print("  (no dataset of this table is one of the thesis's: nothing to compare)")
-    for name, row in comparison[comparison["differs"]].iterrows():
+    for name, row in comparison[comparison["differs"] & (comparison["slices"] > 0)].iterrows():  # Empty: warned.
         warn(f"warning: dataset '{name}': {row['patients']:,} patients and {row['slices']:,} slices, the thesis "
              f"{number(row['thesis_patients'])} and {number(row['thesis_sampled'])}: more than "
              f"{DIFFERENCE_WARNED:g}x apart (another release or layout of the dataset, or other globs?).")
