@@ -9,8 +9,11 @@ millimetres, with patient LPS axes; `direction` is the row-major 3x3 matrix whos
 columns are the world directions of the x, y and z index axes. So the world
 position of voxel `array[k, j, i]` is `origin + direction @ ((i, j, k) * spacing)`.
 It also holds `path`, `format`, `shape`, `modality` ('CT', 'MR', 'XR' or None when
-the file does not say), for integer images `bit_depth`, and `patient_id` where the
-file itself names the patient (the figshare brain tumour `.mat` files).
+the file does not say), for integer images `bit_depth`, `patient_id` where the
+file itself names the patient (the figshare brain tumour `.mat` files), and for 4D
+files `volumes_in_file` and `volumes_read`: which of them become slices ('first'
+for NIfTI, whose second Prostate volume is ADC; 'all' for Cardiac MRI, whose 20
+frames are all the patient's slices).
 
 The reader is chosen by the suffix; a folder is read as one DICOM series. Heavy
 libraries are imported where they are used. Every failure is an
