@@ -235,6 +235,11 @@ def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=prin
         skipped += dataset_skipped
     frame = pd.DataFrame(rows, columns=COLUMNS[:-1])
     frame["patient_id"] = frame["patient_id"].astype(str)
+    owners = frame.groupby("path")["dataset"].unique()
+    shared = owners[owners.map(len) > 1]
+    if len(shared):  # Its slices would be sampled twice and could fall in two splits (a leak).
+        raise InputError(shared.index[0], f"is matched by datasets {' and '.join(repr(d) for d in shared.iloc[0])} "
+                         f"({len(shared)} files are matched twice); give each file to one dataset by narrowing its glob")
     if verify and len(frame):
         frame, undecodable = verify_decodable(frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root)
         skipped += undecodable

@@ -586,3 +586,17 @@ def test_file_stamps_hash_small_files_time_large_ones_and_survive_a_move(tmp_pat
     rows = pd.DataFrame({"path": [str(data / "a.csv"), str(data / "sub" / "big.raw")], "slice_index": [0, 3]})
     elsewhere = pd.DataFrame({"path": [str(moved / "sub" / "big.raw"), str(moved / "a.csv")], "slice_index": [3, 0]})
     assert rows_hash(rows) == rows_hash(elsewhere) != rows_hash(elsewhere.assign(slice_index=[3, 1]))
+
+
+def test_a_file_matched_by_two_datasets_is_refused(tmp_path, capsys):
+    from preprocessing.manifest import main
+
+    root = tmp_path / "data"
+    for name in ("p1", "p2"):
+        write_itk(root / "mhd" / f"{name}.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    table = _table(root, [("ALL", "mhd/*.mhd"), ("FIRST", "mhd/p1.mhd")])
+    code, line = _exit_line(main, ["--config", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv")],
+                            capsys)
+    assert code == 1 and line == (f"error: {(root / 'mhd' / 'p1.mhd').resolve()}: is matched by datasets 'ALL' and "
+                                  "'FIRST' (1 files are matched twice); give each file to one dataset by narrowing "
+                                  "its glob.")
