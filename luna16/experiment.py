@@ -25,6 +25,7 @@ from luna16.patches import PLANES
 from plumbing.atomic import write_csv, write_text
 from plumbing.cli import fraction_type
 from plumbing.errors import UsageError
+from plumbing.fingerprint import file_sha256
 from preprocessing.split import hold_out_groups
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
 from transfer.runner import Split, Task, run_task
@@ -139,8 +140,10 @@ class Luna16(Task):
 
     def check_data(self):
         read_candidates(self.data)
-        scans = {uid: path for subset in scans_by_subset(self.data).values() for uid, path in subset.items()}
-        return {"luna16": input_fingerprint(candidates_path(self.data), scans)}
+        subsets = scans_by_subset(self.data, allow_outside_root=self.options.allow_outside_root)
+        scans = {uid: path for subset in subsets.values() for uid, path in subset.items()}
+        return {candidates_path(self.data).name: file_sha256(candidates_path(self.data))[:16],
+                "scans": input_fingerprint(candidates_path(self.data), scans)}
 
     def prepare(self):
         o = self.options

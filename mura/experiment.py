@@ -121,16 +121,17 @@ class Mura(Task):
         return ensure_demo()
 
     def check_data(self):
-        from plumbing.fingerprint import files_fingerprint
+        from plumbing.fingerprint import file_sha256, files_fingerprint
 
-        parts = self.options.body_part
-        self.train_all = read_split(self.data, "train", parts)
-        self.valid = read_split(self.data, "valid", parts)
+        parts, outside = self.options.body_part, self.options.allow_outside_root
+        self.train_all = read_split(self.data, "train", parts, allow_outside_root=outside)
+        self.valid = read_split(self.data, "valid", parts, allow_outside_root=outside)
         folder = mura_root(self.data) / "MURA-v1.1"
         csvs = [folder / f"{split}_{kind}.csv" for split in ("train", "valid")
                 for kind in ("image_paths", "labeled_studies")]
-        files = [*csvs, *self.train_all["path"], *self.valid["path"]]
-        return {"mura": files_fingerprint(files, mura_root(self.data)), "body_parts": list(parts)}
+        images = [*self.train_all["path"], *self.valid["path"]]
+        return {**{path.name: file_sha256(path)[:16] for path in csvs}, "body_parts": list(parts),
+                "images": files_fingerprint(images, mura_root(self.data))}
 
     def prepare(self):
         o = self.options

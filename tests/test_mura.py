@@ -158,3 +158,22 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     images = pd.read_csv(tmp_path / "probe" / "predictions_images.csv")
     np.testing.assert_allclose(images["probability"], expected, rtol=1e-6)
     assert not (tmp_path / "probe" / "loss_curves.png").exists() and (tmp_path / "probe" / "saliency.png").is_file()
+
+
+def test_a_kept_run_is_refused_when_its_data_changed(demo_dir, tmp_path):
+    """Reuse follows the data's content, not its path: a row deleted from valid's csv is named, not scored stale."""
+    from plumbing.errors import UsageError
+    from mura.experiment import parse_args, run
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir / "MURA-v1.1", data / "MURA-v1.1")
+    options = ["--data", str(data), "--out", str(tmp_path / "run"), "--init", "scratch", "--probe", "--gallery", "0",
+               *MURA_TINY]
+    run(parse_args(options))
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved, copy_function=shutil.copy2)  # Same files elsewhere, times kept: still the same data.
+    run(parse_args([*options[:1], str(moved), *options[2:]]))
+    csv = moved / "MURA-v1.1" / "valid_image_paths.csv"
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(UsageError, match=r"data valid_image_paths\.csv '\w+' -> '\w+'.*--overwrite"):
+        run(parse_args([*options[:1], str(moved), *options[2:]]))

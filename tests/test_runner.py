@@ -135,7 +135,7 @@ def test_reuse_follows_every_option_and_the_data_content(tmp_path):
     changed = dataclasses.replace(first, new_knob=2.0)
     with pytest.raises(UsageError, match=r"new_knob 1\.0 -> 2\.0.*--overwrite"):
         run_task(Squares(changed), changed)
-    with pytest.raises(UsageError, match=r"data \{'squares': 0\} -> \{'squares': 1\}"):
+    with pytest.raises(UsageError, match=r"data squares 0 -> 1"):
         run_task(Squares(first, content=1), first)
     run_task(Squares(changed), dataclasses.replace(changed, overwrite=True))
     assert (tmp_path / "squares" / "predictions.csv").stat().st_mtime_ns != stamp

@@ -131,6 +131,10 @@ class TransferOptions:
     data: str = option(None, "the dataset's folder, as distributed (the description above says what it holds). "
                        "Default: the task's built-in demo tree, with the small settings of its configs/demo.yaml.",
                        group="data", reuse=False)
+    allow_outside_root: bool = option(
+        False, "read files that symlinks take outside the dataset folder, MURA csv paths leading outside MURA-v1.1, "
+        "and MetaImage headers naming data outside their folder. Default: refused, so a dataset cannot have other "
+        "files of this machine read.", group="data", reuse=False, action="store_true")
     validation_fraction: float = option(
         0.1, "share of the training groups (LUNA16: scans, MURA: patients) held out to choose the epoch (--selection "
         "held-out); 0 trains on all training data and keeps the last epoch.", source="this project's choice: the "

@@ -163,7 +163,11 @@ class Task:
         return None
 
     def check_data(self):
-        """Reads and checks the data; returns a JSON-able fingerprint of its content. Writes nothing."""
+        """Reads and checks the data; returns {part: fingerprint of its content} (e.g. a csv's checksum). Writes nothing.
+
+        Each part is a setting of its own ("data <part>"), so a changed file is named when a
+        kept result is refused.
+        """
         raise NotImplementedError
 
     def prepare(self):
@@ -217,7 +221,8 @@ def run_task(task, options):
     from transfer.results import write_results
 
     out = task.out
-    settings = {**reuse_settings(options), "data": task.check_data()}
+    data = task.check_data()
+    settings = {**reuse_settings(options), **{f"data {name}": value for name, value in data.items()}}
     units = list(task.units())
     unit_settings = {unit: {**settings, task.unit: unit} for unit in units}
     kept = {unit: finished_with(task.unit_dir(unit) / task.unit_record, unit_settings[unit], options.overwrite)
@@ -231,7 +236,7 @@ def run_task(task, options):
         task.prepare()
         if not all(kept.values()):
             write_run_record(out, dataclasses.asdict(options), {"precision": precision, "deterministic": deterministic,
-                                                                "data": settings["data"]})
+                                                                "data": data})
         tables, records = [], []
         for unit in units:
             folder = task.unit_dir(unit)
