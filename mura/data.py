@@ -191,7 +191,9 @@ def load_image(path, image_size=IMAGE_SIZE):
     side = tf.maximum(shape[0], shape[1])
 
     def pad_square():
-        # Thesis 3.1.10: some MURA images are under 224 px on a side; pad rather than stretch them.
+        # An image under 224 px on a side is zero-padded to a square, as thesis 3.1.10 did for the MURA images of
+        # its pretraining corpus (4.2.4.3 says only "changed to (224,224)"); every other image is resized to
+        # 224x224 without keeping its aspect ratio (docs/deviations.md).
         return tf.image.pad_to_bounding_box(image, (side - shape[0]) // 2, (side - shape[1]) // 2, side, side)
 
     image = tf.cond(tf.minimum(shape[0], shape[1]) < IMAGE_SIZE, pad_square, lambda: image)

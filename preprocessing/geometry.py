@@ -3,8 +3,11 @@
 A slice smaller than the crop is not padded: it is cropped at the largest square
 that fits (side min(448, H, W)), at a random position in training and centred
 otherwise, then resized to 224 like every other crop, so an MRNet 256x256 slice
-fills the network input instead of a third of it. (The thesis pads only MURA
-images under 224, 3.1.10, which `mura.data` does.) numpy versions for single
+fills the network input instead of a third of it. (The thesis zero-pads the MURA
+images of its pretraining corpus that are under 224 on a side, 3.1.10; here they
+are cropped at their largest square like any small slice. Downstream, `mura.data`
+pads them, carrying that rule over: 4.2.4.3 says only that images become 224x224.)
+numpy versions for single
 slices (evaluation, tests) and a TensorFlow version for the streaming pipeline.
 """
 
