@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from transfer.statistics import binary_metrics, bootstrap_auc, delong_test, paired_auc_test, stratified_auc
+from transfer.statistics import auc_interval, binary_metrics, bootstrap_auc, delong_test, paired_auc_test, stratified_auc
 
 
 def _psi(x, y):
@@ -43,7 +43,7 @@ def test_delong_matches_the_direct_computation_on_fixed_data():
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs(z)))
     same = delong_test(y, a, a)
     assert same["z"] == 0 and same["p_value"] == 1.0
-    one_stratum = paired_auc_test(y, a, b, strata=np.zeros(len(y)))
+    one_stratum = paired_auc_test(y, a, b, strata=np.zeros(len(y)), variance="delong", reference="normal")
     assert one_stratum["z"] == pytest.approx(z) and one_stratum["p_value"] == pytest.approx(result["p_value"])
 
 
@@ -81,12 +81,17 @@ def test_stratified_auc_is_the_mean_of_fold_aucs():
 
 
 def obuchowski_by_hand(y, a, b, clusters):
-    """Obuchowski's (1997) clustered variance of AUC(a) - AUC(b), written out with loops as in the paper."""
+    """Obuchowski's (1997) clustered variance of AUC(a) - AUC(b), written out with loops as in the paper.
+
+    The positive side's factor counts the clusters holding a positive (I10), the negative side's those
+    holding a negative (I01), the cross term all clusters (I).
+    """
     y, clusters = np.asarray(y), np.asarray(clusters)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     m, n = len(pos), len(neg)
     names = sorted(set(clusters))
     count = len(names)
+    i10, i01 = len(set(clusters[pos])), len(set(clusters[neg]))
     theta, v10c, v01c = {}, {}, {}
     for label, p in (("a", a), ("b", b)):
         theta[label] = sum(_psi(p[i], p[j]) for i in pos for j in neg) / (m * n)
@@ -101,12 +106,12 @@ def obuchowski_by_hand(y, a, b, clusters):
         return s10(u, w) / m + s01(u, w) / n + (s11(u, w) + s11(w, u)) / (m * n)
 
     def s10(u, w):
-        return count / ((count - 1) * m) * sum((v10c[u][k] - m_c[k] * theta[u]) * (v10c[w][k] - m_c[k] * theta[w])
-                                               for k in range(count))
+        return i10 / ((i10 - 1) * m) * sum((v10c[u][k] - m_c[k] * theta[u]) * (v10c[w][k] - m_c[k] * theta[w])
+                                           for k in range(count))
 
     def s01(u, w):
-        return count / ((count - 1) * n) * sum((v01c[u][k] - n_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w])
-                                               for k in range(count))
+        return i01 / ((i01 - 1) * n) * sum((v01c[u][k] - n_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w])
+                                           for k in range(count))
 
     def s11(u, w):
         return count / (count - 1) * sum((v10c[u][k] - m_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w])
@@ -129,16 +134,66 @@ def _clustered_case(seed=5, clusters=12):
 
 def test_clustered_test_matches_obuchowski_by_hand():
     y, a, b, groups = _clustered_case()
-    result = paired_auc_test(y, a, b, clusters=groups)
+    assert len(set(groups[y == 1])) < len(set(groups))  # Some clusters hold no positive: I10 < I matters.
+    result = paired_auc_test(y, a, b, clusters=groups, variance="delong", reference="normal")
     auc_a, auc_b, variance = obuchowski_by_hand(y, a, b, groups)
-    assert result["test"].startswith("clustered DeLong")
+    assert result["test"] == "clustered DeLong (Obuchowski 1997)"
     assert result["auc_a"] == pytest.approx(auc_a) and result["auc_b"] == pytest.approx(auc_b)
-    assert result["variance"] == pytest.approx(variance)
+    assert result["variance"] == pytest.approx(variance, rel=1e-12)
     from scipy.stats import norm
 
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs((auc_a - auc_b) / np.sqrt(variance))))
-    # Every case its own cluster: DeLong's test.
-    assert paired_auc_test(y, a, b, clusters=np.arange(len(y)))["test"] == "DeLong"
+    half = norm.ppf(0.975) * np.sqrt(variance)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((auc_a - auc_b - half, auc_a - auc_b + half))
+    # Every case its own cluster: Obuchowski's variance is DeLong's exactly.
+    singletons = paired_auc_test(y, a, b, clusters=np.arange(len(y)), variance="delong", reference="normal")
+    assert singletons["test"] == "DeLong" and singletons["z"] == pytest.approx(delong_direct(y, a, b)[2])
+
+
+def jackknife_by_hand(y, a, b, clusters, folds):
+    """The stratified cluster jackknife of mean_k (AUC_a - AUC_b) (of AUC_a with b None), refitting
+    scikit-learn's AUC without each cluster."""
+    from scipy.stats import t
+
+    def statistic(rows):
+        return roc_auc_score(y[rows], a[rows]) - (0 if b is None else roc_auc_score(y[rows], b[rows]))
+
+    differences, variances, counts = [], [], []
+    for f in np.unique(folds):
+        rows = folds == f
+        names = np.unique(clusters[rows])
+        left = [statistic(rows & (clusters != c)) for c in names]
+        differences.append(statistic(rows))
+        variances.append((len(names) - 1) / len(names) * np.sum((np.array(left) - np.mean(left)) ** 2))
+        counts.append(len(names))
+    variances, counts = np.array(variances), np.array(counts)
+    k = len(counts)
+    df = variances.sum() ** 2 / np.sum(variances**2 / (counts - 1))
+    difference, variance = np.mean(differences), variances.sum() / k**2
+    return difference, variance, df, 2 * t.sf(abs(difference) / np.sqrt(variance), df)
+
+
+def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
+    y, a, b, groups = _clustered_case(seed=3, clusters=24)
+    folds = groups % 3
+    b = np.exp(b)  # Another scale: the AUC cannot tell, nor may the test.
+    result = paired_auc_test(y, a, b, clusters=groups, strata=folds)
+    difference, variance, df, p_value = jackknife_by_hand(y, a, b, groups, folds)
+    assert result["difference"] == pytest.approx(difference)
+    assert result["variance"] == pytest.approx(variance, rel=1e-10) and result["df"] == pytest.approx(df)
+    assert result["p_value"] == pytest.approx(p_value, rel=1e-9)
+    assert result["test"] == f"cluster jackknife, t with {df:.0f} df" and result["clusters"] == 24
+    from scipy.stats import t
+
+    low, high = difference + np.array([-1, 1]) * t.ppf(0.975, df) * np.sqrt(variance)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high))
+    # The interval of one model's AUC is the same jackknife with b left out.
+    interval = auc_interval(y, a, groups, folds)
+    auc, variance, df, _ = jackknife_by_hand(y, a, None, groups, folds)
+    low, high = auc + np.array([-1, 1]) * t.ppf(0.975, df) * np.sqrt(variance)
+    assert interval["auc"] == pytest.approx(auc) and interval["df"] == pytest.approx(df)
+    assert (interval["ci_low"], interval["ci_high"]) == pytest.approx((low, min(high, 1.0)))
+    assert interval["clusters"] == 24 and interval["notes"] == []
 
 
 def test_duplicated_candidates_leave_the_clustered_p_value_and_shrink_delongs():
@@ -162,3 +217,27 @@ def test_runs_are_averaged_not_pooled():
     assert bootstrap_auc(y, runs, np.arange(len(y)), iterations=50)[0] == pytest.approx(expected)
     test = paired_auc_test(y, runs, runs[::-1] * 0 + runs[0])
     assert test["auc_a"] == pytest.approx(expected) and test["auc_b"] == pytest.approx(roc_auc_score(y, runs[0]))
+
+
+def test_folds_too_small_or_collapsed_are_left_out_with_a_line_each():
+    y, a, b, groups = _clustered_case(seed=7, clusters=24)
+    folds = groups % 3
+    keep = ~((folds == 1) & (y == 1) & (groups != 1))  # Fold 1: its positives all in scan 1.
+    keep &= ~((folds == 2) & (y == 1)) | (np.arange(len(y)) == np.flatnonzero((folds == 2) & (y == 1))[0])  # One.
+    y, a, b, groups, folds = y[keep], a[keep], b[keep], groups[keep], folds[keep]
+    for variance in ("jackknife", "delong"):
+        result = paired_auc_test(y, a, b, clusters=groups, strata=folds, variance=variance, unit="scan")
+        assert len(result["notes"]) == 2 and result["folds"] == 1
+        assert result["notes"][0].startswith("fold 1: all ") and "positives in one scan" in result["notes"][0]
+        assert result["notes"][1].startswith("fold 2: all 1 positives in one scan")
+        alone = paired_auc_test(y[folds == 0], a[folds == 0], b[folds == 0], clusters=groups[folds == 0],
+                                variance=variance)
+        assert result["p_value"] == pytest.approx(alone["p_value"]) and result["clusters"] == alone["clusters"]
+    # A fold without a positive has no AUC; no fold left: no test, and no traceback.
+    none = paired_auc_test(y[folds == 2], a[folds == 2], b[folds == 2] * 0, clusters=groups[folds == 2],
+                           strata=folds[folds == 2])
+    assert np.isnan(none["p_value"]) and none["folds"] == 0 and "no fold testable" in none["test"]
+    empty = paired_auc_test(np.zeros(6), np.arange(6.0), np.arange(6.0), strata=np.zeros(6, int))
+    assert empty["notes"] == ["fold 0: 0 positive and 6 negative cases, no AUC; left out"]
+    interval = auc_interval(y, a, groups, folds, unit="scan")
+    assert len(interval["notes"]) == 2 and interval["folds"] == 1

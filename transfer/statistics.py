@@ -84,23 +84,19 @@ def auc_components(y_true, probability):
     return float(v10.mean()), v10, v01
 
 
-def _delong_covariance(v10, v01):
-    """2x2 covariance of two AUCs from their components on independent cases (DeLong 1988)."""
-    return np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
-
-
 def _clustered_covariance(v10, v01, positive_cluster, negative_cluster):
     """2x2 covariance of two AUCs when cases cluster (Obuchowski 1997, nonparametric).
 
-    Components are summed per cluster; with I clusters, M positives and N negatives,
-    S10 = I/((I-1)M) sum_c (V10_c - m_c auc)(V10_c - m_c auc)', S01 likewise over
-    negatives, S11 = I/(I-1) sum_c (V10_c - m_c auc)(V01_c - n_c auc)', and
-    cov = S10/M + S01/N + (S11 + S11')/(MN).
+    Components are summed per cluster. With M positives in I10 clusters that hold at
+    least one positive, N negatives in I01 clusters that hold at least one negative, and
+    I clusters in all (Obuchowski's definition, as in DIDSR's doAUCcluster):
+    S10 = I10/((I10-1)M) sum_c (V10_c - m_c auc)(V10_c - m_c auc)', S01 likewise with
+    I01 over negatives, S11 = I/(I-1) sum_c (V10_c - m_c auc)(V01_c - n_c auc)', and
+    cov = S10/M + S01/N + (S11 + S11')/(MN). With every case its own cluster this is
+    DeLong's (1988) covariance exactly. Needs I10 >= 2 and I01 >= 2.
     """
     clusters = np.unique(np.concatenate([positive_cluster, negative_cluster]))
     count = len(clusters)
-    if count < 2:
-        raise ValueError(f"a clustered test needs at least two clusters. Received: {count}")
     m, n = v10.shape[1], v01.shape[1]
     auc = v10.mean(axis=1)
     pos_index = np.searchsorted(clusters, positive_cluster)
@@ -111,85 +107,247 @@ def _clustered_covariance(v10, v01, positive_cluster, negative_cluster):
         sum01[k] = np.bincount(neg_index, weights=v01[k], minlength=count)
     m_c = np.bincount(pos_index, minlength=count)
     n_c = np.bincount(neg_index, minlength=count)
+    i10, i01 = int((m_c > 0).sum()), int((n_c > 0).sum())
+    if i10 < 2 or i01 < 2:
+        raise ValueError(f"a clustered variance needs two clusters on each side. Received: {i10} with positives, "
+                         f"{i01} with negatives")
     d10 = sum10 - m_c[None] * auc[:, None]
     d01 = sum01 - n_c[None] * auc[:, None]
-    factor = count / (count - 1)
-    s10 = factor * d10 @ d10.T / m
-    s01 = factor * d01 @ d01.T / n
-    s11 = factor * d10 @ d01.T
+    s10 = i10 / (i10 - 1) * d10 @ d10.T / m
+    s01 = i01 / (i01 - 1) * d01 @ d01.T / n
+    s11 = count / (count - 1) * d10 @ d01.T
     return s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
-def _paired_stratum(y, p_a, p_b, clusters):
-    """(auc_a, auc_b, variance of the difference, clustered?) on one stratum's cases."""
-    auc_a, v10_a, v01_a = auc_components(y, p_a)
-    auc_b, v10_b, v01_b = auc_components(y, p_b)
-    v10, v01 = np.stack([v10_a, v10_b]), np.stack([v01_a, v01_b])
-    m, n = v10.shape[1], v01.shape[1]
-    clustered = clusters is not None and len(np.unique(clusters)) < len(y)
-    if clustered:
-        covariance = _clustered_covariance(v10, v01, clusters[y == 1], clusters[y == 0])
+def _fold_jackknife(y_true, runs, clusters):
+    """One fold's AUC and its AUC with each cluster left out, from DeLong's components.
+
+    Leaving out cluster c removes the pairs of its positives and of its negatives, so with
+    M positives, N negatives, the run-averaged components and W_c the kernel sum over c's
+    own positive-negative pairs: AUC(-c) = (M N auc - N sum_c v10 - M sum_c v01 + W_c) /
+    ((M - m_c)(N - n_c)), exact without ranking again.
+
+    Returns:
+        (auc, leave_out): leave_out has one entry per cluster.
+    """
+    auc, v10, v01 = auc_components(y_true, runs)
+    names, index = np.unique(clusters, return_inverse=True)
+    count, positive, negative = len(names), y_true == 1, y_true == 0
+    m, n = int(positive.sum()), int(negative.sum())
+    m_c = np.bincount(index[positive], minlength=count)
+    n_c = np.bincount(index[negative], minlength=count)
+    sum10 = np.bincount(index[positive], weights=v10, minlength=count)
+    sum01 = np.bincount(index[negative], weights=v01, minlength=count)
+    within = np.zeros(count)
+    for c in np.flatnonzero((m_c > 0) & (n_c > 0)):
+        rows = index == c
+        for scores in runs:
+            pos, neg = scores[rows & positive], np.sort(scores[rows & negative])
+            below = np.searchsorted(neg, pos, side="left")
+            within[c] += float(np.sum(below + 0.5 * (np.searchsorted(neg, pos, side="right") - below)))
+    leave_out = (m * n * auc - n * sum10 - m * sum01 + within / len(runs)) / ((m - m_c) * (n - n_c))
+    return auc, leave_out
+
+
+def _jackknife_variance(leave_out):
+    """Jackknife variance (I-1)/I sum (theta_(-c) - mean)^2 over the I clusters (Efron and Tibshirani 1993, 11.5)."""
+    count = len(leave_out)
+    return (count - 1) / count * float(np.sum((leave_out - leave_out.mean()) ** 2))
+
+
+# How a fold's variance is estimated: DeLong's components summed per cluster (Obuchowski 1997), or the cluster
+# jackknife; and the reference distribution of the statistic: normal, or t with the Satterthwaite degrees of
+# freedom of the folds' cluster counts. The default is the pair that held its nominal rates at 20 clusters in
+# tools/simulate_statistics.py (README, "Statistics with few clusters").
+VARIANCES = ("delong", "jackknife")
+REFERENCES = ("t", "normal")
+DEFAULT_VARIANCE, DEFAULT_REFERENCE = "jackknife", "t"
+
+
+def _fold_usable(y, clusters, name, unit):
+    """None when a fold can be tested, else the line saying why it is left out."""
+    m, n = int((y == 1).sum()), int((y == 0).sum())
+    if m == 0 or n == 0:
+        return f"fold {name}: {m} positive and {n} negative cases, no AUC; left out"
+    i10, i01 = len(np.unique(clusters[y == 1])), len(np.unique(clusters[y == 0]))
+    if i10 < 2 or i01 < 2:
+        side = "positives" if i10 < 2 else "negatives"
+        count = m if i10 < 2 else n
+        return (f"fold {name}: all {count} {side} in one {unit}, so their spread between {unit}s cannot be "
+                "estimated; left out")
+    return None
+
+
+def _folds(y_true, runs, clusters, strata, unit):
+    """Per usable fold its rows and cluster count; and the lines naming the folds left out."""
+    usable, notes = [], []
+    for s in np.unique(strata):
+        rows = strata == s
+        note = _fold_usable(y_true[rows], clusters[rows], s, unit)
+        if note:
+            notes.append(note)
+        else:
+            usable.append((rows, len(np.unique(clusters[rows]))))
+    return usable, notes
+
+
+def _satterthwaite(variances, clusters):
+    """Degrees of freedom of a sum of per-fold variances, each on (clusters - 1) (Satterthwaite 1946)."""
+    variances, clusters = np.asarray(variances, float), np.asarray(clusters, float)
+    if not np.any(variances > 0):
+        return float(np.sum(clusters - 1))
+    return float(np.sum(variances) ** 2 / np.sum(variances**2 / (clusters - 1)))
+
+
+def _reference_quantiles(estimate, variance, df, reference, level):
+    """(statistic, two-sided p-value, interval) of `estimate` against 0 with the reference distribution."""
+    from scipy import stats
+
+    distribution = stats.norm() if reference == "normal" else stats.t(df)
+    half = distribution.ppf((1 + level) / 2) * np.sqrt(max(variance, 0.0))
+    if variance <= 0:
+        statistic = 0.0 if estimate == 0 else float(np.sign(estimate) * np.inf)
     else:
-        if m < 2 or n < 2:
-            raise ValueError(f"DeLong's test needs at least two cases of each class. Received: {m} positive, {n} negative")
-        covariance = _delong_covariance(v10, v01)
-    return auc_a, auc_b, covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1], clustered
+        statistic = estimate / np.sqrt(variance)
+    return float(statistic), float(2 * distribution.sf(abs(statistic))), (estimate - half, estimate + half)
 
 
-def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None):
-    """Two-sided test of two models' AUCs on the same cases.
+def _test_name(variance, reference, clustered, df):
+    if variance == "delong":
+        name = "clustered DeLong (Obuchowski 1997)" if clustered else "DeLong"
+    else:
+        name = "cluster jackknife" if clustered else "jackknife"
+    return name + (f", t with {df:.0f} df" if reference == "t" else "")
 
-    DeLong's test when every case is its own unit; when `clusters` puts several cases
-    in one group (candidates of a scan, images of a patient), the clustered variance
-    of Obuchowski (1997), so that correlated cases are not counted as independent
-    evidence. With `strata` (cross-validation folds, each with its own models) the
-    statistic is the mean over folds of the AUC difference, with variance
-    sum(var_k) / K**2 (the folds' cases are disjoint).
+
+def _check_methods(variance, reference):
+    if variance not in VARIANCES or reference not in REFERENCES:
+        raise ValueError(f"variance must be one of {VARIANCES} and reference one of {REFERENCES}. "
+                         f"Received: variance={variance}, reference={reference}")
+
+
+def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAULT_VARIANCE,
+                    reference=DEFAULT_REFERENCE, level=0.95, unit="cluster"):
+    """Two-sided test of two models' AUCs on the same cases, with the interval of their difference.
+
+    Cases that share a group (a scan's candidates, a patient's images) are not independent
+    evidence: the variance is taken over clusters, either DeLong's components summed per
+    cluster (Obuchowski 1997) or the cluster jackknife; every case its own cluster gives
+    DeLong's test (or the case jackknife). With `strata` (cross-validation folds, each with
+    its own models) the statistic is the mean over folds of the AUC difference, with variance
+    sum(var_k) / K**2 (the folds' cases are disjoint). With few clusters a normal reference is
+    too sure of itself; the t reference takes the Satterthwaite degrees of freedom of the
+    folds' cluster counts. A fold without both classes, or whose positives or negatives all
+    sit in one cluster, is left out of the test, and `notes` says so.
 
     Args:
         y_true: (N,) 0/1 labels.
-        p_a, p_b: (N,) or (R, N) scores of the two models; with R runs, the AUCs are
-            the mean over runs.
+        p_a, p_b: (N,) or (R, N) scores of the two models; with R runs, the AUCs are the mean over runs.
         clusters: (N,) group of each case, or None for independent cases.
         strata: (N,) fold of each case, or None.
+        variance: "jackknife" or "delong". Defaults to "jackknife".
+        reference: "t" or "normal". Defaults to "t".
+        level: the interval's coverage. Defaults to 0.95.
+        unit: what a cluster is, for the notes (e.g. "scan"). Defaults to "cluster".
 
     Returns:
-        dict with auc_a, auc_b, z (positive when a is better), the two-sided p_value,
-        the variance and `test`: 'DeLong' or 'clustered DeLong (Obuchowski 1997)'.
+        dict with auc_a, auc_b and difference (a - b, over the folds tested), z (the
+        statistic, positive when a is better), the two-sided p_value, ci_low and ci_high of
+        the difference, variance, df, clusters (the count behind the test), folds, notes
+        and `test` (its name). Without a testable fold, p_value and the interval are NaN.
+
+    Example:
+        >>> y = np.array([0, 1] * 20); rng = np.random.default_rng(0)
+        >>> result = paired_auc_test(y, y + rng.random(40), y * 0.5 + rng.random(40), clusters=np.arange(40) // 4)
     """
+    _check_methods(variance, reference)
     y_true = np.asarray(y_true).astype(int)
     p_a, p_b = _as_runs(p_a), _as_runs(p_b)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
-    clusters = None if clusters is None else np.asarray(clusters)
-    parts = []
-    for s in np.unique(strata):
-        rows = strata == s
-        parts.append(_paired_stratum(y_true[rows], p_a[:, rows], p_b[:, rows], None if clusters is None else clusters[rows]))
-    k = len(parts)
-    result = _z_test(np.mean([p[0] for p in parts]), np.mean([p[1] for p in parts]), sum(p[2] for p in parts) / k**2)
-    result["test"] = "clustered DeLong (Obuchowski 1997)" if any(p[3] for p in parts) else "DeLong"
-    return result
+    clustered = clusters is not None and len(np.unique(clusters)) < len(y_true)
+    clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
+    usable, notes = _folds(y_true, p_a, clusters, strata, unit)
+    aucs, variances, counts = [], [], []
+    for rows, count in usable:
+        y, c = y_true[rows], clusters[rows]
+        if variance == "delong":
+            auc_a, v10_a, v01_a = auc_components(y, p_a[:, rows])
+            auc_b, v10_b, v01_b = auc_components(y, p_b[:, rows])
+            cov = _clustered_covariance(np.stack([v10_a, v10_b]), np.stack([v01_a, v01_b]), c[y == 1], c[y == 0])
+            variances.append(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+        else:
+            auc_a, out_a = _fold_jackknife(y, p_a[:, rows], c)
+            auc_b, out_b = _fold_jackknife(y, p_b[:, rows], c)
+            variances.append(_jackknife_variance(out_a - out_b))
+        aucs.append((auc_a, auc_b))
+        counts.append(count)
+    result = {"folds": len(usable), "clusters": int(sum(counts)), "notes": notes}
+    if not usable:
+        return {**result, "auc_a": np.nan, "auc_b": np.nan, "difference": np.nan, "z": np.nan, "p_value": np.nan,
+                "ci_low": np.nan, "ci_high": np.nan, "variance": np.nan, "df": np.nan,
+                "test": _test_name(variance, reference, clustered, 0) + ", no fold testable"}
+    k = len(usable)
+    auc_a, auc_b = np.mean(aucs, axis=0)
+    total = float(sum(variances) / k**2)
+    df = _satterthwaite(variances, counts)
+    z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, reference, level)
+    return {**result, "auc_a": float(auc_a), "auc_b": float(auc_b), "difference": float(auc_a - auc_b), "z": z,
+            "p_value": p_value, "ci_low": float(low), "ci_high": float(high), "variance": total, "df": df,
+            "test": _test_name(variance, reference, clustered, df)}
 
 
 def delong_test(y_true, p_a, p_b):
-    """DeLong's test of two correlated AUCs on the same, independent cases.
+    """DeLong's test of two correlated AUCs on the same, independent cases (normal reference, DeLong 1988).
 
     Returns:
-        dict with auc_a, auc_b, z (positive when a is better), the two-sided p_value and the variance.
+        dict as `paired_auc_test`'s: auc_a, auc_b, z (positive when a is better), the two-sided p_value, the variance.
     """
-    return paired_auc_test(y_true, p_a, p_b)
+    return paired_auc_test(y_true, p_a, p_b, variance="delong", reference="normal")
 
 
-def _z_test(auc_a, auc_b, variance):
-    from scipy.stats import norm
+def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, unit="cluster"):
+    """The AUC (mean over runs of the mean over folds) with an interval from the cluster jackknife and a t reference.
 
-    difference = auc_a - auc_b
-    if variance <= 0:
-        z = 0.0 if difference == 0 else np.sign(difference) * np.inf
-    else:
-        z = difference / np.sqrt(variance)
-    return {"auc_a": float(auc_a), "auc_b": float(auc_b), "z": float(z), "p_value": float(2 * norm.sf(abs(z))),
-            "variance": float(variance)}
+    The same machinery as `paired_auc_test`'s default, for one model: each fold's variance
+    is the jackknife over its clusters, the folds' variances are summed (divided by K**2), and
+    the interval is AUC +- t(df) se with the Satterthwaite df of the folds' cluster counts,
+    clipped to [0, 1]. It kept its coverage at 20 clusters where the percentile bootstrap
+    of whole clusters did not (tools/simulate_statistics.py).
+
+    Returns:
+        dict with auc (over every fold with both classes), ci_low, ci_high, df, clusters,
+        folds and notes (folds left out of the interval, and why).
+    """
+    y_true, runs = np.asarray(y_true).astype(int), _as_runs(probability)
+    strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
+    clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
+    usable, notes = _folds(y_true, runs, clusters, strata, unit)
+    aucs, variances, counts = [], [], []
+    for rows, count in usable:
+        auc, leave_out = _fold_jackknife(y_true[rows], runs[:, rows], clusters[rows])
+        aucs.append(auc)
+        variances.append(_jackknife_variance(leave_out))
+        counts.append(count)
+    both = [s for s in np.unique(strata) if len(np.unique(y_true[strata == s])) == 2]
+    auc = stratified_auc(y_true[np.isin(strata, both)], runs[:, np.isin(strata, both)],
+                         strata[np.isin(strata, both)]) if both else np.nan
+    result = {"auc": auc, "ci_low": np.nan, "ci_high": np.nan, "df": np.nan, "clusters": int(sum(counts)),
+              "folds": len(usable), "notes": notes}
+    if usable:
+        df = _satterthwaite(variances, counts)
+        center = float(np.mean(aucs))
+        _, _, (low, high) = _reference_quantiles(center, sum(variances) / len(usable) ** 2, df, "t", level)
+        result.update({"ci_low": float(max(low, 0.0)), "ci_high": float(min(high, 1.0)), "df": df})
+    return result
+
+
+def _auc(y_true, scores):
+    """The Mann-Whitney AUC from midranks (ties count one half), as scikit-learn's roc_auc_score but faster."""
+    from scipy.stats import rankdata
+
+    positive = y_true == 1
+    m, n = int(positive.sum()), int(len(y_true) - positive.sum())
+    return float((rankdata(scores)[positive].sum() - m * (m + 1) / 2) / (m * n))
 
 
 def stratified_auc(y_true, probability, strata=None):
@@ -198,11 +356,9 @@ def stratified_auc(y_true, probability, strata=None):
     Args:
         y_true: (N,) labels. probability: (N,) or (R, N). strata: (N,) or None.
     """
-    from sklearn.metrics import roc_auc_score
-
-    y_true, runs = np.asarray(y_true), _as_runs(probability)
+    y_true, runs = np.asarray(y_true).astype(int), _as_runs(probability)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
-    return float(np.mean([[roc_auc_score(y_true[strata == s], scores[strata == s]) for s in np.unique(strata)]
+    return float(np.mean([[_auc(y_true[strata == s], scores[strata == s]) for s in np.unique(strata)]
                           for scores in runs]))
 
 
