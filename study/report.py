@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.statistics import bootstrap_auc, paired_auc_test, stratified_metric
+from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
 from transfer.plots import plot_mean_roc
 from transfer.results import ResultsError, read_results
 from plumbing.atomic import write_csv, write_text
@@ -37,7 +37,19 @@ PROBE = " probe"  # A linear probe's column is its init followed by this (`Resul
 def reference_of(arm):
     """The column an arm is tested against: genesis fine-tuned, or genesis's probe for a probe."""
     return REFERENCE + PROBE if arm.endswith(PROBE) else REFERENCE
-METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy", "kappa": "Cohen's kappa", "sensitivity": "sensitivity",
+# The interval of each AUC: the cluster jackknife with a t reference, which kept 95% intervals' coverage >= 0.90
+# at 20 clusters in tools/simulate_statistics.py where the percentile bootstrap of clusters fell to 0.83.
+INTERVALS = ("jackknife", "bootstrap")
+DEFAULT_INTERVAL = "jackknife"
+# The fewest clusters at which the simulation (tools/simulate_statistics.py, README) measured the test's
+# false-positive rate <= 0.07 and the intervals' coverage >= 0.90; numbers on fewer are flagged.
+VALIDATED_CLUSTERS = 20
+THESIS_FILE = Path(__file__).with_name("thesis_results.yaml")
+SPREAD_SENTENCE = ("The p-values and intervals count the sampling of test cases (their clusters) only and treat "
+                   "each trained model as fixed: they do not cover how much another training run (another seed, "
+                   "data order or initialisation draw) would move the difference, which the spread of these "
+                   "per-run differences shows.")
+METRIC_NAMES = {"auc": "AUC", "auc_ensemble": "AUC of the ensemble", "accuracy": "accuracy", "kappa": "Cohen's kappa", "sensitivity": "sensitivity",
                 "specificity": "specificity"}
 
 
@@ -70,20 +82,142 @@ def _aligned(a, b, level):
     return y_a, p_a, p_b, groups, strata_a
 
 
-def level_row(task, backbone, level, metric, by_init, inits, iterations, seed):
+def load_thesis(path=THESIS_FILE):
+    """The thesis's results (`study/thesis_results.yaml`): {"selection": str, "cells": [mapping, ...]}."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        cells = data["cells"]
+        for cell in cells:
+            for key in ("task", "backbone", "init", "level", "auc", "source"):
+                cell[key]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise ResultsError(path, f"is not a table of thesis cells ({error})") from None
+    return data
+
+
+def _cell_body_parts(cell):
+    return tuple(sorted(cell.get("body_parts") or ()))
+
+
+def thesis_match(thesis, row, by_init):
+    """{"thesis": the cell text, "thesis_<init>": value} for the row's runs that match a thesis cell, or why none does.
+
+    A run matches a cell on task, backbone, init, level and body parts, fine-tuned on all
+    training labels (the only runs the thesis reports); the thesis's numbers are AUCs.
+    """
+    cells, task, backbone = thesis["cells"], row["dataset"], row["backbone"]
+    if row["metric"] != "auc":
+        return {"thesis": "the thesis gives AUC only (Fig. 5.1)" if row["metric"] != "auc_ensemble"
+                else "the thesis averaged runs, no ensemble (4.2.4.4)"}
+    same_task = [c for c in cells if c["task"] == task]
+    if not same_task:
+        return {"thesis": f"the thesis has no {task} results"}
+    same_backbone = [c for c in same_task if c["backbone"] == backbone]
+    if not same_backbone:
+        used = " and ".join(sorted({c["backbone"] for c in same_task}))
+        return {"thesis": f"none: the thesis's {task} runs used {used}, not {backbone}"}
+    same_level = [c for c in same_backbone if c["level"] == row["level"]]
+    if not same_level:
+        return {"thesis": f"none: the thesis's {task} AUC is of {same_backbone[0]['level']}s, not {row['level']}s"}
+    found, parts = {}, set()
+    for init, run in by_init.items():
+        if run.method != "fine-tune":
+            continue
+        parts.add(run.body_parts)
+        for cell in same_level:
+            if cell["init"] == init and _cell_body_parts(cell) == run.body_parts:
+                found[init] = cell
+    if not found:
+        theirs = ", ".join(sorted({" ".join(_cell_body_parts(c)) for c in same_level}))
+        ours = ", ".join(sorted(" ".join(p) or "none" for p in parts))
+        return {"thesis": f"none: the thesis's {task} cells cover {theirs}; these runs {ours}"}
+    texts = []
+    for init, cell in found.items():
+        ours = row.get(init)
+        texts.append(f"{init} {cell['auc']:.5g} ({cell['source'].split(';')[0]}), ours {ours - cell['auc']:+.3f}")
+    return {"thesis": "; ".join(texts) + " sel. T", **{f"thesis_{i}": c["auc"] for i, c in found.items()}}
+
+
+def thesis_fold_lines(table, runs, thesis):
+    """Per fold, the thesis's AUC (Figs. 4.12-4.29) beside each matched run's, in the order of the folds."""
+    lines = []
+    full = {(r.task, r.backbone, r.arm): r for r in runs if r.fraction == 1.0}
+    for row in table.to_dict("records"):
+        if row["metric"] != "auc":
+            continue
+        for cell in thesis["cells"]:
+            key = (cell["task"], cell["backbone"], cell["init"])
+            if (row["dataset"], row["backbone"], row["level"]) != (*key[:2], cell["level"]) or "folds" not in cell:
+                continue
+            run = full.get(key)
+            if run is None or pd.isna(row.get(f"thesis_{cell['init']}", np.nan)):
+                continue
+            _, y, p, _, strata = run.arrays(row["level"])
+            folds = np.unique(strata)
+            if len(folds) != len(cell["folds"]):
+                lines.append(f"| {' | '.join(key)} | {len(cell['folds'])} folds in {cell['folds_source']}, "
+                             f"{len(folds)} here: not compared | | |")
+                continue
+            for index, (fold, theirs) in enumerate(zip(folds, cell["folds"]), start=1):
+                ours = stratified_auc(y[strata == fold], p[:, strata == fold])
+                lines.append(f"| {' | '.join(key)} | {index} (subsets {2 * index - 2}-{2 * index - 1}; ours: {fold}) "
+                             f"| {theirs:.4f} ({cell['folds_source']}) | {ours:.4f} | {ours - theirs:+.4f} |")
+    if not lines:
+        return []
+    return ["## Beside the thesis, fold by fold", "",
+            "| task | backbone | init | fold | thesis | ours | difference |", "|" + " --- |" * 7, *lines, ""]
+
+
+def _auc_interval(y, p, groups, strata, interval, iterations, seed, unit):
+    """(auc, low, high, notes) of one arm: the cluster jackknife with a t reference, or the percentile bootstrap."""
+    if interval == "bootstrap":
+        return (*bootstrap_auc(y, p, groups, iterations, seed, strata=strata), [])
+    result = auc_interval(y, p, groups, strata, unit=unit)
+    return result["auc"], result["ci_low"], result["ci_high"], result["notes"]
+
+
+def _per_run_differences(y, p_a, p_b, strata):
+    """The AUC difference of each training run (runs paired by index), or of each fold where both arms ran once.
+
+    Returns:
+        (what, differences): what the entries are ("run" or "fold") and their values.
+    """
+    runs = max(len(p_a), len(p_b))
+    folds = np.unique(strata)
+    if runs == 1 and len(folds) == 1:
+        return None, []
+    if runs > 1:
+        a = p_a if len(p_a) == runs else np.repeat(p_a, runs, axis=0)
+        b = p_b if len(p_b) == runs else np.repeat(p_b, runs, axis=0)
+        return "run", [stratified_auc(y, a[r], strata) - stratified_auc(y, b[r], strata) for r in range(runs)]
+    valid = [f for f in folds if len(np.unique(y[strata == f])) == 2]
+    return "fold", [stratified_auc(y[strata == f], p_a[0, strata == f]) - stratified_auc(y[strata == f],
+                                                                                         p_b[0, strata == f])
+                    for f in valid]
+
+
+def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, interval=DEFAULT_INTERVAL):
     """One row of the results table: a level's metric for every initialisation, tests for AUC."""
     name = level["name"]
+    unit = level.get("group", "group")
     row = {"dataset": task, "backbone": backbone, "level": name, "metric": metric,
-           "label": f"{METRIC_NAMES[metric]}, {level.get('description', name)}", "test": ""}
+           "label": f"{METRIC_NAMES[metric]}, {level.get('description', name)}", "test": "", "notes": []}
     for init in inits:
         if init not in by_init:
             continue
         _, y, p, groups, strata = by_init[init].arrays(name)
         row[f"{init}_runs"] = len(p)
+        row[f"{init}_selection"] = by_init[init].selection
+        row["clusters"] = int(sum(len(np.unique(groups[strata == s])) for s in np.unique(strata)))
+        row["folds"] = int(len(np.unique(strata)))
+        row["unit"] = unit
         if metric == "auc":
-            value, low, high = bootstrap_auc(y, p, groups, iterations, seed, strata=strata)
+            value, low, high, notes = _auc_interval(y, p, groups, strata, interval, iterations, seed, unit)
             row.update({init: value, f"{init}_ci_low": low, f"{init}_ci_high": high})
-            per_run = [bootstrap_auc(y, run, groups, 0, strata=strata)[0] for run in p]
+            row["notes"] += [f"{init} interval: {note}" for note in notes]
+            per_run = [stratified_auc(y, run, strata) for run in p]
         else:
             value, per_run = stratified_metric(metric, y, p, strata)
             row[init] = value
@@ -94,28 +228,37 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed):
             if other == reference or other not in by_init or reference not in by_init:
                 continue
             y, p_a, p_b, groups, strata = _aligned(by_init[reference], by_init[other], name)
-            test = paired_auc_test(y, p_a, p_b, clusters=groups, strata=strata)
-            row.update({f"{reference}_vs_{other}_delta": test["auc_a"] - test["auc_b"],
-                        f"{reference}_vs_{other}_p": test["p_value"]})
-            clusters = f", clusters: {level.get('group', 'group')}s" if test["test"] != "DeLong" else ""
-            row["test"] = f"{test['test']}{clusters}" + (", folds combined" if len(np.unique(strata)) > 1 else "")
+            test = paired_auc_test(y, p_a, p_b, clusters=groups, strata=strata, unit=unit)
+            key = f"{reference}_vs_{other}"
+            row.update({f"{key}_delta": test["difference"], f"{key}_p": test["p_value"],
+                        f"{key}_ci_low": test["ci_low"], f"{key}_ci_high": test["ci_high"],
+                        f"{key}_clusters": test["clusters"], f"{key}_df": test["df"]})
+            what, differences = _per_run_differences(y, p_a, p_b, strata)
+            if what:
+                row[f"{key}_per_{what}"] = differences
+            row["notes"] += [f"{reference} vs {other}: {note}" for note in test["notes"]]
+            clusters = f", clusters: {unit}s" if test["clusters"] < len(y) else ""
+            row["test"] = f"{test['method']}{clusters}" + (", folds combined" if len(np.unique(strata)) > 1 else "")
     return row
 
 
 def ensemble_row(task, backbone, level, by_init, inits):
     """The AUC of each init's runs' mean probability: an ensemble, not the thesis's average."""
     row = {"dataset": task, "backbone": backbone, "level": level["name"], "metric": "auc_ensemble", "test": "",
-           "label": f"AUC of the ensemble (mean probability of the runs), {level.get('description', level['name'])}"}
+           "label": f"AUC of the ensemble (mean probability of the runs), {level.get('description', level['name'])}",
+           "notes": []}
     for init in inits:
         if init in by_init:
-            _, y, p, groups, strata = by_init[init].arrays(level["name"])
-            row[init] = bootstrap_auc(y, p.mean(axis=0), groups, 0, strata=strata)[0]
+            _, y, p, _, strata = by_init[init].arrays(level["name"])
+            row[init] = stratified_auc(y, p.mean(axis=0), strata)
             row[f"{init}_runs"] = len(p)
+            row[f"{init}_selection"] = by_init[init].selection
     return row
 
 
-def results_table(runs, iterations=1000, seed=0):
-    """One row per (task, backbone, level, metric) of the full-label runs."""
+def results_table(runs, iterations=1000, seed=0, interval=DEFAULT_INTERVAL, thesis=None):
+    """One row per (task, backbone, level, metric) of the full-label runs, with the thesis's value where one matches."""
+    thesis = load_thesis() if thesis is None else thesis
     rows = []
     inits = _inits(runs)
     full = [r for r in runs if r.fraction == 1.0]
@@ -124,13 +267,15 @@ def results_table(runs, iterations=1000, seed=0):
         levels = next(iter(by_init.values())).levels
         for level in levels:
             for metric in level.get("metrics", ["auc"]):
-                rows.append(level_row(task, backbone, level, metric, by_init, inits, iterations, seed))
+                row = level_row(task, backbone, level, metric, by_init, inits, iterations, seed, interval)
+                rows.append({**row, **thesis_match(thesis, row, by_init)})
             if any(r.scores["run"].nunique() > 1 for r in by_init.values()):
-                rows.append(ensemble_row(task, backbone, level, by_init, inits))
+                row = ensemble_row(task, backbone, level, by_init, inits)
+                rows.append({**row, **thesis_match(thesis, row, by_init)})
     return pd.DataFrame(rows)
 
 
-def _cell(row, init):
+def _cell(row, init, selections):
     value = row.get(init)
     if value is None or pd.isna(value):
         return "not run"
@@ -139,37 +284,88 @@ def _cell(row, init):
         text += f" [{row[f'{init}_ci_low']:.3f}, {row[f'{init}_ci_high']:.3f}]"
     if not pd.isna(row.get(f"{init}_sd", np.nan)):
         text += f" (sd {row[f'{init}_sd']:.3f}, {int(row[f'{init}_runs'])} runs)"
-    return text
+    return text + f" sel. {selections[row[f'{init}_selection']]}"
 
 
 def _test_cell(row, other):
-    key = f"{reference_of(other)}_vs_{other}_p"
-    if pd.isna(row.get(key, np.nan)):
+    key = f"{reference_of(other)}_vs_{other}"
+    if pd.isna(row.get(f"{key}_p", np.nan)):
         return "-"
-    return f"{row[f'{reference_of(other)}_vs_{other}_delta']:+.3f} (p = {row[key]:.3g})"
+    df = row.get(f"{key}_df", np.nan)
+    return (f"{row[f'{key}_delta']:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}] "
+            f"(p = {row[f'{key}_p']:.3g}" + (f", {df:.0f} df)" if not pd.isna(df) else ")"))
 
 
-def markdown_table(table, inits):
+def _clusters_cell(row):
+    """The clusters behind the row's numbers, flagged below the smallest size at which their rates were measured."""
+    if pd.isna(row.get("clusters", np.nan)):
+        return "-"
+    count, folds, unit = int(row["clusters"]), int(row["folds"]), row["unit"]
+    text = f"{count} {unit}s" + (f" in {folds} folds" if folds > 1 else "")
+    if row["metric"] == "auc" and count < VALIDATED_CLUSTERS:
+        text += f" (below {VALIDATED_CLUSTERS}: intervals and p-values not validated)"
+    return text
+
+
+def selection_keys(table, inits):
+    """{selection rule: its key in the table} in order of appearance: A, B, ..."""
+    keys = {}
+    for row in table.to_dict("records"):
+        for init in inits:
+            rule = row.get(f"{init}_selection")
+            if isinstance(rule, str) and rule not in keys:
+                keys[rule] = chr(ord("A") + len(keys))
+    return keys
+
+
+def markdown_table(table, inits, selections=None):
+    selections = selection_keys(table, inits) if selections is None else selections
     others = [i for i in inits if i != reference_of(i) and reference_of(i) in inits]
-    header = ["dataset", "backbone", "metric", *inits, *[f"{reference_of(o)} vs {o}" for o in others], "test"]
+    header = ["dataset", "backbone", "metric", *inits, *[f"{reference_of(o)} vs {o}" for o in others], "test",
+              "clusters", "thesis"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in table.to_dict("records"):
-        cells = [row["dataset"], row["backbone"], row["label"], *[_cell(row, i) for i in inits],
-                 *[_test_cell(row, o) for o in others], row.get("test") or "-"]
+        cells = [row["dataset"], row["backbone"], row["label"], *[_cell(row, i, selections) for i in inits],
+                 *[_test_cell(row, o) for o in others], row.get("test") or "-", _clusters_cell(row),
+                 row.get("thesis") or "-"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
 
-def label_efficiency(runs, iterations, seed):
+def spread_lines(table, inits):
+    """Per comparison with several runs (or folds as runs): each run's AUC difference and their spread."""
+    lines = []
+    for row in table.to_dict("records"):
+        for other in inits:
+            key = f"{reference_of(other)}_vs_{other}"
+            for what in ("run", "fold"):
+                values = row.get(f"{key}_per_{what}")
+                if isinstance(values, list) and values:
+                    spread = f", sd {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+                    lines.append(f"| {row['dataset']} | {row['backbone']} | {row['label']} | "
+                                 f"{reference_of(other)} vs {other} | {what} | "
+                                 f"{', '.join(f'{v:+.3f}' for v in values)} | {np.min(values):+.3f} to "
+                                 f"{np.max(values):+.3f}{spread} | {row[f'{key}_delta']:+.3f} |")
+    if not lines:
+        return []
+    return ["## Run-to-run spread", "",
+            "The AUC difference of each training run (runs of `--repeats` paired by their index), or of each fold "
+            "where each fold is one model, beside the difference the test is about. "
+            + SPREAD_SENTENCE, "",
+            "| dataset | backbone | metric | comparison | per | differences | range, spread | tested difference |",
+            "|" + " --- |" * 8, *lines, ""]
+
+
+def label_efficiency(runs, iterations, seed, interval=DEFAULT_INTERVAL):
     """Headline AUC with its interval for every run, for the label-efficiency figure."""
     rows = []
     for run in runs:
         level = run.levels[0]
         _, y, p, groups, strata = run.arrays(level["name"])
-        auc, low, high = bootstrap_auc(y, p, groups, iterations, seed, strata=strata)
+        auc, low, high, _ = _auc_interval(y, p, groups, strata, interval, iterations, seed, level.get("group", "group"))
         rows.append({"task": run.task, "backbone": run.backbone, "init": run.arm, "fraction": run.fraction,
                      "auc": auc, "ci_low": low, "ci_high": high, "level": level["name"],
-                     "label": level.get("description", level["name"])})
+                     "label": level.get("description", level["name"]), "selection": run.selection})
     return pd.DataFrame(rows)
 
 
@@ -193,23 +389,45 @@ def plot_label_efficiency(frame, inits, path):
     save_figure(path, figure, dpi=110)
 
 
-def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
+def _interval_text(interval, iterations):
+    if interval == "bootstrap":
+        return f"95% percentile bootstrap interval ({iterations} resamples of each level's groups within each fold)"
+    return ("95% interval from the cluster jackknife (each level's groups left out one at a time within each fold) "
+            "with a t reference on the folds' Satterthwaite degrees of freedom")
+
+
+def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL):
     """Writes report.md, results.csv and the figures into `out`; returns the results table."""
     out = Path(out)
     runs = [read_results(folder) for folder in run_dirs]
     inits = _inits(runs)
-    table = results_table(runs, iterations, seed)
-    write_csv(out / "results.csv", table)
+    thesis = load_thesis()
+    table = results_table(runs, iterations, seed, interval, thesis)
+    selections = selection_keys(table, inits)
+    write_csv(out / "results.csv", table.assign(notes=table["notes"].map("; ".join)) if len(table) else table)
     lines = ["# Results", ""] + ([note, ""] if note else [])
-    lines += markdown_table(table, inits)
-    lines += ["", f"Each number is the mean over training runs of the mean over folds; AUC with a 95% bootstrap "
-              f"interval ({iterations} resamples of each level's groups within each fold). The comparison columns "
-              f"give the AUC difference of {REFERENCE} against each initialisation on the same test cases (a linear "
-              f"probe against {REFERENCE}'s probe: the encoder frozen, a logistic regression on its pooled features), "
-              "and the "
-              "two-sided p-value of the test named in the last column: DeLong's where the cases are independent, "
-              "its clustered form (Obuchowski 1997) where several cases share a group (a scan's candidates, a "
-              "patient's images).", ""]
+    lines += markdown_table(table, inits, selections)
+    lines += ["", f"Each number is the mean over training runs of the mean over folds; AUC with a "
+              f"{_interval_text(interval, iterations)}. The comparison columns give the AUC difference of "
+              f"{REFERENCE} against each initialisation on the same test cases (a linear probe against {REFERENCE}'s "
+              "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
+              "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
+              "group (a scan's candidates, a patient's images) are not independent: the test takes its variance "
+              "over groups (the cluster jackknife; every case its own group where each is one) and a t reference "
+              "with the degrees of freedom their number allows, so that with few groups it is not too sure of "
+              f"itself. `clusters` gives the groups behind each row's numbers; below {VALIDATED_CLUSTERS} (the "
+              "fewest at which tools/simulate_statistics.py measured a false-positive rate <= 0.07 and a coverage "
+              ">= 0.90) the row is flagged. " + SPREAD_SENTENCE, ""]
+    lines += ["How each number's model was chosen (`sel.` beside it, from each run's metrics.json):", ""]
+    lines += [f"- sel. {key}: {rule}" for rule, key in selections.items()]
+    lines += [f"- sel. T (the `thesis` column): {thesis['selection'].strip()}; so the thesis's numbers are "
+              "optimistic beside a run that chose on held-out training data.", ""]
+    notes = [f"- {row['dataset']} {row['backbone']} {row['level']}: {n}" for row in table.to_dict("records")
+             if row["metric"] == "auc" for n in row["notes"]]
+    if notes:
+        lines += ["Folds left out of a test or an interval:", "", *notes, ""]
+    lines += thesis_fold_lines(table, runs, thesis)
+    lines += spread_lines(table, inits)
     full = [r for r in runs if r.fraction == 1.0]
     for (task, backbone) in sorted({(r.task, r.backbone) for r in full}):
         group = [r for r in full if (r.task, r.backbone) == (task, backbone)]
@@ -217,19 +435,22 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None):
         curves = {}
         for run in group:
             rows = run.level(level["name"])
-            curves[run.arm] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])]
+            curves[run.arm] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])
+                               if part["label"].nunique() == 2]
         name = f"roc_{task}_{backbone}.png"
         plot_mean_roc(curves, out / name, title=f"{task} {backbone}: ROC of the {level['name']}s")
         lines += [f"![ROC {task} {backbone}]({name})", ""]
     if len({r.fraction for r in runs}) > 1:
-        frame = label_efficiency(runs, iterations, seed)
+        frame = label_efficiency(runs, iterations, seed, interval)
         write_csv(out / "label_efficiency.csv", frame)
         plot_label_efficiency(frame, inits, out / "label_efficiency.png")
         lines += ["## Label efficiency", "", "Headline AUC against the share of training labels used "
-                  "(`--train-fraction`), with 95% bootstrap intervals: where the intervals overlap, the curve's "
-                  "ups and downs may be noise.", "", "![label efficiency](label_efficiency.png)", ""]
+                  f"(`--train-fraction`), with its {_interval_text(interval, iterations)}: where the intervals "
+                  "overlap, the curve's ups and downs may be noise.", "", "![label efficiency](label_efficiency.png)",
+                  ""]
     lines += ["## Runs", ""] + [f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
-                                  f"labels, {r.scores['run'].nunique()} run(s)" for r in runs]
+                                  f"labels, {r.scores['run'].nunique()} run(s), model chosen by: {r.selection}"
+                                  for r in runs]
     galleries = [(r, path) for r in runs if r.fraction == 1.0 for path in sorted(Path(r.folder).glob("**/saliency.png"))]
     if galleries:
         lines += ["", "## Where the classifiers look", "",
@@ -246,7 +467,11 @@ def parse_args(argv=None):
     parser.add_argument("runs", nargs="+", help="finished downstream run folders (each with metrics.json and "
                         "test_scores.csv).")
     parser.add_argument("--out", required=True, help="folder for report.md, results.csv and figures.")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples. Default: 1000.")
+    parser.add_argument("--interval", choices=INTERVALS, default=DEFAULT_INTERVAL,
+                        help="how each AUC's 95%% interval is made: the cluster jackknife with a t reference, or the "
+                        f"percentile bootstrap of clusters (too narrow with few clusters). Default: {DEFAULT_INTERVAL}.")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (--interval bootstrap). "
+                        "Default: 1000.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
@@ -255,7 +480,7 @@ def parse_args(argv=None):
 
 
 def run(args):
-    build_report(args.runs, args.out, args.bootstrap, args.seed)
+    build_report(args.runs, args.out, args.bootstrap, args.seed, interval=args.interval)
     print(f"report: {Path(args.out) / 'report.md'}")
 
 

@@ -13,20 +13,23 @@ LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patie
           {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]}]
 
 
-def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=None):
-    """A results contract written by hand for a made-up task, 'retina': eyes nested in patients, two folds."""
+def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=None, levels=LEVELS, **extra):
+    """A results contract written by hand for a made-up task, 'retina': eyes nested in patients, two folds.
+
+    `levels` with one level writes only the first; `extra` adds to metrics.json (task, backbone, selection...).
+    """
     folder.mkdir(parents=True)
     rows = []
     for run, probability in enumerate(runs, start=1):
         for i, (y, p, patient, fold) in enumerate(zip(truth, probability, patients, folds)):
             rows.append(("eye", f"eye{i}", y, p, f"pt{patient}", fold, run))
         frame = pd.DataFrame({"y": truth, "p": probability, "patient": patients, "fold": folds})
-        for patient, part in frame.groupby("patient"):
+        for patient, part in (frame.groupby("patient") if len(levels) > 1 else ()):
             rows.append(("patient", f"pt{patient}", int(part["y"].max()), part["p"].mean(), f"pt{patient}",
                          part["fold"].iloc[0], run))
     pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(folder / "test_scores.csv", index=False)
-    metrics = {"task": "retina", "backbone": "vgg16", "init": init, "train_fraction": fraction, "levels": LEVELS}
-    (folder / "metrics.json").write_text(json.dumps({**metrics, **({"method": method} if method else {})}))
+    metrics = {"task": "retina", "backbone": "vgg16", "init": init, "train_fraction": fraction, "levels": levels}
+    (folder / "metrics.json").write_text(json.dumps({**metrics, **({"method": method} if method else {}), **extra}))
     return folder
 
 
@@ -61,12 +64,17 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     # Eyes of one patient are not independent: the test clusters them.
     expected = paired_auc_test(truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds)
     assert auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
-    assert auc["test"] == "clustered DeLong (Obuchowski 1997), clusters: patients, folds combined"
+    assert auc["test"] == "cluster jackknife, t reference, clusters: patients, folds combined"
+    assert auc["genesis_vs_scratch_df"] == pytest.approx(expected["df"])
+    # The difference's 95% interval is the test's, and holds the difference.
+    assert (auc["genesis_vs_scratch_ci_low"], auc["genesis_vs_scratch_ci_high"]) == pytest.approx(
+        (expected["ci_low"], expected["ci_high"]))
+    assert expected["ci_low"] < auc["genesis_vs_scratch_delta"] < expected["ci_high"]
     accuracy = table[(table["level"] == "eye") & (table["metric"] == "accuracy")].iloc[0]
     assert accuracy["scratch"] == pytest.approx(np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5)
                                                          for f in (1, 2)]))
     # Patients are one per row at their level: plain DeLong there.
-    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"].startswith("DeLong")
+    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"].startswith("jackknife")
     ensemble = table[table["metric"] == "auc_ensemble"]
     assert len(ensemble) == 2 and "ensemble" in ensemble.iloc[0]["label"]
     text = (tmp_path / "report" / "report.md").read_text()

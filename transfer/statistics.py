@@ -212,12 +212,15 @@ def _reference_quantiles(estimate, variance, df, reference, level):
     return float(statistic), float(2 * distribution.sf(abs(statistic))), (estimate - half, estimate + half)
 
 
-def _test_name(variance, reference, clustered, df):
+def _test_name(variance, reference, clustered, df=None):
+    """E.g. "cluster jackknife, t with 14 df"; without df, "cluster jackknife, t reference"."""
     if variance == "delong":
         name = "clustered DeLong (Obuchowski 1997)" if clustered else "DeLong"
     else:
         name = "cluster jackknife" if clustered else "jackknife"
-    return name + (f", t with {df:.0f} df" if reference == "t" else "")
+    if reference == "normal":
+        return name
+    return name + (", t reference" if df is None else f", t with {df:.0f} df")
 
 
 def _check_methods(variance, reference):
@@ -253,8 +256,8 @@ def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAU
     Returns:
         dict with auc_a, auc_b and difference (a - b, over the folds tested), z (the
         statistic, positive when a is better), the two-sided p_value, ci_low and ci_high of
-        the difference, variance, df, clusters (the count behind the test), folds, notes
-        and `test` (its name). Without a testable fold, p_value and the interval are NaN.
+        the difference, variance, df, clusters (the count behind the test), folds, notes,
+        `test` (its name, with the df) and `method` (its name without them). Without a testable fold, p_value and the interval are NaN.
 
     Example:
         >>> y = np.array([0, 1] * 20); rng = np.random.default_rng(0)
@@ -281,7 +284,8 @@ def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAU
             variances.append(_jackknife_variance(out_a - out_b))
         aucs.append((auc_a, auc_b))
         counts.append(count)
-    result = {"folds": len(usable), "clusters": int(sum(counts)), "notes": notes}
+    result = {"folds": len(usable), "clusters": int(sum(counts)), "notes": notes,
+              "method": _test_name(variance, reference, clustered)}
     if not usable:
         return {**result, "auc_a": np.nan, "auc_b": np.nan, "difference": np.nan, "z": np.nan, "p_value": np.nan,
                 "ci_low": np.nan, "ci_high": np.nan, "variance": np.nan, "df": np.nan,
