@@ -4,15 +4,18 @@
 
 Reads only the results contract of each run folder (`transfer.results`), so any
 task that writes it appears here. For every task, backbone and level (the first
-level the thesis's metric): each initialisation's AUC with a 95% interval from
-resampling the level's groups (scans, patients) within folds; the runs of
-`--repeats` averaged as the thesis did (and their ensemble only as an extra,
-labelled row); the other metrics the level asks for (accuracy, kappa); and paired
-tests of genesis against every other initialisation on the same cases: DeLong's
-test where cases are independent, its clustered form (Obuchowski 1997) where
-several share a group. Adds ROC overlays and, for runs at several
-`--train-fraction` values, AUC with its interval against the share of labels.
-Writes `report.md` and `results.csv`.
+level the thesis's metric): each initialisation's AUC with a 95% interval (the
+cluster jackknife over the level's groups, scans or patients, within folds, with a
+t reference); the runs of `--repeats` averaged as the thesis did (and their ensemble
+only as an extra, labelled row); the other metrics the level asks for (accuracy,
+kappa); genesis against every other initialisation on the same cases: the AUC
+difference with its 95% interval and p-value, the number of groups behind it
+(flagged below the size the simulation validated), and each run's difference with
+their spread; beside every number the rule that chose its model (metrics.json's
+`selection`), and the thesis's value (`study/thesis_results.yaml`, Fig. 5.1 and the
+per-fold tables) with the difference wherever a run matches a thesis cell. Adds
+ROC overlays and, for runs at several `--train-fraction` values, AUC with its
+interval against the share of labels. Writes `report.md` and `results.csv`.
 """
 
 import os
@@ -350,8 +353,8 @@ def spread_lines(table, inits):
         return []
     return ["## Run-to-run spread", "",
             "The AUC difference of each training run (runs of `--repeats` paired by their index), or of each fold "
-            "where each fold is one model, beside the difference the test is about. "
-            + SPREAD_SENTENCE, "",
+            "where each fold is one model, beside the difference the test is about: the p-values do not cover "
+            "this spread (above).", "",
             "| dataset | backbone | metric | comparison | per | differences | range, spread | tested difference |",
             "|" + " --- |" * 8, *lines, ""]
 

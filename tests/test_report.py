@@ -22,7 +22,7 @@ def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=N
     rows = []
     for run, probability in enumerate(runs, start=1):
         for i, (y, p, patient, fold) in enumerate(zip(truth, probability, patients, folds)):
-            rows.append(("eye", f"eye{i}", y, p, f"pt{patient}", fold, run))
+            rows.append((levels[0]["name"], f"eye{i}", y, p, f"pt{patient}", fold, run))
         frame = pd.DataFrame({"y": truth, "p": probability, "patient": patients, "fold": folds})
         for patient, part in (frame.groupby("patient") if len(levels) > 1 else ()):
             rows.append(("patient", f"pt{patient}", int(part["y"].max()), part["p"].mean(), f"pt{patient}",
@@ -129,3 +129,123 @@ def test_report_links_every_runs_saliency_gallery(retina, tmp_path):
     build_report(runs, tmp_path / "report", iterations=10)
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Where the classifiers look" in text and "- retina vgg16 scratch: [fold1](../scratch/fold1/saliency.png)" in text
+
+
+LUNA16_LEVELS = [{"name": "candidate", "description": "candidates", "group": "scan", "metrics": ["auc"]}]
+MURA_LEVELS = [{"name": "image", "description": "images of valid", "group": "patient", "metrics": ["auc"]}]
+
+
+def _scans(rng, scans=30, folds=5):
+    """Candidates nested in scans nested in five folds: (truth, scans, folds)."""
+    scan = np.repeat(np.arange(scans), 8)
+    truth = (rng.random(len(scan)) < 0.3).astype(int)
+    return truth, scan, scan % folds + 1
+
+
+def test_thesis_cells_sit_beside_the_runs_that_match_them_with_the_difference(tmp_path):
+    from study.report import load_thesis
+
+    rng = np.random.default_rng(4)
+    truth, scans, folds = _scans(rng)
+    scores = {init: truth * weight + rng.random(len(truth)) for init, weight in (("scratch", 0.5), ("genesis", 1.5))}
+    rule = "best validation AUC on 10% of training scans held out"
+    runs = [_contract(tmp_path / init, init, [p], truth, scans, folds, levels=LUNA16_LEVELS, task="luna16",
+                      selection=rule) for init, p in scores.items()]
+    runs += [_contract(tmp_path / f"mura_{init}", init, [truth * 0.8 + rng.random(len(truth))], truth, scans,
+                       np.zeros(len(truth), int), levels=MURA_LEVELS, task="mura", backbone="resnet50",
+                       body_parts=parts)
+             for init, parts in (("genesis", ["XR_SHOULDER"]), ("scratch", ["XR_HAND"]))]
+    table = build_report(runs, tmp_path / "report")
+    cells = {(c["task"], c["backbone"], c["init"]): c for c in load_thesis()["cells"]}
+    luna = table[(table["dataset"] == "luna16") & (table["metric"] == "auc")].iloc[0]
+    ours = {init: np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in range(1, 6)])
+            for init, p in scores.items()}
+    assert luna["thesis_scratch"] == cells[("luna16", "vgg16", "scratch")]["auc"] == 0.98172  # Fig. 5.1.
+    assert luna["thesis_genesis"] == 0.98672
+    for init in scores:
+        theirs = cells[("luna16", "vgg16", init)]["auc"]
+        assert f"{init} {theirs:.5g} (Fig. 5.1" in luna["thesis"] and f"ours {ours[init] - theirs:+.3f}" in luna["thesis"]
+    # MURA: the thesis's cells are the shoulder's; a hand run does not match, and the column says why.
+    mura = table[(table["dataset"] == "mura") & (table["metric"] == "auc")].iloc[0]
+    assert mura["thesis_genesis"] == 0.7791 and pd.isna(mura.get("thesis_scratch", np.nan))
+    text = (tmp_path / "report" / "report.md").read_text()
+    # Per fold, Fig. 4.12's subsets 0-1 .. 8-9 beside ours.
+    fold1 = roc_auc_score(truth[folds == 1], scores["scratch"][folds == 1])
+    assert f"| luna16 | vgg16 | scratch | 1 (subsets 0-1; ours: 1) | 0.9802 (Fig. 4.12) | {fold1:.4f} |" in text
+    # The selection rule beside every number, and the thesis's (chosen on its test data) beside its column.
+    assert f"- sel. A: {rule}" in text and "- sel. B: not recorded" in text
+    assert "sel. T (the `thesis` column): chosen on the test data" in text and "4.2.4.4" in text
+    row = next(line for line in text.splitlines() if line.startswith("| luna16 | vgg16 | AUC"))
+    assert row.count("sel. A") == 2 and row.endswith("sel. T |")
+
+
+def test_without_a_matching_cell_the_thesis_column_says_why(retina, tmp_path):
+    runs, *_ = retina
+    table = build_report(runs, tmp_path / "report", iterations=10)
+    assert set(table.loc[table["metric"] == "auc", "thesis"]) == {"the thesis has no retina results"}
+    rng = np.random.default_rng(0)
+    truth, scans, folds = _scans(rng)
+    demo = [_contract(tmp_path / "demo" / i, i, [truth + rng.random(len(truth))], truth, scans, folds, levels=LUNA16_LEVELS,
+                      task="luna16", backbone="resnet18") for i in ("scratch", "genesis")]
+    table = build_report(demo, tmp_path / "demo_report", iterations=10)
+    assert table.iloc[0]["thesis"] == "none: the thesis's luna16 runs used resnet50 and vgg16, not resnet18"
+
+
+def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each_get_a_line(tmp_path):
+    rng = np.random.default_rng(6)
+    truth, scans, folds = _scans(rng, scans=15, folds=3)
+    truth[(folds == 2) & (scans != 1)] = 0  # Fold 2: every positive in scan 1.
+    truth[(folds == 3)] = 0
+    truth[np.flatnonzero(folds == 3)[0]] = 1  # Fold 3: one positive.
+    runs = [_contract(tmp_path / i, i, [truth * w + rng.random(len(truth))], truth, scans, folds,
+                      levels=LUNA16_LEVELS, task="luna16") for i, w in (("scratch", 0.3), ("genesis", 1.0))]
+    table = build_report(runs, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("- luna16 vgg16 candidate: genesis vs scratch")]
+    assert len(lines) == 2 and "fold 2: all" in lines[0] and "positives in one scan" in lines[0]
+    assert "fold 3: all 1 positives in one scan" in lines[1]
+    row = table.iloc[0]
+    assert row["genesis_vs_scratch_clusters"] == 5  # Only fold 1's five scans are behind the test.
+    assert "15 scans in 3 folds (below 20: intervals and p-values not validated)" in text
+
+
+@pytest.mark.parametrize("case, message", [
+    ("metrics_list", "holds a list, not a mapping"),
+    ("levels_text", "levels that are not a list"),
+    ("fraction_text", "train_fraction 'all'"),
+    ("label_two", "labels are 0 or 1"),
+    ("probability_text", "probability 'high' is not a finite number"),
+    ("empty_scores", "cannot be read as a CSV table"),
+    ("latin1_scores", "cannot be read as a CSV table"),
+    ("level_without_rows", "has no rows of the patient level"),
+    ("selection_number", "has selection 3"),
+])
+def test_malformed_results_end_in_one_line(retina, tmp_path, capsys, case, message):
+    runs, *_ = retina
+    folder = runs[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    scores = pd.read_csv(folder / "test_scores.csv")
+    if case == "metrics_list":
+        (folder / "metrics.json").write_text("[1, 2]")
+    elif case in ("levels_text", "fraction_text", "selection_number"):
+        key, value = {"levels_text": ("levels", "eye"), "fraction_text": ("train_fraction", "all"),
+                      "selection_number": ("selection", 3)}[case]
+        (folder / "metrics.json").write_text(json.dumps({**metrics, key: value}))
+    elif case == "label_two":
+        scores.loc[3, "label"] = 2
+        scores.to_csv(folder / "test_scores.csv", index=False)
+    elif case == "probability_text":
+        scores["probability"] = scores["probability"].astype(object)
+        scores.loc[5, "probability"] = "high"
+        scores.to_csv(folder / "test_scores.csv", index=False)
+    elif case == "empty_scores":
+        (folder / "test_scores.csv").write_text("")
+    elif case == "latin1_scores":
+        (folder / "test_scores.csv").write_bytes("level,key\n\xe9t\xe9,\xff\n".encode("latin-1"))
+    elif case == "level_without_rows":
+        scores[scores["level"] != "patient"].to_csv(folder / "test_scores.csv", index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(folder), str(runs[1]), "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), lines

@@ -53,6 +53,7 @@ DESIGNS = (
     Design("demo, models differ more by scan", folds=5, clusters=20, positives=1.0, model_cluster_sd=1.2),
     Design("5 folds x 8 scans", folds=5, clusters=40, positive_share=0.8),
     Design("40 patients, no folds", folds=1, clusters=40, positive_share=0.6, positives=1.0, negatives=3.0),
+    Design("20 patients, no folds", folds=1, clusters=20, positive_share=0.6, positives=1.0, negatives=3.0),
     Design("LUNA16: 5 folds, 888 scans", folds=5, clusters=888, positive_share=0.67, positives=1.0, negatives=12.0),
 )
 # Standard deviations: the cluster effect both models see, the case effect both see and each model's own noise
