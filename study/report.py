@@ -438,8 +438,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
         curves = {}
         for run in group:
             rows = run.level(level["name"])
-            curves[run.arm] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])
-                               if part["label"].nunique() == 2]
+            curves[run.arm] = [(part["label"], part["probability"]) for _, part in rows.groupby(["stratum", "run"])]
         name = f"roc_{task}_{backbone}.png"
         plot_mean_roc(curves, out / name, title=f"{task} {backbone}: ROC of the {level['name']}s")
         lines += [f"![ROC {task} {backbone}]({name})", ""]

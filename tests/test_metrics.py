@@ -76,6 +76,9 @@ def test_stratified_auc_is_the_mean_of_fold_aucs():
     strata = np.repeat([1, 2], 60)
     expected = np.mean([roc_auc_score(y[:60], p[:60]), roc_auc_score(y[60:], p[60:])])
     assert stratified_auc(y, p, strata) == pytest.approx(expected)
+    # A fold of negatives only has no AUC: left out of the mean, not a crash.
+    alone = np.concatenate([strata, [3, 3]])
+    assert stratified_auc(np.concatenate([y, [0, 0]]), np.concatenate([p, [0.1, 0.9]]), alone) == pytest.approx(expected)
     auc, low, high = bootstrap_auc(y, p, np.arange(120) // 4, iterations=200, strata=strata)
     assert auc == pytest.approx(expected) and low < auc < high
 

@@ -33,7 +33,8 @@ def plot_mean_roc(curves, path, title="ROC, mean over folds"):
     """One ROC per entry, averaged vertically over its folds: {label: [(y_true, probability) per fold]}.
 
     Each fold has its own model, so its scores are not pooled with the others'; the legend
-    gives the mean of the per-fold AUCs.
+    gives the mean of the per-fold AUCs. A fold without both classes has no ROC and is left
+    out (the legend counts the folds drawn).
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -41,6 +42,9 @@ def plot_mean_roc(curves, path, title="ROC, mean over folds"):
     grid = np.linspace(0, 1, 201)
     figure, axis = plt.subplots(figsize=(5, 5))
     for label, folds in curves.items():
+        folds = [(y, p) for y, p in folds if len(np.unique(y)) == 2]
+        if not folds:
+            continue
         tprs = [np.interp(grid, *roc_curve(y, p)[:2]) for y, p in folds]
         auc = np.mean([roc_auc_score(y, p) for y, p in folds])
         detail = f"mean AUC {auc:.3f}, {len(folds)} folds" if len(folds) > 1 else f"AUC {auc:.3f}"

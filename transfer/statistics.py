@@ -338,10 +338,7 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
         aucs.append(auc)
         variances.append(_jackknife_variance(leave_out))
         counts.append(count)
-    both = [s for s in np.unique(strata) if len(np.unique(y_true[strata == s])) == 2]
-    auc = stratified_auc(y_true[np.isin(strata, both)], runs[:, np.isin(strata, both)],
-                         strata[np.isin(strata, both)]) if both else np.nan
-    result = {"auc": auc, "ci_low": np.nan, "ci_high": np.nan, "df": np.nan, "clusters": int(sum(counts)),
+    result = {"auc": stratified_auc(y_true, runs, strata), "ci_low": np.nan, "ci_high": np.nan, "df": np.nan, "clusters": int(sum(counts)),
               "folds": len(usable), "notes": notes}
     if usable:
         df = _satterthwaite(variances, counts)
@@ -357,19 +354,25 @@ def _auc(y_true, scores):
 
     positive = y_true == 1
     m, n = int(positive.sum()), int(len(y_true) - positive.sum())
+    if m == 0 or n == 0:
+        return float("nan")
     return float((rankdata(scores)[positive].sum() - m * (m + 1) / 2) / (m * n))
 
 
 def stratified_auc(y_true, probability, strata=None):
     """Mean over strata (cross-validation folds) of the per-stratum AUC, averaged over runs.
 
+    A stratum without both classes has no AUC and is left out of the mean (NaN when none has both).
+
     Args:
         y_true: (N,) labels. probability: (N,) or (R, N). strata: (N,) or None.
     """
     y_true, runs = np.asarray(y_true).astype(int), _as_runs(probability)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
-    return float(np.mean([[_auc(y_true[strata == s], scores[strata == s]) for s in np.unique(strata)]
-                          for scores in runs]))
+    both = [s for s in np.unique(strata) if len(np.unique(y_true[strata == s])) == 2]
+    if not both:
+        return float("nan")
+    return float(np.mean([[_auc(y_true[strata == s], scores[strata == s]) for s in both] for scores in runs]))
 
 
 def stratified_metric(name, y_true, probability, strata=None, threshold=0.5):
