@@ -416,7 +416,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
               "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
               "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
               "group (a scan's candidates, a patient's images) are not independent: the test takes its variance "
-              "over groups (the cluster jackknife; every case its own group where each is one) and a t reference "
+              "over groups (Obuchowski 1997; DeLong 1988 where each case is its own group) and a t reference "
               "with the degrees of freedom their number allows, so that with few groups it is not too sure of "
               f"itself. `clusters` gives the groups behind each row's numbers; below {VALIDATED_CLUSTERS} (the "
               "fewest at which tools/simulate_statistics.py measured a false-positive rate <= 0.07 and a coverage "

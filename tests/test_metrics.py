@@ -148,6 +148,20 @@ def test_clustered_test_matches_obuchowski_by_hand():
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs((auc_a - auc_b) / np.sqrt(variance))))
     half = norm.ppf(0.975) * np.sqrt(variance)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((auc_a - auc_b - half, auc_a - auc_b + half))
+    # The default: the same variance per fold, summed over folds, against t with the Satterthwaite df of the
+    # folds' cluster counts (Satterthwaite 1946).
+    from scipy.stats import t
+
+    folds = groups % 2
+    parts = [obuchowski_by_hand(y[folds == f], a[folds == f], b[folds == f], groups[folds == f]) for f in (0, 1)]
+    variances = np.array([v for _, _, v in parts])
+    counts = np.array([len(set(groups[folds == f])) for f in (0, 1)])
+    df = variances.sum() ** 2 / np.sum(variances**2 / (counts - 1))
+    difference = np.mean([pa - pb for pa, pb, _ in parts])
+    default = paired_auc_test(y, a, b, clusters=groups, strata=folds)
+    assert default["test"] == f"clustered DeLong (Obuchowski 1997), t with {df:.0f} df"
+    assert default["df"] == pytest.approx(df) and default["variance"] == pytest.approx(variances.sum() / 4)
+    assert default["p_value"] == pytest.approx(2 * t.sf(abs(difference) / np.sqrt(variances.sum() / 4), df))
     # Every case its own cluster: Obuchowski's variance is DeLong's exactly.
     singletons = paired_auc_test(y, a, b, clusters=np.arange(len(y)), variance="delong", reference="normal")
     assert singletons["test"] == "DeLong" and singletons["z"] == pytest.approx(delong_direct(y, a, b)[2])
@@ -180,7 +194,7 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     y, a, b, groups = _clustered_case(seed=3, clusters=24)
     folds = groups % 3
     b = np.exp(b)  # Another scale: the AUC cannot tell, nor may the test.
-    result = paired_auc_test(y, a, b, clusters=groups, strata=folds)
+    result = paired_auc_test(y, a, b, clusters=groups, strata=folds, variance="jackknife")
     difference, variance, df, p_value = jackknife_by_hand(y, a, b, groups, folds)
     assert result["difference"] == pytest.approx(difference)
     assert result["variance"] == pytest.approx(variance, rel=1e-10) and result["df"] == pytest.approx(df)

@@ -64,7 +64,7 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     # Eyes of one patient are not independent: the test clusters them.
     expected = paired_auc_test(truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds)
     assert auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
-    assert auc["test"] == "cluster jackknife, t reference, clusters: patients, folds combined"
+    assert auc["test"] == "clustered DeLong (Obuchowski 1997), t reference, clusters: patients, folds combined"
     assert auc["genesis_vs_scratch_df"] == pytest.approx(expected["df"])
     # The difference's 95% interval is the test's, and holds the difference.
     assert (auc["genesis_vs_scratch_ci_low"], auc["genesis_vs_scratch_ci_high"]) == pytest.approx(
@@ -74,7 +74,8 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     assert accuracy["scratch"] == pytest.approx(np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5)
                                                          for f in (1, 2)]))
     # Patients are one per row at their level: plain DeLong there.
-    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"].startswith("jackknife")
+    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"] == \
+        "DeLong, t reference, folds combined"
     ensemble = table[table["metric"] == "auc_ensemble"]
     assert len(ensemble) == 2 and "ensemble" in ensemble.iloc[0]["label"]
     text = (tmp_path / "report" / "report.md").read_text()
