@@ -207,7 +207,9 @@ def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each
     assert "fold 3: all 1 positives in one scan" in lines[1]
     row = table.iloc[0]
     assert row["genesis_vs_scratch_clusters"] == 5  # Only fold 1's five scans are behind the test.
-    assert "15 scans in 3 folds (below 20: intervals and p-values not validated)" in text
+    positive = sum(len(set(scans[(folds == f) & (truth == 1)])) for f in (1, 2, 3))
+    assert f"15 scans ({positive} with a positive, 15 with a negative) in 3 folds; below 20 on a side: " \
+        "intervals and p-values not validated" in text
 
 
 @pytest.mark.parametrize("case, message", [
