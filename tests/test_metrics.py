@@ -206,10 +206,16 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high))
     # The interval of one model's AUC is the same jackknife with b left out.
     interval = auc_interval(y, a, groups, folds)
-    auc, variance, df, _ = jackknife_by_hand(y, a, None, groups, folds)
-    low, high = auc + np.array([-1, 1]) * t.ppf(0.975, df) * np.sqrt(variance)
+    auc, variance, _, _ = jackknife_by_hand(y, a, None, groups, folds)
+    # Its df: each fold on the fewer of its clusters holding a positive or a negative, less one.
+    fold_variances = [jackknife_by_hand(y[folds == f], a[folds == f], None, groups[folds == f],
+                                        folds[folds == f])[1] for f in range(3)]
+    sides = [min(len(set(groups[(folds == f) & (y == k)])) for k in (0, 1)) for f in range(3)]
+    df = sum(fold_variances) ** 2 / sum(v**2 / (c - 1) for v, c in zip(fold_variances, sides))
+    logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, df) * np.sqrt(variance) / (auc * (1 - auc))
+    low, high = 1 / (1 + np.exp(-(logit - half))), 1 / (1 + np.exp(-(logit + half)))
     assert interval["auc"] == pytest.approx(auc) and interval["df"] == pytest.approx(df)
-    assert (interval["ci_low"], interval["ci_high"]) == pytest.approx((low, min(high, 1.0)))
+    assert (interval["ci_low"], interval["ci_high"]) == pytest.approx((low, high))
     assert interval["clusters"] == 24 and interval["notes"] == []
 
 

@@ -186,8 +186,9 @@ def _fold_usable(y, clusters, name, unit):
     return None
 
 
-def _folds(y_true, runs, clusters, strata, unit):
-    """Per usable fold its rows and cluster count; and the lines naming the folds left out."""
+def _folds(y_true, clusters, strata, unit):
+    """Per usable fold its rows, its cluster count and the fewer of its clusters holding a positive or a negative;
+    and the lines naming the folds left out."""
     usable, notes = [], []
     for s in np.unique(strata):
         rows = strata == s
@@ -195,7 +196,8 @@ def _folds(y_true, runs, clusters, strata, unit):
         if note:
             notes.append(note)
         else:
-            usable.append((rows, len(np.unique(clusters[rows]))))
+            sides = min(len(np.unique(clusters[rows & (y_true == k)])) for k in (0, 1))
+            usable.append((rows, len(np.unique(clusters[rows])), sides))
     return usable, notes
 
 
@@ -277,9 +279,9 @@ def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAU
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
     clustered = clusters is not None and len(np.unique(clusters)) < len(y_true)
     clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
-    usable, notes = _folds(y_true, p_a, clusters, strata, unit)
+    usable, notes = _folds(y_true, clusters, strata, unit)
     aucs, variances, counts = [], [], []
-    for rows, count in usable:
+    for rows, count, _ in usable:
         y, c = y_true[rows], clusters[rows]
         if variance == "delong":
             auc_a, v10_a, v01_a = auc_components(y, p_a[:, rows])
@@ -318,35 +320,45 @@ def delong_test(y_true, p_a, p_b):
 
 
 def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, unit="cluster"):
-    """The AUC (mean over runs of the mean over folds) with an interval from the cluster jackknife and a t reference.
+    """The AUC (mean over runs of the mean over folds) with an interval from the cluster jackknife.
 
-    The same machinery as `paired_auc_test`'s default, for one model: each fold's variance
-    is the jackknife over its clusters, the folds' variances are summed (divided by K**2), and
-    the interval is AUC +- t(df) se with the Satterthwaite df of the folds' cluster counts,
-    clipped to [0, 1]. It kept its coverage at 20 clusters where the percentile bootstrap
-    of whole clusters did not (tools/simulate_statistics.py).
+    Each fold's variance is the jackknife over its clusters; the folds' variances are summed
+    (divided by K**2); the interval is taken on the logit of the AUC, logit(auc) +- t(df) se /
+    (auc (1 - auc)), and mapped back, so that it stays inside (0, 1) and is skewed as an AUC
+    near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each on the fewer
+    of its clusters that hold a positive or a negative, less one. In tools/simulate_statistics.py
+    it kept coverage >= 0.90 at 20 clusters where the percentile bootstrap of clusters did not.
+    An AUC of exactly 0 or 1 has no logit: its interval is the plain t interval.
 
     Returns:
         dict with auc (over every fold with both classes), ci_low, ci_high, df, clusters,
         folds and notes (folds left out of the interval, and why).
     """
+    from scipy.stats import t
+
     y_true, runs = np.asarray(y_true).astype(int), _as_runs(probability)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
     clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
-    usable, notes = _folds(y_true, runs, clusters, strata, unit)
-    aucs, variances, counts = [], [], []
-    for rows, count in usable:
+    usable, notes = _folds(y_true, clusters, strata, unit)
+    aucs, variances, counts, sides = [], [], [], []
+    for rows, count, side in usable:
         auc, leave_out = _fold_jackknife(y_true[rows], runs[:, rows], clusters[rows])
         aucs.append(auc)
         variances.append(_jackknife_variance(leave_out))
         counts.append(count)
-    result = {"auc": stratified_auc(y_true, runs, strata), "ci_low": np.nan, "ci_high": np.nan, "df": np.nan, "clusters": int(sum(counts)),
-              "folds": len(usable), "notes": notes}
+        sides.append(side)
+    result = {"auc": stratified_auc(y_true, runs, strata), "ci_low": np.nan, "ci_high": np.nan, "df": np.nan,
+              "clusters": int(sum(counts)), "folds": len(usable), "notes": notes}
     if usable:
-        df = _satterthwaite(variances, counts)
-        center = float(np.mean(aucs))
-        _, _, (low, high) = _reference_quantiles(center, sum(variances) / len(usable) ** 2, df, "t", level)
-        result.update({"ci_low": float(max(low, 0.0)), "ci_high": float(min(high, 1.0)), "df": df})
+        df = _satterthwaite(variances, sides)
+        center, se = float(np.mean(aucs)), float(np.sqrt(sum(variances))) / len(usable)
+        half = t.ppf((1 + level) / 2, df) * se
+        if 0 < center < 1:
+            logit, spread = np.log(center / (1 - center)), half / (center * (1 - center))
+            low, high = (1 / (1 + np.exp(-(logit + sign * spread))) for sign in (-1, 1))
+        else:
+            low, high = max(center - half, 0.0), min(center + half, 1.0)
+        result.update({"ci_low": float(low), "ci_high": float(high), "df": df})
     return result
 
 
