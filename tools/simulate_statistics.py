@@ -88,7 +88,7 @@ def measure(design, datasets, seed, bootstrap=200):
     """{method: (rate, standard error)}: false-positive rates of the tests, coverage of the intervals."""
     rng = np.random.default_rng(seed)
     rejections = {t: 0 for t in TESTS}
-    covered = {"jackknife t interval": 0, "percentile bootstrap": 0}
+    covered = {"jackknife logit-t interval": 0, "percentile bootstrap": 0}
     for i in range(datasets):
         y, a, b, clusters, folds = simulate(design, rng)
         for variance in dict(TESTS):  # One fit per variance; the normal reference's p-value from the same z.
@@ -96,7 +96,7 @@ def measure(design, datasets, seed, bootstrap=200):
             rejections[(variance, "t")] += result["p_value"] < ALPHA
             rejections[(variance, "normal")] += 2 * norm.sf(abs(result["z"])) < ALPHA
         interval = auc_interval(y, a, clusters, folds)
-        covered["jackknife t interval"] += interval["ci_low"] <= TRUE_AUC <= interval["ci_high"]
+        covered["jackknife logit-t interval"] += interval["ci_low"] <= TRUE_AUC <= interval["ci_high"]
         if bootstrap:
             _, low, high = bootstrap_auc(y, a, clusters, bootstrap, seed=i, strata=folds)
             covered["percentile bootstrap"] += low <= TRUE_AUC <= high
