@@ -40,8 +40,9 @@ PROBE = " probe"  # A linear probe's column is its init followed by this (`Resul
 def reference_of(arm):
     """The column an arm is tested against: genesis fine-tuned, or genesis's probe for a probe."""
     return REFERENCE + PROBE if arm.endswith(PROBE) else REFERENCE
-# The interval of each AUC: the cluster jackknife with a t reference, which kept 95% intervals' coverage >= 0.90
-# at 20 clusters in tools/simulate_statistics.py where the percentile bootstrap of clusters fell to 0.83.
+# The interval of each AUC: the cluster jackknife on the logit scale with a t reference, which kept 95% intervals'
+# coverage >= 0.90 at 20 clusters in tools/simulate_statistics.py where the percentile bootstrap of clusters fell
+# to 0.80-0.83.
 INTERVALS = ("jackknife", "bootstrap")
 DEFAULT_INTERVAL = "jackknife"
 # The fewest clusters holding a positive (and a negative) at which tools/simulate_statistics.py measured the test's
@@ -405,8 +406,8 @@ def plot_label_efficiency(frame, inits, path):
 def _interval_text(interval, iterations):
     if interval == "bootstrap":
         return f"95% percentile bootstrap interval ({iterations} resamples of each level's groups within each fold)"
-    return ("95% interval from the cluster jackknife (each level's groups left out one at a time within each fold) "
-            "with a t reference on the folds' Satterthwaite degrees of freedom")
+    return ("95% interval from the cluster jackknife (each level's groups left out one at a time within each fold), "
+            "taken on the logit of the AUC with a t reference on the folds' Satterthwaite degrees of freedom")
 
 
 def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL):
