@@ -179,9 +179,11 @@ def _fold_usable(y, clusters, name, unit):
         return f"fold {name}: {m} positive and {n} negative cases, no AUC; left out"
     i10, i01 = len(np.unique(clusters[y == 1])), len(np.unique(clusters[y == 0]))
     if i10 < 2 or i01 < 2:
-        side = "positives" if i10 < 2 else "negatives"
+        side = "positive" if i10 < 2 else "negative"
         count = m if i10 < 2 else n
-        return (f"fold {name}: all {count} {side} in one {unit}, so their spread between {unit}s cannot be "
+        if count == 1:
+            return f"fold {name}: one {side} case, too few to estimate a variance; left out"
+        return (f"fold {name}: all {count} {side}s in one {unit}, so their spread between {unit}s cannot be "
                 "estimated; left out")
     return None
 
