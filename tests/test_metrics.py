@@ -245,7 +245,8 @@ def test_runs_are_averaged_not_pooled():
 def test_folds_too_small_or_collapsed_are_left_out_with_a_line_each():
     y, a, b, groups = _clustered_case(seed=7, clusters=24)
     folds = groups % 3
-    keep = ~((folds == 1) & (y == 1) & (groups != 1))  # Fold 1: its positives all in scan 1.
+    y[np.flatnonzero(groups == 1)[:2]] = 1
+    keep = ~((folds == 1) & (y == 1) & (groups != 1))  # Fold 1: its positives, two or more, all in scan 1.
     keep &= ~((folds == 2) & (y == 1)) | (np.arange(len(y)) == np.flatnonzero((folds == 2) & (y == 1))[0])  # One.
     y, a, b, groups, folds = y[keep], a[keep], b[keep], groups[keep], folds[keep]
     for variance in ("jackknife", "delong"):
