@@ -208,8 +208,9 @@ def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each
     row = table.iloc[0]
     assert row["genesis_vs_scratch_clusters"] == 5  # Only fold 1's five scans are behind the test.
     positive = sum(len(set(scans[(folds == f) & (truth == 1)])) for f in (1, 2, 3))
-    assert f"15 scans ({positive} with a positive, 15 with a negative) in 3 folds; below 20 on a side: " \
-        "intervals and p-values not validated" in text
+    assert f"15 scans ({positive} with a positive, 15 with a negative) in 3 folds; fewer than 20, or 10 on a " \
+        "side: intervals and p-values not validated" in text
+    assert "patients in 2 folds; fewer" not in text
 
 
 @pytest.mark.parametrize("case, message", [

@@ -33,7 +33,7 @@ SIMULATION = _simulation()
 DESIGNS = {design.name: design for design in SIMULATION.DESIGNS}
 
 
-@pytest.mark.parametrize("name", ["demo: 5 folds x 4 scans", "40 patients, no folds"])
+@pytest.mark.parametrize("name", ["demo: 5 folds x 4 scans", "40 patients, no folds", "20 patients, no folds"])
 def test_false_positive_rate_and_coverage_hold_at_few_clusters(name):
     design = DESIGNS[name]
     rng = np.random.default_rng(20)
