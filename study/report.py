@@ -142,8 +142,12 @@ def thesis_match(thesis, row, by_init):
     texts = []
     for init, cell in found.items():
         ours = row.get(init)
-        texts.append(f"{init} {cell['auc']:.5g} ({cell['source'].split(';')[0]}), ours {ours - cell['auc']:+.3f}")
-    return {"thesis": "; ".join(texts) + " sel. T", **{f"thesis_{i}": c["auc"] for i, c in found.items()}}
+        texts.append(f"{init} {cell['auc']:.5g} ({cell['source'].split(';')[0].split(' (')[0]}), "
+                     f"ours {ours - cell['auc']:+.3f}")
+    notes = [f"{task} {backbone} {init}: {cell['source']}" + (f"; {cell['note']}" if cell.get("note") else "")
+             for init, cell in found.items()]
+    return {"thesis": "; ".join(texts) + " sel. T", "thesis_sources": notes,
+            **{f"thesis_{i}": c["auc"] for i, c in found.items()}}
 
 
 def thesis_fold_lines(table, runs, thesis):
@@ -420,7 +424,9 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     thesis = load_thesis()
     table = results_table(runs, iterations, seed, interval, thesis)
     selections = selection_keys(table, inits)
-    write_csv(out / "results.csv", table.assign(notes=table["notes"].map("; ".join)) if len(table) else table)
+    listed = {c: table[c].map(lambda v: "; ".join(v) if isinstance(v, list) else v)
+              for c in ("notes", "thesis_sources") if c in table}
+    write_csv(out / "results.csv", table.assign(**listed))
     lines = ["# Results", ""] + ([note, ""] if note else [])
     lines += markdown_table(table, inits, selections)
     lines += ["", f"Each number is the mean over training runs of the mean over folds; AUC with a "
@@ -439,6 +445,10 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     lines += [f"- sel. {key}: {rule}" for rule, key in selections.items()]
     lines += [f"- sel. T (the `thesis` column): {thesis['selection'].strip()}; so the thesis's numbers are "
               "optimistic beside a run that chose on held-out training data.", ""]
+    sources = [f"- {n}" for row in table.to_dict("records") if isinstance(row.get("thesis_sources"), list)
+               for n in row["thesis_sources"]]
+    if sources:
+        lines += [f"Where the `thesis` column's numbers come from (`{THESIS_FILE.name}`):", "", *sources, ""]
     notes = [f"- {row['dataset']} {row['backbone']} {row['level']}: {n}" for row in table.to_dict("records")
              if row["metric"] == "auc" for n in row["notes"]]
     if notes:

@@ -166,6 +166,8 @@ def test_thesis_cells_sit_beside_the_runs_that_match_them_with_the_difference(tm
     for init in scores:
         theirs = cells[("luna16", "vgg16", init)]["auc"]
         assert f"{init} {theirs:.5g} (Fig. 5.1" in luna["thesis"] and f"ours {ours[init] - theirs:+.3f}" in luna["thesis"]
+    assert "- luna16 vgg16 scratch: Fig. 5.1 (LUNA16 Vgg16 Scratch); Fig. 4.12 AVG; Fig. 4.19; the five folds of " \
+        "Fig. 4.12 average 0.97972" in (tmp_path / "report" / "report.md").read_text()
     # MURA: the thesis's cells are the shoulder's; a hand run does not match, and the column says why.
     mura = table[(table["dataset"] == "mura") & (table["metric"] == "auc")].iloc[0]
     assert mura["thesis_genesis"] == 0.7791 and pd.isna(mura.get("thesis_scratch", np.nan))
