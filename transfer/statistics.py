@@ -163,10 +163,10 @@ def _jackknife_variance(leave_out):
 
 # How a fold's variance is estimated: DeLong's components summed per cluster (Obuchowski 1997), or the cluster
 # jackknife; and the reference distribution of the statistic: normal, or t with the Satterthwaite degrees of
-# freedom of the folds' cluster counts. In tools/simulate_statistics.py (1,000 data sets per design; 900 at 888
-# scans) Obuchowski's variance with the t reference kept the false-positive rate at alpha 0.05 within [0.03, 0.07]
-# at 20, 40 and 888 clusters (0.031-0.043), where the normal reference reached 0.068-0.076 at 5 folds x 4 scans
-# and the jackknife with t fell to 0.026-0.029 (needlessly conservative).
+# freedom of the folds' cluster counts. In tools/simulate_statistics.py (1,000 data sets per design) Obuchowski's
+# variance with the t reference kept the false-positive rate at alpha 0.05 within [0.03, 0.07] at 20, 40 and 888
+# clusters (0.031-0.057), where the normal reference reached 0.068-0.076 at 5 folds x 4 scans and the jackknife
+# with t fell to 0.026-0.029 there (needlessly conservative).
 VARIANCES = ("delong", "jackknife")
 REFERENCES = ("t", "normal")
 DEFAULT_VARIANCE, DEFAULT_REFERENCE = "delong", "t"
@@ -329,7 +329,7 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
     (auc (1 - auc)), and mapped back, so that it stays inside (0, 1) and is skewed as an AUC
     near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each on the fewer
     of its clusters that hold a positive or a negative, less one. In tools/simulate_statistics.py
-    it covered 0.950-0.967 at 20 and 40 clusters and 0.940 at 888, where the percentile
+    it covered 0.950-0.967 at 20 and 40 clusters and 0.942 at 888, where the percentile
     bootstrap of clusters covered 0.85-0.89 at 20 and 40.
     An AUC of exactly 0 or 1 has no logit: its interval is the plain t interval.
 
