@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras import.
 from plumbing.cli import ArgumentParser
+from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STEP_RECORD = "study_step.json"  # Beside the pretraining outputs: the study settings that made them.
@@ -39,9 +40,10 @@ def build_parser():
     parser.add_argument("--repeats", type=int, default=2,
                         help="MURA runs per initialisation and fraction, averaged (the thesis trained 2). Default: 2.")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
-    parser.add_argument("--interval", default="jackknife", choices=("jackknife", "bootstrap"),
+    parser.add_argument("--interval", default=DEFAULT_INTERVAL, choices=INTERVALS,
                         help="the report's AUC intervals: the cluster jackknife on the logit scale (validated down to "
-                        "20 clusters by tools/simulate_statistics.py) or the percentile bootstrap. Default: jackknife.")
+                        f"20 clusters by tools/simulate_statistics.py) or the percentile bootstrap. Default: "
+                        f"{DEFAULT_INTERVAL}.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples, used with --interval "
                         "bootstrap only. Default: 1000.")
     parser.add_argument("--overwrite", action="store_true", help="redo steps whose kept results were made with other "
