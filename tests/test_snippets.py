@@ -91,8 +91,11 @@ def test_every_snippet_runs_as_written_with_the_trained_features(pretrained_run,
     # The reference takes the other road: the weights file into a freshly built encoder.
     reference = build_encoder("resnet18", (None, None, 1))
     reference.load_weights(out / "encoder.weights.h5")
+    compared = 0
     for result in results:
         arrays = np.load(result["arrays"])
-        assert "features" in arrays, f"{document} block {result['block']} defines no features"
-        expected = reference.predict(arrays["images"], verbose=0)
-        assert snippets.relative_difference(arrays["features"], expected) < 1e-4  # Float32 through other kernels.
+        if "features" in arrays and "images" in arrays:  # A block may only build on the encoder.
+            expected = reference.predict(arrays["images"], verbose=0)
+            assert snippets.relative_difference(arrays["features"], expected) < 1e-4  # Float32, other kernels.
+            compared += 1
+    assert compared or not results, f"no {kind} block of {document} defines images and their features"
