@@ -51,6 +51,7 @@ def test_a_classifier_on_a_loaded_encoder_trains_a_step(pretrained_run, keras_mo
 
 @pytest.mark.parametrize("outputs", [1, 2])
 def test_a_portable_file_keeps_one_output_a_tensor_and_several_a_list(tmp_path, keras_module, outputs):
+    import h5py
     import keras as keras3
 
     from genesis2d.portable import make_portable
@@ -61,6 +62,14 @@ def test_a_portable_file_keeps_one_output_a_tensor_and_several_a_list(tmp_path, 
     saved = keras3.Model(image, deep if outputs == 1 else [deep, skip])
     saved.save(tmp_path / "model.h5")
     make_portable(tmp_path / "model.h5")
+    with h5py.File(tmp_path / "model.h5", "r+") as handle:  # Back to what earlier versions wrote: lists of one.
+        config = json.loads(handle.attrs["model_config"])
+        old = {key: config["config"][key] if isinstance(config["config"][key][0], list) else [config["config"][key]]
+               for key in ("input_layers", "output_layers")}
+        handle.attrs["model_config"] = json.dumps({**config, "config": {**config["config"], **old}})
+    make_portable(tmp_path / "model.h5")  # Rewriting such a file repairs it.
+    with h5py.File(tmp_path / "model.h5") as handle:
+        assert json.loads(handle.attrs["model_config"]) == config
     loaded = keras_module.models.load_model(tmp_path / "model.h5", compile=False)
     symbolic = loaded(keras_module.Input((None, None, 1)))
     if outputs == 1:
