@@ -3,9 +3,13 @@
 Enough to rebuild, feed and cite the encoder without reading this project's code:
 the architecture and its layer names, the input (shape, channels, dtype, range,
 normalisation per modality), the output (channels, stride), the training data and
-settings, the files' sha256, versions, licence, citation and loading snippets for
-Keras 3 and Keras 2 (a test runs both).
+settings, the files' sha256, versions, licence, citation and, for each Keras that
+loads it (Keras 3 on any backend, tf-keras, Keras 2.15), what it needs and a snippet
+that runs there as written (the tests run Keras 3 and tf-keras; `tools/check_snippets.py`
+all five environments).
 """
+
+from dataclasses import asdict, dataclass
 
 from genesis2d.backbones import BACKBONES, STRIDE
 from genesis2d.unet import ENCODER_OUTPUT, INPUT_NAME
@@ -16,14 +20,50 @@ CITATION = ("Zhou Z., Sodha V., Rahman Siddiquee M. M., Feng R., Tajbakhsh N., G
             "classification'.")
 LICENSE = ("Code: MIT. The weights are derived from the training data listed under 'data'; their use is bound by "
            "those datasets' terms.")
-KERAS3_SNIPPET = """import keras
-encoder = keras.models.load_model("encoder.h5", compile=False)
-features = encoder.predict(images)  # images: float32 (N, H, W, 1) in [0, 1], H and W multiples of 32"""
-KERAS2_SNIPPET = """import os
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf-keras with TensorFlow >= 2.16; plain tf.keras with TensorFlow <= 2.15
-import tensorflow as tf
-encoder = tf.keras.models.load_model("encoder.h5", compile=False)
-features = encoder.predict(images)  # images: float32 (N, H, W, 1) in [0, 1], H and W multiples of 32"""
+@dataclass(frozen=True)
+class LoadingSnippet:
+    """How to load the encoder in one Keras environment: what that needs, and code that runs there as written.
+
+    `tools/snippets.py` tells the environment from the code itself (see its `KINDS`);
+    `tests/test_snippets.py` runs Keras 3 and tf-keras, `tools/check_snippets.py` all of them.
+    """
+
+    kind: str  # A key of tools/snippets.py's KINDS.
+    title: str
+    needs: str
+    code: str
+
+
+# The same use in each: load, features of a batch, a classifier head fine-tuned one epoch.
+_USE = """encoder = keras.models.load_model("encoder.h5", compile=False)
+# Stand-in for your slices: float32 (N, H, W, 1) in [0, 1], normalised as in training, H and W multiples of 32.
+images = np.random.default_rng(0).random((4, 64, 64, 1), dtype=np.float32)
+features = encoder.predict(images, verbose=0)  # (N, H/32, W/32, channels)
+
+x = keras.Input((None, None, 1))
+probability = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(encoder(x)))
+classifier = keras.Model(x, probability)
+classifier.compile(optimizer="adam", loss="binary_crossentropy")
+classifier.fit(images, np.array([0.0, 1.0, 0.0, 1.0]), epochs=1, verbose=0)"""
+LOADING = (
+    LoadingSnippet(
+        "keras3", "Keras 3, on TensorFlow, JAX or PyTorch",
+        "`pip install keras` and one backend: `tensorflow` (Keras's default), or `jax` or `torch` with the "
+        "environment variable `KERAS_BACKEND=jax` or `KERAS_BACKEND=torch` set before Python starts.",
+        "import numpy as np\nimport keras\n\n" + _USE),
+    LoadingSnippet(
+        "tf_keras", "tf-keras (Keras 2) on TensorFlow 2.16 and later",
+        "`pip install tensorflow tf_keras`; `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported (the first lines "
+        "set it), so that `tf.keras` is tf-keras rather than Keras 3.",
+        'import os\nos.environ["TF_USE_LEGACY_KERAS"] = "1"\nimport numpy as np\nimport tensorflow as tf\n\n'
+        "keras = tf.keras\n" + _USE),
+    LoadingSnippet(
+        "keras2", "Keras 2.15, on TensorFlow 2.15 and earlier",
+        "`pip install tensorflow==2.15.*` and nothing else. Leave `TF_USE_LEGACY_KERAS` unset: TensorFlow 2.15 "
+        "obeys it too and then looks for the `tf_keras` package, which a plain install lacks ('Keras cannot be "
+        "imported').",
+        "import numpy as np\nimport tensorflow as tf\n\nkeras = tf.keras\n" + _USE),
+)
 
 
 def encoder_card(backbone, normalisation):
@@ -44,7 +84,7 @@ def encoder_card(backbone, normalisation):
         "output": {"layer": ENCODER_OUTPUT, "channels": entry["channels"], "stride": STRIDE,
                    "shape": f"(N, H/{STRIDE}, W/{STRIDE}, {entry['channels']})"},
         "license": LICENSE, "citation": CITATION,
-        "loading": {"keras3": KERAS3_SNIPPET, "keras2": KERAS2_SNIPPET},
+        "loading": [asdict(snippet) for snippet in LOADING],
     }
 
 
@@ -52,6 +92,7 @@ def card_markdown(card):
     """MODEL_CARD.md: the card for people."""
     arch, inp, out = card["architecture"], card["input"], card["output"]
     norms = "\n".join(f"  - {k}: {v}" for k, v in inp["normalisation"].items())
+    loading = "\n".join(f"### {s['title']}\nNeeds {s['needs']}\n\n```python\n{s['code']}\n```\n" for s in card["loading"])
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in card.get("files", {}).items())
     return f"""# genesis2d encoder: {arch['backbone']}
 
@@ -82,19 +123,12 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 | --- | --- |
 {files}
 
-`encoder.h5` loads in Keras 3 and in Keras 2; `encoder.weights.h5` holds the same weights for
-Keras 3's `load_weights` into `genesis2d.unet.build_encoder("{arch['backbone']}", (None, None, 1))`.
+`encoder.h5` loads with plain `load_model` in Keras 3 (TensorFlow, JAX or PyTorch backend), tf-keras and
+Keras 2.15; `encoder(x)` is one tensor in each. `encoder.weights.h5` holds the same weights for Keras 3's
+`load_weights` into `genesis2d.unet.build_encoder("{arch['backbone']}", (None, None, 1))`.
 
 ## Loading
-Keras 3 (TensorFlow 2.16+):
-```python
-{card['loading']['keras3']}
-```
-Keras 2 (tf-keras, or TensorFlow 2.15 and earlier):
-```python
-{card['loading']['keras2']}
-```
-
+{loading}
 ## Licence and citation
 {card['license']}
 

@@ -61,17 +61,25 @@ def _layer(layer):
             "inbound_nodes": [_node(n) for n in layer.get("inbound_nodes", [])]}
 
 
+def _one_or_many(references):
+    """One tensor reference as itself, several as their list.
+
+    Both Keras generations rebuild `inputs` and `outputs` in the nesting they read:
+    a list of one reference makes `model(x)` return a one-item list (Keras 3) and
+    makes it expect a list. Keras 2 reads a bare reference as one tensor too.
+    """
+    if len(references) == 1 and isinstance(references[0], list):
+        return references[0]
+    return references
+
+
 def keras2_config(config):
     """A functional model's config (as Keras 3 serializes it) in the schema of Keras 2."""
     inner = config["config"]
-
-    def references(value):
-        return value if value and isinstance(value[0], list) else [value]
-
     return {"class_name": "Functional", "config": {
         "name": inner["name"], "trainable": inner.get("trainable", True),
         "layers": [_layer(layer) for layer in inner["layers"]],
-        "input_layers": references(inner["input_layers"]), "output_layers": references(inner["output_layers"]),
+        "input_layers": _one_or_many(inner["input_layers"]), "output_layers": _one_or_many(inner["output_layers"]),
     }}
 
 

@@ -1,63 +1,86 @@
 """Encoders that load in any Keras project, a card that suffices, and options refused before any work."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from genesis2d.card import KERAS2_SNIPPET, KERAS3_SNIPPET
+from genesis2d.card import LOADING
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_snippet(snippet, out, legacy):
-    """Runs a card's loading snippet in a fresh process on two image sizes; returns the features."""
-    script = textwrap.dedent(f"""
-        import os
-        os.chdir({str(out)!r})
-        import numpy as np
-        results = {{}}
-        for size in (64, 96):
-            images = np.load(f"x{{size}}.npy")
-    """) + textwrap.indent(snippet, "    ") + "\n    results[str(size)] = features\nnp.savez('features.npz', **results)\n"
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    if not legacy:
-        script = script.replace('os.environ["TF_USE_LEGACY_KERAS"] = "1"', "")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return dict(np.load(out / "features.npz"))
+@pytest.fixture(params=["keras", "tf_keras"])
+def keras_module(request):
+    """Keras 3 and tf-keras (Keras 2), side by side in this process: each is its own package."""
+    return importlib.import_module(request.param)
 
 
-@pytest.mark.parametrize("flavour", ["keras3", "keras2"])
-def test_the_cards_snippets_load_encoder_h5_with_the_trained_outputs(pretrained_run, flavour, tmp_path):
-    import shutil
-
-    from genesis2d.unet import build_encoder
-
+def test_a_classifier_on_a_loaded_encoder_trains_a_step(pretrained_run, keras_module):
+    """`encoder(x)` is one tensor, so a head fits on it; one SGD step moves the head as the gradient says."""
+    keras = keras_module
     out, _ = pretrained_run
-    shutil.copy(out / "encoder.h5", tmp_path / "encoder.h5")
-    reference = build_encoder("resnet18", (None, None, 1))
-    reference.load_weights(out / "encoder.weights.h5")
-    rng = np.random.default_rng(2)
-    expected = {}
-    for size in (64, 96):  # Trained at 32: any multiple of 32 works.
-        x = rng.random((2, size, size, 1), dtype=np.float32)
-        np.save(tmp_path / f"x{size}.npy", x)
-        expected[str(size)] = reference.predict(x, verbose=0)
-    snippet = KERAS3_SNIPPET if flavour == "keras3" else KERAS2_SNIPPET
-    if flavour == "keras2":
-        assert 'TF_USE_LEGACY_KERAS"] = "1"' in snippet
-    features = _run_snippet(snippet, tmp_path, legacy=flavour == "keras2")
-    for size, value in expected.items():
-        np.testing.assert_allclose(features[size], value, rtol=1e-4, atol=2e-4)  # Float32, other kernels.
-    assert features["96"].shape == (2, 3, 3, 512)
+    encoder = keras.models.load_model(out / "encoder.h5", compile=False)
+    x = keras.Input((None, None, 1))
+    features = encoder(x)
+    assert not isinstance(features, (list, tuple)), type(features)
+    encoder.trainable = False  # BatchNormalization then uses its moving statistics, as predict does.
+    head = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros")
+    classifier = keras.Model(x, head(keras.layers.GlobalAveragePooling2D()(features)))
+    rate = 0.1
+    classifier.compile(optimizer=keras.optimizers.SGD(learning_rate=rate), loss="binary_crossentropy")
+    images = np.random.default_rng(3).random((4, 64, 64, 1), dtype=np.float32)
+    labels = np.array([[0.0], [1.0], [1.0], [0.0]], np.float32)
+    loss = classifier.train_on_batch(images, labels)
+    # With a zero head every probability is 1/2: the loss is log 2 and the cross-entropy gradient
+    # of the head is mean((1/2 - y) * pooled features) for the kernel, mean(1/2 - y) for the bias.
+    pooled = encoder.predict(images, verbose=0).astype(np.float64).mean(axis=(1, 2))
+    kernel, bias = head.get_weights()
+    np.testing.assert_allclose(float(np.ravel(loss)[0]), np.log(2), rtol=1e-5)
+    np.testing.assert_allclose(kernel, -rate * pooled.T @ (0.5 - labels) / len(labels), rtol=1e-4,
+                               atol=1e-6 * rate * np.abs(pooled).max())
+    np.testing.assert_allclose(bias, -rate * np.mean(0.5 - labels, keepdims=True)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_a_portable_file_keeps_one_output_a_tensor_and_several_a_list(tmp_path, keras_module, outputs):
+    import h5py
+    import keras as keras3
+
+    from genesis2d.portable import make_portable
+
+    image = keras3.Input((None, None, 1), name="image")
+    skip = keras3.layers.Conv2D(2, 3, padding="same", name="skip")(image)
+    deep = keras3.layers.Conv2D(3, 3, strides=2, padding="same", name="deep")(skip)
+    saved = keras3.Model(image, deep if outputs == 1 else [deep, skip])
+    saved.save(tmp_path / "model.h5")
+    make_portable(tmp_path / "model.h5")
+    with h5py.File(tmp_path / "model.h5", "r+") as handle:  # Back to what earlier versions wrote: lists of one.
+        config = json.loads(handle.attrs["model_config"])
+        old = {key: config["config"][key] if isinstance(config["config"][key][0], list) else [config["config"][key]]
+               for key in ("input_layers", "output_layers")}
+        handle.attrs["model_config"] = json.dumps({**config, "config": {**config["config"], **old}})
+    make_portable(tmp_path / "model.h5")  # Rewriting such a file repairs it.
+    with h5py.File(tmp_path / "model.h5") as handle:
+        assert json.loads(handle.attrs["model_config"]) == config
+    loaded = keras_module.models.load_model(tmp_path / "model.h5", compile=False)
+    symbolic = loaded(keras_module.Input((None, None, 1)))
+    if outputs == 1:
+        assert not isinstance(symbolic, (list, tuple)), type(symbolic)
+    else:
+        assert isinstance(symbolic, (list, tuple)) and len(symbolic) == 2
+    x = np.random.default_rng(4).random((2, 32, 32, 1), dtype=np.float32)
+    got, expected = loaded.predict(x, verbose=0), saved.predict(x, verbose=0)
+    assert len(got) == len(expected) if outputs > 1 else got.shape == expected.shape
+    for got_one, expected_one in zip(*((got, expected) if outputs > 1 else ([got], [expected]))):
+        np.testing.assert_allclose(got_one, expected_one, rtol=1e-6, atol=1e-6)
 
 
 def test_the_card_tells_how_to_feed_the_encoder(pretrained_run):
@@ -79,7 +102,8 @@ def test_the_card_tells_how_to_feed_the_encoder(pretrained_run):
     for name, digest in card["files"].items():
         assert file_sha256(out / name) == digest
     text = (out / "MODEL_CARD.md").read_text()
-    assert KERAS2_SNIPPET in text and KERAS3_SNIPPET in text and "stride 32" in text
+    assert card["loading"] == [asdict(snippet) for snippet in LOADING]
+    assert all(s.code in text and s.needs in text for s in LOADING) and "stride 32" in text
     assert card["versions"]["segmentation-models"] == "1.0.1"
 
 
