@@ -115,6 +115,7 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 ## Training
 - Data: `{card.get('data')}` (content hash {card.get('data_hash')}).
 - Best epoch {card.get('best_epoch')} of {card.get('epochs')}, chosen on the {card.get('best_epoch_chosen_on')}: {card.get('best_val_loss')}.
+- Last validation loss {card.get('last_val_loss')}, against {card.get('identity_val_loss')} for returning the distorted slices unchanged (restoration learned only if lower).
 - Distortions: {card.get('distortions')}. Precision: {card.get('precision')}. Settings: `run.json`.
 - Versions: {', '.join(f'{k} {v}' for k, v in (card.get('versions') or {}).items() if v)}.
 

@@ -135,7 +135,10 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
 
     A run killed mid-epoch resumes with the remaining steps of that epoch, then
     goes on with full epochs; the epoch count, optimizer state, learning rate and
-    the plateau/early-stopping counters carry over.
+    the plateau/early-stopping counters carry over. `data` is a dataset, or a callable
+    giving the stream that starts at a given step of the run (`data(first_step)`): each
+    `fit` then reads the batches an uninterrupted run would read, so the resumed run ends
+    where it would have.
 
     Returns:
         (list of keras History objects, the state resumed from or None).
@@ -151,7 +154,8 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
         checkpoint = ResumableCheckpoint(checkpoint_dir, steps_per_epoch, every_steps, start_step=step,
                                          restore=restore, extra_state=extra_state, tracked=callbacks)
         last = epoch + 1 if step else epochs  # A partial epoch is fitted on its own, then full ones.
-        history = model.fit(data, initial_epoch=epoch, epochs=last, steps_per_epoch=steps,
+        stream = data(epoch * steps_per_epoch + step) if callable(data) else data
+        history = model.fit(stream, initial_epoch=epoch, epochs=last, steps_per_epoch=steps,
                             callbacks=[*callbacks, checkpoint], **fit_kwargs)
         histories.append(history)
         # The next fit resets the callbacks in on_train_begin: carry their counters over.
@@ -159,5 +163,4 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
         epoch = last
         if model.stop_training:
             break
-    mark_finished(checkpoint_dir)
     return histories, state

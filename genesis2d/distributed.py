@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from genesis2d.checkpoint import ResumableCheckpoint, mark_finished, restore_counters
+from genesis2d.checkpoint import ResumableCheckpoint, restore_counters
 
 
 @functools.cache
@@ -216,6 +216,4 @@ def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, step
         callback_list.on_epoch_end(epoch, logs)
         epoch, step = epoch + 1, 0
     callback_list.on_train_end()
-    if chief:
-        mark_finished(checkpoint_dir)
     sys.stdout.flush()

@@ -10,6 +10,7 @@ halved after 10 such epochs, down to 1e-6.
 
 import argparse
 import dataclasses
+import os
 import hashlib
 import json
 import sys
@@ -228,11 +229,14 @@ def data_source(manifest=None, shards=None):
     return manifest, counts, manifest_hash(manifest)
 
 
-def pairs(source, split, config, training, first_seed, batch_size=None, share=None):
+def pairs(source, split, config, training, first_seed, batch_size=None, share=None, first_batch=0):
     """(distorted, target) batches of a PretrainConfig's data; batch i is distorted with seed first_seed + i.
 
     `batch_size` defaults to config.batch_size; with a `share` (index, count) only worker
     `index`'s share of the data is read, in an order and crops seeded for that worker.
+    `first_batch` starts the stream at that batch: the batches before it are read and
+    dropped (not distorted), so the file order, the crops and the shuffle buffer are those
+    of a run that never stopped (a resumed run continues the very same stream).
     """
     import tensorflow as tf
 
@@ -245,7 +249,9 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
                           training=training, shuffle_buffer=config.shuffle_buffer, seed=seed, drop_remainder=training,
                           share=share)
     rates = dataclasses.asdict(config.distortions)
-    return images.enumerate(start=0).map(
+    if first_batch:
+        images = images.skip(first_batch)
+    return images.enumerate(start=first_batch).map(
         lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training),
     ).prefetch(tf.data.AUTOTUNE)
@@ -355,12 +361,25 @@ def export_best(model, backbone, out, card):
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    model.save(staging / "unet.keras")
-    export_encoder(model, backbone, staging)
-    card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:3]}
-    write_text(staging / "MODEL_CARD.md", card_markdown(card))
-    write_json(staging / "card.json", card)
+    try:
+        model.save(staging / "unet.keras")
+        export_encoder(model, backbone, staging)
+        card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:3]}
+        write_text(staging / "MODEL_CARD.md", card_markdown(card))
+        write_json(staging / "card.json", card)
+    except OSError as error:  # A full disk: no partial file stays, and the message names the file, not the staging.
+        shutil.rmtree(staging, ignore_errors=True)
+        real = _exported_name(Path(error.filename).name) if error.filename else BEST_FILES[0]
+        raise OSError(error.errno, error.strerror or str(error), str(Path(out) / real)) from None
     commit_export(out)
+
+
+def _exported_name(name):
+    """The export file that `name` is, or is the temporary of (`plumbing.atomic`: .tmp-<stem>.<random><suffix>)."""
+    for real in sorted(BEST_FILES, key=len, reverse=True):  # encoder.weights.h5 before encoder.h5.
+        if name == real or name.startswith(f".tmp-{Path(real).stem}."):
+            return real
+    return name
 
 
 def commit_export(out):
@@ -415,6 +434,7 @@ def make_reporter(model, out, backbone, sample_pair, card):
                 plot_losses(out / "loss_curves.png", out / "history.csv")
             val_loss = logs.get("val_loss")
             card["epochs"] = epoch + 1
+            card["last_val_loss"] = None if val_loss is None else float(val_loss)
             if val_loss is not None and np.isfinite(val_loss) and (self.best is None or val_loss < self.best):
                 self.best = float(val_loss)
                 card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1
@@ -452,23 +472,49 @@ def trim_history(path, epochs):
     write_csv(path, history[history["epoch"] < epochs].drop_duplicates("epoch", keep="last"))
 
 
+MODEL_SETTINGS = ("backbone", "norm", "image_size", "optimizer")  # A checkpoint holds variables of these shapes.
+
+
 def prepare_out(config):
-    """Checks --out against --resume/--overwrite and returns the checkpoint state to resume from (or None)."""
+    """Checks --out against --resume/--overwrite and returns the checkpoint state to resume from (or None).
+
+    A run is finished when its checkpoint says so (`mark_finished`, written after the last
+    card): outputs without any checkpoint are those of a run killed before its first one,
+    which is started again from step 0 (the same run, bit for bit, on a CPU).
+    """
     from genesis2d.checkpoint import load_state
 
     out = Path(config.out)
     commit_export(out)  # A run killed while exporting its best model: finish or drop that export.
     previous = load_state(out / "checkpoint")
-    if not config.resume and previous and not previous.get("finished"):
-        raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
-    if config.resume and not previous:
-        raise UsageError(out, "has no checkpoint to resume from")
-    if not config.resume and (out / "card.json").exists():
+    if previous and previous.get("finished") and not config.resume:
         if not config.overwrite:
             raise UsageError(out, "holds a finished run; pass --overwrite to replace it, --resume with more --epochs "
                              "to continue it, or choose another --out")
         clear_outputs(out)
-    return previous if config.resume else None
+        return None
+    if previous and not config.resume:
+        raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
+    if previous:
+        check_same_model(out, config)
+        return previous
+    if any((out / name).exists() for name in (*BEST_FILES, "history.csv")):
+        print(f"{out}: a run stopped before its first checkpoint; starting it again from step 0.", file=sys.stderr)
+        clear_outputs(out)
+    elif config.resume:
+        raise UsageError(out, "has no checkpoint to resume from")
+    return None
+
+
+def check_same_model(out, config):
+    """A UsageError naming the first of MODEL_SETTINGS in which --resume differs from the run in `out`."""
+    record = Path(out) / "run.json"
+    saved = json.loads(record.read_text()).get("args", {}) if record.exists() else {}
+    for name in MODEL_SETTINGS:
+        if name in saved and saved[name] != getattr(config, name):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(flag, f"{out} was trained with {flag} {saved[name]}, not {getattr(config, name)}; resume "
+                             f"it with {flag} {saved[name]} or choose another --out")
 
 
 def prepare_out_on_chief(config, strategy, chief):
@@ -495,10 +541,11 @@ def run(config, strategy=None, extra_callbacks=()):
     """
     from genesis2d.strategy import pick_strategy, worker_role
 
-    strategy = strategy or pick_strategy(config.cluster)  # First: a multi-worker strategy must precede other TF work.
+    data = checked_data(config)  # Before waiting for other machines, and before --overwrite clears anything.
+    strategy = strategy or pick_strategy(config.cluster)  # A multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
     state = prepare_out(config) if workers == 1 else prepare_out_on_chief(config, strategy, chief)
-    card = _train(config, strategy, state, chief, worker, workers, extra_callbacks)
+    card = _train(config, strategy, state, chief, worker, workers, data, extra_callbacks)
     if workers > 1:  # Every worker waits for the chief's last writes, so none leaves the group early.
         from genesis2d.distributed import broadcast_json
 
@@ -506,12 +553,24 @@ def run(config, strategy=None, extra_callbacks=()):
     return card
 
 
-def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
+def checked_data(config):
+    """(source, {split: slices}, content hash) of the run's data, once it holds a training batch and a val split."""
+    source, counts, data_hash = data_source(config.manifest, config.shards)
+    if counts.get("train", 0) < config.batch_size:
+        raise InputError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
+    if not counts.get("val", 0):
+        raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
+                             "(`python -m preprocessing.manifest --fractions`)")
+    return source, counts, data_hash
+
+
+def _train(config, strategy, state, chief, worker, workers, data, extra_callbacks):
     import keras
     import tensorflow as tf
 
     from genesis2d.card import encoder_card
-    from genesis2d.checkpoint import fit_resumable
+    from genesis2d.checkpoint import fit_resumable, mark_finished
+    from genesis2d.health import health_guard, identity_loss
     from preprocessing.pipeline import NO_SLICE_LEFT
     from plumbing.runtime import (configure_determinism, divergence_guard, pick_precision, set_seed, versions,
                                   write_run_record)
@@ -519,12 +578,7 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
 
     out = Path(config.out)
     checkpoint_dir = out / "checkpoint"
-    source, counts, data_hash = data_source(config.manifest, config.shards)
-    if counts.get("train", 0) < config.batch_size:
-        raise InputError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
-    if not counts.get("val", 0):
-        raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
-                             "(`python -m preprocessing.manifest --fractions`)")
+    source, counts, data_hash = data
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UsageError("--batch-size", f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
                          "replicas that share it")
@@ -545,9 +599,12 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
     if config.validation_steps:
         validation_steps = min(validation_steps, config.validation_steps)
     if workers == 1:
-        # Batch i of the run is distorted with seed first + i, so a resumed run continues the same stream.
-        train = pairs(source, "train", config, training=True,
-                      first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS) + first_step)
+        # Batch i of the run is batch i of one stream (files, crops, shuffles, distortion seed first + i),
+        # whichever step a resumed run starts from.
+        def train(first_batch):
+            return pairs(source, "train", config, training=True,
+                         first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS), first_batch=first_batch)
+
         # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
         val = pairs(source, "val", config, training=False, first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS))
         sample_batch = val
@@ -555,6 +612,9 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
         train, val, sample_batch = worker_datasets(source, config, strategy, first_step, worker, workers)
     sample_inputs, sample_targets = next(iter(sample_batch.take(1)))
     sample_pair = (sample_inputs.numpy()[: config.samples], sample_targets.numpy()[: config.samples])
+    # The bar restoration must clear: the validation loss of returning the distorted slices unchanged.
+    identity = identity_loss(pairs(source, "val", config, training=False,
+                                   first_seed=derive_seed(config.seed, STREAM_VAL_DISTORTIONS)), validation_steps)
 
     with strategy.scope():
         model = build_unet(config.backbone, (config.image_size, config.image_size, 1), config.norm, config.encoder_weights)
@@ -572,10 +632,12 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
     card = json.loads(card_path.read_text()) if (state and card_path.exists()) else {}
     card.update({
         "backbone": config.backbone, "norm": config.norm, "input_size": [config.image_size, config.image_size, 1],
-        "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION, "data": str(source), "data_hash": data_hash,
+        "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION,
+        "data": os.path.relpath(source, out), "data_hash": data_hash,  # Relative to the run folder: cards are published.
         "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
         "distortions": dataclasses.asdict(config.distortions),
         "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
+        "identity_val_loss": identity,
         **encoder_card(config.backbone, NORMALISATION),
     })
     if chief:
@@ -585,6 +647,7 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
     monitor = "val_loss"
     callbacks = [
         divergence_guard(),
+        health_guard(sample_pair, config.lr, config.checkpoint_every),  # Before the export: none of a broken run.
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor, patience=config.lr_patience,
                                           min_lr=config.min_lr, verbose=1 if chief else 0),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
@@ -622,6 +685,7 @@ def _train(config, strategy, state, chief, worker, workers, extra_callbacks):
     if "best_val_loss" not in card:  # No finite validation loss at all: still leave a usable encoder.
         export_best(model, config.backbone, out, card)
     write_json(card_path, card)
+    mark_finished(checkpoint_dir)  # Last: a run is finished once its card is complete.
     print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
     return card
 
@@ -639,9 +703,9 @@ def worker_datasets(source, config, strategy, first_step, worker, workers):
         return context.input_pipeline_id, context.num_input_pipelines
 
     def train_fn(context):
-        seed = derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, context.input_pipeline_id) + first_step
+        seed = derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, context.input_pipeline_id)
         return pairs(source, "train", config, True, seed, context.get_per_replica_batch_size(config.batch_size),
-                     share(context))
+                     share(context), first_batch=first_step)
 
     def val_fn(context):
         seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS, context.input_pipeline_id)

@@ -600,3 +600,92 @@ def test_a_file_matched_by_two_datasets_is_refused(tmp_path, capsys):
     assert code == 1 and line == (f"error: {(root / 'mhd' / 'p1.mhd').resolve()}: is matched by datasets 'ALL' and "
                                   "'FIRST' (1 files are matched twice); give each file to one dataset by narrowing "
                                   "its glob.")
+
+
+# --------------------------------------------------------------------------- pretraining: kills, refused reruns, exports
+
+
+def _weight_arrays(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def test_a_kill_between_the_first_export_and_the_first_checkpoint_starts_again(pretrained_run, demo_manifest, tmp_path):
+    import keras
+
+    from genesis2d.checkpoint import load_state
+    from genesis2d.pretrain import parse_args, run
+
+    class KillAfterExport(keras.callbacks.Callback):  # Runs after the export, before the epoch's checkpoint.
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    options = ["--manifest", str(demo_manifest), "--out", str(out), *TINY_PRETRAIN, "--epochs", "1",
+               "--steps-per-epoch", "2"]  # The settings of `pretrained_run`.
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args(options), extra_callbacks=[KillAfterExport()])
+    assert (out / "card.json").exists() and load_state(out / "checkpoint") is None
+    card = run(parse_args(options))  # Neither "finished" nor stuck: started again, the study's way.
+    assert card["epochs"] == 1 and load_state(out / "checkpoint")["finished"] is True
+    again, whole = _weight_arrays(out / "encoder.weights.h5"), _weight_arrays(pretrained_run[0] / "encoder.weights.h5")
+    assert again.keys() == whole.keys()
+    for key in again:
+        np.testing.assert_array_equal(again[key], whole[key], err_msg=key)
+
+
+def test_refused_reruns_leave_a_finished_run_as_it_was(pretrained_run, tmp_path):
+    from genesis2d.pretrain import parse_args, run
+
+    out = tmp_path / "run"
+    shutil.copytree(pretrained_run[0], out)
+    before = {name: (out / name).read_bytes() for name in ("run.json", "card.json", "encoder.h5")}
+    manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
+    options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "2", "--steps-per-epoch", "2"]
+    with pytest.raises(UsageError, match="holds a finished run"):
+        run(parse_args(options))
+    with pytest.raises(UsageError) as other_backbone:
+        run(parse_args([*options, "--resume", "--backbone", "vgg16"]))
+    assert str(other_backbone.value) == (f"--backbone: {out} was trained with --backbone resnet18, not vgg16; resume it "
+                                         "with --backbone resnet18 or choose another --out.")
+    frame = pd.read_csv(manifest)
+    frame[frame["split"] == "train"].to_csv(tmp_path / "no_val.csv", index=False)
+    with pytest.raises(InputError, match="has no validation slices"):  # Bad data with --overwrite: nothing cleared.
+        run(parse_args(["--manifest", str(tmp_path / "no_val.csv"), *options[2:], "--overwrite"]))
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_the_card_holds_paths_relative_to_the_run_folder(pretrained_run):
+    out, _ = pretrained_run
+    card = json.loads((out / "card.json").read_text())
+    manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
+    assert not Path(card["data"]).is_absolute() and (out / card["data"]).resolve() == Path(manifest).resolve()
+    assert str(out.parent) not in (out / "MODEL_CARD.md").read_text() + json.dumps(card)
+
+
+def test_a_full_disk_during_export_leaves_no_partial_file_and_names_the_real_one(tmp_path, monkeypatch, capsys):
+    import keras
+
+    from genesis2d import pretrain
+    from plumbing.atomic import atomic_path
+    from plumbing.cli import run_command
+
+    def export_encoder(model, backbone, out):
+        with atomic_path(Path(out) / "encoder.weights.h5") as tmp:
+            tmp.write_bytes(b"61 MB, cut")
+            raise OSError(28, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(pretrain, "export_encoder", export_encoder)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        run_command(lambda argv: None, lambda _: pretrain.export_best(model, "resnet18", out, {}), [])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (f"error: {out / 'encoder.weights.h5'}: cannot be written or read "
+                                       "(No space left on device).\n")
+    assert [p.name for p in out.rglob("*")] == []
