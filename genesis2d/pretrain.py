@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from genesis2d.backbones import BACKBONES, image_size
+from genesis2d.strategy import CLUSTER_TIMEOUT, REPORT_EVERY
 from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
 from plumbing.atomic import atomic_path, remove_temporaries, write_csv, write_json, write_text
 from plumbing.cli import ArgumentParser, default_verbosity
@@ -92,6 +93,9 @@ def build_parser():
                        "there: train on all of them), slurm reads the allocation of `srun`. Each worker reads its own "
                        "share of the data; --batch-size stays the global batch; worker 0 writes the outputs. "
                        "Default: auto (one machine without TF_CONFIG).")
+    train.add_argument("--cluster-timeout", type=float, default=CLUSTER_TIMEOUT,
+                       help="seconds a worker of a multi-machine run waits for the others (naming the missing ones "
+                       f"every {REPORT_EVERY} s) before it stops. Default: {CLUSTER_TIMEOUT}.")
     distort = parser.add_argument_group("distortions (Models Genesis rates)")
     distort.add_argument("--flip-rate", type=float, default=0.4, help="Default: 0.4.")
     distort.add_argument("--local-rate", type=float, default=0.5, help="local pixel shuffling. Default: 0.5.")
@@ -152,6 +156,7 @@ class PretrainConfig:
     seed: int = 0
     deterministic: bool | None = None
     cluster: str = "auto"
+    cluster_timeout: float = CLUSTER_TIMEOUT
     distortions: DistortionRates = DistortionRates()
     resume: bool = False
     overwrite: bool = False
@@ -542,7 +547,7 @@ def run(config, strategy=None, extra_callbacks=()):
     from genesis2d.strategy import pick_strategy, worker_role
 
     data = checked_data(config)  # Before waiting for other machines, and before --overwrite clears anything.
-    strategy = strategy or pick_strategy(config.cluster)  # A multi-worker strategy must precede other TF work.
+    strategy = strategy or pick_strategy(config.cluster, config.cluster_timeout)  # A multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
     state = prepare_out(config) if workers == 1 else prepare_out_on_chief(config, strategy, chief)
     card = _train(config, strategy, state, chief, worker, workers, data, extra_callbacks)

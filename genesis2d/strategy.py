@@ -2,6 +2,8 @@
 
 import json
 import os
+import sys
+from pathlib import Path
 
 from plumbing.runtime import gpus
 
@@ -21,14 +23,18 @@ def cluster_tasks(environ=None):
     return sum(len(v) for v in cluster.values())
 
 
-def pick_strategy(cluster="auto"):
+CLUSTER_TIMEOUT = 300  # Seconds a worker waits for the others before it gives up (this project's choice).
+REPORT_EVERY = 30  # Seconds between the lines naming the workers still missing.
+
+
+def pick_strategy(cluster="auto", timeout=CLUSTER_TIMEOUT):
     """The distribution strategy for the hardware and cluster found.
 
     Several machines: `MultiWorkerMirroredStrategy`, with the cluster read from TF_CONFIG
     ('auto', when it names several tasks) or from Slurm's environment ('slurm', inside
-    `srun`). Otherwise `MirroredStrategy` over this machine's GPUs when it has several, and
-    the default strategy (one device) when not. Call it before any other TensorFlow work:
-    a multi-worker strategy must be created first.
+    `srun`); see `start_multiworker` for the wait. Otherwise `MirroredStrategy` over this
+    machine's GPUs when it has several, and the default strategy (one device) when not.
+    Call it before any other TensorFlow work: a multi-worker strategy must be created first.
     """
     import tensorflow as tf
 
@@ -36,12 +42,90 @@ def pick_strategy(cluster="auto"):
         raise ValueError(f"cluster must be one of {CLUSTERS}. Received: cluster={cluster!r}")
     if cluster == "slurm":
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return start_multiworker(resolver, timeout)
     if cluster_tasks() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return start_multiworker(tf.distribute.cluster_resolver.TFConfigClusterResolver(), timeout)
     if len(gpus()) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def cluster_addresses(resolver):
+    """(this task's 'host:port', {name: 'host:port'} of the other tasks) of a cluster resolver."""
+    spec = resolver.cluster_spec().as_dict()
+    tasks = {f"{kind} {index}": address for kind in sorted(spec)
+             for index, address in (enumerate(spec[kind]) if isinstance(spec[kind], list) else spec[kind].items())}
+    me = f"{resolver.task_type} {int(resolver.task_id or 0)}"
+    if me not in tasks:
+        from plumbing.errors import UsageError
+
+        raise UsageError("TF_CONFIG", f"its task ({me}) is not in its cluster ({', '.join(tasks)})")
+    return tasks.pop(me), tasks
+
+
+def answers(address, seconds=1.0):
+    """Whether something accepts a TCP connection at 'host:port'."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_multiworker(resolver, timeout=CLUSTER_TIMEOUT, report_every=REPORT_EVERY):
+    """A MultiWorkerMirroredStrategy, once every worker answers; one line and a stop after `timeout` seconds.
+
+    TensorFlow's gRPC server listens on every network interface, unauthenticated and
+    unencrypted, and its wait for the other workers is silent, without an end, and holds
+    Python's lock (no thread of this process runs meanwhile) and ignores SIGTERM. So a
+    watcher process (`watch_cluster`) names the missing workers as they are awaited and,
+    at the timeout, says so in one line and stops this process (exit status 137).
+    """
+    import subprocess
+
+    import tensorflow as tf
+
+    mine, others = cluster_addresses(resolver)
+    port = mine.rpartition(":")[2]
+    print(f"{resolver.task_type} {int(resolver.task_id or 0)} of {len(others) + 1}: listening on port {port} of "
+          f"every network interface (the cluster names it {mine}); the channel between workers is unauthenticated and "
+          "unencrypted: run on a private network.", flush=True)
+    root = str(Path(__file__).resolve().parents[1])
+    watcher = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                                "from genesis2d.strategy import watch_cluster; watch_cluster(*sys.argv[1:])",
+                                json.dumps(others), str(timeout), str(report_every), str(os.getpid())])
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+def watch_cluster(others, timeout, report_every, parent):
+    """Names every `report_every` s the workers that do not answer; at `timeout` s, one line, then stops `parent`."""
+    import signal
+    import time
+
+    others, timeout, report_every = json.loads(others), float(timeout), float(report_every)
+    begun = last_report = time.monotonic()
+    while True:
+        time.sleep(0.5)
+        waited = time.monotonic() - begun
+        if waited < timeout and time.monotonic() - last_report < report_every:
+            continue
+        missing = [f"{name} ({address})" for name, address in others.items() if not answers(address)]
+        if waited >= timeout:
+            what = f"{', '.join(missing)} did not answer" if missing else "the workers answer but did not all start"
+            print(f"error: cluster: {what} within {timeout:g} s; start every worker with the same cluster, check the "
+                  "addresses and firewalls, or raise --cluster-timeout.", file=sys.stderr, flush=True)
+            os.kill(int(parent), signal.SIGKILL)
+            return
+        last_report = time.monotonic()
+        if missing:
+            print(f"waiting {waited:.0f} s for {', '.join(missing)}", flush=True)
 
 
 def worker_role(strategy):

@@ -105,3 +105,24 @@ def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(
 
     encoder = keras.models.load_model(out / "encoder.h5", compile=False)
     assert encoder.output_shape[-1] == 512
+
+
+def test_an_unreachable_peer_is_named_and_the_wait_ends(demo_manifest, tmp_path):
+    mine, peer = (f"127.0.0.1:{port}" for port in free_ports(2))  # Nothing will listen on the peer's port.
+    config = json.dumps({"cluster": {"worker": [mine, peer]}, "task": {"type": "worker", "index": 0}})
+    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
+             "--out", str(tmp_path / "run"), "--cluster-timeout", "3"]
+    stdout, stderr = start(train, config).communicate(timeout=120)
+    assert (f"worker 0 of 2: listening on port {mine.rpartition(':')[2]} of every network interface" in stdout
+            and "unauthenticated" in stdout)
+    assert stderr.strip().splitlines()[-1] == (f"error: cluster: worker 1 ({peer}) did not answer within 3 s; start "
+                                               "every worker with the same cluster, check the addresses and firewalls, "
+                                               "or raise --cluster-timeout.")
+    assert not (tmp_path / "run").exists()
+    # Inputs are checked before any wait: a missing --shards folder is said at once.
+    missing = [*train[:2], "--shards", str(tmp_path / "nowhere"), *train[4:]]
+    process = start(missing, config)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "listening" not in stdout
+    assert stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: has no index.json; write shards with "
+                                           "`python -m preprocessing.shards`."]
