@@ -670,7 +670,7 @@ def test_the_card_holds_paths_relative_to_the_run_folder(pretrained_run):
 def test_a_full_disk_during_export_leaves_no_partial_file_and_names_the_real_one(tmp_path, monkeypatch, capsys):
     import keras
 
-    from genesis2d import pretrain
+    from genesis2d import export
     from plumbing.atomic import atomic_path
     from plumbing.cli import run_command
 
@@ -679,12 +679,12 @@ def test_a_full_disk_during_export_leaves_no_partial_file_and_names_the_real_one
             tmp.write_bytes(b"61 MB, cut")
             raise OSError(28, "No space left on device", str(tmp))
 
-    monkeypatch.setattr(pretrain, "export_encoder", export_encoder)
+    monkeypatch.setattr(export, "export_encoder", export_encoder)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     out = tmp_path / "run"
     out.mkdir()
     with pytest.raises(SystemExit) as stopped:
-        run_command(lambda argv: None, lambda _: pretrain.export_best(model, "resnet18", out, {}), [])
+        run_command(lambda argv: None, lambda _: export.export_best(model, "resnet18", out, {}), [])
     assert stopped.value.code == 1
     assert capsys.readouterr().err == (f"error: {out / 'encoder.weights.h5'}: cannot be written or read "
                                        "(No space left on device).\n")

@@ -223,3 +223,43 @@ def test_health_check_table(features, restored, problem):
 
     found = check_health(features, restored, np.linspace(0, 1, 8))  # Targets' spread 0.32: a constant is 1e-3 of it.
     assert found is None if problem is None else problem in found
+
+
+def test_every_setting_has_one_option_whose_default_is_the_field():
+    import dataclasses
+
+    from genesis2d.options import DistortionRates, PretrainConfig, build_parser
+
+    actions = {action.dest: action for action in build_parser()._actions}
+    fields = [f for f in dataclasses.fields(PretrainConfig) if f.name != "distortions"]
+    fields += list(dataclasses.fields(DistortionRates))
+    assert set(actions) - {"help", "config"} == {f.name for f in fields}
+    for field in fields:
+        if field.name in ("out", "verbose"):  # Resolved at parse time: the run's folder, the terminal.
+            continue
+        assert actions[field.name].default == field.default, field.name
+        if actions[field.name].help and "Default:" in actions[field.name].help and field.default is not None:
+            shown = actions[field.name].help.split("Default:")[1]
+            assert any(text in shown for text in (str(field.default), f"{field.default:,}" if isinstance(field.default, int)
+                                                  else "", f"{field.default:g}" if isinstance(field.default, float)
+                                                  else "")), (field.name, shown)
+    config = parse_args(["--manifest", "m.csv", "--out", "o", "--local-blocks", "700", "--verbose", "0"])
+    import inspect
+
+    from genesis2d.transforms import make_pair
+
+    kwargs = config.distortions.make_pair_kwargs()  # What `pairs` hands to make_pair: names it takes.
+    assert kwargs["n_blocks"] == 700 and set(kwargs) < set(inspect.signature(make_pair).parameters)
+    assert config.verbose == 0
+
+
+def test_runtime_arguments_are_declared_once():
+    import argparse
+
+    from plumbing.cli import add_runtime_arguments
+
+    parser = argparse.ArgumentParser()
+    add_runtime_arguments(parser, seeds="the test")
+    args = parser.parse_args(["--precision", "float32", "--seed", "3", "--no-deterministic", "--verbose", "2"])
+    assert (args.precision, args.seed, args.deterministic, args.verbose) == ("float32", 3, False, 2)
+    assert parser.parse_args([]).deterministic is None

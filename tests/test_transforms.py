@@ -136,3 +136,17 @@ def test_local_shuffle_has_the_distribution_of_permuting_every_block():
     assert abs(c1.mean() - c2.mean()) < 0.005 and abs(s1.mean() - s2.mean()) < 0.02  # Overall rates.
     # Per pixel (borders are covered less often than the centre): the same maps, up to sampling noise.
     assert np.abs(c1 - c2).mean() < 0.01 and np.corrcoef(c1.ravel(), c2.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("side, depth", [(224, 1), (64, 32), (32, 1)])
+def test_blocks_per_pixel_is_the_mean_cover_of_random_blocks(side, depth):
+    """The --help density against blocks drawn as the shuffle draws them (sides 1..dim//10, inside the image)."""
+    from genesis2d.transforms import blocks_per_pixel
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    sides = [rng.integers(1, max(side // 10, 1) + 1, n) for _ in range(2)]
+    depths = rng.integers(1, max(depth // 10, 1) + 1, n) if depth > 1 else np.ones(n)
+    measured = float(np.sum(sides[0] * sides[1] * depths)) / (side * side * depth)
+    assert blocks_per_pixel(n, side, depth) == pytest.approx(measured, rel=0.02)
+    assert blocks_per_pixel(10_000, 224) == pytest.approx(26.36, abs=0.01)  # The issue's "~26 cover a pixel".
