@@ -215,7 +215,8 @@ def _streams(config, source, counts, strategy, state, steps, worker, workers):
         first_step = (state["epoch"] * steps + state["step"]) if state else 0
         train, val, sample_batch = worker_datasets(source, config, strategy, first_step, worker, workers)
     inputs, targets = next(iter(sample_batch.take(1)))
-    # The bar restoration must clear: the validation loss of returning the distorted slices unchanged.
+    # The bar restoration must clear: the validation loss of returning the distorted slices unchanged (on several
+    # machines: the same slices, distorted as one machine distorts them).
     identity = identity_loss(pairs(source, "val", config, training=False, first_seed=val_seed), validation_steps)
     return {"train": train, "val": val, "validation_steps": validation_steps, "identity": identity,
             "samples": (inputs.numpy()[: config.samples], targets.numpy()[: config.samples])}
