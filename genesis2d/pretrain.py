@@ -5,6 +5,7 @@ settings are in `genesis2d.options`, the data in `genesis2d.data`, the exported 
 in `genesis2d.export`, the health checks in `genesis2d.health`.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -140,12 +141,14 @@ def run(config, strategy=None, extra_callbacks=()):
     (worker 0) writes the outputs and the others return None.
     """
     from genesis2d.strategy import pick_strategy, worker_role
+    from plumbing.lock import output_lock
 
     data = checked_data(config)  # Before waiting for other machines, and before --overwrite clears anything.
     strategy = strategy or pick_strategy(config.cluster, config.cluster_timeout)  # A multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
     state = prepare_out(config) if workers == 1 else prepare_out_on_chief(config, strategy, chief)
-    card = _train(config, strategy, state, chief, worker, workers, data, extra_callbacks)
+    with output_lock(config.out) if chief else contextlib.nullcontext():  # One writer per --out.
+        card = _train(config, strategy, state, chief, worker, workers, data, extra_callbacks)
     if workers > 1:  # Every worker waits for the chief's last writes, so none leaves the group early.
         from genesis2d.distributed import broadcast_json
 

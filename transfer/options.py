@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
-from plumbing.cli import ArgumentParser, default_verbosity, fraction_type, parse_with_demo_default
+from plumbing.cli import (ArgumentParser, add_runtime_arguments, default_verbosity, fraction_type,
+                          parse_with_demo_default)
 from plumbing.errors import UsageError
 from transfer.encoders import IMAGENET_INITS, INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
 from transfer.finetune import SELECTIONS, Head, Schedule
@@ -47,6 +48,19 @@ def option(default, help, *, source=None, reuse=True, flag=None, group=SHARED, d
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _runtime_defaults():
+    parser = argparse.ArgumentParser()
+    return {action.dest: action.default for action in add_runtime_arguments(parser)._group_actions}
+
+
+RUNTIME_DEFAULTS = _runtime_defaults()
+
+
+def runtime(name, reuse=True):
+    """A field for one of `plumbing.cli.add_runtime_arguments`'s options, its default read from there."""
+    return field(default=RUNTIME_DEFAULTS[name], metadata={"runtime": True, "reuse": reuse, "group": "run"})
 
 
 def derived(default=None):
@@ -144,14 +158,11 @@ class TransferOptions:
                                    "studies).", group="data", type=fraction_type())
     out: str = option(None, "output folder. Default: runs/<task>_<backbone>_<init>[_probe]/.", group="run",
                       reuse=False)
-    precision: str = option("auto", "auto: mixed_float16 on GPU, float32 on CPU.", group="run",
-                            choices=("auto", "float32", "mixed_float16"))
-    seed: int = option(0, "seeds weights, sampling and augmentation.", group="run", type=int)
-    deterministic: bool = option(None, "deterministic ops, so the same --seed gives bit-identical results. Default: "
-                                 "on without a GPU; off on a GPU, where deterministic kernels are slower.", reuse=False,
-                                 group="run", action=argparse.BooleanOptionalAction)
-    verbose: int = option(None, "Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 "
-                          "when the output goes to a file.", reuse=False, group="run", type=int, choices=(0, 1, 2))
+    # --precision, --seed, --deterministic, --verbose: declared once for every command (plumbing.cli).
+    precision: str = runtime("precision")
+    seed: int = runtime("seed")
+    deterministic: bool = runtime("deterministic", reuse=False)
+    verbose: int = runtime("verbose", reuse=False)
     overwrite: bool = option(False, "redo finished results in --out made with other settings or data. Default: such "
                              "results are kept and the command stops, saying what changed.", reuse=False, group="run",
                              action="store_true")
@@ -179,11 +190,15 @@ def build_parser(options_class, prog, description, epilog=None):
     groups = {}
     for item in fields(options_class):
         meta = item.metadata
-        if meta.get("derived") or "help" not in meta:
+        if meta.get("derived"):
             continue
         group = meta["group"]
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
+            if group == "run":
+                add_runtime_arguments(parser, group=groups[group])
+        if meta.get("runtime"):
+            continue
         flags = meta["flag"] or (f"--{item.name.replace('_', '-')}",)
         flags = (flags,) if isinstance(flags, str) else flags
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
