@@ -67,7 +67,11 @@ GB = 1e9
 
 
 def tree_rss(pid):
-    """Resident bytes of a process and all its descendants (from /proc)."""
+    """(resident bytes, anonymous resident bytes) of a process and all its descendants (from /proc).
+
+    Anonymous memory is what the processes allocated; the rest of the resident size is mostly
+    pages of memory-mapped files, which the kernel can drop and read again when memory is short.
+    """
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -77,27 +81,30 @@ def tree_rss(pid):
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry))
-    total, todo = 0, [pid]
+    total, anonymous, todo = 0, 0, [pid]
     while todo:
         current = todo.pop()
         todo += children.get(current, [])
         try:
-            with open(f"/proc/{current}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{current}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "RssAnon")))
+            total += int(fields["VmRSS"].split()[0]) * 1024
+            anonymous += int(fields["RssAnon"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
             pass
-    return total
+    return total, anonymous
 
 
 def run_step(name, **options):
-    """Runs `--step name` in a child process: (its JSON result, peak resident bytes of its process tree, seconds)."""
+    """Runs `--step name` in a child process: (its JSON result, peak (resident, anonymous) bytes of its process tree,
+    seconds)."""
     command = [sys.executable, __file__, "--step", name, "--options", json.dumps(options)]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT)
-        peak = 0
+        peak = (0, 0)
         while child.poll() is None:
-            peak = max(peak, tree_rss(child.pid))
+            peak = tuple(max(a, b) for a, b in zip(peak, tree_rss(child.pid)))
             time.sleep(0.05)
         seconds = time.perf_counter() - start
         out.seek(0)
@@ -106,7 +113,7 @@ def run_step(name, **options):
             raise SystemExit(f"benchmarks/scale.py: step {name} failed:\n{err.read()[-3000:]}")
         result = json.loads(out.read().strip().splitlines()[-1])
     # The child's own high-water mark too (covers a peak shorter than the sampling period).
-    peak = max(peak, result.pop("maxrss_kib", 0) * 1024)
+    peak = (max(peak[0], result.pop("maxrss_kib", 0) * 1024), peak[1])
     return result, peak, seconds
 
 
@@ -178,7 +185,9 @@ def step_extract(root, out, scans, workers, patch_size):
     candidates[candidates["seriesuid"].isin({p.stem for p in chosen})].to_csv(sample / "candidates_V2.csv", index=False)
     start = time.perf_counter()
     counts = extract_subsets(sample, Path(out) / "patches", size=patch_size, progress=False, workers=workers)
-    return {"seconds": time.perf_counter() - start, "scans": len(chosen), "candidates": sum(counts.values())}
+    seconds = time.perf_counter() - start
+    cpu = sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    return {"seconds": seconds, "cpu_seconds": cpu, "scans": len(chosen), "candidates": sum(counts.values())}
 
 
 def step_patch_tree(root, out, patch_size, positive_copies=8):
@@ -307,7 +316,7 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=1.0, help="share of every real count. Default: 1 (the real counts).")
     parser.add_argument("--scan-shape", type=int, nargs=3, default=[32, 64, 64],
                         help="(z, y, x) of each scan, int16. Default: 32 64 64.")
-    parser.add_argument("--extract-scans", type=int, default=8, help="scans of subset0 extracted per timing. Default: 8.")
+    parser.add_argument("--extract-scans", type=int, default=16, help="scans of subset0 extracted per timing (0: no extraction). Default: 16.")
     parser.add_argument("--patch-size", type=int, default=64, help="Default: 64 (thesis 4.2.1.2).")
     parser.add_argument("--batch-size", type=int, default=765, help="views per predicted batch. Default: 765.")
     parser.add_argument("--image-size", type=int, default=64,
@@ -328,16 +337,19 @@ def main(argv=None):
 
 
 def line(name, peak, seconds, detail):
-    verdict = "ok" if peak < TARGET_GB * GB else f"OVER {TARGET_GB:g} GB"
-    print(f"{name:<44} {peak / GB:7.2f} {seconds:9.1f}  {verdict:<6} {detail}", flush=True)
-    return {"step": name, "peak_gb": peak / GB, "seconds": seconds, "ok": peak < TARGET_GB * GB}
+    resident, anonymous = peak
+    verdict = "ok" if resident < TARGET_GB * GB else "OVER"
+    print(f"{name:<44} {resident / GB:8.2f} {anonymous / GB:6.2f} {seconds:8.1f}  {verdict:<5} {detail}", flush=True)
+    return {"step": name, "peak_gb": resident / GB, "anonymous_gb": anonymous / GB, "seconds": seconds,
+            "ok": resident < TARGET_GB * GB}
 
 
 def report(work, args):
     rows = []
-    print(f"LUNA16 and corpus at {args.scale:g} of the real counts; {os.cpu_count()} cores; peak resident memory of "
-          f"each step's processes")
-    print(f"{'step':<44} {'peak GB':>7} {'seconds':>9}  {'<8 GB':<6} detail", flush=True)
+    print(f"LUNA16 and corpus at {args.scale:g} of the real counts; {os.cpu_count()} cores (load average "
+          f"{os.getloadavg()[0]:.1f} at the start); peak memory of each step's processes: resident (RSS) and its "
+          "anonymous part (RSS less the pages of memory-mapped files, which the kernel can drop)")
+    print(f"{'step':<44} {'RSS GB':>8} {'anon':>6} {'seconds':>8}  {'<8 GB':<5} detail", flush=True)
     tree, peak, seconds = run_step("write_tree", root=str(work / "luna16"), scale=args.scale,
                                    scan_shape=args.scan_shape)
     rows.append(line("1. write the LUNA16 tree", peak, seconds,
@@ -345,16 +357,20 @@ def report(work, args):
                      f"({tree['positives']:,} positive; per scan median {tree['median_scan']:.0f}, "
                      f"largest {tree['largest_scan']:,})"))
     rates = {}
-    for workers in (1, 2):
+    for workers in (1, 2) if args.extract_scans else ():
         found, peak, seconds = run_step("extract", root=str(work / "luna16"), out=str(work / f"extract{workers}"),
                                         scans=args.extract_scans, workers=workers, patch_size=args.patch_size)
         rates[workers] = found["candidates"] / found["seconds"]
+        cpu_rate = found["candidates"] / found["cpu_seconds"]
         rows.append(line(f"2. extract {found['scans']} scans, {workers} worker{'s' * (workers > 1)}", peak, seconds,
                          f"{found['candidates']:,} candidates: {found['seconds'] / found['scans']:.2f} s/scan, "
-                         f"{rates[workers]:.0f} candidates/s"))
-    hours = tree["candidates"] / rates[2] / 3600
-    print(f"   2-core speed-up {rates[2] / rates[1]:.2f}x; all {tree['candidates']:,} candidates on 2 cores: "
-          f"{hours:.1f} h (~{hours * 2 / 16:.1f} h on 16 cores at the same per-core rate)")
+                         f"{rates[workers]:.0f} candidates/s ({cpu_rate:.0f} per CPU-second)"))
+        if workers == 1:
+            one_core = cpu_rate
+    if rates:
+        hours = tree["candidates"] / one_core / 3600
+        print(f"   2-core speed-up {rates[2] / rates[1]:.2f}x (load average now {os.getloadavg()[0]:.1f}); all "
+              f"{tree['candidates']:,} candidates: {hours:.1f} CPU-hours, {hours / 16 * 60:.0f} min on 16 free cores")
     found, peak, seconds = run_step("patch_tree", root=str(work / "luna16"), out=str(work / "patches"),
                                     patch_size=args.patch_size)
     rows.append(line("3. the full-count patch files (sparse)", peak, seconds, f"{found['gb']:.1f} GB of float16 patches"))

@@ -155,21 +155,17 @@ def epoch_rates(model, data, steps, repeats, batch_size):
     return [steps * batch_size / t for t in times[1:]]
 
 
-def held_batches(recipe, steps):
-    """`steps` batches as two arrays (4 distinct batches repeated): the accelerator's own speed, without input."""
+def held_batches(recipe):
+    """Two distinct batches of pairs, held in memory: cycled, they show the accelerator's own speed."""
     from benchmarks.feed import make_batch
 
-    distinct = [make_batch(recipe, i) for i in range(min(4, steps))]
-    inputs = np.concatenate([distinct[i % len(distinct)][0] for i in range(steps)])
-    targets = np.concatenate([distinct[i % len(distinct)][1] for i in range(steps)])
-    return inputs, targets
+    return [make_batch(recipe, i) for i in range(2)]
 
 
-def as_dataset(inputs, targets, batch_size):
-    """Held batches as an endless generator of batches (a form `fit` takes on every backend)."""
+def cycled(batches):
+    """The batches, over and over (a generator: a form `fit` takes on every backend)."""
     while True:
-        for start in range(0, len(inputs), batch_size):
-            yield inputs[start : start + batch_size], targets[start : start + batch_size]
+        yield from batches
 
 
 def measure_training(task):
@@ -178,10 +174,10 @@ def measure_training(task):
 
     recipe = BatchRecipe(task["store"], task["batch_size"], task["crop_size"], task["image_size"])
     model = compiled_unet(task["backbone"], task["image_size"], task["precision"], task["jit"])
-    inputs, targets = held_batches(recipe, task["steps"])
-    found = {"memory": float(np.median(epoch_rates(model, as_dataset(inputs, targets, task["batch_size"]),
-                                                   task["steps"], task["repeats"], task["batch_size"])))}
-    del inputs, targets
+    held = held_batches(recipe)
+    found = {"memory": float(np.median(epoch_rates(model, cycled(held), task["steps"], task["repeats"],
+                                                   task["batch_size"])))}
+    del held
     found["workers"] = None
     if task["workers"]:
         stream = pair_batches(recipe, task["workers"])
@@ -309,6 +305,9 @@ def main(argv=None):
     size = dataclasses.replace(SIZES[args.size], **{
         field.name: tuple(value) if isinstance(field.default, tuple) else value
         for field in dataclasses.fields(Size) if (value := getattr(args, field.name)) is not None})
+    if args.demo_slices and not (Path(args.demo_slices) / "shapes.npy").is_file():
+        parser.error(f"--demo-slices {args.demo_slices}: not a slice store (no shapes.npy); write one with "
+                     "`bash tools/gpu_benchmark.sh prepare`")
     return run(size, args.jit, args.cores, args.demo_slices, args.parts)
 
 
