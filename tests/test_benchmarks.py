@@ -59,3 +59,19 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
     losses = [float(line.split()[1]) for line in lines[part3 + 2 : part3 + 4]]
     assert [line.split()[0] for line in lines[part3 + 2 : part3 + 4]] == ["1-2", "3-4"]
     assert np.isfinite(losses).all() and all(0 < loss < 1 for loss in losses)  # An MSE of [0, 1] images.
+
+
+def test_scale_rehearsal_runs_tiny():
+    """A smoke run of benchmarks/scale.py at 0.3% of the real counts (the real run takes minutes)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--scale", "0.003",
+                             "--extract-scans", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    steps = {line.split()[0]: line for line in lines if line[:2] in ("1.", "2.", "3.", "4.", "5.", "6.", "  ")}
+    # Every LUNA16 subset keeps at least one scan; counts are rounded shares of 754,975 and of the corpus's 457,004.
+    assert "10 scans" in steps["1."] and f"{round(754_975 * 0.003):,} candidates" in steps["1."]
+    assert f"{sum(round(n * 0.003) for n in (155_105, 167_179, 134_720)):,} rows" in steps["6."]
+    streamed = next(line for line in lines if line.startswith("5.")).split("views")[0].split()[-1]
+    whole = next(line for line in lines if "as one array" in line).split("test ")[-1].split()[0]
+    assert streamed == whole  # The streamed prediction covers every view of the test fold.
+    assert all(" ok " in line for line in lines if line[:2] in ("1.", "2.", "3.", "4.", "5.", "6."))

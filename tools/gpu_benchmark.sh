@@ -3,7 +3,8 @@
 # JAX (CUDA 13), numpy, scipy, h5py, numba, opencv, scikit-image and six but no TensorFlow and no Keras
 # (/work/.library/device/KINDS.md).
 #
-#   bash tools/gpu_benchmark.sh prepare     # here: the wheels it lacks and the demo slices, in runs/gpu_carry (~20 MB)
+#   bash tools/gpu_benchmark.sh prepare     # here: the wheels it lacks and the demo slices, in runs/gpu_carry (~10 MB)
+#   bash tools/gpu_benchmark.sh check       # the install and a U-Net build alone (a dry run: SITE=/tmp/x, a clean target)
 #   bash tools/gpu_benchmark.sh run         # there, as the device tool's command, carrying runs/gpu_carry:
 #       run(command="bash tools/gpu_benchmark.sh run", carry=["runs/gpu_carry"], timeout_s=540)
 #
@@ -31,26 +32,40 @@ demo_store('$carry/demo_slices')")
   du -sh "$carry" "$carry"/*
 }
 
-run() {
+check() {  # Install the wheels, then build the U-Net under JAX with TensorFlow refused.
   out=${OUT:-$here/runs/gpu_out}
   mkdir -p "$out"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  site=${SITE:-/tmp/site}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
     "$carry"/wheels/*.whl
-  export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3
+  export PYTHONPATH=$site PYTHONUNBUFFERED=1 KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3
   # Let JAX take nearly all of the GPU, so "the largest batch that fits" is the card's, not a 75% share's.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   { nvidia-smi || true; python3 -c "import jax, keras, numpy; print('jax', jax.__version__, jax.devices(), \
 'keras', keras.__version__, 'numpy', numpy.__version__)"; } > "$out/device.txt" 2>&1
   cd "$here"
-  python3 -c "import importlib.util as u; assert u.find_spec('tensorflow') is None, 'TensorFlow is there'; \
-from genesis2d.unet import build_unet; print('U-Net built without TensorFlow:', build_unet('resnet50').count_params())" \
-    2>&1 | tee -a "$out/device.txt"
+  python3 - <<'PY' 2>&1 | tee -a "$out/device.txt"
+import sys
+class NoTensorFlow:  # As on a machine without it, whatever is installed here.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf_keras"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoTensorFlow())
+from genesis2d.unet import build_unet
+print("U-Net built under", __import__("keras").backend.backend(), "without TensorFlow:",
+      build_unet("resnet50").count_params(), "parameters")
+PY
+}
+
+run() {
+  check
   python3 benchmarks/training.py --demo-slices "$carry/demo_slices" --parts 2 3 2>&1 | tee "$out/training.txt"
   timeout 420 python3 benchmarks/training.py --parts 1 --largest-limit 512 2>&1 | tee -a "$out/training.txt" || true
 }
 
 case "${1:-}" in
   prepare) prepare ;;
+  check) check ;;
   run) run ;;
-  *) echo "usage: bash tools/gpu_benchmark.sh prepare|run" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu_benchmark.sh prepare|check|run" >&2; exit 2 ;;
 esac
