@@ -9,6 +9,7 @@ when the command is run again.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 from luna16.patches import extract_scan
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
 from plumbing.cli import ArgumentParser
-from plumbing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError, UsageError
 from preprocessing.readers import read_image
 from preprocessing.split import hold_out_groups
 
@@ -395,6 +396,23 @@ def evaluation_batches(subsets, series=None, batch_size=255):
         _release(subset.patches)
 
 
+def evaluation_cases(subsets, indices, series=None):
+    """The three views (n, 3, S, S, 1) of the candidates at `indices` of the evaluation order (a gallery's few
+    cases), read from the memory-mapped subsets."""
+    parts = list(_evaluation_rows(subsets, series))
+    starts = np.cumsum([0] + [len(rows) for _, rows in parts])
+    indices = np.asarray(indices, dtype=np.int64).ravel()
+    if len(indices) and (indices.min() < 0 or indices.max() >= starts[-1]):
+        raise IndexError(f"indices must lie in [0, {starts[-1]}). Received: {indices.min()}..{indices.max()}")
+    part = np.searchsorted(starts, indices, side="right") - 1
+    side = parts[0][0].patches.shape[-1] if parts else 0
+    out = np.empty((len(indices), 3, side, side, 1), np.float16)
+    for n, (k, index) in enumerate(zip(part, indices)):
+        subset, rows = parts[k]
+        out[n] = subset.patches[rows[index - starts[k]]][..., None]
+    return out
+
+
 def _gather_views(parts, chunk=4096):
     """The views of `(patches, rows)` parts in one (3n, S, S, 1) array, filled chunk by chunk (no second copy)."""
     total = sum(len(rows) for _, rows in parts)
@@ -442,11 +460,17 @@ def parse_args(argv=None):
     parser.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis method 1 or 2. Default: planes.")
     parser.add_argument("--positive-copies", type=int, default=8, help="copies of each positive, augmented. Default: 8 (thesis).")
     parser.add_argument("--seed", type=int, default=0, help="Default: 0.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help=f"processes extracting scans (the files are the same for any number). Default: every "
+                        f"core ({os.cpu_count()} here).")
     return parser.parse_args(argv)
 
 
 def run(args):
-    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
+    if args.workers < 1:
+        raise UsageError("--workers", f"must be at least 1. Received: {args.workers}")
+    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies,
+                             args.seed, workers=args.workers)
     print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {args.out}")
     return counts
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, evaluation_batches, evaluation_labels, extract_subsets,
-                         fold_subsets, keep_negatives, training_arrays, validation_series)
+from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, evaluation_batches, evaluation_cases, evaluation_labels,
+                         extract_subsets, fold_subsets, keep_negatives, training_arrays, validation_series)
 from luna16.froc import cap_candidates, cpm, evaluate
 from luna16.patches import augment, extract, extract_cube, voxel_to_world, world_to_voxel
 from preprocessing.demo import write_itk
@@ -152,6 +152,8 @@ def test_evaluation_batches_stream_the_evaluation_arrays(extracted):
     np.testing.assert_array_equal(streamed_labels, labels)
     pd.testing.assert_frame_equal(streamed_table, table)
     assert len(table) == len(images) // 3 and set(table["seriesuid"]) == series
+    chosen = [len(table) - 1, 0, 2]  # A gallery's cases, by their place in the evaluation order.
+    np.testing.assert_array_equal(evaluation_cases(subsets, chosen, series), images.reshape(-1, 3, 32, 32, 1)[chosen])
 
 
 def test_cpm_on_a_hand_made_case():
