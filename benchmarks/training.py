@@ -8,7 +8,7 @@ Three parts, each printed as a table:
 
 1. Training images/s of the ResNet50 and VGG16 U-Nets at 224 (`--size full`), in
    mixed_float16 and float32, at batch 32 and, on a GPU, at the largest batch that
-   fits (doubling from 64 until one fails), with `jit_compile` (always on under
+   fits in mixed_float16 (doubling from 64 until one fails), with `jit_compile` (always on under
    JAX; off and on under TensorFlow): fed from batches held in memory (what the
    accelerator can do) and from the numpy distortions made by worker processes
    (`benchmarks/feed.py`, one per core, up to 16: what the pretraining input
@@ -244,7 +244,8 @@ def training_table(size, store, jits, feed_workers, gpu):
                 rows.append((backbone, precision, jit, size.batch_size, run_task(task)))
                 print_row(rows[-1], flush=True)
                 batch = size.batch_size * 2
-                while gpu and batch <= size.largest_limit:  # The largest batch that fits, from memory only.
+                # The largest batch that fits, from memory only, in the first precision (the one training uses).
+                while gpu and precision == size.precisions[0] and batch <= size.largest_limit:
                     result = run_task({**task, "batch_size": batch, "workers": 0})
                     rows.append((backbone, precision, jit, batch, result))
                     print_row(rows[-1], flush=True)
