@@ -180,7 +180,7 @@ def step_extract(root, out, scans, workers, patch_size):
         for suffix in (".mhd", ".raw"):
             target = sample / "subset0" / (path.stem + suffix)
             if not target.exists():
-                os.symlink(path.with_suffix(suffix), target)
+                os.link(path.with_suffix(suffix), target)  # Hard links: a symlink out of the tree is refused.
     candidates = pd.read_csv(root / "candidates_V2.csv")
     candidates[candidates["seriesuid"].isin({p.stem for p in chosen})].to_csv(sample / "candidates_V2.csv", index=False)
     start = time.perf_counter()
