@@ -71,9 +71,9 @@ def encoder_card(backbone, normalisation):
     entry = BACKBONES[backbone]
     return {
         "architecture": {
-            "backbone": backbone, "source": entry["library"],
+            "backbone": backbone, "source": entry.library,
             "layers": {"input": INPUT_NAME, "gray_to_rgb": "Concatenate repeating the grayscale channel three times",
-                       "output": ENCODER_OUTPUT, "skips_deepest_first": list(entry["skips"])},
+                       "output": ENCODER_OUTPUT, "skips_deepest_first": list(entry.skips)},
         },
         "input": {"shape": [None, None, None, 1], "sides": f"any multiple of {STRIDE}", "channels": 1,
                   "channels_note": "one grayscale channel; convert RGB images to gray first. A 3-channel batch is "
@@ -81,8 +81,8 @@ def encoder_card(backbone, normalisation):
                                    "at the backbone's first layer with 'expected axis 3 ... to have value 3, but "
                                    "received input with shape (..., 9)'",
                   "dtype": "float32", "range": [0.0, 1.0], "normalisation": normalisation},
-        "output": {"layer": ENCODER_OUTPUT, "channels": entry["channels"], "stride": STRIDE,
-                   "shape": f"(N, H/{STRIDE}, W/{STRIDE}, {entry['channels']})"},
+        "output": {"layer": ENCODER_OUTPUT, "channels": entry.channels, "stride": STRIDE,
+                   "shape": f"(N, H/{STRIDE}, W/{STRIDE}, {entry.channels})"},
         "license": LICENSE, "citation": CITATION,
         "loading": [asdict(snippet) for snippet in LOADING],
     }

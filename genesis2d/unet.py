@@ -5,7 +5,8 @@ The encoder is a segmentation_models (qubvel) backbone; the decoder mirrors
 normalisation (thesis 3.1.11): `batch`, `instance` (GroupNormalization with one
 group per channel) or `none`. A grayscale slice is repeated to three channels so
 ImageNet encoders fit. The encoder's last layer is named `encoder_output`, so
-downstream tasks cut the encoder at that layer.
+downstream tasks cut the encoder at that layer. It builds on any Keras backend:
+under `KERAS_BACKEND=jax` no TensorFlow is needed (`genesis2d.sm_backend`).
 
 Example:
 >>> model = build_unet("vgg16", input_shape=(64, 64, 1), norm="instance")  # doctest: +SKIP
@@ -13,19 +14,16 @@ Example:
 (None, 64, 64, 1)
 """
 
-import os
+import keras
+from keras import layers
 
-os.environ.setdefault("SM_FRAMEWORK", "tf.keras")  # Must precede the first import of segmentation_models.
-
-import keras  # noqa: E402
-from keras import layers  # noqa: E402
+from genesis2d.backbones import BACKBONES  # The table, importable without Keras.
+from genesis2d.sm_backend import segmentation_models
 
 ENCODER_OUTPUT = "encoder_output"
 INPUT_NAME = "image"
 NORMS = ("batch", "instance", "none")
 DECODER_FILTERS = (256, 128, 64, 32, 16)
-
-from genesis2d.backbones import BACKBONES  # noqa: E402  The table, importable without Keras.
 
 
 def _check(backbone, input_shape, norm=None):
@@ -55,12 +53,11 @@ def build_backbone(backbone, input_shape=(224, 224, 1), weights=None):
     input_shape = _check(backbone, input_shape)
     image = keras.Input(input_shape, name=INPUT_NAME)
     rgb = layers.Concatenate(axis=-1, name="gray_to_rgb")([image, image, image])
-    application = BACKBONES[backbone].get("application")
+    application = BACKBONES[backbone].application
     if application:  # keras.applications: Keras's own layer names and weight files.
         return getattr(keras.applications, application)(include_top=False, weights=weights, input_tensor=rgb,
                                                          input_shape=input_shape[:2] + (3,))
-    import segmentation_models as sm
-
+    sm = segmentation_models()
     get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
     return get_backbone(backbone, input_shape=input_shape[:2] + (3,), input_tensor=rgb, weights=weights,
                         include_top=False)
@@ -94,7 +91,7 @@ def build_unet(backbone="resnet50", input_shape=(224, 224, 1), norm="batch", enc
     _check(backbone, input_shape, norm)
     encoder = build_backbone(backbone, input_shape, encoder_weights)
     x = layers.Activation("linear", name=ENCODER_OUTPUT)(encoder.output)
-    skips = [encoder.get_layer(name).output for name in BACKBONES[backbone]["skips"]]
+    skips = [encoder.get_layer(name).output for name in BACKBONES[backbone].skips]
     if isinstance(encoder.layers[-1], layers.MaxPooling2D):
         # VGG ends on a pooling layer: sm.Unet adds two 512-filter blocks before decoding.
         x = _conv_norm_relu(x, 512, norm, "center_block1")

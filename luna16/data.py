@@ -9,6 +9,7 @@ when the command is run again.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from luna16.patches import extract_scan
-from plumbing.atomic import atomic_path, write_csv, write_json
+from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
 from plumbing.cli import ArgumentParser
-from plumbing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError, UsageError
 from preprocessing.readers import read_image
 from preprocessing.split import hold_out_groups
 
@@ -163,13 +164,18 @@ def inside_scan(volume, meta, xyz):
 
 
 def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", positive_copies=8, seed=0,
-                    progress=True):
+                    progress=True, workers=1):
     """Extracts every subset not yet done with these inputs and settings; returns {subset: number of candidates}.
 
     A subset's cache is reused only when its record names the same settings and the same
     input files (candidates file and scans: names, sizes, modification times) and no scan
     failed; otherwise it is extracted again. Candidates with non-finite coordinates or
     outside their scan are dropped, one warning per scan, and counted in the record.
+
+    Scans are extracted by `workers` processes (each reads one scan at a time) and
+    written to disk as they come, in scan order, so the memory held is a few scans'
+    patches whatever the subset's size, and the files are the same for any number of
+    workers (each scan's random numbers come from (seed, subset, scan index)).
     """
     from tqdm import tqdm
 
@@ -180,57 +186,112 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     by_series = {uid: rows for uid, rows in candidates.groupby("seriesuid", sort=False)}
     settings = {"size": size, "pixel_mm": pixel_mm, "method": method, "positive_copies": positive_copies, "seed": seed}
     counts = {}
-    for subset, scans in scans_by_subset(data_dir).items():
-        folder = out_dir / f"subset{subset}"
-        done = folder / "done.json"
-        inputs = input_fingerprint(candidates_path(data_dir), scans)
-        if done.exists():
-            record = json.loads(done.read_text())
-            if (record.get("settings") == settings and record.get("inputs") == inputs
-                    and not record.get("skipped_scans")):
-                counts[subset] = record["candidates"]
-                continue
-            done.unlink()  # Stale or incomplete: extract again rather than trust it.
-        patches, augmented, rows, aug_rows, skipped, dropped = [], [], [], [], [], 0
-        for index, (uid, path) in enumerate(tqdm(scans.items(), desc=f"subset{subset}", unit="scan", disable=not progress)):
-            scan_rows = by_series.get(uid)
-            if scan_rows is None:
-                continue
-            try:
-                volume, meta = read_image(path)
-            except ImageReadError as error:
-                print(f"warning: {error} Its {len(scan_rows)} candidates are skipped.", file=sys.stderr)
-                skipped.append(str(path))
-                continue
-            keep = inside_scan(volume, meta, scan_rows[["coordX", "coordY", "coordZ"]].to_numpy(float))
-            if not keep.all():
-                print(f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the scan or "
-                      "have no coordinates; dropped.", file=sys.stderr)
-                dropped += int((~keep).sum())
-                scan_rows = scan_rows[keep]
-            values = scan_rows[["coordX", "coordY", "coordZ", "class"]].to_numpy(float)
-            scan_patches, scan_aug, scan_aug_rows = extract_scan(
-                volume, meta, values, size, pixel_mm, method, positive_copies, rng=[seed, subset, index])
-            offset = sum(len(r) for r in rows)
-            patches.append(scan_patches)
-            augmented.append(scan_aug)
-            aug_rows.append(scan_aug_rows + offset)
-            rows.append(scan_rows)
-        table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-        empty = np.empty((0, 3, size, size), np.float16)
-        _save(folder / "patches.npy", np.concatenate(patches) if patches else empty)
-        _save(folder / "augmented.npy", np.concatenate(augmented) if augmented else empty)
-        write_csv(folder / "candidates.csv", table)
-        write_csv(folder / "augmented.csv", pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else []}))
-        write_json(done, {"settings": settings, "inputs": inputs, "candidates": len(table), "skipped_scans": skipped,
-                          "dropped_candidates": dropped, "fingerprint": fingerprint([settings, inputs])})  # Last.
-        counts[subset] = len(table)
+    pool = None
+    try:
+        for subset, scans in scans_by_subset(data_dir).items():
+            folder = out_dir / f"subset{subset}"
+            done = folder / "done.json"
+            inputs = input_fingerprint(candidates_path(data_dir), scans)
+            if done.exists():
+                record = json.loads(done.read_text())
+                if (record.get("settings") == settings and record.get("inputs") == inputs
+                        and not record.get("skipped_scans")):
+                    counts[subset] = record["candidates"]
+                    continue
+                done.unlink()  # Stale or incomplete: extract again rather than trust it.
+            jobs = [(path, by_series[uid][["coordX", "coordY", "coordZ", "class"]].to_numpy(float), size, pixel_mm,
+                     method, positive_copies, [seed, subset, index])
+                    for index, (uid, path) in enumerate(scans.items()) if uid in by_series]
+            if workers > 1 and len(jobs) > 1 and pool is None:
+                import multiprocessing
+
+                # spawn, not fork: the caller may hold TensorFlow's threads.
+                pool = multiprocessing.get_context("spawn").Pool(workers)
+            results = pool.imap(_extract_scan_job, jobs) if pool is not None and len(jobs) > 1 else map(
+                _extract_scan_job, jobs)
+            rows, aug_rows, skipped, dropped, written = [], [], [], 0, 0
+            with _NpyStream(folder / "patches.npy", (3, size, size)) as patches, \
+                    _NpyStream(folder / "augmented.npy", (3, size, size)) as augmented:
+                for job, found in tqdm(zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan",
+                                       disable=not progress):
+                    path, uid = job[0], Path(job[0]).stem
+                    if isinstance(found, str):
+                        print(f"warning: {found} Its {len(job[1])} candidates are skipped.", file=sys.stderr)
+                        skipped.append(str(path))
+                        continue
+                    keep, scan_patches, scan_aug, scan_aug_rows = found
+                    scan_rows = by_series[uid]
+                    if not keep.all():
+                        print(f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
+                              "scan or have no coordinates; dropped.", file=sys.stderr)
+                        dropped += int((~keep).sum())
+                        scan_rows = scan_rows[keep]
+                    patches.write(scan_patches)
+                    augmented.write(scan_aug)
+                    aug_rows.append(scan_aug_rows + written)
+                    written += len(scan_rows)
+                    rows.append(scan_rows)
+            table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+            write_csv(folder / "candidates.csv", table)
+            write_csv(folder / "augmented.csv",
+                      pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else np.empty(0, np.int64)}))
+            write_json(done, {"settings": settings, "inputs": inputs, "candidates": len(table), "skipped_scans": skipped,
+                              "dropped_candidates": dropped, "fingerprint": fingerprint([settings, inputs])})  # Last.
+            counts[subset] = len(table)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return counts
 
 
-def _save(path, array):
-    with atomic_path(path) as tmp:
-        np.save(tmp, array)
+def _extract_scan_job(job):
+    """One scan's (inside mask, patches, augmented copies, their rows), or the read error's sentence."""
+    path, values, size, pixel_mm, method, positive_copies, rng = job
+    try:
+        volume, meta = read_image(path)
+    except ImageReadError as error:
+        return str(error)
+    keep = inside_scan(volume, meta, values[:, :3])
+    return (keep, *extract_scan(volume, meta, values[keep], size, pixel_mm, method, positive_copies, rng=rng))
+
+
+class _NpyStream:
+    """A float16 .npy file of (N, *item_shape) written in pieces of unknown total N, then moved in place atomically.
+
+    The pieces go to a raw file beside it; on a clean exit the header (now that N is known) and the
+    pieces are copied into the .npy, so no more than one piece is ever held in memory.
+    """
+
+    def __init__(self, path, item_shape):
+        self.path, self.item_shape, self.count = Path(path), tuple(item_shape), 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.raw_path = self.path.with_name(f"{TEMPORARY_PREFIX}{self.path.name}.pieces")
+        self.raw = open(self.raw_path, "wb")
+        return self
+
+    def write(self, array):
+        array = np.ascontiguousarray(array, dtype=np.float16)
+        if array.shape[1:] != self.item_shape:
+            raise ValueError(f"pieces must be (n, {self.item_shape}). Received: shape={array.shape}")
+        self.raw.write(array.tobytes())
+        self.count += len(array)
+
+    def __exit__(self, kind, value, traceback):
+        import shutil
+
+        self.raw.close()
+        try:
+            if kind is None:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                          "shape": (self.count, *self.item_shape)}
+                with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.raw_path, "rb") as pieces:
+                    np.lib.format.write_array_header_1_0(out, header)
+                    shutil.copyfileobj(pieces, out, 16 * 2**20)
+        finally:
+            self.raw_path.unlink(missing_ok=True)
+        return False
 
 
 class Subset:
@@ -276,36 +337,112 @@ def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=Tru
 
     Training subsets lose 90% of their negatives (seeded, per subset) and gain the augmented
     copies of their positives; `held_out` series are left for validation. With
-    `with_series`, each sample's seriesuid too (its scan: the unit to group by).
+    `with_series`, each sample's seriesuid too (its scan: the unit to group by). The images
+    are copied once, straight from the memory-mapped subsets into the result.
     """
-    images, labels, series = [], [], []
+    parts, labels, series = [], [], []
     for subset in subsets:
         uids = subset.candidates["seriesuid"].to_numpy()
         in_train = ~subset.candidates["seriesuid"].isin(held_out).to_numpy()
         label = subset.candidates["class"].to_numpy(int)
         keep = keep_negatives(np.where(in_train, label, -1), negative_fraction, rng)
-        images.append(_views(subset.patches[keep]))
+        parts.append((subset.patches, keep))
         labels.append(np.repeat(label[keep], 3))
         series.append(np.repeat(uids[keep], 3))
         if use_augmented and len(subset.augmented_rows):
             chosen = np.flatnonzero(in_train[subset.augmented_rows])
-            images.append(_views(subset.augmented[chosen]))
+            parts.append((subset.augmented, chosen))
             labels.append(np.ones(3 * len(chosen), int))
             series.append(np.repeat(uids[subset.augmented_rows[chosen]], 3))
-    arrays = (np.concatenate(images), np.concatenate(labels))
+    arrays = (_gather_views(parts), np.concatenate(labels))
     return (*arrays, np.concatenate(series)) if with_series else arrays
 
 
-def evaluation_arrays(subsets, series=None):
-    """(images, labels, candidate table) of every candidate (optionally only some series), views as samples."""
-    images, labels, tables = [], [], []
+def _evaluation_rows(subsets, series):
     for subset in subsets:
         mask = np.ones(len(subset.candidates), bool) if series is None else subset.candidates["seriesuid"].isin(series).to_numpy()
-        rows = np.flatnonzero(mask)
-        images.append(_views(subset.patches[rows]))
+        yield subset, np.flatnonzero(mask)
+
+
+def evaluation_arrays(subsets, series=None):
+    """(images, labels, candidate table) of every candidate (optionally only some series), views as samples.
+
+    The images of a whole test fold (~150k candidates of LUNA16, 3.7 GB at float16) are large:
+    to predict, prefer `evaluation_labels` with `evaluation_batches`, which never hold them all.
+    """
+    rows = list(_evaluation_rows(subsets, series))
+    labels, table = evaluation_labels(subsets, series)
+    return _gather_views([(subset.patches, chosen) for subset, chosen in rows]), labels, table
+
+
+def evaluation_labels(subsets, series=None):
+    """(labels of the views, candidate table) of `evaluation_arrays`, without the images."""
+    labels, tables = [], []
+    for subset, rows in _evaluation_rows(subsets, series):
         labels.append(np.repeat(subset.candidates["class"].to_numpy(int)[rows], 3))
         tables.append(subset.candidates.iloc[rows])
-    return np.concatenate(images), np.concatenate(labels), pd.concat(tables, ignore_index=True)
+    return np.concatenate(labels), pd.concat(tables, ignore_index=True)
+
+
+def evaluation_batches(subsets, series=None, batch_size=255):
+    """Yields the images of `evaluation_arrays`, in its order, as float16 (n, S, S, 1) batches of whole candidates
+    (n <= batch_size views, a multiple of 3), read from the memory-mapped subsets: never the whole fold at once."""
+    per_batch = max(1, batch_size // 3)
+    for subset, rows in _evaluation_rows(subsets, series):
+        for start in range(0, len(rows), per_batch):
+            yield _views(subset.patches[rows[start : start + per_batch]])
+            if (start // per_batch) % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                _release(subset.patches)
+        _release(subset.patches)
+
+
+def evaluation_cases(subsets, indices, series=None):
+    """The three views (n, 3, S, S, 1) of the candidates at `indices` of the evaluation order (a gallery's few
+    cases), read from the memory-mapped subsets."""
+    parts = list(_evaluation_rows(subsets, series))
+    starts = np.cumsum([0] + [len(rows) for _, rows in parts])
+    indices = np.asarray(indices, dtype=np.int64).ravel()
+    if len(indices) and (indices.min() < 0 or indices.max() >= starts[-1]):
+        raise IndexError(f"indices must lie in [0, {starts[-1]}). Received: {indices.min()}..{indices.max()}")
+    part = np.searchsorted(starts, indices, side="right") - 1
+    side = parts[0][0].patches.shape[-1] if parts else 0
+    out = np.empty((len(indices), 3, side, side, 1), np.float16)
+    for n, (k, index) in enumerate(zip(part, indices)):
+        subset, rows = parts[k]
+        out[n] = subset.patches[rows[index - starts[k]]][..., None]
+    return out
+
+
+def _gather_views(parts, chunk=4096):
+    """The views of `(patches, rows)` parts in one (3n, S, S, 1) array, filled chunk by chunk (no second copy)."""
+    total = sum(len(rows) for _, rows in parts)
+    side = parts[0][0].shape[-1] if parts else 0
+    out = np.empty((3 * total, side, side, 1), np.float16)
+    at = 0
+    for patches, rows in parts:
+        for start in range(0, len(rows), chunk):
+            views = _views(patches[rows[start : start + chunk]])
+            out[at : at + len(views)] = views
+            at += len(views)
+            _release(patches)
+    return out
+
+
+_RELEASE_EVERY = 32  # Batches between releases of the pages read (a few tens of MB).
+
+
+def _release(patches):
+    """Drops the pages of a memory-mapped patch file that this process read from its memory map.
+
+    They stay in the page cache (read again at no cost while memory allows), but stop counting
+    as this process's memory: without it, reading a fold's ~15 GB of patch files piece by piece
+    leaves every page read mapped, and the process's resident size grows with the files.
+    """
+    import mmap
+
+    mapping = getattr(patches, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _views(patches):
@@ -323,11 +460,17 @@ def parse_args(argv=None):
     parser.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis method 1 or 2. Default: planes.")
     parser.add_argument("--positive-copies", type=int, default=8, help="copies of each positive, augmented. Default: 8 (thesis).")
     parser.add_argument("--seed", type=int, default=0, help="Default: 0.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help=f"processes extracting scans (the files are the same for any number). Default: every "
+                        f"core ({os.cpu_count()} here).")
     return parser.parse_args(argv)
 
 
 def run(args):
-    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies, args.seed)
+    if args.workers < 1:
+        raise UsageError("--workers", f"must be at least 1. Received: {args.workers}")
+    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies,
+                             args.seed, workers=args.workers)
     print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {args.out}")
     return counts
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from luna16.data import FOLD_PAIRS, Subset, extract_subsets, fold_subsets, keep_negatives, training_arrays, validation_series
+from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, evaluation_batches, evaluation_cases, evaluation_labels,
+                         extract_subsets, fold_subsets, keep_negatives, training_arrays, validation_series)
 from luna16.froc import cap_candidates, cpm, evaluate
 from luna16.patches import augment, extract, extract_cube, voxel_to_world, world_to_voxel
 from preprocessing.demo import write_itk
@@ -125,6 +126,34 @@ def test_extraction_counts_and_folds(demo_dir, extracted):
     stamp = (out / "subset0" / "patches.npy").stat().st_mtime_ns
     extract_subsets(demo_dir / "LUNA16", out, size=32, positive_copies=3, progress=False)
     assert (out / "subset0" / "patches.npy").stat().st_mtime_ns == stamp
+
+
+def test_extraction_over_worker_processes_writes_the_same_files(demo_dir, extracted, tmp_path):
+    out, counts = extracted
+    assert extract_subsets(demo_dir / "LUNA16", tmp_path, size=32, positive_copies=3, progress=False,
+                           workers=2) == counts
+    for subset in range(10):
+        for name in ("patches.npy", "augmented.npy", "candidates.csv", "augmented.csv"):
+            assert (tmp_path / f"subset{subset}" / name).read_bytes() == (out / f"subset{subset}" / name).read_bytes()
+
+
+def test_evaluation_batches_stream_the_evaluation_arrays(extracted):
+    out, _ = extracted
+    subsets = [Subset(out / f"subset{s}") for s in (0, 1)]
+    series = set(subsets[0].candidates["seriesuid"][:3]) | set(subsets[1].candidates["seriesuid"][-2:])
+    images, labels, table = evaluation_arrays(subsets, series)
+    expected = np.concatenate([np.asarray(s.patches[s.candidates["seriesuid"].isin(series).to_numpy()])
+                               for s in subsets]).reshape(-1, 32, 32, 1)  # Candidate by candidate, its 3 views.
+    np.testing.assert_array_equal(images, expected)
+    batches = list(evaluation_batches(subsets, series, batch_size=8))
+    assert all(len(b) <= 8 and len(b) % 3 == 0 for b in batches) and batches[0].dtype == np.float16
+    np.testing.assert_array_equal(np.concatenate(batches), images)
+    streamed_labels, streamed_table = evaluation_labels(subsets, series)
+    np.testing.assert_array_equal(streamed_labels, labels)
+    pd.testing.assert_frame_equal(streamed_table, table)
+    assert len(table) == len(images) // 3 and set(table["seriesuid"]) == series
+    chosen = [len(table) - 1, 0, 2]  # A gallery's cases, by their place in the evaluation order.
+    np.testing.assert_array_equal(evaluation_cases(subsets, chosen, series), images.reshape(-1, 3, 32, 32, 1)[chosen])
 
 
 def test_cpm_on_a_hand_made_case():

@@ -71,7 +71,7 @@ def test_the_explained_block_keeps_a_grid_that_can_localise():
     from genesis2d.backbones import BACKBONES
     from transfer.saliency import saliency_block
 
-    skips = BACKBONES["resnet18"]["skips"]  # Strides 16, 8, 4, 2.
+    skips = BACKBONES["resnet18"].skips  # Strides 16, 8, 4, 2.
     assert saliency_block(skips, 224) is None  # 7x7: the encoder's last block, as Grad-CAM is usually drawn.
     assert saliency_block(skips, 128) is None
     assert saliency_block(skips, 64) == skips[0]  # 2x2 at stride 32; 4x4 at stride 16.
