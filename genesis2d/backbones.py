@@ -47,14 +47,6 @@ class Backbone:
         if len(self.skips) != 4:
             raise ValueError(f"skips must name four layers, deepest first. Received: skips={self.skips}")
 
-    # Transitional: read as the dict rows it replaces (`BACKBONES[name]["skips"]`, `.get(...)`) until the
-    # downstream modules read attributes; then these two go.
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)
-
 
 _RESNET_SKIPS = ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0")
 _VGG = "keras-applications VGG (through segmentation_models)"

@@ -20,7 +20,7 @@ from luna16.patches import extract_scan
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
 from plumbing.cli import ArgumentParser
 from plumbing.errors import ImageReadError, InputError, UsageError
-from preprocessing.readers import read_image
+from preprocessing.readers import OutsideRootError, read_image
 from preprocessing.split import hold_out_groups
 
 SUBSETS = tuple(range(10))
@@ -164,7 +164,7 @@ def inside_scan(volume, meta, xyz):
 
 
 def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", positive_copies=8, seed=0,
-                    progress=True, workers=1):
+                    progress=True, workers=1, allow_outside_root=False):
     """Extracts every subset not yet done with these inputs and settings; returns {subset: number of candidates}.
 
     A subset's cache is reused only when its record names the same settings and the same
@@ -175,7 +175,9 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     Scans are extracted by `workers` processes (each reads one scan at a time) and
     written to disk as they come, in scan order, so the memory held is a few scans'
     patches whatever the subset's size, and the files are the same for any number of
-    workers (each scan's random numbers come from (seed, subset, scan index)).
+    workers (each scan's random numbers come from (seed, subset, scan index)). A scan whose
+    header names data outside its folder stops the extraction (unless `allow_outside_root`),
+    where a damaged scan is only skipped.
     """
     from tqdm import tqdm
 
@@ -188,7 +190,7 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     counts = {}
     pool = None
     try:
-        for subset, scans in scans_by_subset(data_dir).items():
+        for subset, scans in scans_by_subset(data_dir, allow_outside_root).items():
             folder = out_dir / f"subset{subset}"
             done = folder / "done.json"
             inputs = input_fingerprint(candidates_path(data_dir), scans)
@@ -200,7 +202,7 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                     continue
                 done.unlink()  # Stale or incomplete: extract again rather than trust it.
             jobs = [(path, by_series[uid][["coordX", "coordY", "coordZ", "class"]].to_numpy(float), size, pixel_mm,
-                     method, positive_copies, [seed, subset, index])
+                     method, positive_copies, [seed, subset, index], allow_outside_root)
                     for index, (uid, path) in enumerate(scans.items()) if uid in by_series]
             if workers > 1 and len(jobs) > 1 and pool is None:
                 import multiprocessing
@@ -215,6 +217,8 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                 for job, found in tqdm(zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan",
                                        disable=not progress):
                     path, uid = job[0], Path(job[0]).stem
+                    if isinstance(found, tuple) and found[0] == OUTSIDE_ROOT:
+                        raise InputError(path, found[1])
                     if isinstance(found, str):
                         print(f"warning: {found} Its {len(job[1])} candidates are skipped.", file=sys.stderr)
                         skipped.append(str(path))
@@ -244,11 +248,16 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     return counts
 
 
+OUTSIDE_ROOT = "outside the dataset"
+
+
 def _extract_scan_job(job):
     """One scan's (inside mask, patches, augmented copies, their rows), or the read error's sentence."""
-    path, values, size, pixel_mm, method, positive_copies, rng = job
+    path, values, size, pixel_mm, method, positive_copies, rng, allow_outside_root = job
     try:
-        volume, meta = read_image(path)
+        volume, meta = read_image(path, allow_outside_root=allow_outside_root)
+    except OutsideRootError as error:  # Refused, not skipped: passed back as text (it crosses processes).
+        return OUTSIDE_ROOT, error.problem
     except ImageReadError as error:
         return str(error)
     keep = inside_scan(volume, meta, values[:, :3])

@@ -12,6 +12,7 @@ LUNA16's: its options, schedule table, folds and outputs.
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import image_size
-from luna16.data import (FOLD_PAIRS, Subset, candidates_path, evaluation_arrays, extract_subsets, fold_subsets,
-                         input_fingerprint, read_candidates, scans_by_subset, training_arrays, validation_series)
+from luna16.data import (FOLD_PAIRS, Subset, candidates_path, evaluation_arrays, evaluation_batches,
+                         evaluation_cases, evaluation_labels, extract_subsets, fold_subsets, input_fingerprint,
+                         read_candidates, scans_by_subset, training_arrays, validation_series)
 from luna16.patches import PLANES
 from plumbing.atomic import write_csv, write_text
 from plumbing.cli import fraction_type
@@ -65,6 +67,8 @@ class Luna16Options(TransferOptions):
                                       group=DATA, type=fraction_type())
     positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3",
                                   group=DATA, type=int)
+    workers: int = option(None, "processes extracting patches (each reads one scan at a time; the files are the "
+                          "same for any number). Default: every core.", group=DATA, reuse=False, type=int)
     folds: list = option([1, 2, 3, 4, 5], "folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.",
                          group=DATA, reuse=False, type=int, nargs="+")
 
@@ -100,12 +104,8 @@ def resolve_options(options):
     return dataclasses.replace(options, image_size=size, selection=selection, out=out)
 
 
-def _dataset(images, labels, batch_size, image_size, shuffle_seed=None):
+def _prepared(image_size):
     import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def prepare(x, y):
         x = tf.cast(x, tf.float32)
@@ -113,7 +113,36 @@ def _dataset(images, labels, batch_size, image_size, shuffle_seed=None):
             x = tf.image.resize(x, (image_size, image_size))
         return x, y
 
-    return dataset.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return prepare
+
+
+def _dataset(images, labels, batch_size, image_size, shuffle_seed=None):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(_prepared(image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def _streamed(subsets, labels, image_size, batch_size=255):
+    """The (image, label) batches of every candidate of `subsets` in evaluation order, read a batch at a time
+    (`luna16.data.evaluation_batches`): a real test fold (~150k candidates x 3 views) is never in memory whole."""
+    import tensorflow as tf
+
+    side = subsets[0].patches.shape[-1]
+    labels = labels.astype(np.float32)
+
+    def batches():
+        start = 0
+        for images in evaluation_batches(subsets, batch_size=batch_size):
+            yield images, labels[start:start + len(images)]
+            start += len(images)
+
+    signature = (tf.TensorSpec((None, side, side, 1), tf.float16), tf.TensorSpec((None,), tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).map(
+        _prepared(image_size)).prefetch(tf.data.AUTOTUNE)
 
 
 def candidate_keys(predictions):
@@ -148,7 +177,8 @@ class Luna16(Task):
     def prepare(self):
         o = self.options
         print(f"LUNA16: {self.data}; patches: {self.patches}", flush=True)
-        extract_subsets(self.data, self.patches, o.patch_size, o.pixel_mm, o.method, o.positive_copies, o.seed)
+        extract_subsets(self.data, self.patches, o.patch_size, o.pixel_mm, o.method, o.positive_copies, o.seed,
+                        workers=o.workers or os.cpu_count(), allow_outside_root=o.allow_outside_root)
 
     def units(self):
         return self.options.folds
@@ -171,7 +201,7 @@ class Luna16(Task):
         x_train, y_train, train_series = training_arrays(train_subsets, held_out | unused, o.negative_fraction, rng,
                                                          use_augmented=o.positive_copies > 1, with_series=True)
         x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
-        x_test, y_test, table = evaluation_arrays(test_subsets)
+        y_test, table = evaluation_labels(test_subsets)  # The test fold's images are streamed, never held whole.
         self.dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
         self.table = table
         print(f"fold {fold}: test subsets {FOLD_PAIRS[fold - 1]}; {len(y_train) // VIEWS} training candidates "
@@ -182,8 +212,8 @@ class Luna16(Task):
             train=lambda batch: _dataset(x_train, y_train, batch, size, shuffle_seed=seed),
             train_in_order=_dataset(x_train, y_train, 256, size), train_labels=y_train, train_groups=train_series,
             validation=(lambda batch: _dataset(x_val, y_val, batch, size)) if held_out else None,
-            test=_dataset(x_test, y_test, 256, size), test_labels=table["class"].to_numpy(),
-            test_cases=x_test.reshape(-1, VIEWS, *x_test.shape[1:]), views=VIEWS, view_names=PLANES,
+            test=_streamed(test_subsets, y_test, size), test_labels=table["class"].to_numpy(),
+            test_cases=lambda chosen: evaluation_cases(test_subsets, chosen), views=VIEWS, view_names=PLANES,
             selection_data=f"{o.validation_fraction:.0%} of the training scans")
 
     def unit_table(self, fold, split, probabilities):

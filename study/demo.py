@@ -93,7 +93,7 @@ def run(args):
     encoder = pretrain_dir / "encoder.h5"
 
     inits = ["scratch", "genesis"]
-    imagenet_file = keras_cache_dir() / BACKBONES[args.backbone]["imagenet_file"]
+    imagenet_file = keras_cache_dir() / BACKBONES[args.backbone].imagenet_file
     if imagenet_file.exists():
         inits.append("imagenet")
     else:

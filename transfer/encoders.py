@@ -46,9 +46,9 @@ def default_genesis_encoder(backbone, root=None):
 
 def radimagenet_file(backbone, explicit=None):
     """The RadImageNet weights file of a backbone: `explicit`, else the one in Keras's cache; one line if neither."""
-    name = BACKBONES[backbone].get("radimagenet_file")
+    name = BACKBONES[backbone].radimagenet_file
     if not name:
-        having = sorted(b for b, entry in BACKBONES.items() if entry.get("radimagenet_file"))
+        having = sorted(name for name, row in BACKBONES.items() if row.radimagenet_file)
         raise UsageError("--backbone", f"RadImageNet publishes no {backbone} weights in this layout; use "
                          f"--backbone {' or '.join(having)} with --init radimagenet")
     path = Path(explicit) if explicit else keras_cache_dir() / name
@@ -82,7 +82,7 @@ def _load_genesis(encoder, path):
 def _load_imagenet(backbone, input_shape, explicit=None):
     from genesis2d.unet import build_encoder
 
-    name = BACKBONES[backbone]["imagenet_file"]
+    name = BACKBONES[backbone].imagenet_file
     path = Path(explicit) if explicit else keras_cache_dir() / name
     if explicit and not path.is_file():
         raise InitError(path, "ImageNet weights file does not exist")

@@ -117,7 +117,7 @@ def train_and_test(options, split, out, seed, image_size, title):
                       "test": split.test, "last": None}[schedule.selection]
         model, history, kept = fine_tune(options.encoder_spec(), options.head(), schedule, input_shape, train,
                                          validation, out, seed, options.verbose)
-        block = saliency_block(BACKBONES[options.backbone]["skips"], image_size)
+        block = saliency_block(BACKBONES[options.backbone].skips, image_size)
 
         def predictor(data):
             return predict(model, data)
