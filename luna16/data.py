@@ -217,8 +217,8 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                 for job, found in tqdm(zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan",
                                        disable=not progress):
                     path, uid = job[0], Path(job[0]).stem
-                    if isinstance(found, tuple) and found[0] == OUTSIDE_ROOT:
-                        raise InputError(path, found[1])
+                    if isinstance(found, OutsideRoot):
+                        raise InputError(path, found.problem)
                     if isinstance(found, str):
                         print(f"warning: {found} Its {len(job[1])} candidates are skipped.", file=sys.stderr)
                         skipped.append(str(path))
@@ -248,7 +248,12 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
     return counts
 
 
-OUTSIDE_ROOT = "outside the dataset"
+class OutsideRoot(str):
+    """A scan job's answer when its header names data outside its folder: the problem, as text."""
+
+    @property
+    def problem(self):
+        return str(self)
 
 
 def _extract_scan_job(job):
@@ -257,7 +262,7 @@ def _extract_scan_job(job):
     try:
         volume, meta = read_image(path, allow_outside_root=allow_outside_root)
     except OutsideRootError as error:  # Refused, not skipped: passed back as text (it crosses processes).
-        return OUTSIDE_ROOT, error.problem
+        return OutsideRoot(error.problem)
     except ImageReadError as error:
         return str(error)
     keep = inside_scan(volume, meta, values[:, :3])
