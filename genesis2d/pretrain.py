@@ -16,7 +16,7 @@ from pathlib import Path
 from genesis2d.data import checked_data, data_source, demo_manifest, pairs, worker_datasets
 from genesis2d.export import BEST_FILES, STAGING, commit_export, export_best, export_encoder, make_reporter
 from genesis2d.options import DEMO_CONFIG, DistortionRates, PretrainConfig, build_parser, parse_args
-from plumbing.atomic import remove_temporaries, write_csv, write_json
+from plumbing.atomic import remove_temporaries, writable_folder, write_csv, write_json
 from plumbing.errors import ImageReadError, UsageError
 from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
 from preprocessing.normalize import HU_MAX, HU_MIN
@@ -283,7 +283,8 @@ def _callbacks(config, model, out, chief, sample_pair, card):
     if chief:
         callbacks += [
             keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-            keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"),
+            keras.callbacks.TensorBoard(log_dir=str(writable_folder(out / "logs")), write_graph=False,
+                                        update_freq="epoch"),
             make_reporter(model, out, config.backbone, sample_pair, card),
         ]
     return callbacks

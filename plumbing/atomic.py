@@ -49,6 +49,21 @@ def atomic_path(path):
             os.remove(tmp)  # Never leave a partial file behind, whatever failed.
 
 
+def writable_folder(path):
+    """Creates `path` if needed and checks that a file can be written in it; returns it.
+
+    For folders that other libraries write into (TensorBoard's `logs/`), whose own errors
+    are not the system's: a read-only folder, or a file where the folder should be, then
+    fails here as an OSError naming the path, which `run_command` prints as one line.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=path)
+    os.close(fd)
+    os.remove(probe)
+    return path
+
+
 def write_text(path, text):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

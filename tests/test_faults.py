@@ -689,3 +689,27 @@ def test_a_full_disk_during_export_leaves_no_partial_file_and_names_the_real_one
     assert capsys.readouterr().err == (f"error: {out / 'encoder.weights.h5'}: cannot be written or read "
                                        "(No space left on device).\n")
     assert [p.name for p in out.rglob("*")] == []
+
+
+def test_a_logs_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """TensorBoard's own error for an unwritable logs/ is no OSError: the folder is checked first, and named."""
+    import tensorflow as tf
+
+    from plumbing.cli import run_command
+    from transfer.encoders import EncoderSpec
+    from transfer.finetune import Head, Schedule, fine_tune
+
+    (tmp_path / "logs").write_text("a file where the folder should be")
+    x = np.zeros((4, 32, 32, 1), np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1, 0, 1], np.float32))).batch(4)
+    schedule = Schedule(epochs=1, warmup_epochs=0, batch_size=4, lr=1e-3, momentum=0.0, lr_factor=0.1, lr_patience=3,
+                        selection="held-out")
+
+    def train(_):
+        return fine_tune(EncoderSpec("scratch", "resnet18"), Head(units=4, l2=0.0, dropout=0.5), schedule,
+                         (32, 32, 1), data, data, tmp_path, seed=0, verbose=0)
+
+    with pytest.raises(SystemExit) as stopped:
+        run_command(lambda argv: None, train, [])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'logs'}: cannot be written or read (File exists)."

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from plumbing.atomic import atomic_path
+from plumbing.atomic import atomic_path, writable_folder
 
 
 def build_classifier(encoder, units, dropout, l2=0.0):
@@ -129,7 +129,7 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
     last = schedule.selection == "last"
     best, guard = KeepBest(), divergence_guard()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
-    board = keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False, update_freq="epoch")
+    board = keras.callbacks.TensorBoard(log_dir=str(writable_folder(out / "logs")), write_graph=False, update_freq="epoch")
     callbacks = [guard, logger, board] if last else [guard, best, logger, board]
     if schedule.steps_per_epoch:
         train = train.repeat()
