@@ -106,7 +106,7 @@ def make_batch(recipe, index):
     chosen = rng.integers(0, len(store), recipe.batch_size)
     images = np.stack([crop_and_resize(store[i], recipe.crop_size, recipe.image_size, rng) for i in chosen])
     distortion_seed = int(rng.integers(2**31))
-    return make_pair(images[..., None], distortion_seed, **dataclasses.asdict(recipe.rates))
+    return make_pair(images[..., None], distortion_seed, **recipe.rates.make_pair_kwargs())
 
 
 def pair_batches(recipe, workers, ahead=2):
