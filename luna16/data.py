@@ -20,27 +20,13 @@ from luna16.patches import extract_scan
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
 from plumbing.cli import ArgumentParser
 from plumbing.errors import ImageReadError, InputError, UsageError
+from plumbing.tables import read_csv
 from preprocessing.readers import OutsideRootError, read_image
 from preprocessing.split import hold_out_groups
 
 SUBSETS = tuple(range(10))
 FOLD_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # Test subsets of the five folds (thesis 4.2.1.7).
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class"]
-
-
-def read_csv_table(path, what):
-    """A CSV as strings, or one InputError line: missing, empty, not UTF-8 or not CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"does not exist ({what})")
-    try:
-        return pd.read_csv(path, dtype=str, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise InputError(path, f"is empty ({what})") from None
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"is not UTF-8 text (byte {error.start}; {what})") from None
-    except pd.errors.ParserError as error:
-        raise InputError(path, f"cannot be read as CSV ({what}: {str(error).splitlines()[0]})") from None
 
 
 def _stderr(line):
@@ -56,7 +42,7 @@ def read_candidates(data_dir, warn=_stderr):
     given both classes is refused. Non-numeric coordinates or classes are refused.
     """
     path = candidates_path(data_dir)
-    frame = read_csv_table(path, "the LUNA16 candidates file")
+    frame = read_csv(path, "the LUNA16 candidates file", dtype=str)
     missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
     if missing:
         raise InputError(path, f"lacks columns {sorted(missing)}")

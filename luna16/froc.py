@@ -34,6 +34,7 @@ from plumbing.atomic import write_json
 from plumbing.cli import ArgumentParser
 from plumbing.errors import InputError, UsageError
 from plumbing.figures import pyplot, save_figure
+from plumbing.tables import read_csv
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CAD_MARKS = 100  # The script's maxNumberOfCADMarks.
@@ -184,14 +185,7 @@ def read_table(path, columns, what):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"does not exist ({what})")
-    try:
-        frame = pd.read_csv(path, dtype={"seriesuid": str}, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise InputError(path, f"is empty ({what})") from None
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"is not UTF-8 text (byte {error.start}; {what})") from None
-    except pd.errors.ParserError as error:
-        raise InputError(path, f"cannot be read as CSV ({what}: {str(error).splitlines()[0]})") from None
+    frame = read_csv(path, what, dtype={"seriesuid": str})
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(path, f"lacks columns {missing} ({what})")

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from plumbing.errors import ImageReadError, InputError
+from plumbing.tables import read_csv
 from preprocessing.split import hold_out_groups
 
 BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
@@ -51,14 +51,7 @@ def body_parts_of(value):
 
 def _read_listing(path, names):
     """A header-less MURA csv as strings, or one InputError line."""
-    try:
-        frame = pd.read_csv(path, header=None, names=names, dtype=str, encoding="utf-8-sig", keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(path, "is empty") from None
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"is not UTF-8 text (byte {error.start})") from None
-    except pd.errors.ParserError as error:
-        raise InputError(path, f"cannot be read as CSV ({str(error).splitlines()[0]})") from None
+    frame = read_csv(path, header=None, names=names, dtype=str, keep_default_na=False)
     if frame.empty:
         raise InputError(path, "is empty")
     return frame.apply(lambda column: column.str.strip())
