@@ -16,14 +16,14 @@ from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, d
 def demo_manifest():
     """The demo corpus's manifest, writing the corpus and the manifest on first use."""
     from preprocessing.demo import default_demo_dir, ensure_pretraining_corpus
-    from preprocessing.manifest import main as manifest_main
+    from preprocessing.manifest import ManifestOptions, write_manifest
 
     corpus = ensure_pretraining_corpus(default_demo_dir())
     manifest = corpus / "manifest.csv"  # Inside the corpus folder: rewritten with it.
     if not manifest.exists():
         # Few demo patients per dataset: 60/20/20 so that val and test are not empty.
-        manifest_main(["--config", str(corpus / "datasets.yaml"), "--root", str(corpus),
-                       "--out", str(manifest), "--fractions", "0.6", "0.2", "0.2"])
+        write_manifest(ManifestOptions(datasets=str(corpus / "datasets.yaml"), root=str(corpus), out=str(manifest),
+                                       fractions=[0.6, 0.2, 0.2]))
     return manifest
 
 
@@ -79,8 +79,8 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
     """
     import tensorflow as tf
 
-    from plumbing.runtime import STREAM_WORKER_DATA
     from genesis2d.transforms import tf_make_pair
+    from plumbing.runtime import STREAM_WORKER_DATA
     from preprocessing.pipeline import make_dataset, ordered
 
     seed = config.seed if share is None else derive_seed(config.seed, STREAM_WORKER_DATA, share[0])

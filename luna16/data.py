@@ -11,6 +11,7 @@ when the command is run again.
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,13 @@ import pandas as pd
 
 from luna16.patches import extract_scan
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
-from plumbing.cli import ArgumentParser
 from plumbing.errors import ImageReadError, InputError, UsageError
+from plumbing.options import build_parser, option, parse_options
 from plumbing.tables import read_csv
 from preprocessing.readers import OutsideRootError, read_image
 from preprocessing.split import hold_out_groups
+
+DATA = "data"  # The --help group of the data options.
 
 SUBSETS = tuple(range(10))
 FOLD_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # Test subsets of the five folds (thesis 4.2.1.7).
@@ -451,27 +454,43 @@ def _views(patches):
     return patches.reshape(-1, patches.shape[-2], patches.shape[-1], 1)
 
 
+@dataclass(frozen=True)
+class PatchSettings:
+    """How candidate patches are extracted: declared once, for `python -m luna16.data` and the cross-validation."""
+
+    patch_size: int = option(64, "patch side in pixels.", source="thesis 4.2.1.2", group=DATA, type=int)
+    pixel_mm: float = option(None, "patch sampling step in mm. Default: the scan's in-plane spacing.", group=DATA,
+                             type=float)
+    method: str = option("planes", "thesis patch method 1 (planes: axial, coronal, sagittal) or 2 (cube).",
+                         source="thesis 4.2.1.2, method 1", group=DATA, choices=("planes", "cube"))
+    positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3",
+                                  group=DATA, type=int)
+    workers: int = option(None, "processes extracting patches (each reads one scan at a time; the files are the "
+                          "same for any number). Default: every core.", group=DATA, reuse=False, type=int)
+
+
+@dataclass(frozen=True)
+class PatchOptions(PatchSettings):
+    """The settings of `python -m luna16.data`."""
+
+    data: str = option(None, "LUNA16 folder (subset0..9, candidates_V2.csv).", group=DATA, required=True, reuse=False)
+    out: str = option(None, "folder for the extracted patches.", group=DATA, required=True, reuse=False)
+    seed: int = option(0, "seed of the positives' augmentation.", group=DATA, type=int)
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(prog="python -m luna16.data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="LUNA16 folder (subset0..9, candidates_V2.csv).")
-    parser.add_argument("--out", required=True, help="folder for the extracted patches.")
-    parser.add_argument("--patch-size", type=int, default=64, help="patch side in pixels. Default: 64 (thesis).")
-    parser.add_argument("--pixel-mm", type=float, default=None, help="sampling step in mm. Default: the scan's in-plane spacing.")
-    parser.add_argument("--method", default="planes", choices=("planes", "cube"), help="thesis method 1 or 2. Default: planes.")
-    parser.add_argument("--positive-copies", type=int, default=8, help="copies of each positive, augmented. Default: 8 (thesis).")
-    parser.add_argument("--seed", type=int, default=0, help="Default: 0.")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help=f"processes extracting scans (the files are the same for any number). Default: every "
-                        f"core ({os.cpu_count()} here).")
-    return parser.parse_args(argv)
+    parser = build_parser(PatchOptions, "python -m luna16.data", __doc__.split("\n\n")[0])
+    return parse_options(PatchOptions, parser, argv)
 
 
-def run(args):
-    if args.workers < 1:
-        raise UsageError("--workers", f"must be at least 1. Received: {args.workers}")
-    counts = extract_subsets(args.data, args.out, args.patch_size, args.pixel_mm, args.method, args.positive_copies,
-                             args.seed, workers=args.workers)
-    print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {args.out}")
+def run(options):
+    """Extracts the patches of a PatchOptions; returns {subset: candidates}."""
+    workers = os.cpu_count() if options.workers is None else options.workers
+    if workers < 1:
+        raise UsageError("--workers", f"must be at least 1. Received: {workers}")
+    counts = extract_subsets(options.data, options.out, options.patch_size, options.pixel_mm, options.method,
+                             options.positive_copies, options.seed, workers=workers)
+    print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {options.out}")
     return counts
 
 

@@ -102,6 +102,18 @@ def run_command(parse_args, run, argv=None, interrupted=None, tensorflow=False):
         raise SystemExit(130) from None
 
 
+def launch(module):
+    """Runs `module`'s `main` as a command started from a file of a checkout (`python genesis2d/train.py`).
+
+    The one launcher of the training commands: TensorFlow is started quietly before the
+    module imports it, so its start-up noise stays out of the log.
+    """
+    import importlib
+
+    start_tensorflow_quietly()
+    return importlib.import_module(module).main()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, ending a usage error with one line (`error: ...`, exit 2) instead of usage and error."""
 

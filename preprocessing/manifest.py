@@ -1,6 +1,6 @@
 """Build the pretraining manifest: which slice of which file, for which patient, in which split.
 
-    python -m preprocessing.manifest --config preprocessing/datasets.yaml --root DATA_DIR --out manifest.csv
+    python -m preprocessing.manifest --datasets preprocessing/datasets.yaml --root DATA_DIR --out manifest.csv
 
 One CSV row per sampled slice, with columns `dataset, modality, body_part,
 patient_id, path, slice_index, split`; counts per modality, body part and dataset
@@ -20,6 +20,7 @@ command with one line unless `--allow-outside-root` is given.
 import hashlib
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,9 @@ import pandas as pd
 import yaml
 
 from plumbing.atomic import write_csv
-from plumbing.cli import ArgumentParser
-from plumbing.errors import ImageReadError, InputError
+from plumbing.errors import ImageReadError, InputError, UsageError
 from plumbing.figures import pyplot, save_figure
+from plumbing.options import build_parser, option, parse_options
 from preprocessing.normalize import MODALITIES
 from preprocessing.readers import OutsideRootError, read_header
 from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
@@ -210,7 +211,7 @@ def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outsi
         results = list(tqdm(pool.map(check, groups.items()), total=len(groups), desc="decoding", unit="file",
                             disable=not progress))
     bad = [r for r in results if r is not None]
-    for path, message in bad:
+    for _path, message in bad:
         warn(f"warning: {message} Skipped.")
     bad_paths = {path for path, _ in bad}
     return frame[~frame["path"].isin(bad_paths)], sorted(bad_paths)
@@ -326,41 +327,64 @@ def save_charts(tables, out_dir, stem):
     return paths
 
 
+DATASETS = Path(__file__).with_name("datasets.yaml")
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """The settings of `python -m preprocessing.manifest`; `write_manifest` takes them."""
+
+    datasets: str = option(str(DATASETS), "datasets table (YAML). Default: preprocessing/datasets.yaml (the thesis's "
+                           "17 datasets).", reuse=False)
+    root: str = option(None, "folder holding the datasets; the table's globs are relative to it.", required=True,
+                       reuse=False)
+    out: str = option(None, "manifest CSV to write; charts are written beside it.", required=True, reuse=False)
+    seed: int = option(0, "seed of the patient split.", type=int)
+    fractions: list = option(list(DEFAULT_FRACTIONS), "split fractions of patients' images.", source="thesis 3.1.7",
+                             type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    verify: bool = option(True, "skip decoding the sampled slices (faster; undecodable files then fail during "
+                          "training). Default: every kept file is decoded, and those that fail are skipped and "
+                          "counted.", flag="--no-verify", action="store_false")
+    allow_outside_root: bool = option(False, "read files that symlinks take outside --root, and MetaImage/NRRD headers "
+                                      "that name data files outside their own folder. Default: refused, so a dataset "
+                                      "cannot have other files of this machine read into the corpus.",
+                                      action="store_true")
+
+
+def parser():
+    return build_parser(ManifestOptions, "python -m preprocessing.manifest",
+                        "Sample slices per patient from the pretraining datasets, split by patient 90/5/5, and write "
+                        "one manifest CSV with count charts beside it.")
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(
-        prog="python -m preprocessing.manifest",
-        description="Sample slices per patient from the pretraining datasets, split by patient "
-        "90/5/5, and write one manifest CSV with count charts beside it.",
-    )
-    parser.add_argument("--config", default=str(Path(__file__).with_name("datasets.yaml")),
-                        help="datasets table (YAML). Default: preprocessing/datasets.yaml (the thesis's 17 datasets).")
-    parser.add_argument("--root", required=True, help="folder holding the datasets; the table's globs are relative to it.")
-    parser.add_argument("--out", required=True, help="manifest CSV to write; charts are written beside it.")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient split. Default: 0.")
-    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VAL", "TEST"),
-                        help="split fractions of images. Default: 0.9 0.05 0.05 (thesis 3.1.7).")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip decoding the sampled slices (faster; undecodable files then fail during training). "
-                        "Default: every kept file is decoded, and those that fail are skipped and counted.")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="read files that symlinks take outside --root, and MetaImage/NRRD headers that name data "
-                        "files outside their own folder. Default: refused, so a dataset cannot have other files of "
-                        "this machine read into the corpus.")
-    return parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv[:-1]:  # --config is every command's file of option defaults, not the datasets table.
+        given = Path(argv[argv.index("--config") + 1])
+        try:
+            table = yaml.safe_load(given.read_text(encoding="utf-8")) if given.is_file() else None
+        except (UnicodeDecodeError, yaml.YAMLError):
+            table = None
+        if isinstance(table, dict) and "datasets" in table:
+            raise UsageError("--config", f"{given} is a datasets table: pass it as --datasets {given} (--config "
+                             "takes a YAML file of option defaults)")
+    return parse_options(ManifestOptions, parser(), argv)
 
 
-def run(args):
-    entries = load_table(args.config)
-    if not Path(args.root).is_dir():
-        raise InputError(args.root, "is not a folder")
+def write_manifest(options):
+    """Writes the manifest of `options` (a ManifestOptions), its thesis comparison and charts; returns the table."""
+    entries = load_table(options.datasets)
+    if not Path(options.root).is_dir():
+        raise InputError(options.root, "is not a folder")
+
     def warn(line):
         print(line, file=sys.stderr)
 
-    frame, skipped = build_manifest(entries, args.root, seed=args.seed, fractions=args.fractions, warn=warn,
-                                    verify=args.verify, allow_outside_root=args.allow_outside_root)
+    frame, skipped = build_manifest(entries, options.root, seed=options.seed, fractions=options.fractions, warn=warn,
+                                    verify=options.verify, allow_outside_root=options.allow_outside_root)
     if frame.empty:
-        raise InputError(args.root, f"no readable files match any dataset of {args.config}")
-    out = Path(args.out)
+        raise InputError(options.root, f"no readable files match any dataset of {options.datasets}")
+    out = Path(options.out)
     write_csv(out, frame)
     tables = summarize(frame)
     for title, counts in tables.items():
@@ -380,7 +404,7 @@ def run(args):
 def main(argv=None):
     from plumbing.cli import run_command
 
-    return run_command(parse_args, run, argv)
+    return run_command(parse_args, write_manifest, argv)
 
 
 if __name__ == "__main__":

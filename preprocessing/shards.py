@@ -27,16 +27,16 @@ manifest is not detected: rebuild the shards with `--overwrite`.
 import json
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
-from plumbing.cli import ArgumentParser
 from plumbing.errors import ImageReadError, UsageError
 from plumbing.fingerprint import common_root, rows_hash
+from plumbing.options import build_parser, option, parse_options
 from preprocessing.pipeline import UINT16_MAX, load_manifest, read_normalized_slices, volume_groups
-
 
 ENCODINGS = ("raw", "png")
 
@@ -183,30 +183,37 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
     return index
 
 
+@dataclass(frozen=True)
+class ShardOptions:
+    """The settings of `python -m preprocessing.shards`; `run` takes them."""
+
+    manifest: str = option(None, "manifest CSV from preprocessing.manifest.", required=True, reuse=False)
+    out: str = option(None, "folder for the shards.", required=True, reuse=False)
+    slices_per_shard: int = option(2048, "slices per TFRecord file.", type=int)
+    splits: list = option(["train", "val", "test"], "splits to write. Default: all.", nargs="+")
+    seed: int = option(0, "seed of the volume order and the mixing.", type=int)
+    encoding: str = option("raw", "raw: 16-bit pixels as they are, the fastest to read (a 512x512 slice takes 0.5 MB); "
+                           "png: 16-bit PNG, about half the disk for CT but ~2.5 ms more per slice to decode, which "
+                           "takes about a third of a core's pretraining input.", choices=ENCODINGS)
+    overwrite: bool = option(False, "write again the splits whose shards were made from other manifest rows or "
+                             "settings. Default: such a split stops the command, naming what changed.", reuse=False,
+                             action="store_true")
+    allow_outside_root: bool = option(False, "read MetaImage/NRRD headers that name data files outside their own "
+                                      "folder (as preprocessing.manifest --allow-outside-root). Default: refused.",
+                                      reuse=False, action="store_true")
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(prog="python -m preprocessing.shards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", required=True, help="manifest CSV from preprocessing.manifest.")
-    parser.add_argument("--out", required=True, help="folder for the shards.")
-    parser.add_argument("--slices-per-shard", type=int, default=2048, help="slices per TFRecord file. Default: 2048.")
-    parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to write. Default: all.")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the volume order and the mixing. Default: 0.")
-    parser.add_argument("--encoding", default="raw", choices=ENCODINGS,
-                        help="raw: 16-bit pixels as they are, the fastest to read (a 512x512 slice takes 0.5 MB); "
-                        "png: 16-bit PNG, about half the disk for CT but ~2.5 ms more per slice to decode, which "
-                        "takes about a third of a core's pretraining input. Default: raw.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write again the splits whose shards were made from other manifest rows or settings. "
-                        "Default: such a split stops the command, naming what changed.")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="read MetaImage/NRRD headers that name data files outside their own folder (as "
-                        "preprocessing.manifest --allow-outside-root). Default: refused.")
-    return parser.parse_args(argv)
+    parser = build_parser(ShardOptions, "python -m preprocessing.shards", __doc__.split("\n\n")[0])
+    return parse_options(ShardOptions, parser, argv)
 
 
-def run(args):
-    index = write_shards(args.manifest, args.out, args.splits, args.slices_per_shard, seed=args.seed,
-                         encoding=args.encoding, overwrite=args.overwrite, allow_outside_root=args.allow_outside_root)
-    print(f"wrote shards to {args.out}")
+def run(options):
+    """Writes the shards of a ShardOptions; returns the index."""
+    index = write_shards(options.manifest, options.out, options.splits, options.slices_per_shard, seed=options.seed,
+                         encoding=options.encoding, overwrite=options.overwrite,
+                         allow_outside_root=options.allow_outside_root)
+    print(f"wrote shards to {options.out}")
     return index
 
 

@@ -22,7 +22,7 @@ def demo_manifest(demo_dir, tmp_path_factory):
     from preprocessing.manifest import main
 
     out = tmp_path_factory.mktemp("manifest") / "manifest.csv"
-    main(["--config", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
+    main(["--datasets", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
           "--out", str(out), "--fractions", "0.6", "0.2", "0.2"])
     return out
 

@@ -49,7 +49,7 @@ def test_unreadable_files_are_skipped_and_counted(demo_dir, tmp_path, capsys):
     good = root / "ct_nifti" / "ct000.nii.gz"
     (root / "ct_nifti" / "ct999.nii.gz").write_bytes(good.read_bytes()[:300])
     (root / "xr_png8" / "p999_0.png").write_bytes(b"not a png")
-    frame = main(["--config", str(root / "datasets.yaml"), "--root", str(root), "--out", str(tmp_path / "m.csv")])
+    frame = main(["--datasets", str(root / "datasets.yaml"), "--root", str(root), "--out", str(tmp_path / "m.csv")])
     captured = capsys.readouterr()
     assert "2 unreadable files skipped" in captured.out
     assert captured.err.count("warning:") == 2 and "ct999.nii.gz" in captured.err
@@ -143,7 +143,7 @@ def test_cardiac_mri_as_distributed_and_the_comparison_with_fig_3_1(tmp_path, ca
         write_cardiac_mat(root / "CardiacMRI" / f"sol_yxzt_pat{patient}.mat",
                           rng.integers(1, 900, size=(8, 8, z, 4)).astype(np.uint16), version)
     table = _cardiac_table(root, "    volumes: all\n")
-    frame = main(["--config", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"),
+    frame = main(["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"),
                   "--fractions", "1", "0", "0"])
     per_patient = frame.groupby("patient_id")["slice_index"].agg(["size", "max"])
     # Patient 1: 12 frames x slices, 10 taken evenly (the last is 11); patient 2: all 8.
@@ -164,13 +164,13 @@ def test_cardiac_mri_as_distributed_and_the_comparison_with_fig_3_1(tmp_path, ca
     assert not close.loc["CARDIAC MRI", "differs"]
     # The table must state the rule its 4D files are read by.
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(_cardiac_table(root)), "--root", str(root), "--out", str(tmp_path / "x.csv")])
+        main(["--datasets", str(_cardiac_table(root)), "--root", str(root), "--out", str(tmp_path / "x.csv")])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().endswith("holds 4 volumes, of which the reader makes slices of all, but "
                                                     "dataset 'CARDIAC MRI' states volumes: first.")
 
 
 def test_demo_manifest_says_it_has_nothing_to_compare(demo_dir, tmp_path, capsys):
-    main(["--config", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
+    main(["--datasets", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
           "--out", str(tmp_path / "m.csv"), "--no-verify"])
     assert "(no dataset of this table is one of the thesis's: nothing to compare)" in capsys.readouterr().out

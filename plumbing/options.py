@@ -1,0 +1,172 @@
+"""One way to declare a command's options: dataclass fields that are also command-line options.
+
+A command's settings are a frozen dataclass whose fields are built with `option` (or
+`runtime` for --precision, --seed, --deterministic and --verbose, declared once in
+`plumbing.cli`, or `derived` for what no flag sets). From those fields:
+
+- `build_parser` builds the argparse parser: each default, its help and its source are
+  written once, in the field;
+- `parse_options` reads argv (with a YAML `--config` read by the same code) into the
+  dataclass; `from_config` does it for programs from a YAML file and typed values, no argv;
+- `reuse_settings` gives the settings that decide whether a kept result may be reused: every
+  field unless it says it cannot change what is computed (`reuse=False`).
+
+Every command of the project declares its options this way (pretraining, the corpus
+commands, LUNA16 extraction, the downstream tasks).
+"""
+
+import argparse
+import dataclasses
+from dataclasses import field, fields
+
+from plumbing.cli import ArgumentParser, add_runtime_arguments, parse_with_config, parse_with_demo_default
+
+
+def option(default, help, *, source=None, reuse=True, flag=None, group="options", default_text=None,
+           required=False, **argparse_kwargs):
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        default: the default, shown in --help with its `source`.
+        help: what the option does, without its default.
+        source: where the default comes from: a thesis section or figure, the public Models
+            Genesis code, or "this project's choice: <reason>". None for a plain setting.
+        reuse: False when the option cannot change what is computed (output folder, progress,
+            workers); such options are left out of `reuse_settings`.
+        flag: the option string(s); default `--<name with dashes>`.
+        group: the --help group.
+        default_text: what --help says the default is, where the field's default (None) is
+            filled later (e.g. from a schedule table).
+        required: the command stops with one line when neither the command line nor the
+            --config file gives it (`check_required`).
+        argparse_kwargs: type, choices, nargs, action, metavar, as argparse takes them.
+    """
+    metadata = {"help": help, "source": source, "reuse": reuse, "flag": flag, "group": group,
+                "default_text": default_text, "required": required, "argparse": argparse_kwargs}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _runtime_defaults():
+    parser = argparse.ArgumentParser()
+    return {action.dest: action.default for action in add_runtime_arguments(parser)._group_actions}
+
+
+RUNTIME_DEFAULTS = _runtime_defaults()
+
+
+def runtime(name, reuse=True, group="run"):
+    """A field for one of `plumbing.cli.add_runtime_arguments`'s options, its default read from there."""
+    return field(default=RUNTIME_DEFAULTS[name], metadata={"runtime": True, "reuse": reuse, "group": group})
+
+
+def derived(default=None):
+    """A field that no flag sets: filled when the options are resolved (e.g. an input file's checksum)."""
+    return field(default=default, metadata={"derived": True, "reuse": True})
+
+
+def field_default(item):
+    """The default of a dataclass field (calling its factory)."""
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
+def flags_of(item):
+    """The option strings of a field."""
+    flags = item.metadata.get("flag") or (f"--{item.name.replace('_', '-')}",)
+    return (flags,) if isinstance(flags, str) else tuple(flags)
+
+
+def default_text(item):
+    """What --help says a field's default is (with its source), or None."""
+    default, meta = field_default(item), item.metadata
+    if meta.get("default_text"):
+        return meta["default_text"]
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        text = "on" if default else "off"
+    elif isinstance(default, list):
+        text = " ".join(map(str, default))
+    else:
+        text = f"{default:,}" if isinstance(default, int) and default >= 10_000 else str(default)
+    return f"{text} ({meta['source']})" if meta.get("source") else text
+
+
+def build_parser(options_class, prog, description, epilog=None, seeds="weights, sampling and augmentation"):
+    """An argparse parser whose options are the fields of `options_class`, grouped, with their defaults' sources.
+
+    Args:
+        options_class: a dataclass whose fields are `option`, `runtime` or `derived` fields.
+        prog, description, epilog: as argparse takes them.
+        seeds: what --seed seeds, for its help (when the class has runtime fields).
+    """
+    parser = ArgumentParser(prog=prog, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of option defaults (keys are option names); flags override it.")
+    groups, runtime_added = {}, False
+    for item in fields(options_class):
+        meta = item.metadata
+        if meta.get("derived"):
+            continue
+        group = meta["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        if meta.get("runtime"):
+            if not runtime_added:
+                add_runtime_arguments(parser, seeds=seeds, group=groups[group])
+                runtime_added = True
+            continue
+        text, shown = meta["help"], default_text(item)
+        if shown and "Default:" not in text:
+            text = f"{text} Default: {shown}.".strip()
+        elif meta.get("required") and "Default:" not in text:
+            text = f"{text} Required."
+        groups[group].add_argument(*flags_of(item), dest=item.name, default=field_default(item), help=text,
+                                   **meta["argparse"])
+    return parser
+
+
+def check_required(options):
+    """A UsageError naming the first required option that nothing gave."""
+    from plumbing.errors import UsageError
+
+    for item in fields(options):
+        if item.metadata.get("required") and getattr(options, item.name) is None:
+            raise UsageError(flags_of(item)[0], "is required")
+    return options
+
+
+def parse_options(options_class, parser, argv, demo_config=None, data_flags=()):
+    """The options of `argv` as an `options_class`.
+
+    With a `demo_config`, that YAML file is the config when neither a data flag nor --config
+    is given (a bare command runs on the built-in demo data).
+    """
+    if demo_config is None:
+        namespace = parse_with_config(parser, argv)
+    else:
+        namespace = parse_with_demo_default(parser, argv, demo_config, data_flags)
+    values = {key: value for key, value in vars(namespace).items() if key != "config"}
+    return check_required(options_class(**values))
+
+
+def from_config(options_class, parser, config=None, **values):
+    """An `options_class` from a YAML config file (checked as the command line checks it), then typed `values`.
+
+    For callers that are programs rather than people (the study, one stage calling another):
+    no argv list crosses a stage.
+    """
+    argv = ["--config", str(config)] if config else []
+    namespace = parse_with_config(parser, argv)
+    base = {key: value for key, value in vars(namespace).items() if key != "config"}
+    return check_required(options_class(**{**base, **values}))
+
+
+def reuse_settings(options):
+    """Every setting that can change what is computed, read off the dataclass's fields.
+
+    Paths are left out (a moved folder still matches); what they hold is in through the
+    checksums and the data's fingerprint.
+    """
+    return {item.name: getattr(options, item.name) for item in fields(options) if item.metadata.get("reuse", True)}
