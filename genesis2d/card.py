@@ -9,10 +9,20 @@ that runs there as written (the tests run Keras 3 and tf-keras; `tools/check_sni
 all five environments).
 """
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from genesis2d.backbones import BACKBONES, STRIDE
-from genesis2d.unet import ENCODER_OUTPUT, INPUT_NAME
+from plumbing.errors import InputError
+
+# The encoder folder that pretraining writes, a preset: its files' names, here only.
+CARD_FILE = "card.json"  # What the folder holds and how it was made; read by `read_card`.
+ENCODER_FILE = "encoder.h5"  # Legacy HDF5: loads with plain `load_model` in Keras 3, tf-keras and Keras 2.15.
+ENCODER_WEIGHTS_FILE = "encoder.weights.h5"  # Keras 3 weights of `genesis2d.unet.build_encoder`.
+UNET_FILE = "unet.keras"  # The whole restoration U-Net.
+MODEL_CARD_FILE = "MODEL_CARD.md"  # The card for people.
+PRESET_FILES = (UNET_FILE, ENCODER_WEIGHTS_FILE, ENCODER_FILE, MODEL_CARD_FILE, CARD_FILE)  # Written in this order.
 
 CITATION = ("Zhou Z., Sodha V., Rahman Siddiquee M. M., Feng R., Tajbakhsh N., Gotway M. B., Liang J. Models Genesis: "
             "Generic Autodidactic Models for 3D Medical Image Analysis. MICCAI 2019. Design of the 2D multi-modality "
@@ -35,7 +45,7 @@ class LoadingSnippet:
 
 
 # The same use in each: load, features of a batch, a classifier head fine-tuned one epoch.
-_USE = """encoder = keras.models.load_model("encoder.h5", compile=False)
+_USE = f"""encoder = keras.models.load_model("{ENCODER_FILE}", compile=False)
 # Stand-in for your slices: float32 (N, H, W, 1) in [0, 1], normalised as in training, H and W multiples of 32.
 images = np.random.default_rng(0).random((4, 64, 64, 1), dtype=np.float32)
 features = encoder.predict(images, verbose=0)  # (N, H/32, W/32, channels)
@@ -68,6 +78,8 @@ LOADING = (
 
 def encoder_card(backbone, normalisation):
     """The card's description of the encoder (architecture, input, output, use)."""
+    from genesis2d.unet import ENCODER_OUTPUT, INPUT_NAME
+
     entry = BACKBONES[backbone]
     return {
         "architecture": {
@@ -115,7 +127,7 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 ## Training
 - Data: `{card.get('data')}` (content hash {card.get('data_hash')}).
 - Best epoch {card.get('best_epoch')} of {card.get('epochs')}, chosen on the {card.get('best_epoch_chosen_on')}: {card.get('best_val_loss')}.
-- Last validation loss {card.get('last_val_loss')}, against {card.get('identity_val_loss')} for returning the distorted slices unchanged (restoration learned only if lower).
+- Last validation loss {card.get('last_val_loss')}, against {card.get('identity_val_loss')} for returning the distorted slices unchanged and {card.get('constant_val_loss')} for the best constant output (restoration learned only if lower than both).
 - Distortions: {card.get('distortions')}. Precision: {card.get('precision')}. Settings: `run.json`.
 - Versions: {', '.join(f'{k} {v}' for k, v in (card.get('versions') or {}).items() if v)}.
 
@@ -135,3 +147,66 @@ Keras 2.15; `encoder(x)` is one tensor in each. `encoder.weights.h5` holds the s
 
 {card['citation']}
 """
+
+
+@dataclass(frozen=True)
+class EncoderCard:
+    """What a downstream task needs of a pretrained encoder folder, read from its card.
+
+    Attributes:
+        folder: the encoder folder.
+        encoder_file: the file to load (`encoder.h5`, or the file the user named).
+        backbone: the card's backbone; None when the folder has no card.
+        input_size: [H, W, channels] the encoder was pretrained at, or None.
+        normalisation: {modality: rule} the pretraining inputs were normalised with, or None.
+        card: the whole card (empty without one).
+    """
+
+    folder: Path
+    encoder_file: Path
+    backbone: str | None = None
+    input_size: list | None = None
+    normalisation: dict | None = None
+    card: dict = field(default_factory=dict)
+
+
+def read_card(path):
+    """The `EncoderCard` of an encoder folder, or of a file inside one (`encoder.h5`, `encoder.weights.h5`).
+
+    A folder without `card.json` (an encoder from before cards, or a file copied alone) gives
+    a card whose backbone is None: the caller says what it assumes. Raises InputError when
+    the folder or file is missing or the card cannot be read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder, encoder_file = path, path / ENCODER_FILE
+        if not encoder_file.is_file() and (path / ENCODER_WEIGHTS_FILE).is_file():
+            encoder_file = path / ENCODER_WEIGHTS_FILE
+    elif path.is_file():
+        folder, encoder_file = path.parent, path
+    else:
+        raise InputError(path, "encoder folder or file does not exist (--encoder)")
+    if not encoder_file.is_file():
+        raise InputError(folder, f"holds no {ENCODER_FILE} (an encoder folder is what `python genesis2d/train.py` "
+                         "writes)")
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        return EncoderCard(folder, encoder_file)
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(card_path, f"cannot be read as JSON ({error})") from None
+    backbone = card.get("backbone") if isinstance(card, dict) else None
+    if backbone not in BACKBONES:
+        raise InputError(card_path, f"names backbone {backbone!r}, not one of {', '.join(sorted(BACKBONES))}")
+    return EncoderCard(folder, encoder_file, backbone, card.get("input_size"),
+                       (card.get("input") or {}).get("normalisation") or card.get("normalisation"), card)
+
+
+def find_encoders(root):
+    """The `EncoderCard`s of the encoder folders directly under `root` that have a card, by folder name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [read_card(path.parent) for path in sorted(root.glob(f"*/{CARD_FILE}"))
+            if (path.parent / ENCODER_FILE).is_file()]

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from genesis2d.card import (
+    CARD_FILE,
+    ENCODER_FILE,
+    ENCODER_WEIGHTS_FILE,
+    MODEL_CARD_FILE,
+    PRESET_FILES,
+    UNET_FILE,
+    card_markdown,
+)
 from plumbing.atomic import atomic_path, write_json, write_text
-from plumbing.figures import pyplot, save_figure
+from plumbing.figures import plot_histories, pyplot, save_figure
+
 
 def export_encoder(model, backbone, out):
     """Writes encoder.h5 (loads with plain `load_model` in Keras 3 and Keras 2) and encoder.weights.h5 (Keras 3).
@@ -30,10 +40,10 @@ def export_encoder(model, backbone, out):
     finally:
         keras.config.set_dtype_policy(previous)
     encoder.set_weights(encoder_of(model).get_weights())
-    with atomic_path(Path(out) / "encoder.h5") as tmp, _quiet_absl():
+    with atomic_path(Path(out) / ENCODER_FILE) as tmp, _quiet_absl():
         encoder.save(tmp)  # Legacy HDF5 on purpose: the format other Keras projects load.
         make_portable(tmp)  # Its config in the schema Keras 2 reads too.
-    with atomic_path(Path(out) / "encoder.weights.h5") as tmp:
+    with atomic_path(Path(out) / ENCODER_WEIGHTS_FILE) as tmp:
         encoder.save_weights(tmp)
     return encoder
 
@@ -69,24 +79,14 @@ def plot_samples(path, inputs, restored, targets, title):
 
 
 def plot_losses(path, history_csv, title="restoration loss (MSE)"):
+    """The run's loss curves (`plumbing.figures.plot_histories`), from its history.csv."""
     import pandas as pd
 
-    plt = pyplot()
     history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last")
-    figure, axis = plt.subplots(figsize=(6, 3.6))
-    for column, label in (("loss", "train"), ("val_loss", "validation")):
-        if column in history:
-            axis.plot(history["epoch"] + 1, history[column], marker="o", label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("MSE")
-    axis.set_yscale("log")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    save_figure(path, figure, dpi=100)
+    plot_histories({"": history}, path, title=title, ylabel="MSE", log_scale=True)
 
 
-BEST_FILES = ("unet.keras", "encoder.weights.h5", "encoder.h5", "MODEL_CARD.md", "card.json")  # One unit; card last.
+BEST_FILES = PRESET_FILES  # One unit; card last.
 STAGING = ".best-staging"
 
 
@@ -98,7 +98,6 @@ def export_best(model, backbone, out, card):
     """
     import shutil
 
-    from genesis2d.card import card_markdown
     from plumbing.fingerprint import file_sha256
 
     staging = Path(out) / STAGING
@@ -106,11 +105,11 @@ def export_best(model, backbone, out, card):
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        model.save(staging / "unet.keras")
+        model.save(staging / UNET_FILE)
         export_encoder(model, backbone, staging)
         card["files"] = {name: file_sha256(staging / name) for name in BEST_FILES[:3]}
-        write_text(staging / "MODEL_CARD.md", card_markdown(card))
-        write_json(staging / "card.json", card)
+        write_text(staging / MODEL_CARD_FILE, card_markdown(card))
+        write_json(staging / CARD_FILE, card)
     except OSError as error:  # A full disk: no partial file stays, and the message names the file, not the staging.
         shutil.rmtree(staging, ignore_errors=True)
         real = _exported_name(Path(error.filename).name) if error.filename else BEST_FILES[0]
@@ -134,7 +133,7 @@ def commit_export(out):
     staging = Path(out) / STAGING
     if not staging.exists():
         return False
-    complete = (staging / "card.json").exists()
+    complete = (staging / CARD_FILE).exists()
     if complete:
         for name in BEST_FILES:
             if (staging / name).exists():
@@ -184,6 +183,6 @@ def make_reporter(model, out, backbone, sample_pair, card):
                 card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1
                 export_best(model, backbone, out, card)
             else:
-                write_json(out / "card.json", card)
+                write_json(out / CARD_FILE, card)
 
     return Reporter()

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from transfer.results import read_results
+from plumbing.errors import UsageError
 from transfer.encoders import InitError, keras_cache_dir, load_encoder
 from transfer.finetune import build_classifier
-from plumbing.errors import UsageError
+from transfer.results import read_results
 
 CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
            "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
@@ -167,19 +167,43 @@ def test_encoders_are_checked_before_any_data_and_never_chosen_silently(tmp_path
     monkeypatch.setattr(encoders, "PROJECT_ROOT", tmp_path)
     with pytest.raises(InitError, match="does not exist .--encoder."):
         parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(tmp_path / "missing.h5")])
-    with pytest.raises(InitError, match="holds no genesis2d_vgg16"):
+    with pytest.raises(InitError, match="holds no encoder folder whose card names backbone vgg16"):
         parse_args(["--data", "/nowhere", "--init", "genesis"])
-    for name in ("genesis2d_vgg16_batch", "genesis2d_vgg16_instance"):
+    for name, backbone in (("genesis2d_vgg16_batch", "vgg16"), ("my_run", "vgg16"), ("genesis2d_vgg16_old", "resnet18")):
         (tmp_path / "weights" / name).mkdir(parents=True)
         (tmp_path / "weights" / name / "encoder.h5").write_bytes(name.encode())
-    with pytest.raises(InitError, match="holds 2 vgg16 encoders .genesis2d_vgg16_batch, genesis2d_vgg16_instance."):
+        (tmp_path / "weights" / name / "card.json").write_text(json.dumps({"backbone": backbone}))
+    # The cards decide, not the folders' names: my_run is a vgg16 encoder, genesis2d_vgg16_old is not.
+    with pytest.raises(InitError, match="holds 2 vgg16 encoders .genesis2d_vgg16_batch, my_run."):
         parse_args(["--data", "/nowhere", "--init", "genesis"])
-    (tmp_path / "weights" / "genesis2d_vgg16_instance" / "encoder.h5").unlink()
+    (tmp_path / "weights" / "my_run" / "card.json").unlink()
     args = parse_args(["--data", "/nowhere", "--init", "genesis"])
     assert args.encoder.endswith("genesis2d_vgg16_batch/encoder.h5") and len(args.encoder_sha256) == 64
     assert "genesis encoder:" in capsys.readouterr().out
     with pytest.raises(InitError, match="--imagenet-weights"):
         parse_args(["--data", "/nowhere", "--init", "imagenet", "--imagenet-weights", str(tmp_path / "none.h5")])
+
+
+def test_the_encoder_folder_is_a_preset_its_card_names_the_backbone(tmp_path, capsys):
+    from luna16.experiment import parse_args
+    from plumbing.errors import UsageError
+
+    folder = tmp_path / "any name"
+    folder.mkdir()
+    (folder / "encoder.h5").write_bytes(b"weights")
+    (folder / "card.json").write_text(json.dumps({"backbone": "resnet18"}))
+    for given in (folder, folder / "encoder.h5"):  # The folder, or a file inside it.
+        options = parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(given)])
+        assert options.backbone == "resnet18" and options.encoder == str(folder / "encoder.h5")
+        assert "resnet18" in options.out and options.epochs is not None  # The card's backbone drives the rest.
+    with pytest.raises(UsageError, match=r"--backbone: vgg16 contradicts the encoder's card \(.*card.json: backbone "
+                       r"resnet18\)"):
+        parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--backbone", "vgg16"])
+    (folder / "card.json").unlink()  # An encoder from before cards: loaded as --backbone, said in one line.
+    options = parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--backbone",
+                          "resnet18"])
+    assert options.backbone == "resnet18"
+    assert "no card.json beside it; assuming a resnet18 encoder" in capsys.readouterr().out
 
 
 def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):

@@ -14,7 +14,6 @@ from pathlib import Path
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
 from plumbing.errors import InputError, UsageError
 
-
 INITS = ("scratch", "genesis", "imagenet", "radimagenet")
 
 
@@ -31,17 +30,74 @@ def keras_cache_dir():
 
 
 def default_genesis_encoder(backbone, root=None):
-    """The one `weights/genesis2d_<backbone>_*/encoder.h5`; none or several stop with a line that lists them."""
+    """The `EncoderCard` of the one encoder folder under `root` (weights/) whose card names `backbone`.
+
+    The cards decide, not the folders' names; none or several stop with a line that lists them.
+    """
+    from genesis2d.card import find_encoders
+
     root = Path(root) if root else PROJECT_ROOT / "weights"
-    found = sorted(root.glob(f"genesis2d_{backbone}_*/encoder.h5"))
+    found = [card for card in find_encoders(root) if card.backbone == backbone]
     if not found:
-        raise InitError(root, f"holds no genesis2d_{backbone}_*/encoder.h5; pretrain with "
-                        f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder PATH")
+        raise InitError(root, f"holds no encoder folder whose card names backbone {backbone}; pretrain with "
+                        f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder FOLDER")
     if len(found) > 1:
-        raise InitError(root, f"holds {len(found)} {backbone} encoders ({', '.join(str(p.parent.name) for p in found)}); "
-                        "choose one with --encoder PATH")
-    print(f"genesis encoder: {found[0]} (the only {backbone} encoder under {root})")
+        raise InitError(root, f"holds {len(found)} {backbone} encoders ({', '.join(card.folder.name for card in found)}); "
+                        "choose one with --encoder FOLDER")
+    print(f"genesis encoder: {found[0].folder} (the only {backbone} encoder under {root})")
     return found[0]
+
+
+def read_encoder_card(path):
+    """`genesis2d.card.read_card`, its refusals as InitError (the encoder cannot be initialised)."""
+    from genesis2d.card import read_card
+
+    try:
+        return read_card(path)
+    except InitError:
+        raise
+    except InputError as error:
+        raise InitError(error.path, error.problem) from None
+
+
+def pretraining_of(init, encoder):
+    """What the card of a genesis encoder says of its pretraining (backbone, input size, normalisation), or {}."""
+    if init != "genesis" or not encoder:
+        return {}
+    card = read_encoder_card(encoder)
+    if card.backbone is None:
+        return {"card": None}
+    return {"card": str(card.folder), "backbone": card.backbone, "input_size": card.input_size,
+            "normalisation": card.normalisation}
+
+
+def genesis_card(encoder, backbone, default_backbone):
+    """(EncoderCard, backbone) of an --encoder folder or file, or of the default search, the backbone checked.
+
+    Args:
+        encoder: the --encoder folder (or a file inside it), or None for the one under weights/.
+        backbone: the --backbone given, or None.
+        default_backbone: the backbone assumed when neither --backbone nor a card says.
+
+    The card's backbone wins; an explicit `backbone` that contradicts it stops with one line
+    naming both. An encoder without a card (written before cards) loads as `backbone` (or
+    the default), with a line saying so.
+    """
+    from genesis2d.card import CARD_FILE
+
+    if encoder is None:
+        card = default_genesis_encoder(backbone or default_backbone)
+        return card, card.backbone
+    card = read_encoder_card(encoder)
+    if card.backbone is None:
+        assumed = backbone or default_backbone
+        print(f"{card.encoder_file}: no {CARD_FILE} beside it; assuming a {assumed} encoder (--backbone) pretrained "
+              "on [0, 1] slices normalised as genesis2d does")
+        return card, assumed
+    if backbone and backbone != card.backbone:
+        raise UsageError("--backbone", f"{backbone} contradicts the encoder's card ({card.folder / CARD_FILE}: "
+                         f"backbone {card.backbone}); leave --backbone out or pass --backbone {card.backbone}")
+    return card, card.backbone
 
 
 def radimagenet_file(backbone, explicit=None):
@@ -120,8 +176,8 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
         init: str. 'scratch', 'genesis', 'imagenet' or 'radimagenet'.
         backbone: str. A key of `genesis2d.backbones.BACKBONES`.
         input_shape: (H, W, 1).
-        encoder_path: for 'genesis', an encoder.h5 / encoder.weights.h5. Defaults to the
-            one under weights/ with this backbone.
+        encoder_path: for 'genesis', an encoder folder (or its encoder.h5 / encoder.weights.h5).
+            Defaults to the one under weights/ whose card names this backbone.
         imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
         radimagenet_weights: for 'radimagenet', the RadImageNet weights file. Defaults to
             its name in Keras's cache.
@@ -136,7 +192,11 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
         return _load_radimagenet(backbone, input_shape, radimagenet_weights)
     encoder = build_encoder(backbone, input_shape, weights=None)
     if init == "genesis":
-        _load_genesis(encoder, encoder_path or default_genesis_encoder(backbone))
+        if encoder_path is None:
+            path = default_genesis_encoder(backbone).encoder_file
+        else:
+            path = read_encoder_card(encoder_path).encoder_file if Path(encoder_path).is_dir() else Path(encoder_path)
+        _load_genesis(encoder, path)
     return encoder
 
 

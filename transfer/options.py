@@ -1,87 +1,33 @@
 """The downstream commands' options: each written once, as a dataclass field, with its default and its source.
 
 A task's options are a frozen dataclass that extends `TransferOptions` with the task's
-own fields (`luna16.experiment.Luna16Options`, `mura.experiment.MuraOptions`). The
-command-line parser is built from the fields (`build_parser`), so a default, its help
-text and its source live in one place; `parse_options` returns the dataclass, and
-`resolve` fills what the task's schedule table and the encoder files decide, as a new
-object (nothing is mutated). Which settings decide whether a kept result may be reused
-is derived from the fields too (`reuse_settings`): a new option counts unless its field
-says it cannot change what a model learns.
+own fields (`luna16.experiment.Luna16Options`, `mura.experiment.MuraOptions`), declared
+as every command's are (`plumbing.options`: the parser, the YAML config and the settings
+that decide reuse are read off the fields). `resolve` fills what the task's schedule
+table and the encoder's card decide, as a new object (nothing is mutated).
 """
 
-import argparse
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
-from plumbing.cli import (ArgumentParser, add_runtime_arguments, default_verbosity, fraction_type,
-                          parse_with_demo_default)
+from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE, image_size
+from plumbing.cli import default_verbosity, fraction_type
 from plumbing.errors import UsageError
-from transfer.encoders import IMAGENET_INITS, INITS, EncoderSpec, InitError, default_genesis_encoder, radimagenet_file
+from plumbing.options import build_parser, derived, from_config, parse_options, reuse_settings, runtime
+from plumbing.options import option as plumbing_option
+from transfer.encoders import IMAGENET_INITS, INITS, EncoderSpec, InitError, genesis_card, radimagenet_file
 from transfer.finetune import SELECTIONS, Head, Schedule
 from transfer.schedules import SCHEDULE_FIELDS, schedule_row
 
 THESIS_TABLE = "the thesis's value for --backbone and --init (table below)"
 SHARED = "initialisation and training (shared by the downstream tasks)"
+DEFAULT_BACKBONE = "vgg16"  # The thesis's first downstream backbone (4.2.2).
 
 
-def option(default, help, *, source=None, reuse=True, flag=None, group=SHARED, default_text=None, **argparse_kwargs):
-    """A dataclass field that is also a command-line option.
-
-    Args:
-        default: the default, shown in --help with its `source`.
-        help: what the option does, without its default.
-        source: where the default comes from: a thesis section or figure, the public Models
-            Genesis code, or "this project's choice: <reason>". None for a plain setting.
-        reuse: False when the option cannot change what a model learns (output folder,
-            progress, gallery); such options are left out of `reuse_settings`.
-        flag: the option string(s); default `--<name with dashes>`.
-        group: the --help group.
-        default_text: what --help says the default is, where the field's default (None) is
-            filled later (e.g. from the schedule table).
-        argparse_kwargs: type, choices, nargs, action, metavar, as argparse takes them.
-    """
-    metadata = {"help": help, "source": source, "reuse": reuse, "flag": flag, "group": group,
-                "default_text": default_text, "argparse": argparse_kwargs}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _runtime_defaults():
-    parser = argparse.ArgumentParser()
-    return {action.dest: action.default for action in add_runtime_arguments(parser)._group_actions}
-
-
-RUNTIME_DEFAULTS = _runtime_defaults()
-
-
-def runtime(name, reuse=True):
-    """A field for one of `plumbing.cli.add_runtime_arguments`'s options, its default read from there."""
-    return field(default=RUNTIME_DEFAULTS[name], metadata={"runtime": True, "reuse": reuse, "group": "run"})
-
-
-def derived(default=None):
-    """A field that no flag sets: filled by `resolve` (e.g. the encoder file's checksum)."""
-    return field(default=default, metadata={"derived": True, "reuse": True})
-
-
-def _default_text(item):
-    default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-    meta = item.metadata
-    if meta.get("default_text"):
-        return meta["default_text"]
-    if default is None:
-        return None
-    if isinstance(default, bool):
-        text = "on" if default else "off"
-    elif isinstance(default, list):
-        text = " ".join(map(str, default))
-    else:
-        text = f"{default:,}" if isinstance(default, int) and default >= 10_000 else str(default)
-    return f"{text} ({meta['source']})" if meta.get("source") else text
+def option(default, help, *, group=SHARED, **kwargs):
+    """`plumbing.options.option`, in the shared group unless told otherwise."""
+    return plumbing_option(default, help, group=group, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -93,9 +39,11 @@ class TransferOptions:
     """
 
     init: str = option("genesis", "encoder initialisation.", choices=INITS)
-    backbone: str = option("vgg16", "encoder backbone.", choices=sorted(BACKBONES))
-    encoder: str = option(None, "genesis encoder (.h5 or .weights.h5). Default: the one "
-                          "weights/genesis2d_<backbone>_*/encoder.h5 (with none or several, the command stops and "
+    backbone: str = option(None, "encoder backbone.", choices=sorted(BACKBONES),
+                           default_text=f"{DEFAULT_BACKBONE}, or the backbone on the card of --encoder")
+    encoder: str = option(None, "genesis encoder folder, as `python genesis2d/train.py` writes it (or a file in it: "
+                          "encoder.h5, encoder.weights.h5); its card.json gives the backbone. Default: the one folder "
+                          "under weights/ whose card names --backbone (with none or several, the command stops and "
                           "lists them).", reuse=False)
     imagenet_weights: str = option(None, "ImageNet weights file. Default: Keras's cache (~/.keras/models), downloaded "
                                    "on first use.", reuse=False)
@@ -142,6 +90,8 @@ class TransferOptions:
     l2: float = option(1e-4, "L2 penalty of the head's hidden layer.", source="this project's choice: thesis "
                        "4.2.1.6 names L2 regularisation without its strength", type=float)
     dropout: float = option(0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=float)
+    image_size: int = option(None, "network input side, a multiple of 32.", group="data", type=image_size,
+                             default_text="the task's")
     data: str = option(None, "the dataset's folder, as distributed (the description above says what it holds). "
                        "Default: the task's built-in demo tree, with the small settings of its configs/demo.yaml.",
                        group="data", reuse=False)
@@ -182,49 +132,6 @@ class TransferOptions:
                         steps_per_epoch=self.steps_per_epoch, bn_momentum=self.bn_momentum, selection=self.selection)
 
 
-def build_parser(options_class, prog, description, epilog=None):
-    """An argparse parser whose options are the fields of `options_class`, grouped, with their defaults' sources."""
-    parser = ArgumentParser(prog=prog, description=description, epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of option defaults; flags override it.")
-    groups = {}
-    for item in fields(options_class):
-        meta = item.metadata
-        if meta.get("derived"):
-            continue
-        group = meta["group"]
-        if group not in groups:
-            groups[group] = parser.add_argument_group(group)
-            if group == "run":
-                add_runtime_arguments(parser, group=groups[group])
-        if meta.get("runtime"):
-            continue
-        flags = meta["flag"] or (f"--{item.name.replace('_', '-')}",)
-        flags = (flags,) if isinstance(flags, str) else flags
-        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        text = meta["help"]
-        shown = _default_text(item)
-        if shown and "Default:" not in text:
-            text = f"{text} Default: {shown}."
-        groups[group].add_argument(*flags, dest=item.name, default=default, help=text, **meta["argparse"])
-    return parser
-
-
-def parse_options(options_class, parser, argv, demo_config, data_flags):
-    """The options of `argv` as an `options_class` (the demo config when no data flag nor --config is given)."""
-    namespace = parse_with_demo_default(parser, argv, demo_config, data_flags)
-    values = {key: value for key, value in vars(namespace).items() if key != "config"}
-    return options_class(**values)
-
-
-def from_config(options_class, parser, config, **values):
-    """An `options_class` from a YAML config file (checked as the command line checks it), then `values`.
-
-    For callers that are programs rather than people (the study): typed values, no argv.
-    """
-    return dataclasses.replace(parse_options(options_class, parser, ["--config", str(config)], config, ()), **values)
-
-
 def resolve(options, table):
     """`options` with the schedule table's row filled in, the encoder files checked and their checksums recorded.
 
@@ -234,17 +141,19 @@ def resolve(options, table):
     """
     from plumbing.fingerprint import file_sha256
 
+    changes = {}
+    if options.init == "genesis":  # The encoder's card decides the backbone, before anything else reads it.
+        card, backbone = genesis_card(options.encoder, options.backbone, DEFAULT_BACKBONE)
+        changes.update(backbone=backbone, encoder=str(card.encoder_file), encoder_sha256=file_sha256(card.encoder_file))
+    else:
+        changes["backbone"] = options.backbone or DEFAULT_BACKBONE
+    options = dataclasses.replace(options, **changes)
     row, note = schedule_row(table, options.backbone, options.init)
     if note and any(getattr(options, name) is None for name in SCHEDULE_FIELDS):
         print(note)
     changes = {name: getattr(row, name) for name in SCHEDULE_FIELDS if getattr(options, name) is None}
     if options.verbose is None:
         changes["verbose"] = default_verbosity()
-    if options.init == "genesis":
-        path = Path(options.encoder) if options.encoder else default_genesis_encoder(options.backbone)
-        if not path.is_file():
-            raise InitError(path, "encoder file does not exist (--encoder)")
-        changes.update(encoder=str(path), encoder_sha256=file_sha256(path))
     if options.imagenet_weights:
         if not Path(options.imagenet_weights).is_file():
             raise InitError(options.imagenet_weights, "ImageNet weights file does not exist (--imagenet-weights)")
@@ -258,10 +167,5 @@ def resolve(options, table):
     return dataclasses.replace(options, **changes)
 
 
-def reuse_settings(options):
-    """Every setting that can change what a model learns, read off the dataclass's fields.
-
-    Paths are left out (a moved folder still matches); what they hold is in through the
-    checksums and the data's fingerprint.
-    """
-    return {item.name: getattr(options, item.name) for item in fields(options) if item.metadata.get("reuse", True)}
+__all__ = ["SHARED", "TransferOptions", "build_parser", "derived", "from_config", "option", "parse_options", "resolve",
+           "reuse_settings", "runtime"]
