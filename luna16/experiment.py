@@ -20,9 +20,24 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import image_size
-from luna16.data import (FOLD_PAIRS, Subset, candidates_path, evaluation_arrays, evaluation_batches,
-                         evaluation_cases, evaluation_labels, extract_subsets, fold_subsets, input_fingerprint,
-                         read_candidates, scans_by_subset, training_arrays, validation_series)
+from luna16.data import (
+    DATA,
+    FOLD_PAIRS,
+    PatchSettings,
+    Subset,
+    candidates_path,
+    evaluation_arrays,
+    evaluation_batches,
+    evaluation_cases,
+    evaluation_labels,
+    extract_subsets,
+    fold_subsets,
+    input_fingerprint,
+    read_candidates,
+    scans_by_subset,
+    training_arrays,
+    validation_series,
+)
 from luna16.patches import PLANES
 from plumbing.atomic import write_csv, write_text
 from plumbing.cli import fraction_type
@@ -30,7 +45,7 @@ from plumbing.errors import UsageError
 from plumbing.fingerprint import file_sha256
 from preprocessing.split import hold_out_groups
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
-from transfer.runner import Split, Task, run_task
+from transfer.runner import Split, Task, Unit, UnitResult, run_task
 from transfer.schedules import load_table, schedule_table_text
 from transfer.statistics import binary_metrics
 
@@ -38,7 +53,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 PREDICTION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
 VIEWS = 3
-DATA = "data"
 
 # The thesis's schedules per backbone and init, with their sources: a table as data.
 THESIS_SCHEDULES = load_table(Path(__file__).with_name("configs") / "schedules.yaml")
@@ -47,28 +61,20 @@ LEVELS = [
     {"name": "candidate", "description": "candidates of the test folds (mean of 3 views), mean of folds",
      "group": "scan", "metrics": ["auc"]},
     {"name": "patch", "description": "patches of the test folds (each view alone), mean of folds",
-     "group": "scan", "metrics": ["auc"]},
+     "group": "scan", "metrics": ["auc"], "roc": False},
 ]
 
 
 @dataclass(frozen=True)
-class Luna16Options(TransferOptions):
-    """LUNA16's options: the shared ones and its data's."""
+class Luna16Options(TransferOptions, PatchSettings):
+    """LUNA16's options: the shared ones, the patches' (`luna16.data.PatchSettings`) and its data's."""
 
     patches: str = option(None, "folder for extracted patches (shared by runs). Default: beside --out.", group=DATA,
                           reuse=False)
-    patch_size: int = option(64, "patch side in pixels.", source="thesis 4.2.1.2", group=DATA, type=int)
-    pixel_mm: float = option(None, "patch sampling step in mm. Default: in-plane spacing.", group=DATA, type=float)
-    method: str = option("planes", "thesis patch method 1 (planes: axial, coronal, sagittal) or 2 (cube).",
-                         source="thesis 4.2.1.2, method 1", group=DATA, choices=("planes", "cube"))
     image_size: int = option(None, "network input side, a multiple of 32. Default: the patch size.", group=DATA,
                              type=image_size)
     negative_fraction: float = option(0.1, "negatives kept per training subset.", source="thesis 4.2.1.3",
                                       group=DATA, type=fraction_type())
-    positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3",
-                                  group=DATA, type=int)
-    workers: int = option(None, "processes extracting patches (each reads one scan at a time; the files are the "
-                          "same for any number). Default: every core.", group=DATA, reuse=False, type=int)
     folds: list = option([1, 2, 3, 4, 5], "folds to run, 1-5 (fold k tests subsets 2k-2, 2k-1). Default: all.",
                          group=DATA, reuse=False, type=int, nargs="+")
 
@@ -155,7 +161,7 @@ def candidate_keys(predictions):
 class Luna16(Task):
     """LUNA16 for the runner: folds over subset pairs, three views per candidate."""
 
-    name, title, levels, unit, unit_record = "luna16", "LUNA16", LEVELS, "fold", "metrics.json"
+    name, title, levels, unit_name, unit_record, roc_file = "luna16", "LUNA16", LEVELS, "fold", "metrics.json", "roc_folds.png"
 
     def __init__(self, options):
         super().__init__(options)
@@ -181,14 +187,11 @@ class Luna16(Task):
                         workers=o.workers or os.cpu_count(), allow_outside_root=o.allow_outside_root)
 
     def units(self):
-        return self.options.folds
+        return [Unit(fold, self.out / "fold{}_subsets{}-{}".format(fold, *FOLD_PAIRS[fold - 1]),
+                     "subset{}-{}".format(*FOLD_PAIRS[fold - 1]), fold) for fold in self.options.folds]
 
-    def unit_dir(self, fold):
-        a, b = FOLD_PAIRS[fold - 1]
-        return self.out / f"fold{fold}_subsets{a}-{b}"
-
-    def split(self, fold, seed):
-        o, size = self.options, self.image_size
+    def split(self, unit, seed):
+        o, size, fold = self.options, self.options.image_size, unit.key
         rng = np.random.default_rng(seed)
         train_ids, test_ids = fold_subsets(FOLD_PAIRS[fold - 1])
         train_subsets = [Subset(self.patches / f"subset{s}") for s in train_ids]
@@ -202,60 +205,48 @@ class Luna16(Task):
                                                          use_augmented=o.positive_copies > 1, with_series=True)
         x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
         y_test, table = evaluation_labels(test_subsets)  # The test fold's images are streamed, never held whole.
-        self.dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
-        self.table = table
+        dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
         print(f"fold {fold}: test subsets {FOLD_PAIRS[fold - 1]}; {len(y_train) // VIEWS} training candidates "
               f"({int(y_train.sum()) // VIEWS} positive after augmentation), {len(held_out)} validation series, "
-              f"{len(table)} test candidates" + (f" ({self.dropped} dropped: outside their scan or without "
-                                                 "coordinates)" if self.dropped else ""), flush=True)
+              f"{len(table)} test candidates" + (f" ({dropped} dropped: outside their scan or without "
+                                                 "coordinates)" if dropped else ""), flush=True)
         return Split(
             train=lambda batch: _dataset(x_train, y_train, batch, size, shuffle_seed=seed),
             train_in_order=_dataset(x_train, y_train, 256, size), train_labels=y_train, train_groups=train_series,
             validation=(lambda batch: _dataset(x_val, y_val, batch, size)) if held_out else None,
             test=_streamed(test_subsets, y_test, size), test_labels=table["class"].to_numpy(),
             test_cases=lambda chosen: evaluation_cases(test_subsets, chosen), views=VIEWS, view_names=PLANES,
-            selection_data=f"{o.validation_fraction:.0%} of the training scans")
+            selection_data=f"{o.validation_fraction:.0%} of the training scans", cases=table,
+            info={"dropped": dropped})
 
-    def unit_table(self, fold, split, probabilities):
-        predictions = self.table.assign(probability=probabilities.mean(axis=1))[PREDICTION_COLUMNS]
+    def result(self, unit, split, probabilities):
+        """Each candidate (mean of views) and each patch, grouped by scan, in this fold's stratum."""
+        from transfer.results import score_rows
+
+        fold = unit.key
+        predictions = split.cases.assign(probability=probabilities.mean(axis=1))[PREDICTION_COLUMNS]
         predictions[[f"view{v}" for v in range(VIEWS)]] = probabilities
         metrics = binary_metrics(predictions["class"], predictions["probability"])
         patch_auc = binary_metrics(np.repeat(predictions["class"], VIEWS), probabilities.ravel())["auc"]
         print(f"fold {fold}: test AUC {metrics['auc']:.4f}", flush=True)
-        return predictions, {"test_subsets": list(FOLD_PAIRS[fold - 1]), **metrics, "patch_auc": patch_auc,
-                             "dropped_test_candidates": self.dropped}
+        keys = candidate_keys(predictions)
+        scores = [score_rows("candidate", keys, predictions["class"], predictions["probability"],
+                             predictions["seriesuid"], stratum=fold)]
+        scores += [score_rows("patch", keys + f":view{v}", predictions["class"], predictions[f"view{v}"],
+                              predictions["seriesuid"], stratum=fold) for v in range(VIEWS)]
+        return UnitResult(predictions, {"test_subsets": list(FOLD_PAIRS[fold - 1]), **metrics, "patch_auc": patch_auc,
+                                        "dropped_test_candidates": split.info["dropped"]},
+                          pd.concat(scores, ignore_index=True))
 
-    def save_unit(self, folder, table):
-        write_csv(Path(folder) / "predictions.csv", table)
-
-    def load_unit(self, folder):
-        return pd.read_csv(Path(folder) / "predictions.csv", dtype={"seriesuid": str})
-
-    def curves(self, folds, tables):
-        return {"subset{}-{}".format(*FOLD_PAIRS[fold - 1]): (table["class"], table["probability"])
-                for fold, table in zip(folds, tables)}
-
-    def test_scores(self, folds, tables):
-        """Each candidate (mean of views) and each patch, grouped by scan, per fold."""
-        from transfer.results import score_rows
-
-        parts = []
-        for fold, predictions in zip(folds, tables):
-            keys = candidate_keys(predictions)
-            parts.append(score_rows("candidate", keys, predictions["class"], predictions["probability"],
-                                    predictions["seriesuid"], stratum=fold))
-            for v in range(VIEWS):
-                parts.append(score_rows("patch", keys + f":view{v}", predictions["class"], predictions[f"view{v}"],
-                                        predictions["seriesuid"], stratum=fold))
-        return pd.concat(parts, ignore_index=True)
-
-    def summarize(self, folds, tables, records):
+    def summarize(self, results):
         """summary.csv / summary.md (thesis Fig. 4.12) and predictions.csv of every fold."""
         o, out = self.options, self.out
-        rows = [{"fold": fold, "test_subsets": "{}-{}".format(*FOLD_PAIRS[fold - 1]),
-                 **binary_metrics(table["class"], table["probability"]), "patch_auc": record["patch_auc"],
-                 "dropped_candidates": record.get("dropped_test_candidates", 0)}
-                for fold, table, record in zip(folds, tables, records)]
+        folds = [unit.key for unit, _ in results]
+        tables = [result.table for _, result in results]
+        rows = [{"fold": unit.key, "test_subsets": "{}-{}".format(*FOLD_PAIRS[unit.key - 1]),
+                 **binary_metrics(result.table["class"], result.table["probability"]),
+                 "patch_auc": result.metrics["patch_auc"],
+                 "dropped_candidates": result.metrics.get("dropped_test_candidates", 0)} for unit, result in results]
         table = pd.DataFrame(rows)
         mean = table[["auc", "patch_auc", "accuracy", "sensitivity", "specificity"]].mean()
         std = table[["auc", "patch_auc"]].std(ddof=1)
@@ -264,7 +255,7 @@ class Luna16(Task):
         lines = [f"# LUNA16 {o.backbone}, init {arm}", "",
                  "Candidate AUC: each test candidate scored by the mean probability of its three views (axial, "
                  "coronal, sagittal). Patch AUC: each view scored alone. Accuracy, sensitivity and specificity of "
-                 f"candidates at 0.5. Model: {records[0]['selection']}.", "",
+                 f"candidates at 0.5. Model: {results[0][1].metrics['selection']}.", "",
                  "| test subsets | candidate AUC | patch AUC | accuracy | sensitivity | specificity |",
                  "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['test_subsets']} | {r['auc']:.4f} | {r['patch_auc']:.4f} | {r['accuracy']:.4f} | "

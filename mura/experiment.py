@@ -16,6 +16,7 @@ gallery, results contract) is `transfer.runner`'s.
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,9 @@ import pandas as pd
 
 from genesis2d.backbones import image_size
 from mura.data import body_parts_of, make_dataset, mura_root, read_split, split_patients, study_probabilities
-from plumbing.atomic import write_csv
 from plumbing.errors import UsageError
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
-from transfer.runner import Split, Task, run_task
+from transfer.runner import Split, Task, Unit, UnitResult, run_task
 from transfer.schedules import load_table, schedule_table_text
 from transfer.statistics import binary_metrics
 
@@ -113,50 +113,57 @@ def evaluate(images):
 class Mura(Task):
     """MURA for the runner: repeats of one training on the training patients, scored on valid."""
 
-    name, title, levels, unit, unit_record = "mura", "MURA", LEVELS, "run", "run_metrics.json"
+    name, title, levels, unit_record = "mura", "MURA", LEVELS, "run_metrics.json"
+    predictions_file = "predictions_images.csv"
 
     def demo_data(self):
         from mura.demo import ensure_demo
 
         return ensure_demo()
 
+    @functools.cached_property
+    def splits(self):
+        """(train, valid) image tables of the body parts asked for, read once (by whichever hook asks first)."""
+        parts, outside = self.options.body_part, self.options.allow_outside_root
+        return (read_split(self.data, "train", parts, allow_outside_root=outside),
+                read_split(self.data, "valid", parts, allow_outside_root=outside))
+
     def check_data(self):
         from plumbing.fingerprint import file_sha256, files_fingerprint
 
-        parts, outside = self.options.body_part, self.options.allow_outside_root
-        self.train_all = read_split(self.data, "train", parts, allow_outside_root=outside)
-        self.valid = read_split(self.data, "valid", parts, allow_outside_root=outside)
+        train_all, valid = self.splits
         folder = mura_root(self.data) / "MURA-v1.1"
         csvs = [folder / f"{split}_{kind}.csv" for split in ("train", "valid")
                 for kind in ("image_paths", "labeled_studies")]
-        images = [*self.train_all["path"], *self.valid["path"]]
-        return {**{path.name: file_sha256(path)[:16] for path in csvs}, "body_parts": list(parts),
+        images = [*train_all["path"], *valid["path"]]
+        return {**{path.name: file_sha256(path)[:16] for path in csvs}, "body_parts": list(self.options.body_part),
                 "images": files_fingerprint(images, mura_root(self.data))}
 
-    def prepare(self):
+    @functools.cached_property
+    def training_patients(self):
+        """(train, selection): the training images and those held out to choose the epoch (None), seeded by --seed."""
         o = self.options
+        train_all, valid = self.splits
         rng = np.random.default_rng(o.seed)
         if o.selection == "held-out":
-            self.train, self.selection = split_patients(self.train_all, o.validation_fraction, rng, minimum=1)
+            train, selection = split_patients(train_all, o.validation_fraction, rng, minimum=1)
         else:
-            self.train, self.selection = self.train_all, None
+            train, selection = train_all, None
         if o.train_fraction < 1.0:  # Label efficiency: whole patients, seeded, at least one.
-            _, self.train = split_patients(self.train, o.train_fraction, rng, minimum=1)
-        print(f"MURA {', '.join(o.body_part)}: {len(self.train)} training images, "
-              f"{0 if self.selection is None else len(self.selection)} held out for model selection, "
-              f"{len(self.valid)} valid images in {self.valid['study'].nunique()} studies", flush=True)
+            _, train = split_patients(train, o.train_fraction, rng, minimum=1)
+        print(f"MURA {', '.join(o.body_part)}: {len(train)} training images, "
+              f"{0 if selection is None else len(selection)} held out for model selection, "
+              f"{len(valid)} valid images in {valid['study'].nunique()} studies", flush=True)
+        return train, selection
 
     def units(self):
-        return range(1, self.options.repeats + 1)
+        repeats = self.options.repeats
+        return [Unit(run, self.out if repeats == 1 else self.out / f"repeat{run}", f"run {run}" if repeats > 1 else "",
+                     run - 1) for run in range(1, repeats + 1)]
 
-    def unit_dir(self, run):
-        return self.out if self.options.repeats == 1 else self.out / f"repeat{run}"
-
-    def seed_key(self, run):
-        return run - 1
-
-    def split(self, run, seed):
-        o, size, train, valid = self.options, self.image_size, self.train, self.valid.reset_index(drop=True)
+    def split(self, unit, seed):
+        o, size = self.options, self.options.image_size
+        (train, selection), valid = self.training_patients, self.splits[1].reset_index(drop=True)
 
         def test_cases(rows):
             batches = make_dataset(valid.iloc[rows], 64, size).map(lambda x, y: x)
@@ -166,59 +173,38 @@ class Mura(Task):
             train=lambda batch: make_dataset(train, batch, size, True, seed, balanced=True),
             train_in_order=make_dataset(train, 64, size), train_labels=train["label"].to_numpy(),
             train_groups=train["patient"].to_numpy(),
-            validation=None if self.selection is None else (lambda batch: make_dataset(self.selection, batch, size)),
+            validation=None if selection is None else (lambda batch: make_dataset(selection, batch, size)),
             test=make_dataset(valid, 64, size), test_labels=valid["label"].to_numpy(), test_cases=test_cases,
-            selection_data=f"{o.validation_fraction:.0%} of the training patients")
+            selection_data=f"{o.validation_fraction:.0%} of the training patients", cases=valid)
 
-    def unit_table(self, run, split, probabilities):
-        images = self.valid.assign(probability=probabilities[:, 0])[["path", "study", "label", "patient",
-                                                                      "probability"]]
-        _, metrics = evaluate(images)
-        print(f"run {run}: image AUC {metrics['image_auc']:.4f}, accuracy {metrics['image_accuracy']:.4f}; "
-              f"study AUC {metrics['study_auc']:.4f}, kappa {metrics['study_kappa']:.4f}", flush=True)
-        return images, metrics
-
-    def save_unit(self, folder, images):
-        studies, _ = evaluate(images)
-        write_csv(Path(folder) / "predictions_images.csv", images)
-        write_csv(Path(folder) / "predictions_studies.csv", studies)
-
-    def load_unit(self, folder):
-        return pd.read_csv(Path(folder) / "predictions_images.csv", dtype={"study": str, "patient": str})
-
-    def curves(self, runs, tables):
-        curves = {}
-        for run, images in zip(runs, tables):
-            studies, _ = evaluate(images)
-            suffix = f" run {run}" if len(tables) > 1 else ""
-            curves[f"images{suffix}"] = (images["label"], images["probability"])
-            curves[f"studies{suffix}"] = (studies["label"], studies["probability"])
-        return curves
-
-    def test_scores(self, runs, tables):
-        """Every image and every study of valid, per run, grouped by patient."""
+    def result(self, unit, split, probabilities):
+        """Every image and every study of valid, grouped by patient, in this run."""
         from transfer.results import score_rows
 
-        patient_of_study = self.valid.drop_duplicates("study").set_index("study")["patient"]
-        parts = []
-        for run, images in zip(runs, tables):
-            studies, _ = evaluate(images)
-            keys = images["study"] + images["path"].map(lambda p: Path(p).name)
-            parts.append(score_rows("image", keys, images["label"], images["probability"], images["patient"],
-                                    run=run))
-            parts.append(score_rows("study", studies["study"], studies["label"], studies["probability"],
-                                    studies["study"].map(patient_of_study), run=run))
-        return pd.concat(parts, ignore_index=True)
+        images = split.cases.assign(probability=probabilities[:, 0])[["path", "study", "label", "patient",
+                                                                       "probability"]]
+        studies, metrics = evaluate(images)
+        print(f"run {unit.key}: image AUC {metrics['image_auc']:.4f}, accuracy {metrics['image_accuracy']:.4f}; "
+              f"study AUC {metrics['study_auc']:.4f}, kappa {metrics['study_kappa']:.4f}", flush=True)
+        patient_of_study = split.cases.drop_duplicates("study").set_index("study")["patient"]
+        keys = images["study"] + images["path"].map(lambda p: Path(p).name)
+        scores = pd.concat([
+            score_rows("image", keys, images["label"], images["probability"], images["patient"], run=unit.key),
+            score_rows("study", studies["study"], studies["label"], studies["probability"],
+                       studies["study"].map(patient_of_study), run=unit.key),
+        ], ignore_index=True)
+        return UnitResult(images, metrics, scores, files={"predictions_studies.csv": studies})
 
-    def summarize(self, runs, tables, records):
+    def summarize(self, results):
         """The runs' metrics, their mean and spread (the thesis averaged its runs, 4.2.4.4), and their ensemble."""
-        o = self.options
-        metrics = [evaluate(images)[1] for images in tables]
+        o, valid = self.options, self.splits[1]
+        metrics = [{key: result.metrics[key] for key in (*METRIC_KEYS, "images", "studies")} for _, result in results]
+        tables = [result.table for _, result in results]
         summary = {key: float(np.mean([m[key] for m in metrics])) for key in METRIC_KEYS}
         summary.update({f"{key}_std": float(np.std([m[key] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0
                         for key in METRIC_KEYS})
-        summary.update({"runs": metrics, "body_parts": list(o.body_part), "images": int(len(self.valid)),
-                        "studies": int(self.valid["study"].nunique())})
+        summary.update({"runs": metrics, "body_parts": list(o.body_part), "images": int(len(valid)),
+                        "studies": int(valid["study"].nunique())})
         if len(tables) > 1:  # An extra, labelled as what it is: not the thesis's average of runs.
             ensemble = tables[0].assign(probability=np.mean([t["probability"] for t in tables], axis=0))
             _, together = evaluate(ensemble)

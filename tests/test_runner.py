@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from plumbing.errors import UsageError
 from transfer.options import TransferOptions, build_parser, option, reuse_settings
-from transfer.runner import Split, Task, run_task
+from transfer.runner import Split, Task, UnitResult, run_task
 from transfer.schedules import ThesisSchedule
 
 SIZE = 32
@@ -32,57 +32,36 @@ def _images(count, rng):
 @dataclass(frozen=True)
 class SquaresOptions(TransferOptions):
     slides: int = option(12, "slides per split (each holds 4 images).", type=int)
+    content: int = option(0, "a stand-in for what the data hold (its fingerprint).", reuse=False, type=int)
 
 
 class Squares(Task):
-    name, title, unit, unit_record, image_size = "squares", "Squares", "run", "unit.json", SIZE
+    name, title = "squares", "Squares"
     levels = [{"name": "image", "description": "test images", "group": "slide", "metrics": ["auc", "accuracy"]}]
 
-    def __init__(self, options, content=0):
-        super().__init__(options)
-        self.content = content
-
     def check_data(self):
-        return {"squares": self.content}
+        return {"squares": self.options.content}
 
-    def unit_dir(self, run):
-        return self.out
-
-    def units(self):
-        return [1]
-
-    def split(self, run, seed):
+    def split(self, unit, seed):
         import tensorflow as tf
 
         rng = np.random.default_rng(seed)
         (x, y), (x_test, y_test) = _images(4 * self.options.slides, rng), _images(4 * self.options.slides, rng)
-        self.slides = np.arange(len(y_test)) // 4
 
         def batches(images, labels, batch):
             return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32))).batch(batch)
 
         return Split(train=lambda batch: batches(x, y, batch).repeat(), train_in_order=batches(x, y, 16),
                      train_labels=y, train_groups=np.arange(len(y)) // 4, validation=lambda b: batches(x, y, b),
-                     test=batches(x_test, y_test, 16), test_labels=y_test, test_cases=x_test[:, None])
+                     test=batches(x_test, y_test, 16), test_labels=y_test, test_cases=x_test[:, None],
+                     cases=pd.DataFrame({"label": y_test, "slide": np.arange(len(y_test)) // 4}))
 
-    def unit_table(self, run, split, probabilities):
-        return pd.DataFrame({"label": split.test_labels, "probability": probabilities[:, 0],
-                             "slide": self.slides}), {}
-
-    def save_unit(self, folder, table):
-        table.to_csv(folder / "predictions.csv", index=False)
-
-    def load_unit(self, folder):
-        return pd.read_csv(folder / "predictions.csv")
-
-    def curves(self, runs, tables):
-        return {f"run {run}": (t["label"], t["probability"]) for run, t in zip(runs, tables)}
-
-    def test_scores(self, runs, tables):
+    def result(self, unit, split, probabilities):
         from transfer.results import score_rows
 
-        return pd.concat([score_rows("image", t.index.astype(str), t["label"], t["probability"], t["slide"], run=run)
-                          for run, t in zip(runs, tables)], ignore_index=True)
+        table = split.cases.assign(probability=probabilities[:, 0])
+        scores = score_rows("image", table.index.astype(str), table["label"], table["probability"], table["slide"])
+        return UnitResult(table, {}, scores)
 
 
 SCHEDULE = ThesisSchedule(epochs=2, warmup_epochs=0, batch_size=16, lr_factor=0.1, lr_patience=3, momentum=0.9,
@@ -93,7 +72,7 @@ def _options(tmp_path, **values):
     from transfer.options import resolve
 
     options = SquaresOptions(init="scratch", backbone="resnet18", out=str(tmp_path / "squares"), verbose=0,
-                             gallery=1, steps_per_epoch=8, lr=0.01, bn_momentum=0.5, **values)
+                             gallery=1, steps_per_epoch=8, lr=0.01, bn_momentum=0.5, image_size=SIZE, **values)
     return resolve(options, {("resnet18", "scratch"): SCHEDULE})
 
 
@@ -112,6 +91,8 @@ def test_a_third_task_runs_through_the_runner_and_appears_in_the_report(tmp_path
     assert (tmp_path / "squares" / "saliency.png").is_file() and (tmp_path / "squares" / "roc.png").is_file()
     record = json.loads((tmp_path / "squares" / "unit.json").read_text())
     assert record["settings"]["slides"] == 12 and record["epochs_trained"] == 2
+    methods = [name for name, value in vars(Squares).items() if callable(value)]
+    assert len(methods) <= 4, methods  # A new task is its data, its split and its result.
     build_report([tmp_path / "squares"], tmp_path / "report", iterations=50, seed=0)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "squares" in report and f"{roc_auc_score(table['label'], table['probability']):.3f}" in report
@@ -136,7 +117,8 @@ def test_reuse_follows_every_option_and_the_data_content(tmp_path):
     with pytest.raises(UsageError, match=r"new_knob 1\.0 -> 2\.0.*--overwrite"):
         run_task(Squares(changed), changed)
     with pytest.raises(UsageError, match=r"data squares 0 -> 1"):
-        run_task(Squares(first, content=1), first)
+        other_data = dataclasses.replace(first, content=1)
+        run_task(Squares(other_data), other_data)
     run_task(Squares(changed), dataclasses.replace(changed, overwrite=True))
     assert (tmp_path / "squares" / "predictions.csv").stat().st_mtime_ns != stamp
     record = json.loads((tmp_path / "squares" / "unit.json").read_text())
@@ -145,7 +127,8 @@ def test_reuse_follows_every_option_and_the_data_content(tmp_path):
 
 def test_the_parser_is_built_from_the_fields_with_their_defaults_and_sources():
     from luna16.experiment import Luna16Options, parser
-    from mura.experiment import MuraOptions, parser as mura_parser
+    from mura.experiment import MuraOptions
+    from mura.experiment import parser as mura_parser
 
     for options_class, built in ((Luna16Options, parser()), (MuraOptions, mura_parser())):
         parsed = vars(built.parse_args([]))

@@ -1,4 +1,5 @@
-"""Figures every downstream task draws: ROC curves (per fold, and averaged over folds) and loss curves."""
+"""Figures every downstream task draws: ROC curves (per fold, and averaged over folds); loss curves are
+`plumbing.figures.plot_histories`."""
 
 import numpy as np
 
@@ -50,21 +51,3 @@ def plot_mean_roc(curves, path, title="ROC, mean over folds"):
         detail = f"mean AUC {auc:.3f}, {len(folds)} folds" if len(folds) > 1 else f"AUC {auc:.3f}"
         axis.plot(grid, np.mean(tprs, axis=0), label=f"{label} ({detail})")
     _finish_roc(figure, axis, title, path)
-
-
-def plot_histories(histories, path, title="loss"):
-    """Training and validation loss per epoch, one line pair per entry: {label: DataFrame}."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for index, (label, history) in enumerate(histories.items()):
-        color = f"C{index % 10}"
-        epochs = np.arange(1, len(history) + 1)
-        axis.plot(epochs, history["loss"], color=color, label=f"{label} train")
-        if "val_loss" in history:
-            axis.plot(epochs, history["val_loss"], color=color, linestyle="--", label=f"{label} validation")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("binary cross-entropy")
-    axis.set_title(title)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    save_figure(path, figure, dpi=110)

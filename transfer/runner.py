@@ -1,32 +1,39 @@
 """The one downstream run: resolve the encoder, probe or fine-tune, predict, draw the gallery, record the results.
 
-Written once for every task. A task (`Task`) supplies only what is its own: its data
-(one `Split` per training run: a cross-validation fold, a repeat), its schedule table,
-and its outputs (LUNA16's candidate averaging and `predictions.csv`, MURA's study
-level). `run_task` does the rest in the same order for every task:
+Written once for every task. A task (`Task`) supplies only what is its own, through
+values it returns: its data's fingerprint (`check_data`), one `Split` per training unit
+(a cross-validation fold, a repeat), and, from a unit's test probabilities, a
+`UnitResult` (its predictions table, metrics and results-contract rows). Its schedule
+table is data (`configs/schedules.yaml`), read when the options are resolved. No hook
+leaves state on the task for a later one. `run_task` does the rest in the same order
+for every task:
 
 1. the task checks its data and fingerprints its content, before anything is written;
-2. each finished unit (fold or run) in `--out` is reused only when it was made with the
-   same settings and the same data (`plumbing.fingerprint.finished_with`), else the command
-   stops naming what changed; `--overwrite` redoes it;
+2. each finished unit in `--out` is reused only when it was made with the same settings
+   and the same data (`plumbing.fingerprint.finished_with`), else the command stops
+   naming what changed; `--overwrite` redoes it;
 3. one writer per `--out` (`plumbing.lock`); `run.json` is written only when work is done;
-4. per unit: a seed of its own, the task's split, `train_and_test`, the task's table of
-   predictions, the unit's record (written last: it marks the unit finished);
-5. the task's summary, ROC and loss curves, and the results contract (`transfer.results`)
-   that the report reads.
+4. per unit: a seed of its own, the task's split, `train_and_test`, the task's
+   `UnitResult`, written as files, the unit's record last (it marks the unit finished);
+5. the task's summary, ROC (from the results rows of every level that has one) and loss
+   curves, and the results contract (`transfer.results`) that the report reads.
 """
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
-from plumbing.atomic import write_json
-from plumbing.fingerprint import finished_with, fingerprint
+from plumbing.atomic import write_csv, write_json
+from plumbing.fingerprint import fingerprint, finished_with
+from transfer.encoders import pretraining_of
 from transfer.options import reuse_settings
+
+UNIT_SCORES = "unit_scores.csv"  # A unit's results-contract rows, beside its predictions.
 
 
 @dataclass
@@ -51,6 +58,9 @@ class Split:
         view_names: names of the views, for the gallery.
         selection_data: what `--selection held-out` holds out, in words (e.g. "10% of the
             training scans").
+        cases: a table of the test cases, in test order (e.g. LUNA16's candidates), for the
+            task's `result`.
+        info: what else the task's `result` needs of this split (e.g. counts to record).
     """
 
     train: Callable
@@ -64,6 +74,35 @@ class Split:
     views: int = 1
     view_names: tuple | None = None
     selection_data: str = "held-out training data"
+    cases: object = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training unit of a task: its key (fold, repeat), its folder, its label in figures and its seed's key."""
+
+    key: object
+    folder: Path
+    label: str = ""
+    seed_key: object = None
+
+
+@dataclass
+class UnitResult:
+    """What a task computes from one unit's test probabilities; the runner writes it.
+
+    Attributes:
+        table: the predictions, one row per test case (written to the task's `predictions_file`).
+        metrics: the unit's metrics (recorded in its record).
+        scores: the results contract's rows (`transfer.results.score_rows`).
+        files: other tables to write in the unit's folder, {file name: DataFrame}.
+    """
+
+    table: pd.DataFrame
+    metrics: dict
+    scores: pd.DataFrame
+    files: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -135,28 +174,29 @@ def train_and_test(options, split, out, seed, image_size, title):
 
 
 class Task:
-    """A downstream task, as the runner needs it. Subclasses set the attributes and override the methods.
+    """A downstream task, as the runner needs it: a few attributes, `check_data`, `split` and `result`.
 
     Attributes:
         name: the results contract's task name (e.g. "luna16").
         title: for titles and lines (e.g. "LUNA16").
-        levels: the results contract's levels, the headline first (see `transfer.results`).
-        unit: what one training run is called ("fold", "run").
+        levels: the results contract's levels, the headline first (see `transfer.results`);
+            a level with `"roc": False` is left out of the ROC figure.
+        unit_name: what a unit is called in its record and settings ("fold", "run").
         unit_record: the file in a unit's folder that records it; written last.
-        image_size: the network's input side.
+        predictions_file: the file a unit's predictions table is written to.
+        roc_file: the ROC figure's file name in --out.
     """
 
     name = title = ""
     levels = []
-    unit = "run"
-    unit_record = "metrics.json"
-    image_size = 224
+    unit_name = "run"
+    unit_record = "unit.json"  # Not metrics.json: a unit in --out itself would share the results contract's name.
+    predictions_file = "predictions.csv"
+    roc_file = "roc.png"
 
     def __init__(self, options):
         self.options, self.out = options, Path(options.out)
-        self.image_size = getattr(options, "image_size", None) or self.image_size
-        data = getattr(options, "data", None)
-        self.data = Path(data) if data else self.demo_data()
+        self.data = Path(options.data) if options.data else self.demo_data()
 
     def demo_data(self):
         """The task's built-in demo tree (written on first use), for a command given no --data."""
@@ -171,61 +211,39 @@ class Task:
         raise NotImplementedError
 
     def prepare(self):
-        """Work shared by the units, once the data passed their checks (e.g. patch extraction)."""
+        """Work shared by the units, once the data passed their checks and --out is locked (e.g. patch extraction)."""
 
     def units(self):
-        """The units to run (e.g. fold numbers)."""
-        raise NotImplementedError
-
-    def unit_dir(self, unit):
-        return self.out / f"{self.unit}{unit}"
-
-    def seed_key(self, unit):
-        """The unit's key in the seed stream (`plumbing.runtime.derive_seed`)."""
-        return unit
+        """The units to run: one, in --out, by default."""
+        return [Unit(1, self.out, f"{self.unit_name} 1", 0)]
 
     def split(self, unit, seed):
-        """The unit's Split; `seed` seeds its sampling."""
+        """The `Split` of a `Unit`; `seed` seeds its sampling."""
         raise NotImplementedError
 
-    def unit_table(self, unit, split, probabilities):
-        """(predictions table, metrics dict) of a unit from its (cases, views) test probabilities."""
+    def result(self, unit, split, probabilities):
+        """The `UnitResult` of a unit from its (cases, views) test probabilities."""
         raise NotImplementedError
 
-    def save_unit(self, folder, table):
-        """Writes the unit's predictions (the runner writes its record after, marking it finished)."""
-        raise NotImplementedError
-
-    def load_unit(self, folder):
-        """The predictions table of a unit finished earlier."""
-        raise NotImplementedError
-
-    def curves(self, units, tables):
-        """{label: (labels, probabilities)} for the ROC figure."""
-        raise NotImplementedError
-
-    def test_scores(self, units, tables):
-        """The results contract's rows (`transfer.results.score_rows`)."""
-        raise NotImplementedError
-
-    def summarize(self, units, tables, records):
-        """Writes the task's own summary files and prints its lines; returns what it adds to metrics.json."""
+    def summarize(self, results):
+        """Writes the task's own summary files from [(Unit, UnitResult)]; returns what it adds to metrics.json."""
         return {}
 
 
 def run_task(task, options):
     """Runs every unit of `task` with `options` (see the module's docstring); returns metrics.json's mapping."""
+    from plumbing.figures import plot_histories
     from plumbing.lock import output_lock
     from plumbing.runtime import STREAM_FOLD, configure_determinism, derive_seed, pick_precision, write_run_record
-    from transfer.plots import plot_histories, plot_roc
+    from transfer.plots import plot_roc
     from transfer.results import write_results
 
     out = task.out
     data = task.check_data()
     settings = {**reuse_settings(options), **{f"data {name}": value for name, value in data.items()}}
     units = list(task.units())
-    unit_settings = {unit: {**settings, task.unit: unit} for unit in units}
-    kept = {unit: finished_with(task.unit_dir(unit) / task.unit_record, unit_settings[unit], options.overwrite)
+    unit_settings = {unit.key: {**settings, task.unit_name: unit.key} for unit in units}
+    kept = {unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
             for unit in units}  # Stops naming what changed, before anything is written.
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
@@ -233,57 +251,82 @@ def run_task(task, options):
         precision = pick_precision(options.precision)
         arm = f"{options.init} {'linear probe' if options.probe else 'fine-tuned'}"
         print(f"{task.title}: init {arm}, backbone {options.backbone}, {precision}", flush=True)
+        pretraining = pretraining_of(options.init, options.encoder)
+        if pretraining.get("card"):
+            print(f"encoder card: {pretraining['card']}: pretrained at {pretraining['input_size']}, normalised as "
+                  f"{pretraining['normalisation']}", flush=True)
         task.prepare()
         if not all(kept.values()):
             write_run_record(out, dataclasses.asdict(options), {"precision": precision, "deterministic": deterministic,
                                                                 "data": data})
-        tables, records = [], []
+        results, records = [], []
         for unit in units:
-            folder = task.unit_dir(unit)
-            if kept[unit]:
-                print(f"{task.unit} {unit}: done earlier with these settings and data, kept ({folder})", flush=True)
+            if kept[unit.key]:
+                print(f"{unit.label}: done earlier with these settings and data, kept ({unit.folder})", flush=True)
             else:
-                seed = derive_seed(options.seed, STREAM_FOLD, task.seed_key(unit))
-                _run_unit(task, options, unit, unit_settings[unit], seed)
-            tables.append(task.load_unit(folder))
-            records.append(json.loads((folder / task.unit_record).read_text()))
-        summary = task.summarize(units, tables, records)
-        plot_roc(task.curves(units, tables), out / ("roc_folds.png" if task.unit == "fold" else "roc.png"),
-                 title=f"{task.title} {options.backbone} {arm}: ROC" + (" per fold" if task.unit == "fold" else ""))
-        histories = {f"{task.unit} {unit}": _history(task.unit_dir(unit)) for unit in units}
-        histories = {label: frame for label, frame in histories.items() if frame is not None}
+                seed = derive_seed(options.seed, STREAM_FOLD, unit.key if unit.seed_key is None else unit.seed_key)
+                _run_unit(task, options, unit, unit_settings[unit.key], seed)
+            record = json.loads((unit.folder / task.unit_record).read_text())
+            results.append((unit, _load_result(task, unit, record)))
+            records.append(record)
+        summary = task.summarize(results)
+        plot_roc(_roc_curves(task, results), out / task.roc_file,
+                 title=f"{task.title} {options.backbone} {arm}: ROC" + (" per unit" if len(units) > 1 else ""))
+        histories = {unit.label: frame for unit, _ in results if (frame := _history(unit.folder)) is not None}
         if histories:
-            plot_histories(histories, out / "loss_curves.png", title=f"{task.title} {options.backbone} {arm}: loss")
+            plot_histories(histories, out / "loss_curves.png", title=f"{task.title} {options.backbone} {arm}: loss",
+                           ylabel="binary cross-entropy")
         metrics = {"task": task.name, "backbone": options.backbone, "init": options.init,
-                   "train_fraction": getattr(options, "train_fraction", 1.0),
+                   "train_fraction": options.train_fraction,
                    "method": "linear probe" if options.probe else "fine-tune", "levels": task.levels,
                    "selection": records[0]["selection"] if records else None, "settings": settings,
-                   "fingerprint": fingerprint(settings), **summary}
-        write_results(out, task.test_scores(units, tables), metrics)
+                   "fingerprint": fingerprint(settings), "encoder_pretraining": pretraining, **summary}
+        write_results(out, pd.concat([result.scores for _, result in results], ignore_index=True), metrics)
     return metrics
 
 
 def _run_unit(task, options, unit, settings, seed):
     from plumbing.runtime import set_seed
 
-    folder = task.unit_dir(unit)
     set_seed(seed)  # Before any dataset: TensorFlow derives op seeds from the global one.
     split = task.split(unit, seed)
-    title = f"{task.title} {options.backbone} {options.init}{' probe' if options.probe else ''}, {task.unit} {unit}"
-    outcome = train_and_test(options, split, folder, seed, task.image_size, title)
-    table, metrics = task.unit_table(unit, split, outcome.probabilities)
-    record = {task.unit: unit, **metrics, "selection": selection_rule(options, split),
+    title = f"{task.title} {options.backbone} {options.init}{' probe' if options.probe else ''}, {unit.label}"
+    outcome = train_and_test(options, split, unit.folder, seed, options.image_size, title)
+    result = task.result(unit, split, outcome.probabilities)
+    record = {task.unit_name: unit.key, **result.metrics, "selection": selection_rule(options, split),
               "epochs_trained": 0 if outcome.history is None else len(outcome.history),
-              "kept_epoch": None if outcome.kept_epoch is None else outcome.kept_epoch + 1, "settings": settings}
+              "kept_epoch": None if outcome.kept_epoch is None else outcome.kept_epoch + 1, "settings": settings,
+              "table_dtypes": {column: str(dtype) for column, dtype in result.table.dtypes.items()}}
     if outcome.probe is not None:
         record["probe"] = outcome.probe
-    task.save_unit(folder, table)
-    write_json(folder / task.unit_record, record)  # Last: marks the unit finished.
+    write_csv(unit.folder / task.predictions_file, result.table)
+    for name, table in result.files.items():
+        write_csv(unit.folder / name, table)
+    write_csv(unit.folder / UNIT_SCORES, result.scores)
+    write_json(unit.folder / task.unit_record, record)  # Last: marks the unit finished.
     return record
 
 
-def _history(folder):
-    import pandas as pd
+def _load_result(task, unit, record):
+    """The `UnitResult` of a finished unit, read back from its files (its metrics: the whole record)."""
+    text = [column for column, dtype in record.get("table_dtypes", {}).items() if dtype == "object"]
+    table = pd.read_csv(unit.folder / task.predictions_file, dtype={column: str for column in text})
+    scores = pd.read_csv(unit.folder / UNIT_SCORES, dtype={"key": str, "group": str})
+    return UnitResult(table, record, scores)
 
+
+def _roc_curves(task, results):
+    """{label: (labels, probabilities)} of every unit at every level drawn (`roc` not False)."""
+    drawn = [level["name"] for level in task.levels if level.get("roc", True)]
+    curves = {}
+    for unit, result in results:
+        for level in drawn:
+            rows = result.scores[result.scores["level"] == level]
+            label = " ".join(part for part in (level if len(drawn) > 1 else "", unit.label) if part) or level
+            curves[label] = (rows["label"].to_numpy(), rows["probability"].to_numpy())
+    return curves
+
+
+def _history(folder):
     path = Path(folder) / "history.csv"
     return pd.read_csv(path) if path.is_file() else None
