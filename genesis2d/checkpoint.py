@@ -53,7 +53,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                  tracked=(), write=True):
         super().__init__()
         self.write = write
-        self.tracked = [cb for cb in tracked if type(cb) in _TRACKED]
+        self.tracked = [cb for cb in tracked if _tracked_attributes(cb)]
         self.directory = Path(directory)
         self.steps_per_epoch = int(steps_per_epoch)
         self.every_steps = int(every_steps)
@@ -103,21 +103,31 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
 def restore_counters(callbacks, saved):
     """Sets the counters that `_snapshot` saved back on the callbacks that count epochs."""
-    for callback, values in zip([cb for cb in callbacks if type(cb) in _TRACKED], saved or []):
+    for callback, values in zip([cb for cb in callbacks if _tracked_attributes(cb)], saved or []):
         for name, value in values.items():
             setattr(callback, name, value)
 
 
-def mark_finished(checkpoint_dir):
-    """Marks the last checkpoint as a finished run's: a new run may start; --resume with more epochs continues."""
+def mark_finished(checkpoint_dir, settings=None):
+    """Marks the last checkpoint as a finished run's, with the `settings` that made it.
+
+    `plumbing.fingerprint.finished_with` then reads it as it reads a downstream unit's
+    record: the run is reused under the same settings; --resume with more epochs continues it.
+    """
     final = load_state(checkpoint_dir)
     if final is not None:
-        write_json(Path(checkpoint_dir) / STATE_FILE, {**final, "finished": True})
+        extra = {} if settings is None else {"settings": json.loads(json.dumps(settings, default=str))}
+        write_json(Path(checkpoint_dir) / STATE_FILE, {**final, **extra, "finished": True})
 
 
 def _snapshot(callbacks):
-    return [{attr: _jsonable(getattr(cb, attr, None)) for attr in _TRACKED[type(cb)]}
-            for cb in callbacks if type(cb) in _TRACKED]
+    return [{attr: _jsonable(getattr(cb, attr, None)) for attr in _tracked_attributes(cb)}
+            for cb in callbacks if _tracked_attributes(cb)]
+
+
+def _tracked_attributes(callback):
+    """The attributes of `callback` that a checkpoint keeps (its class's or a parent's in _TRACKED), else ()."""
+    return next((attrs for kind, attrs in _TRACKED.items() if isinstance(callback, kind)), ())
 
 
 def _jsonable(value):

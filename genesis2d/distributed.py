@@ -166,7 +166,8 @@ def _print_epoch(epoch, epochs, logs, seconds):
 
 
 def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, steps_per_epoch, callbacks,
-                    checkpoint_dir, every_steps=500, state=None, chief=True, validation_steps=None, verbose=1):
+                    checkpoint_dir, every_steps=500, state=None, chief=True, validation_steps=None, verbose=1,
+                    extra_state=None):
     """Trains like `genesis2d.checkpoint.fit_resumable`, with the custom step above, on every worker.
 
     Args:
@@ -184,6 +185,7 @@ def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, step
         chief: bool. Whether this worker writes (checkpoints, progress).
         validation_steps: int or None. Validation batches per worker at most.
         verbose: int. 0 silent, 1 or 2 one line per epoch (chief only).
+        extra_state: callable returning a JSON-able dict saved with each checkpoint.
     """
     import keras
 
@@ -193,7 +195,7 @@ def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, step
     if state and state.get("steps_per_epoch") != steps_per_epoch:
         step = 0  # Different epoch length: restart the interrupted epoch rather than guess.
     checkpoint = ResumableCheckpoint(checkpoint_dir, steps_per_epoch, every_steps, start_step=step, tracked=callbacks,
-                                     write=chief)
+                                     write=chief, extra_state=extra_state)
     callback_list = keras.callbacks.CallbackList([*callbacks, checkpoint], model=model, epochs=epochs,
                                                  steps=steps_per_epoch, verbose=0)
     model.stop_training = False

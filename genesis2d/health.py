@@ -3,8 +3,15 @@
 A run can fail without a NaN (as the tests' tiny settings did at learning rate 1.0):
 the encoder's features grow to ~1e14 while the sigmoid output saturates to one
 value, and the loss stays finite. Such a run must not export its encoder. `health_guard`
-stops it with one line, and `identity_loss` is the loss of returning the distorted slice
-unchanged, the bar a restoration must clear to have learned anything.
+stops it with one line. `restoration_baselines` gives the bars a restoration must
+clear to have learned anything: the loss of returning the distorted slice unchanged
+(identity) and that of the best constant output (the targets' variance).
+
+A constant output seen through the moving BatchNorm statistics is not always a lost run:
+in the first hundreds of steps those statistics (momentum 0.99) still lag weights that
+move fast, while the same weights with the batch's own statistics restore the slices.
+The guard tells the two apart: it stops only when the output is constant with the
+batch's statistics too (`batch_statistics_output`), and says once that it saw the lag.
 """
 
 import numpy as np
@@ -16,17 +23,38 @@ COLLAPSE_RATIO = 1e-3  # Restored samples whose spread is under 0.1% of the targ
 LOSS_GROWTH = 10.0  # A running training loss 10x its first value has exploded.
 
 
-def identity_loss(pairs, steps=None):
-    """The mean squared error of returning each distorted slice unchanged, over `steps` batches of `pairs`.
+def restoration_baselines(pairs, steps=None):
+    """(identity, constant): the losses to beat, over `steps` batches of (distorted, target) `pairs`.
 
-    Weighted like Keras's validation loss (every slice counts alike), so the two compare.
+    identity: the mean squared error of returning each distorted slice unchanged.
+    constant: that of the best constant output (every pixel the targets' mean): their variance.
+    Weighted like Keras's validation loss (every pixel of every slice counts alike), so they compare.
     """
-    total, count = 0.0, 0
+    total, count, sums, squares = 0.0, 0, 0.0, 0.0
     for distorted, target in pairs.take(steps if steps else -1):
         distorted, target = np.asarray(distorted, np.float64), np.asarray(target, np.float64)
         total += float(np.sum((distorted - target) ** 2))
-        count += target.size
-    return total / max(count, 1)
+        sums, squares, count = sums + float(np.sum(target)), squares + float(np.sum(target ** 2)), count + target.size
+    count = max(count, 1)
+    return total / count, max(squares / count - (sums / count) ** 2, 0.0)
+
+
+def batch_statistics_output(model, inputs):
+    """The model's output with BatchNorm using the batch's own statistics, the moving ones left as they were."""
+    import keras
+
+    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in model.non_trainable_variables]
+    try:
+        return keras.ops.convert_to_numpy(model(inputs, training=True))
+    finally:
+        for variable, value in kept:
+            variable.assign(value)
+
+
+def collapsed(restored, targets):
+    """Whether the restored slices are one constant: their spread under COLLAPSE_RATIO of the targets'."""
+    wanted = float(np.std(targets))
+    return wanted > 0 and float(np.std(restored)) < COLLAPSE_RATIO * wanted
 
 
 def check_health(features, restored, targets):
@@ -34,10 +62,9 @@ def check_health(features, restored, targets):
     largest = float(np.max(np.abs(features))) if np.size(features) else 0.0
     if not np.isfinite(largest) or largest > ACTIVATION_LIMIT:
         return f"the encoder's activations blew up (largest {largest:.3g}, healthy ones stay under {ACTIVATION_LIMIT:g})"
-    spread, wanted = float(np.std(restored)), float(np.std(targets))
-    if wanted > 0 and spread < COLLAPSE_RATIO * wanted:
-        return (f"the restored slices collapsed to a constant (their spread {spread:.3g} against the targets' "
-                f"{wanted:.3g})")
+    if collapsed(restored, targets):
+        return (f"the restored slices collapsed to a constant (their spread {float(np.std(restored)):.3g} against "
+                f"the targets' {float(np.std(targets)):.3g})")
     return None
 
 
@@ -52,7 +79,10 @@ def health_guard(sample_pair, lr, every_steps=0):
             epoch ends only); the loss is checked every step. Epoch ends are always
             checked, before the best model is exported (the guard comes first).
 
-    The error names the step (the optimizer's count, so a resumed run counts on).
+    A constant output through the moving BatchNorm statistics stops the run only when the
+    output with the batch's statistics is constant too; otherwise the guard says once that
+    the moving statistics lag and lets the run go on. The error names the step (the
+    optimizer's count, so a resumed run counts on).
     """
     import keras
 
@@ -64,6 +94,7 @@ def health_guard(sample_pair, lr, every_steps=0):
     class HealthGuard(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.first_loss = None
+            self.lag_said = False
             self.encoder = encoder_of(self.model)
 
         def step(self):
@@ -76,7 +107,15 @@ def health_guard(sample_pair, lr, every_steps=0):
             features = keras.ops.convert_to_numpy(self.encoder(inputs, training=False))
             restored = keras.ops.convert_to_numpy(self.model(inputs, training=False))
             problem = check_health(features, restored, targets)
-            if problem:
+            if problem and collapsed(restored, targets):
+                if collapsed(batch_statistics_output(self.model, inputs), targets):
+                    self.stop(f"{problem}, with the batch's own BatchNorm statistics too")
+                if not self.lag_said:
+                    print(f"note: step {self.step()}: the restored slices are constant through the moving BatchNorm "
+                          "statistics but not with the batch's own: the statistics still lag the weights (the "
+                          "validation loss shows it until they catch up); going on.", flush=True)
+                    self.lag_said = True
+            elif problem:
                 self.stop(problem)
 
         def on_train_batch_end(self, batch, logs=None):

@@ -13,17 +13,20 @@ import sys
 import time
 from pathlib import Path
 
+from genesis2d.card import CARD_FILE, ENCODER_FILE
 from genesis2d.data import checked_data, data_source, demo_manifest, pairs, worker_datasets
 from genesis2d.export import BEST_FILES, STAGING, commit_export, export_best, export_encoder, make_reporter
-from genesis2d.options import DEMO_CONFIG, DistortionRates, PretrainConfig, build_parser, parse_args
+from genesis2d.options import DEMO_CONFIG, DistortionRates, PretrainConfig, build_parser, parse_args, resolve
+from genesis2d.schedule import make_optimizer
 from plumbing.atomic import remove_temporaries, writable_folder, write_csv, write_json
 from plumbing.errors import ImageReadError, UsageError
 from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, derive_seed
 from preprocessing.normalize import HU_MAX, HU_MIN
 
 __all__ = [  # What callers (the study, the tests, `genesis2d/train.py`) import from here.
-    "BEST_FILES", "DEMO_CONFIG", "STAGING", "DistortionRates", "PretrainConfig", "build_parser", "commit_export",
-    "data_source", "demo_manifest", "export_best", "export_encoder", "main", "pairs", "parse_args", "run",
+    "BEST_FILES", "DEMO_CONFIG", "make_optimizer", "STAGING", "DistortionRates", "PretrainConfig", "build_parser", "commit_export",
+    "data_source", "demo_manifest", "export_best", "export_encoder", "main", "pairs", "parse_args", "resolve",
+    "run", "unfinished",
 ]
 
 CROP_RULE = ("a square of side min(crop_size, height, width), at a random position in training and centred in "
@@ -33,17 +36,6 @@ NORMALISATION = {
     "MR": "divide each slice by its maximum",
     "XR": "divide by 2**bit_depth - 1",
 }
-
-
-def make_optimizer(name, lr, momentum=0.9):
-    """SGD with momentum (Models Genesis) or Adam."""
-    import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam'. Received: optimizer={name!r}")
 
 
 def clear_outputs(out):
@@ -73,31 +65,51 @@ def trim_history(path, epochs):
     write_csv(path, history[history["epoch"] < epochs].drop_duplicates("epoch", keep="last"))
 
 
-MODEL_SETTINGS = ("backbone", "norm", "image_size", "optimizer")  # A checkpoint holds variables of these shapes.
+KEPT = "kept"  # What `prepare_out` answers for a finished run made with the same settings and data.
 
 
-def prepare_out(config):
-    """Checks --out against --resume/--overwrite and returns the checkpoint state to resume from (or None).
+def run_settings(config, data_hash):
+    """The settings that decide whether a finished run may be reused: every field that can change what it learns,
+    and the data by content (`plumbing.options.reuse_settings`, as for a downstream unit)."""
+    from plumbing.options import reuse_settings
 
-    A run is finished when its checkpoint says so (`mark_finished`, written after the last
-    card): outputs without any checkpoint are those of a run killed before its first one,
-    which is started again from step 0 (the same run, bit for bit, on a CPU).
-    """
+    return {**reuse_settings(config), "data": data_hash}
+
+
+def unfinished(out):
+    """Whether `out` holds a pretraining run that was stopped before it finished (one to --resume)."""
     from genesis2d.checkpoint import load_state
+
+    state = load_state(Path(out) / "checkpoint")
+    return bool(state) and not state.get("finished")
+
+
+def prepare_out(config, settings):
+    """Checks --out against --resume/--overwrite: the checkpoint state to resume from, None to start, or KEPT.
+
+    One rule decides, as for a downstream unit (`plumbing.fingerprint.finished_with`): a
+    finished run is reused when it was made with the same settings and the same data, and
+    otherwise stops the command naming what changed (--overwrite redoes it; --resume with
+    more --epochs continues it). A run is finished when its checkpoint says so
+    (`mark_finished`, written after the last card); outputs without any checkpoint are
+    those of a run killed before its first one, started again from step 0 (the same run,
+    bit for bit, on a CPU). Call it holding the folder's lock.
+    """
+    from genesis2d.checkpoint import STATE_FILE, load_state
+    from plumbing.fingerprint import finished_with
 
     out = Path(config.out)
     commit_export(out)  # A run killed while exporting its best model: finish or drop that export.
     previous = load_state(out / "checkpoint")
     if previous and previous.get("finished") and not config.resume:
-        if not config.overwrite:
-            raise UsageError(out, "holds a finished run; pass --overwrite to replace it, --resume with more --epochs "
-                             "to continue it, or choose another --out")
+        if finished_with(out / "checkpoint" / STATE_FILE, settings, config.overwrite):
+            return KEPT
         clear_outputs(out)
         return None
     if previous and not config.resume:
         raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
     if previous:
-        check_same_model(out, config)
+        check_same_run(out, previous, settings)
         return previous
     if any((out / name).exists() for name in (*BEST_FILES, "history.csv")):
         print(f"{out}: a run stopped before its first checkpoint; starting it again from step 0.", file=sys.stderr)
@@ -107,25 +119,35 @@ def prepare_out(config):
     return None
 
 
-def check_same_model(out, config):
-    """A UsageError naming the first of MODEL_SETTINGS in which --resume differs from the run in `out`."""
-    record = Path(out) / "run.json"
-    saved = json.loads(record.read_text()).get("args", {}) if record.exists() else {}
-    for name in MODEL_SETTINGS:
-        if name in saved and saved[name] != getattr(config, name):
+RESUMABLE_CHANGES = ("epochs",)  # --resume may train longer; any other change would make another run.
+
+
+def check_same_run(out, state, settings):
+    """A UsageError naming the first setting in which --resume differs from the run in `out` (epochs may grow)."""
+    recorded = state.get("settings") or {}
+    for name, value in settings.items():
+        if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):
+            if name == "data":
+                raise UsageError("--manifest/--shards", f"{out} was trained on other data (content {recorded[name]}, "
+                                 f"now {value}); resume it on its own data or choose another --out")
             flag = "--" + name.replace("_", "-")
-            raise UsageError(flag, f"{out} was trained with {flag} {saved[name]}, not {getattr(config, name)}; resume "
-                             f"it with {flag} {saved[name]} or choose another --out")
+            raise UsageError(flag, f"{out} was trained with {flag} {recorded[name]}, not {value}; resume it with "
+                             f"{flag} {recorded[name]} or choose another --out")
 
 
-def prepare_out_on_chief(config, strategy, chief):
-    """`prepare_out` on the chief of a multi-machine run, its answer (state or error) given to every worker."""
+def json_value(value):
+    """`value` as it reads back from a JSON record."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def prepare_out_on_chief(config, strategy, chief, settings):
+    """`prepare_out` on the chief of a multi-machine run, its answer (state, KEPT or error) given to every worker."""
     from genesis2d.distributed import broadcast_json
 
     answer = {}
     if chief:
         try:
-            answer = {"state": prepare_out(config)}
+            answer = {"state": prepare_out(config, settings)}
         except UsageError as error:
             answer = {"error": [error.path, error.problem]}
     answer = broadcast_json(strategy, answer)
@@ -134,21 +156,66 @@ def prepare_out_on_chief(config, strategy, chief):
     return answer["state"]
 
 
+@dataclasses.dataclass
+class PretrainRun:
+    """Where one pretraining run stands: its settings, machines, data and checkpoint state."""
+
+    config: PretrainConfig
+    settings: dict
+    strategy: object
+    worker: int
+    workers: int
+    chief: bool
+    source: Path
+    counts: dict
+    data_hash: str
+    state: dict | None = None
+
+    @property
+    def out(self):
+        return Path(self.config.out)
+
+    @property
+    def steps(self):
+        """Training steps per epoch."""
+        return self.config.steps_per_epoch or max(1, self.counts["train"] // self.config.batch_size)
+
+
+@dataclasses.dataclass
+class Streams:
+    """A run's data: the training stream (or its maker), validation, the sample pair and the baselines to beat."""
+
+    train: object
+    val: object
+    validation_steps: int
+    samples: tuple
+    identity: float
+    constant: float
+
+
 def run(config, strategy=None, extra_callbacks=()):
     """Pretrains as a PretrainConfig says and writes every output into config.out; returns the model card (dict).
 
-    On several machines (see `genesis2d.distributed`) every worker calls it; the chief
-    (worker 0) writes the outputs and the others return None.
+    A finished run in config.out made with the same settings and data is kept: its card is
+    returned without training. On several machines (see `genesis2d.distributed`) every
+    worker calls it; the chief (worker 0) writes the outputs and the others return None.
     """
     from genesis2d.strategy import pick_strategy, worker_role
     from plumbing.lock import output_lock
 
-    data = checked_data(config)  # Before waiting for other machines, and before --overwrite clears anything.
+    source, counts, data_hash = checked_data(config)  # Before waiting for other machines or touching --out.
+    settings = run_settings(config, data_hash)
     strategy = strategy or pick_strategy(config.cluster, config.cluster_timeout)  # A multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
-    state = prepare_out(config) if workers == 1 else prepare_out_on_chief(config, strategy, chief)
-    with output_lock(config.out) if chief else contextlib.nullcontext():  # One writer per --out.
-        card = _train(config, strategy, state, chief, worker, workers, data, extra_callbacks)
+    with output_lock(config.out) if chief else contextlib.nullcontext():  # One writer per --out, before it is read.
+        state = (prepare_out(config, settings) if workers == 1 else
+                 prepare_out_on_chief(config, strategy, chief, settings))
+        if state == KEPT:
+            print(f"done earlier with these settings and data, kept: {Path(config.out) / ENCODER_FILE}", flush=True)
+            card = json.loads((Path(config.out) / CARD_FILE).read_text()) if chief else None
+        else:
+            run_ = PretrainRun(config, settings, strategy, worker, workers, chief, source, counts, data_hash, state)
+            card = _train(run_, extra_callbacks)
     if workers > 1:  # Every worker waits for the chief's last writes, so none leaves the group early.
         from genesis2d.distributed import broadcast_json
 
@@ -156,58 +223,57 @@ def run(config, strategy=None, extra_callbacks=()):
     return card
 
 
-def _train(config, strategy, state, chief, worker, workers, data, extra_callbacks):
+def _train(run, extra_callbacks):
     """The run itself, once its folder and data are checked: set up, stream, build, fit, finish."""
     from genesis2d.checkpoint import mark_finished
     from plumbing.runtime import configure_determinism, pick_precision, set_seed, write_run_record
 
-    out = Path(config.out)
-    source, counts, data_hash = data
+    config, out, strategy = run.config, run.out, run.strategy
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UsageError("--batch-size", f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
                          "replicas that share it")
-    if chief:
-        out.mkdir(parents=True, exist_ok=True)  # Only once every check has passed: a refused run leaves no folder.
+    if run.chief:
+        out.mkdir(parents=True, exist_ok=True)
         for folder in (out, out / "checkpoint"):
             remove_temporaries(folder)
     deterministic = configure_determinism(config.deterministic)
     set_seed(config.seed)
     precision = pick_precision(config.precision)
-    steps = config.steps_per_epoch or max(1, counts["train"] // config.batch_size)
-    if chief:
-        print(f"data: {source} ({counts.get('train', 0)} train / {counts.get('val', 0)} val slices); "
-              f"precision {precision}; {strategy.num_replicas_in_sync} replica(s) on {workers} machine(s); "
-              f"{steps} steps per epoch", flush=True)
-    streams = _streams(config, source, counts, strategy, state, steps, worker, workers)
-    model = _build_model(config, strategy, workers)
-    card = _card(config, out, state, source, data_hash, precision, streams["identity"])
-    if chief:
+    if run.chief:
+        print(f"data: {run.source} ({run.counts.get('train', 0)} train / {run.counts.get('val', 0)} val slices); "
+              f"precision {precision}; {strategy.num_replicas_in_sync} replica(s) on {run.workers} machine(s); "
+              f"{run.steps} steps per epoch", flush=True)
+    streams = _streams(run)
+    model = _build_model(config, strategy, run.workers)
+    card = _card(run, precision, streams)
+    if run.chief:
         write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
-                                                "replicas": strategy.num_replicas_in_sync, "workers": workers})
-        trim_history(out / "history.csv", state["epoch"] if state else 0)
-    callbacks = [*_callbacks(config, model, out, chief, streams["samples"], card), *extra_callbacks]
+                                                "replicas": strategy.num_replicas_in_sync, "workers": run.workers})
+        trim_history(out / "history.csv", run.state["epoch"] if run.state else 0)
+    callbacks = [*_callbacks(config, model, out, run.chief, streams.samples, card), *extra_callbacks]
     started = time.time()
-    _fit(config, model, strategy, streams, steps, callbacks, state, chief, workers, source)
-    if not chief:
+    _fit(run, model, streams, callbacks)
+    if not run.chief:
         return None
     card["training_seconds"] = round(card.get("training_seconds", 0) + time.time() - started, 1)
     if "best_val_loss" not in card:  # No finite validation loss at all: still leave a usable encoder.
         export_best(model, config.backbone, out, card)
-    write_json(out / "card.json", card)
-    mark_finished(out / "checkpoint")  # Last: a run is finished once its card is complete.
-    print(f"encoder: {out / 'encoder.h5'} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
+    write_json(out / CARD_FILE, card)
+    mark_finished(out / "checkpoint", run.settings)  # Last: a run is finished once its card is complete.
+    print(f"encoder: {out / ENCODER_FILE} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
     return card
 
 
-def _streams(config, source, counts, strategy, state, steps, worker, workers):
-    """{train, val, validation_steps, samples, identity}: the run's data, its sample pair and the identity loss."""
-    from genesis2d.health import identity_loss
+def _streams(run):
+    """The run's `Streams`."""
+    from genesis2d.health import restoration_baselines
 
-    validation_steps = -(-counts["val"] // config.batch_size)
+    config, source, state = run.config, run.source, run.state
+    validation_steps = -(-run.counts["val"] // config.batch_size)
     if config.validation_steps:
         validation_steps = min(validation_steps, config.validation_steps)
     val_seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS)
-    if workers == 1:
+    if run.workers == 1:
         def train(first_batch):  # Batch i of the run is batch i of one stream, whichever step it resumes from.
             return pairs(source, "train", config, training=True,
                          first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS), first_batch=first_batch)
@@ -215,14 +281,15 @@ def _streams(config, source, counts, strategy, state, steps, worker, workers):
         # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
         val = sample_batch = pairs(source, "val", config, training=False, first_seed=val_seed)
     else:
-        first_step = (state["epoch"] * steps + state["step"]) if state else 0
-        train, val, sample_batch = worker_datasets(source, config, strategy, first_step, worker, workers)
+        first_step = (state["epoch"] * run.steps + state["step"]) if state else 0
+        train, val, sample_batch = worker_datasets(source, config, run.strategy, first_step, run.worker, run.workers)
     inputs, targets = next(iter(sample_batch.take(1)))
-    # The bar restoration must clear: the validation loss of returning the distorted slices unchanged (on several
-    # machines: the same slices, distorted as one machine distorts them).
-    identity = identity_loss(pairs(source, "val", config, training=False, first_seed=val_seed), validation_steps)
-    return {"train": train, "val": val, "validation_steps": validation_steps, "identity": identity,
-            "samples": (inputs.numpy()[: config.samples], targets.numpy()[: config.samples])}
+    # The bars restoration must clear: the validation loss of returning the distorted slices unchanged, and of the best
+    # constant output (on several machines: the same slices, distorted as one machine distorts them).
+    identity, constant = restoration_baselines(pairs(source, "val", config, training=False, first_seed=val_seed),
+                                               validation_steps)
+    samples = (inputs.numpy()[: config.samples], targets.numpy()[: config.samples])
+    return Streams(train, val, validation_steps, samples, identity, constant)
 
 
 def _build_model(config, strategy, workers):
@@ -236,7 +303,7 @@ def _build_model(config, strategy, workers):
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.bn_momentum
-        model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse")
+        model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse")
         if workers > 1:
             from genesis2d.distributed import synchronize_batch_norm
 
@@ -245,21 +312,22 @@ def _build_model(config, strategy, workers):
     return model
 
 
-def _card(config, out, state, source, data_hash, precision, identity):
+def _card(run, precision, streams):
     """The model card (the resumed run's, updated), before training."""
     from genesis2d.card import encoder_card
     from plumbing.runtime import versions
 
-    card_path = out / "card.json"
-    card = json.loads(card_path.read_text()) if (state and card_path.exists()) else {}
+    config, out = run.config, run.out
+    card_path = out / CARD_FILE
+    card = json.loads(card_path.read_text()) if (run.state and card_path.exists()) else {}
     card.update({
         "backbone": config.backbone, "norm": config.norm, "input_size": [config.image_size, config.image_size, 1],
         "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION,
-        "data": os.path.relpath(source, out), "data_hash": data_hash,  # Relative to the run folder: cards are published.
+        "data": os.path.relpath(run.source, out), "data_hash": run.data_hash,  # Relative to the run folder: cards are published.
         "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
         "distortions": dataclasses.asdict(config.distortions),
         "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
-        "identity_val_loss": identity,
+        "identity_val_loss": streams.identity, "constant_val_loss": streams.constant,
         **encoder_card(config.backbone, NORMALISATION),
     })
     return card
@@ -270,13 +338,15 @@ def _callbacks(config, model, out, chief, sample_pair, card):
     import keras
 
     from genesis2d.health import health_guard
+    from genesis2d.schedule import LinearWarmUp, PlateauAfterWarmUp
     from plumbing.runtime import divergence_guard
 
     callbacks = [
+        LinearWarmUp(config.lr, config.warmup_steps),
         divergence_guard(),
         health_guard(sample_pair, config.lr, config.checkpoint_every),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience,
-                                          min_lr=config.min_lr, verbose=1 if chief else 0),
+        PlateauAfterWarmUp(config.warmup_steps, monitor="val_loss", factor=config.lr_factor,
+                           patience=config.lr_patience, min_lr=config.min_lr, verbose=1 if chief else 0),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                       verbose=1 if chief else 0),
     ]
@@ -290,31 +360,34 @@ def _callbacks(config, model, out, chief, sample_pair, card):
     return callbacks
 
 
-def _fit(config, model, strategy, streams, steps, callbacks, state, chief, workers, source):
+def _fit(run, model, streams, callbacks):
     """Trains on one machine (`fit_resumable`) or several (`fit_multiworker`), checkpointing into out/checkpoint."""
     import tensorflow as tf
 
     from genesis2d.checkpoint import fit_resumable
     from preprocessing.pipeline import NO_SLICE_LEFT
 
-    checkpoint_dir = Path(config.out) / "checkpoint"
+    config, state = run.config, run.state
+    checkpoint_dir = run.out / "checkpoint"
+    record = {"settings": run.settings}  # In every checkpoint: what --resume must match.
     try:
-        if workers == 1:
-            fit_resumable(model, streams["train"], config.epochs, steps, callbacks, checkpoint_dir,
-                          every_steps=config.checkpoint_every, resume=config.resume, validation_data=streams["val"],
-                          validation_steps=streams["validation_steps"], verbose=config.verbose, shuffle=False)
+        if run.workers == 1:
+            fit_resumable(model, streams.train, config.epochs, run.steps, callbacks, checkpoint_dir,
+                          every_steps=config.checkpoint_every, resume=state is not None, extra_state=lambda: record,
+                          validation_data=streams.val, validation_steps=streams.validation_steps,
+                          verbose=config.verbose, shuffle=False)
             return
         from genesis2d.distributed import broadcast_variables, fit_multiworker
 
-        if chief and state and state.get("weights"):  # Only the chief reads the checkpoint; it is broadcast.
+        if run.chief and state and state.get("weights"):  # Only the chief reads the checkpoint; it is broadcast.
             model.load_weights(checkpoint_dir / state["weights"])
-        broadcast_variables(strategy, [*model.variables, *model.optimizer.variables])
-        fit_multiworker(model, strategy, streams["train"], streams["val"], config.batch_size, config.epochs, steps,
-                        callbacks, checkpoint_dir, every_steps=config.checkpoint_every, state=state, chief=chief,
-                        validation_steps=streams["validation_steps"], verbose=config.verbose)
+        broadcast_variables(run.strategy, [*model.variables, *model.optimizer.variables])
+        fit_multiworker(model, run.strategy, streams.train, streams.val, config.batch_size, config.epochs, run.steps,
+                        callbacks, checkpoint_dir, every_steps=config.checkpoint_every, state=state, chief=run.chief,
+                        validation_steps=streams.validation_steps, verbose=config.verbose, extra_state=lambda: record)
     except tf.errors.OpError as error:
         if NO_SLICE_LEFT in str(error):  # Raised inside the input pipeline; said here as one line.
-            raise ImageReadError(source, "no file of a split can be read (see the warnings above)") from None
+            raise ImageReadError(run.source, "no file of a split can be read (see the warnings above)") from None
         raise
 
 

@@ -22,7 +22,6 @@ from plumbing.cli import ArgumentParser
 from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-STEP_RECORD = "study_step.json"  # Beside the pretraining outputs: the study settings that made them.
 NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
         "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
         "on LUNA16 and MURA.")
@@ -61,36 +60,25 @@ def run(args):
     started = time.time()
     out = Path(args.out)
     from genesis2d import pretrain
-    from genesis2d.checkpoint import load_state
-    from transfer.encoders import keras_cache_dir
     from luna16 import experiment as luna16
     from mura import experiment as mura
+    from plumbing.options import from_config
     from study.report import build_report
-    from plumbing.atomic import write_json
-    from plumbing.fingerprint import file_sha256, finished_with
-    from transfer.options import from_config
+    from transfer.encoders import keras_cache_dir
 
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
 
     _step(f"genesis2d pretraining ({args.backbone})")
     pretrain_dir = out / "pretrain"
-    # What makes the encoder, by content (not by path, so a moved study folder continues): a finished pretraining
-    # is reused only when these match, else the study stops naming what changed (--overwrite redoes it).
-    step = {"backbone": args.backbone, "epochs": args.pretrain_epochs, "steps_per_epoch": args.pretrain_steps,
-            "seed": args.seed, "config": file_sha256(pretrain.DEMO_CONFIG), "manifest": file_sha256(manifest)}
-    state = load_state(pretrain_dir / "checkpoint")
-    finished = bool(state and state.get("finished") and (pretrain_dir / "encoder.h5").exists())
-    if finished and finished_with(pretrain_dir / STEP_RECORD, step, args.overwrite):
-        print(f"done earlier with these settings: {pretrain_dir / 'encoder.h5'}")
-    else:
-        options = ["--manifest", str(manifest), "--config", str(pretrain.DEMO_CONFIG), "--backbone", args.backbone,
-                   "--out", str(pretrain_dir), "--epochs", str(args.pretrain_epochs),
-                   "--steps-per-epoch", str(args.pretrain_steps), "--verbose", "2", "--seed", str(args.seed)]
-        resume = ["--resume"] if state and not finished else ["--overwrite"] if finished else []
-        pretrain.run(pretrain.parse_args(options + resume))
-        write_json(pretrain_dir / STEP_RECORD, {"settings": step})
-    encoder = pretrain_dir / "encoder.h5"
+    # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
+    config = pretrain.resolve(from_config(
+        pretrain.PretrainConfig, pretrain.build_parser(), pretrain.DEMO_CONFIG, manifest=str(manifest),
+        backbone=args.backbone, out=str(pretrain_dir), epochs=args.pretrain_epochs,
+        steps_per_epoch=args.pretrain_steps, verbose=2, seed=args.seed, overwrite=args.overwrite,
+        resume=pretrain.unfinished(pretrain_dir)))
+    pretrain.run(config)
+    encoder = pretrain_dir
 
     inits = ["scratch", "genesis"]
     imagenet_file = keras_cache_dir() / BACKBONES[args.backbone].imagenet_file

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from conftest import TINY_PRETRAIN
 
-from preprocessing.demo import write_dicom_series, write_itk
 from plumbing.errors import ImageReadError, InputError, UsageError
+from preprocessing.demo import write_dicom_series, write_itk
 from preprocessing.readers import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,14 +93,14 @@ def test_manifest_decodes_what_it_keeps_and_writes_absolute_paths(tmp_path, caps
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])  # A DICOM cut at 60%.
     table = _table(root, [("MHD", "mhd/*.mhd"), ("NII", "nii/*.nii.gz"), ("DCM", "dcm/*/")])
     monkeypatch.chdir(tmp_path)
-    frame = main(["--config", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"])
+    frame = main(["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"])
     captured = capsys.readouterr()
     assert set(frame["patient_id"]) == {"p1", "p3"}  # Only what decodes.
     assert "3 unreadable files skipped" in captured.out
     for name in ("p2.mhd", "p4.nii.gz", "p5"):
         assert name in captured.err
     assert all(Path(p).is_absolute() for p in frame["path"])  # Built from a relative --root.
-    unchecked = main(["--config", str(table), "--root", "data", "--out", str(tmp_path / "u.csv"), "--no-verify",
+    unchecked = main(["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "u.csv"), "--no-verify",
                       "--fractions", "1", "0", "0"])
     # Headers alone accept the cut NIfTI and DICOM (the .mhd's header check already sees its short .raw).
     assert {"p4", "p5"} <= set(unchecked["patient_id"]) and "p2" not in set(unchecked["patient_id"])
@@ -140,7 +140,8 @@ def test_finished_pretraining_is_never_replaced_by_accident(pretrained_run, tmp_
     shutil.copytree(pretrained_run[0], out)
     manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
     options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "1"]
-    with pytest.raises(UsageError, match="holds a finished run; pass --overwrite"):
+    with pytest.raises(UsageError, match=r"holds results made with other settings or inputs \(steps_per_epoch 2 -> 1\); "
+                       "pass --overwrite"):
         run(parse_args(options))
     (out / "samples_epoch007.png").write_bytes(b"old")  # From an earlier, longer run.
     (out / "checkpoint" / ".tmp-ckpt-E0001.weights.h5").write_bytes(b"left by a kill")
@@ -295,8 +296,8 @@ def test_a_cut_or_empty_mura_image_is_named_when_the_split_is_read(demo_dir, tmp
 
 
 def test_input_errors_share_one_base():
-    from transfer.results import ResultsError
     from transfer.encoders import InitError
+    from transfer.results import ResultsError
 
     for kind in (ImageReadError, UsageError, InitError, ResultsError):
         assert issubclass(kind, InputError)
@@ -347,7 +348,7 @@ def test_a_metaimage_naming_a_file_outside_the_dataset_stops_the_manifest(tmp_pa
     text = (root / "mhd" / "p1.mhd").read_text()
     (root / "mhd" / "p2.mhd").write_text(text.replace("= p1.raw", "= ../../secret.txt"))
     table = _table(root, [("MHD", "mhd/*.mhd")])
-    argv = ["--config", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+    argv = ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
     code, line = _exit_line(main, argv, capsys)
     assert code == 1 and line == (f"error: {root / 'mhd' / 'p2.mhd'}: names the data file ../../secret.txt, which lies "
                                   f"outside its folder {root / 'mhd'} (read only with --allow-outside-root).")
@@ -363,7 +364,7 @@ def test_a_symlink_leaving_the_root_stops_the_manifest(tmp_path, capsys):
     root = tmp_path / "data"
     write_itk(root / "mhd" / "p1.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     (root / "mhd" / "p9.mhd").symlink_to(tmp_path / "elsewhere" / "p9.mhd")
-    argv = ["--config", str(_table(root, [("MHD", "mhd/*.mhd")])), "--root", str(root), "--out", str(tmp_path / "m.csv")]
+    argv = ["--datasets", str(_table(root, [("MHD", "mhd/*.mhd")])), "--root", str(root), "--out", str(tmp_path / "m.csv")]
     code, line = _exit_line(main, argv, capsys)
     assert code == 1 and line.startswith(f"error: {root / 'mhd' / 'p9.mhd'}: leads outside --root {root}")
 
@@ -386,7 +387,7 @@ def test_a_bad_datasets_table_is_one_line(tmp_path, capsys, body, message):
     from preprocessing.manifest import main
 
     (tmp_path / "table.yaml").write_bytes(body if isinstance(body, bytes) else body.encode())
-    code, line = _exit_line(main, ["--config", str(tmp_path / "table.yaml"), "--root", str(tmp_path),
+    code, line = _exit_line(main, ["--datasets", str(tmp_path / "table.yaml"), "--root", str(tmp_path),
                                    "--out", str(tmp_path / "m.csv")], capsys)
     assert code == 1 and line.startswith(f"error: {tmp_path / 'table.yaml'}: ") and message in line, line
 
@@ -595,7 +596,7 @@ def test_a_file_matched_by_two_datasets_is_refused(tmp_path, capsys):
     for name in ("p1", "p2"):
         write_itk(root / "mhd" / f"{name}.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     table = _table(root, [("ALL", "mhd/*.mhd"), ("FIRST", "mhd/p1.mhd")])
-    code, line = _exit_line(main, ["--config", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv")],
+    code, line = _exit_line(main, ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv")],
                             capsys)
     assert code == 1 and line == (f"error: {(root / 'mhd' / 'p1.mhd').resolve()}: is matched by datasets 'ALL' and "
                                   "'FIRST' (1 files are matched twice); give each file to one dataset by narrowing "
@@ -646,17 +647,33 @@ def test_refused_reruns_leave_a_finished_run_as_it_was(pretrained_run, tmp_path)
     before = {name: (out / name).read_bytes() for name in ("run.json", "card.json", "encoder.h5")}
     manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
     options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "2", "--steps-per-epoch", "2"]
-    with pytest.raises(UsageError, match="holds a finished run"):
+    with pytest.raises(UsageError, match=r"other settings or inputs \(epochs 1 -> 2\)"):
         run(parse_args(options))
     with pytest.raises(UsageError) as other_backbone:
         run(parse_args([*options, "--resume", "--backbone", "vgg16"]))
     assert str(other_backbone.value) == (f"--backbone: {out} was trained with --backbone resnet18, not vgg16; resume it "
                                          "with --backbone resnet18 or choose another --out.")
+    with pytest.raises(UsageError, match="--lr: .* was trained with --lr 0.01, not 0.5"):  # --resume: the same run.
+        run(parse_args([*options, "--resume", "--lr", "0.5"]))
     frame = pd.read_csv(manifest)
     frame[frame["split"] == "train"].to_csv(tmp_path / "no_val.csv", index=False)
     with pytest.raises(InputError, match="has no validation slices"):  # Bad data with --overwrite: nothing cleared.
         run(parse_args(["--manifest", str(tmp_path / "no_val.csv"), *options[2:], "--overwrite"]))
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_finished_run_with_the_same_settings_and_data_is_kept(pretrained_run, tmp_path, capsys):
+    """The one rule of every stage: a finished run is reused when it was made with the same settings and data."""
+    from genesis2d.pretrain import parse_args, run
+
+    out = tmp_path / "run"
+    shutil.copytree(pretrained_run[0], out)
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
+    options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "2"]
+    card = run(parse_args([*options, "--verbose", "2", "--checkpoint-every", "7"]))  # Neither changes what it learns.
+    assert card == json.loads(before["card.json"]) and "done earlier with these settings and data, kept" in capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
 
 def test_the_card_holds_paths_relative_to_the_run_folder(pretrained_run):
