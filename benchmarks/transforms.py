@@ -26,7 +26,6 @@ from scipy.special import comb  # noqa: E402
 
 from genesis2d.transforms import make_pair  # noqa: E402
 
-
 # --------------------------------------------------------------------------- the loop port (baseline)
 
 

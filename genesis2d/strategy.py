@@ -7,7 +7,6 @@ from pathlib import Path
 
 from plumbing.runtime import gpus
 
-
 CLUSTERS = ("auto", "slurm")
 
 

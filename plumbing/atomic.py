@@ -10,7 +10,6 @@ import os
 import tempfile
 from pathlib import Path
 
-
 TEMPORARY_PREFIX = ".tmp-"  # Names of the files being written; a killed write leaves one behind.
 
 

@@ -6,6 +6,7 @@ Each is also written on first use by the command that needs it.
 """
 
 from pathlib import Path
+
 from plumbing.cli import ArgumentParser
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
-from transfer.plots import plot_mean_roc
-from transfer.results import ResultsError, read_results
 from plumbing.atomic import write_csv, write_text
 from plumbing.cli import ArgumentParser
 from plumbing.errors import UsageError
 from plumbing.figures import pyplot, save_figure
+from transfer.plots import plot_mean_roc
+from transfer.results import ResultsError, read_results
+from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
 
 INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet")  # Known initialisations first, any others after them.
 REFERENCE = "genesis"  # The initialisation compared with every other (fine-tuned with fine-tuned, probe with probe).

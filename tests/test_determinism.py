@@ -39,8 +39,9 @@ def test_pretraining_twice_with_one_seed_gives_identical_weights(demo_manifest, 
 
 
 def test_a_luna16_fold_twice_with_one_seed_gives_identical_predictions(demo_dir, tmp_path_factory):
-    from luna16.experiment import parse_args, run
     from test_transfer import CV_TINY
+
+    from luna16.experiment import parse_args, run
 
     patches = tmp_path_factory.getbasetemp() / "cv_patches"
     predictions = []

@@ -5,8 +5,19 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from luna16.data import (FOLD_PAIRS, Subset, evaluation_arrays, evaluation_batches, evaluation_cases, evaluation_labels,
-                         extract_subsets, fold_subsets, keep_negatives, training_arrays, validation_series)
+from luna16.data import (
+    FOLD_PAIRS,
+    Subset,
+    evaluation_arrays,
+    evaluation_batches,
+    evaluation_cases,
+    evaluation_labels,
+    extract_subsets,
+    fold_subsets,
+    keep_negatives,
+    training_arrays,
+    validation_series,
+)
 from luna16.froc import cap_candidates, cpm, evaluate
 from luna16.patches import augment, extract, extract_cube, voxel_to_world, world_to_voxel
 from preprocessing.demo import write_itk

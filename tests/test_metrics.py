@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from transfer.statistics import auc_interval, binary_metrics, bootstrap_auc, delong_test, paired_auc_test, stratified_auc
+from transfer.statistics import (
+    auc_interval,
+    binary_metrics,
+    bootstrap_auc,
+    delong_test,
+    paired_auc_test,
+    stratified_auc,
+)
 
 
 def _psi(x, y):

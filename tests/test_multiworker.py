@@ -48,7 +48,7 @@ def finish(processes, timeout=300):
                 other.kill()
             raise
         results.append((process.returncode, stdout, stderr))
-    for code, stdout, stderr in results:
+    for code, _stdout, stderr in results:
         assert code == 0, stderr[-3000:]
     return results
 

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from transfer.results import read_results
-from plumbing.runtime import STREAM_FOLD, derive_seed
 from mura.data import BODY_PARTS, body_parts_of, make_dataset, read_split
 from mura.experiment import evaluate
 from plumbing.errors import ImageReadError, InputError
+from plumbing.runtime import STREAM_FOLD, derive_seed
+from transfer.results import read_results
 
 MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18", "--epoch-size", "96",
              "--batch-size", "32", "--verbose", "0"]
@@ -131,10 +131,10 @@ def test_balanced_epochs_draw_both_classes_equally(demo_dir):
 
 
 def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run, tmp_path):
-    from transfer.probe import encoder_features, fit_probe
-    from transfer.encoders import load_encoder
     from mura.data import make_dataset
     from mura.experiment import parse_args, run
+    from transfer.encoders import load_encoder
+    from transfer.probe import encoder_features, fit_probe
 
     args = parse_args(["--data", str(demo_dir), "--init", "genesis", "--encoder", str(pretrained_run[0] / "encoder.h5"),
                        "--probe", *MURA_TINY])
@@ -162,8 +162,8 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
 
 def test_a_kept_run_is_refused_when_its_data_changed(demo_dir, tmp_path):
     """Reuse follows the data's content, not its path: a row deleted from valid's csv is named, not scored stale."""
-    from plumbing.errors import UsageError
     from mura.experiment import parse_args, run
+    from plumbing.errors import UsageError
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir / "MURA-v1.1", data / "MURA-v1.1")

@@ -8,8 +8,8 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transfer.probe import C_GRID, fit_probe
 from plumbing.errors import InputError
+from transfer.probe import C_GRID, fit_probe
 
 
 def grouped_data(rng, groups=60, copies=6, dims=40, signal=0.0):

@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from transfer.encoders import InitError, load_encoder, radimagenet_file
 from plumbing.errors import UsageError
+from transfer.encoders import InitError, load_encoder, radimagenet_file
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,9 @@ def test_genesis_u_net_has_the_radimagenet_encoder(radimagenet_standin):
 
 
 def test_luna16_cross_validation_with_radimagenet_end_to_end(radimagenet_standin, demo_dir, tmp_path_factory, capsys):
-    from transfer.results import read_results
-    from plumbing.fingerprint import file_sha256
     from luna16.experiment import parse_args, run
+    from plumbing.fingerprint import file_sha256
+    from transfer.results import read_results
 
     path, _ = radimagenet_standin
     out = tmp_path_factory.mktemp("cv_radimagenet")

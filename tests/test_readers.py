@@ -7,8 +7,8 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from preprocessing.demo import write_dicom_series, write_itk, write_nifti, write_png
 from plumbing.errors import ImageReadError
+from preprocessing.demo import write_dicom_series, write_itk, write_nifti, write_png
 from preprocessing.readers import read_header, read_image
 
 

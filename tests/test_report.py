@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from transfer.statistics import paired_auc_test
-from transfer.results import SCORE_COLUMNS, read_results
 from study.report import build_report, main
+from transfer.results import SCORE_COLUMNS, read_results
+from transfer.statistics import paired_auc_test
 
 LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patient", "metrics": ["auc", "accuracy"]},
           {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]}]

@@ -86,7 +86,7 @@ def test_unet_shapes_and_output(backbone, norm):
     expected = {"batch": "BatchNormalization", "instance": "GroupNormalization", "none": None}[norm]
     assert (expected in kinds) if expected else not ({"BatchNormalization", "GroupNormalization"} & kinds)
     if norm == "instance":
-        layer = next(l for l in model.layers if isinstance(l, keras.layers.GroupNormalization))
+        layer = next(item for item in model.layers if isinstance(item, keras.layers.GroupNormalization))
         assert layer.groups == layer.input.shape[-1]  # One group per channel: instance norm.
 
 

@@ -63,8 +63,8 @@ def reference(manifest, out, steps):
 
     from genesis2d.distributed import synchronize_batch_norm
     from genesis2d.pretrain import pairs, parse_args
-    from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
     from genesis2d.unet import build_unet
+    from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
 
     config = parse_args(options(manifest, out, steps))
     configure_determinism(True)

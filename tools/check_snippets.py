@@ -92,7 +92,8 @@ def interpreter(environment, envs):
         try:
             subprocess.run(command, check=True)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise InputError(venv, f"building the {environment.name} environment failed: {' '.join(command)}: {error}")
+            raise InputError(venv, f"building the {environment.name} environment failed: {' '.join(command)}: "
+                             f"{error}") from None
     stamp.write_text(json.dumps(list(environment.packages)))
     return str(python)
 
