@@ -30,8 +30,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MG = "Models Genesis"
 DATA, MODEL, TRAINING, DISTORT, OUTPUT = ("data", "model", "training",
                                           "distortions (public Models Genesis code's rates)", "output")
-WARMUP_SOURCE = ("this project's choice, measured: at 224 px and batch 32 SGD at 1.0 from the first step collapses "
-                 "the output to a constant by step 8, and the ramp keeps the peak (benchmarks/pretrain_defaults.py)")
+WARMUP_SOURCE = ("this project's choice, measured with benchmarks/pretrain_defaults.py: it keeps Models Genesis's "
+                 "peak and eases the moving BatchNorm statistics in")
+BN_SOURCE = ("this project's choice: PyTorch's default (momentum=0.1 there), which the public Models Genesis PyTorch "
+             "code keeps (its BatchNorm always uses the batch's statistics); Keras's 0.99 lags weights trained at "
+             "learning rate 1.0 for hundreds of steps, so the validation output reads as a constant "
+             "(benchmarks/pretrain_defaults.py)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +83,8 @@ class PretrainConfig:
     backbone: str = option("resnet50", "encoder.", group=MODEL, choices=sorted(BACKBONES))
     norm: str = option("batch", "decoder normalisation.", source="thesis 3.1.11", group=MODEL,
                        choices=("batch", "instance", "none"))
-    bn_momentum: float = option(0.99, "BatchNormalization momentum of the moving statistics. Lower it (e.g. 0.9) for "
-                                "short runs, whose statistics would otherwise lag the weights.", source="Keras",
-                                group=MODEL, type=float)
+    bn_momentum: float = option(0.9, "BatchNormalization momentum of the moving statistics (used for validation and "
+                                "in the exported encoder).", source=BN_SOURCE, group=MODEL, type=float)
     encoder_weights: str = option(None, "start the encoder from ImageNet instead of random weights. Default: none.",
                                   group=MODEL, choices=(None, "imagenet"), type=_encoder_weights)
     batch_size: int = option(32, "global batch size.", source="this project's choice; Models Genesis: 6 cubes",
@@ -99,7 +102,7 @@ class PretrainConfig:
                        "whose output stays constant stops and says so: lower it then.", source=f"{MG}, with SGD",
                        group=TRAINING, type=float)
     momentum: float = option(0.9, "SGD momentum.", source=MG, group=TRAINING, type=float)
-    warmup_steps: int = option(0, "steps over which the learning rate rises linearly from --lr/N to --lr; "
+    warmup_steps: int = option(32, "steps over which the learning rate rises linearly from --lr/N to --lr; "
                                "ReduceLROnPlateau waits for its end. 0: --lr from the first step (as Models Genesis).",
                                source=WARMUP_SOURCE, group=TRAINING, type=int)
     clipnorm: float = option(None, "clip the gradients' global norm to this. Default: no clipping.",
