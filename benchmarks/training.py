@@ -19,9 +19,11 @@ Three parts, each printed as a table:
 2. Distorted pairs/s of that numpy input alone on 1, 2, 4, 8 and 16 worker
    processes (those the machine has): how many cores one GPU needs.
 3. `--pretrain-steps` (300) pretraining steps on the demo corpus with the default
-   optimizer and learning rate (SGD 1.0, momentum 0.9: `genesis2d.pretrain`), the
-   loss printed every 50 steps, so a divergence of the defaults at the real size
-   shows (the demo study trains at 64 px only).
+   recipe (SGD 1.0, momentum 0.9, the linear warm-up, BatchNorm momentum 0.9:
+   `genesis2d.options`), the training loss printed every 50 steps, so a divergence of
+   the defaults at the real size shows on a GPU. `benchmarks/pretrain_defaults.py`
+   runs the pretraining command itself and also reads the validation loss against
+   its baselines.
 
 The slices for parts 1 and 2 are synthetic 512x512 (the size of real CT), so the
 448 crop and resize cost what they cost on real data.
@@ -136,7 +138,7 @@ def compiled_unet(backbone, image_size, precision, jit, bn_momentum=None):
     for layer in model.layers:  # As `genesis2d.pretrain` sets it.
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = config.bn_momentum if bn_momentum is None else bn_momentum
-    model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum), loss="mse",
+    model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse",
                   jit_compile=jit)
     return model
 
@@ -200,10 +202,14 @@ def measure_pretraining(task):
     recipe = BatchRecipe(task["store"], task["batch_size"], task["crop_size"], task["image_size"])
     model = compiled_unet(task["backbone"], task["image_size"], task["precision"], "auto")
     stream = pair_batches(recipe, task["workers"])
+    from genesis2d.pretrain import PretrainConfig
+    from genesis2d.schedule import LinearWarmUp
+
+    defaults = PretrainConfig()
     start = time.perf_counter()
     try:
         history = model.fit(stream, epochs=task["steps"] // task["log_every"], steps_per_epoch=task["log_every"],
-                            verbose=0)
+                            verbose=0, callbacks=[LinearWarmUp(defaults.lr, defaults.warmup_steps)])
     finally:
         stream.close()
     seconds = time.perf_counter() - start

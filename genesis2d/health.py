@@ -109,7 +109,7 @@ def health_guard(sample_pair, lr, every_steps=0):
             problem = check_health(features, restored, targets)
             if problem and collapsed(restored, targets):
                 if collapsed(batch_statistics_output(self.model, inputs), targets):
-                    self.stop(f"{problem}, with the batch's own BatchNorm statistics too")
+                    self.stop(f"{problem} even with the batch's own BatchNorm statistics")
                 if not self.lag_said:
                     print(f"note: step {self.step()}: the restored slices are constant through the moving BatchNorm "
                           "statistics but not with the batch's own: the statistics still lag the weights (the "

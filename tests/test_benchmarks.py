@@ -75,3 +75,22 @@ def test_scale_rehearsal_runs_tiny():
     whole = next(line for line in lines if "as one array" in line).split("test ")[-1].split()[0]
     assert streamed == whole  # The streamed prediction covers every view of the test fold.
     assert all(" ok " in line for line in lines if line[:2] in ("1.", "2.", "3.", "4.", "5.", "6."))
+
+
+def test_pretraining_defaults_benchmark_prints_its_table(tmp_path):
+    """The real pretraining command at tiny sizes: one row per interval, ratios that follow from the printed losses."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pretrain_defaults.py"), "--size", "tiny",
+                             "--json", str(tmp_path / "found.json")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    title = next(line for line in lines if line.startswith("resnet18 U-Net, 32x32, batch 4"))
+    identity, constant = (float(title.split(f"{name} ")[1].split(",")[0]) for name in ("identity", "constant"))
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert [int(row[0]) for row in rows] == [2, 4]
+    for row in rows:
+        val, by_identity, by_constant = float(row[3]), float(row[4]), float(row[5])
+        assert abs(by_identity - val / identity) < 2e-3 and abs(by_constant - val / constant) < 2e-3
+    import json
+
+    found = json.loads((tmp_path / "found.json").read_text())["resnet18"]
+    assert found["config"]["lr"] == 1.0 and found["config"]["warmup_steps"] == 32 and len(found["intervals"]) == 2
