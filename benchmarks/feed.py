@@ -45,8 +45,10 @@ class SliceStore:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         slices = [np.asarray(s, dtype=np.float32) for s in slices]
-        for name, array in (("pixels.npy", np.concatenate([s.ravel() for s in slices])),
-                            ("shapes.npy", np.array([s.shape for s in slices], dtype=np.int64))):
+        for name, array in (
+            ("pixels.npy", np.concatenate([s.ravel() for s in slices])),
+            ("shapes.npy", np.array([s.shape for s in slices], dtype=np.int64)),
+        ):
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 np.save(f, array)
         return folder
@@ -70,8 +72,9 @@ def demo_store(folder, split="train"):
     from preprocessing.pipeline import load_manifest, read_normalized_slices, volume_groups
 
     frame = load_manifest(demo_manifest(), split)
-    slices = [s for path, modality, indices in volume_groups(frame)
-              for s in read_normalized_slices(path, modality, indices)]
+    slices = [
+        s for path, modality, indices in volume_groups(frame) for s in read_normalized_slices(path, modality, indices)
+    ]
     return SliceStore.write(folder, slices)
 
 

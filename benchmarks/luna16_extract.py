@@ -28,7 +28,9 @@ from preprocessing.readers import read_image  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[240, 512, 512], help="scan (z, y, x). Default: 240 512 512.")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=[240, 512, 512], help="scan (z, y, x). Default: 240 512 512."
+    )
     parser.add_argument("--candidates", type=int, default=200, help="candidates in the scan. Default: 200.")
     parser.add_argument("--patch-size", type=int, default=64, help="Default: 64.")
     args = parser.parse_args(argv)
@@ -52,8 +54,10 @@ def main(argv=None):
             volume, meta = read_image(path)
             extract(volume, meta, (x, y, z), args.patch_size)
         per_candidate = len(subset) / (time.perf_counter() - start)
-    print(f"scan {tuple(args.shape)} int16 ({np.prod(args.shape) * 2 / 2**20:.0f} MiB), {args.candidates} candidates, "
-          f"patch {args.patch_size}, {os.cpu_count()} cores")
+    print(
+        f"scan {tuple(args.shape)} int16 ({np.prod(args.shape) * 2 / 2**20:.0f} MiB), {args.candidates} candidates, "
+        f"patch {args.patch_size}, {os.cpu_count()} cores"
+    )
     print(f"one read per candidate: {per_candidate:8.1f} candidates/s")
     print(f"one read per scan:      {grouped:8.1f} candidates/s")
     print(f"speed-up: {grouped / per_candidate:.1f}x")

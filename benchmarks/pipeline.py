@@ -33,7 +33,9 @@ def loop_pass(frame, crop_size, image_size):
     for row in frame.itertuples():
         array, meta = read_image(row.path)
         plane = array[row.slice_index] if array.ndim == 3 else array
-        crop_and_resize(normalize_slice(plane, row.modality, meta.get("bit_depth")), crop_size, image_size, training=False)
+        crop_and_resize(
+            normalize_slice(plane, row.modality, meta.get("bit_depth")), crop_size, image_size, training=False
+        )
     return len(frame)
 
 
@@ -66,9 +68,12 @@ def replicated_manifest(frame, copies, folder):
 
 def peak_memory_child(manifest, crop_size, image_size):
     """Runs one pipeline pass in a fresh process; returns (slices, peak RSS in MiB)."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource; "
-            f"from benchmarks.pipeline import pipeline_pass; n = pipeline_pass({str(manifest)!r}, {crop_size}, {image_size}); "
-            "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource; "
+        "from benchmarks.pipeline import pipeline_pass; "
+        f"n = pipeline_pass({str(manifest)!r}, {crop_size}, {image_size}); "
+        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     slices, peak = result.stdout.split()[-2:]
     return int(slices), float(peak)
@@ -76,7 +81,9 @@ def peak_memory_child(manifest, crop_size, image_size):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--copies", type=int, default=4, help="size of the large corpus, in copies of the demo. Default: 4.")
+    parser.add_argument(
+        "--copies", type=int, default=4, help="size of the large corpus, in copies of the demo. Default: 4."
+    )
     parser.add_argument("--crop-size", type=int, default=448, help="Default: 448.")
     parser.add_argument("--image-size", type=int, default=224, help="Default: 224.")
     args = parser.parse_args(argv)
@@ -100,8 +107,10 @@ def main(argv=None):
     print(f"plain loop (one read per slice): {slow:8.1f} slices/s")
     print(f"preprocessing.pipeline:          {fast:8.1f} slices/s")
     print(f"speed-up: {fast / slow:.1f}x")
-    print(f"peak memory, {small_n} slices: {small_peak:.0f} MiB; {big_n} slices: {big_peak:.0f} MiB; "
-          f"ratio {big_peak / small_peak:.2f}")
+    print(
+        f"peak memory, {small_n} slices: {small_peak:.0f} MiB; {big_n} slices: {big_peak:.0f} MiB; "
+        f"ratio {big_peak / small_peak:.2f}"
+    )
 
 
 if __name__ == "__main__":

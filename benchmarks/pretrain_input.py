@@ -41,8 +41,9 @@ def write_corpus(folder, volumes, depth, rng, size=512):
         split = "val" if v == 0 else "train"
         rows += [("BENCH", "CT", "CHEST", f"p{v}", str(path), z, split) for z in range(depth)]
     manifest = folder / "manifest.csv"
-    pd.DataFrame(rows, columns=["dataset", "modality", "body_part", "patient_id", "path", "slice_index",
-                                "split"]).to_csv(manifest, index=False)
+    pd.DataFrame(
+        rows, columns=["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"]
+    ).to_csv(manifest, index=False)
     return manifest
 
 
@@ -86,12 +87,16 @@ def main(argv=None):
         for _ in range(args.repeats):  # Interleaved settings: a noisy machine's drift hits all alike.
             for (name, threads), found in rates.items():
                 found.append(pairs_per_second(sources[name], threads, args.batches, 32))
-    print(f"pretraining input at 224x224 from 512x512 CT slices (448 crop, all distortions), {os.cpu_count()} cores; "
-          f"median of {args.repeats} runs of {args.batches} batches of 32")
+    print(
+        f"pretraining input at 224x224 from 512x512 CT slices (448 crop, all distortions), {os.cpu_count()} cores; "
+        f"median of {args.repeats} runs of {args.batches} batches of 32"
+    )
     for name in sources:
         one, two = np.median(rates[(name, 1)]), np.median(rates[(name, 2)])
-        print(f"{name:>8}: 1 thread {one:7.1f} pairs/s, 2 threads {two:7.1f} pairs/s ({two / one:.2f}x); "
-              f"{TARGET:.0f} pairs/s needs about {int(np.ceil(TARGET / one))} cores")
+        print(
+            f"{name:>8}: 1 thread {one:7.1f} pairs/s, 2 threads {two:7.1f} pairs/s ({two / one:.2f}x); "
+            f"{TARGET:.0f} pairs/s needs about {int(np.ceil(TARGET / one))} cores"
+        )
 
 
 if __name__ == "__main__":

@@ -121,9 +121,10 @@ def run_step(name, **options):
 
 
 def candidates_per_scan(scans, total, rng):
-    """Log-normal counts of mean total/scans and coefficient of variation CANDIDATES_CV, at least 1, summing to total."""
+    """Log-normal counts of mean total/scans and coefficient of variation CANDIDATES_CV, at least 1, summing to
+    total."""
     sigma = np.sqrt(np.log(1 + CANDIDATES_CV**2))
-    draw = rng.lognormal(-sigma**2 / 2, sigma, scans)
+    draw = rng.lognormal(-(sigma**2) / 2, sigma, scans)
     counts = np.maximum(1, np.floor(draw / draw.sum() * total)).astype(np.int64)
     counts[np.argsort(-draw)[: total - counts.sum()]] += 1 if total > counts.sum() else 0
     while counts.sum() > total:  # Only when many scans were lifted to 1.
@@ -158,13 +159,21 @@ def step_write_tree(root, scale, scan_shape, seed=0):
             xyz = voxel_to_world(zyx, origin, spacing)
             label = np.zeros(counts[scan], np.int64)
             label[: positives[scan]] = 1
-            tables.append(pd.DataFrame({"seriesuid": uid, "coordX": xyz[:, 0], "coordY": xyz[:, 1],
-                                        "coordZ": xyz[:, 2], "class": label}))
+            tables.append(
+                pd.DataFrame(
+                    {"seriesuid": uid, "coordX": xyz[:, 0], "coordY": xyz[:, 1], "coordZ": xyz[:, 2], "class": label}
+                )
+            )
             scan += 1
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(root / "candidates_V2.csv", index=False)
-    return {"scans": scans, "candidates": len(table), "positives": int(table["class"].sum()),
-            "largest_scan": int(counts.max()), "median_scan": float(np.median(counts))}
+    return {
+        "scans": scans,
+        "candidates": len(table),
+        "positives": int(table["class"].sum()),
+        "largest_scan": int(counts.max()),
+        "median_scan": float(np.median(counts)),
+    }
 
 
 def step_extract(root, out, scans, workers, patch_size):
@@ -186,7 +195,9 @@ def step_extract(root, out, scans, workers, patch_size):
     start = time.perf_counter()
     counts = extract_subsets(sample, Path(out) / "patches", size=patch_size, progress=False, workers=workers)
     seconds = time.perf_counter() - start
-    cpu = sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    cpu = sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
     return {"seconds": seconds, "cpu_seconds": cpu, "scans": len(chosen), "candidates": sum(counts.values())}
 
 
@@ -207,8 +218,9 @@ def step_patch_tree(root, out, patch_size, positive_copies=8):
         positives = np.flatnonzero(table["class"].to_numpy() == 1)
         rows = np.repeat(positives, positive_copies - 1)
         for name, count in (("patches.npy", len(table)), ("augmented.npy", len(rows))):
-            array = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.float16,
-                                              shape=(count, 3, patch_size, patch_size))
+            array = np.lib.format.open_memmap(
+                folder / name, mode="w+", dtype=np.float16, shape=(count, 3, patch_size, patch_size)
+            )
             total_bytes += array.nbytes
             del array
         table.to_csv(folder / "candidates.csv", index=False)
@@ -228,8 +240,12 @@ def step_fold_arrays(patches, negative_fraction=0.1, validation_fraction=0.1, wi
     held_out = validation_series(train, validation_fraction, rng)
     x_train, y_train, _ = training_arrays(train, held_out, negative_fraction, rng, with_series=True)
     x_val, y_val, _ = evaluation_arrays(train, held_out)
-    found = {"train_views": len(y_train), "train_gb": x_train.nbytes / GB, "val_views": len(y_val),
-             "val_gb": x_val.nbytes / GB}
+    found = {
+        "train_views": len(y_train),
+        "train_gb": x_train.nbytes / GB,
+        "val_views": len(y_val),
+        "val_gb": x_val.nbytes / GB,
+    }
     if with_test_array:
         x_test, y_test, _ = evaluation_arrays([Subset(Path(patches) / f"subset{s}") for s in test_ids])
         found.update(test_views=len(y_test), test_gb=x_test.nbytes / GB)
@@ -250,11 +266,18 @@ def step_predict(patches, batch_size, image_size):
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
     start = time.perf_counter()
-    probabilities = np.concatenate([np.asarray(model.predict_on_batch(batch.astype(np.float32))).ravel()
-                                    for batch in evaluation_batches(test, batch_size=batch_size)])
+    probabilities = np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(batch.astype(np.float32))).ravel()
+            for batch in evaluation_batches(test, batch_size=batch_size)
+        ]
+    )
     assert len(probabilities) == len(labels) == 3 * len(table)
-    return {"views": len(probabilities), "seconds": time.perf_counter() - start,
-            "float32_gb": len(probabilities) * test[0].patches.shape[-1] ** 2 * 4 / GB}
+    return {
+        "views": len(probabilities),
+        "seconds": time.perf_counter() - start,
+        "float32_gb": len(probabilities) * test[0].patches.shape[-1] ** 2 * 4 / GB,
+    }
 
 
 def corpus_frame(scale, rng):
@@ -270,11 +293,18 @@ def corpus_frame(scale, rng):
             per_volume = SLICES_PER_VOLUME[modality]
             volume = np.arange(slices) // per_volume
             patients = rng.integers(0, max(1, volume.max() // 2 + 1), volume.max() + 1)[volume]  # ~2 files a patient.
-            frames.append(pd.DataFrame({
-                "dataset": f"{modality}_DATASET_{d}", "modality": modality, "body_part": "BODY",
-                "patient_id": [f"p{p:06d}" for p in patients],
-                "path": [f"/data/{modality}_DATASET_{d}/volume{v:06d}.nii.gz" for v in volume],
-                "slice_index": np.arange(slices) % per_volume}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "dataset": f"{modality}_DATASET_{d}",
+                        "modality": modality,
+                        "body_part": "BODY",
+                        "patient_id": [f"p{p:06d}" for p in patients],
+                        "path": [f"/data/{modality}_DATASET_{d}/volume{v:06d}.nii.gz" for v in volume],
+                        "slice_index": np.arange(slices) % per_volume,
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -300,12 +330,23 @@ def step_manifest(out, scale):
     train = load_manifest(path, "train")
     groups = volume_groups(train)
     times["read_and_group"] = time.perf_counter() - start
-    return {"rows": len(frame), "train_rows": len(train), "files": len(groups), "mb": path.stat().st_size / 1e6,
-            **{f"{k}_seconds": v for k, v in times.items()}}
+    return {
+        "rows": len(frame),
+        "train_rows": len(train),
+        "files": len(groups),
+        "mb": path.stat().st_size / 1e6,
+        **{f"{k}_seconds": v for k, v in times.items()},
+    }
 
 
-STEPS = {"write_tree": step_write_tree, "extract": step_extract, "patch_tree": step_patch_tree,
-         "fold_arrays": step_fold_arrays, "predict": step_predict, "manifest": step_manifest}
+STEPS = {
+    "write_tree": step_write_tree,
+    "extract": step_extract,
+    "patch_tree": step_patch_tree,
+    "fold_arrays": step_fold_arrays,
+    "predict": step_predict,
+    "manifest": step_manifest,
+}
 
 
 # --------------------------------------------------------------------------- the report
@@ -313,14 +354,30 @@ STEPS = {"write_tree": step_write_tree, "extract": step_extract, "patch_tree": s
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="share of every real count. Default: 1 (the real counts).")
-    parser.add_argument("--scan-shape", type=int, nargs=3, default=[32, 64, 64],
-                        help="(z, y, x) of each scan, int16. Default: 32 64 64.")
-    parser.add_argument("--extract-scans", type=int, default=16, help="scans of subset0 extracted per timing (0: no extraction). Default: 16.")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="share of every real count. Default: 1 (the real counts)."
+    )
+    parser.add_argument(
+        "--scan-shape",
+        type=int,
+        nargs=3,
+        default=[32, 64, 64],
+        help="(z, y, x) of each scan, int16. Default: 32 64 64.",
+    )
+    parser.add_argument(
+        "--extract-scans",
+        type=int,
+        default=16,
+        help="scans of subset0 extracted per timing (0: no extraction). Default: 16.",
+    )
     parser.add_argument("--patch-size", type=int, default=64, help="Default: 64 (thesis 4.2.1.2).")
     parser.add_argument("--batch-size", type=int, default=765, help="views per predicted batch. Default: 765.")
-    parser.add_argument("--image-size", type=int, default=64,
-                        help="the stand-in model's input side (patches are resized to it). Default: 64.")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="the stand-in model's input side (patches are resized to it). Default: 64.",
+    )
     parser.add_argument("--work", help="folder for the trees (default: a temporary folder, removed).")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--options", help=argparse.SUPPRESS)
@@ -340,57 +397,113 @@ def line(name, peak, seconds, detail):
     resident, anonymous = peak
     verdict = "ok" if resident < TARGET_GB * GB else "OVER"
     print(f"{name:<44} {resident / GB:8.2f} {anonymous / GB:6.2f} {seconds:8.1f}  {verdict:<5} {detail}", flush=True)
-    return {"step": name, "peak_gb": resident / GB, "anonymous_gb": anonymous / GB, "seconds": seconds,
-            "ok": resident < TARGET_GB * GB}
+    return {
+        "step": name,
+        "peak_gb": resident / GB,
+        "anonymous_gb": anonymous / GB,
+        "seconds": seconds,
+        "ok": resident < TARGET_GB * GB,
+    }
 
 
 def report(work, args):
     rows = []
-    print(f"LUNA16 and corpus at {args.scale:g} of the real counts; {os.cpu_count()} cores (load average "
-          f"{os.getloadavg()[0]:.1f} at the start); peak memory of each step's processes: resident (RSS) and its "
-          "anonymous part (RSS less the pages of memory-mapped files, which the kernel can drop)")
+    print(
+        f"LUNA16 and corpus at {args.scale:g} of the real counts; {os.cpu_count()} cores (load average "
+        f"{os.getloadavg()[0]:.1f} at the start); peak memory of each step's processes: resident (RSS) and its "
+        "anonymous part (RSS less the pages of memory-mapped files, which the kernel can drop)"
+    )
     print(f"{'step':<44} {'RSS GB':>8} {'anon':>6} {'seconds':>8}  {'<8 GB':<5} detail", flush=True)
-    tree, peak, seconds = run_step("write_tree", root=str(work / "luna16"), scale=args.scale,
-                                   scan_shape=args.scan_shape)
-    rows.append(line("1. write the LUNA16 tree", peak, seconds,
-                     f"{tree['scans']} scans {tuple(args.scan_shape)}, {tree['candidates']:,} candidates "
-                     f"({tree['positives']:,} positive; per scan median {tree['median_scan']:.0f}, "
-                     f"largest {tree['largest_scan']:,})"))
+    tree, peak, seconds = run_step(
+        "write_tree", root=str(work / "luna16"), scale=args.scale, scan_shape=args.scan_shape
+    )
+    rows.append(
+        line(
+            "1. write the LUNA16 tree",
+            peak,
+            seconds,
+            f"{tree['scans']} scans {tuple(args.scan_shape)}, {tree['candidates']:,} candidates "
+            f"({tree['positives']:,} positive; per scan median {tree['median_scan']:.0f}, "
+            f"largest {tree['largest_scan']:,})",
+        )
+    )
     rates = {}
     for workers in (1, 2) if args.extract_scans else ():
-        found, peak, seconds = run_step("extract", root=str(work / "luna16"), out=str(work / f"extract{workers}"),
-                                        scans=args.extract_scans, workers=workers, patch_size=args.patch_size)
+        found, peak, seconds = run_step(
+            "extract",
+            root=str(work / "luna16"),
+            out=str(work / f"extract{workers}"),
+            scans=args.extract_scans,
+            workers=workers,
+            patch_size=args.patch_size,
+        )
         rates[workers] = found["candidates"] / found["seconds"]
         cpu_rate = found["candidates"] / found["cpu_seconds"]
-        rows.append(line(f"2. extract {found['scans']} scans, {workers} worker{'s' * (workers > 1)}", peak, seconds,
-                         f"{found['candidates']:,} candidates: {found['seconds'] / found['scans']:.2f} s/scan, "
-                         f"{rates[workers]:.0f} candidates/s ({cpu_rate:.0f} per CPU-second)"))
+        rows.append(
+            line(
+                f"2. extract {found['scans']} scans, {workers} worker{'s' * (workers > 1)}",
+                peak,
+                seconds,
+                f"{found['candidates']:,} candidates: {found['seconds'] / found['scans']:.2f} s/scan, "
+                f"{rates[workers]:.0f} candidates/s ({cpu_rate:.0f} per CPU-second)",
+            )
+        )
         if workers == 1:
             one_core = cpu_rate
     if rates:
         hours = tree["candidates"] / one_core / 3600
-        print(f"   2-core speed-up {rates[2] / rates[1]:.2f}x (load average now {os.getloadavg()[0]:.1f}); all "
-              f"{tree['candidates']:,} candidates: {hours:.1f} CPU-hours, {hours / 16 * 60:.0f} min on 16 free cores")
-    found, peak, seconds = run_step("patch_tree", root=str(work / "luna16"), out=str(work / "patches"),
-                                    patch_size=args.patch_size)
-    rows.append(line("3. the full-count patch files (sparse)", peak, seconds, f"{found['gb']:.1f} GB of float16 patches"))
+        print(
+            f"   2-core speed-up {rates[2] / rates[1]:.2f}x (load average now {os.getloadavg()[0]:.1f}); all "
+            f"{tree['candidates']:,} candidates: {hours:.1f} CPU-hours, {hours / 16 * 60:.0f} min on 16 free cores"
+        )
+    found, peak, seconds = run_step(
+        "patch_tree", root=str(work / "luna16"), out=str(work / "patches"), patch_size=args.patch_size
+    )
+    rows.append(
+        line("3. the full-count patch files (sparse)", peak, seconds, f"{found['gb']:.1f} GB of float16 patches")
+    )
     found, peak, seconds = run_step("fold_arrays", patches=str(work / "patches"))
-    rows.append(line("4. fold 1: training and validation arrays", peak, seconds,
-                     f"training {found['train_views']:,} views ({found['train_gb']:.2f} GB), validation "
-                     f"{found['val_views']:,} views ({found['val_gb']:.2f} GB), float16"))
-    found, peak, seconds = run_step("predict", patches=str(work / "patches"), batch_size=args.batch_size,
-                                    image_size=args.image_size)
-    rows.append(line("5. fold 1: test fold predicted, streamed", peak, seconds,
-                     f"{found['views']:,} views in batches of {args.batch_size}; the whole fold at float32 would be "
-                     f"{found['float32_gb']:.1f} GB"))
+    rows.append(
+        line(
+            "4. fold 1: training and validation arrays",
+            peak,
+            seconds,
+            f"training {found['train_views']:,} views ({found['train_gb']:.2f} GB), validation "
+            f"{found['val_views']:,} views ({found['val_gb']:.2f} GB), float16",
+        )
+    )
+    found, peak, seconds = run_step(
+        "predict", patches=str(work / "patches"), batch_size=args.batch_size, image_size=args.image_size
+    )
+    rows.append(
+        line(
+            "5. fold 1: test fold predicted, streamed",
+            peak,
+            seconds,
+            f"{found['views']:,} views in batches of {args.batch_size}; the whole fold at float32 would be "
+            f"{found['float32_gb']:.1f} GB",
+        )
+    )
     found, peak, seconds = run_step("fold_arrays", patches=str(work / "patches"), with_test_array=True)
-    rows.append(line("   (fold 1 with the test fold as one array)", peak, seconds,
-                     f"test {found['test_views']:,} views ({found['test_gb']:.2f} GB float16): not streamed"))
+    rows.append(
+        line(
+            "   (fold 1 with the test fold as one array)",
+            peak,
+            seconds,
+            f"test {found['test_views']:,} views ({found['test_gb']:.2f} GB float16): not streamed",
+        )
+    )
     found, peak, seconds = run_step("manifest", out=str(work), scale=args.scale)
-    rows.append(line("6. pretraining manifest: rows, split, CSV", peak, seconds,
-                     f"{found['rows']:,} rows ({found['mb']:.0f} MB), {found['files']:,} training files; "
-                     f"rows {found['rows_seconds']:.1f} s, split {found['split_seconds']:.1f} s, write "
-                     f"{found['write_seconds']:.1f} s, read and group {found['read_and_group_seconds']:.1f} s"))
+    rows.append(
+        line(
+            "6. pretraining manifest: rows, split, CSV",
+            peak,
+            seconds,
+            f"{found['rows']:,} rows ({found['mb']:.0f} MB), {found['files']:,} training files; "
+            f"rows {found['rows_seconds']:.1f} s, split {found['split_seconds']:.1f} s, write "
+            f"{found['write_seconds']:.1f} s, read and group {found['read_and_group_seconds']:.1f} s",
+        )
+    )
     return rows
 
 

@@ -76,12 +76,36 @@ SIZES = {
     "full": Size(),
     # This CPU (a 224 px ResNet50 step of batch 8 takes ~8 s here): the same table at 64 px, in float32 only
     # (float16 has no fast kernels on a CPU: XLA's took minutes for one row).
-    "cpu": Size(image_size=64, batch_size=8, precisions=("float32",), steps=5, repeats=2, feed_batches=8, slices=32,
-                pretrain_backbone="resnet18", pretrain_image_size=64, pretrain_batch_size=8),
-    "tiny": Size(backbones=("resnet18",), image_size=32, crop_size=64, slice_size=96, batch_size=4,
-                 precisions=("float32",), steps=2, repeats=1, feed_batches=2, feed_image_size=32, slices=8,
-                 pretrain_backbone="resnet18",
-                 pretrain_image_size=32, pretrain_batch_size=4, pretrain_steps=4, log_every=2),
+    "cpu": Size(
+        image_size=64,
+        batch_size=8,
+        precisions=("float32",),
+        steps=5,
+        repeats=2,
+        feed_batches=8,
+        slices=32,
+        pretrain_backbone="resnet18",
+        pretrain_image_size=64,
+        pretrain_batch_size=8,
+    ),
+    "tiny": Size(
+        backbones=("resnet18",),
+        image_size=32,
+        crop_size=64,
+        slice_size=96,
+        batch_size=4,
+        precisions=("float32",),
+        steps=2,
+        repeats=1,
+        feed_batches=2,
+        feed_image_size=32,
+        slices=8,
+        pretrain_backbone="resnet18",
+        pretrain_image_size=32,
+        pretrain_batch_size=4,
+        pretrain_steps=4,
+        log_every=2,
+    ),
 }
 
 
@@ -138,8 +162,11 @@ def compiled_unet(backbone, image_size, precision, jit, bn_momentum=None):
     for layer in model.layers:  # As `genesis2d.pretrain` sets it.
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = config.bn_momentum if bn_momentum is None else bn_momentum
-    model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse",
-                  jit_compile=jit)
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm),
+        loss="mse",
+        jit_compile=jit,
+    )
     return model
 
 
@@ -180,15 +207,17 @@ def measure_training(task):
     recipe = BatchRecipe(task["store"], task["batch_size"], task["crop_size"], task["image_size"])
     model = compiled_unet(task["backbone"], task["image_size"], task["precision"], task["jit"])
     held = held_batches(recipe)
-    found = {"memory": float(np.median(epoch_rates(model, cycled(held), task["steps"], task["repeats"],
-                                                   task["batch_size"])))}
+    found = {
+        "memory": float(np.median(epoch_rates(model, cycled(held), task["steps"], task["repeats"], task["batch_size"])))
+    }
     del held
     found["workers"] = None
     if task["workers"]:
         stream = pair_batches(recipe, task["workers"])
         try:
-            found["workers"] = float(np.median(epoch_rates(model, stream, task["steps"], task["repeats"],
-                                                           task["batch_size"])))
+            found["workers"] = float(
+                np.median(epoch_rates(model, stream, task["steps"], task["repeats"], task["batch_size"]))
+            )
         finally:
             stream.close()
     backend, device, _ = backend_device()
@@ -208,14 +237,23 @@ def measure_pretraining(task):
     defaults = PretrainConfig()
     start = time.perf_counter()
     try:
-        history = model.fit(stream, epochs=task["steps"] // task["log_every"], steps_per_epoch=task["log_every"],
-                            verbose=0, callbacks=[LinearWarmUp(defaults.lr, defaults.warmup_steps)])
+        history = model.fit(
+            stream,
+            epochs=task["steps"] // task["log_every"],
+            steps_per_epoch=task["log_every"],
+            verbose=0,
+            callbacks=[LinearWarmUp(defaults.lr, defaults.warmup_steps)],
+        )
     finally:
         stream.close()
     seconds = time.perf_counter() - start
     backend, device, _ = backend_device()
-    return {"losses": [float(v) for v in history.history["loss"]], "seconds": seconds, "device": device,
-            "backend": backend}
+    return {
+        "losses": [float(v) for v in history.history["loss"]],
+        "seconds": seconds,
+        "device": device,
+        "backend": backend,
+    }
 
 
 def measure_device(task):
@@ -225,8 +263,9 @@ def measure_device(task):
 
 def run_task(task):
     """Runs one measurement in a fresh process: {'error': ...} when it fails (out of memory, most often)."""
-    result = subprocess.run([sys.executable, __file__, "--task", json.dumps(task)], capture_output=True, text=True,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, __file__, "--task", json.dumps(task)], capture_output=True, text=True, cwd=ROOT
+    )
     if result.returncode:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         memory = any(word in result.stderr for word in ("RESOURCE_EXHAUSTED", "out of memory", "OOM"))
@@ -240,13 +279,25 @@ def run_task(task):
 def training_table(size, store, jits, feed_workers, gpu):
     """Rows (backbone, precision, jit, batch, result) of part 1."""
     rows = []
-    base = {"store": str(store), "crop_size": size.crop_size, "image_size": size.image_size, "steps": size.steps,
-            "repeats": size.repeats, "kind": "training"}
+    base = {
+        "store": str(store),
+        "crop_size": size.crop_size,
+        "image_size": size.image_size,
+        "steps": size.steps,
+        "repeats": size.repeats,
+        "kind": "training",
+    }
     for backbone in size.backbones:
         for precision in size.precisions:
             for jit in jits:
-                task = {**base, "backbone": backbone, "precision": precision, "jit": jit,
-                        "batch_size": size.batch_size, "workers": feed_workers}
+                task = {
+                    **base,
+                    "backbone": backbone,
+                    "precision": precision,
+                    "jit": jit,
+                    "batch_size": size.batch_size,
+                    "workers": feed_workers,
+                }
                 rows.append((backbone, precision, jit, size.batch_size, run_task(task)))
                 print_row(rows[-1], flush=True)
                 batch = size.batch_size * 2
@@ -262,8 +313,10 @@ def training_table(size, store, jits, feed_workers, gpu):
 
 
 def training_header():
-    return (f"{'backbone':<10} {'precision':<14} {'jit':<5} {'batch':>5} {'memory img/s':>13} "
-            f"{'workers img/s':>14} {'ratio':>6} {'peak GiB':>9}")
+    return (
+        f"{'backbone':<10} {'precision':<14} {'jit':<5} {'batch':>5} {'memory img/s':>13} "
+        f"{'workers img/s':>14} {'ratio':>6} {'peak GiB':>9}"
+    )
 
 
 def print_row(row, flush=False):
@@ -274,8 +327,10 @@ def print_row(row, flush=False):
     workers = f"{found['workers']:14.1f}" if found["workers"] is not None else f"{'-':>14}"
     ratio = f"{found['workers'] / found['memory']:6.2f}" if found["workers"] is not None else f"{'-':>6}"
     peak = f"{found['peak_gib']:9.2f}" if found["peak_gib"] is not None else f"{'-':>9}"
-    print(f"{backbone:<10} {precision:<14} {str(jit):<5} {batch:>5} {found['memory']:13.1f} {workers} {ratio} "
-          f"{peak}", flush=flush)
+    print(
+        f"{backbone:<10} {precision:<14} {str(jit):<5} {batch:>5} {found['memory']:13.1f} {workers} {ratio} {peak}",
+        flush=flush,
+    )
 
 
 def feed_table(size, store, counts):
@@ -288,22 +343,38 @@ def feed_table(size, store, counts):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="full", choices=sorted(SIZES),
-                        help="preset of all sizes below: full (a GPU), cpu (minutes here), tiny (the test). "
-                        "Default: full.")
+    parser.add_argument(
+        "--size",
+        default="full",
+        choices=sorted(SIZES),
+        help="preset of all sizes below: full (a GPU), cpu (minutes here), tiny (the test). Default: full.",
+    )
     for field in dataclasses.fields(Size):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "tuple" or isinstance(field.default, tuple):
             parser.add_argument(flag, nargs="+", help=f"Default: the preset's ({' '.join(field.default)} in full).")
         else:
-            parser.add_argument(flag, type=type(field.default), help=f"Default: the preset's ({field.default} in full).")
-    parser.add_argument("--jit", nargs="+", choices=("off", "on"),
-                        help="jit_compile settings. Default: on under JAX (off would run eagerly); off and on otherwise.")
-    parser.add_argument("--cores", nargs="+", type=int, default=list(WORKER_COUNTS),
-                        help="worker processes for part 2 (counts over this machine's cores are skipped). "
-                        "Default: 1 2 4 8 16.")
-    parser.add_argument("--demo-slices", help="a slice store of the demo corpus (benchmarks/feed.py); "
-                        "default: read from the demo corpus, written on first use (needs the image readers).")
+            parser.add_argument(
+                flag, type=type(field.default), help=f"Default: the preset's ({field.default} in full)."
+            )
+    parser.add_argument(
+        "--jit",
+        nargs="+",
+        choices=("off", "on"),
+        help="jit_compile settings. Default: on under JAX (off would run eagerly); off and on otherwise.",
+    )
+    parser.add_argument(
+        "--cores",
+        nargs="+",
+        type=int,
+        default=list(WORKER_COUNTS),
+        help="worker processes for part 2 (counts over this machine's cores are skipped). Default: 1 2 4 8 16.",
+    )
+    parser.add_argument(
+        "--demo-slices",
+        help="a slice store of the demo corpus (benchmarks/feed.py); "
+        "default: read from the demo corpus, written on first use (needs the image readers).",
+    )
     parser.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3], choices=(1, 2, 3), help="Default: 1 2 3.")
     parser.add_argument("--task", help=argparse.SUPPRESS)  # One measurement, in a child process.
     args = parser.parse_args(argv)
@@ -312,12 +383,19 @@ def main(argv=None):
         measure = {"device": measure_device, "training": measure_training, "pretraining": measure_pretraining}
         print(json.dumps(measure[task["kind"]](task)))
         return None
-    size = dataclasses.replace(SIZES[args.size], **{
-        field.name: tuple(value) if isinstance(field.default, tuple) else value
-        for field in dataclasses.fields(Size) if (value := getattr(args, field.name)) is not None})
+    size = dataclasses.replace(
+        SIZES[args.size],
+        **{
+            field.name: tuple(value) if isinstance(field.default, tuple) else value
+            for field in dataclasses.fields(Size)
+            if (value := getattr(args, field.name)) is not None
+        },
+    )
     if args.demo_slices and not (Path(args.demo_slices) / "shapes.npy").is_file():
-        parser.error(f"--demo-slices {args.demo_slices}: not a slice store (no shapes.npy); write one with "
-                     "`bash tools/gpu_benchmark.sh prepare`")
+        parser.error(
+            f"--demo-slices {args.demo_slices}: not a slice store (no shapes.npy); write one with "
+            "`bash tools/gpu_benchmark.sh prepare`"
+        )
     return run(size, args.jit, args.cores, args.demo_slices, args.parts)
 
 
@@ -335,17 +413,22 @@ def run(size, jit, cores, demo_slices, parts):
             raise SystemExit(f"benchmarks/training.py: Keras does not start: {probe['error']}")
         gpu = probe["gpu"]
         if 1 in parts:
-            print(f"Part 1. U-Net training at {size.image_size}x{size.image_size}, Keras backend {backend}, "
-                  f"{probe['device']}; median of {size.repeats} epochs of {size.steps} steps; workers: "
-                  f"{feed_workers} processes making the numpy distortions", flush=True)
+            print(
+                f"Part 1. U-Net training at {size.image_size}x{size.image_size}, Keras backend {backend}, "
+                f"{probe['device']}; median of {size.repeats} epochs of {size.steps} steps; workers: "
+                f"{feed_workers} processes making the numpy distortions",
+                flush=True,
+            )
             print(training_header(), flush=True)
             results["training"] = training_table(size, store, jits, feed_workers, gpu)
         if 2 in parts:
             counts = [n for n in cores if n <= os.cpu_count()]
             results["feed"] = feed = feed_table(size, store, counts)
-            print(f"\nPart 2. The numpy pretraining input ({size.slice_size}x{size.slice_size} slices, "
-                  f"{size.crop_size} crop, resize to {size.feed_image_size}, all distortions), batch {size.batch_size}; "
-                  f"this machine has {os.cpu_count()} cores")
+            print(
+                f"\nPart 2. The numpy pretraining input ({size.slice_size}x{size.slice_size} slices, "
+                f"{size.crop_size} crop, resize to {size.feed_image_size}, all distortions), batch {size.batch_size}; "
+                f"this machine has {os.cpu_count()} cores"
+            )
             print(f"{'workers':>7} {'pairs/s':>9} {'speed-up':>9}")
             for n in cores:
                 if n in feed:
@@ -355,15 +438,25 @@ def run(size, jit, cores, demo_slices, parts):
         if 3 in parts:
             slices = Path(demo_slices) if demo_slices else demo_store(Path(tmp) / "demo")
             precision = "mixed_float16" if gpu else "float32"  # As `genesis2d.pretrain` picks it.
-            task = {"kind": "pretraining", "store": str(slices), "backbone": size.pretrain_backbone,
-                    "precision": precision, "batch_size": size.pretrain_batch_size, "crop_size": size.crop_size,
-                    "image_size": size.pretrain_image_size, "steps": size.pretrain_steps,
-                    "log_every": size.log_every, "workers": feed_workers}
+            task = {
+                "kind": "pretraining",
+                "store": str(slices),
+                "backbone": size.pretrain_backbone,
+                "precision": precision,
+                "batch_size": size.pretrain_batch_size,
+                "crop_size": size.crop_size,
+                "image_size": size.pretrain_image_size,
+                "steps": size.pretrain_steps,
+                "log_every": size.log_every,
+                "workers": feed_workers,
+            }
             results["pretraining"] = found = run_task(task)
-            print(f"\nPart 3. {size.pretrain_steps} pretraining steps of the {size.pretrain_backbone} U-Net at "
-                  f"{size.pretrain_image_size}, batch {size.pretrain_batch_size}, {precision}, on the demo corpus "
-                  f"({len(np.load(slices / 'shapes.npy'))} training slices), default optimizer (SGD, learning rate "
-                  "1.0, momentum 0.9)")
+            print(
+                f"\nPart 3. {size.pretrain_steps} pretraining steps of the {size.pretrain_backbone} U-Net at "
+                f"{size.pretrain_image_size}, batch {size.pretrain_batch_size}, {precision}, on the demo corpus "
+                f"({len(np.load(slices / 'shapes.npy'))} training slices), default optimizer (SGD, learning rate "
+                "1.0, momentum 0.9)"
+            )
             if "error" in found:
                 print(f"failed: {found['error']}")
             else:
@@ -371,10 +464,17 @@ def run(size, jit, cores, demo_slices, parts):
                 for k, loss in enumerate(found["losses"]):
                     print(f"{k * size.log_every + 1:>4}-{(k + 1) * size.log_every:<4} {loss:10.5f}")
                 steps = len(found["losses"]) * size.log_every
-                verdict = ("diverged (non-finite loss)" if not np.isfinite(found["losses"]).all() else
-                           "falling" if found["losses"][-1] < found["losses"][0] else "NOT falling")
-                print(f"loss {verdict}; {steps * size.pretrain_batch_size / found['seconds']:.1f} images/s "
-                      "over all steps (compilation included)")
+                verdict = (
+                    "diverged (non-finite loss)"
+                    if not np.isfinite(found["losses"]).all()
+                    else "falling"
+                    if found["losses"][-1] < found["losses"][0]
+                    else "NOT falling"
+                )
+                print(
+                    f"loss {verdict}; {steps * size.pretrain_batch_size / found['seconds']:.1f} images/s "
+                    "over all steps (compilation included)"
+                )
     return results
 
 

@@ -143,8 +143,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=224, help="image side. Default: 224.")
     parser.add_argument("--batch", type=int, default=32, help="images per batch. Default: 32.")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="timed batches per method, interleaved; the median is reported. Default: 7.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="timed batches per method, interleaved; the median is reported. Default: 7.",
+    )
     args = parser.parse_args(argv)
     images = np.random.default_rng(0).random((args.batch, args.size, args.size, 1), dtype=np.float32)
     make_pair(images[:2], seed=0)  # Compile (or load) the numba kernel outside the timing.

@@ -50,20 +50,37 @@ class Backbone:
 
 _RESNET_SKIPS = ("stage4_unit1_relu1", "stage3_unit1_relu1", "stage2_unit1_relu1", "relu0")
 _VGG = "keras-applications VGG (through segmentation_models)"
-_RESNET = "qubvel classification_models ResNet (through segmentation_models); its first layer, bn_data, normalises the input"
+_RESNET = (
+    "qubvel classification_models ResNet (through segmentation_models); its first layer, bn_data, normalises the input"
+)
 _ROWS = (
-    Backbone("vgg16", _VGG, ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2"), 512,
-             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("vgg19", _VGG, ("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2"), 512,
-             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone(
+        "vgg16",
+        _VGG,
+        ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2"),
+        512,
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    Backbone(
+        "vgg19",
+        _VGG,
+        ("block5_conv4", "block4_conv4", "block3_conv4", "block2_conv2"),
+        512,
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
     Backbone("resnet18", _RESNET, _RESNET_SKIPS, 512, "resnet18_imagenet_1000_no_top.h5"),
     Backbone("resnet34", _RESNET, _RESNET_SKIPS, 512, "resnet34_imagenet_1000_no_top.h5"),
     Backbone("resnet50", _RESNET, _RESNET_SKIPS, 2048, "resnet50_imagenet_1000_no_top.h5"),
     # The keras.applications ResNet50: the layout of RadImageNet's ResNet50 (and of Keras's own ImageNet file).
-    Backbone("resnet50_keras", "keras.applications ResNet50",
-             ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu"), 2048,
-             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", application="ResNet50",
-             radimagenet_file="RadImageNet-ResNet50_notop.h5"),
+    Backbone(
+        "resnet50_keras",
+        "keras.applications ResNet50",
+        ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu"),
+        2048,
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        application="ResNet50",
+        radimagenet_file="RadImageNet-ResNet50_notop.h5",
+    ),
 )
 BACKBONES = {row.name: row for row in _ROWS}
 RADIMAGENET_SOURCE = "https://github.com/BMEII-AI/RadImageNet (the model weights linked from its README)"
@@ -79,6 +96,7 @@ def image_size(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer. Received: {text!r}") from None
     if value < STRIDE or value % STRIDE:
-        raise argparse.ArgumentTypeError(f"must be a multiple of {STRIDE} (the encoders downsample 5 times). "
-                                         f"Received: {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of {STRIDE} (the encoders downsample 5 times). Received: {value}"
+        )
     return value

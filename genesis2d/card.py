@@ -24,12 +24,18 @@ UNET_FILE = "unet.keras"  # The whole restoration U-Net.
 MODEL_CARD_FILE = "MODEL_CARD.md"  # The card for people.
 PRESET_FILES = (UNET_FILE, ENCODER_WEIGHTS_FILE, ENCODER_FILE, MODEL_CARD_FILE, CARD_FILE)  # Written in this order.
 
-CITATION = ("Zhou Z., Sodha V., Rahman Siddiquee M. M., Feng R., Tajbakhsh N., Gotway M. B., Liang J. Models Genesis: "
-            "Generic Autodidactic Models for 3D Medical Image Analysis. MICCAI 2019. Design of the 2D multi-modality "
-            "variant: the master's thesis 'Comparison of self-supervised and ImageNet pretraining for medical image "
-            "classification'.")
-LICENSE = ("Code: MIT. The weights are derived from the training data listed under 'data'; their use is bound by "
-           "those datasets' terms.")
+CITATION = (
+    "Zhou Z., Sodha V., Rahman Siddiquee M. M., Feng R., Tajbakhsh N., Gotway M. B., Liang J. Models Genesis: "
+    "Generic Autodidactic Models for 3D Medical Image Analysis. MICCAI 2019. Design of the 2D multi-modality "
+    "variant: the master's thesis 'Comparison of self-supervised and ImageNet pretraining for medical image "
+    "classification'."
+)
+LICENSE = (
+    "Code: MIT. The weights are derived from the training data listed under 'data'; their use is bound by "
+    "those datasets' terms."
+)
+
+
 @dataclass(frozen=True)
 class LoadingSnippet:
     """How to load the encoder in one Keras environment: what that needs, and code that runs there as written.
@@ -57,22 +63,28 @@ classifier.compile(optimizer="adam", loss="binary_crossentropy")
 classifier.fit(images, np.array([0.0, 1.0, 0.0, 1.0]), epochs=1, verbose=0)"""
 LOADING = (
     LoadingSnippet(
-        "keras3", "Keras 3, on TensorFlow, JAX or PyTorch",
+        "keras3",
+        "Keras 3, on TensorFlow, JAX or PyTorch",
         "`pip install keras` and one backend: `tensorflow` (Keras's default), or `jax` or `torch` with the "
         "environment variable `KERAS_BACKEND=jax` or `KERAS_BACKEND=torch` set before Python starts.",
-        "import numpy as np\nimport keras\n\n" + _USE),
+        "import numpy as np\nimport keras\n\n" + _USE,
+    ),
     LoadingSnippet(
-        "tf_keras", "tf-keras (Keras 2) on TensorFlow 2.16 and later",
+        "tf_keras",
+        "tf-keras (Keras 2) on TensorFlow 2.16 and later",
         "`pip install tensorflow tf_keras`; `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported (the first lines "
         "set it), so that `tf.keras` is tf-keras rather than Keras 3.",
         'import os\nos.environ["TF_USE_LEGACY_KERAS"] = "1"\nimport numpy as np\nimport tensorflow as tf\n\n'
-        "keras = tf.keras\n" + _USE),
+        "keras = tf.keras\n" + _USE,
+    ),
     LoadingSnippet(
-        "keras2", "Keras 2.15, on TensorFlow 2.15 and earlier",
+        "keras2",
+        "Keras 2.15, on TensorFlow 2.15 and earlier",
         "`pip install tensorflow==2.15.*` and nothing else. Leave `TF_USE_LEGACY_KERAS` unset: TensorFlow 2.15 "
         "obeys it too and then looks for the `tf_keras` package, which a plain install lacks ('Keras cannot be "
         "imported').",
-        "import numpy as np\nimport tensorflow as tf\n\nkeras = tf.keras\n" + _USE),
+        "import numpy as np\nimport tensorflow as tf\n\nkeras = tf.keras\n" + _USE,
+    ),
 )
 
 
@@ -83,19 +95,35 @@ def encoder_card(backbone, normalisation):
     entry = BACKBONES[backbone]
     return {
         "architecture": {
-            "backbone": backbone, "source": entry.library,
-            "layers": {"input": INPUT_NAME, "gray_to_rgb": "Concatenate repeating the grayscale channel three times",
-                       "output": ENCODER_OUTPUT, "skips_deepest_first": list(entry.skips)},
+            "backbone": backbone,
+            "source": entry.library,
+            "layers": {
+                "input": INPUT_NAME,
+                "gray_to_rgb": "Concatenate repeating the grayscale channel three times",
+                "output": ENCODER_OUTPUT,
+                "skips_deepest_first": list(entry.skips),
+            },
         },
-        "input": {"shape": [None, None, None, 1], "sides": f"any multiple of {STRIDE}", "channels": 1,
-                  "channels_note": "one grayscale channel; convert RGB images to gray first. A 3-channel batch is "
-                                   "not accepted: the first layer repeats the channel three times, so Keras stops "
-                                   "at the backbone's first layer with 'expected axis 3 ... to have value 3, but "
-                                   "received input with shape (..., 9)'",
-                  "dtype": "float32", "range": [0.0, 1.0], "normalisation": normalisation},
-        "output": {"layer": ENCODER_OUTPUT, "channels": entry.channels, "stride": STRIDE,
-                   "shape": f"(N, H/{STRIDE}, W/{STRIDE}, {entry.channels})"},
-        "license": LICENSE, "citation": CITATION,
+        "input": {
+            "shape": [None, None, None, 1],
+            "sides": f"any multiple of {STRIDE}",
+            "channels": 1,
+            "channels_note": "one grayscale channel; convert RGB images to gray first. A 3-channel batch is "
+            "not accepted: the first layer repeats the channel three times, so Keras stops "
+            "at the backbone's first layer with 'expected axis 3 ... to have value 3, but "
+            "received input with shape (..., 9)'",
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalisation": normalisation,
+        },
+        "output": {
+            "layer": ENCODER_OUTPUT,
+            "channels": entry.channels,
+            "stride": STRIDE,
+            "shape": f"(N, H/{STRIDE}, W/{STRIDE}, {entry.channels})",
+        },
+        "license": LICENSE,
+        "citation": CITATION,
         "loading": [asdict(snippet) for snippet in LOADING],
     }
 
@@ -104,32 +132,34 @@ def card_markdown(card):
     """MODEL_CARD.md: the card for people."""
     arch, inp, out = card["architecture"], card["input"], card["output"]
     norms = "\n".join(f"  - {k}: {v}" for k, v in inp["normalisation"].items())
-    loading = "\n".join(f"### {s['title']}\nNeeds {s['needs']}\n\n```python\n{s['code']}\n```\n" for s in card["loading"])
+    loading = "\n".join(
+        f"### {s['title']}\nNeeds {s['needs']}\n\n```python\n{s['code']}\n```\n" for s in card["loading"]
+    )
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in card.get("files", {}).items())
-    return f"""# genesis2d encoder: {arch['backbone']}
+    return f"""# genesis2d encoder: {arch["backbone"]}
 
 Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Net.
 
 ## Architecture
-- Backbone: {arch['backbone']}, {arch['source']}.
-- Layers: input `{arch['layers']['input']}` -> `gray_to_rgb` ({arch['layers']['gray_to_rgb']}) -> backbone -> output `{arch['layers']['output']}`.
-- U-Net skip layers, deepest first: {', '.join(f'`{s}`' for s in arch['layers']['skips_deepest_first'])}.
+- Backbone: {arch["backbone"]}, {arch["source"]}.
+- Layers: input `{arch["layers"]["input"]}` -> `gray_to_rgb` ({arch["layers"]["gray_to_rgb"]}) -> backbone -> output `{arch["layers"]["output"]}`.
+- U-Net skip layers, deepest first: {", ".join(f"`{s}`" for s in arch["layers"]["skips_deepest_first"])}.
 
 ## Input
-- Shape (N, H, W, 1), H and W {inp['sides']}; {inp['channels_note']}.
-- {inp['dtype']} in [{inp['range'][0]:g}, {inp['range'][1]:g}], normalised per modality:
+- Shape (N, H, W, 1), H and W {inp["sides"]}; {inp["channels_note"]}.
+- {inp["dtype"]} in [{inp["range"][0]:g}, {inp["range"][1]:g}], normalised per modality:
 {norms}
-- Training crops: {card.get('crop', '')}; input size in training {card.get('input_size')}.
+- Training crops: {card.get("crop", "")}; input size in training {card.get("input_size")}.
 
 ## Output
-- `{out['layer']}`: {out['shape']} ({out['channels']} channels at stride {out['stride']}).
+- `{out["layer"]}`: {out["shape"]} ({out["channels"]} channels at stride {out["stride"]}).
 
 ## Training
-- Data: `{card.get('data')}` (content hash {card.get('data_hash')}).
-- Best epoch {card.get('best_epoch')} of {card.get('epochs')}, chosen on the {card.get('best_epoch_chosen_on')}: {card.get('best_val_loss')}.
-- Last validation loss {card.get('last_val_loss')}, against {card.get('identity_val_loss')} for returning the distorted slices unchanged and {card.get('constant_val_loss')} for the best constant output (restoration learned only if lower than both).
-- Distortions: {card.get('distortions')}. Precision: {card.get('precision')}. Settings: `run.json`.
-- Versions: {', '.join(f'{k} {v}' for k, v in (card.get('versions') or {}).items() if v)}.
+- Data: `{card.get("data")}` (content hash {card.get("data_hash")}).
+- Best epoch {card.get("best_epoch")} of {card.get("epochs")}, chosen on the {card.get("best_epoch_chosen_on")}: {card.get("best_val_loss")}.
+- Last validation loss {card.get("last_val_loss")}, against {card.get("identity_val_loss")} for returning the distorted slices unchanged and {card.get("constant_val_loss")} for the best constant output (restoration learned only if lower than both).
+- Distortions: {card.get("distortions")}. Precision: {card.get("precision")}. Settings: `run.json`.
+- Versions: {", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items() if v)}.
 
 ## Files
 | file | sha256 |
@@ -138,14 +168,14 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 
 `encoder.h5` loads with plain `load_model` in Keras 3 (TensorFlow, JAX or PyTorch backend), tf-keras and
 Keras 2.15; `encoder(x)` is one tensor in each. `encoder.weights.h5` holds the same weights for Keras 3's
-`load_weights` into `genesis2d.unet.build_encoder("{arch['backbone']}", (None, None, 1))`.
+`load_weights` into `genesis2d.unet.build_encoder("{arch["backbone"]}", (None, None, 1))`.
 
 ## Loading
 {loading}
 ## Licence and citation
-{card['license']}
+{card["license"]}
 
-{card['citation']}
+{card["citation"]}
 """
 
 
@@ -187,8 +217,9 @@ def read_card(path):
     else:
         raise InputError(path, "encoder folder or file does not exist (--encoder)")
     if not encoder_file.is_file():
-        raise InputError(folder, f"holds no {ENCODER_FILE} (an encoder folder is what `python genesis2d/train.py` "
-                         "writes)")
+        raise InputError(
+            folder, f"holds no {ENCODER_FILE} (an encoder folder is what `python genesis2d/train.py` writes)"
+        )
     card_path = folder / CARD_FILE
     if not card_path.is_file():
         return EncoderCard(folder, encoder_file)
@@ -199,8 +230,14 @@ def read_card(path):
     backbone = card.get("backbone") if isinstance(card, dict) else None
     if backbone not in BACKBONES:
         raise InputError(card_path, f"names backbone {backbone!r}, not one of {', '.join(sorted(BACKBONES))}")
-    return EncoderCard(folder, encoder_file, backbone, card.get("input_size"),
-                       (card.get("input") or {}).get("normalisation") or card.get("normalisation"), card)
+    return EncoderCard(
+        folder,
+        encoder_file,
+        backbone,
+        card.get("input_size"),
+        (card.get("input") or {}).get("normalisation") or card.get("normalisation"),
+        card,
+    )
 
 
 def find_encoders(root):
@@ -208,5 +245,6 @@ def find_encoders(root):
     root = Path(root)
     if not root.is_dir():
         return []
-    return [read_card(path.parent) for path in sorted(root.glob(f"*/{CARD_FILE}"))
-            if (path.parent / ENCODER_FILE).is_file()]
+    return [
+        read_card(path.parent) for path in sorted(root.glob(f"*/{CARD_FILE}")) if (path.parent / ENCODER_FILE).is_file()
+    ]

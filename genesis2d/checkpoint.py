@@ -49,8 +49,17 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             which keep count but write nothing.
     """
 
-    def __init__(self, directory, steps_per_epoch, every_steps=500, start_step=0, restore=None, extra_state=None,
-                 tracked=(), write=True):
+    def __init__(
+        self,
+        directory,
+        steps_per_epoch,
+        every_steps=500,
+        start_step=0,
+        restore=None,
+        extra_state=None,
+        tracked=(),
+        write=True,
+    ):
         super().__init__()
         self.write = write
         self.tracked = [cb for cb in tracked if _tracked_attributes(cb)]
@@ -93,9 +102,17 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         with atomic_path(self.directory / name) as tmp:
             self.model.save_weights(tmp)
         callbacks = _snapshot(self.tracked)
-        write_json(self.directory / STATE_FILE, {"epoch": epoch, "step": step, "weights": name,
-                                                 "steps_per_epoch": self.steps_per_epoch, "callbacks": callbacks,
-                                                 **self.extra_state()})
+        write_json(
+            self.directory / STATE_FILE,
+            {
+                "epoch": epoch,
+                "step": step,
+                "weights": name,
+                "steps_per_epoch": self.steps_per_epoch,
+                "callbacks": callbacks,
+                **self.extra_state(),
+            },
+        )
         for old in self.directory.glob("ckpt-*.weights.h5"):
             if old.name != name:
                 old.unlink()
@@ -121,8 +138,11 @@ def mark_finished(checkpoint_dir, settings=None):
 
 
 def _snapshot(callbacks):
-    return [{attr: _jsonable(getattr(cb, attr, None)) for attr in _tracked_attributes(cb)}
-            for cb in callbacks if _tracked_attributes(cb)]
+    return [
+        {attr: _jsonable(getattr(cb, attr, None)) for attr in _tracked_attributes(cb)}
+        for cb in callbacks
+        if _tracked_attributes(cb)
+    ]
 
 
 def _tracked_attributes(callback):
@@ -139,8 +159,18 @@ def _jsonable(value):
         return None
 
 
-def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_dir, every_steps=500, resume=False,
-                  extra_state=None, **fit_kwargs):
+def fit_resumable(
+    model,
+    data,
+    epochs,
+    steps_per_epoch,
+    callbacks,
+    checkpoint_dir,
+    every_steps=500,
+    resume=False,
+    extra_state=None,
+    **fit_kwargs,
+):
     """`model.fit` that checkpoints as it goes and, with `resume=True`, continues a killed run.
 
     A run killed mid-epoch resumes with the remaining steps of that epoch, then
@@ -161,12 +191,25 @@ def fit_resumable(model, data, epochs, steps_per_epoch, callbacks, checkpoint_di
     restore = state
     while epoch < epochs:
         steps = steps_per_epoch - step
-        checkpoint = ResumableCheckpoint(checkpoint_dir, steps_per_epoch, every_steps, start_step=step,
-                                         restore=restore, extra_state=extra_state, tracked=callbacks)
+        checkpoint = ResumableCheckpoint(
+            checkpoint_dir,
+            steps_per_epoch,
+            every_steps,
+            start_step=step,
+            restore=restore,
+            extra_state=extra_state,
+            tracked=callbacks,
+        )
         last = epoch + 1 if step else epochs  # A partial epoch is fitted on its own, then full ones.
         stream = data(epoch * steps_per_epoch + step) if callable(data) else data
-        history = model.fit(stream, initial_epoch=epoch, epochs=last, steps_per_epoch=steps,
-                            callbacks=[*callbacks, checkpoint], **fit_kwargs)
+        history = model.fit(
+            stream,
+            initial_epoch=epoch,
+            epochs=last,
+            steps_per_epoch=steps,
+            callbacks=[*callbacks, checkpoint],
+            **fit_kwargs,
+        )
         histories.append(history)
         # The next fit resets the callbacks in on_train_begin: carry their counters over.
         restore, step = {"callbacks": _snapshot(callbacks)}, 0

@@ -22,8 +22,11 @@ def demo_manifest():
     manifest = corpus / "manifest.csv"  # Inside the corpus folder: rewritten with it.
     if not manifest.exists():
         # Few demo patients per dataset: 60/20/20 so that val and test are not empty.
-        write_manifest(ManifestOptions(datasets=str(corpus / "datasets.yaml"), root=str(corpus), out=str(manifest),
-                                       fractions=[0.6, 0.2, 0.2]))
+        write_manifest(
+            ManifestOptions(
+                datasets=str(corpus / "datasets.yaml"), root=str(corpus), out=str(manifest), fractions=[0.6, 0.2, 0.2]
+            )
+        )
     return manifest
 
 
@@ -48,11 +51,17 @@ def data_source(manifest=None, shards=None):
     files = pd.Series(frame["path"].unique())
     missing = files[~files.map(lambda p: Path(p).exists())]
     if len(missing) == len(files):
-        raise InputError(manifest, f"none of its {len(files)} files exist (e.g. {missing.iloc[0]}); was it written "
-                             "for another machine or folder?")
+        raise InputError(
+            manifest,
+            f"none of its {len(files)} files exist (e.g. {missing.iloc[0]}); was it written "
+            "for another machine or folder?",
+        )
     if len(missing):
-        print(f"warning: {manifest}: {len(missing)} of its {len(files)} files do not exist (e.g. {missing.iloc[0]}); "
-              "their slices are skipped.", file=sys.stderr)
+        print(
+            f"warning: {manifest}: {len(missing)} of its {len(files)} files do not exist (e.g. {missing.iloc[0]}); "
+            "their slices are skipped.",
+            file=sys.stderr,
+        )
     counts = frame["split"].value_counts().to_dict()
     return manifest, counts, manifest_hash(manifest)
 
@@ -61,10 +70,15 @@ def checked_data(config):
     """(source, {split: slices}, content hash) of the run's data, once it holds a training batch and a val split."""
     source, counts, data_hash = data_source(config.manifest, config.shards)
     if counts.get("train", 0) < config.batch_size:
-        raise InputError(source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}")
+        raise InputError(
+            source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}"
+        )
     if not counts.get("val", 0):
-        raise InputError(source, "has no validation slices, on which the best epoch is chosen; give it a val split "
-                             "(`python -m preprocessing.manifest --fractions`)")
+        raise InputError(
+            source,
+            "has no validation slices, on which the best epoch is chosen; give it a val split "
+            "(`python -m preprocessing.manifest --fractions`)",
+        )
     return source, counts, data_hash
 
 
@@ -84,16 +98,30 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
     from preprocessing.pipeline import make_dataset, ordered
 
     seed = config.seed if share is None else derive_seed(config.seed, STREAM_WORKER_DATA, share[0])
-    images = make_dataset(source, split, batch_size or config.batch_size, config.crop_size, config.image_size,
-                          training=training, shuffle_buffer=config.shuffle_buffer, seed=seed, drop_remainder=training,
-                          share=share)
+    images = make_dataset(
+        source,
+        split,
+        batch_size or config.batch_size,
+        config.crop_size,
+        config.image_size,
+        training=training,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=seed,
+        drop_remainder=training,
+        share=share,
+    )
     rates = config.distortions.make_pair_kwargs()
     if first_batch:
         images = images.skip(first_batch)
-    return images.enumerate(start=first_batch).map(
-        lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training),
-    ).prefetch(tf.data.AUTOTUNE)
+    return (
+        images.enumerate(start=first_batch)
+        .map(
+            lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=ordered(training),
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def worker_datasets(source, config, strategy, first_step, worker, workers):
@@ -110,13 +138,22 @@ def worker_datasets(source, config, strategy, first_step, worker, workers):
 
     def train_fn(context):
         seed = derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, context.input_pipeline_id)
-        return pairs(source, "train", config, True, seed, context.get_per_replica_batch_size(config.batch_size),
-                     share(context), first_batch=first_step)
+        return pairs(
+            source,
+            "train",
+            config,
+            True,
+            seed,
+            context.get_per_replica_batch_size(config.batch_size),
+            share(context),
+            first_batch=first_step,
+        )
 
     def val_fn(context):
         seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS, context.input_pipeline_id)
-        return pairs(source, "val", config, False, seed, context.get_per_replica_batch_size(config.batch_size),
-                     share(context))
+        return pairs(
+            source, "val", config, False, seed, context.get_per_replica_batch_size(config.batch_size), share(context)
+        )
 
     train = strategy.distribute_datasets_from_function(train_fn)
     samples = val_fn(tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync))

@@ -55,7 +55,7 @@ def broadcast_from_chief(strategy, tensors):
     out, start = [], 0
     for tensor in tensors:
         size = int(np.prod(tensor.shape))
-        out.append(tf.cast(tf.reshape(reduced[start:start + size], tensor.shape), tensor.dtype))
+        out.append(tf.cast(tf.reshape(reduced[start : start + size], tensor.shape), tensor.dtype))
         start += size
     return out
 
@@ -106,8 +106,9 @@ def make_train_step(model, strategy, global_batch_size):
 
     def replica_step(inputs, targets):
         with tf.GradientTape() as tape:
-            loss = tf.nn.compute_average_loss(per_example_mse(model, inputs, targets, True),
-                                              global_batch_size=global_batch_size)
+            loss = tf.nn.compute_average_loss(
+                per_example_mse(model, inputs, targets, True), global_batch_size=global_batch_size
+            )
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             objective = optimizer.scale_loss(loss) if scaled else loss
@@ -116,11 +117,17 @@ def make_train_step(model, strategy, global_batch_size):
             # Each replica decides from its own gradients whether to skip the step and halve the
             # loss scale; a single overflow anywhere must make every replica decide the same.
             context = tf.distribute.get_replica_context()
-            overflow = tf.cast(tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                                                             for g in gradients if g is not None])), tf.float32)
+            overflow = tf.cast(
+                tf.logical_not(
+                    tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+                ),
+                tf.float32,
+            )
             overflow = context.all_reduce(tf.distribute.ReduceOp.SUM, overflow)
-            gradients = [g if g is None else tf.where(overflow > 0, tf.fill(tf.shape(g), tf.cast(np.nan, g.dtype)), g)
-                         for g in gradients]
+            gradients = [
+                g if g is None else tf.where(overflow > 0, tf.fill(tf.shape(g), tf.cast(np.nan, g.dtype)), g)
+                for g in gradients
+            ]
         optimizer.apply(gradients, model.trainable_variables)
         return loss
 
@@ -144,8 +151,10 @@ def make_evaluate(model, strategy):
     @tf.function
     def step(inputs, targets):
         total, count = strategy.run(replica_step, args=(inputs, targets))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None),
+        )
 
     def evaluate(dataset, max_steps=None):
         # Workers whose share is used up send empty batches until every worker is done.
@@ -165,9 +174,23 @@ def _print_epoch(epoch, epochs, logs, seconds):
     print(f"Epoch {epoch + 1}/{epochs} - {seconds:.0f}s - {items}", flush=True)
 
 
-def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, steps_per_epoch, callbacks,
-                    checkpoint_dir, every_steps=500, state=None, chief=True, validation_steps=None, verbose=1,
-                    extra_state=None):
+def fit_multiworker(
+    model,
+    strategy,
+    train,
+    val,
+    global_batch_size,
+    epochs,
+    steps_per_epoch,
+    callbacks,
+    checkpoint_dir,
+    every_steps=500,
+    state=None,
+    chief=True,
+    validation_steps=None,
+    verbose=1,
+    extra_state=None,
+):
     """Trains like `genesis2d.checkpoint.fit_resumable`, with the custom step above, on every worker.
 
     Args:
@@ -194,10 +217,18 @@ def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, step
     epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
     if state and state.get("steps_per_epoch") != steps_per_epoch:
         step = 0  # Different epoch length: restart the interrupted epoch rather than guess.
-    checkpoint = ResumableCheckpoint(checkpoint_dir, steps_per_epoch, every_steps, start_step=step, tracked=callbacks,
-                                     write=chief, extra_state=extra_state)
-    callback_list = keras.callbacks.CallbackList([*callbacks, checkpoint], model=model, epochs=epochs,
-                                                 steps=steps_per_epoch, verbose=0)
+    checkpoint = ResumableCheckpoint(
+        checkpoint_dir,
+        steps_per_epoch,
+        every_steps,
+        start_step=step,
+        tracked=callbacks,
+        write=chief,
+        extra_state=extra_state,
+    )
+    callback_list = keras.callbacks.CallbackList(
+        [*callbacks, checkpoint], model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
+    )
     model.stop_training = False
     callback_list.on_train_begin()
     restore_counters(callbacks, (state or {}).get("callbacks"))  # After on_train_begin, which resets them.
@@ -210,9 +241,11 @@ def fit_multiworker(model, strategy, train, val, global_batch_size, epochs, step
             callback_list.on_train_batch_begin(batch)
             total += float(train_step(iterator))
             callback_list.on_train_batch_end(batch, {"loss": total / (batch + 1)})
-        logs = {"loss": total / max(1, steps_per_epoch - step),
-                "val_loss": evaluate(val(), validation_steps),
-                "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))}
+        logs = {
+            "loss": total / max(1, steps_per_epoch - step),
+            "val_loss": evaluate(val(), validation_steps),
+            "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        }
         if chief and verbose:
             _print_epoch(epoch, epochs, logs, time.time() - started)
         callback_list.on_epoch_end(epoch, logs)

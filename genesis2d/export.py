@@ -162,16 +162,22 @@ def make_reporter(model, out, backbone, sample_pair, card):
                 self.writer = tf.summary.create_file_writer(str(out / "logs" / "samples"))
             strip = np.concatenate([inputs, restored.astype(np.float32), targets], axis=2)
             with self.writer.as_default():
-                tf.summary.image("input | restored | target", np.clip(strip, 0, 1), step=epoch + 1,
-                                 max_outputs=len(strip))
+                tf.summary.image(
+                    "input | restored | target", np.clip(strip, 0, 1), step=epoch + 1, max_outputs=len(strip)
+                )
             self.writer.flush()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             inputs, targets = sample_pair
             restored = np.asarray(model(inputs, training=False))
-            plot_samples(out / f"samples_epoch{epoch + 1:03d}.png", inputs, restored, targets,
-                         f"epoch {epoch + 1}: input / restored / target")
+            plot_samples(
+                out / f"samples_epoch{epoch + 1:03d}.png",
+                inputs,
+                restored,
+                targets,
+                f"epoch {epoch + 1}: input / restored / target",
+            )
             self.log_images(epoch, inputs, restored, targets)
             if (out / "history.csv").exists():
                 plot_losses(out / "loss_curves.png", out / "history.csv")

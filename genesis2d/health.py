@@ -34,7 +34,7 @@ def restoration_baselines(pairs, steps=None):
     for distorted, target in pairs.take(steps if steps else -1):
         distorted, target = np.asarray(distorted, np.float64), np.asarray(target, np.float64)
         total += float(np.sum((distorted - target) ** 2))
-        sums, squares, count = sums + float(np.sum(target)), squares + float(np.sum(target ** 2)), count + target.size
+        sums, squares, count = sums + float(np.sum(target)), squares + float(np.sum(target**2)), count + target.size
     count = max(count, 1)
     return total / count, max(squares / count - (sums / count) ** 2, 0.0)
 
@@ -61,10 +61,14 @@ def check_health(features, restored, targets):
     """None if the encoder's features and the restored slices look healthy, else what went wrong."""
     largest = float(np.max(np.abs(features))) if np.size(features) else 0.0
     if not np.isfinite(largest) or largest > ACTIVATION_LIMIT:
-        return f"the encoder's activations blew up (largest {largest:.3g}, healthy ones stay under {ACTIVATION_LIMIT:g})"
+        return (
+            f"the encoder's activations blew up (largest {largest:.3g}, healthy ones stay under {ACTIVATION_LIMIT:g})"
+        )
     if collapsed(restored, targets):
-        return (f"the restored slices collapsed to a constant (their spread {float(np.std(restored)):.3g} against "
-                f"the targets' {float(np.std(targets)):.3g})")
+        return (
+            f"the restored slices collapsed to a constant (their spread {float(np.std(restored)):.3g} against "
+            f"the targets' {float(np.std(targets)):.3g})"
+        )
     return None
 
 
@@ -111,9 +115,12 @@ def health_guard(sample_pair, lr, every_steps=0):
                 if collapsed(batch_statistics_output(self.model, inputs), targets):
                     self.stop(f"{problem} even with the batch's own BatchNorm statistics")
                 if not self.lag_said:
-                    print(f"note: step {self.step()}: the restored slices are constant through the moving BatchNorm "
-                          "statistics but not with the batch's own: the statistics still lag the weights (the "
-                          "validation loss shows it until they catch up); going on.", flush=True)
+                    print(
+                        f"note: step {self.step()}: the restored slices are constant through the moving BatchNorm "
+                        "statistics but not with the batch's own: the statistics still lag the weights (the "
+                        "validation loss shows it until they catch up); going on.",
+                        flush=True,
+                    )
                     self.lag_said = True
             elif problem:
                 self.stop(problem)

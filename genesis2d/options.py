@@ -28,14 +28,23 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 DEMO_CONFIG = CONFIG_DIR / "demo_pretrain.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MG = "Models Genesis"
-DATA, MODEL, TRAINING, DISTORT, OUTPUT = ("data", "model", "training",
-                                          "distortions (public Models Genesis code's rates)", "output")
-WARMUP_SOURCE = ("this project's choice, measured with benchmarks/pretrain_defaults.py: it keeps Models Genesis's "
-                 "peak and eases the moving BatchNorm statistics in")
-BN_SOURCE = ("this project's choice: PyTorch's default (momentum=0.1 there), which the public Models Genesis PyTorch "
-             "code keeps (its BatchNorm always uses the batch's statistics); Keras's 0.99 lags weights trained at "
-             "learning rate 1.0 for hundreds of steps, so the validation output reads as a constant "
-             "(benchmarks/pretrain_defaults.py)")
+DATA, MODEL, TRAINING, DISTORT, OUTPUT = (
+    "data",
+    "model",
+    "training",
+    "distortions (public Models Genesis code's rates)",
+    "output",
+)
+WARMUP_SOURCE = (
+    "this project's choice, measured with benchmarks/pretrain_defaults.py: it keeps Models Genesis's "
+    "peak and eases the moving BatchNorm statistics in"
+)
+BN_SOURCE = (
+    "this project's choice: PyTorch's default (momentum=0.1 there), which the public Models Genesis PyTorch "
+    "code keeps (its BatchNorm always uses the batch's statistics); Keras's 0.99 lags weights trained at "
+    "learning rate 1.0 for hundreds of steps, so the validation output reads as a constant "
+    "(benchmarks/pretrain_defaults.py)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +71,12 @@ def _encoder_weights(text):
 
 def _local_blocks_help():
     n, size = transforms.N_BLOCKS, IMAGE_SIZE
-    return (f"blocks shuffled by local pixel shuffling, each of sides 1..size/10. Default: {n:,} (the public Models "
-            f"Genesis code's count for 64x64x32 cubes, where ~{transforms.blocks_per_pixel(n, 64, 32):.1f} blocks "
-            f"cover a voxel; at {size}x{size} ~{transforms.blocks_per_pixel(n, size):.0f} cover each pixel, so the "
-            "whole slice is shuffled when it fires; see docs/distortions_224.png).")
+    return (
+        f"blocks shuffled by local pixel shuffling, each of sides 1..size/10. Default: {n:,} (the public Models "
+        f"Genesis code's count for 64x64x32 cubes, where ~{transforms.blocks_per_pixel(n, 64, 32):.1f} blocks "
+        f"cover a voxel; at {size}x{size} ~{transforms.blocks_per_pixel(n, size):.0f} cover each pixel, so the "
+        "whole slice is shuffled when it fires; see docs/distortions_224.png)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,55 +84,103 @@ class PretrainConfig:
     """Every setting of a pretraining run, resolved; one field per option of `python genesis2d/train.py`."""
 
     manifest: str = option(None, "manifest CSV from `python -m preprocessing.manifest`.", group=DATA, reuse=False)
-    shards: str = option(None, "folder of TFRecord shards from `python -m preprocessing.shards` (faster).",
-                         group=DATA, reuse=False)
-    crop_size: int = option(CROP_SIZE, "random crop side before resizing.", source="thesis 3.1.8", group=DATA,
-                            type=int)
-    image_size: int = option(IMAGE_SIZE, "network input side, a multiple of 32.", source="thesis 3.1.8",
-                             group=DATA, type=image_size)
+    shards: str = option(
+        None, "folder of TFRecord shards from `python -m preprocessing.shards` (faster).", group=DATA, reuse=False
+    )
+    crop_size: int = option(CROP_SIZE, "random crop side before resizing.", source="thesis 3.1.8", group=DATA, type=int)
+    image_size: int = option(
+        IMAGE_SIZE, "network input side, a multiple of 32.", source="thesis 3.1.8", group=DATA, type=image_size
+    )
     shuffle_buffer: int = option(512, "slices held for shuffling.", group=DATA, type=int)
     backbone: str = option("resnet50", "encoder.", group=MODEL, choices=sorted(BACKBONES))
-    norm: str = option("batch", "decoder normalisation.", source="thesis 3.1.11", group=MODEL,
-                       choices=("batch", "instance", "none"))
-    bn_momentum: float = option(0.9, "BatchNormalization momentum of the moving statistics (used for validation and "
-                                "in the exported encoder).", source=BN_SOURCE, group=MODEL, type=float)
-    encoder_weights: str = option(None, "start the encoder from ImageNet instead of random weights. Default: none.",
-                                  group=MODEL, choices=(None, "imagenet"), type=_encoder_weights)
-    batch_size: int = option(32, "global batch size.", source="this project's choice; Models Genesis: 6 cubes",
-                             group=TRAINING, type=int)
-    epochs: int = option(100, "maximum epochs.", source="this project's choice; Models Genesis: 10,000 under early "
-                         "stopping", group=TRAINING, type=int)
-    steps_per_epoch: int = option(None, "training steps per epoch. Default: one pass over the training slices.",
-                                  group=TRAINING, type=int)
-    validation_steps: int = option(None, "validation batches per epoch. Default: the whole validation split.",
-                                   group=TRAINING, type=int)
-    optimizer: str = option("sgd", "with adam, a CPU run is not bit-for-bit repeatable (Keras's Adam under "
-                            "TensorFlow: two runs of one seed drift apart from the first epoch's 5th significant "
-                            "digit).", source=MG, group=TRAINING, choices=("sgd", "adam"))
-    lr: float = option(1.0, "peak learning rate, reached at the end of the warm-up. A run whose encoder blows up or "
-                       "whose output stays constant stops and says so: lower it then.", source=f"{MG}, with SGD",
-                       group=TRAINING, type=float)
+    norm: str = option(
+        "batch", "decoder normalisation.", source="thesis 3.1.11", group=MODEL, choices=("batch", "instance", "none")
+    )
+    bn_momentum: float = option(
+        0.9,
+        "BatchNormalization momentum of the moving statistics (used for validation and in the exported encoder).",
+        source=BN_SOURCE,
+        group=MODEL,
+        type=float,
+    )
+    encoder_weights: str = option(
+        None,
+        "start the encoder from ImageNet instead of random weights. Default: none.",
+        group=MODEL,
+        choices=(None, "imagenet"),
+        type=_encoder_weights,
+    )
+    batch_size: int = option(
+        32, "global batch size.", source="this project's choice; Models Genesis: 6 cubes", group=TRAINING, type=int
+    )
+    epochs: int = option(
+        100,
+        "maximum epochs.",
+        source="this project's choice; Models Genesis: 10,000 under early stopping",
+        group=TRAINING,
+        type=int,
+    )
+    steps_per_epoch: int = option(
+        None, "training steps per epoch. Default: one pass over the training slices.", group=TRAINING, type=int
+    )
+    validation_steps: int = option(
+        None, "validation batches per epoch. Default: the whole validation split.", group=TRAINING, type=int
+    )
+    optimizer: str = option(
+        "sgd",
+        "with adam, a CPU run is not bit-for-bit repeatable (Keras's Adam under "
+        "TensorFlow: two runs of one seed drift apart from the first epoch's 5th significant "
+        "digit).",
+        source=MG,
+        group=TRAINING,
+        choices=("sgd", "adam"),
+    )
+    lr: float = option(
+        1.0,
+        "peak learning rate, reached at the end of the warm-up. A run whose encoder blows up or "
+        "whose output stays constant stops and says so: lower it then.",
+        source=f"{MG}, with SGD",
+        group=TRAINING,
+        type=float,
+    )
     momentum: float = option(0.9, "SGD momentum.", source=MG, group=TRAINING, type=float)
-    warmup_steps: int = option(32, "steps over which the learning rate rises linearly from --lr/N to --lr; "
-                               "ReduceLROnPlateau waits for its end. 0: --lr from the first step (as Models Genesis).",
-                               source=WARMUP_SOURCE, group=TRAINING, type=int)
-    clipnorm: float = option(None, "clip the gradients' global norm to this. Default: no clipping.",
-                             group=TRAINING, type=float)
+    warmup_steps: int = option(
+        32,
+        "steps over which the learning rate rises linearly from --lr/N to --lr; "
+        "ReduceLROnPlateau waits for its end. 0: --lr from the first step (as Models Genesis).",
+        source=WARMUP_SOURCE,
+        group=TRAINING,
+        type=int,
+    )
+    clipnorm: float = option(
+        None, "clip the gradients' global norm to this. Default: no clipping.", group=TRAINING, type=float
+    )
     lr_factor: float = option(0.5, "ReduceLROnPlateau factor.", source=MG, group=TRAINING, type=float)
     lr_patience: int = option(10, "epochs without improvement before reducing.", source=MG, group=TRAINING, type=int)
     min_lr: float = option(1e-6, "lowest learning rate.", source=MG, group=TRAINING, type=float)
-    early_stopping_patience: int = option(50, "epochs without a better validation loss before stopping.", source=MG,
-                                          group=TRAINING, type=int)
+    early_stopping_patience: int = option(
+        50, "epochs without a better validation loss before stopping.", source=MG, group=TRAINING, type=int
+    )
     cluster: str = option(
-        "auto", "where the workers of a multi-machine run are listed: auto reads TF_CONFIG (several tasks there: "
+        "auto",
+        "where the workers of a multi-machine run are listed: auto reads TF_CONFIG (several tasks there: "
         "train on all of them), slurm reads the allocation of `srun`. Each worker reads its own share of the data; "
         "--batch-size stays the global batch; worker 0 writes the outputs. TensorFlow's channel between workers "
         "listens on every interface, unauthenticated: use a private network. Default: auto (one machine without "
-        "TF_CONFIG).", group=TRAINING, reuse=False, choices=("auto", "slurm"))
+        "TF_CONFIG).",
+        group=TRAINING,
+        reuse=False,
+        choices=("auto", "slurm"),
+    )
     cluster_timeout: float = option(
-        CLUSTER_TIMEOUT, "seconds a worker of a multi-machine run waits for the others (naming the missing ones "
-        f"every {REPORT_EVERY} s) before it stops.", source="this project's choice", group=TRAINING, reuse=False,
-        type=float)
+        CLUSTER_TIMEOUT,
+        "seconds a worker of a multi-machine run waits for the others (naming the missing ones "
+        f"every {REPORT_EVERY} s) before it stops.",
+        source="this project's choice",
+        group=TRAINING,
+        reuse=False,
+        type=float,
+    )
     precision: str = runtime("precision", group=TRAINING)
     seed: int = runtime("seed", group=TRAINING)
     deterministic: bool = runtime("deterministic", reuse=False, group=TRAINING)
@@ -131,26 +190,46 @@ class PretrainConfig:
     local_blocks: int = option(transforms.N_BLOCKS, _local_blocks_help(), group=DISTORT, type=int)
     nonlinear_rate: float = option(transforms.NONLINEAR_RATE, "", group=DISTORT, type=float)
     paint_rate: float = option(transforms.PAINT_RATE, "", group=DISTORT, type=float)
-    inpaint_rate: float = option(transforms.INPAINT_RATE, "share of painting that is in-painting.", group=DISTORT,
-                                 type=float)
-    out: str = option(None, "output folder. Default: weights/genesis2d_<backbone>_<norm>/ "
-                      "(runs/demo_genesis2d_<backbone>_<norm>/ for the demo corpus).", group=OUTPUT, reuse=False)
-    resume: bool = option(False, "continue the unfinished run in --out from its last checkpoint, bit for bit the run "
-                          "that was never stopped (on a CPU); with more --epochs, continue a finished one.",
-                          group=OUTPUT, reuse=False, action="store_true")
-    overwrite: bool = option(False, "replace a finished run in --out made with other settings or data. Default: a "
-                             "finished run with the same settings and data is kept and reused; with others the "
-                             "command stops, naming what changed.", group=OUTPUT, reuse=False, action="store_true")
-    checkpoint_every: int = option(500, "steps between mid-epoch checkpoints (and health checks of the encoder and "
-                                   "its output).", group=OUTPUT, reuse=False, type=int)
-    samples: int = option(4, "validation samples drawn in each epoch's PNG grid.", group=OUTPUT, reuse=False,
-                          type=int)
+    inpaint_rate: float = option(
+        transforms.INPAINT_RATE, "share of painting that is in-painting.", group=DISTORT, type=float
+    )
+    out: str = option(
+        None,
+        "output folder. Default: weights/genesis2d_<backbone>_<norm>/ "
+        "(runs/demo_genesis2d_<backbone>_<norm>/ for the demo corpus).",
+        group=OUTPUT,
+        reuse=False,
+    )
+    resume: bool = option(
+        False,
+        "continue the unfinished run in --out from its last checkpoint, bit for bit the run "
+        "that was never stopped (on a CPU); with more --epochs, continue a finished one.",
+        group=OUTPUT,
+        reuse=False,
+        action="store_true",
+    )
+    overwrite: bool = option(
+        False,
+        "replace a finished run in --out made with other settings or data. Default: a "
+        "finished run with the same settings and data is kept and reused; with others the "
+        "command stops, naming what changed.",
+        group=OUTPUT,
+        reuse=False,
+        action="store_true",
+    )
+    checkpoint_every: int = option(
+        500,
+        "steps between mid-epoch checkpoints (and health checks of the encoder and its output).",
+        group=OUTPUT,
+        reuse=False,
+        type=int,
+    )
+    samples: int = option(4, "validation samples drawn in each epoch's PNG grid.", group=OUTPUT, reuse=False, type=int)
 
     @property
     def distortions(self):
         """The distortion rates of this run, as `make_pair` takes them (`DistortionRates`)."""
-        return DistortionRates(**{item.name: getattr(self, item.name)
-                                  for item in dataclasses.fields(DistortionRates)})
+        return DistortionRates(**{item.name: getattr(self, item.name) for item in dataclasses.fields(DistortionRates)})
 
     def record(self):
         """A JSON-able dict of the settings, written to run.json."""
@@ -164,10 +243,13 @@ RATES = DistortionRates()
 def build_parser():
     """The parser of `python genesis2d/train.py`, read off PretrainConfig's fields."""
     return build_options_parser(
-        PretrainConfig, "python genesis2d/train.py",
+        PretrainConfig,
+        "python genesis2d/train.py",
         "Models Genesis pretraining of a 2D U-Net on CT, MRI and X-ray slices. With no --manifest or --shards, trains "
         "on the built-in demo corpus (generated on first use) with the small settings of "
-        "genesis2d/configs/demo_pretrain.yaml.", seeds="weights, data order, crops and distortions")
+        "genesis2d/configs/demo_pretrain.yaml.",
+        seeds="weights, data order, crops and distortions",
+    )
 
 
 def resolve(config):
@@ -177,7 +259,11 @@ def resolve(config):
     if config.out:
         return config
     demo = not (config.manifest or config.shards)  # Demo encoders go under runs/: weights/ holds real data's only.
-    out = PROJECT_ROOT / ("runs" if demo else "weights") / f"{'demo_' if demo else ''}genesis2d_{config.backbone}_{config.norm}"
+    out = (
+        PROJECT_ROOT
+        / ("runs" if demo else "weights")
+        / f"{'demo_' if demo else ''}genesis2d_{config.backbone}_{config.norm}"
+    )
     return dataclasses.replace(config, out=str(out))
 
 

@@ -19,7 +19,9 @@ def _clean(value):
     """Drops Keras-3-only arguments inside serialized objects (initializers, regularizers)."""
     if isinstance(value, dict):
         if isinstance(value.get("config"), dict) and "class_name" in value:
-            return dict(value, config={k: _clean(v) for k, v in value["config"].items() if k not in KERAS3_ONLY_ARGUMENTS})
+            return dict(
+                value, config={k: _clean(v) for k, v in value["config"].items() if k not in KERAS3_ONLY_ARGUMENTS}
+            )
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v) for v in value]
@@ -45,7 +47,9 @@ def _node(node):
     references = []
     for argument in node.get("args", []):
         tensors = argument if isinstance(argument, list) else [argument]
-        references += [_tensor_reference(t) for t in tensors if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__"]
+        references += [
+            _tensor_reference(t) for t in tensors if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__"
+        ]
     return references
 
 
@@ -57,8 +61,12 @@ def _layer(layer):
         config.pop("optional", None)
     if "dtype" in config:
         config["dtype"] = _dtype(config["dtype"])
-    return {"class_name": layer["class_name"], "config": config, "name": layer["name"],
-            "inbound_nodes": [_node(n) for n in layer.get("inbound_nodes", [])]}
+    return {
+        "class_name": layer["class_name"],
+        "config": config,
+        "name": layer["name"],
+        "inbound_nodes": [_node(n) for n in layer.get("inbound_nodes", [])],
+    }
 
 
 def _one_or_many(references):
@@ -76,11 +84,16 @@ def _one_or_many(references):
 def keras2_config(config):
     """A functional model's config (as Keras 3 serializes it) in the schema of Keras 2."""
     inner = config["config"]
-    return {"class_name": "Functional", "config": {
-        "name": inner["name"], "trainable": inner.get("trainable", True),
-        "layers": [_layer(layer) for layer in inner["layers"]],
-        "input_layers": _one_or_many(inner["input_layers"]), "output_layers": _one_or_many(inner["output_layers"]),
-    }}
+    return {
+        "class_name": "Functional",
+        "config": {
+            "name": inner["name"],
+            "trainable": inner.get("trainable", True),
+            "layers": [_layer(layer) for layer in inner["layers"]],
+            "input_layers": _one_or_many(inner["input_layers"]),
+            "output_layers": _one_or_many(inner["output_layers"]),
+        },
+    }
 
 
 def make_portable(path):

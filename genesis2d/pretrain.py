@@ -24,13 +24,30 @@ from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, STREAM_VAL_DISTORTIONS, d
 from preprocessing.normalize import HU_MAX, HU_MIN
 
 __all__ = [  # What callers (the study, the tests, `genesis2d/train.py`) import from here.
-    "BEST_FILES", "DEMO_CONFIG", "make_optimizer", "STAGING", "DistortionRates", "PretrainConfig", "build_parser", "commit_export",
-    "data_source", "demo_manifest", "export_best", "export_encoder", "main", "pairs", "parse_args", "resolve",
-    "run", "unfinished",
+    "BEST_FILES",
+    "DEMO_CONFIG",
+    "make_optimizer",
+    "STAGING",
+    "DistortionRates",
+    "PretrainConfig",
+    "build_parser",
+    "commit_export",
+    "data_source",
+    "demo_manifest",
+    "export_best",
+    "export_encoder",
+    "main",
+    "pairs",
+    "parse_args",
+    "resolve",
+    "run",
+    "unfinished",
 ]
 
-CROP_RULE = ("a square of side min(crop_size, height, width), at a random position in training and centred in "
-             "validation, resized to the input size; small slices are never padded")
+CROP_RULE = (
+    "a square of side min(crop_size, height, width), at a random position in training and centred in "
+    "validation, resized to the input size; small slices are never padded"
+)
 NORMALISATION = {
     "CT": f"clip HU to [{HU_MIN:g}, {HU_MAX:g}], scale to [0, 1]",
     "MR": "divide each slice by its maximum",
@@ -128,11 +145,17 @@ def check_same_run(out, state, settings):
     for name, value in settings.items():
         if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):
             if name == "data":
-                raise UsageError("--manifest/--shards", f"{out} was trained on other data (content {recorded[name]}, "
-                                 f"now {value}); resume it on its own data or choose another --out")
+                raise UsageError(
+                    "--manifest/--shards",
+                    f"{out} was trained on other data (content {recorded[name]}, "
+                    f"now {value}); resume it on its own data or choose another --out",
+                )
             flag = "--" + name.replace("_", "-")
-            raise UsageError(flag, f"{out} was trained with {flag} {recorded[name]}, not {value}; resume it with "
-                             f"{flag} {recorded[name]} or choose another --out")
+            raise UsageError(
+                flag,
+                f"{out} was trained with {flag} {recorded[name]}, not {value}; resume it with "
+                f"{flag} {recorded[name]} or choose another --out",
+            )
 
 
 def json_value(value):
@@ -205,11 +228,14 @@ def run(config, strategy=None, extra_callbacks=()):
 
     source, counts, data_hash = checked_data(config)  # Before waiting for other machines or touching --out.
     settings = run_settings(config, data_hash)
-    strategy = strategy or pick_strategy(config.cluster, config.cluster_timeout)  # A multi-worker strategy must precede other TF work.
+    strategy = strategy or pick_strategy(
+        config.cluster, config.cluster_timeout
+    )  # A multi-worker strategy must precede other TF work.
     worker, workers, chief = worker_role(strategy)
     with output_lock(config.out) if chief else contextlib.nullcontext():  # One writer per --out, before it is read.
-        state = (prepare_out(config, settings) if workers == 1 else
-                 prepare_out_on_chief(config, strategy, chief, settings))
+        state = (
+            prepare_out(config, settings) if workers == 1 else prepare_out_on_chief(config, strategy, chief, settings)
+        )
         if state == KEPT:
             print(f"done earlier with these settings and data, kept: {Path(config.out) / ENCODER_FILE}", flush=True)
             card = json.loads((Path(config.out) / CARD_FILE).read_text()) if chief else None
@@ -230,8 +256,10 @@ def _train(run, extra_callbacks):
 
     config, out, strategy = run.config, run.out, run.strategy
     if config.batch_size % strategy.num_replicas_in_sync:
-        raise UsageError("--batch-size", f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
-                         "replicas that share it")
+        raise UsageError(
+            "--batch-size",
+            f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} replicas that share it",
+        )
     if run.chief:
         out.mkdir(parents=True, exist_ok=True)
         for folder in (out, out / "checkpoint"):
@@ -240,15 +268,26 @@ def _train(run, extra_callbacks):
     set_seed(config.seed)
     precision = pick_precision(config.precision)
     if run.chief:
-        print(f"data: {run.source} ({run.counts.get('train', 0)} train / {run.counts.get('val', 0)} val slices); "
-              f"precision {precision}; {strategy.num_replicas_in_sync} replica(s) on {run.workers} machine(s); "
-              f"{run.steps} steps per epoch", flush=True)
+        print(
+            f"data: {run.source} ({run.counts.get('train', 0)} train / {run.counts.get('val', 0)} val slices); "
+            f"precision {precision}; {strategy.num_replicas_in_sync} replica(s) on {run.workers} machine(s); "
+            f"{run.steps} steps per epoch",
+            flush=True,
+        )
     streams = _streams(run)
     model = _build_model(config, strategy, run.workers)
     card = _card(run, precision, streams)
     if run.chief:
-        write_run_record(out, config.record(), {"precision": precision, "deterministic": deterministic,
-                                                "replicas": strategy.num_replicas_in_sync, "workers": run.workers})
+        write_run_record(
+            out,
+            config.record(),
+            {
+                "precision": precision,
+                "deterministic": deterministic,
+                "replicas": strategy.num_replicas_in_sync,
+                "workers": run.workers,
+            },
+        )
         trim_history(out / "history.csv", run.state["epoch"] if run.state else 0)
     callbacks = [*_callbacks(config, model, out, run.chief, streams.samples, card), *extra_callbacks]
     started = time.time()
@@ -260,7 +299,10 @@ def _train(run, extra_callbacks):
         export_best(model, config.backbone, out, card)
     write_json(out / CARD_FILE, card)
     mark_finished(out / "checkpoint", run.settings)  # Last: a run is finished once its card is complete.
-    print(f"encoder: {out / ENCODER_FILE} (best validation loss {card.get('best_val_loss')}, epoch {card.get('best_epoch')})")
+    print(
+        f"encoder: {out / ENCODER_FILE} (best validation loss {card.get('best_val_loss')}, "
+        f"epoch {card.get('best_epoch')})"
+    )
     return card
 
 
@@ -274,9 +316,16 @@ def _streams(run):
         validation_steps = min(validation_steps, config.validation_steps)
     val_seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS)
     if run.workers == 1:
+
         def train(first_batch):  # Batch i of the run is batch i of one stream, whichever step it resumes from.
-            return pairs(source, "train", config, training=True,
-                         first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS), first_batch=first_batch)
+            return pairs(
+                source,
+                "train",
+                config,
+                training=True,
+                first_seed=derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS),
+                first_batch=first_batch,
+            )
 
         # Every validation slice counts, the last batch smaller when it must be, so validation never vanishes.
         val = sample_batch = pairs(source, "val", config, training=False, first_seed=val_seed)
@@ -286,8 +335,9 @@ def _streams(run):
     inputs, targets = next(iter(sample_batch.take(1)))
     # The bars restoration must clear: the validation loss of returning the distorted slices unchanged, and of the best
     # constant output (on several machines: the same slices, distorted as one machine distorts them).
-    identity, constant = restoration_baselines(pairs(source, "val", config, training=False, first_seed=val_seed),
-                                               validation_steps)
+    identity, constant = restoration_baselines(
+        pairs(source, "val", config, training=False, first_seed=val_seed), validation_steps
+    )
     samples = (inputs.numpy()[: config.samples], targets.numpy()[: config.samples])
     return Streams(train, val, validation_steps, samples, identity, constant)
 
@@ -299,11 +349,15 @@ def _build_model(config, strategy, workers):
     from genesis2d.unet import build_unet
 
     with strategy.scope():
-        model = build_unet(config.backbone, (config.image_size, config.image_size, 1), config.norm, config.encoder_weights)
+        model = build_unet(
+            config.backbone, (config.image_size, config.image_size, 1), config.norm, config.encoder_weights
+        )
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.bn_momentum
-        model.compile(optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse")
+        model.compile(
+            optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse"
+        )
         if workers > 1:
             from genesis2d.distributed import synchronize_batch_norm
 
@@ -320,16 +374,26 @@ def _card(run, precision, streams):
     config, out = run.config, run.out
     card_path = out / CARD_FILE
     card = json.loads(card_path.read_text()) if (run.state and card_path.exists()) else {}
-    card.update({
-        "backbone": config.backbone, "norm": config.norm, "input_size": [config.image_size, config.image_size, 1],
-        "crop_size": config.crop_size, "crop": CROP_RULE, "normalisation": NORMALISATION,
-        "data": os.path.relpath(run.source, out), "data_hash": run.data_hash,  # Relative to the run folder: cards are published.
-        "precision": precision, "versions": versions(), "encoder_output_layer": "encoder_output",
-        "distortions": dataclasses.asdict(config.distortions),
-        "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
-        "identity_val_loss": streams.identity, "constant_val_loss": streams.constant,
-        **encoder_card(config.backbone, NORMALISATION),
-    })
+    card.update(
+        {
+            "backbone": config.backbone,
+            "norm": config.norm,
+            "input_size": [config.image_size, config.image_size, 1],
+            "crop_size": config.crop_size,
+            "crop": CROP_RULE,
+            "normalisation": NORMALISATION,
+            "data": os.path.relpath(run.source, out),
+            "data_hash": run.data_hash,  # Relative to the run folder: cards are published.
+            "precision": precision,
+            "versions": versions(),
+            "encoder_output_layer": "encoder_output",
+            "distortions": dataclasses.asdict(config.distortions),
+            "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
+            "identity_val_loss": streams.identity,
+            "constant_val_loss": streams.constant,
+            **encoder_card(config.backbone, NORMALISATION),
+        }
+    )
     return card
 
 
@@ -345,16 +409,24 @@ def _callbacks(config, model, out, chief, sample_pair, card):
         LinearWarmUp(config.lr, config.warmup_steps),
         divergence_guard(),
         health_guard(sample_pair, config.lr, config.checkpoint_every),
-        PlateauAfterWarmUp(config.warmup_steps, monitor="val_loss", factor=config.lr_factor,
-                           patience=config.lr_patience, min_lr=config.min_lr, verbose=1 if chief else 0),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                      verbose=1 if chief else 0),
+        PlateauAfterWarmUp(
+            config.warmup_steps,
+            monitor="val_loss",
+            factor=config.lr_factor,
+            patience=config.lr_patience,
+            min_lr=config.min_lr,
+            verbose=1 if chief else 0,
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, verbose=1 if chief else 0
+        ),
     ]
     if chief:
         callbacks += [
             keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-            keras.callbacks.TensorBoard(log_dir=str(writable_folder(out / "logs")), write_graph=False,
-                                        update_freq="epoch"),
+            keras.callbacks.TensorBoard(
+                log_dir=str(writable_folder(out / "logs")), write_graph=False, update_freq="epoch"
+            ),
             make_reporter(model, out, config.backbone, sample_pair, card),
         ]
     return callbacks
@@ -372,19 +444,44 @@ def _fit(run, model, streams, callbacks):
     record = {"settings": run.settings}  # In every checkpoint: what --resume must match.
     try:
         if run.workers == 1:
-            fit_resumable(model, streams.train, config.epochs, run.steps, callbacks, checkpoint_dir,
-                          every_steps=config.checkpoint_every, resume=state is not None, extra_state=lambda: record,
-                          validation_data=streams.val, validation_steps=streams.validation_steps,
-                          verbose=config.verbose, shuffle=False)
+            fit_resumable(
+                model,
+                streams.train,
+                config.epochs,
+                run.steps,
+                callbacks,
+                checkpoint_dir,
+                every_steps=config.checkpoint_every,
+                resume=state is not None,
+                extra_state=lambda: record,
+                validation_data=streams.val,
+                validation_steps=streams.validation_steps,
+                verbose=config.verbose,
+                shuffle=False,
+            )
             return
         from genesis2d.distributed import broadcast_variables, fit_multiworker
 
         if run.chief and state and state.get("weights"):  # Only the chief reads the checkpoint; it is broadcast.
             model.load_weights(checkpoint_dir / state["weights"])
         broadcast_variables(run.strategy, [*model.variables, *model.optimizer.variables])
-        fit_multiworker(model, run.strategy, streams.train, streams.val, config.batch_size, config.epochs, run.steps,
-                        callbacks, checkpoint_dir, every_steps=config.checkpoint_every, state=state, chief=run.chief,
-                        validation_steps=streams.validation_steps, verbose=config.verbose, extra_state=lambda: record)
+        fit_multiworker(
+            model,
+            run.strategy,
+            streams.train,
+            streams.val,
+            config.batch_size,
+            config.epochs,
+            run.steps,
+            callbacks,
+            checkpoint_dir,
+            every_steps=config.checkpoint_every,
+            state=state,
+            chief=run.chief,
+            validation_steps=streams.validation_steps,
+            verbose=config.verbose,
+            extra_state=lambda: record,
+        )
     except tf.errors.OpError as error:
         if NO_SLICE_LEFT in str(error):  # Raised inside the input pipeline; said here as one line.
             raise ImageReadError(run.source, "no file of a split can be read (see the warnings above)") from None

@@ -52,8 +52,11 @@ def pick_strategy(cluster="auto", timeout=CLUSTER_TIMEOUT):
 def cluster_addresses(resolver):
     """(this task's 'host:port', {name: 'host:port'} of the other tasks) of a cluster resolver."""
     spec = resolver.cluster_spec().as_dict()
-    tasks = {f"{kind} {index}": address for kind in sorted(spec)
-             for index, address in (enumerate(spec[kind]) if isinstance(spec[kind], list) else spec[kind].items())}
+    tasks = {
+        f"{kind} {index}": address
+        for kind in sorted(spec)
+        for index, address in (enumerate(spec[kind]) if isinstance(spec[kind], list) else spec[kind].items())
+    }
     me = f"{resolver.task_type} {int(resolver.task_id or 0)}"
     if me not in tasks:
         from plumbing.errors import UsageError
@@ -89,13 +92,25 @@ def start_multiworker(resolver, timeout=CLUSTER_TIMEOUT, report_every=REPORT_EVE
 
     mine, others = cluster_addresses(resolver)
     port = mine.rpartition(":")[2]
-    print(f"{resolver.task_type} {int(resolver.task_id or 0)} of {len(others) + 1}: listening on port {port} of "
-          f"every network interface (the cluster names it {mine}); the channel between workers is unauthenticated and "
-          "unencrypted: run on a private network.", flush=True)
+    print(
+        f"{resolver.task_type} {int(resolver.task_id or 0)} of {len(others) + 1}: listening on port {port} of "
+        f"every network interface (the cluster names it {mine}); the channel between workers is unauthenticated and "
+        "unencrypted: run on a private network.",
+        flush=True,
+    )
     root = str(Path(__file__).resolve().parents[1])
-    watcher = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
-                                "from genesis2d.strategy import watch_cluster; watch_cluster(*sys.argv[1:])",
-                                json.dumps(others), str(timeout), str(report_every), str(os.getpid())])
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {root!r}); "
+            "from genesis2d.strategy import watch_cluster; watch_cluster(*sys.argv[1:])",
+            json.dumps(others),
+            str(timeout),
+            str(report_every),
+            str(os.getpid()),
+        ]
+    )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     finally:
@@ -118,8 +133,12 @@ def watch_cluster(others, timeout, report_every, parent):
         missing = [f"{name} ({address})" for name, address in others.items() if not answers(address)]
         if waited >= timeout:
             what = f"{', '.join(missing)} did not answer" if missing else "the workers answer but did not all start"
-            print(f"error: cluster: {what} within {timeout:g} s; start every worker with the same cluster, check the "
-                  "addresses and firewalls, or raise --cluster-timeout.", file=sys.stderr, flush=True)
+            print(
+                f"error: cluster: {what} within {timeout:g} s; start every worker with the same cluster, check the "
+                "addresses and firewalls, or raise --cluster-timeout.",
+                file=sys.stderr,
+                flush=True,
+            )
             os.kill(int(parent), signal.SIGKILL)
             return
         last_report = time.monotonic()

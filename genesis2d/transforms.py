@@ -122,14 +122,16 @@ def blocks_per_pixel(n_blocks, side, depth=1):
     """
     mean_side = (1 + max(side // 10, 1)) / 2
     mean_depth = (1 + max(depth // 10, 1)) / 2 if depth > 1 else 1
-    return n_blocks * mean_side ** 2 * mean_depth / (side * side * depth)
+    return n_blocks * mean_side**2 * mean_depth / (side * side * depth)
 
 
 def local_pixel_shuffle(image, rng, n_blocks=N_BLOCKS):
     """Permutes the pixels of `n_blocks` random blocks (sides 1..dim//10), taken from `image`."""
     h, w = image.shape
     seed = int(rng.integers(0, 2**63 - 1))
-    return _shuffle_blocks(np.ascontiguousarray(image, dtype=np.float32), n_blocks, max(h // 10, 1), max(w // 10, 1), seed)
+    return _shuffle_blocks(
+        np.ascontiguousarray(image, dtype=np.float32), n_blocks, max(h // 10, 1), max(w // 10, 1), seed
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -247,8 +249,16 @@ def _check(images):
     return images.astype(np.float32, copy=False)
 
 
-def make_pair(images, seed=None, flip_rate=FLIP_RATE, local_rate=LOCAL_RATE, nonlinear_rate=NONLINEAR_RATE,
-              paint_rate=PAINT_RATE, inpaint_rate=INPAINT_RATE, n_blocks=N_BLOCKS):
+def make_pair(
+    images,
+    seed=None,
+    flip_rate=FLIP_RATE,
+    local_rate=LOCAL_RATE,
+    nonlinear_rate=NONLINEAR_RATE,
+    paint_rate=PAINT_RATE,
+    inpaint_rate=INPAINT_RATE,
+    n_blocks=N_BLOCKS,
+):
     """Distorted inputs and restoration targets for a batch, as in Models Genesis.
 
     Args:
@@ -291,8 +301,9 @@ def tf_make_pair(images, seed, **rates):
     """`make_pair` inside a tf.data pipeline: (B, H, W, 1) float32 tensor and int64 seed in."""
     import tensorflow as tf
 
-    inputs, targets = tf.numpy_function(lambda x, s: make_pair(x, int(s), **rates), [images, seed],
-                                        [tf.float32, tf.float32], stateful=False)
+    inputs, targets = tf.numpy_function(
+        lambda x, s: make_pair(x, int(s), **rates), [images, seed], [tf.float32, tf.float32], stateful=False
+    )
     inputs.set_shape(images.shape)
     targets.set_shape(images.shape)
     return inputs, targets

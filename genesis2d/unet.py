@@ -33,7 +33,9 @@ def _check(backbone, input_shape, norm=None):
         raise ValueError(f"norm must be one of {NORMS}. Received: norm={norm!r}")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 1 or any(s is not None and s % 32 for s in input_shape[:2]):
-        raise ValueError(f"input_shape must be (H, W, 1) with H and W multiples of 32. Received: input_shape={input_shape}")
+        raise ValueError(
+            f"input_shape must be (H, W, 1) with H and W multiples of 32. Received: input_shape={input_shape}"
+        )
     return input_shape
 
 
@@ -55,17 +57,20 @@ def build_backbone(backbone, input_shape=(224, 224, 1), weights=None):
     rgb = layers.Concatenate(axis=-1, name="gray_to_rgb")([image, image, image])
     application = BACKBONES[backbone].application
     if application:  # keras.applications: Keras's own layer names and weight files.
-        return getattr(keras.applications, application)(include_top=False, weights=weights, input_tensor=rgb,
-                                                         input_shape=input_shape[:2] + (3,))
+        return getattr(keras.applications, application)(
+            include_top=False, weights=weights, input_tensor=rgb, input_shape=input_shape[:2] + (3,)
+        )
     sm = segmentation_models()
     get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
-    return get_backbone(backbone, input_shape=input_shape[:2] + (3,), input_tensor=rgb, weights=weights,
-                        include_top=False)
+    return get_backbone(
+        backbone, input_shape=input_shape[:2] + (3,), input_tensor=rgb, weights=weights, include_top=False
+    )
 
 
 def _conv_norm_relu(x, filters, norm, name):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=(norm == "none"), kernel_initializer="he_uniform",
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, 3, padding="same", use_bias=(norm == "none"), kernel_initializer="he_uniform", name=f"{name}_conv"
+    )(x)
     if norm == "batch":
         x = layers.BatchNormalization(axis=-1, name=f"{name}_bn")(x)
     elif norm == "instance":
@@ -73,8 +78,9 @@ def _conv_norm_relu(x, filters, norm, name):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def build_unet(backbone="resnet50", input_shape=(224, 224, 1), norm="batch", encoder_weights=None,
-               decoder_filters=DECODER_FILTERS):
+def build_unet(
+    backbone="resnet50", input_shape=(224, 224, 1), norm="batch", encoder_weights=None, decoder_filters=DECODER_FILTERS
+):
     """Builds the U-Net for restoration pretraining.
 
     Args:

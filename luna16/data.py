@@ -54,11 +54,16 @@ def read_candidates(data_dir, warn=_stderr):
     uids = frame["seriesuid"].fillna("")
     stripped = uids.str.strip()
     if (stripped == "").any():
-        raise InputError(path, f"has {int((stripped == '').sum())} rows without a seriesuid (first: line "
-                         f"{int(np.flatnonzero(stripped == '')[0]) + 2})")
+        raise InputError(
+            path,
+            f"has {int((stripped == '').sum())} rows without a seriesuid (first: line "
+            f"{int(np.flatnonzero(stripped == '')[0]) + 2})",
+        )
     if (stripped != uids).any():
-        warn(f"warning: {path}: {int((stripped != uids).sum())} seriesuids had spaces around them (first: line "
-             f"{int(np.flatnonzero(stripped != uids)[0]) + 2}); stripped.")
+        warn(
+            f"warning: {path}: {int((stripped != uids).sum())} seriesuids had spaces around them (first: line "
+            f"{int(np.flatnonzero(stripped != uids)[0]) + 2}); stripped."
+        )
     frame["seriesuid"] = stripped
     numeric = ["coordX", "coordY", "coordZ", "class"]
     written = frame["class"].copy()
@@ -66,15 +71,21 @@ def read_candidates(data_dir, warn=_stderr):
     bad = (converted.isna() & frame[numeric].notna()).any(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
-                             f"{row + 2}, {frame.loc[row, numeric].tolist()})")
+        raise InputError(
+            path,
+            f"has {int(bad.sum())} rows with non-numeric coordinates or class (first: line "
+            f"{row + 2}, {frame.loc[row, numeric].tolist()})",
+        )
     frame[numeric] = converted
     labels = frame["class"]
     not_binary = ~labels.isin([0, 1])
     if not_binary.any():
         row = int(np.flatnonzero(not_binary)[0])
-        raise InputError(path, f"has {int(not_binary.sum())} rows whose class is not 0 or 1 (first: line {row + 2}, "
-                         f"class {written.iloc[row]})")
+        raise InputError(
+            path,
+            f"has {int(not_binary.sum())} rows whose class is not 0 or 1 (first: line {row + 2}, "
+            f"class {written.iloc[row]})",
+        )
     frame["class"] = labels.astype(int)
     frame = frame[CANDIDATE_COLUMNS]
     location = ["seriesuid", "coordX", "coordY", "coordZ"]
@@ -82,12 +93,17 @@ def read_candidates(data_dir, warn=_stderr):
     conflicting = distinct[distinct.duplicated(location, keep=False)]
     if len(conflicting):
         first = conflicting.iloc[0]
-        raise InputError(path, f"gives {len(conflicting.drop_duplicates(location))} locations both classes (first: "
-                         f"{first['seriesuid']} at {first['coordX']}, {first['coordY']}, {first['coordZ']})")
+        raise InputError(
+            path,
+            f"gives {len(conflicting.drop_duplicates(location))} locations both classes (first: "
+            f"{first['seriesuid']} at {first['coordX']}, {first['coordY']}, {first['coordZ']})",
+        )
     repeated = frame.duplicated()
     if repeated.any():
-        warn(f"warning: {path}: {int(repeated.sum())} rows repeat an earlier row exactly (first: line "
-             f"{int(np.flatnonzero(repeated)[0]) + 2}); dropped.")
+        warn(
+            f"warning: {path}: {int(repeated.sum())} rows repeat an earlier row exactly (first: line "
+            f"{int(np.flatnonzero(repeated)[0]) + 2}); dropped."
+        )
         frame = frame[~repeated].reset_index(drop=True)
     return frame
 
@@ -128,8 +144,11 @@ def scans_by_subset(data_dir, allow_outside_root=False):
             found[subset] = {p.stem: p for p in sorted(folder.glob("*.mhd"))}
             for path in found[subset].values():
                 if not allow_outside_root and not path.resolve().is_relative_to(root):
-                    raise InputError(path, f"leads outside the LUNA16 folder {root} (to {path.resolve()}); pass "
-                                     "--allow-outside-root to read it anyway")
+                    raise InputError(
+                        path,
+                        f"leads outside the LUNA16 folder {root} (to {path.resolve()}); pass "
+                        "--allow-outside-root to read it anyway",
+                    )
                 check_data_files(path, allow_outside_root)
     if not found:
         raise InputError(data_dir, "holds no subset0..subset9 folders of .mhd scans")
@@ -138,7 +157,11 @@ def scans_by_subset(data_dir, allow_outside_root=False):
 
 def candidates_path(data_dir):
     path = Path(data_dir) / "candidates_V2.csv"
-    return path if path.is_file() or not (Path(data_dir) / "candidates.csv").is_file() else Path(data_dir) / "candidates.csv"
+    return (
+        path
+        if path.is_file() or not (Path(data_dir) / "candidates.csv").is_file()
+        else Path(data_dir) / "candidates.csv"
+    )
 
 
 def inside_scan(volume, meta, xyz):
@@ -152,8 +175,18 @@ def inside_scan(volume, meta, xyz):
     return finite & within
 
 
-def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", positive_copies=8, seed=0,
-                    progress=True, workers=1, allow_outside_root=False):
+def extract_subsets(
+    data_dir,
+    out_dir,
+    size=64,
+    pixel_mm=None,
+    method="planes",
+    positive_copies=8,
+    seed=0,
+    progress=True,
+    workers=1,
+    allow_outside_root=False,
+):
     """Extracts every subset not yet done with these inputs and settings; returns {subset: number of candidates}.
 
     A subset's cache is reused only when its record names the same settings and the same
@@ -185,26 +218,46 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
             inputs = input_fingerprint(candidates_path(data_dir), scans)
             if done.exists():
                 record = json.loads(done.read_text())
-                if (record.get("settings") == settings and record.get("inputs") == inputs
-                        and not record.get("skipped_scans")):
+                if (
+                    record.get("settings") == settings
+                    and record.get("inputs") == inputs
+                    and not record.get("skipped_scans")
+                ):
                     counts[subset] = record["candidates"]
                     continue
                 done.unlink()  # Stale or incomplete: extract again rather than trust it.
-            jobs = [(path, by_series[uid][["coordX", "coordY", "coordZ", "class"]].to_numpy(float), size, pixel_mm,
-                     method, positive_copies, [seed, subset, index], allow_outside_root)
-                    for index, (uid, path) in enumerate(scans.items()) if uid in by_series]
+            jobs = [
+                (
+                    path,
+                    by_series[uid][["coordX", "coordY", "coordZ", "class"]].to_numpy(float),
+                    size,
+                    pixel_mm,
+                    method,
+                    positive_copies,
+                    [seed, subset, index],
+                    allow_outside_root,
+                )
+                for index, (uid, path) in enumerate(scans.items())
+                if uid in by_series
+            ]
             if workers > 1 and len(jobs) > 1 and pool is None:
                 import multiprocessing
 
                 # spawn, not fork: the caller may hold TensorFlow's threads.
                 pool = multiprocessing.get_context("spawn").Pool(workers)
-            results = pool.imap(_extract_scan_job, jobs) if pool is not None and len(jobs) > 1 else map(
-                _extract_scan_job, jobs)
+            results = (
+                pool.imap(_extract_scan_job, jobs)
+                if pool is not None and len(jobs) > 1
+                else map(_extract_scan_job, jobs)
+            )
             rows, aug_rows, skipped, dropped, written = [], [], [], 0, 0
-            with _NpyStream(folder / "patches.npy", (3, size, size)) as patches, \
-                    _NpyStream(folder / "augmented.npy", (3, size, size)) as augmented:
-                for job, found in tqdm(zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan",
-                                       disable=not progress):
+            with (
+                _NpyStream(folder / "patches.npy", (3, size, size)) as patches,
+                _NpyStream(folder / "augmented.npy", (3, size, size)) as augmented,
+            ):
+                for job, found in tqdm(
+                    zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan", disable=not progress
+                ):
                     path, uid = job[0], Path(job[0]).stem
                     if isinstance(found, OutsideRoot):
                         raise InputError(path, found.problem)
@@ -215,8 +268,11 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                     keep, scan_patches, scan_aug, scan_aug_rows = found
                     scan_rows = by_series[uid]
                     if not keep.all():
-                        print(f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
-                              "scan or have no coordinates; dropped.", file=sys.stderr)
+                        print(
+                            f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
+                            "scan or have no coordinates; dropped.",
+                            file=sys.stderr,
+                        )
                         dropped += int((~keep).sum())
                         scan_rows = scan_rows[keep]
                     patches.write(scan_patches)
@@ -226,10 +282,21 @@ def extract_subsets(data_dir, out_dir, size=64, pixel_mm=None, method="planes", 
                     rows.append(scan_rows)
             table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
             write_csv(folder / "candidates.csv", table)
-            write_csv(folder / "augmented.csv",
-                      pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else np.empty(0, np.int64)}))
-            write_json(done, {"settings": settings, "inputs": inputs, "candidates": len(table), "skipped_scans": skipped,
-                              "dropped_candidates": dropped, "fingerprint": fingerprint([settings, inputs])})  # Last.
+            write_csv(
+                folder / "augmented.csv",
+                pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else np.empty(0, np.int64)}),
+            )
+            write_json(
+                done,
+                {
+                    "settings": settings,
+                    "inputs": inputs,
+                    "candidates": len(table),
+                    "skipped_scans": skipped,
+                    "dropped_candidates": dropped,
+                    "fingerprint": fingerprint([settings, inputs]),
+                },
+            )  # Last.
             counts[subset] = len(table)
     finally:
         if pool is not None:
@@ -287,8 +354,11 @@ class _NpyStream:
         self.raw.close()
         try:
             if kind is None:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-                          "shape": (self.count, *self.item_shape)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                    "fortran_order": False,
+                    "shape": (self.count, *self.item_shape),
+                }
                 with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.raw_path, "rb") as pieces:
                     np.lib.format.write_array_header_1_0(out, header)
                     shutil.copyfileobj(pieces, out, 16 * 2**20)
@@ -332,7 +402,9 @@ def fold_subsets(test_pair):
 
 def validation_series(subsets, fraction, rng):
     """Series held out from the training subsets for validation (whole series, never split; at least one)."""
-    return hold_out_groups({uid for subset in subsets for uid in subset.candidates["seriesuid"]}, fraction, rng, minimum=1)
+    return hold_out_groups(
+        {uid for subset in subsets for uid in subset.candidates["seriesuid"]}, fraction, rng, minimum=1
+    )
 
 
 def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=True, with_series=False):
@@ -363,7 +435,11 @@ def training_arrays(subsets, held_out, negative_fraction, rng, use_augmented=Tru
 
 def _evaluation_rows(subsets, series):
     for subset in subsets:
-        mask = np.ones(len(subset.candidates), bool) if series is None else subset.candidates["seriesuid"].isin(series).to_numpy()
+        mask = (
+            np.ones(len(subset.candidates), bool)
+            if series is None
+            else subset.candidates["seriesuid"].isin(series).to_numpy()
+        )
         yield subset, np.flatnonzero(mask)
 
 
@@ -459,14 +535,27 @@ class PatchSettings:
     """How candidate patches are extracted: declared once, for `python -m luna16.data` and the cross-validation."""
 
     patch_size: int = option(64, "patch side in pixels.", source="thesis 4.2.1.2", group=DATA, type=int)
-    pixel_mm: float = option(None, "patch sampling step in mm. Default: the scan's in-plane spacing.", group=DATA,
-                             type=float)
-    method: str = option("planes", "thesis patch method 1 (planes: axial, coronal, sagittal) or 2 (cube).",
-                         source="thesis 4.2.1.2, method 1", group=DATA, choices=("planes", "cube"))
-    positive_copies: int = option(8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3",
-                                  group=DATA, type=int)
-    workers: int = option(None, "processes extracting patches (each reads one scan at a time; the files are the "
-                          "same for any number). Default: every core.", group=DATA, reuse=False, type=int)
+    pixel_mm: float = option(
+        None, "patch sampling step in mm. Default: the scan's in-plane spacing.", group=DATA, type=float
+    )
+    method: str = option(
+        "planes",
+        "thesis patch method 1 (planes: axial, coronal, sagittal) or 2 (cube).",
+        source="thesis 4.2.1.2, method 1",
+        group=DATA,
+        choices=("planes", "cube"),
+    )
+    positive_copies: int = option(
+        8, "copies of each training positive (7 augmented).", source="thesis 4.2.1.3", group=DATA, type=int
+    )
+    workers: int = option(
+        None,
+        "processes extracting patches (each reads one scan at a time; the files are the "
+        "same for any number). Default: every core.",
+        group=DATA,
+        reuse=False,
+        type=int,
+    )
 
 
 @dataclass(frozen=True)
@@ -488,8 +577,16 @@ def run(options):
     workers = os.cpu_count() if options.workers is None else options.workers
     if workers < 1:
         raise UsageError("--workers", f"must be at least 1. Received: {workers}")
-    counts = extract_subsets(options.data, options.out, options.patch_size, options.pixel_mm, options.method,
-                             options.positive_copies, options.seed, workers=workers)
+    counts = extract_subsets(
+        options.data,
+        options.out,
+        options.patch_size,
+        options.pixel_mm,
+        options.method,
+        options.positive_copies,
+        options.seed,
+        workers=workers,
+    )
     print(f"{sum(counts.values())} candidates in {len(counts)} subsets under {options.out}")
     return counts
 

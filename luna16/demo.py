@@ -41,9 +41,13 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
 
             def lung_point(margin):
                 side = rng.choice([-1, 1])
-                return np.array([extent[0] * (0.5 + side * 0.2) + rng.uniform(-0.06, 0.06) * extent[0],
-                                 extent[1] * rng.uniform(0.38, 0.62),
-                                 rng.uniform(margin, extent[2] - margin)])
+                return np.array(
+                    [
+                        extent[0] * (0.5 + side * 0.2) + rng.uniform(-0.06, 0.06) * extent[0],
+                        extent[1] * rng.uniform(0.38, 0.62),
+                        rng.uniform(margin, extent[2] - margin),
+                    ]
+                )
 
             nodules = [(lung_point(8), rng.uniform(3.0, 5.0)) for _ in range(rng.integers(2, 4))]
             vessels = []
@@ -64,14 +68,17 @@ def write_luna16(out, rng, scans_per_subset=2, shape=(40, 96, 96)):
             for _ in range(50):
                 candidates.append((uid, *inside(lung_point(2)), 0))
             for _ in range(30):
-                point = np.array([extent[0] * rng.uniform(0.15, 0.85), extent[1] * rng.uniform(0.15, 0.85),
-                                  rng.uniform(0, extent[2])])
+                point = np.array(
+                    [
+                        extent[0] * rng.uniform(0.15, 0.85),
+                        extent[1] * rng.uniform(0.15, 0.85),
+                        rng.uniform(0, extent[2]),
+                    ]
+                )
                 candidates.append((uid, *inside(point), 0))
     columns = ["seriesuid", "coordX", "coordY", "coordZ"]
     pd.DataFrame(candidates, columns=columns + ["class"]).to_csv(out / "candidates_V2.csv", index=False)
     pd.DataFrame(annotations, columns=columns + ["diameter_mm"]).to_csv(out / "annotations.csv", index=False)
-
-
 
 
 def ensure_demo(out=None, seed=0):

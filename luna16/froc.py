@@ -86,9 +86,14 @@ def match(predictions, annotations, excluded, seriesuids, limit=MAX_CAD_MARKS):
     predictions_by_uid = dict(tuple(predictions.groupby("seriesuid", sort=False)))
     annotations_by_uid = dict(tuple(annotations.groupby("seriesuid")))
     excluded_by_uid = dict(tuple(excluded.groupby("seriesuid"))) if excluded is not None else {}
-    return {uid: match_scan(cap_candidates(predictions_by_uid.get(uid, empty_predictions), limit),
-                            annotations_by_uid.get(uid, empty_findings), excluded_by_uid.get(uid))
-            for uid in seriesuids}
+    return {
+        uid: match_scan(
+            cap_candidates(predictions_by_uid.get(uid, empty_predictions), limit),
+            annotations_by_uid.get(uid, empty_findings),
+            excluded_by_uid.get(uid),
+        )
+        for uid in seriesuids
+    }
 
 
 def froc_curve(nodule_scores, fp_scores, n_scans):
@@ -156,9 +161,15 @@ def evaluate(predictions, annotations, excluded=None, seriesuids=None, iteration
     nodule_scores, fp_scores = _pooled(by_scan, seriesuids)
     value, at = cpm(nodule_scores, fp_scores, len(seriesuids))
     low, high = bootstrap_cpm(by_scan, iterations, seed) if iterations else (np.nan, np.nan)
-    return {"cpm": value, "cpm_ci95": [low, high], "sensitivity_at": dict(zip(map(str, FP_RATES), at.tolist())),
-            "nodules": int(len(nodule_scores)), "found_at_any_threshold": int(np.isfinite(nodule_scores).sum()),
-            "scans": len(seriesuids), "curve": froc_curve(nodule_scores, fp_scores, len(seriesuids))}
+    return {
+        "cpm": value,
+        "cpm_ci95": [low, high],
+        "sensitivity_at": dict(zip(map(str, FP_RATES), at.tolist())),
+        "nodules": int(len(nodule_scores)),
+        "found_at_any_threshold": int(np.isfinite(nodule_scores).sum()),
+        "scans": len(seriesuids),
+        "curve": froc_curve(nodule_scores, fp_scores, len(seriesuids)),
+    }
 
 
 def plot_froc(result, path, title="FROC"):
@@ -166,8 +177,13 @@ def plot_froc(result, path, title="FROC"):
     fps, sensitivity = result["curve"]
     figure, axis = plt.subplots(figsize=(6, 4.2))
     axis.plot(np.maximum(fps, 1e-3), sensitivity)
-    axis.scatter(FP_RATES, list(result["sensitivity_at"].values()), color="C3", zorder=3,
-                 label=f"CPM {result['cpm']:.3f} (95% CI {result['cpm_ci95'][0]:.3f}-{result['cpm_ci95'][1]:.3f})")
+    axis.scatter(
+        FP_RATES,
+        list(result["sensitivity_at"].values()),
+        color="C3",
+        zorder=3,
+        label=f"CPM {result['cpm']:.3f} (95% CI {result['cpm_ci95'][0]:.3f}-{result['cpm_ci95'][1]:.3f})",
+    )
     axis.set_xscale("log", base=2)
     axis.set_xlim(1 / 16, 16)
     axis.set_ylim(0, 1.02)
@@ -192,8 +208,11 @@ def read_table(path, columns, what):
     if "seriesuid" in frame:  # A space around a seriesuid would silently detach its rows from their scan.
         uids = frame["seriesuid"].fillna("")
         if (uids.str.strip() != uids).any():
-            print(f"warning: {path}: {int((uids.str.strip() != uids).sum())} seriesuids had spaces around them; "
-                  "stripped.", file=sys.stderr)
+            print(
+                f"warning: {path}: {int((uids.str.strip() != uids).sum())} seriesuids had spaces around them; "
+                "stripped.",
+                file=sys.stderr,
+            )
         frame["seriesuid"] = uids.str.strip()
     numeric = [c for c in columns if c != "seriesuid"]
     converted = frame[numeric].apply(pd.to_numeric, errors="coerce")
@@ -210,8 +229,11 @@ def read_predictions(path):
         raise InputError(path, "holds no predictions (header only)")
     finite = np.isfinite(frame[[*COORDS, "probability"]].to_numpy(float)).all(axis=1)
     if not finite.all():
-        raise InputError(path, f"has {int((~finite).sum())} rows whose probability or coordinates are not finite "
-                         "numbers (NaN or infinite: did training diverge?)")
+        raise InputError(
+            path,
+            f"has {int((~finite).sum())} rows whose probability or coordinates are not finite "
+            "numbers (NaN or infinite: did training diverge?)",
+        )
     return frame
 
 
@@ -220,7 +242,9 @@ def read_findings(path, what):
     frame = read_table(path, ["seriesuid", *COORDS, "diameter_mm"], what)
     repeated = frame.duplicated(["seriesuid", *COORDS, "diameter_mm"])
     if repeated.any():
-        print(f"warning: {path}: {int(repeated.sum())} rows repeat an earlier finding exactly; dropped.", file=sys.stderr)
+        print(
+            f"warning: {path}: {int(repeated.sum())} rows repeat an earlier finding exactly; dropped.", file=sys.stderr
+        )
     return frame[~repeated].reset_index(drop=True)
 
 
@@ -252,20 +276,36 @@ def parse_args(argv=None):
     parser = ArgumentParser(prog="python -m luna16.froc", description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", help="CSV with seriesuid, coordX, coordY, coordZ, probability.")
     parser.add_argument("--annotations", required=True, help="LUNA16 annotations.csv (seriesuid, coords, diameter_mm).")
-    parser.add_argument("--excluded", help="annotations_excluded.csv: findings whose candidates are ignored. "
-                        "Default: none.")
-    parser.add_argument("--seriesuids", help="file of evaluated scans, one seriesuid per line (as the official script "
-                        "takes). Default: the subset*/*.mhd scans in the annotations file's folder.")
-    parser.add_argument("--max-candidates", type=int, default=MAX_CAD_MARKS,
-                        help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000.")
+    parser.add_argument(
+        "--excluded", help="annotations_excluded.csv: findings whose candidates are ignored. Default: none."
+    )
+    parser.add_argument(
+        "--seriesuids",
+        help="file of evaluated scans, one seriesuid per line (as the official script "
+        "takes). Default: the subset*/*.mhd scans in the annotations file's folder.",
+    )
+    parser.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CAD_MARKS,
+        help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000."
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
-    parser.add_argument("--out", help="FROC curve figure (.png, .pdf or .svg; its numbers go to a .json beside it). "
-                        "Default: froc.png beside the predictions.")
+    parser.add_argument(
+        "--out",
+        help="FROC curve figure (.png, .pdf or .svg; its numbers go to a .json beside it). "
+        "Default: froc.png beside the predictions.",
+    )
     args = parser.parse_args(argv)
     if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
-        raise UsageError("--out", f"names the figure, which must end in {', '.join(FIGURE_SUFFIXES)} (its numbers are "
-                         f"written to a .json beside it). Received: {args.out}")
+        raise UsageError(
+            "--out",
+            f"names the figure, which must end in {', '.join(FIGURE_SUFFIXES)} (its numbers are "
+            f"written to a .json beside it). Received: {args.out}",
+        )
     return args
 
 
@@ -278,25 +318,40 @@ def run(args):
     if not evaluated.any():
         raise InputError(args.predictions, f"has no prediction for any of the {len(seriesuids)} evaluated scans")
     if not annotations["seriesuid"].isin(seriesuids).any():
-        raise InputError(args.annotations, f"has no nodule in any of the {len(seriesuids)} evaluated scans; the FROC "
-                         "measures how many nodules are found, so it needs at least one")
+        raise InputError(
+            args.annotations,
+            f"has no nodule in any of the {len(seriesuids)} evaluated scans; the FROC "
+            "measures how many nodules are found, so it needs at least one",
+        )
     duplicates = int(predictions.duplicated(["seriesuid", *COORDS]).sum())
     if duplicates:
-        print(f"warning: {args.predictions}: {duplicates} rows repeat a scan and coordinates of an earlier row; "
-              "each counts as its own candidate, as in the official script.", file=sys.stderr)
+        print(
+            f"warning: {args.predictions}: {duplicates} rows repeat a scan and coordinates of an earlier row; "
+            "each counts as its own candidate, as in the official script.",
+            file=sys.stderr,
+        )
     if (~evaluated).any():
-        print(f"note: {int((~evaluated).sum())} predictions of {predictions.loc[~evaluated, 'seriesuid'].nunique()} "
-              "scans outside the evaluated list are ignored.", file=sys.stderr)
+        print(
+            f"note: {int((~evaluated).sum())} predictions of {predictions.loc[~evaluated, 'seriesuid'].nunique()} "
+            "scans outside the evaluated list are ignored.",
+            file=sys.stderr,
+        )
     without = len(set(seriesuids) - set(predictions["seriesuid"]))
     if without:
-        print(f"note: {without} of the {len(seriesuids)} evaluated scans have no prediction; their nodules count as "
-              "missed.", file=sys.stderr)
-    result = evaluate(predictions[evaluated], annotations, excluded, seriesuids, args.bootstrap, args.seed,
-                      args.max_candidates)
+        print(
+            f"note: {without} of the {len(seriesuids)} evaluated scans have no prediction; their nodules count as "
+            "missed.",
+            file=sys.stderr,
+        )
+    result = evaluate(
+        predictions[evaluated], annotations, excluded, seriesuids, args.bootstrap, args.seed, args.max_candidates
+    )
     out = Path(args.out) if args.out else Path(args.predictions).with_name("froc.png")
     plot_froc(result, out)
     write_json(out.with_suffix(".json"), {k: v for k, v in result.items() if k != "curve"})
-    print(f"{result['scans']} scans, {result['nodules']} nodules, {result['found_at_any_threshold']} hit by a candidate")
+    print(
+        f"{result['scans']} scans, {result['nodules']} nodules, {result['found_at_any_threshold']} hit by a candidate"
+    )
     for rate, value in result["sensitivity_at"].items():
         print(f"sensitivity at {float(rate):>5.3f} FP/scan: {value:.3f}")
     print(f"95% CI (bootstrap over scans): {result['cpm_ci95'][0]:.4f} - {result['cpm_ci95'][1]:.4f}")

@@ -70,8 +70,10 @@ def view_grid(center, size, pixel_mm, zoom=1.0, angle_deg=0.0):
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
     theta = np.deg2rad(angle_deg)
     rows, cols = rows * np.cos(theta) - cols * np.sin(theta), rows * np.sin(theta) + cols * np.cos(theta)
-    grids = [np.asarray(center, float) + rows[..., None] * r + cols[..., None] * c
-             for r, c in (_VIEW_AXES[p] for p in PLANES)]
+    grids = [
+        np.asarray(center, float) + rows[..., None] * r + cols[..., None] * c
+        for r, c in (_VIEW_AXES[p] for p in PLANES)
+    ]
     return np.stack(grids)
 
 

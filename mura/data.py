@@ -60,8 +60,11 @@ def _read_listing(path, names):
 def _dropped_repeats(frame, path, what):
     repeated = frame.duplicated()
     if repeated.any():
-        print(f"warning: {path}: {int(repeated.sum())} {what} repeat an earlier row (first: line "
-              f"{int(repeated.to_numpy().argmax()) + 1}); dropped.", file=sys.stderr)
+        print(
+            f"warning: {path}: {int(repeated.sum())} {what} repeat an earlier row (first: line "
+            f"{int(repeated.to_numpy().argmax()) + 1}); dropped.",
+            file=sys.stderr,
+        )
     return frame[~repeated]
 
 
@@ -72,8 +75,11 @@ def _located(entries, listing, root, folder, allow_outside_root):
     for number, entry in enumerate(entries, start=1):
         path = Path(os.path.normpath(root / entry))  # An absolute entry stays itself.
         if not allow_outside_root and not path.resolve().is_relative_to(real_folder):
-            raise InputError(listing, f"line {number} lists {entry}, which leads outside {real_folder}; pass "
-                             "--allow-outside-root to read it anyway")
+            raise InputError(
+                listing,
+                f"line {number} lists {entry}, which leads outside {real_folder}; pass "
+                "--allow-outside-root to read it anyway",
+            )
         located.append(path)
     return located
 
@@ -103,14 +109,20 @@ def read_split(data, split, body_parts=("XR_SHOULDER",), verify=True, allow_outs
     not_binary = ~studies["label"].isin(["0", "1"])
     if not_binary.any():
         first = studies[not_binary].iloc[0]
-        raise InputError(studies_csv, f"has {int(not_binary.sum())} labels that are not 0 or 1 (first: study "
-                         f"{first['study']}, label {first['label']!r})")
+        raise InputError(
+            studies_csv,
+            f"has {int(not_binary.sum())} labels that are not 0 or 1 (first: study "
+            f"{first['study']}, label {first['label']!r})",
+        )
     studies["label"] = studies["label"].astype(int)
     studies["where"] = _located(studies["study"], studies_csv, root, folder, allow_outside_root)
     both = studies.duplicated("where", keep=False)
     if both.any():
-        raise InputError(studies_csv, f"gives {int(studies[both]['where'].nunique())} studies both labels (first: "
-                         f"{studies[both]['study'].iloc[0]})")
+        raise InputError(
+            studies_csv,
+            f"gives {int(studies[both]['where'].nunique())} studies both labels (first: "
+            f"{studies[both]['study'].iloc[0]})",
+        )
     for study, label in studies[["study", "label"]].itertuples(index=False):
         name = study.rstrip("/")
         named = "positive" if name.endswith("_positive") else "negative" if name.endswith("_negative") else None
@@ -162,11 +174,23 @@ def check_decodable(paths, what="images", progress=True):
 
     paths = list(paths)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        errors = [e for e in tqdm(pool.map(check, paths), total=len(paths), desc=f"checking {what}", unit="image",
-                                  disable=not progress, leave=False) if e is not None]
+        errors = [
+            e
+            for e in tqdm(
+                pool.map(check, paths),
+                total=len(paths),
+                desc=f"checking {what}",
+                unit="image",
+                disable=not progress,
+                leave=False,
+            )
+            if e is not None
+        ]
     if errors:
         first = errors[0]
-        raise ImageReadError(first.path, first.problem + (f" ({len(errors) - 1} more images fail too)" if len(errors) > 1 else ""))
+        raise ImageReadError(
+            first.path, first.problem + (f" ({len(errors) - 1} more images fail too)" if len(errors) > 1 else "")
+        )
 
 
 def split_patients(frame, fraction, rng, minimum=0):
@@ -198,11 +222,14 @@ def augmentation(seed):
     """Thesis 4.2.4.2: rotation 20 degrees, zoom 0.9-1.1, horizontal and vertical flips; seeded."""
     import keras
 
-    return keras.Sequential([
-        keras.layers.RandomRotation(20 / 360, fill_mode="constant", seed=seed),
-        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
-    ], name="augmentation")
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(20 / 360, fill_mode="constant", seed=seed),
+            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
+        ],
+        name="augmentation",
+    )
 
 
 def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=0, balanced=False):
@@ -227,11 +254,15 @@ def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=
         if positive.empty or negative.empty:
             raise InputError("training split", "needs images of both classes for class-balanced epochs")
         dataset = tf.data.Dataset.sample_from_datasets(
-            [images(positive, seed).repeat(), images(negative, seed + 1).repeat()], weights=[0.5, 0.5], seed=seed + 2)
+            [images(positive, seed).repeat(), images(negative, seed + 1).repeat()], weights=[0.5, 0.5], seed=seed + 2
+        )
     else:
         dataset = images(frame, seed)
-    dataset = dataset.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=ordered(training))
+    dataset = dataset.map(
+        lambda p, y: (load_image(p, image_size), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=ordered(training),
+    )
     dataset = dataset.batch(batch_size)
     if training:
         augment = augmentation(seed)
@@ -241,4 +272,8 @@ def make_dataset(frame, batch_size, image_size=IMAGE_SIZE, training=False, seed=
 
 def study_probabilities(images):
     """Per study: its label and the mean of its images' probabilities (the MURA paper's rule)."""
-    return images.groupby("study", sort=True).agg(label=("label", "first"), probability=("probability", "mean")).reset_index()
+    return (
+        images.groupby("study", sort=True)
+        .agg(label=("label", "first"), probability=("probability", "mean"))
+        .reset_index()
+    )

@@ -45,8 +45,6 @@ def write_mura(out, rng, patients=(50, 30)):
         pd.DataFrame(study_rows).to_csv(root / f"{split}_labeled_studies.csv", header=False, index=False)
 
 
-
-
 def ensure_demo(out=None, seed=0):
     """The folder holding the demo MURA-v1.1 (demo_data/ by default), written on first use."""
     out = Path(out or default_demo_dir())

@@ -39,14 +39,25 @@ DATA = "data"
 THESIS_SCHEDULES = load_table(Path(__file__).with_name("configs") / "schedules.yaml")
 # Thesis 4.2.4.2: the offline-augmented training set held 29,477 negative and 29,176 positive images.
 THESIS_EPOCH_SIZE = 29_477 + 29_176
-METRIC_KEYS = ("image_auc", "image_accuracy", "study_auc", "study_accuracy", "study_kappa", "study_sensitivity",
-               "study_specificity")
+METRIC_KEYS = (
+    "image_auc",
+    "image_accuracy",
+    "study_auc",
+    "study_accuracy",
+    "study_kappa",
+    "study_sensitivity",
+    "study_specificity",
+)
 # The results contract's levels: images first (the thesis's metric, 4.2.4.4), studies as the MURA paper scores
 # them; both resampled and clustered by patient, the independent unit (a patient can have several studies).
 LEVELS = [
     {"name": "image", "description": "images of valid", "group": "patient", "metrics": ["auc", "accuracy"]},
-    {"name": "study", "description": "studies of valid (mean of their images)", "group": "patient",
-     "metrics": ["auc", "kappa"]},
+    {
+        "name": "study",
+        "description": "studies of valid (mean of their images)",
+        "group": "patient",
+        "metrics": ["auc", "kappa"],
+    },
 ]
 
 
@@ -54,25 +65,43 @@ LEVELS = [
 class MuraOptions(TransferOptions):
     """MURA's options: the shared ones and its data's."""
 
-    body_part: list = option(["XR_SHOULDER"], "one or more of XR_ELBOW .. XR_WRIST, or 'all'.",
-                             source="thesis 4.2.4.1", group=DATA, nargs="+")
-    image_size: int = option(224, "network input side, a multiple of 32.", source="thesis 4.2.4.2", group=DATA,
-                             type=image_size)
-    epoch_size: int = option(THESIS_EPOCH_SIZE, "training images per epoch, drawn class-balanced and freshly "
-                             "augmented from the training split (ignored with --steps-per-epoch).",
-                             source="thesis 4.2.4.2: the size of its offline-augmented, class-balanced set",
-                             group=DATA, type=int)
-    repeats: int = option(1, "train N times with seeds derived from --seed and report each run's metrics, their "
-                          "mean and standard deviation.", source="1; the thesis trained its best models twice and averaged them (4.2.4.4, 4.2.6)", group=DATA,
-                          type=int)
+    body_part: list = option(
+        ["XR_SHOULDER"],
+        "one or more of XR_ELBOW .. XR_WRIST, or 'all'.",
+        source="thesis 4.2.4.1",
+        group=DATA,
+        nargs="+",
+    )
+    image_size: int = option(
+        224, "network input side, a multiple of 32.", source="thesis 4.2.4.2", group=DATA, type=image_size
+    )
+    epoch_size: int = option(
+        THESIS_EPOCH_SIZE,
+        "training images per epoch, drawn class-balanced and freshly "
+        "augmented from the training split (ignored with --steps-per-epoch).",
+        source="thesis 4.2.4.2: the size of its offline-augmented, class-balanced set",
+        group=DATA,
+        type=int,
+    )
+    repeats: int = option(
+        1,
+        "train N times with seeds derived from --seed and report each run's metrics, their "
+        "mean and standard deviation.",
+        source="1; the thesis trained its best models twice and averaged them (4.2.4.4, 4.2.6)",
+        group=DATA,
+        type=int,
+    )
 
 
 def parser():
     return build_parser(
-        MuraOptions, "python mura/train.py",
+        MuraOptions,
+        "python mura/train.py",
         "MURA abnormality detection (shoulder by default) with a scratch, genesis, ImageNet or RadImageNet encoder; "
         "image- and study-level evaluation on the official valid split. With no --data, runs on the built-in demo "
-        "MURA tree with the small settings of mura/configs/demo.yaml.", epilog=schedule_table_text(THESIS_SCHEDULES))
+        "MURA tree with the small settings of mura/configs/demo.yaml.",
+        epilog=schedule_table_text(THESIS_SCHEDULES),
+    )
 
 
 def parse_args(argv=None):
@@ -93,8 +122,9 @@ def resolve_options(options):
     selection = options.selection
     if options.validation_fraction == 0 and selection == "held-out":
         selection = "last"  # Nothing held out: train on all training patients and keep the last epoch.
-    out = options.out or str(PROJECT_ROOT / "runs" / f"mura_{options.backbone}_{options.init}"
-                                                     f"{'_probe' if options.probe else ''}")
+    out = options.out or str(
+        PROJECT_ROOT / "runs" / f"mura_{options.backbone}_{options.init}{'_probe' if options.probe else ''}"
+    )
     return dataclasses.replace(options, body_part=body_parts, steps_per_epoch=steps, selection=selection, out=out)
 
 
@@ -104,9 +134,15 @@ def evaluate(images):
     image = binary_metrics(images["label"], images["probability"])
     study = binary_metrics(studies["label"], studies["probability"])
     return studies, {
-        "image_auc": image["auc"], "image_accuracy": image["accuracy"], "study_auc": study["auc"],
-        "study_accuracy": study["accuracy"], "study_kappa": study["kappa"], "study_sensitivity": study["sensitivity"],
-        "study_specificity": study["specificity"], "images": image["n"], "studies": study["n"],
+        "image_auc": image["auc"],
+        "image_accuracy": image["accuracy"],
+        "study_auc": study["auc"],
+        "study_accuracy": study["accuracy"],
+        "study_kappa": study["kappa"],
+        "study_sensitivity": study["sensitivity"],
+        "study_specificity": study["specificity"],
+        "images": image["n"],
+        "studies": study["n"],
     }
 
 
@@ -125,19 +161,27 @@ class Mura(Task):
     def splits(self):
         """(train, valid) image tables of the body parts asked for, read once (by whichever hook asks first)."""
         parts, outside = self.options.body_part, self.options.allow_outside_root
-        return (read_split(self.data, "train", parts, allow_outside_root=outside),
-                read_split(self.data, "valid", parts, allow_outside_root=outside))
+        return (
+            read_split(self.data, "train", parts, allow_outside_root=outside),
+            read_split(self.data, "valid", parts, allow_outside_root=outside),
+        )
 
     def check_data(self):
         from plumbing.fingerprint import file_sha256, files_fingerprint
 
         train_all, valid = self.splits
         folder = mura_root(self.data) / "MURA-v1.1"
-        csvs = [folder / f"{split}_{kind}.csv" for split in ("train", "valid")
-                for kind in ("image_paths", "labeled_studies")]
+        csvs = [
+            folder / f"{split}_{kind}.csv"
+            for split in ("train", "valid")
+            for kind in ("image_paths", "labeled_studies")
+        ]
         images = [*train_all["path"], *valid["path"]]
-        return {**{path.name: file_sha256(path)[:16] for path in csvs}, "body_parts": list(self.options.body_part),
-                "images": files_fingerprint(images, mura_root(self.data))}
+        return {
+            **{path.name: file_sha256(path)[:16] for path in csvs},
+            "body_parts": list(self.options.body_part),
+            "images": files_fingerprint(images, mura_root(self.data)),
+        }
 
     @functools.cached_property
     def training_patients(self):
@@ -151,15 +195,25 @@ class Mura(Task):
             train, selection = train_all, None
         if o.train_fraction < 1.0:  # Label efficiency: whole patients, seeded, at least one.
             _, train = split_patients(train, o.train_fraction, rng, minimum=1)
-        print(f"MURA {', '.join(o.body_part)}: {len(train)} training images, "
-              f"{0 if selection is None else len(selection)} held out for model selection, "
-              f"{len(valid)} valid images in {valid['study'].nunique()} studies", flush=True)
+        print(
+            f"MURA {', '.join(o.body_part)}: {len(train)} training images, "
+            f"{0 if selection is None else len(selection)} held out for model selection, "
+            f"{len(valid)} valid images in {valid['study'].nunique()} studies",
+            flush=True,
+        )
         return train, selection
 
     def units(self):
         repeats = self.options.repeats
-        return [Unit(run, self.out if repeats == 1 else self.out / f"repeat{run}", f"run {run}" if repeats > 1 else "",
-                     run - 1) for run in range(1, repeats + 1)]
+        return [
+            Unit(
+                run,
+                self.out if repeats == 1 else self.out / f"repeat{run}",
+                f"run {run}" if repeats > 1 else "",
+                run - 1,
+            )
+            for run in range(1, repeats + 1)
+        ]
 
     def split(self, unit, seed):
         o, size = self.options, self.options.image_size
@@ -171,28 +225,46 @@ class Mura(Task):
 
         return Split(
             train=lambda batch: make_dataset(train, batch, size, True, seed, balanced=True),
-            train_in_order=make_dataset(train, 64, size), train_labels=train["label"].to_numpy(),
+            train_in_order=make_dataset(train, 64, size),
+            train_labels=train["label"].to_numpy(),
             train_groups=train["patient"].to_numpy(),
             validation=None if selection is None else (lambda batch: make_dataset(selection, batch, size)),
-            test=make_dataset(valid, 64, size), test_labels=valid["label"].to_numpy(), test_cases=test_cases,
-            selection_data=f"{o.validation_fraction:.0%} of the training patients", cases=valid)
+            test=make_dataset(valid, 64, size),
+            test_labels=valid["label"].to_numpy(),
+            test_cases=test_cases,
+            selection_data=f"{o.validation_fraction:.0%} of the training patients",
+            cases=valid,
+        )
 
     def result(self, unit, split, probabilities):
         """Every image and every study of valid, grouped by patient, in this run."""
         from transfer.results import score_rows
 
-        images = split.cases.assign(probability=probabilities[:, 0])[["path", "study", "label", "patient",
-                                                                       "probability"]]
+        images = split.cases.assign(probability=probabilities[:, 0])[
+            ["path", "study", "label", "patient", "probability"]
+        ]
         studies, metrics = evaluate(images)
-        print(f"run {unit.key}: image AUC {metrics['image_auc']:.4f}, accuracy {metrics['image_accuracy']:.4f}; "
-              f"study AUC {metrics['study_auc']:.4f}, kappa {metrics['study_kappa']:.4f}", flush=True)
+        print(
+            f"run {unit.key}: image AUC {metrics['image_auc']:.4f}, accuracy {metrics['image_accuracy']:.4f}; "
+            f"study AUC {metrics['study_auc']:.4f}, kappa {metrics['study_kappa']:.4f}",
+            flush=True,
+        )
         patient_of_study = split.cases.drop_duplicates("study").set_index("study")["patient"]
         keys = images["study"] + images["path"].map(lambda p: Path(p).name)
-        scores = pd.concat([
-            score_rows("image", keys, images["label"], images["probability"], images["patient"], run=unit.key),
-            score_rows("study", studies["study"], studies["label"], studies["probability"],
-                       studies["study"].map(patient_of_study), run=unit.key),
-        ], ignore_index=True)
+        scores = pd.concat(
+            [
+                score_rows("image", keys, images["label"], images["probability"], images["patient"], run=unit.key),
+                score_rows(
+                    "study",
+                    studies["study"],
+                    studies["label"],
+                    studies["probability"],
+                    studies["study"].map(patient_of_study),
+                    run=unit.key,
+                ),
+            ],
+            ignore_index=True,
+        )
         return UnitResult(images, metrics, scores, files={"predictions_studies.csv": studies})
 
     def summarize(self, results):
@@ -201,18 +273,33 @@ class Mura(Task):
         metrics = [{key: result.metrics[key] for key in (*METRIC_KEYS, "images", "studies")} for _, result in results]
         tables = [result.table for _, result in results]
         summary = {key: float(np.mean([m[key] for m in metrics])) for key in METRIC_KEYS}
-        summary.update({f"{key}_std": float(np.std([m[key] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0
-                        for key in METRIC_KEYS})
-        summary.update({"runs": metrics, "body_parts": list(o.body_part), "images": int(len(valid)),
-                        "studies": int(valid["study"].nunique())})
+        summary.update(
+            {
+                f"{key}_std": float(np.std([m[key] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0
+                for key in METRIC_KEYS
+            }
+        )
+        summary.update(
+            {
+                "runs": metrics,
+                "body_parts": list(o.body_part),
+                "images": int(len(valid)),
+                "studies": int(valid["study"].nunique()),
+            }
+        )
         if len(tables) > 1:  # An extra, labelled as what it is: not the thesis's average of runs.
             ensemble = tables[0].assign(probability=np.mean([t["probability"] for t in tables], axis=0))
             _, together = evaluate(ensemble)
-            summary["ensemble_of_runs"] = {"image_auc": together["image_auc"], "study_auc": together["study_auc"],
-                                           "note": "AUC of the runs' mean probability (an ensemble)"}
+            summary["ensemble_of_runs"] = {
+                "image_auc": together["image_auc"],
+                "study_auc": together["study_auc"],
+                "note": "AUC of the runs' mean probability (an ensemble)",
+            }
         spread = f" (sd {summary['image_auc_std']:.4f} over {len(tables)} runs)" if len(tables) > 1 else ""
-        print(f"image AUC {summary['image_auc']:.4f}{spread}, accuracy {summary['image_accuracy']:.4f}; study AUC "
-              f"{summary['study_auc']:.4f}, kappa {summary['study_kappa']:.4f}; results in {self.out}")
+        print(
+            f"image AUC {summary['image_auc']:.4f}{spread}, accuracy {summary['image_accuracy']:.4f}; study AUC "
+            f"{summary['study_auc']:.4f}, kappa {summary['study_kappa']:.4f}; results in {self.out}"
+        )
         return summary
 
 

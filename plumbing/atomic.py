@@ -76,4 +76,3 @@ def write_csv(path, frame, **kwargs):
     """Writes a pandas DataFrame as CSV atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)
-

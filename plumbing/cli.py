@@ -62,15 +62,28 @@ def add_runtime_arguments(parser, seeds="weights, sampling and augmentation", gr
         group: an argument group of `parser` to add them to. Defaults to a new 'runtime' group.
     """
     group = group or parser.add_argument_group("runtime")
-    group.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.",
+    )
     group.add_argument("--seed", type=int, default=0, help=f"seeds {seeds}. Default: 0.")
-    group.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                       help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
-                       "a GPU; off on a GPU, where deterministic kernels are slower.")
-    group.add_argument("--verbose", type=int, default=default_verbosity(), choices=(0, 1, 2),
-                       help="Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 when "
-                       "the output goes to a file.")
+    group.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic ops, so the same --seed gives bit-identical results. Default: on without "
+        "a GPU; off on a GPU, where deterministic kernels are slower.",
+    )
+    group.add_argument(
+        "--verbose",
+        type=int,
+        default=default_verbosity(),
+        choices=(0, 1, 2),
+        help="Keras progress: 0 none, 1 bar, 2 one line per epoch. Default: 1 on a terminal, 2 when "
+        "the output goes to a file.",
+    )
     return group
 
 

@@ -36,8 +36,15 @@ def plot_histories(histories, path, title="loss", ylabel="loss", log_scale=False
         epochs = np.arange(1, len(history) + 1)
         axis.plot(epochs, history["loss"], color=color, marker="o", markersize=3, label=f"{label} train".strip())
         if "val_loss" in history:
-            axis.plot(epochs, history["val_loss"], color=color, marker="o", markersize=3, linestyle="--",
-                      label=f"{label} validation".strip())
+            axis.plot(
+                epochs,
+                history["val_loss"],
+                color=color,
+                marker="o",
+                markersize=3,
+                linestyle="--",
+                label=f"{label} validation".strip(),
+            )
     axis.set_xlabel("epoch")
     axis.set_ylabel(ylabel)
     if log_scale:

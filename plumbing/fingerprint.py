@@ -84,7 +84,11 @@ def stamp_changes(recorded, current, limit=3):
     for name in sorted(set(before) & set(after)):
         old, new = before[name], after[name]
         if old != new:
-            size = f"{old['bytes']:,} -> {new['bytes']:,} bytes" if old["bytes"] != new["bytes"] else "same size, other content"
+            size = (
+                f"{old['bytes']:,} -> {new['bytes']:,} bytes"
+                if old["bytes"] != new["bytes"]
+                else "same size, other content"
+            )
             changes.append(f"{name} changed ({size})")
     if len(changes) > limit:
         changes = changes[:limit] + [f"{len(changes) - limit} more"]
@@ -100,8 +104,13 @@ def common_root(paths):
 def _relative(path, base):
     """`path` relative to the folder `base`, '/'-separated (a plain prefix cut when it lies under it: fast)."""
     prefix = base.rstrip(os.sep) + os.sep
-    if os.path.isabs(path) and path.startswith(prefix) and os.sep + ".." not in path and os.sep + "." + os.sep not in path:
-        return path[len(prefix):].replace(os.sep, "/")
+    if (
+        os.path.isabs(path)
+        and path.startswith(prefix)
+        and os.sep + ".." not in path
+        and os.sep + "." + os.sep not in path
+    ):
+        return path[len(prefix) :].replace(os.sep, "/")
     return os.path.relpath(os.path.abspath(path), base).replace(os.sep, "/")
 
 
@@ -169,8 +178,11 @@ def finished_with(record_path, settings, overwrite=False, inputs=None):
     recorded = record.get("settings")
     settings = json.loads(json.dumps(settings, default=str))  # As it would be written.
     recorded = recorded or {}
-    changed = [f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" for key in sorted(set(settings) | set(recorded))
-               if recorded.get(key) != settings.get(key)]
+    changed = [
+        f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(settings) | set(recorded))
+        if recorded.get(key) != settings.get(key)
+    ]
     if inputs is not None:
         if "inputs" not in record:
             changed.append("its inputs were not recorded")
@@ -178,8 +190,11 @@ def finished_with(record_path, settings, overwrite=False, inputs=None):
             changed += stamp_changes(record["inputs"], json.loads(json.dumps(inputs, default=str)))
     if not changed:
         return True
-    raise UsageError(record_path.parent, f"holds results made with other settings or inputs ({'; '.join(changed[:6])}"
-                     f"{'; ...' if len(changed) > 6 else ''}); pass --overwrite to redo them or choose another --out")
+    raise UsageError(
+        record_path.parent,
+        f"holds results made with other settings or inputs ({'; '.join(changed[:6])}"
+        f"{'; ...' if len(changed) > 6 else ''}); pass --overwrite to redo them or choose another --out",
+    )
 
 
 def files_fingerprint(paths, root):

@@ -46,8 +46,11 @@ def output_lock(folder):
                 print(f"note: {path} was left by process {pid}, which no longer runs; taking it over")
                 path.unlink(missing_ok=True)
                 continue
-            raise UsageError(folder, f"is in use by process {pid} on {host} (its lock {path}); wait for it to end, "
-                             "choose another --out, or remove the lock if that run is over") from None
+            raise UsageError(
+                folder,
+                f"is in use by process {pid} on {host} (its lock {path}); wait for it to end, "
+                "choose another --out, or remove the lock if that run is over",
+            ) from None
         with os.fdopen(descriptor, "w") as handle:
             json.dump(me, handle)
         break

@@ -22,8 +22,18 @@ from dataclasses import field, fields
 from plumbing.cli import ArgumentParser, add_runtime_arguments, parse_with_config, parse_with_demo_default
 
 
-def option(default, help, *, source=None, reuse=True, flag=None, group="options", default_text=None,
-           required=False, **argparse_kwargs):
+def option(
+    default,
+    help,
+    *,
+    source=None,
+    reuse=True,
+    flag=None,
+    group="options",
+    default_text=None,
+    required=False,
+    **argparse_kwargs,
+):
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -41,8 +51,16 @@ def option(default, help, *, source=None, reuse=True, flag=None, group="options"
             --config file gives it (`check_required`).
         argparse_kwargs: type, choices, nargs, action, metavar, as argparse takes them.
     """
-    metadata = {"help": help, "source": source, "reuse": reuse, "flag": flag, "group": group,
-                "default_text": default_text, "required": required, "argparse": argparse_kwargs}
+    metadata = {
+        "help": help,
+        "source": source,
+        "reuse": reuse,
+        "flag": flag,
+        "group": group,
+        "default_text": default_text,
+        "required": required,
+        "argparse": argparse_kwargs,
+    }
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -101,8 +119,9 @@ def build_parser(options_class, prog, description, epilog=None, seeds="weights, 
         prog, description, epilog: as argparse takes them.
         seeds: what --seed seeds, for its help (when the class has runtime fields).
     """
-    parser = ArgumentParser(prog=prog, description=description, epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file of option defaults (keys are option names); flags override it.")
     groups, runtime_added = {}, False
     for item in fields(options_class):
@@ -122,8 +141,9 @@ def build_parser(options_class, prog, description, epilog=None, seeds="weights, 
             text = f"{text} Default: {shown}.".strip()
         elif meta.get("required") and "Default:" not in text:
             text = f"{text} Required."
-        groups[group].add_argument(*flags_of(item), dest=item.name, default=field_default(item), help=text,
-                                   **meta["argparse"])
+        groups[group].add_argument(
+            *flags_of(item), dest=item.name, default=field_default(item), help=text, **meta["argparse"]
+        )
     return parser
 
 

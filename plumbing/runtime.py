@@ -68,8 +68,11 @@ def divergence_guard():
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not np.isfinite(float(loss)):
-                raise InputError("training", f"diverged at epoch {getattr(self, 'epoch', 0) + 1}: the loss is "
-                                 f"{float(loss)}; lower --lr (or check the inputs)")
+                raise InputError(
+                    "training",
+                    f"diverged at epoch {getattr(self, 'epoch', 0) + 1}: the loss is "
+                    f"{float(loss)}; lower --lr (or check the inputs)",
+                )
 
     return DivergenceGuard()
 
@@ -103,9 +106,25 @@ def write_run_record(out, settings, extra=None):
     return record
 
 
-DISTRIBUTIONS = ("tensorflow", "keras", "numpy", "segmentation-models", "image-classifiers", "keras-applications",
-                 "efficientnet", "numba", "pydicom", "nibabel", "SimpleITK", "opencv-python-headless", "scikit-learn",
-                 "scipy", "pandas", "h5py", "PyYAML")
+DISTRIBUTIONS = (
+    "tensorflow",
+    "keras",
+    "numpy",
+    "segmentation-models",
+    "image-classifiers",
+    "keras-applications",
+    "efficientnet",
+    "numba",
+    "pydicom",
+    "nibabel",
+    "SimpleITK",
+    "opencv-python-headless",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "h5py",
+    "PyYAML",
+)
 
 
 def versions():

@@ -105,8 +105,19 @@ def xray_phantom(height, width, rng, lesion=False):
 # --------------------------------------------------------------------------- writers
 
 
-def write_dicom_series(folder, volume, spacing, origin, patient_id, modality="CT", row_dir=(1, 0, 0),
-                       col_dir=(0, 1, 0), rng=None, intercept=-1024.0, slope=1.0):
+def write_dicom_series(
+    folder,
+    volume,
+    spacing,
+    origin,
+    patient_id,
+    modality="CT",
+    row_dir=(1, 0, 0),
+    col_dir=(0, 1, 0),
+    rng=None,
+    intercept=-1024.0,
+    slope=1.0,
+):
     """Writes a (z, y, x) volume as one DICOM series, one file per slice.
 
     File names and InstanceNumber are shuffled so that readers must order
@@ -291,20 +302,41 @@ def write_pretraining_corpus(out, rng, size=128, patients=4):
     spacing = (0.8, 0.8, 2.5)
     for p in range(patients):
         volume = ct_phantom((20, size, size), spacing, rng)
-        write_dicom_series(out / "ct_dicom" / f"patient{p:03d}", volume, spacing, (-150.0, -170.0, -300.0 + 7 * p),
-                           patient_id=f"patient{p:03d}", rng=rng)
-        write_nifti(out / "ct_nifti" / f"ct{p:03d}.nii.gz", ct_phantom((24, size, size), spacing, rng), spacing,
-                    (-160.0, -140.0, -400.0))
-        write_itk(out / "ct_mhd" / f"scan{p:03d}.mhd", ct_phantom((10, size, size), (0.7, 0.7, 2.0), rng),
-                  (0.7, 0.7, 2.0), (-120.0, -90.0, -250.0))
+        write_dicom_series(
+            out / "ct_dicom" / f"patient{p:03d}",
+            volume,
+            spacing,
+            (-150.0, -170.0, -300.0 + 7 * p),
+            patient_id=f"patient{p:03d}",
+            rng=rng,
+        )
+        write_nifti(
+            out / "ct_nifti" / f"ct{p:03d}.nii.gz",
+            ct_phantom((24, size, size), spacing, rng),
+            spacing,
+            (-160.0, -140.0, -400.0),
+        )
+        write_itk(
+            out / "ct_mhd" / f"scan{p:03d}.mhd",
+            ct_phantom((10, size, size), (0.7, 0.7, 2.0), rng),
+            (0.7, 0.7, 2.0),
+            (-120.0, -90.0, -250.0),
+        )
         write_nifti(out / "mr_nifti" / f"mr{p:03d}.nii.gz", mr_phantom((24, size, size), rng), (1.0, 1.0, 1.2))
         for k in range(3):
-            write_png(out / "xr_png8" / f"p{p:03d}_{k}.png",
-                      xray_phantom(size + 16 * k, size + 8 * p, rng), bit_depth=8, rgb=(k == 2))
+            write_png(
+                out / "xr_png8" / f"p{p:03d}_{k}.png",
+                xray_phantom(size + 16 * k, size + 8 * p, rng),
+                bit_depth=8,
+                rgb=(k == 2),
+            )
         write_png(out / "xr_png16" / f"p{p:03d}_0.png", xray_phantom(size, size, rng), bit_depth=16)
         for k in range(2):  # Figshare brain tumour style: one slice per file, the patient inside it.
-            write_brain_tumour_mat(out / "brain_mat" / f"{2 * p + k + 1}.mat", mr_phantom((3, size, size), rng)[1],
-                                   patient_id=f"{100000 + p}")
+            write_brain_tumour_mat(
+                out / "brain_mat" / f"{2 * p + k + 1}.mat",
+                mr_phantom((3, size, size), rng)[1],
+                patient_id=f"{100000 + p}",
+            )
     write_text(out / "datasets.yaml", DEMO_TABLE)
 
 
@@ -343,7 +375,9 @@ def default_demo_dir():
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog="python -m preprocessing.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project.")
+    parser.add_argument(
+        "--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project."
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     parser.add_argument("--force", action="store_true", help="rewrite the corpus even if it is complete.")
     return parser.parse_args(argv)

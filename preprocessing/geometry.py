@@ -80,6 +80,9 @@ def tf_crop_and_resize(image, crop_size=CROP_SIZE, image_size=IMAGE_SIZE, traini
     else:
         image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
     # Area averaging when shrinking (no aliasing), bilinear when a small slice is enlarged.
-    image = tf.cond(side > image_size, lambda: tf.image.resize(image, (image_size, image_size), method="area"),
-                    lambda: tf.image.resize(image, (image_size, image_size), method="bilinear"))
+    image = tf.cond(
+        side > image_size,
+        lambda: tf.image.resize(image, (image_size, image_size), method="area"),
+        lambda: tf.image.resize(image, (image_size, image_size), method="bilinear"),
+    )
     return tf.ensure_shape(image, (image_size, image_size, 1))

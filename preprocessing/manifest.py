@@ -46,8 +46,9 @@ def _regex(config_path, name, key, pattern):
     try:
         compiled = re.compile(pattern)
     except (re.error, TypeError) as error:
-        raise InputError(config_path, f"dataset '{name}' has {key} {pattern!r}, which is not a regular expression "
-                         f"({error})") from None
+        raise InputError(
+            config_path, f"dataset '{name}' has {key} {pattern!r}, which is not a regular expression ({error})"
+        ) from None
     if compiled.groups < 1:
         raise InputError(config_path, f"dataset '{name}' has {key} {pattern!r} without a group; group 1 is the value")
 
@@ -66,35 +67,45 @@ def load_table(config_path):
         raise InputError(config_path, "has no 'datasets' list")
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
-            raise InputError(config_path, f"dataset {number} is {entry!r}, not a mapping of fields (name, modality, ...)")
+            raise InputError(
+                config_path, f"dataset {number} is {entry!r}, not a mapping of fields (name, modality, ...)"
+            )
         name = entry.get("name", "?")
         missing = [key for key in REQUIRED_KEYS if key not in entry]
         if missing:
             raise InputError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
         if entry["modality"] not in MODALITIES:
-            raise InputError(config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}")
+            raise InputError(
+                config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}"
+            )
         if "body_part" not in entry and "body_part_pattern" not in entry:
             raise InputError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
         spp = entry["slices_per_patient"]
         if not (spp == "all" or (isinstance(spp, int) and not isinstance(spp, bool) and spp > 0)):
-            raise InputError(config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'")
+            raise InputError(
+                config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'"
+            )
         files = entry["files"]
         if not isinstance(files, str) or not files.strip():
             raise InputError(config_path, f"dataset '{name}' has files={files!r}, expected a glob relative to --root")
         if Path(files).is_absolute() or files.startswith("~") or ".." in Path(files).parts:
-            raise InputError(config_path, f"dataset '{name}' has files {files!r}, which leaves --root; globs are "
-                             "relative to it")
+            raise InputError(
+                config_path, f"dataset '{name}' has files {files!r}, which leaves --root; globs are relative to it"
+            )
         if entry["patient_id"] != "header":
             _regex(config_path, name, "patient_id", entry["patient_id"])
         if "body_part_pattern" in entry:
             _regex(config_path, name, "body_part_pattern", entry["body_part_pattern"])
         if entry.get("volumes", "first") not in VOLUME_RULES:
-            raise InputError(config_path, f"dataset '{name}' has volumes={entry['volumes']!r}, expected one of "
-                             f"{', '.join(VOLUME_RULES)}")
+            raise InputError(
+                config_path,
+                f"dataset '{name}' has volumes={entry['volumes']!r}, expected one of {', '.join(VOLUME_RULES)}",
+            )
         thesis = entry.get("thesis", {})
         if not isinstance(thesis, dict) or any(not isinstance(thesis.get(k, 0), int) for k in THESIS_KEYS):
-            raise InputError(config_path, f"dataset '{name}' has thesis={thesis!r}, expected integers "
-                             f"{', '.join(THESIS_KEYS)}")
+            raise InputError(
+                config_path, f"dataset '{name}' has thesis={thesis!r}, expected integers {', '.join(THESIS_KEYS)}"
+            )
     return entries
 
 
@@ -114,8 +125,11 @@ def find_files(root, pattern, allow_outside_root=False):
         real_root = root.resolve()
         for path in found:
             if not path.resolve().is_relative_to(real_root):
-                raise InputError(path, f"leads outside --root {real_root} (to {path.resolve()}); pass "
-                                 "--allow-outside-root to read it anyway")
+                raise InputError(
+                    path,
+                    f"leads outside --root {real_root} (to {path.resolve()}); pass "
+                    "--allow-outside-root to read it anyway",
+                )
     return sorted(found)
 
 
@@ -162,9 +176,12 @@ def sample_dataset(entry, root, warn=print, allow_outside_root=False):
             continue
         in_file = header.get("volumes_in_file", 1)
         if in_file > 1 and header.get("volumes_read", "first") != stated:
-            raise InputError(path, f"holds {in_file} volumes, of which the reader makes slices of "
-                             f"{header.get('volumes_read', 'first')}, but dataset '{entry['name']}' states volumes: "
-                             f"{stated}")
+            raise InputError(
+                path,
+                f"holds {in_file} volumes, of which the reader makes slices of "
+                f"{header.get('volumes_read', 'first')}, but dataset '{entry['name']}' states volumes: "
+                f"{stated}",
+            )
         patient = header.get("patient_id") if from_header else match.group(1)
         if not patient:
             warn(f"warning: {path}: names no patient in the file; skipped")
@@ -208,8 +225,9 @@ def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outsi
             return path, str(error)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(check, groups.items()), total=len(groups), desc="decoding", unit="file",
-                            disable=not progress))
+        results = list(
+            tqdm(pool.map(check, groups.items()), total=len(groups), desc="decoding", unit="file", disable=not progress)
+        )
     bad = [r for r in results if r is not None]
     for _path, message in bad:
         warn(f"warning: {message} Skipped.")
@@ -217,8 +235,9 @@ def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outsi
     return frame[~frame["path"].isin(bad_paths)], sorted(bad_paths)
 
 
-def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print, verify=True, progress=True,
-                   allow_outside_root=False):
+def build_manifest(
+    entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print, verify=True, progress=True, allow_outside_root=False
+):
     """Samples every dataset, decodes what it keeps (unless `verify` is False), splits by patient and checks the split.
 
     `allow_outside_root` accepts files that symlinks take outside `root` and headers naming
@@ -239,10 +258,15 @@ def build_manifest(entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=prin
     owners = frame.groupby("path")["dataset"].unique()
     shared = owners[owners.map(len) > 1]
     if len(shared):  # Its slices would be sampled twice and could fall in two splits (a leak).
-        raise InputError(shared.index[0], f"is matched by datasets {' and '.join(repr(d) for d in shared.iloc[0])} "
-                         f"({len(shared)} files are matched twice); give each file to one dataset by narrowing its glob")
+        raise InputError(
+            shared.index[0],
+            f"is matched by datasets {' and '.join(repr(d) for d in shared.iloc[0])} "
+            f"({len(shared)} files are matched twice); give each file to one dataset by narrowing its glob",
+        )
     if verify and len(frame):
-        frame, undecodable = verify_decodable(frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root)
+        frame, undecodable = verify_decodable(
+            frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root
+        )
         skipped += undecodable
     frame = frame.reset_index(drop=True)
     frame["split"] = patient_split(frame, fractions=fractions, seed=seed) if len(frame) else pd.Series(dtype=object)
@@ -280,11 +304,19 @@ def compare_with_thesis(frame, entries):
     for entry in entries:
         mine = frame[frame["dataset"] == entry["name"]]
         thesis = entry.get("thesis", {})
-        row = {"dataset": entry["name"], "patients": int(mine["patient_id"].nunique()), "slices": len(mine),
-               "thesis_patients": thesis.get("patients"), "thesis_sampled": thesis.get("sampled"),
-               "thesis_slices": thesis.get("slices")}
-        ratios = [max(a, 1) / max(b, 1) for a, b in ((row["patients"], row["thesis_patients"]),
-                                                     (row["slices"], row["thesis_sampled"])) if b is not None]
+        row = {
+            "dataset": entry["name"],
+            "patients": int(mine["patient_id"].nunique()),
+            "slices": len(mine),
+            "thesis_patients": thesis.get("patients"),
+            "thesis_sampled": thesis.get("sampled"),
+            "thesis_slices": thesis.get("slices"),
+        }
+        ratios = [
+            max(a, 1) / max(b, 1)
+            for a, b in ((row["patients"], row["thesis_patients"]), (row["slices"], row["thesis_sampled"]))
+            if b is not None
+        ]
         row["differs"] = any(r > DIFFERENCE_WARNED or r < 1 / DIFFERENCE_WARNED for r in ratios)
         rows.append(row)
     return pd.DataFrame(rows).set_index("dataset")
@@ -292,21 +324,28 @@ def compare_with_thesis(frame, entries):
 
 def print_thesis_comparison(comparison, warn=print):
     """Prints the comparison table, then one warning per dataset that differs by more than 2x."""
+
     def number(value):
         return "-" if pd.isna(value) else f"{int(value):,}"
 
-    print("\nbeside the thesis (patients: Fig. 3.1; slices: sampled, Fig. 3.3 or 3.1.5 x Fig. 3.1; "
-          "before sampling: Fig. 3.1):")
+    print(
+        "\nbeside the thesis (patients: Fig. 3.1; slices: sampled, Fig. 3.3 or 3.1.5 x Fig. 3.1; "
+        "before sampling: Fig. 3.1):"
+    )
     print(f"  {'dataset':<22} {'patients':>9} {'thesis':>9} {'slices':>9} {'thesis':>9} {'before sampling':>16}")
     for name, row in comparison.iterrows():
-        print(f"  {name:<22} {number(row['patients']):>9} {number(row['thesis_patients']):>9} "
-              f"{number(row['slices']):>9} {number(row['thesis_sampled']):>9} {number(row['thesis_slices']):>16}")
+        print(
+            f"  {name:<22} {number(row['patients']):>9} {number(row['thesis_patients']):>9} "
+            f"{number(row['slices']):>9} {number(row['thesis_sampled']):>9} {number(row['thesis_slices']):>16}"
+        )
     if comparison["thesis_patients"].isna().all():
         print("  (no dataset of this table is one of the thesis's: nothing to compare)")
     for name, row in comparison[comparison["differs"] & (comparison["slices"] > 0)].iterrows():  # Empty: warned.
-        warn(f"warning: dataset '{name}': {row['patients']:,} patients and {row['slices']:,} slices, the thesis "
-             f"{number(row['thesis_patients'])} and {number(row['thesis_sampled'])}: more than "
-             f"{DIFFERENCE_WARNED:g}x apart (another release or layout of the dataset, or other globs?).")
+        warn(
+            f"warning: dataset '{name}': {row['patients']:,} patients and {row['slices']:,} slices, the thesis "
+            f"{number(row['thesis_patients'])} and {number(row['thesis_sampled'])}: more than "
+            f"{DIFFERENCE_WARNED:g}x apart (another release or layout of the dataset, or other globs?)."
+        )
 
 
 def save_charts(tables, out_dir, stem):
@@ -334,27 +373,48 @@ DATASETS = Path(__file__).with_name("datasets.yaml")
 class ManifestOptions:
     """The settings of `python -m preprocessing.manifest`; `write_manifest` takes them."""
 
-    datasets: str = option(str(DATASETS), "datasets table (YAML). Default: preprocessing/datasets.yaml (the thesis's "
-                           "17 datasets).", reuse=False)
-    root: str = option(None, "folder holding the datasets; the table's globs are relative to it.", required=True,
-                       reuse=False)
+    datasets: str = option(
+        str(DATASETS),
+        "datasets table (YAML). Default: preprocessing/datasets.yaml (the thesis's 17 datasets).",
+        reuse=False,
+    )
+    root: str = option(
+        None, "folder holding the datasets; the table's globs are relative to it.", required=True, reuse=False
+    )
     out: str = option(None, "manifest CSV to write; charts are written beside it.", required=True, reuse=False)
     seed: int = option(0, "seed of the patient split.", type=int)
-    fractions: list = option(list(DEFAULT_FRACTIONS), "split fractions of patients' images.", source="thesis 3.1.7",
-                             type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
-    verify: bool = option(True, "skip decoding the sampled slices (faster; undecodable files then fail during "
-                          "training). Default: every kept file is decoded, and those that fail are skipped and "
-                          "counted.", flag="--no-verify", action="store_false")
-    allow_outside_root: bool = option(False, "read files that symlinks take outside --root, and MetaImage/NRRD headers "
-                                      "that name data files outside their own folder. Default: refused, so a dataset "
-                                      "cannot have other files of this machine read into the corpus.",
-                                      action="store_true")
+    fractions: list = option(
+        list(DEFAULT_FRACTIONS),
+        "split fractions of patients' images.",
+        source="thesis 3.1.7",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+    )
+    verify: bool = option(
+        True,
+        "skip decoding the sampled slices (faster; undecodable files then fail during "
+        "training). Default: every kept file is decoded, and those that fail are skipped and "
+        "counted.",
+        flag="--no-verify",
+        action="store_false",
+    )
+    allow_outside_root: bool = option(
+        False,
+        "read files that symlinks take outside --root, and MetaImage/NRRD headers "
+        "that name data files outside their own folder. Default: refused, so a dataset "
+        "cannot have other files of this machine read into the corpus.",
+        action="store_true",
+    )
 
 
 def parser():
-    return build_parser(ManifestOptions, "python -m preprocessing.manifest",
-                        "Sample slices per patient from the pretraining datasets, split by patient 90/5/5, and write "
-                        "one manifest CSV with count charts beside it.")
+    return build_parser(
+        ManifestOptions,
+        "python -m preprocessing.manifest",
+        "Sample slices per patient from the pretraining datasets, split by patient 90/5/5, and write "
+        "one manifest CSV with count charts beside it.",
+    )
 
 
 def parse_args(argv=None):
@@ -366,8 +426,11 @@ def parse_args(argv=None):
         except (UnicodeDecodeError, yaml.YAMLError):
             table = None
         if isinstance(table, dict) and "datasets" in table:
-            raise UsageError("--config", f"{given} is a datasets table: pass it as --datasets {given} (--config "
-                             "takes a YAML file of option defaults)")
+            raise UsageError(
+                "--config",
+                f"{given} is a datasets table: pass it as --datasets {given} (--config "
+                "takes a YAML file of option defaults)",
+            )
     return parse_options(ManifestOptions, parser(), argv)
 
 
@@ -380,8 +443,15 @@ def write_manifest(options):
     def warn(line):
         print(line, file=sys.stderr)
 
-    frame, skipped = build_manifest(entries, options.root, seed=options.seed, fractions=options.fractions, warn=warn,
-                                    verify=options.verify, allow_outside_root=options.allow_outside_root)
+    frame, skipped = build_manifest(
+        entries,
+        options.root,
+        seed=options.seed,
+        fractions=options.fractions,
+        warn=warn,
+        verify=options.verify,
+        allow_outside_root=options.allow_outside_root,
+    )
     if frame.empty:
         raise InputError(options.root, f"no readable files match any dataset of {options.datasets}")
     out = Path(options.out)
@@ -395,8 +465,10 @@ def write_manifest(options):
     print_thesis_comparison(comparison, warn=warn)
     write_csv(out.with_name(f"{out.stem}_beside_thesis.csv"), comparison.reset_index())
     charts = save_charts(tables, out.parent, out.stem)
-    print(f"\n{len(frame):,} slices from {frame.groupby(['dataset', 'patient_id']).ngroups:,} patients; "
-          f"{len(skipped)} unreadable files skipped.")
+    print(
+        f"\n{len(frame):,} slices from {frame.groupby(['dataset', 'patient_id']).ngroups:,} patients; "
+        f"{len(skipped)} unreadable files skipped."
+    )
     print(f"wrote {out}, {out.stem}_beside_thesis.csv and {len(charts)} charts beside it")
     return frame
 

@@ -45,8 +45,9 @@ def load_manifest(source, split=None):
     if split is not None:
         frame = frame[frame["split"] == split]
         if frame.empty:
-            raise InputError(source if not isinstance(source, pd.DataFrame) else "manifest",
-                                 f"has no rows in split '{split}'")
+            raise InputError(
+                source if not isinstance(source, pd.DataFrame) else "manifest", f"has no rows in split '{split}'"
+            )
     return frame
 
 
@@ -102,8 +103,9 @@ def _slices_from_manifest(frame, training, seed, share=None, source="manifest"):
                 warned.add(path)
                 print(f"warning: {error} Skipped.", file=sys.stderr)
             if len(warned) == len(groups):  # A whole pass without one slice would spin forever.
-                raise ImageReadError(path, f"and the other {len(groups) - 1} files of this split cannot be read; "
-                                     f"{NO_SLICE_LEFT}") from None
+                raise ImageReadError(
+                    path, f"and the other {len(groups) - 1} files of this split cannot be read; {NO_SLICE_LEFT}"
+                ) from None
             return np.zeros((0, 1, 1), np.float32)
 
     def load_tensor(index):
@@ -139,8 +141,13 @@ def shard_records(shard_dir, split, training, seed, share=None):
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(SHARD_CYCLE, len(files)), block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training))
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(SHARD_CYCLE, len(files)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=ordered(training),
+    )
     spec = shard_feature_spec()
     return dataset.map(lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -167,8 +174,12 @@ def shard_feature_spec():
     """The tf.io parsing spec of SHARD_FEATURES (missing features read as empty / 0)."""
     import tensorflow as tf
 
-    return {key: tf.io.FixedLenFeature([], tf.int64, default_value=0) if kind == "int64"
-            else tf.io.FixedLenFeature([], tf.string, default_value="") for key, kind in SHARD_FEATURES.items()}
+    return {
+        key: tf.io.FixedLenFeature([], tf.int64, default_value=0)
+        if kind == "int64"
+        else tf.io.FixedLenFeature([], tf.string, default_value="")
+        for key, kind in SHARD_FEATURES.items()
+    }
 
 
 def decode_image(features):
@@ -177,7 +188,9 @@ def decode_image(features):
 
     def raw():
         pixels = tf.io.decode_raw(features["raw"], tf.uint16, little_endian=True)
-        return tf.reshape(pixels, tf.stack([tf.cast(features["height"], tf.int32), tf.cast(features["width"], tf.int32), 1]))
+        return tf.reshape(
+            pixels, tf.stack([tf.cast(features["height"], tf.int32), tf.cast(features["width"], tf.int32), 1])
+        )
 
     def png():
         return tf.io.decode_png(features["image"], channels=1, dtype=tf.uint16)
@@ -186,8 +199,18 @@ def decode_image(features):
     return tf.cast(image, tf.float32) / UINT16_MAX
 
 
-def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, image_size=IMAGE_SIZE,
-                 training=None, shuffle_buffer=512, seed=0, drop_remainder=None, share=None):
+def make_dataset(
+    source,
+    split="train",
+    batch_size=32,
+    crop_size=CROP_SIZE,
+    image_size=IMAGE_SIZE,
+    training=None,
+    shuffle_buffer=512,
+    seed=0,
+    drop_remainder=None,
+    share=None,
+):
     """A tf.data.Dataset of float32 (batch, image_size, image_size, 1) batches in [0, 1].
 
     Args:
@@ -214,12 +237,18 @@ def make_dataset(source, split="train", batch_size=32, crop_size=CROP_SIZE, imag
     if Path(str(source)).is_dir() and not isinstance(source, pd.DataFrame):
         slices = _slices_from_shards(source, split, training, seed, share)
     else:
-        slices = _slices_from_manifest(load_manifest(source, split), training, seed, share,
-                                       source if not isinstance(source, pd.DataFrame) else "manifest")
+        slices = _slices_from_manifest(
+            load_manifest(source, split),
+            training,
+            seed,
+            share,
+            source if not isinstance(source, pd.DataFrame) else "manifest",
+        )
 
     def crop(index, image):  # Slice i of the stream is cropped with the stateless seed (seed, i).
-        return tf_crop_and_resize(image, crop_size, image_size, training=training,
-                                  seed=tf.stack([tf.cast(seed, tf.int64), index]))
+        return tf_crop_and_resize(
+            image, crop_size, image_size, training=training, seed=tf.stack([tf.cast(seed, tf.int64), index])
+        )
 
     dataset = slices.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered(training))
     if training:

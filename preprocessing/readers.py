@@ -140,14 +140,20 @@ def _finite(path, array):
         return array
     share = count / array.size
     if share > MAX_NONFINITE_SHARE:
-        raise ImageReadError(path, f"has {count:,} NaN or infinite values ({share:.1%} of the {array.size:,} read), "
-                             f"more than the {MAX_NONFINITE_SHARE:.0%} tolerated")
+        raise ImageReadError(
+            path,
+            f"has {count:,} NaN or infinite values ({share:.1%} of the {array.size:,} read), "
+            f"more than the {MAX_NONFINITE_SHARE:.0%} tolerated",
+        )
     array = array.copy() if not array.flags.writeable else array
     array[bad] = float(array[~bad].min())
     if str(path) not in _WARNED_NONFINITE:
         _WARNED_NONFINITE.add(str(path))
-        print(f"warning: {path}: {count:,} NaN or infinite values ({share:.2%} of those read) replaced by its lowest "
-              "value.", file=sys.stderr)
+        print(
+            f"warning: {path}: {count:,} NaN or infinite values ({share:.2%} of those read) replaced by its lowest "
+            "value.",
+            file=sys.stderr,
+        )
     return array
 
 
@@ -174,7 +180,9 @@ def _reader_for(path):
         return _read_matlab
     if suffix in DICOM_SUFFIXES:
         return _read_dicom_file
-    raise ImageReadError(path, f"has an unknown suffix '{suffix}' (expected DICOM, NIfTI, MetaImage, NRRD, PNG/JPEG, .npy or .mat)")
+    raise ImageReadError(
+        path, f"has an unknown suffix '{suffix}' (expected DICOM, NIfTI, MetaImage, NRRD, PNG/JPEG, .npy or .mat)"
+    )
 
 
 def _header_reader_for(path):
@@ -219,9 +227,7 @@ def _dicom_pixels(ds, path):
     except Exception as error:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise ImageReadError(
-            path, f"pixel data cannot be decoded (transfer syntax {name}: {_short(error)})"
-        ) from error
+        raise ImageReadError(path, f"pixel data cannot be decoded (transfer syntax {name}: {_short(error)})") from error
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if raw.ndim >= 3 and raw.shape[-1] in (3, 4) and int(getattr(ds, "SamplesPerPixel", 1)) > 1:
         raw = _rgb_to_gray(raw[..., :3].astype(np.float32))
@@ -355,9 +361,12 @@ def _series_headers(folder):
         gaps = np.flatnonzero(steps > 1.5 * z_spacing)
         if len(gaps):  # Read with the median spacing; a user who needs true geometry must know.
             k = int(gaps[0])
-            print(f"warning: {folder}: slices are missing between positions {distances[k]:.2f} and "
-                  f"{distances[k + 1]:.2f} mm ({len(gaps)} gap(s); spacing {z_spacing:.2f} mm); read with that "
-                  "spacing.", file=sys.stderr)
+            print(
+                f"warning: {folder}: slices are missing between positions {distances[k]:.2f} and "
+                f"{distances[k + 1]:.2f} mm ({len(gaps)} gap(s); spacing {z_spacing:.2f} mm); read with that "
+                "spacing.",
+                file=sys.stderr,
+            )
     else:
         ds = headers[0][1]
         z_spacing = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
@@ -434,8 +443,11 @@ def _check_nifti_size(path, image):
     actual = data_file.stat().st_size
     compressed = data_file.name.lower().endswith(".gz")
     if needed > (DEFLATE_MAX_RATIO * actual + 1024 if compressed else actual):
-        raise ImageReadError(path, f"claims {'x'.join(str(n) for n in image.shape)} voxels ({needed:,} bytes), more "
-                             f"than its {actual:,}{' compressed' if compressed else ''} bytes on disk can hold")
+        raise ImageReadError(
+            path,
+            f"claims {'x'.join(str(n) for n in image.shape)} voxels ({needed:,} bytes), more "
+            f"than its {actual:,}{' compressed' if compressed else ''} bytes on disk can hold",
+        )
 
 
 def _nifti_to_zyx(data):
@@ -471,7 +483,9 @@ def _header_nifti(path):
     shape = image.shape
     zyx = tuple(reversed(shape[:3])) if len(shape) >= 3 else tuple(reversed(shape))
     volumes = int(shape[3]) if len(shape) == 4 else 1
-    return {"format": "nifti", "shape": zyx, "volumes_in_file": volumes, "volumes_read": "first"} | _nifti_geometry(image)
+    return {"format": "nifti", "shape": zyx, "volumes_in_file": volumes, "volumes_read": "first"} | _nifti_geometry(
+        image
+    )
 
 
 # --------------------------------------------------------------------------- ITK (MetaImage, NRRD)
@@ -486,8 +500,20 @@ def _itk_meta(image):
     }
 
 
-_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+_MET_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
 _TEXT_HEADER_BYTES = 1 << 16  # A MetaImage/NRRD header's fields fit in this; a .mha or .nrrd's pixels follow them.
 _LISTING_BYTES = 1 << 24  # ... and a LIST of slice files after them in this.
 
@@ -512,7 +538,7 @@ def _text_header(path):
         key = key.strip().lower().replace(" ", "")
         fields[key] = value.strip()
         if key in ("elementdatafile", "datafile"):
-            return fields, lines[number + 1:]  # The last header field; a LIST's file names follow it.
+            return fields, lines[number + 1 :]  # The last header field; a LIST's file names follow it.
     return fields, []
 
 
@@ -590,14 +616,16 @@ def _check_metaimage_data(path):
     where = "it" if local else f"its data file {data}"
     if fields.get("compresseddata", "False").lower() == "true":
         if needed > DEFLATE_MAX_RATIO * actual + 1024:
-            raise ImageReadError(path, f"claims {needed:,} bytes of pixels (DimSize {fields['dimsize']}), more than "
-                                 f"{where} of {actual:,} compressed bytes can hold")
+            raise ImageReadError(
+                path,
+                f"claims {needed:,} bytes of pixels (DimSize {fields['dimsize']}), more than "
+                f"{where} of {actual:,} compressed bytes can hold",
+            )
         return
     if not local:
         needed += max(0, int(fields.get("headersize", 0) or 0))
     if actual < needed:
-        raise ImageReadError(path, f"{where} holds {actual:,} bytes but the header needs {needed:,} "
-                             "(cut short?)")
+        raise ImageReadError(path, f"{where} holds {actual:,} bytes but the header needs {needed:,} (cut short?)")
 
 
 def _read_itk(path, slices):
@@ -697,7 +725,7 @@ def _header_numpy(path):
     return {"format": "numpy", "shape": tuple(array.shape)}
 
 
-# --------------------------------------------------------------------------- MATLAB (figshare brain tumours, Cardiac MRI)
+# ------------------------------------------------------------------------- MATLAB (figshare brain tumours, Cardiac MRI)
 #
 # Two layouts, in either MATLAB format (v7.3 is HDF5, read with h5py; v4-v7 with scipy):
 # - `cjdata.image` (y, x) and `cjdata.PID`: one slice per file, the patient named inside
@@ -758,7 +786,9 @@ def _matlab_slice(path):
             image = np.asarray(handle["cjdata"]["image"], dtype=np.float32).T  # MATLAB stores columns first.
             patient = None
             if "PID" in handle["cjdata"]:  # A MATLAB char array: UTF-16 code units.
-                patient = "".join(chr(int(c)) for c in np.asarray(handle["cjdata"]["PID"]).ravel() if int(c)).strip() or None
+                patient = (
+                    "".join(chr(int(c)) for c in np.asarray(handle["cjdata"]["PID"]).ravel() if int(c)).strip() or None
+                )
     if image.ndim != 2:
         raise ImageReadError(path, f"holds a {image.ndim}D cjdata.image; expected one 2D slice")
     return image, patient
@@ -785,8 +815,13 @@ def _cardiac_planes(path, shape, slices):
 
 
 def _matlab_meta(layout, shape):
-    meta = {"format": "matlab", "modality": "MR", "spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
-            "direction": tuple(np.eye(3).ravel())}
+    meta = {
+        "format": "matlab",
+        "modality": "MR",
+        "spacing": (1.0, 1.0, 1.0),
+        "origin": (0.0, 0.0, 0.0),
+        "direction": tuple(np.eye(3).ravel()),
+    }
     if layout == "cardiac":
         meta |= {"volumes_in_file": shape[0], "volumes_read": "all", "slices_per_volume": shape[1]}
     return meta
@@ -797,8 +832,14 @@ def _read_matlab(path, slices):
     if layout == "cardiac":
         return _cardiac_planes(path, shape, slices), _matlab_meta(layout, shape)
     image, patient = _matlab_slice(path)
-    meta = {"format": "matlab", "modality": "MR", "spacing": (1.0, 1.0), "origin": (0.0, 0.0),
-            "direction": (1.0, 0.0, 0.0, 1.0), "patient_id": patient}
+    meta = {
+        "format": "matlab",
+        "modality": "MR",
+        "spacing": (1.0, 1.0),
+        "origin": (0.0, 0.0),
+        "direction": (1.0, 0.0, 0.0, 1.0),
+        "patient_id": patient,
+    }
     return image, meta
 
 

@@ -54,7 +54,11 @@ def _example(plane, dataset, modality, patient_id, volume, encoding="raw"):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
     if encoding == "raw":
-        image = {"raw": feature(pixels.tobytes()), "height": integer(pixels.shape[0]), "width": integer(pixels.shape[1])}
+        image = {
+            "raw": feature(pixels.tobytes()),
+            "height": integer(pixels.shape[0]),
+            "width": integer(pixels.shape[1]),
+        }
     elif encoding == "png":
         ok, png = cv2.imencode(".png", pixels)
         if not ok:
@@ -62,17 +66,22 @@ def _example(plane, dataset, modality, patient_id, volume, encoding="raw"):
         image = {"image": feature(png.tobytes())}
     else:
         raise ValueError(f"encoding must be one of {ENCODINGS}. Received: encoding={encoding!r}")
-    return tf.train.Example(features=tf.train.Features(feature={
-        **image,
-        "dataset": feature(str(dataset).encode()),
-        "modality": feature(str(modality).encode()),
-        "patient_id": feature(str(patient_id).encode()),
-        "volume": feature(str(volume).encode()),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                **image,
+                "dataset": feature(str(dataset).encode()),
+                "modality": feature(str(modality).encode()),
+                "patient_id": feature(str(patient_id).encode()),
+                "volume": feature(str(volume).encode()),
+            }
+        )
+    ).SerializeToString()
 
 
-def write_split(frame, split, out_dir, slices_per_shard=2048, progress=True, seed=0, encoding="raw",
-                allow_outside_root=False):
+def write_split(
+    frame, split, out_dir, slices_per_shard=2048, progress=True, seed=0, encoding="raw", allow_outside_root=False
+):
     """Writes one split's shards, well mixed (see the module docstring); returns (slices written, skipped files)."""
     import tensorflow as tf
     from tqdm import tqdm
@@ -124,26 +133,43 @@ def split_record(frame, split, slices_per_shard, seed, encoding, root):
     """
     rows = frame[frame["split"] == split]
     columns = [c for c in MANIFEST_COLUMNS_HASHED if c in rows.columns]
-    return {"settings": {"encoding": encoding, "slices_per_shard": int(slices_per_shard), "seed": int(seed)},
-            "inputs": {"manifest_rows": rows_hash(rows[columns], root=root), "rows": len(rows)}}
+    return {
+        "settings": {"encoding": encoding, "slices_per_shard": int(slices_per_shard), "seed": int(seed)},
+        "inputs": {"manifest_rows": rows_hash(rows[columns], root=root), "rows": len(rows)},
+    }
 
 
 def record_changes(recorded, made, split):
     """What differs between a split's recorded making and this one, in words (empty when nothing)."""
     if "inputs" not in recorded:
         return [f"{split} shards were written before shards recorded their inputs"]
-    changes = [f"--{key.replace('_', '-')} {recorded['settings'].get(key)!r} -> {value!r}"
-               for key, value in made["settings"].items() if recorded["settings"].get(key) != value]
+    changes = [
+        f"--{key.replace('_', '-')} {recorded['settings'].get(key)!r} -> {value!r}"
+        for key, value in made["settings"].items()
+        if recorded["settings"].get(key) != value
+    ]
     before, now = recorded["inputs"], made["inputs"]
     if before["manifest_rows"] != now["manifest_rows"]:
-        counts = (f"{before['rows']:,} rows then, {now['rows']:,} now" if before["rows"] != now["rows"]
-                  else f"{now['rows']:,} rows, other content")
+        counts = (
+            f"{before['rows']:,} rows then, {now['rows']:,} now"
+            if before["rows"] != now["rows"]
+            else f"{now['rows']:,} rows, other content"
+        )
         changes.append(f"the manifest's {split} rows ({counts})")
     return changes
 
 
-def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_shard=2048, progress=True, seed=0,
-                 encoding="raw", overwrite=False, allow_outside_root=False):
+def write_shards(
+    manifest,
+    out_dir,
+    splits=("train", "val", "test"),
+    slices_per_shard=2048,
+    progress=True,
+    seed=0,
+    encoding="raw",
+    overwrite=False,
+    allow_outside_root=False,
+):
     """Writes every split's shards and an `index.json`; splits made from the same rows and settings are kept.
 
     `encoding` 'raw' stores each slice's 16-bit pixels as they are (about 0.5 MB for a
@@ -163,20 +189,26 @@ def write_shards(manifest, out_dir, splits=("train", "val", "test"), slices_per_
     changed = {split: record_changes(index[split], made[split], split) for split in wanted if split in index}
     stale = [f"{split}: {'; '.join(changes)}" for split, changes in changed.items() if changes]
     if stale and not overwrite:
-        raise UsageError(out_dir, f"holds shards made from other inputs or settings ({' | '.join(stale)}); pass "
-                         "--overwrite to write them again, or choose another --out")
+        raise UsageError(
+            out_dir,
+            f"holds shards made from other inputs or settings ({' | '.join(stale)}); pass "
+            "--overwrite to write them again, or choose another --out",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in wanted:
         if split in index and not changed[split] and not overwrite:
-            print(f"{split}: {index[split]['slices']} slices already in shards, made from these rows and settings; kept")
+            print(
+                f"{split}: {index[split]['slices']} slices already in shards, made from these rows and settings; kept"
+            )
             continue
         for old in out_dir.glob(f"{split}-*.tfrecord"):
             old.unlink()
         index.pop(split, None)
         write_json(index_path, index)  # A split being rewritten is never listed as done.
         remove_temporaries(out_dir)
-        count, skipped = write_split(frame, split, out_dir, slices_per_shard, progress, seed, encoding,
-                                     allow_outside_root)
+        count, skipped = write_split(
+            frame, split, out_dir, slices_per_shard, progress, seed, encoding, allow_outside_root
+        )
         index[split] = {"slices": count, "skipped_files": skipped, **made[split]}
         write_json(index_path, index)  # After each split, so a killed run keeps finished splits.
         print(f"{split}: {count} slices, {len(skipped)} unreadable files skipped")
@@ -192,15 +224,27 @@ class ShardOptions:
     slices_per_shard: int = option(2048, "slices per TFRecord file.", type=int)
     splits: list = option(["train", "val", "test"], "splits to write. Default: all.", nargs="+")
     seed: int = option(0, "seed of the volume order and the mixing.", type=int)
-    encoding: str = option("raw", "raw: 16-bit pixels as they are, the fastest to read (a 512x512 slice takes 0.5 MB); "
-                           "png: 16-bit PNG, about half the disk for CT but ~2.5 ms more per slice to decode, which "
-                           "takes about a third of a core's pretraining input.", choices=ENCODINGS)
-    overwrite: bool = option(False, "write again the splits whose shards were made from other manifest rows or "
-                             "settings. Default: such a split stops the command, naming what changed.", reuse=False,
-                             action="store_true")
-    allow_outside_root: bool = option(False, "read MetaImage/NRRD headers that name data files outside their own "
-                                      "folder (as preprocessing.manifest --allow-outside-root). Default: refused.",
-                                      reuse=False, action="store_true")
+    encoding: str = option(
+        "raw",
+        "raw: 16-bit pixels as they are, the fastest to read (a 512x512 slice takes 0.5 MB); "
+        "png: 16-bit PNG, about half the disk for CT but ~2.5 ms more per slice to decode, which "
+        "takes about a third of a core's pretraining input.",
+        choices=ENCODINGS,
+    )
+    overwrite: bool = option(
+        False,
+        "write again the splits whose shards were made from other manifest rows or "
+        "settings. Default: such a split stops the command, naming what changed.",
+        reuse=False,
+        action="store_true",
+    )
+    allow_outside_root: bool = option(
+        False,
+        "read MetaImage/NRRD headers that name data files outside their own "
+        "folder (as preprocessing.manifest --allow-outside-root). Default: refused.",
+        reuse=False,
+        action="store_true",
+    )
 
 
 def parse_args(argv=None):
@@ -210,9 +254,16 @@ def parse_args(argv=None):
 
 def run(options):
     """Writes the shards of a ShardOptions; returns the index."""
-    index = write_shards(options.manifest, options.out, options.splits, options.slices_per_shard, seed=options.seed,
-                         encoding=options.encoding, overwrite=options.overwrite,
-                         allow_outside_root=options.allow_outside_root)
+    index = write_shards(
+        options.manifest,
+        options.out,
+        options.splits,
+        options.slices_per_shard,
+        seed=options.seed,
+        encoding=options.encoding,
+        overwrite=options.overwrite,
+        allow_outside_root=options.allow_outside_root,
+    )
     print(f"wrote shards to {options.out}")
     return index
 

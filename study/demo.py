@@ -22,33 +22,69 @@ from plumbing.cli import ArgumentParser
 from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTE = ("**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
-        "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
-        "on LUNA16 and MURA.")
+NOTE = (
+    "**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
+    "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
+    "on LUNA16 and MURA."
+)
 
 
 def build_parser():
     parser = ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/.")
-    parser.add_argument("--backbone", default="resnet18", choices=sorted(BACKBONES),
-                        help="backbone of every model. Default: resnet18 (fast on a CPU).")
+    parser.add_argument(
+        "--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/."
+    )
+    parser.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=sorted(BACKBONES),
+        help="backbone of every model. Default: resnet18 (fast on a CPU).",
+    )
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
     parser.add_argument("--pretrain-steps", type=int, default=40, help="pretraining steps per epoch. Default: 40.")
-    parser.add_argument("--fractions", type=float, nargs="*", default=[0.25, 0.5],
-                        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.25 0.5.")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="MURA runs per initialisation and fraction, averaged (the thesis trained 2). Default: 2.")
-    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five.")
-    parser.add_argument("--interval", default=DEFAULT_INTERVAL, choices=INTERVALS,
-                        help="the report's AUC intervals: the cluster jackknife on the logit scale (validated down to "
-                        f"20 clusters by tools/simulate_statistics.py) or the percentile bootstrap. Default: "
-                        f"{DEFAULT_INTERVAL}.")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples, used with --interval "
-                        "bootstrap only. Default: 1000.")
-    parser.add_argument("--overwrite", action="store_true", help="redo steps whose kept results were made with other "
-                        "settings or data. Default: such a step stops the study, saying what changed.")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
-                        "on a CPU the same seed gives the same report. Default: 0.")
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[0.25, 0.5],
+        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.25 0.5.",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="MURA runs per initialisation and fraction, averaged (the thesis trained 2). Default: 2.",
+    )
+    parser.add_argument(
+        "--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="LUNA16 folds. Default: all five."
+    )
+    parser.add_argument(
+        "--interval",
+        default=DEFAULT_INTERVAL,
+        choices=INTERVALS,
+        help="the report's AUC intervals: the cluster jackknife on the logit scale (validated down to "
+        f"20 clusters by tools/simulate_statistics.py) or the percentile bootstrap. Default: "
+        f"{DEFAULT_INTERVAL}.",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples, used with --interval bootstrap only. Default: 1000.",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo steps whose kept results were made with other "
+        "settings or data. Default: such a step stops the study, saying what changed.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
+        "on a CPU the same seed gives the same report. Default: 0.",
+    )
     return parser
 
 
@@ -72,11 +108,22 @@ def run(args):
     _step(f"genesis2d pretraining ({args.backbone})")
     pretrain_dir = out / "pretrain"
     # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
-    config = pretrain.resolve(from_config(
-        pretrain.PretrainConfig, pretrain.build_parser(), pretrain.DEMO_CONFIG, manifest=str(manifest),
-        backbone=args.backbone, out=str(pretrain_dir), epochs=args.pretrain_epochs,
-        steps_per_epoch=args.pretrain_steps, verbose=2, seed=args.seed, overwrite=args.overwrite,
-        resume=pretrain.unfinished(pretrain_dir)))
+    config = pretrain.resolve(
+        from_config(
+            pretrain.PretrainConfig,
+            pretrain.build_parser(),
+            pretrain.DEMO_CONFIG,
+            manifest=str(manifest),
+            backbone=args.backbone,
+            out=str(pretrain_dir),
+            epochs=args.pretrain_epochs,
+            steps_per_epoch=args.pretrain_steps,
+            verbose=2,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            resume=pretrain.unfinished(pretrain_dir),
+        )
+    )
     pretrain.run(config)
     encoder = pretrain_dir
 
@@ -85,13 +132,30 @@ def run(args):
     if imagenet_file.exists():
         inits.append("imagenet")
     else:
-        print(f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
-              "(Keras downloads it there on a machine with internet access).")
+        print(
+            f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
+            "(Keras downloads it there on a machine with internet access)."
+        )
 
-    luna16_demo = from_config(luna16.Luna16Options, luna16.parser(), luna16.DEMO_CONFIG, backbone=args.backbone,
-                              encoder=str(encoder), seed=args.seed, folds=list(args.folds), overwrite=args.overwrite)
-    mura_demo = from_config(mura.MuraOptions, mura.parser(), mura.DEMO_CONFIG, backbone=args.backbone,
-                            encoder=str(encoder), seed=args.seed, overwrite=args.overwrite)
+    luna16_demo = from_config(
+        luna16.Luna16Options,
+        luna16.parser(),
+        luna16.DEMO_CONFIG,
+        backbone=args.backbone,
+        encoder=str(encoder),
+        seed=args.seed,
+        folds=list(args.folds),
+        overwrite=args.overwrite,
+    )
+    mura_demo = from_config(
+        mura.MuraOptions,
+        mura.parser(),
+        mura.DEMO_CONFIG,
+        backbone=args.backbone,
+        encoder=str(encoder),
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     run_dirs = []
     for probe in (False, True):
         for init in inits:
@@ -124,8 +188,12 @@ def run(args):
 def main(argv=None):
     from plumbing.cli import run_command
 
-    return run_command(lambda a: build_parser().parse_args(a), run, argv,
-                       interrupted=lambda args: "run the same command again to continue where it stopped.")
+    return run_command(
+        lambda a: build_parser().parse_args(a),
+        run,
+        argv,
+        interrupted=lambda args: "run the same command again to continue where it stopped.",
+    )
 
 
 if __name__ == "__main__":

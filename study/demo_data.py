@@ -26,7 +26,9 @@ def parse_args(argv=None):
     from preprocessing.demo import default_demo_dir
 
     parser = ArgumentParser(prog="python -m study.demo_data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project.")
+    parser.add_argument(
+        "--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project."
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     return parser.parse_args(argv)
 

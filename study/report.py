@@ -40,6 +40,8 @@ PROBE = " probe"  # A linear probe's column is its init followed by this (`Resul
 def reference_of(arm):
     """The column an arm is tested against: genesis fine-tuned, or genesis's probe for a probe."""
     return REFERENCE + PROBE if arm.endswith(PROBE) else REFERENCE
+
+
 # The interval of each AUC: the cluster jackknife on the logit scale with a t reference, which kept 95% intervals'
 # coverage >= 0.90 at 20 clusters in tools/simulate_statistics.py where the percentile bootstrap of clusters fell
 # to 0.80-0.83.
@@ -51,12 +53,20 @@ DEFAULT_INTERVAL = "jackknife"
 # fewer clusters, or on fewer holding a positive or a negative, are flagged.
 VALIDATED_CLUSTERS, VALIDATED_SIDE = 20, 10
 THESIS_FILE = Path(__file__).with_name("thesis_results.yaml")
-SPREAD_SENTENCE = ("The p-values and intervals count the sampling of test cases (their clusters) only and treat "
-                   "each trained model as fixed: they do not cover how much another training run (another seed, "
-                   "data order or initialisation draw) would move the difference, which the spread of these "
-                   "per-run differences shows.")
-METRIC_NAMES = {"auc": "AUC", "auc_ensemble": "AUC of the ensemble", "accuracy": "accuracy", "kappa": "Cohen's kappa", "sensitivity": "sensitivity",
-                "specificity": "specificity"}
+SPREAD_SENTENCE = (
+    "The p-values and intervals count the sampling of test cases (their clusters) only and treat "
+    "each trained model as fixed: they do not cover how much another training run (another seed, "
+    "data order or initialisation draw) would move the difference, which the spread of these "
+    "per-run differences shows."
+)
+METRIC_NAMES = {
+    "auc": "AUC",
+    "auc_ensemble": "AUC of the ensemble",
+    "accuracy": "accuracy",
+    "kappa": "Cohen's kappa",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
 
 
 def _inits(runs):
@@ -71,8 +81,11 @@ def _by_init(group):
     by_init = {}
     for run in group:
         if run.arm in by_init:
-            raise ResultsError(run.folder, f"repeats {run.task} {run.backbone} {run.arm} at "
-                               f"{run.fraction:.0%} of labels already given by {by_init[run.arm].folder}")
+            raise ResultsError(
+                run.folder,
+                f"repeats {run.task} {run.backbone} {run.arm} at "
+                f"{run.fraction:.0%} of labels already given by {by_init[run.arm].folder}",
+            )
         by_init[run.arm] = run
     return by_init
 
@@ -115,8 +128,11 @@ def thesis_match(thesis, row, by_init):
     """
     cells, task, backbone = thesis["cells"], row["dataset"], row["backbone"]
     if row["metric"] != "auc":
-        return {"thesis": "the thesis gives AUC only (Fig. 5.1)" if row["metric"] != "auc_ensemble"
-                else "the thesis averaged runs, no ensemble (4.2.4.4)"}
+        return {
+            "thesis": "the thesis gives AUC only (Fig. 5.1)"
+            if row["metric"] != "auc_ensemble"
+            else "the thesis averaged runs, no ensemble (4.2.4.4)"
+        }
     same_task = [c for c in cells if c["task"] == task]
     if not same_task:
         return {"thesis": f"the thesis has no {task} results"}
@@ -142,12 +158,18 @@ def thesis_match(thesis, row, by_init):
     texts = []
     for init, cell in found.items():
         ours = row.get(init)
-        texts.append(f"{init} {cell['auc']:.5g} ({cell['source'].split(';')[0].split(' (')[0]}), "
-                     f"ours {ours - cell['auc']:+.3f}")
-    notes = [f"{task} {backbone} {init}: {cell['source']}" + (f"; {cell['note']}" if cell.get("note") else "")
-             for init, cell in found.items()]
-    return {"thesis": "; ".join(texts) + " sel. T", "thesis_sources": notes,
-            **{f"thesis_{i}": c["auc"] for i, c in found.items()}}
+        texts.append(
+            f"{init} {cell['auc']:.5g} ({cell['source'].split(';')[0].split(' (')[0]}), ours {ours - cell['auc']:+.3f}"
+        )
+    notes = [
+        f"{task} {backbone} {init}: {cell['source']}" + (f"; {cell['note']}" if cell.get("note") else "")
+        for init, cell in found.items()
+    ]
+    return {
+        "thesis": "; ".join(texts) + " sel. T",
+        "thesis_sources": notes,
+        **{f"thesis_{i}": c["auc"] for i, c in found.items()},
+    }
 
 
 def thesis_fold_lines(table, runs, thesis):
@@ -167,17 +189,27 @@ def thesis_fold_lines(table, runs, thesis):
             _, y, p, _, strata = run.arrays(row["level"])
             folds = np.unique(strata)
             if len(folds) != len(cell["folds"]):
-                lines.append(f"| {' | '.join(key)} | {len(cell['folds'])} folds in {cell['folds_source']}, "
-                             f"{len(folds)} here: not compared | | |")
+                lines.append(
+                    f"| {' | '.join(key)} | {len(cell['folds'])} folds in {cell['folds_source']}, "
+                    f"{len(folds)} here: not compared | | |"
+                )
                 continue
             for index, (fold, theirs) in enumerate(zip(folds, cell["folds"]), start=1):
                 ours = stratified_auc(y[strata == fold], p[:, strata == fold])
-                lines.append(f"| {' | '.join(key)} | {index} (subsets {2 * index - 2}-{2 * index - 1}; ours: {fold}) "
-                             f"| {theirs:.4f} ({cell['folds_source']}) | {ours:.4f} | {ours - theirs:+.4f} |")
+                lines.append(
+                    f"| {' | '.join(key)} | {index} (subsets {2 * index - 2}-{2 * index - 1}; ours: {fold}) "
+                    f"| {theirs:.4f} ({cell['folds_source']}) | {ours:.4f} | {ours - theirs:+.4f} |"
+                )
     if not lines:
         return []
-    return ["## Beside the thesis, fold by fold", "",
-            "| task | backbone | init | fold | thesis | ours | difference |", "|" + " --- |" * 7, *lines, ""]
+    return [
+        "## Beside the thesis, fold by fold",
+        "",
+        "| task | backbone | init | fold | thesis | ours | difference |",
+        "|" + " --- |" * 7,
+        *lines,
+        "",
+    ]
 
 
 def _auc_interval(y, p, groups, strata, interval, iterations, seed, unit):
@@ -208,17 +240,25 @@ def _per_run_differences(y, p_a, p_b, strata):
         b = p_b if len(p_b) == runs else np.repeat(p_b, runs, axis=0)
         return "run", [stratified_auc(y, a[r], strata) - stratified_auc(y, b[r], strata) for r in range(runs)]
     valid = [f for f in folds if len(np.unique(y[strata == f])) == 2]
-    return "fold", [stratified_auc(y[strata == f], p_a[0, strata == f]) - stratified_auc(y[strata == f],
-                                                                                         p_b[0, strata == f])
-                    for f in valid]
+    return "fold", [
+        stratified_auc(y[strata == f], p_a[0, strata == f]) - stratified_auc(y[strata == f], p_b[0, strata == f])
+        for f in valid
+    ]
 
 
 def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, interval=DEFAULT_INTERVAL):
     """One row of the results table: a level's metric for every initialisation, tests for AUC."""
     name = level["name"]
     unit = level.get("group", "group")
-    row = {"dataset": task, "backbone": backbone, "level": name, "metric": metric,
-           "label": f"{METRIC_NAMES[metric]}, {level.get('description', name)}", "test": "", "notes": []}
+    row = {
+        "dataset": task,
+        "backbone": backbone,
+        "level": name,
+        "metric": metric,
+        "label": f"{METRIC_NAMES[metric]}, {level.get('description', name)}",
+        "test": "",
+        "notes": [],
+    }
     for init in inits:
         if init not in by_init:
             continue
@@ -247,9 +287,16 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, i
             y, p_a, p_b, groups, strata = _aligned(by_init[reference], by_init[other], name)
             test = paired_auc_test(y, p_a, p_b, clusters=groups, strata=strata, unit=unit)
             key = f"{reference}_vs_{other}"
-            row.update({f"{key}_delta": test["difference"], f"{key}_p": test["p_value"],
-                        f"{key}_ci_low": test["ci_low"], f"{key}_ci_high": test["ci_high"],
-                        f"{key}_clusters": test["clusters"], f"{key}_df": test["df"]})
+            row.update(
+                {
+                    f"{key}_delta": test["difference"],
+                    f"{key}_p": test["p_value"],
+                    f"{key}_ci_low": test["ci_low"],
+                    f"{key}_ci_high": test["ci_high"],
+                    f"{key}_clusters": test["clusters"],
+                    f"{key}_df": test["df"],
+                }
+            )
             what, differences = _per_run_differences(y, p_a, p_b, strata)
             if what:
                 row[f"{key}_per_{what}"] = differences
@@ -261,9 +308,15 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, i
 
 def ensemble_row(task, backbone, level, by_init, inits):
     """The AUC of each init's runs' mean probability: an ensemble, not the thesis's average."""
-    row = {"dataset": task, "backbone": backbone, "level": level["name"], "metric": "auc_ensemble", "test": "",
-           "label": f"AUC of the ensemble (mean probability of the runs), {level.get('description', level['name'])}",
-           "notes": []}
+    row = {
+        "dataset": task,
+        "backbone": backbone,
+        "level": level["name"],
+        "metric": "auc_ensemble",
+        "test": "",
+        "label": f"AUC of the ensemble (mean probability of the runs), {level.get('description', level['name'])}",
+        "notes": [],
+    }
     for init in inits:
         if init in by_init:
             _, y, p, _, strata = by_init[init].arrays(level["name"])
@@ -279,7 +332,7 @@ def results_table(runs, iterations=1000, seed=0, interval=DEFAULT_INTERVAL, thes
     rows = []
     inits = _inits(runs)
     full = [r for r in runs if r.fraction == 1.0]
-    for (task, backbone) in sorted({(r.task, r.backbone) for r in full}):
+    for task, backbone in sorted({(r.task, r.backbone) for r in full}):
         by_init = _by_init([r for r in full if (r.task, r.backbone) == (task, backbone)])
         levels = next(iter(by_init.values())).levels
         for level in levels:
@@ -309,8 +362,10 @@ def _test_cell(row, other):
     if pd.isna(row.get(f"{key}_p", np.nan)):
         return "-"
     df = row.get(f"{key}_df", np.nan)
-    return (f"{row[f'{key}_delta']:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}] "
-            f"(p = {row[f'{key}_p']:.3g}" + (f", {df:.0f} df)" if not pd.isna(df) else ")"))
+    return (
+        f"{row[f'{key}_delta']:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}] "
+        f"(p = {row[f'{key}_p']:.3g}" + (f", {df:.0f} df)" if not pd.isna(df) else ")")
+    )
 
 
 def _clusters_cell(row):
@@ -322,8 +377,9 @@ def _clusters_cell(row):
     text = f"{count} {unit}s ({positive} with a positive, {negative} with a negative)"
     text += f" in {folds} folds" if folds > 1 else ""
     if row["metric"] == "auc" and (count < VALIDATED_CLUSTERS or min(positive, negative) < VALIDATED_SIDE):
-        text += (f"; fewer than {VALIDATED_CLUSTERS}, or {VALIDATED_SIDE} on a side: intervals and p-values not "
-                 "validated")
+        text += (
+            f"; fewer than {VALIDATED_CLUSTERS}, or {VALIDATED_SIDE} on a side: intervals and p-values not validated"
+        )
     return text
 
 
@@ -341,13 +397,28 @@ def selection_keys(table, inits):
 def markdown_table(table, inits, selections=None):
     selections = selection_keys(table, inits) if selections is None else selections
     others = [i for i in inits if i != reference_of(i) and reference_of(i) in inits]
-    header = ["dataset", "backbone", "metric", *inits, *[f"{reference_of(o)} vs {o}" for o in others], "test",
-              "clusters", "thesis"]
+    header = [
+        "dataset",
+        "backbone",
+        "metric",
+        *inits,
+        *[f"{reference_of(o)} vs {o}" for o in others],
+        "test",
+        "clusters",
+        "thesis",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in table.to_dict("records"):
-        cells = [row["dataset"], row["backbone"], row["label"], *[_cell(row, i, selections) for i in inits],
-                 *[_test_cell(row, o) for o in others], row.get("test") or "-", _clusters_cell(row),
-                 row.get("thesis") or "-"]
+        cells = [
+            row["dataset"],
+            row["backbone"],
+            row["label"],
+            *[_cell(row, i, selections) for i in inits],
+            *[_test_cell(row, o) for o in others],
+            row.get("test") or "-",
+            _clusters_cell(row),
+            row.get("thesis") or "-",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
@@ -362,18 +433,26 @@ def spread_lines(table, inits):
                 values = row.get(f"{key}_per_{what}")
                 if isinstance(values, list) and values:
                     spread = f", sd {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-                    lines.append(f"| {row['dataset']} | {row['backbone']} | {row['label']} | "
-                                 f"{reference_of(other)} vs {other} | {what} | "
-                                 f"{', '.join(f'{v:+.3f}' for v in values)} | {np.min(values):+.3f} to "
-                                 f"{np.max(values):+.3f}{spread} | {row[f'{key}_delta']:+.3f} |")
+                    lines.append(
+                        f"| {row['dataset']} | {row['backbone']} | {row['label']} | "
+                        f"{reference_of(other)} vs {other} | {what} | "
+                        f"{', '.join(f'{v:+.3f}' for v in values)} | {np.min(values):+.3f} to "
+                        f"{np.max(values):+.3f}{spread} | {row[f'{key}_delta']:+.3f} |"
+                    )
     if not lines:
         return []
-    return ["## Run-to-run spread", "",
-            "The AUC difference of each training run (runs of `--repeats` paired by their index), or of each fold "
-            "where each fold is one model, beside the difference the test is about: the p-values do not cover "
-            "this spread (above).", "",
-            "| dataset | backbone | metric | comparison | per | differences | range, spread | tested difference |",
-            "|" + " --- |" * 8, *lines, ""]
+    return [
+        "## Run-to-run spread",
+        "",
+        "The AUC difference of each training run (runs of `--repeats` paired by their index), or of each fold "
+        "where each fold is one model, beside the difference the test is about: the p-values do not cover "
+        "this spread (above).",
+        "",
+        "| dataset | backbone | metric | comparison | per | differences | range, spread | tested difference |",
+        "|" + " --- |" * 8,
+        *lines,
+        "",
+    ]
 
 
 def label_efficiency(runs, iterations, seed, interval=DEFAULT_INTERVAL):
@@ -383,9 +462,20 @@ def label_efficiency(runs, iterations, seed, interval=DEFAULT_INTERVAL):
         level = run.levels[0]
         _, y, p, groups, strata = run.arrays(level["name"])
         auc, low, high, _ = _auc_interval(y, p, groups, strata, interval, iterations, seed, level.get("group", "group"))
-        rows.append({"task": run.task, "backbone": run.backbone, "init": run.arm, "fraction": run.fraction,
-                     "auc": auc, "ci_low": low, "ci_high": high, "level": level["name"],
-                     "label": level.get("description", level["name"]), "selection": run.selection})
+        rows.append(
+            {
+                "task": run.task,
+                "backbone": run.backbone,
+                "init": run.arm,
+                "fraction": run.fraction,
+                "auc": auc,
+                "ci_low": low,
+                "ci_high": high,
+                "level": level["name"],
+                "label": level.get("description", level["name"]),
+                "selection": run.selection,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -399,8 +489,14 @@ def plot_label_efficiency(frame, inits, path):
             line = group[group["init"] == init].sort_values("fraction")
             if len(line):
                 x = line["fraction"] * 100 + (index - (len(inits) - 1) / 2) * 0.8  # Side by side, not on top.
-                axis.errorbar(x, line["auc"], yerr=[line["auc"] - line["ci_low"], line["ci_high"] - line["auc"]],
-                              marker="o", capsize=3, label=init)
+                axis.errorbar(
+                    x,
+                    line["auc"],
+                    yerr=[line["auc"] - line["ci_low"], line["ci_high"] - line["auc"]],
+                    marker="o",
+                    capsize=3,
+                    label=init,
+                )
         axis.set_xlabel("training labels used (%)")
         axis.set_ylabel("AUC (95% interval)")
         axis.set_title(f"{task} {backbone}: AUC of the {group['level'].iloc[0]}s", fontsize=9)
@@ -412,8 +508,10 @@ def plot_label_efficiency(frame, inits, path):
 def _interval_text(interval, iterations):
     if interval == "bootstrap":
         return f"95% percentile bootstrap interval ({iterations} resamples of each level's groups within each fold)"
-    return ("95% interval from the cluster jackknife (each level's groups left out one at a time within each fold), "
-            "taken on the logit of the AUC with a t reference on the folds' Satterthwaite degrees of freedom")
+    return (
+        "95% interval from the cluster jackknife (each level's groups left out one at a time within each fold), "
+        "taken on the logit of the AUC with a t reference on the folds' Satterthwaite degrees of freedom"
+    )
 
 
 def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL):
@@ -424,39 +522,57 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     thesis = load_thesis()
     table = results_table(runs, iterations, seed, interval, thesis)
     selections = selection_keys(table, inits)
-    listed = {c: table[c].map(lambda v: "; ".join(v) if isinstance(v, list) else v)
-              for c in ("notes", "thesis_sources") if c in table}
+    listed = {
+        c: table[c].map(lambda v: "; ".join(v) if isinstance(v, list) else v)
+        for c in ("notes", "thesis_sources")
+        if c in table
+    }
     write_csv(out / "results.csv", table.assign(**listed))
     lines = ["# Results", ""] + ([note, ""] if note else [])
     lines += markdown_table(table, inits, selections)
-    lines += ["", f"Each number is the mean over training runs of the mean over folds; AUC with a "
-              f"{_interval_text(interval, iterations)}. The comparison columns give the AUC difference of "
-              f"{REFERENCE} against each initialisation on the same test cases (a linear probe against {REFERENCE}'s "
-              "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
-              "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
-              "group (a scan's candidates, a patient's images) are not independent: the test takes its variance "
-              "over groups (Obuchowski 1997; DeLong 1988 where each case is its own group) and a t reference "
-              "with the degrees of freedom their number allows, so that with few groups it is not too sure of "
-              f"itself. `clusters` gives the groups behind each row's numbers and how many hold a positive and a "
-              f"negative; with fewer than {VALIDATED_CLUSTERS} groups, or fewer than {VALIDATED_SIDE} holding a "
-              "positive or a negative (below the smallest designs at which tools/simulate_statistics.py measured a "
-              "false-positive rate <= 0.07 and a coverage >= 0.90), the row is flagged. " + SPREAD_SENTENCE, ""]
+    lines += [
+        "",
+        f"Each number is the mean over training runs of the mean over folds; AUC with a "
+        f"{_interval_text(interval, iterations)}. The comparison columns give the AUC difference of "
+        f"{REFERENCE} against each initialisation on the same test cases (a linear probe against {REFERENCE}'s "
+        "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
+        "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
+        "group (a scan's candidates, a patient's images) are not independent: the test takes its variance "
+        "over groups (Obuchowski 1997; DeLong 1988 where each case is its own group) and a t reference "
+        "with the degrees of freedom their number allows, so that with few groups it is not too sure of "
+        f"itself. `clusters` gives the groups behind each row's numbers and how many hold a positive and a "
+        f"negative; with fewer than {VALIDATED_CLUSTERS} groups, or fewer than {VALIDATED_SIDE} holding a "
+        "positive or a negative (below the smallest designs at which tools/simulate_statistics.py measured a "
+        "false-positive rate <= 0.07 and a coverage >= 0.90), the row is flagged. " + SPREAD_SENTENCE,
+        "",
+    ]
     lines += ["How each number's model was chosen (`sel.` beside it, from each run's metrics.json):", ""]
     lines += [f"- sel. {key}: {rule}" for rule, key in selections.items()]
-    lines += [f"- sel. T (the `thesis` column): {thesis['selection'].strip()}; so the thesis's numbers are "
-              "optimistic beside a run that chose on held-out training data.", ""]
-    sources = [f"- {n}" for row in table.to_dict("records") if isinstance(row.get("thesis_sources"), list)
-               for n in row["thesis_sources"]]
+    lines += [
+        f"- sel. T (the `thesis` column): {thesis['selection'].strip()}; so the thesis's numbers are "
+        "optimistic beside a run that chose on held-out training data.",
+        "",
+    ]
+    sources = [
+        f"- {n}"
+        for row in table.to_dict("records")
+        if isinstance(row.get("thesis_sources"), list)
+        for n in row["thesis_sources"]
+    ]
     if sources:
         lines += [f"Where the `thesis` column's numbers come from (`{THESIS_FILE.name}`):", "", *sources, ""]
-    notes = [f"- {row['dataset']} {row['backbone']} {row['level']}: {n}" for row in table.to_dict("records")
-             if row["metric"] == "auc" for n in row["notes"]]
+    notes = [
+        f"- {row['dataset']} {row['backbone']} {row['level']}: {n}"
+        for row in table.to_dict("records")
+        if row["metric"] == "auc"
+        for n in row["notes"]
+    ]
     if notes:
         lines += ["Folds left out of a test or an interval:", "", *notes, ""]
     lines += thesis_fold_lines(table, runs, thesis)
     lines += spread_lines(table, inits)
     full = [r for r in runs if r.fraction == 1.0]
-    for (task, backbone) in sorted({(r.task, r.backbone) for r in full}):
+    for task, backbone in sorted({(r.task, r.backbone) for r in full}):
         group = [r for r in full if (r.task, r.backbone) == (task, backbone)]
         level = group[0].levels[0]
         curves = {}
@@ -470,34 +586,58 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
         frame = label_efficiency(runs, iterations, seed, interval)
         write_csv(out / "label_efficiency.csv", frame)
         plot_label_efficiency(frame, inits, out / "label_efficiency.png")
-        lines += ["## Label efficiency", "", "Headline AUC against the share of training labels used "
-                  f"(`--train-fraction`), with its {_interval_text(interval, iterations)}: where the intervals "
-                  "overlap, the curve's ups and downs may be noise.", "", "![label efficiency](label_efficiency.png)",
-                  ""]
-    lines += ["## Runs", ""] + [f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
-                                  f"labels, {r.scores['run'].nunique()} run(s), model chosen by: {r.selection}"
-                                  for r in runs]
-    galleries = [(r, path) for r in runs if r.fraction == 1.0 for path in sorted(Path(r.folder).glob("**/saliency.png"))]
+        lines += [
+            "## Label efficiency",
+            "",
+            "Headline AUC against the share of training labels used "
+            f"(`--train-fraction`), with its {_interval_text(interval, iterations)}: where the intervals "
+            "overlap, the curve's ups and downs may be noise.",
+            "",
+            "![label efficiency](label_efficiency.png)",
+            "",
+        ]
+    lines += ["## Runs", ""] + [
+        f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
+        f"labels, {r.scores['run'].nunique()} run(s), model chosen by: {r.selection}"
+        for r in runs
+    ]
+    galleries = [
+        (r, path) for r in runs if r.fraction == 1.0 for path in sorted(Path(r.folder).glob("**/saliency.png"))
+    ]
     if galleries:
-        lines += ["", "## Where the classifiers look", "",
-                  "Grad-CAM on the encoder's last block for the most confident true positives, false positives and "
-                  "false negatives of each test set (`transfer/saliency.py`), one gallery per fold or run:", ""]
-        lines += [f"- {r.task} {r.backbone} {r.arm}: [{path.parent.name if path.parent != Path(r.folder) else 'run'}]"
-                  f"({os.path.relpath(path, out)})" for r, path in galleries]
+        lines += [
+            "",
+            "## Where the classifiers look",
+            "",
+            "Grad-CAM on the encoder's last block for the most confident true positives, false positives and "
+            "false negatives of each test set (`transfer/saliency.py`), one gallery per fold or run:",
+            "",
+        ]
+        lines += [
+            f"- {r.task} {r.backbone} {r.arm}: [{path.parent.name if path.parent != Path(r.folder) else 'run'}]"
+            f"({os.path.relpath(path, out)})"
+            for r, path in galleries
+        ]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return table
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="finished downstream run folders (each with metrics.json and "
-                        "test_scores.csv).")
+    parser.add_argument(
+        "runs", nargs="+", help="finished downstream run folders (each with metrics.json and test_scores.csv)."
+    )
     parser.add_argument("--out", required=True, help="folder for report.md, results.csv and figures.")
-    parser.add_argument("--interval", choices=INTERVALS, default=DEFAULT_INTERVAL,
-                        help="how each AUC's 95%% interval is made: the cluster jackknife with a t reference, or the "
-                        f"percentile bootstrap of clusters (too narrow with few clusters). Default: {DEFAULT_INTERVAL}.")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (--interval bootstrap). "
-                        "Default: 1000.")
+    parser.add_argument(
+        "--interval",
+        choices=INTERVALS,
+        default=DEFAULT_INTERVAL,
+        help="how each AUC's 95%% interval is made: the cluster jackknife with a t reference, or the "
+        f"percentile bootstrap of clusters (too narrow with few clusters). Default: {DEFAULT_INTERVAL}.",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (--interval bootstrap). Default: 1000."
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
     args = parser.parse_args(argv)
     if args.bootstrap < 1:

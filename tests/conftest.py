@@ -22,15 +22,43 @@ def demo_manifest(demo_dir, tmp_path_factory):
     from preprocessing.manifest import main
 
     out = tmp_path_factory.mktemp("manifest") / "manifest.csv"
-    main(["--datasets", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
-          "--out", str(out), "--fractions", "0.6", "0.2", "0.2"])
+    main(
+        [
+            "--datasets",
+            str(demo_dir / "pretrain" / "datasets.yaml"),
+            "--root",
+            str(demo_dir / "pretrain"),
+            "--out",
+            str(out),
+            "--fractions",
+            "0.6",
+            "0.2",
+            "0.2",
+        ]
+    )
     return out
 
 
 # Learning rate 0.01: the default 1.0 (Models Genesis, for 64x64x32 cubes and batch 6+) blows the encoder up at
 # batch 4 and 32x32 (features ~1e13, a constant output); 0.01 restores better than the identity from step 1.
-TINY_PRETRAIN = ["--backbone", "resnet18", "--image-size", "32", "--crop-size", "64", "--batch-size", "4",
-                 "--validation-steps", "1", "--verbose", "0", "--samples", "2", "--lr", "0.01"]
+TINY_PRETRAIN = [
+    "--backbone",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--crop-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--validation-steps",
+    "1",
+    "--verbose",
+    "0",
+    "--samples",
+    "2",
+    "--lr",
+    "0.01",
+]
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +67,21 @@ def pretrained_run(demo_manifest, tmp_path_factory):
     from genesis2d.pretrain import parse_args, run
 
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    card = run(parse_args(["--manifest", str(demo_manifest), "--out", str(out), *TINY_PRETRAIN,
-                           "--epochs", "1", "--steps-per-epoch", "2"]))
+    card = run(
+        parse_args(
+            [
+                "--manifest",
+                str(demo_manifest),
+                "--out",
+                str(out),
+                *TINY_PRETRAIN,
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+            ]
+        )
+    )
     return out, card
 
 
@@ -54,8 +95,9 @@ def keras_home(tmp_path_factory):
     from keras.src.legacy.saving import legacy_h5_format
 
     home = tmp_path_factory.mktemp("keras_home")
-    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)("resnet18", input_shape=(None, None, 3),
-                                                                      weights=None, include_top=False)
+    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)(
+        "resnet18", input_shape=(None, None, 3), weights=None, include_top=False
+    )
     keras.utils.set_random_seed(123)
     for weight in backbone.weights:  # Recognisable values: a constant per array.
         weight.assign(np.full(weight.shape, 0.01 * (1 + len(weight.path) % 7), dtype="float32"))

@@ -33,9 +33,23 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
     from benchmarks.feed import SliceStore
 
     demo = SliceStore.write(tmp_path / "demo", np.random.default_rng(1).random((6, 80, 80), dtype=np.float32))
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training.py"), "--size", "tiny",
-                             "--demo-slices", str(demo), "--cores", "1", "2", "16"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "training.py"),
+            "--size",
+            "tiny",
+            "--demo-slices",
+            str(demo),
+            "--cores",
+            "1",
+            "2",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Part 1."))
@@ -48,7 +62,7 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
         rounding = 0.005 + 0.05 * (1 / memory + workers / memory**2)  # img/s are printed to 0.1, the ratio to 0.01.
         assert abs(float(ratio) - workers / memory) <= rounding
 
-    feed = lines[next(i for i, line in enumerate(lines) if line.startswith("Part 2.")) + 2:][:3]
+    feed = lines[next(i for i, line in enumerate(lines) if line.startswith("Part 2.")) + 2 :][:3]
     one, two, sixteen = (line.split() for line in feed)
     assert one[0] == "1" and float(one[1]) > 0 and float(one[2]) == 1.0
     assert abs(float(two[2]) - 2 * float(two[1]) / (2 * float(one[1]))) < 0.01  # Speed-up: pairs/s over one core's.
@@ -63,8 +77,12 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
 
 def test_scale_rehearsal_runs_tiny():
     """A smoke run of benchmarks/scale.py at 0.3% of the real counts (the real run takes minutes)."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--scale", "0.003",
-                             "--extract-scans", "1"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--scale", "0.003", "--extract-scans", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     steps = {line.split()[0]: line for line in lines if line[:2] in ("1.", "2.", "3.", "4.", "5.", "6.", "  ")}
@@ -79,8 +97,19 @@ def test_scale_rehearsal_runs_tiny():
 
 def test_pretraining_defaults_benchmark_prints_its_table(tmp_path):
     """The real pretraining command at tiny sizes: one row per interval, ratios that follow from the printed losses."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pretrain_defaults.py"), "--size", "tiny",
-                             "--json", str(tmp_path / "found.json")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pretrain_defaults.py"),
+            "--size",
+            "tiny",
+            "--json",
+            str(tmp_path / "found.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     title = next(line for line in lines if line.startswith("resnet18 U-Net, 32x32, batch 4"))

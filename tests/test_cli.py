@@ -17,15 +17,18 @@ def _parser():
     return parser
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    ("optimizer: rmsprop\n", "--optimizer must be one of sgd, adam. Received: 'rmsprop'"),
-    ("batch_size: 1.5\n", "--batch-size"),
-    ("fraction: 1.5\n", "must be in (0, 1]"),
-    ("folds: [1, x]\n", "--folds"),
-    ("resume: yes please\n", "--resume must be true or false"),
-    ("colour: red\n", "unknown options colour"),
-    ("- a list\n", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("optimizer: rmsprop\n", "--optimizer must be one of sgd, adam. Received: 'rmsprop'"),
+        ("batch_size: 1.5\n", "--batch-size"),
+        ("fraction: 1.5\n", "must be in (0, 1]"),
+        ("folds: [1, x]\n", "--folds"),
+        ("resume: yes please\n", "--resume must be true or false"),
+        ("colour: red\n", "unknown options colour"),
+        ("- a list\n", "must hold a mapping"),
+    ],
+)
 def test_yaml_values_pass_the_flags_checks(tmp_path, yaml_text, message):
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text)
@@ -52,6 +55,7 @@ def test_run_command_ends_input_errors_with_one_line_and_their_exit_code(capsys)
     def fail(error):
         def run(_):
             raise error
+
         return run
 
     for error, code in ((ImageReadError("scan.mhd", "is truncated"), 1), (UsageError("--folds", "takes 1 to 5"), 2)):

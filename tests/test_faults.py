@@ -68,8 +68,14 @@ def test_a_dicom_series_with_a_missing_slice_warns(tmp_path, capsys):
 def _table(root, entries):
     lines = ["datasets:"]
     for name, files in entries:
-        lines += [f"  - name: {name}", "    modality: CT", "    body_part: CHEST", f'    files: "{files}"',
-                  '    patient_id: "(p\\\\d+)"', "    slices_per_patient: all"]
+        lines += [
+            f"  - name: {name}",
+            "    modality: CT",
+            "    body_part: CHEST",
+            f'    files: "{files}"',
+            '    patient_id: "(p\\\\d+)"',
+            "    slices_per_patient: all",
+        ]
     (root / "table.yaml").write_text("\n".join(lines) + "\n")
     return root / "table.yaml"
 
@@ -84,8 +90,10 @@ def test_manifest_decodes_what_it_keeps_and_writes_absolute_paths(tmp_path, caps
     raw = root / "mhd" / "p2.raw"
     raw.write_bytes(raw.read_bytes()[: raw.stat().st_size * 6 // 10])  # The header is fine, the data short.
     (root / "nii").mkdir(parents=True)
-    nib.save(nib.Nifti1Image(np.arange(16 * 16 * 40, dtype=np.int16).reshape(16, 16, 40), np.eye(4)),
-             root / "nii" / "p3.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.arange(16 * 16 * 40, dtype=np.int16).reshape(16, 16, 40), np.eye(4)),
+        root / "nii" / "p3.nii.gz",
+    )
     good = (root / "nii" / "p3.nii.gz").read_bytes()
     (root / "nii" / "p4.nii.gz").write_bytes(good[: len(good) * 6 // 10])  # A cut .nii.gz: its header reads.
     series = write_dicom_series(root / "dcm" / "p5", volume.astype(float), (1.0, 1.0, 2.0), (0, 0, 0), "p5", rng=0)
@@ -93,15 +101,30 @@ def test_manifest_decodes_what_it_keeps_and_writes_absolute_paths(tmp_path, caps
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])  # A DICOM cut at 60%.
     table = _table(root, [("MHD", "mhd/*.mhd"), ("NII", "nii/*.nii.gz"), ("DCM", "dcm/*/")])
     monkeypatch.chdir(tmp_path)
-    frame = main(["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"])
+    frame = main(
+        ["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+    )
     captured = capsys.readouterr()
     assert set(frame["patient_id"]) == {"p1", "p3"}  # Only what decodes.
     assert "3 unreadable files skipped" in captured.out
     for name in ("p2.mhd", "p4.nii.gz", "p5"):
         assert name in captured.err
     assert all(Path(p).is_absolute() for p in frame["path"])  # Built from a relative --root.
-    unchecked = main(["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "u.csv"), "--no-verify",
-                      "--fractions", "1", "0", "0"])
+    unchecked = main(
+        [
+            "--datasets",
+            str(table),
+            "--root",
+            "data",
+            "--out",
+            str(tmp_path / "u.csv"),
+            "--no-verify",
+            "--fractions",
+            "1",
+            "0",
+            "0",
+        ]
+    )
     # Headers alone accept the cut NIfTI and DICOM (the .mhd's header check already sees its short .raw).
     assert {"p4", "p5"} <= set(unchecked["patient_id"]) and "p2" not in set(unchecked["patient_id"])
 
@@ -111,8 +134,14 @@ def test_pipeline_stops_when_no_file_of_a_split_can_be_read(tmp_path):
 
     from preprocessing.pipeline import NO_SLICE_LEFT, make_dataset
 
-    frame = pd.DataFrame({"path": [str(tmp_path / f"gone{i}.nii.gz") for i in range(3)], "slice_index": 0,
-                          "modality": "CT", "split": "train"})
+    frame = pd.DataFrame(
+        {
+            "path": [str(tmp_path / f"gone{i}.nii.gz") for i in range(3)],
+            "slice_index": 0,
+            "modality": "CT",
+            "split": "train",
+        }
+    )
     with pytest.raises(tf.errors.OpError, match=NO_SLICE_LEFT):
         next(iter(make_dataset(frame, "train", batch_size=2, crop_size=32, image_size=32)))
 
@@ -140,8 +169,11 @@ def test_finished_pretraining_is_never_replaced_by_accident(pretrained_run, tmp_
     shutil.copytree(pretrained_run[0], out)
     manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
     options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "1"]
-    with pytest.raises(UsageError, match=r"holds results made with other settings or inputs \(steps_per_epoch 2 -> 1\); "
-                       "pass --overwrite"):
+    with pytest.raises(
+        UsageError,
+        match=r"holds results made with other settings or inputs \(steps_per_epoch 2 -> 1\); "
+        "pass --overwrite",
+    ):
         run(parse_args(options))
     (out / "samples_epoch007.png").write_bytes(b"old")  # From an earlier, longer run.
     (out / "checkpoint" / ".tmp-ckpt-E0001.weights.h5").write_bytes(b"left by a kill")
@@ -190,8 +222,21 @@ def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path
     val = frame[frame["split"] == "val"]
     small = pd.concat([frame[frame["split"] == "train"], val[val["path"] == val["path"].iloc[0]].head(3)])
     small.to_csv(tmp_path / "m.csv", index=False)
-    run(parse_args(["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"), *TINY_PRETRAIN,
-                    "--epochs", "1", "--steps-per-epoch", "1"]))
+    run(
+        parse_args(
+            [
+                "--manifest",
+                str(tmp_path / "m.csv"),
+                "--out",
+                str(tmp_path / "o"),
+                *TINY_PRETRAIN,
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "1",
+            ]
+        )
+    )
     history = pd.read_csv(tmp_path / "o" / "history.csv")
     assert "val_loss" in history and np.isfinite(history["val_loss"]).all()  # 3 slices, batch 4.
     frame[frame["split"] == "train"].to_csv(tmp_path / "none.csv", index=False)
@@ -200,9 +245,25 @@ def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path
 
 
 def test_a_diverging_run_stops_with_one_line(demo_manifest, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
-                             "--out", str(tmp_path / "o"), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "4",
-                             "--lr", "1e30"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "genesis2d" / "train.py"),
+            "--manifest",
+            str(demo_manifest),
+            "--out",
+            str(tmp_path / "o"),
+            *TINY_PRETRAIN,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "4",
+            "--lr",
+            "1e30",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: training: diverged at epoch 1: the loss is ")
     assert result.stderr.strip().endswith("lower --lr (or check the inputs).")
@@ -217,7 +278,10 @@ def test_a_read_only_output_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_command(lambda argv: None, write, [])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err == f"error: {tmp_path / 'ro' / 'card.json'}: cannot be written or read (Permission denied).\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'ro' / 'card.json'}: cannot be written or read (Permission denied).\n"
+    )
 
 
 # --------------------------------------------------------------------------- LUNA16 caches and candidates
@@ -266,8 +330,15 @@ def test_candidates_outside_the_scan_or_without_coordinates_are_dropped_and_coun
     data, out = _luna_copy(demo_dir, tmp_path), tmp_path / "patches"
     candidates = pd.read_csv(data / "candidates_V2.csv")
     uid = sorted(p.stem for p in (data / "subset0").glob("*.mhd"))[0]
-    extra = pd.DataFrame({"seriesuid": [uid, uid, uid], "coordX": [np.nan, 5000.0, -5000.0], "coordY": [0.0, 0.0, 0.0],
-                          "coordZ": [0.0, 0.0, 0.0], "class": [0, 1, 0]})
+    extra = pd.DataFrame(
+        {
+            "seriesuid": [uid, uid, uid],
+            "coordX": [np.nan, 5000.0, -5000.0],
+            "coordY": [0.0, 0.0, 0.0],
+            "coordZ": [0.0, 0.0, 0.0],
+            "class": [0, 1, 0],
+        }
+    )
     pd.concat([candidates, extra]).to_csv(data / "candidates_V2.csv", index=False)
     extract_subsets(data, out, size=16, positive_copies=2, progress=False)
     subset = Subset(out / "subset0")
@@ -307,8 +378,16 @@ def test_a_malformed_tf_config_is_one_usage_error():
     from genesis2d.strategy import cluster_tasks
 
     assert cluster_tasks({}) == 0
-    assert cluster_tasks({"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
-                                                   "task": {"type": "chief", "index": 0}})}) == 3
+    assert (
+        cluster_tasks(
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "chief", "index": 0}}
+                )
+            }
+        )
+        == 3
+    )
     with pytest.raises(UsageError, match="TF_CONFIG: is not a JSON object"):
         cluster_tasks({"TF_CONFIG": "{'cluster': "})
 
@@ -348,10 +427,23 @@ def test_a_metaimage_naming_a_file_outside_the_dataset_stops_the_manifest(tmp_pa
     text = (root / "mhd" / "p1.mhd").read_text()
     (root / "mhd" / "p2.mhd").write_text(text.replace("= p1.raw", "= ../../secret.txt"))
     table = _table(root, [("MHD", "mhd/*.mhd")])
-    argv = ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+    argv = [
+        "--datasets",
+        str(table),
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "m.csv"),
+        "--fractions",
+        "1",
+        "0",
+        "0",
+    ]
     code, line = _exit_line(main, argv, capsys)
-    assert code == 1 and line == (f"error: {root / 'mhd' / 'p2.mhd'}: names the data file ../../secret.txt, which lies "
-                                  f"outside its folder {root / 'mhd'} (read only with --allow-outside-root).")
+    assert code == 1 and line == (
+        f"error: {root / 'mhd' / 'p2.mhd'}: names the data file ../../secret.txt, which lies "
+        f"outside its folder {root / 'mhd'} (read only with --allow-outside-root)."
+    )
     assert not (tmp_path / "m.csv").exists()
     frame = main([*argv, "--allow-outside-root"])  # Said explicitly: read.
     assert set(frame["patient_id"]) == {"p1", "p2"}
@@ -364,31 +456,60 @@ def test_a_symlink_leaving_the_root_stops_the_manifest(tmp_path, capsys):
     root = tmp_path / "data"
     write_itk(root / "mhd" / "p1.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     (root / "mhd" / "p9.mhd").symlink_to(tmp_path / "elsewhere" / "p9.mhd")
-    argv = ["--datasets", str(_table(root, [("MHD", "mhd/*.mhd")])), "--root", str(root), "--out", str(tmp_path / "m.csv")]
+    argv = [
+        "--datasets",
+        str(_table(root, [("MHD", "mhd/*.mhd")])),
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "m.csv"),
+    ]
     code, line = _exit_line(main, argv, capsys)
     assert code == 1 and line.startswith(f"error: {root / 'mhd' / 'p9.mhd'}: leads outside --root {root}")
 
 
-@pytest.mark.parametrize("body,message", [
-    ("datasets:\n  - just a name\n", "dataset 1 is 'just a name', not a mapping of fields"),
-    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p\\\\d+", '
-     "slices_per_patient: all}\n", "dataset 'A' has patient_id '(p\\\\d+', which is not a regular expression"),
-    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "p\\\\d+", '
-     "slices_per_patient: all}\n", "without a group; group 1 is the value"),
-    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "/etc/*", patient_id: "(p)", '
-     "slices_per_patient: all}\n", "dataset 'A' has files '/etc/*', which leaves --root"),
-    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "../*/x.mhd", patient_id: "(p)", '
-     "slices_per_patient: all}\n", "dataset 'A' has files '../*/x.mhd', which leaves --root"),
-    ('datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p)", '
-     "slices_per_patient: all, volumes: some}\n", "dataset 'A' has volumes='some', expected one of first, all"),
-    (b"datasets:\n  - name: \xe9t\xe9\n", "is not UTF-8 text"),
-], ids=["not-a-mapping", "bad-regex", "no-group", "absolute-glob", "dotdot-glob", "volume-rule", "not-utf8"])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("datasets:\n  - just a name\n", "dataset 1 is 'just a name', not a mapping of fields"),
+        (
+            'datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p\\\\d+", '
+            "slices_per_patient: all}\n",
+            "dataset 'A' has patient_id '(p\\\\d+', which is not a regular expression",
+        ),
+        (
+            'datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "p\\\\d+", '
+            "slices_per_patient: all}\n",
+            "without a group; group 1 is the value",
+        ),
+        (
+            'datasets:\n  - {name: A, modality: CT, body_part: X, files: "/etc/*", patient_id: "(p)", '
+            "slices_per_patient: all}\n",
+            "dataset 'A' has files '/etc/*', which leaves --root",
+        ),
+        (
+            'datasets:\n  - {name: A, modality: CT, body_part: X, files: "../*/x.mhd", patient_id: "(p)", '
+            "slices_per_patient: all}\n",
+            "dataset 'A' has files '../*/x.mhd', which leaves --root",
+        ),
+        (
+            'datasets:\n  - {name: A, modality: CT, body_part: X, files: "*.mhd", patient_id: "(p)", '
+            "slices_per_patient: all, volumes: some}\n",
+            "dataset 'A' has volumes='some', expected one of first, all",
+        ),
+        (b"datasets:\n  - name: \xe9t\xe9\n", "is not UTF-8 text"),
+    ],
+    ids=["not-a-mapping", "bad-regex", "no-group", "absolute-glob", "dotdot-glob", "volume-rule", "not-utf8"],
+)
 def test_a_bad_datasets_table_is_one_line(tmp_path, capsys, body, message):
     from preprocessing.manifest import main
 
     (tmp_path / "table.yaml").write_bytes(body if isinstance(body, bytes) else body.encode())
-    code, line = _exit_line(main, ["--datasets", str(tmp_path / "table.yaml"), "--root", str(tmp_path),
-                                   "--out", str(tmp_path / "m.csv")], capsys)
+    code, line = _exit_line(
+        main,
+        ["--datasets", str(tmp_path / "table.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "m.csv")],
+        capsys,
+    )
     assert code == 1 and line.startswith(f"error: {tmp_path / 'table.yaml'}: ") and message in line, line
 
 
@@ -406,19 +527,30 @@ def test_luna16_candidates_are_stripped_checked_and_deduplicated(tmp_path, capsy
     frame = read_candidates(data)
     err = capsys.readouterr().err
     assert list(frame["seriesuid"]) == ["1.2.3"] * 3 and list(frame["class"]) == [0, 1, 0]  # Line 3 repeated line 2.
-    assert f"warning: {data / 'candidates_V2.csv'}: 2 seriesuids had spaces around them (first: line 2); stripped." in err
-    assert f"warning: {data / 'candidates_V2.csv'}: 1 rows repeat an earlier row exactly (first: line 3); dropped." in err
+    assert (
+        f"warning: {data / 'candidates_V2.csv'}: 2 seriesuids had spaces around them (first: line 2); stripped." in err
+    )
+    assert (
+        f"warning: {data / 'candidates_V2.csv'}: 1 rows repeat an earlier row exactly (first: line 3); dropped." in err
+    )
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "is empty (the LUNA16 candidates file)"),
-    (b"seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n\xff\xfe,1,2,3,0\n", "is not UTF-8 text (byte"),
-    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,2\n", "1 rows whose class is not 0 or 1 (first: line 2, class 2"),
-    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,-1\n", "class is not 0 or 1 (first: line 3"),
-    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0.5\n", "class is not 0 or 1 (first: line 2, class 0.5"),
-    ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,1\n", "gives 1 locations both classes"),
-    ("seriesuid,coordX,coordY,coordZ,class\n", "holds no candidates (header only)"),
-], ids=["empty", "not-utf8", "class-2", "class-minus-1", "class-half", "both-classes", "header-only"])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "is empty (the LUNA16 candidates file)"),
+        (b"seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n\xff\xfe,1,2,3,0\n", "is not UTF-8 text (byte"),
+        (
+            "seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,2\n",
+            "1 rows whose class is not 0 or 1 (first: line 2, class 2",
+        ),
+        ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,-1\n", "class is not 0 or 1 (first: line 3"),
+        ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0.5\n", "class is not 0 or 1 (first: line 2, class 0.5"),
+        ("seriesuid,coordX,coordY,coordZ,class\n1.2.3,1,2,3,0\n1.2.3,1,2,3,1\n", "gives 1 locations both classes"),
+        ("seriesuid,coordX,coordY,coordZ,class\n", "holds no candidates (header only)"),
+    ],
+    ids=["empty", "not-utf8", "class-2", "class-minus-1", "class-half", "both-classes", "header-only"],
+)
 def test_bad_luna16_candidates_are_one_line(tmp_path, capsys, content, message):
     from luna16.data import read_candidates
 
@@ -451,12 +583,20 @@ def test_a_luna16_scan_linked_from_outside_is_refused(tmp_path):
 
 def _froc_files(tmp_path, annotations):
     predictions = tmp_path / "predictions.csv"
-    pd.DataFrame({"seriesuid": ["a", "b"], "coordX": [1.0, 40.0], "coordY": 0.0, "coordZ": 0.0,
-                  "probability": [0.7, 0.6]}).to_csv(predictions, index=False)
+    pd.DataFrame(
+        {"seriesuid": ["a", "b"], "coordX": [1.0, 40.0], "coordY": 0.0, "coordZ": 0.0, "probability": [0.7, 0.6]}
+    ).to_csv(predictions, index=False)
     (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + annotations)
     (tmp_path / "uids.csv").write_text("a\nb\n")
-    return [str(predictions), "--annotations", str(tmp_path / "annotations.csv"), "--seriesuids",
-            str(tmp_path / "uids.csv"), "--bootstrap", "20"]
+    return [
+        str(predictions),
+        "--annotations",
+        str(tmp_path / "annotations.csv"),
+        "--seriesuids",
+        str(tmp_path / "uids.csv"),
+        "--bootstrap",
+        "20",
+    ]
 
 
 def test_froc_without_nodules_in_the_evaluated_scans_is_one_line(tmp_path, capsys):
@@ -464,8 +604,10 @@ def test_froc_without_nodules_in_the_evaluated_scans_is_one_line(tmp_path, capsy
 
     argv = _froc_files(tmp_path, "z,0,0,0,10\n")  # A nodule, but of a scan not evaluated.
     code, line = _exit_line(main, argv, capsys)
-    assert code == 1 and line == (f"error: {tmp_path / 'annotations.csv'}: has no nodule in any of the 2 evaluated "
-                                  "scans; the FROC measures how many nodules are found, so it needs at least one.")
+    assert code == 1 and line == (
+        f"error: {tmp_path / 'annotations.csv'}: has no nodule in any of the 2 evaluated "
+        "scans; the FROC measures how many nodules are found, so it needs at least one."
+    )
 
 
 def test_froc_out_must_name_a_figure_and_findings_are_stripped_and_deduplicated(tmp_path, capsys):
@@ -508,13 +650,18 @@ def test_mura_paths_stay_inside_the_dataset(mura_copy, tmp_path):
     outside.mkdir(parents=True)
     shutil.copy(before["path"].iloc[0], outside / "image1.png")
     first_study = before["study"].iloc[0]
-    for entry in [str(outside / "image1.png"), "MURA-v1.1/../outside/XR_SHOULDER/patient99999/study1_negative/image1.png"]:
+    for entry in [
+        str(outside / "image1.png"),
+        "MURA-v1.1/../outside/XR_SHOULDER/patient99999/study1_negative/image1.png",
+    ]:
         images = _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [*lines, entry])
         with pytest.raises(InputError) as error:
             read_split(mura_copy, "valid", ("XR_SHOULDER",), verify=False)
         listed = len(images.read_text().splitlines())
-        assert str(error.value).startswith(f"{images}: line {listed} lists {entry}, which leads outside "
-                                           f"{(mura_copy / 'MURA-v1.1').resolve()}; pass --allow-outside-root")
+        assert str(error.value).startswith(
+            f"{images}: line {listed} lists {entry}, which leads outside "
+            f"{(mura_copy / 'MURA-v1.1').resolve()}; pass --allow-outside-root"
+        )
         _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: lines[:-1])
     _mura_listing(mura_copy, "valid_labeled_studies.csv", lambda lines: [*lines, f"{outside},0"])
     _mura_listing(mura_copy, "valid_image_paths.csv", lambda lines: [*lines, str(outside / "image1.png")])
@@ -523,14 +670,20 @@ def test_mura_paths_stay_inside_the_dataset(mura_copy, tmp_path):
     assert first_study in set(allowed["study"])
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",yes", *lines[1:]], "1 labels that are not 0 or 1 (first: study"),
-    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",", *lines[1:]], "label ''"),
-    (lambda lines: [lines[0].rsplit(",", 1)[0] + ",2", *lines[1:]], "label '2'"),
-    (lambda lines: [*lines, lines[0].rsplit(",", 1)[0] + f",{1 - int(lines[0].rsplit(',', 1)[1])}"],
-     "gives 1 studies both labels"),
-    (lambda lines: [], "is empty"),
-], ids=["text", "empty-label", "label-2", "both-labels", "empty-file"])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda lines: [lines[0].rsplit(",", 1)[0] + ",yes", *lines[1:]], "1 labels that are not 0 or 1 (first: study"),
+        (lambda lines: [lines[0].rsplit(",", 1)[0] + ",", *lines[1:]], "label ''"),
+        (lambda lines: [lines[0].rsplit(",", 1)[0] + ",2", *lines[1:]], "label '2'"),
+        (
+            lambda lines: [*lines, lines[0].rsplit(",", 1)[0] + f",{1 - int(lines[0].rsplit(',', 1)[1])}"],
+            "gives 1 studies both labels",
+        ),
+        (lambda lines: [], "is empty"),
+    ],
+    ids=["text", "empty-label", "label-2", "both-labels", "empty-file"],
+)
 def test_bad_mura_labels_are_one_line(mura_copy, change, message):
     from mura.data import read_split
 
@@ -574,13 +727,20 @@ def test_file_stamps_hash_small_files_time_large_ones_and_survive_a_move(tmp_pat
     (moved / "a.csv").write_text("x,y\n1,3\n")  # Same size, other content: the hash sees it.
     (moved / "c.csv").write_text("new")
     now = files_stamp([moved / "a.csv", moved / "c.csv"], moved, hashed_below=100)
-    assert stamp_changes(recorded, now) == ["removed sub/big.raw", "added c.csv", "a.csv changed (same size, other content)"]
+    assert stamp_changes(recorded, now) == [
+        "removed sub/big.raw",
+        "added c.csv",
+        "a.csv changed (same size, other content)",
+    ]
     # A kept result with its inputs: reused when they match, refused naming the change otherwise.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"settings": {"epochs": 1}, "inputs": recorded}))
     assert finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, inputs=recorded) is True
-    with pytest.raises(UsageError, match=r"removed sub/big.raw; added c.csv; a.csv changed .same size, other content.\); "
-                       "pass --overwrite"):
+    with pytest.raises(
+        UsageError,
+        match=r"removed sub/big.raw; added c.csv; a.csv changed .same size, other content.\); "
+        "pass --overwrite",
+    ):
         finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, inputs=now)
     assert finished_with(tmp_path / "run" / "metrics.json", {"epochs": 1}, overwrite=True, inputs=now) is False
     # A table's hash: the same rows under another root, in another order, match; a changed row does not.
@@ -596,14 +756,17 @@ def test_a_file_matched_by_two_datasets_is_refused(tmp_path, capsys):
     for name in ("p1", "p2"):
         write_itk(root / "mhd" / f"{name}.mhd", np.zeros((2, 8, 8)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     table = _table(root, [("ALL", "mhd/*.mhd"), ("FIRST", "mhd/p1.mhd")])
-    code, line = _exit_line(main, ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv")],
-                            capsys)
-    assert code == 1 and line == (f"error: {(root / 'mhd' / 'p1.mhd').resolve()}: is matched by datasets 'ALL' and "
-                                  "'FIRST' (1 files are matched twice); give each file to one dataset by narrowing "
-                                  "its glob.")
+    code, line = _exit_line(
+        main, ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv")], capsys
+    )
+    assert code == 1 and line == (
+        f"error: {(root / 'mhd' / 'p1.mhd').resolve()}: is matched by datasets 'ALL' and "
+        "'FIRST' (1 files are matched twice); give each file to one dataset by narrowing "
+        "its glob."
+    )
 
 
-# --------------------------------------------------------------------------- pretraining: kills, refused reruns, exports
+# ------------------------------------------------------------------------- pretraining: kills, refused reruns, exports
 
 
 def _weight_arrays(path):
@@ -611,7 +774,9 @@ def _weight_arrays(path):
 
     arrays = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -626,8 +791,17 @@ def test_a_kill_between_the_first_export_and_the_first_checkpoint_starts_again(p
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    options = ["--manifest", str(demo_manifest), "--out", str(out), *TINY_PRETRAIN, "--epochs", "1",
-               "--steps-per-epoch", "2"]  # The settings of `pretrained_run`.
+    options = [
+        "--manifest",
+        str(demo_manifest),
+        "--out",
+        str(out),
+        *TINY_PRETRAIN,
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    ]  # The settings of `pretrained_run`.
     with pytest.raises(KeyboardInterrupt):
         run(parse_args(options), extra_callbacks=[KillAfterExport()])
     assert (out / "card.json").exists() and load_state(out / "checkpoint") is None
@@ -651,8 +825,10 @@ def test_refused_reruns_leave_a_finished_run_as_it_was(pretrained_run, tmp_path)
         run(parse_args(options))
     with pytest.raises(UsageError) as other_backbone:
         run(parse_args([*options, "--resume", "--backbone", "vgg16"]))
-    assert str(other_backbone.value) == (f"--backbone: {out} was trained with --backbone resnet18, not vgg16; resume it "
-                                         "with --backbone resnet18 or choose another --out.")
+    assert str(other_backbone.value) == (
+        f"--backbone: {out} was trained with --backbone resnet18, not vgg16; resume it "
+        "with --backbone resnet18 or choose another --out."
+    )
     with pytest.raises(UsageError, match="--lr: .* was trained with --lr 0.01, not 0.5"):  # --resume: the same run.
         run(parse_args([*options, "--resume", "--lr", "0.5"]))
     frame = pd.read_csv(manifest)
@@ -672,7 +848,10 @@ def test_a_finished_run_with_the_same_settings_and_data_is_kept(pretrained_run, 
     manifest = json.loads((out / "run.json").read_text())["args"]["manifest"]
     options = ["--manifest", manifest, "--out", str(out), *TINY_PRETRAIN, "--epochs", "1", "--steps-per-epoch", "2"]
     card = run(parse_args([*options, "--verbose", "2", "--checkpoint-every", "7"]))  # Neither changes what it learns.
-    assert card == json.loads(before["card.json"]) and "done earlier with these settings and data, kept" in capsys.readouterr().out
+    assert (
+        card == json.loads(before["card.json"])
+        and "done earlier with these settings and data, kept" in capsys.readouterr().out
+    )
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
 
@@ -703,8 +882,9 @@ def test_a_full_disk_during_export_leaves_no_partial_file_and_names_the_real_one
     with pytest.raises(SystemExit) as stopped:
         run_command(lambda argv: None, lambda _: export.export_best(model, "resnet18", out, {}), [])
     assert stopped.value.code == 1
-    assert capsys.readouterr().err == (f"error: {out / 'encoder.weights.h5'}: cannot be written or read "
-                                       "(No space left on device).\n")
+    assert capsys.readouterr().err == (
+        f"error: {out / 'encoder.weights.h5'}: cannot be written or read (No space left on device).\n"
+    )
     assert [p.name for p in out.rglob("*")] == []
 
 
@@ -719,12 +899,29 @@ def test_a_logs_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     (tmp_path / "logs").write_text("a file where the folder should be")
     x = np.zeros((4, 32, 32, 1), np.float32)
     data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1, 0, 1], np.float32))).batch(4)
-    schedule = Schedule(epochs=1, warmup_epochs=0, batch_size=4, lr=1e-3, momentum=0.0, lr_factor=0.1, lr_patience=3,
-                        selection="held-out")
+    schedule = Schedule(
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=4,
+        lr=1e-3,
+        momentum=0.0,
+        lr_factor=0.1,
+        lr_patience=3,
+        selection="held-out",
+    )
 
     def train(_):
-        return fine_tune(EncoderSpec("scratch", "resnet18"), Head(units=4, l2=0.0, dropout=0.5), schedule,
-                         (32, 32, 1), data, data, tmp_path, seed=0, verbose=0)
+        return fine_tune(
+            EncoderSpec("scratch", "resnet18"),
+            Head(units=4, l2=0.0, dropout=0.5),
+            schedule,
+            (32, 32, 1),
+            data,
+            data,
+            tmp_path,
+            seed=0,
+            verbose=0,
+        )
 
     with pytest.raises(SystemExit) as stopped:
         run_command(lambda argv: None, train, [])

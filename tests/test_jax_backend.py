@@ -13,8 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="jax is not installed (pip install -e '.[test]' brings jax[cpu])")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -e '.[test]' brings jax[cpu])"
+)
 
 # Refuses every import of TensorFlow (and tf_keras, which would pull it in): what a machine without it does.
 NO_TENSORFLOW = """
@@ -26,7 +27,9 @@ class NoTensorFlow:
 sys.meta_path.insert(0, NoTensorFlow())
 """
 
-TRAIN_UNDER_JAX = NO_TENSORFLOW + """
+TRAIN_UNDER_JAX = (
+    NO_TENSORFLOW
+    + """
 import json, sys
 import numpy as np
 import keras
@@ -56,21 +59,24 @@ print(json.dumps({"backend": keras.backend.backend(), "losses": losses, "expecte
                   "compute": conv.compute_dtype, "variable": conv.variable_dtype, "output": model.output.dtype,
                   "tensorflow_loaded": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}))
 """
+)
 
 
 def run_without_tensorflow(code, *args):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     env.pop("SM_FRAMEWORK", None)  # The tests' conftest picks tf.keras; here the module must choose by itself.
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_refusing_tensorflow_really_refuses_it():
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW + "import tensorflow"], capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW + "import tensorflow"], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 1 and "refused" in result.stderr
 
 

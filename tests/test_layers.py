@@ -1,4 +1,5 @@
-"""The package layering: plumbing <- preprocessing <- genesis2d <- transfer <- luna16, mura <- study; no import runs upward."""
+"""The package layering: plumbing <- preprocessing <- genesis2d <- transfer <- luna16, mura <- study; no import runs
+upward."""
 
 import ast
 from pathlib import Path
@@ -25,8 +26,10 @@ def imported_packages(path):
 
 @pytest.mark.parametrize("package", sorted(ABOVE))
 def test_no_layer_imports_a_layer_above_it(package):
-    offenders = {str(path.relative_to(ROOT)): sorted(imported_packages(path) & ABOVE[package])
-                 for path in (ROOT / package).rglob("*.py")}
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_packages(path) & ABOVE[package])
+        for path in (ROOT / package).rglob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -35,8 +35,9 @@ def sphere_scan(tmp_path_factory):
     """A MetaImage with a bright 6 mm sphere at a known world point, in air."""
     shape = (24, 48, 64)
     zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    offset = np.stack([(xx - CENTER_ZYX[2]) * SPACING[0], (yy - CENTER_ZYX[1]) * SPACING[1],
-                       (zz - CENTER_ZYX[0]) * SPACING[2]], -1)
+    offset = np.stack(
+        [(xx - CENTER_ZYX[2]) * SPACING[0], (yy - CENTER_ZYX[1]) * SPACING[1], (zz - CENTER_ZYX[0]) * SPACING[2]], -1
+    )
     volume = np.where(np.linalg.norm(offset, axis=-1) <= 6.0, 400, -1000).astype(np.int16)
     path = tmp_path_factory.mktemp("scan") / "sphere.mhd"
     write_itk(path, volume, SPACING, ORIGIN, DIRECTION)
@@ -56,8 +57,11 @@ def test_world_to_voxel_uses_direction_spacing_and_origin(sphere_scan):
     wrong = world_to_voxel(center, meta["origin"], meta["spacing"])
     assert np.abs(wrong - CENTER_ZYX).max() > 10
     points = np.random.default_rng(0).uniform(-50, 50, size=(5, 3))
-    np.testing.assert_allclose(voxel_to_world(world_to_voxel(points, ORIGIN, SPACING, DIRECTION), ORIGIN, SPACING, DIRECTION),
-                               points, atol=1e-9)
+    np.testing.assert_allclose(
+        voxel_to_world(world_to_voxel(points, ORIGIN, SPACING, DIRECTION), ORIGIN, SPACING, DIRECTION),
+        points,
+        atol=1e-9,
+    )
 
 
 def test_three_views_are_centred_on_the_sphere(sphere_scan):
@@ -141,8 +145,9 @@ def test_extraction_counts_and_folds(demo_dir, extracted):
 
 def test_extraction_over_worker_processes_writes_the_same_files(demo_dir, extracted, tmp_path):
     out, counts = extracted
-    assert extract_subsets(demo_dir / "LUNA16", tmp_path, size=32, positive_copies=3, progress=False,
-                           workers=2) == counts
+    assert (
+        extract_subsets(demo_dir / "LUNA16", tmp_path, size=32, positive_copies=3, progress=False, workers=2) == counts
+    )
     for subset in range(10):
         for name in ("patches.npy", "augmented.npy", "candidates.csv", "augmented.csv"):
             assert (tmp_path / f"subset{subset}" / name).read_bytes() == (out / f"subset{subset}" / name).read_bytes()
@@ -153,8 +158,9 @@ def test_evaluation_batches_stream_the_evaluation_arrays(extracted):
     subsets = [Subset(out / f"subset{s}") for s in (0, 1)]
     series = set(subsets[0].candidates["seriesuid"][:3]) | set(subsets[1].candidates["seriesuid"][-2:])
     images, labels, table = evaluation_arrays(subsets, series)
-    expected = np.concatenate([np.asarray(s.patches[s.candidates["seriesuid"].isin(series).to_numpy()])
-                               for s in subsets]).reshape(-1, 32, 32, 1)  # Candidate by candidate, its 3 views.
+    expected = np.concatenate(
+        [np.asarray(s.patches[s.candidates["seriesuid"].isin(series).to_numpy()]) for s in subsets]
+    ).reshape(-1, 32, 32, 1)  # Candidate by candidate, its 3 views.
     np.testing.assert_array_equal(images, expected)
     batches = list(evaluation_batches(subsets, series, batch_size=8))
     assert all(len(b) <= 8 and len(b) % 3 == 0 for b in batches) and batches[0].dtype == np.float16
@@ -168,15 +174,27 @@ def test_evaluation_batches_stream_the_evaluation_arrays(extracted):
 
 
 def test_cpm_on_a_hand_made_case():
-    annotations = pd.DataFrame({"seriesuid": ["a", "b", "b"], "coordX": [0.0, 50.0, -40.0], "coordY": [0.0] * 3,
-                                "coordZ": [0.0] * 3, "diameter_mm": [10.0, 6.0, 8.0]})
-    predictions = pd.DataFrame({
-        "seriesuid": ["a", "a", "a", "a", "b", "b", "b"],
-        "coordX": [1.0, 30.0, 4.0, 100.0, 52.0, 90.0, 200.0],
-        "coordY": [0.0] * 7, "coordZ": [0.0] * 7,
-        "probability": [0.9, 0.8, 0.2, 0.3, 0.4, 0.5, 0.95],
-    })
-    excluded = pd.DataFrame({"seriesuid": ["b"], "coordX": [200.0], "coordY": [0.0], "coordZ": [0.0], "diameter_mm": [-1.0]})
+    annotations = pd.DataFrame(
+        {
+            "seriesuid": ["a", "b", "b"],
+            "coordX": [0.0, 50.0, -40.0],
+            "coordY": [0.0] * 3,
+            "coordZ": [0.0] * 3,
+            "diameter_mm": [10.0, 6.0, 8.0],
+        }
+    )
+    predictions = pd.DataFrame(
+        {
+            "seriesuid": ["a", "a", "a", "a", "b", "b", "b"],
+            "coordX": [1.0, 30.0, 4.0, 100.0, 52.0, 90.0, 200.0],
+            "coordY": [0.0] * 7,
+            "coordZ": [0.0] * 7,
+            "probability": [0.9, 0.8, 0.2, 0.3, 0.4, 0.5, 0.95],
+        }
+    )
+    excluded = pd.DataFrame(
+        {"seriesuid": ["b"], "coordX": [200.0], "coordY": [0.0], "coordZ": [0.0], "diameter_mm": [-1.0]}
+    )
     result = evaluate(predictions, annotations, excluded, iterations=0)
     # Nodules: a@0 found at 0.9 (and 0.2), b@50 at 0.4, b@-40 never. False positives: 0.8, 0.3 (scan a),
     # 0.5 (scan b); 0.95 lies in an excluded finding. Thresholds 0.9, 0.8, 0.5, 0.4, 0.3 give
@@ -253,13 +271,16 @@ def test_froc_bootstrap_resamples_every_scan_and_holds_the_estimate():
     assert low <= result["cpm"] <= high and high - low > 0.01
 
 
-@pytest.mark.parametrize("content, message", [
-    ("seriesuid,coordX,coordY,coordZ,probability\na,0,0,0,nan\na,1,0,0,0.5\n", "1 rows whose probability"),
-    ("seriesuid,coordX,coordY,coordZ,probability\n", "header only"),
-    ("", "is empty (predictions)"),
-    ("seriesuid,coordX,coordY,coordZ,probability\nzzz,0,0,0,0.5\n", "no prediction for any of the 1 evaluated"),
-    ("seriesuid,coordX,coordY,coordZ,probability\na,x,0,0,0.5\n", "non-numeric"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("seriesuid,coordX,coordY,coordZ,probability\na,0,0,0,nan\na,1,0,0,0.5\n", "1 rows whose probability"),
+        ("seriesuid,coordX,coordY,coordZ,probability\n", "header only"),
+        ("", "is empty (predictions)"),
+        ("seriesuid,coordX,coordY,coordZ,probability\nzzz,0,0,0,0.5\n", "no prediction for any of the 1 evaluated"),
+        ("seriesuid,coordX,coordY,coordZ,probability\na,x,0,0,0.5\n", "non-numeric"),
+    ],
+)
 def test_froc_bad_predictions_are_one_line(tmp_path, capsys, content, message):
     from luna16.froc import main
 
@@ -267,8 +288,15 @@ def test_froc_bad_predictions_are_one_line(tmp_path, capsys, content, message):
     (tmp_path / "scans.txt").write_text("a\n")
     (tmp_path / "p.csv").write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "p.csv"), "--annotations", str(tmp_path / "annotations.csv"), "--seriesuids",
-              str(tmp_path / "scans.txt")])
+        main(
+            [
+                str(tmp_path / "p.csv"),
+                "--annotations",
+                str(tmp_path / "annotations.csv"),
+                "--seriesuids",
+                str(tmp_path / "scans.txt"),
+            ]
+        )
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"error: {tmp_path / 'p.csv'}: ") and message in error[0]
@@ -279,9 +307,19 @@ def test_froc_command_prints_cpm_last(tmp_path, capsys):
 
     annotations = tmp_path / "annotations.csv"
     predictions = tmp_path / "predictions.csv"
-    pd.DataFrame({"seriesuid": ["a"], "coordX": [0.0], "coordY": [0.0], "coordZ": [0.0], "diameter_mm": [10.0]}).to_csv(annotations, index=False)
-    pd.DataFrame({"seriesuid": ["a", "a"], "coordX": [1.0, 40.0], "coordY": [0.0, 0.0], "coordZ": [0.0, 0.0],
-                  "class": [1, 0], "probability": [0.7, 0.6]}).to_csv(predictions, index=False)
+    pd.DataFrame({"seriesuid": ["a"], "coordX": [0.0], "coordY": [0.0], "coordZ": [0.0], "diameter_mm": [10.0]}).to_csv(
+        annotations, index=False
+    )
+    pd.DataFrame(
+        {
+            "seriesuid": ["a", "a"],
+            "coordX": [1.0, 40.0],
+            "coordY": [0.0, 0.0],
+            "coordZ": [0.0, 0.0],
+            "class": [1, 0],
+            "probability": [0.7, 0.6],
+        }
+    ).to_csv(predictions, index=False)
     (tmp_path / "subset0").mkdir()
     (tmp_path / "subset0" / "a.mhd").write_text("")  # The evaluated scans: the LUNA16 layout by default.
     main([str(predictions), "--annotations", str(annotations), "--bootstrap", "50"])

@@ -83,26 +83,39 @@ def test_hold_out_groups_takes_whole_groups_by_count():
     held = hold_out_groups(groups, 0.1, np.random.default_rng(0))
     assert len(held) == round(0.1 * 23) and held <= set(groups)
     assert held == hold_out_groups(groups, 0.1, np.random.default_rng(0))  # Seeded.
-    assert len(hold_out_groups(groups[:3 * 23:23], 0.1, np.random.default_rng(0), minimum=1)) == 1
+    assert len(hold_out_groups(groups[: 3 * 23 : 23], 0.1, np.random.default_rng(0), minimum=1)) == 1
     assert hold_out_groups(groups, 0.0, np.random.default_rng(0)) == set()
     assert hold_out_groups(groups, 1.0, np.random.default_rng(0)) == set(groups)
 
 
 # Thesis Fig. 3.1 (modality, body part) and 3.1.5 (slices sampled per patient), transcribed by hand.
 THESIS_DATASETS = {
-    "CHEST X-RAY14": ("XR", "CHEST", 20), "MURA": ("XR", None, "all"), "CQ500": ("CT", "BRAIN", 100),
-    "CT LYMPH NODES": ("CT", None, 100), "LIVER": ("CT", "LIVER", 100), "PANCREAS": ("CT", "PANCREAS", 80),
-    "DEEP LESION": ("CT", "INFORMATION NOT AVAILABLE", 8), "HEPATICVESSEL": ("CT", "HEPATICVESSEL", 69),
-    "COLON": ("CT", "COLON", 80), "SPLEEN": ("CT", "SPLEEN", "all"), "OASIS": ("MR", "BRAIN", 100),
-    "IBSR": ("MR", "BRAIN", "all"), "BrainTumour": ("MR", "BRAIN", "all"), "MRNET": ("MR", "KNEE", 81),
-    "CARDIAC MRI": ("MR", "CARDIAC", 200), "CHAOS": ("MR", "ABDOMEN", "all"), "PROSTATE": ("MR", "PROSTATE", "all"),
+    "CHEST X-RAY14": ("XR", "CHEST", 20),
+    "MURA": ("XR", None, "all"),
+    "CQ500": ("CT", "BRAIN", 100),
+    "CT LYMPH NODES": ("CT", None, 100),
+    "LIVER": ("CT", "LIVER", 100),
+    "PANCREAS": ("CT", "PANCREAS", 80),
+    "DEEP LESION": ("CT", "INFORMATION NOT AVAILABLE", 8),
+    "HEPATICVESSEL": ("CT", "HEPATICVESSEL", 69),
+    "COLON": ("CT", "COLON", 80),
+    "SPLEEN": ("CT", "SPLEEN", "all"),
+    "OASIS": ("MR", "BRAIN", 100),
+    "IBSR": ("MR", "BRAIN", "all"),
+    "BrainTumour": ("MR", "BRAIN", "all"),
+    "MRNET": ("MR", "KNEE", 81),
+    "CARDIAC MRI": ("MR", "CARDIAC", 200),
+    "CHAOS": ("MR", "ABDOMEN", "all"),
+    "PROSTATE": ("MR", "PROSTATE", "all"),
 }
 
 
 def test_datasets_table_is_the_thesis_corpus():
     from pathlib import Path
 
-    entries = {e["name"]: e for e in load_table(Path(__file__).resolve().parents[1] / "preprocessing" / "datasets.yaml")}
+    entries = {
+        e["name"]: e for e in load_table(Path(__file__).resolve().parents[1] / "preprocessing" / "datasets.yaml")
+    }
     assert set(entries) == set(THESIS_DATASETS)  # The 17 datasets of Fig. 3.1.
     for name, (modality, body_part, per_patient) in THESIS_DATASETS.items():
         entry = entries[name]
@@ -129,7 +142,8 @@ def _cardiac_table(root, extra=""):
     (root / "table.yaml").write_text(
         "datasets:\n  - name: CARDIAC MRI\n    modality: MR\n    body_part: CARDIAC\n"
         '    files: "CardiacMRI/sol_yxzt_pat*.mat"\n    patient_id: "pat(\\\\d+)\\\\.mat$"\n'
-        f"    slices_per_patient: 10\n    thesis: {{patients: 33, slices: 7980, sampled: 6340}}\n{extra}")
+        f"    slices_per_patient: 10\n    thesis: {{patients: 33, slices: 7980, sampled: 6340}}\n{extra}"
+    )
     return root / "table.yaml"
 
 
@@ -140,37 +154,60 @@ def test_cardiac_mri_as_distributed_and_the_comparison_with_fig_3_1(tmp_path, ca
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for patient, (z, version) in enumerate([(3, "5"), (2, "7.3")], start=1):  # 4 frames x z slices.
-        write_cardiac_mat(root / "CardiacMRI" / f"sol_yxzt_pat{patient}.mat",
-                          rng.integers(1, 900, size=(8, 8, z, 4)).astype(np.uint16), version)
+        write_cardiac_mat(
+            root / "CardiacMRI" / f"sol_yxzt_pat{patient}.mat",
+            rng.integers(1, 900, size=(8, 8, z, 4)).astype(np.uint16),
+            version,
+        )
     table = _cardiac_table(root, "    volumes: all\n")
-    frame = main(["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"),
-                  "--fractions", "1", "0", "0"])
+    frame = main(
+        ["--datasets", str(table), "--root", str(root), "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+    )
     per_patient = frame.groupby("patient_id")["slice_index"].agg(["size", "max"])
     # Patient 1: 12 frames x slices, 10 taken evenly (the last is 11); patient 2: all 8.
     assert per_patient.loc["1", "size"] == 10 and per_patient.loc["1", "max"] == 11
     assert per_patient.loc["2", "size"] == 8 and per_patient.loc["2", "max"] == 7
     comparison = compare_with_thesis(frame, load_table(table))
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m_beside_thesis.csv", index_col="dataset"), comparison,
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "m_beside_thesis.csv", index_col="dataset"), comparison, check_dtype=False
+    )
     row = comparison.loc["CARDIAC MRI"]
     assert (row["patients"], row["thesis_patients"], row["slices"], row["thesis_sampled"]) == (2, 33, 18, 6340)
     assert row["differs"]  # 2 of 33 patients: far more than 2x apart.
     captured = capsys.readouterr()
     assert "  CARDIAC MRI                    2        33        18     6,340            7,980" in captured.out
-    assert "warning: dataset 'CARDIAC MRI': 2 patients and 18 slices, the thesis 33 and 6,340: more than 2x" in captured.err
+    assert (
+        "warning: dataset 'CARDIAC MRI': 2 patients and 18 slices, the thesis 33 and 6,340: more than 2x"
+        in captured.err
+    )
     # Within 2x of the thesis on both counts: no warning.
-    close = compare_with_thesis(pd.DataFrame({"dataset": ["CARDIAC MRI"] * 3200, "patient_id": np.arange(3200) % 17}),
-                                load_table(table))
+    close = compare_with_thesis(
+        pd.DataFrame({"dataset": ["CARDIAC MRI"] * 3200, "patient_id": np.arange(3200) % 17}), load_table(table)
+    )
     assert not close.loc["CARDIAC MRI", "differs"]
     # The table must state the rule its 4D files are read by.
     with pytest.raises(SystemExit) as exit_info:
         main(["--datasets", str(_cardiac_table(root)), "--root", str(root), "--out", str(tmp_path / "x.csv")])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.strip().endswith("holds 4 volumes, of which the reader makes slices of all, but "
-                                                    "dataset 'CARDIAC MRI' states volumes: first.")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "holds 4 volumes, of which the reader makes slices of all, but dataset 'CARDIAC MRI' states volumes: first."
+        )
+    )
 
 
 def test_demo_manifest_says_it_has_nothing_to_compare(demo_dir, tmp_path, capsys):
-    main(["--datasets", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(demo_dir / "pretrain"),
-          "--out", str(tmp_path / "m.csv"), "--no-verify"])
+    main(
+        [
+            "--datasets",
+            str(demo_dir / "pretrain" / "datasets.yaml"),
+            "--root",
+            str(demo_dir / "pretrain"),
+            "--out",
+            str(tmp_path / "m.csv"),
+            "--no-verify",
+        ]
+    )
     assert "(no dataset of this table is one of the thesis's: nothing to compare)" in capsys.readouterr().out

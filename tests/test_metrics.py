@@ -85,7 +85,9 @@ def test_stratified_auc_is_the_mean_of_fold_aucs():
     assert stratified_auc(y, p, strata) == pytest.approx(expected)
     # A fold of negatives only has no AUC: left out of the mean, not a crash.
     alone = np.concatenate([strata, [3, 3]])
-    assert stratified_auc(np.concatenate([y, [0, 0]]), np.concatenate([p, [0.1, 0.9]]), alone) == pytest.approx(expected)
+    assert stratified_auc(np.concatenate([y, [0, 0]]), np.concatenate([p, [0.1, 0.9]]), alone) == pytest.approx(
+        expected
+    )
     auc, low, high = bootstrap_auc(y, p, np.arange(120) // 4, iterations=200, strata=strata)
     assert auc == pytest.approx(expected) and low < auc < high
 
@@ -116,16 +118,25 @@ def obuchowski_by_hand(y, a, b, clusters):
         return s10(u, w) / m + s01(u, w) / n + (s11(u, w) + s11(w, u)) / (m * n)
 
     def s10(u, w):
-        return i10 / ((i10 - 1) * m) * sum((v10c[u][k] - m_c[k] * theta[u]) * (v10c[w][k] - m_c[k] * theta[w])
-                                           for k in range(count))
+        return (
+            i10
+            / ((i10 - 1) * m)
+            * sum((v10c[u][k] - m_c[k] * theta[u]) * (v10c[w][k] - m_c[k] * theta[w]) for k in range(count))
+        )
 
     def s01(u, w):
-        return i01 / ((i01 - 1) * n) * sum((v01c[u][k] - n_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w])
-                                           for k in range(count))
+        return (
+            i01
+            / ((i01 - 1) * n)
+            * sum((v01c[u][k] - n_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w]) for k in range(count))
+        )
 
     def s11(u, w):
-        return count / (count - 1) * sum((v10c[u][k] - m_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w])
-                                         for k in range(count))
+        return (
+            count
+            / (count - 1)
+            * sum((v10c[u][k] - m_c[k] * theta[u]) * (v01c[w][k] - n_c[k] * theta[w]) for k in range(count))
+        )
 
     return theta["a"], theta["b"], cov("a", "a") + cov("b", "b") - 2 * cov("a", "b")
 
@@ -215,8 +226,10 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     interval = auc_interval(y, a, groups, folds)
     auc, variance, _, _ = jackknife_by_hand(y, a, None, groups, folds)
     # Its df: each fold on the fewer of its clusters holding a positive or a negative, less one.
-    fold_variances = [jackknife_by_hand(y[folds == f], a[folds == f], None, groups[folds == f],
-                                        folds[folds == f])[1] for f in range(3)]
+    fold_variances = [
+        jackknife_by_hand(y[folds == f], a[folds == f], None, groups[folds == f], folds[folds == f])[1]
+        for f in range(3)
+    ]
     sides = [min(len(set(groups[(folds == f) & (y == k)])) for k in (0, 1)) for f in range(3)]
     df = sum(fold_variances) ** 2 / sum(v**2 / (c - 1) for v, c in zip(fold_variances, sides))
     logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, df) * np.sqrt(variance) / (auc * (1 - auc))
@@ -261,12 +274,14 @@ def test_folds_too_small_or_collapsed_are_left_out_with_a_line_each():
         assert len(result["notes"]) == 2 and result["folds"] == 1
         assert result["notes"][0].startswith("fold 1: all ") and "positives in one scan" in result["notes"][0]
         assert result["notes"][1] == "fold 2: one positive case, too few to estimate a variance; left out"
-        alone = paired_auc_test(y[folds == 0], a[folds == 0], b[folds == 0], clusters=groups[folds == 0],
-                                variance=variance)
+        alone = paired_auc_test(
+            y[folds == 0], a[folds == 0], b[folds == 0], clusters=groups[folds == 0], variance=variance
+        )
         assert result["p_value"] == pytest.approx(alone["p_value"]) and result["clusters"] == alone["clusters"]
     # A fold without a positive has no AUC; no fold left: no test, and no traceback.
-    none = paired_auc_test(y[folds == 2], a[folds == 2], b[folds == 2] * 0, clusters=groups[folds == 2],
-                           strata=folds[folds == 2])
+    none = paired_auc_test(
+        y[folds == 2], a[folds == 2], b[folds == 2] * 0, clusters=groups[folds == 2], strata=folds[folds == 2]
+    )
     assert np.isnan(none["p_value"]) and none["folds"] == 0 and "no fold testable" in none["test"]
     empty = paired_auc_test(np.zeros(6), np.arange(6.0), np.arange(6.0), strata=np.zeros(6, int))
     assert empty["notes"] == ["fold 0: 0 positive and 6 negative cases, no AUC; left out"]

@@ -26,8 +26,9 @@ def free_ports(count):
 
 def tf_configs(workers=2):
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
-            for i in range(workers)]
+    return [
+        json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}}) for i in range(workers)
+    ]
 
 
 def start(command, tf_config=None):
@@ -65,20 +66,28 @@ def largest_difference(a, b):
 def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(demo_manifest, tmp_path):
     steps = "2"
     out = str(tmp_path / "run")
-    processes = [start([sys.executable, str(HELPER), "worker", str(demo_manifest), out, steps], config)
-                 for config in tf_configs()]
-    processes.append(start([sys.executable, str(HELPER), "reference", str(demo_manifest), str(tmp_path / "ref"), steps]))
+    processes = [
+        start([sys.executable, str(HELPER), "worker", str(demo_manifest), out, steps], config)
+        for config in tf_configs()
+    ]
+    processes.append(
+        start([sys.executable, str(HELPER), "reference", str(demo_manifest), str(tmp_path / "ref"), steps])
+    )
     finish(processes)
     chief, other, reference, reordered, local_bn, initial = (
-        weights(tmp_path / f"weights-{name}.npz") for name in ("0", "1", "reference", "reordered", "local-bn", "initial"))
+        weights(tmp_path / f"weights-{name}.npz")
+        for name in ("0", "1", "reference", "reordered", "local-bn", "initial")
+    )
     assert len(chief) == len(reference) > 50
     for a, b in zip(chief, other):  # The workers hold one model.
         np.testing.assert_array_equal(a, b)
     # Float sums in another order move this tiny BatchNorm network a little (the floor);
     # the two workers are within a few floors of one process, a wrong computation far outside.
     floor = largest_difference(reordered, reference)
-    print(f"floor {floor:.3g}, workers {largest_difference(chief, reference):.3g}, local BatchNorm "
-          f"{largest_difference(local_bn, reference):.3g}, training moved {largest_difference(reference, initial):.3g}")
+    print(
+        f"floor {floor:.3g}, workers {largest_difference(chief, reference):.3g}, local BatchNorm "
+        f"{largest_difference(local_bn, reference):.3g}, training moved {largest_difference(reference, initial):.3g}"
+    )
     assert largest_difference(chief, reference) <= 4 * floor
     assert largest_difference(local_bn, reference) > 25 * floor
     assert largest_difference(reference, initial) > 10 * floor
@@ -90,8 +99,18 @@ def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(
     sys.path.insert(0, str(HELPER.parent))
     from two_workers import options
 
-    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), *options(str(demo_manifest), out, steps),
-             "--epochs", "2", "--resume", "--precision", "mixed_float16", "--verbose", "2"]
+    train = [
+        sys.executable,
+        str(ROOT / "genesis2d" / "train.py"),
+        *options(str(demo_manifest), out, steps),
+        "--epochs",
+        "2",
+        "--resume",
+        "--precision",
+        "mixed_float16",
+        "--verbose",
+        "2",
+    ]
     chief_run, other_run = finish([start(train, config) for config in tf_configs()])
     assert "2 replica(s) on 2 machine(s)" in chief_run[1] and "precision mixed_float16" in chief_run[1]
     assert "Epoch 2/2" in chief_run[1] and "Epoch 1/2" not in chief_run[1] and "Epoch" not in other_run[1]
@@ -110,19 +129,32 @@ def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(
 def test_an_unreachable_peer_is_named_and_the_wait_ends(demo_manifest, tmp_path):
     mine, peer = (f"127.0.0.1:{port}" for port in free_ports(2))  # Nothing will listen on the peer's port.
     config = json.dumps({"cluster": {"worker": [mine, peer]}, "task": {"type": "worker", "index": 0}})
-    train = [sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest", str(demo_manifest),
-             "--out", str(tmp_path / "run"), "--cluster-timeout", "3"]
+    train = [
+        sys.executable,
+        str(ROOT / "genesis2d" / "train.py"),
+        "--manifest",
+        str(demo_manifest),
+        "--out",
+        str(tmp_path / "run"),
+        "--cluster-timeout",
+        "3",
+    ]
     stdout, stderr = start(train, config).communicate(timeout=120)
-    assert (f"worker 0 of 2: listening on port {mine.rpartition(':')[2]} of every network interface" in stdout
-            and "unauthenticated" in stdout)
-    assert stderr.strip().splitlines()[-1] == (f"error: cluster: worker 1 ({peer}) did not answer within 3 s; start "
-                                               "every worker with the same cluster, check the addresses and firewalls, "
-                                               "or raise --cluster-timeout.")
+    assert (
+        f"worker 0 of 2: listening on port {mine.rpartition(':')[2]} of every network interface" in stdout
+        and "unauthenticated" in stdout
+    )
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: cluster: worker 1 ({peer}) did not answer within 3 s; start "
+        "every worker with the same cluster, check the addresses and firewalls, "
+        "or raise --cluster-timeout."
+    )
     assert not (tmp_path / "run").exists()
     # Inputs are checked before any wait: a missing --shards folder is said at once.
     missing = [*train[:2], "--shards", str(tmp_path / "nowhere"), *train[4:]]
     process = start(missing, config)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and "listening" not in stdout
-    assert stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: has no index.json; write shards with "
-                                           "`python -m preprocessing.shards`."]
+    assert stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nowhere'}: has no index.json; write shards with `python -m preprocessing.shards`."
+    ]

@@ -13,8 +13,22 @@ from plumbing.errors import ImageReadError, InputError
 from plumbing.runtime import STREAM_FOLD, derive_seed
 from transfer.results import read_results
 
-MURA_TINY = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--backbone", "resnet18", "--epoch-size", "96",
-             "--batch-size", "32", "--verbose", "0"]
+MURA_TINY = [
+    "--image-size",
+    "32",
+    "--epochs",
+    "1",
+    "--warmup-epochs",
+    "0",
+    "--backbone",
+    "resnet18",
+    "--epoch-size",
+    "96",
+    "--batch-size",
+    "32",
+    "--verbose",
+    "0",
+]
 
 
 def _csv(demo_dir, name):
@@ -32,7 +46,9 @@ def test_counts_match_the_csvs(demo_dir):
         labels = dict(zip(studies[0], studies[1]))
         assert (everything["study"].map(labels) == everything["label"]).all()
         assert (everything["label"] == everything["study"].str.contains("_positive").astype(int)).all()
-    assert body_parts_of(["shoulder", "XR_HAND"]) == ("XR_SHOULDER", "XR_HAND") and len(body_parts_of("all")) == len(BODY_PARTS)
+    assert body_parts_of(["shoulder", "XR_HAND"]) == ("XR_SHOULDER", "XR_HAND") and len(body_parts_of("all")) == len(
+        BODY_PARTS
+    )
     with pytest.raises(ValueError, match="XR_KNEE"):
         body_parts_of("knee")
 
@@ -63,12 +79,18 @@ def test_missing_image_names_the_file(mura_copy):
 
 
 def test_study_aggregation_and_metrics_by_hand():
-    images = pd.DataFrame({
-        "path": list("abcdefg"), "study": ["s1", "s1", "s2", "s3", "s3", "s3", "s4"],
-        "label": [1, 1, 0, 1, 1, 1, 0], "probability": [0.9, 0.3, 0.2, 0.1, 0.5, 0.6, 0.7],
-    })
+    images = pd.DataFrame(
+        {
+            "path": list("abcdefg"),
+            "study": ["s1", "s1", "s2", "s3", "s3", "s3", "s4"],
+            "label": [1, 1, 0, 1, 1, 1, 0],
+            "probability": [0.9, 0.3, 0.2, 0.1, 0.5, 0.6, 0.7],
+        }
+    )
     studies, metrics = evaluate(images)
-    np.testing.assert_allclose(studies.set_index("study")["probability"].loc[["s1", "s2", "s3", "s4"]], [0.6, 0.2, 0.4, 0.7])
+    np.testing.assert_allclose(
+        studies.set_index("study")["probability"].loc[["s1", "s2", "s3", "s4"]], [0.6, 0.2, 0.4, 0.7]
+    )
     # Studies: s1 (1, 0.6), s2 (0, 0.2), s3 (1, 0.4), s4 (0, 0.7). Pairs positive>negative: (s1,s2), (s3,s2) of 4.
     assert metrics["study_auc"] == pytest.approx(0.5)
     # At 0.5: s1 -> 1 (right), s2 -> 0 (right), s3 -> 0 (wrong), s4 -> 1 (wrong): kappa 0.
@@ -89,8 +111,11 @@ def test_images_are_gray_padded_resized_in_range(demo_dir):
 def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path):
     from mura.experiment import parse_args, run
 
-    extra = {"scratch": ["--repeats", "2"], "genesis": ["--encoder", str(pretrained_run[0] / "encoder.h5")],
-             "imagenet": []}[init]
+    extra = {
+        "scratch": ["--repeats", "2"],
+        "genesis": ["--encoder", str(pretrained_run[0] / "encoder.h5")],
+        "imagenet": [],
+    }[init]
     out = tmp_path / init
     run(parse_args(["--data", str(demo_dir), "--out", str(out), "--init", init, *MURA_TINY, *extra]))
     written = json.loads((out / "metrics.json").read_text())
@@ -124,8 +149,9 @@ def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home,
 def test_balanced_epochs_draw_both_classes_equally(demo_dir):
     frame = read_split(demo_dir, "train", ("XR_SHOULDER",))
     skewed = pd.concat([frame[frame["label"] == 1].iloc[:3], frame[frame["label"] == 0]], ignore_index=True)
-    labels = np.concatenate([y.numpy() for _, y in make_dataset(skewed, 16, 32, training=True, seed=1,
-                                                                 balanced=True).take(12)])
+    labels = np.concatenate(
+        [y.numpy() for _, y in make_dataset(skewed, 16, 32, training=True, seed=1, balanced=True).take(12)]
+    )
     assert len(labels) == 192 and abs(labels.mean() - 0.5) < 0.1  # 3 positives against ~30 negatives in the split.
     assert skewed["label"].mean() < 0.2
 
@@ -136,8 +162,18 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     from transfer.encoders import load_encoder
     from transfer.probe import encoder_features, fit_probe
 
-    args = parse_args(["--data", str(demo_dir), "--init", "genesis", "--encoder", str(pretrained_run[0] / "encoder.h5"),
-                       "--probe", *MURA_TINY])
+    args = parse_args(
+        [
+            "--data",
+            str(demo_dir),
+            "--init",
+            "genesis",
+            "--encoder",
+            str(pretrained_run[0] / "encoder.h5"),
+            "--probe",
+            *MURA_TINY,
+        ]
+    )
     assert args.out.endswith("mura_resnet18_genesis_probe")
     run(replace(args, out=str(tmp_path / "probe")))
     contract = read_results(tmp_path / "probe")
@@ -150,8 +186,9 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     train, _ = split_patients(train_all, args.validation_fraction, np.random.default_rng(args.seed), minimum=1)
     encoder = load_encoder("genesis", "resnet18", (32, 32, 1), pretrained_run[0] / "encoder.h5")
     features = encoder_features(encoder, make_dataset(train, 64, 32))
-    model, again = fit_probe(features, train["label"].to_numpy(), train["patient"].to_numpy(),
-                             seed=derive_seed(args.seed, STREAM_FOLD, 0))
+    model, again = fit_probe(
+        features, train["label"].to_numpy(), train["patient"].to_numpy(), seed=derive_seed(args.seed, STREAM_FOLD, 0)
+    )
     assert again["C"] == record["C"]
     valid = read_split(demo_dir, "valid")
     expected = model.predict_proba(encoder_features(encoder, make_dataset(valid, 64, 32)))[:, 1]
@@ -167,8 +204,18 @@ def test_a_kept_run_is_refused_when_its_data_changed(demo_dir, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir / "MURA-v1.1", data / "MURA-v1.1")
-    options = ["--data", str(data), "--out", str(tmp_path / "run"), "--init", "scratch", "--probe", "--gallery", "0",
-               *MURA_TINY]
+    options = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--init",
+        "scratch",
+        "--probe",
+        "--gallery",
+        "0",
+        *MURA_TINY,
+    ]
     run(parse_args(options))
     moved = tmp_path / "moved"
     shutil.copytree(data, moved, copy_function=shutil.copy2)  # Same files elsewhere, times kept: still the same data.

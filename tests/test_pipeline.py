@@ -25,17 +25,24 @@ def test_each_volume_is_read_once_per_pass(demo_manifest, monkeypatch):
     val = frame[frame["split"] == "val"]
     calls = []
     real = pipeline.read_image
-    monkeypatch.setattr(pipeline, "read_image", lambda path, slices=None, **options: calls.append(path) or real(path, slices, **options))
-    seen = sum(int(b.shape[0]) for b in pipeline.make_dataset(demo_manifest, "val", batch_size=5, crop_size=64,
-                                                               image_size=32))
+    monkeypatch.setattr(
+        pipeline, "read_image", lambda path, slices=None, **options: calls.append(path) or real(path, slices, **options)
+    )
+    seen = sum(
+        int(b.shape[0]) for b in pipeline.make_dataset(demo_manifest, "val", batch_size=5, crop_size=64, image_size=32)
+    )
     assert seen == len(val)
     assert sorted(calls) == sorted(val["path"].unique())
     # Two workers of a multi-machine run: each reads its own volumes, together all of them, none twice.
     shares = []
     for worker in range(2):
         calls.clear()
-        seen = sum(int(b.shape[0]) for b in pipeline.make_dataset(demo_manifest, "val", batch_size=5, crop_size=64,
-                                                                   image_size=32, share=(worker, 2)))
+        seen = sum(
+            int(b.shape[0])
+            for b in pipeline.make_dataset(
+                demo_manifest, "val", batch_size=5, crop_size=64, image_size=32, share=(worker, 2)
+            )
+        )
         shares.append((seen, sorted(calls)))
     assert shares[0][0] + shares[1][0] == len(val)
     assert not set(shares[0][1]) & set(shares[1][1])
@@ -46,10 +53,16 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     index = write_shards(demo_manifest, tmp_path / "shards", slices_per_shard=16, progress=False)
     frame = pd.read_csv(demo_manifest)
     assert index["val"]["slices"] == (frame["split"] == "val").sum()
-    from_manifest = np.concatenate(list(pipeline.make_dataset(demo_manifest, "val", batch_size=8, crop_size=64,
-                                                                image_size=64).as_numpy_iterator()))
-    from_shards = np.concatenate(list(pipeline.make_dataset(tmp_path / "shards", "val", batch_size=8, crop_size=64,
-                                                              image_size=64).as_numpy_iterator()))
+    from_manifest = np.concatenate(
+        list(pipeline.make_dataset(demo_manifest, "val", batch_size=8, crop_size=64, image_size=64).as_numpy_iterator())
+    )
+    from_shards = np.concatenate(
+        list(
+            pipeline.make_dataset(
+                tmp_path / "shards", "val", batch_size=8, crop_size=64, image_size=64
+            ).as_numpy_iterator()
+        )
+    )
     assert from_shards.shape == from_manifest.shape
     # Same volumes, same order, 16-bit quantisation apart.
     np.testing.assert_allclose(np.sort(from_shards.ravel()), np.sort(from_manifest.ravel()), atol=2e-5)
@@ -58,12 +71,24 @@ def test_shards_hold_the_same_slices_as_the_manifest(demo_manifest, tmp_path):
     assert again == index
     # PNG-encoded shards (and those of older versions, all PNG) hold the same pixels.
     write_shards(demo_manifest, tmp_path / "png", splits=["val"], progress=False, encoding="png")
-    from_png = np.concatenate(list(pipeline.make_dataset(tmp_path / "png", "val", batch_size=8, crop_size=64,
-                                                         image_size=64).as_numpy_iterator()))
+    from_png = np.concatenate(
+        list(
+            pipeline.make_dataset(
+                tmp_path / "png", "val", batch_size=8, crop_size=64, image_size=64
+            ).as_numpy_iterator()
+        )
+    )
     np.testing.assert_array_equal(np.sort(from_png.ravel()), np.sort(from_shards.ravel()))
     # Workers' shares of the shards: disjoint, together every slice; more workers than shards is one line.
-    shares = [[r["volume"] + b"#" + r["raw"] for r in pipeline.shard_records(
-        tmp_path / "shards", "val", training=False, seed=0, share=(k, 2)).as_numpy_iterator()] for k in range(2)]
+    shares = [
+        [
+            r["volume"] + b"#" + r["raw"]
+            for r in pipeline.shard_records(
+                tmp_path / "shards", "val", training=False, seed=0, share=(k, 2)
+            ).as_numpy_iterator()
+        ]
+        for k in range(2)
+    ]
     assert len(shares[0]) + len(shares[1]) == index["val"]["slices"] and not set(shares[0]) & set(shares[1])
     shards = len(list((tmp_path / "shards").glob("val-*.tfrecord")))
     with pytest.raises(InputError, match=f"has {shards} 'val' shards .*, fewer than the {shards + 1} workers"):
@@ -89,7 +114,9 @@ def test_shards_mix_volumes_and_modalities_in_every_batch(tmp_path):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 nib.save(nib.Nifti1Image(rng.integers(0, 1000, (24, 24, depth)).astype(np.int16), np.eye(4)), path)
             rows += [(f"D{modality}", modality, "X", f"{modality}{v}", str(path), z, "train") for z in range(depth)]
-    frame = pd.DataFrame(rows, columns=["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"])
+    frame = pd.DataFrame(
+        rows, columns=["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"]
+    )
     frame.to_csv(tmp_path / "m.csv", index=False)
     write_shards(tmp_path / "m.csv", tmp_path / "shards", slices_per_shard=32, progress=False)
     records = shard_records(tmp_path / "shards", "train", training=True, seed=0).batch(32).take(20)
@@ -126,8 +153,9 @@ def test_shards_record_what_made_them_and_say_what_changed(demo_dir, demo_manife
     with pytest.raises(UsageError, match=r"val: --encoding 'raw' -> 'png'\); pass --overwrite"):
         write_shards(tmp_path / "m.csv", out, slices_per_shard=16, progress=False, encoding="png")
     frame.iloc[:-2].to_csv(tmp_path / "fewer.csv", index=False)
-    with pytest.raises(UsageError, match=f"val: the manifest's val rows \\({len(frame):,} rows then, "
-                       f"{len(frame) - 2:,} now\\)"):
+    with pytest.raises(
+        UsageError, match=f"val: the manifest's val rows \\({len(frame):,} rows then, {len(frame) - 2:,} now\\)"
+    ):
         write_shards(tmp_path / "fewer.csv", out, slices_per_shard=16, progress=False)
     changed = frame.copy()
     changed.loc[changed.index[0], "slice_index"] += 1

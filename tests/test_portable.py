@@ -44,8 +44,9 @@ def test_a_classifier_on_a_loaded_encoder_trains_a_step(pretrained_run, keras_mo
     pooled = encoder.predict(images, verbose=0).astype(np.float64).mean(axis=(1, 2))
     kernel, bias = head.get_weights()
     np.testing.assert_allclose(float(np.ravel(loss)[0]), np.log(2), rtol=1e-5)
-    np.testing.assert_allclose(kernel, -rate * pooled.T @ (0.5 - labels) / len(labels), rtol=1e-4,
-                               atol=1e-6 * rate * np.abs(pooled).max())
+    np.testing.assert_allclose(
+        kernel, -rate * pooled.T @ (0.5 - labels) / len(labels), rtol=1e-4, atol=1e-6 * rate * np.abs(pooled).max()
+    )
     np.testing.assert_allclose(bias, -rate * np.mean(0.5 - labels, keepdims=True)[0], rtol=1e-5)
 
 
@@ -64,8 +65,10 @@ def test_a_portable_file_keeps_one_output_a_tensor_and_several_a_list(tmp_path, 
     make_portable(tmp_path / "model.h5")
     with h5py.File(tmp_path / "model.h5", "r+") as handle:  # Back to what earlier versions wrote: lists of one.
         config = json.loads(handle.attrs["model_config"])
-        old = {key: config["config"][key] if isinstance(config["config"][key][0], list) else [config["config"][key]]
-               for key in ("input_layers", "output_layers")}
+        old = {
+            key: config["config"][key] if isinstance(config["config"][key][0], list) else [config["config"][key]]
+            for key in ("input_layers", "output_layers")
+        }
         handle.attrs["model_config"] = json.dumps({**config, "config": {**config["config"], **old}})
     make_portable(tmp_path / "model.h5")  # Rewriting such a file repairs it.
     with h5py.File(tmp_path / "model.h5") as handle:
@@ -108,33 +111,54 @@ def test_the_card_tells_how_to_feed_the_encoder(pretrained_run):
 
 
 def _command(*argv, cwd=None):
-    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
 
 
-@pytest.mark.parametrize("options, config, message", [
-    (["--backbone", "resnet101"], None, "argument --backbone: invalid choice: 'resnet101'"),
-    (["--image-size", "100"], None, "argument --image-size: must be a multiple of 32"),
-    ([], {"optimizer": "rmsprop"}, "--optimizer must be one of sgd, adam. Received: 'rmsprop'"),
-    ([], {"norm": "foo"}, "--norm must be one of batch, instance, none"),
-    ([], {"precision": "bfloat16"}, "--precision must be one of auto, float32, mixed_float16"),
-])
+@pytest.mark.parametrize(
+    "options, config, message",
+    [
+        (["--backbone", "resnet101"], None, "argument --backbone: invalid choice: 'resnet101'"),
+        (["--image-size", "100"], None, "argument --image-size: must be a multiple of 32"),
+        ([], {"optimizer": "rmsprop"}, "--optimizer must be one of sgd, adam. Received: 'rmsprop'"),
+        ([], {"norm": "foo"}, "--norm must be one of batch, instance, none"),
+        ([], {"precision": "bfloat16"}, "--precision must be one of auto, float32, mixed_float16"),
+    ],
+)
 def test_bad_pretraining_options_are_refused_with_one_line(tmp_path, options, config, message):
     extra = []
     if config:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
         extra = ["--config", str(tmp_path / "c.yaml")]
-    result = _command(ROOT / "genesis2d" / "train.py", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "o",
-                      *options, *extra)
+    result = _command(
+        ROOT / "genesis2d" / "train.py", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "o", *options, *extra
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_a_wrong_encoder_is_refused_before_any_data_is_read(tmp_path):
-    result = _command(ROOT / "luna16" / "cross_validate.py", "--data", tmp_path / "nowhere", "--init", "genesis",
-                      "--encoder", tmp_path / "missing.h5", "--out", tmp_path / "o", "--patches", tmp_path / "p")
+    result = _command(
+        ROOT / "luna16" / "cross_validate.py",
+        "--data",
+        tmp_path / "nowhere",
+        "--init",
+        "genesis",
+        "--encoder",
+        tmp_path / "missing.h5",
+        "--out",
+        tmp_path / "o",
+        "--patches",
+        tmp_path / "p",
+    )
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and lines == [f"error: {tmp_path / 'missing.h5'}: encoder file does not exist "
-                                                "(--encoder)."], result.stderr
+    assert result.returncode == 1 and lines == [
+        f"error: {tmp_path / 'missing.h5'}: encoder file does not exist (--encoder)."
+    ], result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()

@@ -29,8 +29,17 @@ def trained(pretrained_run):
 
 def test_two_step_run_writes_every_output(trained):
     out, card = trained
-    for name in ("unet.keras", "encoder.h5", "encoder.weights.h5", "card.json", "MODEL_CARD.md", "run.json",
-                 "history.csv", "samples_epoch001.png", "loss_curves.png"):
+    for name in (
+        "unet.keras",
+        "encoder.h5",
+        "encoder.weights.h5",
+        "card.json",
+        "MODEL_CARD.md",
+        "run.json",
+        "history.csv",
+        "samples_epoch001.png",
+        "loss_curves.png",
+    ):
         assert (out / name).is_file(), name
     assert any((out / "logs").rglob("*")), "TensorBoard logs"
     assert any((out / "logs" / "samples").rglob("events.out.tfevents.*")), "restored samples in TensorBoard"
@@ -52,12 +61,16 @@ def test_encoder_h5_loads_in_a_plain_keras_program(trained):
     np.save(out / "x.npy", x)
     script = textwrap.dedent(f"""
         import numpy as np, keras
-        model = keras.models.load_model({str(out / 'encoder.h5')!r}, compile=False)
-        np.save({str(out / 'y.npy')!r}, model.predict(np.load({str(out / 'x.npy')!r}), verbose=0))
+        model = keras.models.load_model({str(out / "encoder.h5")!r}, compile=False)
+        np.save({str(out / "y.npy")!r}, model.predict(np.load({str(out / "x.npy")!r}), verbose=0))
         assert "segmentation_models" not in __import__("sys").modules
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
-                   "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
     y = np.load(out / "y.npy")
     from genesis2d.unet import build_encoder
 
@@ -123,14 +136,28 @@ def _arrays(path):
 
     arrays = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
 def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
     try:
-        card = run(tiny_args(demo_manifest, tmp_path / "mp", "--epochs", "1", "--steps-per-epoch", "1",
-                             "--precision", "mixed_float16", "--bn-momentum", "0.8"))
+        card = run(
+            tiny_args(
+                demo_manifest,
+                tmp_path / "mp",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "1",
+                "--precision",
+                "mixed_float16",
+                "--bn-momentum",
+                "0.8",
+            )
+        )
         assert card["precision"] == "mixed_float16"
         assert np.isfinite(pd.read_csv(tmp_path / "mp" / "history.csv")["loss"]).all()
         model = keras.models.load_model(tmp_path / "mp" / "unet.keras", compile=False)
@@ -152,8 +179,19 @@ def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from genesis2d.pretrain import parse_args, run
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        args = parse_args({["--manifest", str(demo_manifest), "--out", str(tmp_path / "mirrored"), *TINY,
-                            "--epochs", "1", "--steps-per-epoch", "1"]!r})
+        args = parse_args({
+        [
+            "--manifest",
+            str(demo_manifest),
+            "--out",
+            str(tmp_path / "mirrored"),
+            *TINY,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+        ]!r
+    })
         card = run(args, strategy=strategy)
         import json, pathlib
         run_record = json.loads((pathlib.Path(args.out) / "run.json").read_text())
@@ -165,9 +203,18 @@ def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
 
 
 def test_bad_manifest_is_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "genesis2d" / "train.py"), "--manifest",
-                             str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "genesis2d" / "train.py"),
+            "--manifest",
+            str(tmp_path / "nope.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     # One line, and nothing else: TensorFlow's native start-up noise (oneDNN, CUDA drivers) is kept out.
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.csv'}: manifest does not exist."]
@@ -186,8 +233,12 @@ def test_card_sets_restoration_beside_the_identity_on_held_out_slices(trained, d
 
     out, card = trained
     config = tiny_args(demo_manifest, out)
-    distorted, target = (t.numpy() for t in next(iter(pairs(demo_manifest, "val", config, training=False,
-                                                            first_seed=derive_seed(0, STREAM_VAL_DISTORTIONS)))))
+    distorted, target = (
+        t.numpy()
+        for t in next(
+            iter(pairs(demo_manifest, "val", config, training=False, first_seed=derive_seed(0, STREAM_VAL_DISTORTIONS)))
+        )
+    )
     unet = keras.models.load_model(out / "unet.keras", compile=False)
     identity = float(np.mean((distorted.astype(np.float64) - target) ** 2))
     restored = float(np.mean((np.asarray(unet(distorted, training=False), np.float64) - target) ** 2))
@@ -204,24 +255,46 @@ def test_a_run_that_breaks_stops_with_one_line_and_exports_nothing(demo_manifest
     from genesis2d.pretrain import main
 
     with pytest.raises(SystemExit) as stopped:  # With the default warm-up: the rate reaches 100 by step 32.
-        main(["--manifest", str(demo_manifest), "--out", str(tmp_path / "o"), *TINY, "--lr", "100", "--epochs", "1",
-              "--steps-per-epoch", "32", "--checkpoint-every", "1"])
+        main(
+            [
+                "--manifest",
+                str(demo_manifest),
+                "--out",
+                str(tmp_path / "o"),
+                *TINY,
+                "--lr",
+                "100",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "32",
+                "--checkpoint-every",
+                "1",
+            ]
+        )
     assert stopped.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: training: "), lines
-    assert ("the encoder's activations blew up" in lines[0] or  # Lost, not starting: constant with batch statistics too.
-            "collapsed to a constant" in lines[0] and "even with the batch's own BatchNorm statistics" in lines[0]), lines
-    assert re.search(r"at step \d+;", lines[0]) and lines[0].endswith("lower --lr (now 100), e.g. to 10, or check the "
-                                                                       "inputs.")
+    assert (
+        "the encoder's activations blew up" in lines[0]  # Lost, not starting: constant with batch statistics too.
+        or "collapsed to a constant" in lines[0]
+        and "even with the batch's own BatchNorm statistics" in lines[0]
+    ), lines
+    assert re.search(r"at step \d+;", lines[0]) and lines[0].endswith(
+        "lower --lr (now 100), e.g. to 10, or check the inputs."
+    )
     assert not (tmp_path / "o" / "encoder.h5").exists()
 
 
-@pytest.mark.parametrize("features, restored, problem", [
-    (np.ones((2, 1, 1, 4)), np.linspace(0, 1, 8), None),
-    (np.full((2, 1, 1, 4), 2e6), np.linspace(0, 1, 8), "activations blew up"),
-    (np.array([np.nan]), np.linspace(0, 1, 8), "activations blew up"),
-    (np.ones((2, 1, 1, 4)), np.full(8, 0.3) + np.arange(8) * 1e-6, "collapsed to a constant"),
-])
+@pytest.mark.parametrize(
+    "features, restored, problem",
+    [
+        (np.ones((2, 1, 1, 4)), np.linspace(0, 1, 8), None),
+        (np.full((2, 1, 1, 4), 2e6), np.linspace(0, 1, 8), "activations blew up"),
+        (np.array([np.nan]), np.linspace(0, 1, 8), "activations blew up"),
+        (np.ones((2, 1, 1, 4)), np.full(8, 0.3) + np.arange(8) * 1e-6, "collapsed to a constant"),
+    ],
+)
 def test_health_check_table(features, restored, problem):
     from genesis2d.health import check_health
 
@@ -244,9 +317,14 @@ def test_every_setting_has_one_option_whose_default_is_the_field():
         assert actions[field.name].default == field.default, field.name
         if actions[field.name].help and "Default:" in actions[field.name].help and field.default is not None:
             shown = actions[field.name].help.split("Default:")[1]
-            assert any(text in shown for text in (str(field.default), f"{field.default:,}" if isinstance(field.default, int)
-                                                  else "", f"{field.default:g}" if isinstance(field.default, float)
-                                                  else "")), (field.name, shown)
+            assert any(
+                text in shown
+                for text in (
+                    str(field.default),
+                    f"{field.default:,}" if isinstance(field.default, int) else "",
+                    f"{field.default:g}" if isinstance(field.default, float) else "",
+                )
+            ), (field.name, shown)
     config = parse_args(["--manifest", "m.csv", "--out", "o", "--local-blocks", "700", "--verbose", "0"])
     import inspect
 
@@ -279,8 +357,24 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
     from plumbing.runtime import STREAM_VAL_DISTORTIONS, derive_seed
 
     out = tmp_path / "demo"
-    config = parse_args(["--manifest", str(demo_manifest), "--config", str(DEMO_CONFIG), "--backbone", "resnet18",
-                         "--out", str(out), "--epochs", "1", "--steps-per-epoch", "48", "--verbose", "0"])
+    config = parse_args(
+        [
+            "--manifest",
+            str(demo_manifest),
+            "--config",
+            str(DEMO_CONFIG),
+            "--backbone",
+            "resnet18",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "48",
+            "--verbose",
+            "0",
+        ]
+    )
     recipe = ("optimizer", "lr", "momentum", "warmup_steps", "clipnorm", "bn_momentum", "batch_size")
     assert [getattr(config, name) for name in recipe] == [getattr(PretrainConfig(), name) for name in recipe]
     card = run(config)

@@ -26,8 +26,17 @@ def test_probe_chooses_c_by_grouped_cross_validation_and_refits():
     model, record = fit_probe(x, y, g, seed=3)
     # The chosen C has the best grouped cross-validated AUC, computed here independently.
     splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=3)
-    aucs = {c: cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)), x, y,
-                               groups=g, cv=splitter, scoring="roc_auc").mean() for c in C_GRID}
+    aucs = {
+        c: cross_val_score(
+            make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)),
+            x,
+            y,
+            groups=g,
+            cv=splitter,
+            scoring="roc_auc",
+        ).mean()
+        for c in C_GRID
+    }
     best = max(aucs, key=aucs.get)
     assert record["C"] == best and record["cv_auc"] == pytest.approx(aucs[best])
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=best, max_iter=5000)).fit(x, y)
@@ -42,8 +51,13 @@ def test_copies_of_one_case_never_straddle_a_split():
     x, y, g = grouped_data(rng, signal=0.0)
     _, record = fit_probe(x, y, g)
     assert record["cv_auc"] < 0.7
-    leaky = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=100, max_iter=5000)), x, y,
-                            cv=KFold(5, shuffle=True, random_state=0), scoring="roc_auc").mean()
+    leaky = cross_val_score(
+        make_pipeline(StandardScaler(), LogisticRegression(C=100, max_iter=5000)),
+        x,
+        y,
+        cv=KFold(5, shuffle=True, random_state=0),
+        scoring="roc_auc",
+    ).mean()
     assert leaky > 0.9  # What ungrouped folds would report.
 
 

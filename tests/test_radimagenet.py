@@ -33,8 +33,9 @@ def test_radimagenet_weights_load_into_the_encoder(radimagenet_standin):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
-def test_wrong_missing_or_unavailable_radimagenet_weights_are_one_line(radimagenet_standin, keras_home, tmp_path,
-                                                                      monkeypatch):
+def test_wrong_missing_or_unavailable_radimagenet_weights_are_one_line(
+    radimagenet_standin, keras_home, tmp_path, monkeypatch
+):
     home, _ = keras_home
     wrong = home / "models" / "resnet18_imagenet_1000_no_top.h5"  # A real file of another layout.
     with pytest.raises(InitError, match="not RadImageNet's resnet50_keras weights") as error:
@@ -63,8 +64,11 @@ def test_genesis_u_net_has_the_radimagenet_encoder(radimagenet_standin):
     radimagenet = load_encoder("radimagenet", "resnet50_keras", (64, 64, 1), radimagenet_weights=radimagenet_standin[0])
     encoder = encoder_of(unet)
     encoder.set_weights(radimagenet.get_weights())  # Same arrays, same order: one architecture.
-    np.testing.assert_allclose(encoder.predict(np.ones((1, 64, 64, 1)), verbose=0),
-                               radimagenet.predict(np.ones((1, 64, 64, 1)), verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        encoder.predict(np.ones((1, 64, 64, 1)), verbose=0),
+        radimagenet.predict(np.ones((1, 64, 64, 1)), verbose=0),
+        rtol=1e-5,
+    )
 
 
 def test_luna16_cross_validation_with_radimagenet_end_to_end(radimagenet_standin, demo_dir, tmp_path_factory, capsys):
@@ -74,11 +78,40 @@ def test_luna16_cross_validation_with_radimagenet_end_to_end(radimagenet_standin
 
     path, _ = radimagenet_standin
     out = tmp_path_factory.mktemp("cv_radimagenet")
-    args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(tmp_path_factory.getbasetemp() / "cv_patches"),
-                       "--out", str(out), "--init", "radimagenet", "--backbone", "resnet50_keras",
-                       "--radimagenet-weights", str(path), "--folds", "1", "--patch-size", "32", "--positive-copies",
-                       "2", "--negative-fraction", "0.05", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
-                       "--gallery", "2", "--verbose", "0"])
+    args = parse_args(
+        [
+            "--data",
+            str(demo_dir / "LUNA16"),
+            "--patches",
+            str(tmp_path_factory.getbasetemp() / "cv_patches"),
+            "--out",
+            str(out),
+            "--init",
+            "radimagenet",
+            "--backbone",
+            "resnet50_keras",
+            "--radimagenet-weights",
+            str(path),
+            "--folds",
+            "1",
+            "--patch-size",
+            "32",
+            "--positive-copies",
+            "2",
+            "--negative-fraction",
+            "0.05",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "64",
+            "--gallery",
+            "2",
+            "--verbose",
+            "0",
+        ]
+    )
     assert "using its resnet50 schedule for --init imagenet" in capsys.readouterr().out
     run(args)
     contract = read_results(out)

@@ -50,8 +50,15 @@ def _itk_series(folder):
 @pytest.mark.parametrize("col_dir", [(0, 1, 0), (0, -1, 0)], ids=["feet-to-head", "head-to-feet"])
 def test_dicom_series_is_ordered_by_position_with_itk_geometry(tmp_path, col_dir):
     volume = np.stack([np.full((6, 5), 10.0 * k - 500) for k in range(7)])  # Slice k holds 10k - 500 HU.
-    folder = write_dicom_series(tmp_path / "series", volume, spacing=(0.7, 0.9, 2.5), origin=(-10, 20, -300),
-                                patient_id="p1", col_dir=col_dir, rng=3)
+    folder = write_dicom_series(
+        tmp_path / "series",
+        volume,
+        spacing=(0.7, 0.9, 2.5),
+        origin=(-10, 20, -300),
+        patient_id="p1",
+        col_dir=col_dir,
+        rng=3,
+    )
     array, meta = read_image(folder)
     itk = _itk_series(folder)
     np.testing.assert_allclose(array, sitk.GetArrayFromImage(itk))
@@ -80,8 +87,15 @@ def test_dicom_bad_folders(tmp_path):
 
 
 def _single_dicom(tmp_path, **changes):
-    folder = write_dicom_series(tmp_path / "one", np.arange(12, dtype=float).reshape(1, 3, 4) * 100,
-                                (1, 1, 1), (0, 0, 0), "p", intercept=0.0, rng=0)
+    folder = write_dicom_series(
+        tmp_path / "one",
+        np.arange(12, dtype=float).reshape(1, 3, 4) * 100,
+        (1, 1, 1),
+        (0, 0, 0),
+        "p",
+        intercept=0.0,
+        rng=0,
+    )
     path = next(folder.iterdir())
     ds = pydicom.dcmread(path)
     for key, value in changes.items():
@@ -91,8 +105,14 @@ def _single_dicom(tmp_path, **changes):
 
 
 def test_monochrome1_is_inverted(tmp_path):
-    path, ds = _single_dicom(tmp_path, PhotometricInterpretation="MONOCHROME1", BitsStored=12, HighBit=11,
-                             PixelRepresentation=0, Modality="CR")
+    path, ds = _single_dicom(
+        tmp_path,
+        PhotometricInterpretation="MONOCHROME1",
+        BitsStored=12,
+        HighBit=11,
+        PixelRepresentation=0,
+        Modality="CR",
+    )
     array, meta = read_image(path)
     raw = np.arange(12, dtype=float).reshape(3, 4) * 100
     np.testing.assert_allclose(array, 4095 - raw)
@@ -207,8 +227,10 @@ def test_a_header_may_not_read_outside_its_folder(tmp_path):
         for read in (read_image, read_header):
             with pytest.raises(OutsideRootError) as error:
                 read(tmp_path / "data" / name)
-            assert str(error.value) == (f"{tmp_path / 'data' / name}: names the data file {target}, which lies outside "
-                                        f"its folder {tmp_path / 'data'} (read only with --allow-outside-root).")
+            assert str(error.value) == (
+                f"{tmp_path / 'data' / name}: names the data file {target}, which lies outside "
+                f"its folder {tmp_path / 'data'} (read only with --allow-outside-root)."
+            )
         array, _ = read_image(tmp_path / "data" / name, allow_outside_root=True)  # Said explicitly: read.
         np.testing.assert_array_equal(array.ravel()[:2], np.frombuffer(secret.read_bytes()[:4], "<i2"))
     # A data file in a subfolder, or a path that leaves and comes back, stays inside: read.
@@ -233,8 +255,11 @@ def test_absurd_header_sizes_are_refused_before_allocating(tmp_path):
     needed = 100000**3 * 2
     for name, read in (("huge.nii", read_header), ("huge.nii.gz", read_image)):
         actual = (tmp_path / name).stat().st_size
-        with pytest.raises(ImageReadError, match=f"claims 100000x100000x100000 voxels .{needed:,} bytes., more than its "
-                           f"{actual:,}( compressed)? bytes on disk can hold"):
+        with pytest.raises(
+            ImageReadError,
+            match=f"claims 100000x100000x100000 voxels .{needed:,} bytes., more than its "
+            f"{actual:,}( compressed)? bytes on disk can hold",
+        ):
             read(tmp_path / name)
     write_itk(tmp_path / "scan.mhd", np.zeros((2, 4, 4)), (1, 1, 1), (0, 0, 0))
     text = (tmp_path / "scan.mhd").read_text().replace("DimSize = 4 4 2", "DimSize = 100000 100000 100000")
@@ -253,8 +278,11 @@ def test_nan_voxels_are_counted_replaced_or_refused(tmp_path, capsys):
     assert "2 NaN or infinite values (0.50% of those read) replaced" in capsys.readouterr().err
     volume[2] = np.nan  # 102 of 400.
     write_nifti(tmp_path / "many.nii.gz", volume, (1, 1, 1))
-    with pytest.raises(ImageReadError, match=r"many.nii.gz: has 102 NaN or infinite values \(25.5% of the 400 read\), "
-                       r"more than the 1% tolerated"):
+    with pytest.raises(
+        ImageReadError,
+        match=r"many.nii.gz: has 102 NaN or infinite values \(25.5% of the 400 read\), "
+        r"more than the 1% tolerated",
+    ):
         read_image(tmp_path / "many.nii.gz")
     write_nifti(tmp_path / "all.nii.gz", np.full((2, 4, 4), np.nan, np.float32), (1, 1, 1))
     with pytest.raises(ImageReadError, match="has 32 NaN"):

@@ -9,8 +9,10 @@ from study.report import build_report, main
 from transfer.results import SCORE_COLUMNS, read_results
 from transfer.statistics import paired_auc_test
 
-LEVELS = [{"name": "eye", "description": "eyes of the test set", "group": "patient", "metrics": ["auc", "accuracy"]},
-          {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]}]
+LEVELS = [
+    {"name": "eye", "description": "eyes of the test set", "group": "patient", "metrics": ["auc", "accuracy"]},
+    {"name": "patient", "description": "patients (mean of eyes)", "group": "patient", "metrics": ["auc"]},
+]
 
 
 def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=None, levels=LEVELS, **extra):
@@ -24,9 +26,18 @@ def _contract(folder, init, runs, truth, patients, folds, fraction=1.0, method=N
         for i, (y, p, patient, fold) in enumerate(zip(truth, probability, patients, folds)):
             rows.append((levels[0]["name"], f"eye{i}", y, p, f"pt{patient}", fold, run))
         frame = pd.DataFrame({"y": truth, "p": probability, "patient": patients, "fold": folds})
-        for patient, part in (frame.groupby("patient") if len(levels) > 1 else ()):
-            rows.append(("patient", f"pt{patient}", int(part["y"].max()), part["p"].mean(), f"pt{patient}",
-                         part["fold"].iloc[0], run))
+        for patient, part in frame.groupby("patient") if len(levels) > 1 else ():
+            rows.append(
+                (
+                    "patient",
+                    f"pt{patient}",
+                    int(part["y"].max()),
+                    part["p"].mean(),
+                    f"pt{patient}",
+                    part["fold"].iloc[0],
+                    run,
+                )
+            )
     pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(folder / "test_scores.csv", index=False)
     metrics = {"task": "retina", "backbone": "vgg16", "init": init, "train_fraction": fraction, "levels": levels}
     (folder / "metrics.json").write_text(json.dumps({**metrics, **({"method": method} if method else {}), **extra}))
@@ -40,12 +51,17 @@ def retina(tmp_path):
     truth = np.repeat((rng.random(60) < 0.4).astype(int), 2)
     folds = np.where(patients < 30, 1, 2)
     shared = np.repeat(rng.normal(0, 0.5, 60), 2)
-    scores = {"scratch": [truth * 0.4 + shared + rng.random(120)],
-              "genesis": [truth * 0.9 + shared + rng.random(120) for _ in range(2)],  # Two repeats.
-              "imagenet": [truth * 0.6 + shared + rng.random(120)]}
+    scores = {
+        "scratch": [truth * 0.4 + shared + rng.random(120)],
+        "genesis": [truth * 0.9 + shared + rng.random(120) for _ in range(2)],  # Two repeats.
+        "imagenet": [truth * 0.6 + shared + rng.random(120)],
+    }
     runs = [_contract(tmp_path / k, k, v, truth, patients, folds) for k, v in scores.items()]
-    runs += [_contract(tmp_path / f"{k}_half", k, [v[0] * 0.5 + rng.random(120)], truth, patients, folds, 0.5)
-             for k, v in scores.items() if k != "imagenet"]
+    runs += [
+        _contract(tmp_path / f"{k}_half", k, [v[0] * 0.5 + rng.random(120)], truth, patients, folds, 0.5)
+        for k, v in scores.items()
+        if k != "imagenet"
+    ]
     return runs, scores, truth, patients, folds
 
 
@@ -55,27 +71,34 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     auc = table[(table["level"] == "eye") & (table["metric"] == "auc")].iloc[0]
     for init, probabilities in scores.items():
         # The mean over runs of the mean over folds of the AUC (thesis Fig. 4.12; repeats averaged as in 4.2.4.4).
-        expected = np.mean([np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in (1, 2)])
-                            for p in probabilities])
+        expected = np.mean(
+            [np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in (1, 2)]) for p in probabilities]
+        )
         assert auc[init] == pytest.approx(expected)
         assert auc[f"{init}_ci_low"] <= auc[init] <= auc[f"{init}_ci_high"]
     per_run = [np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in (1, 2)]) for p in scores["genesis"]]
     assert auc["genesis_sd"] == pytest.approx(np.std(per_run, ddof=1)) and auc["genesis_runs"] == 2
     # Eyes of one patient are not independent: the test clusters them.
-    expected = paired_auc_test(truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds)
+    expected = paired_auc_test(
+        truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds
+    )
     assert auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
     assert auc["test"] == "clustered DeLong (Obuchowski 1997), t reference, clusters: patients, folds combined"
     assert auc["genesis_vs_scratch_df"] == pytest.approx(expected["df"])
     # The difference's 95% interval is the test's, and holds the difference.
     assert (auc["genesis_vs_scratch_ci_low"], auc["genesis_vs_scratch_ci_high"]) == pytest.approx(
-        (expected["ci_low"], expected["ci_high"]))
+        (expected["ci_low"], expected["ci_high"])
+    )
     assert expected["ci_low"] < auc["genesis_vs_scratch_delta"] < expected["ci_high"]
     accuracy = table[(table["level"] == "eye") & (table["metric"] == "accuracy")].iloc[0]
-    assert accuracy["scratch"] == pytest.approx(np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5)
-                                                         for f in (1, 2)]))
+    assert accuracy["scratch"] == pytest.approx(
+        np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5) for f in (1, 2)])
+    )
     # Patients are one per row at their level: plain DeLong there.
-    assert table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"] == \
-        "DeLong, t reference, folds combined"
+    assert (
+        table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"]
+        == "DeLong, t reference, folds combined"
+    )
     ensemble = table[table["metric"] == "auc_ensemble"]
     assert len(ensemble) == 2 and "ensemble" in ensemble.iloc[0]["label"]
     text = (tmp_path / "report" / "report.md").read_text()
@@ -107,8 +130,10 @@ def test_linear_probes_sit_beside_fine_tuning_and_are_tested_against_genesis_pro
     runs, scores, truth, patients, folds = retina
     rng = np.random.default_rng(1)
     probes = {init: truth * weight + rng.random(120) for init, weight in (("genesis", 0.7), ("scratch", 0.2))}
-    runs = runs + [_contract(tmp_path / f"{k}_probe", k, [v], truth, patients, folds, method="linear probe")
-                   for k, v in probes.items()]
+    runs = runs + [
+        _contract(tmp_path / f"{k}_probe", k, [v], truth, patients, folds, method="linear probe")
+        for k, v in probes.items()
+    ]
     table = build_report(runs, tmp_path / "report", iterations=100)
     auc = table[(table["level"] == "eye") & (table["metric"] == "auc")].iloc[0]
     expected = np.mean([roc_auc_score(truth[folds == f], probes["scratch"][folds == f]) for f in (1, 2)])
@@ -129,7 +154,10 @@ def test_report_links_every_runs_saliency_gallery(retina, tmp_path):
     (runs[0] / "fold1" / "saliency.png").write_bytes(b"png")
     build_report(runs, tmp_path / "report", iterations=10)
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "## Where the classifiers look" in text and "- retina vgg16 scratch: [fold1](../scratch/fold1/saliency.png)" in text
+    assert (
+        "## Where the classifiers look" in text
+        and "- retina vgg16 scratch: [fold1](../scratch/fold1/saliency.png)" in text
+    )
 
 
 LUNA16_LEVELS = [{"name": "candidate", "description": "candidates", "group": "scan", "metrics": ["auc"]}]
@@ -150,24 +178,43 @@ def test_thesis_cells_sit_beside_the_runs_that_match_them_with_the_difference(tm
     truth, scans, folds = _scans(rng)
     scores = {init: truth * weight + rng.random(len(truth)) for init, weight in (("scratch", 0.5), ("genesis", 1.5))}
     rule = "best validation AUC on 10% of training scans held out"
-    runs = [_contract(tmp_path / init, init, [p], truth, scans, folds, levels=LUNA16_LEVELS, task="luna16",
-                      selection=rule) for init, p in scores.items()]
-    runs += [_contract(tmp_path / f"mura_{init}", init, [truth * 0.8 + rng.random(len(truth))], truth, scans,
-                       np.zeros(len(truth), int), levels=MURA_LEVELS, task="mura", backbone="resnet50",
-                       body_parts=parts)
-             for init, parts in (("genesis", ["XR_SHOULDER"]), ("scratch", ["XR_HAND"]))]
+    runs = [
+        _contract(tmp_path / init, init, [p], truth, scans, folds, levels=LUNA16_LEVELS, task="luna16", selection=rule)
+        for init, p in scores.items()
+    ]
+    runs += [
+        _contract(
+            tmp_path / f"mura_{init}",
+            init,
+            [truth * 0.8 + rng.random(len(truth))],
+            truth,
+            scans,
+            np.zeros(len(truth), int),
+            levels=MURA_LEVELS,
+            task="mura",
+            backbone="resnet50",
+            body_parts=parts,
+        )
+        for init, parts in (("genesis", ["XR_SHOULDER"]), ("scratch", ["XR_HAND"]))
+    ]
     table = build_report(runs, tmp_path / "report")
     cells = {(c["task"], c["backbone"], c["init"]): c for c in load_thesis()["cells"]}
     luna = table[(table["dataset"] == "luna16") & (table["metric"] == "auc")].iloc[0]
-    ours = {init: np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in range(1, 6)])
-            for init, p in scores.items()}
+    ours = {
+        init: np.mean([roc_auc_score(truth[folds == f], p[folds == f]) for f in range(1, 6)])
+        for init, p in scores.items()
+    }
     assert luna["thesis_scratch"] == cells[("luna16", "vgg16", "scratch")]["auc"] == 0.98172  # Fig. 5.1.
     assert luna["thesis_genesis"] == 0.98672
     for init in scores:
         theirs = cells[("luna16", "vgg16", init)]["auc"]
-        assert f"{init} {theirs:.5g} (Fig. 5.1" in luna["thesis"] and f"ours {ours[init] - theirs:+.3f}" in luna["thesis"]
-    assert "- luna16 vgg16 scratch: Fig. 5.1 (LUNA16 Vgg16 Scratch); Fig. 4.12 AVG; Fig. 4.19; the five folds of " \
+        assert (
+            f"{init} {theirs:.5g} (Fig. 5.1" in luna["thesis"] and f"ours {ours[init] - theirs:+.3f}" in luna["thesis"]
+        )
+    assert (
+        "- luna16 vgg16 scratch: Fig. 5.1 (LUNA16 Vgg16 Scratch); Fig. 4.12 AVG; Fig. 4.19; the five folds of "
         "Fig. 4.12 average 0.97972" in (tmp_path / "report" / "report.md").read_text()
+    )
     # MURA: the thesis's cells are the shoulder's; a hand run does not match, and the column says why.
     mura = table[(table["dataset"] == "mura") & (table["metric"] == "auc")].iloc[0]
     assert mura["thesis_genesis"] == 0.7791 and pd.isna(mura.get("thesis_scratch", np.nan))
@@ -188,8 +235,20 @@ def test_without_a_matching_cell_the_thesis_column_says_why(retina, tmp_path):
     assert set(table.loc[table["metric"] == "auc", "thesis"]) == {"the thesis has no retina results"}
     rng = np.random.default_rng(0)
     truth, scans, folds = _scans(rng)
-    demo = [_contract(tmp_path / "demo" / i, i, [truth + rng.random(len(truth))], truth, scans, folds, levels=LUNA16_LEVELS,
-                      task="luna16", backbone="resnet18") for i in ("scratch", "genesis")]
+    demo = [
+        _contract(
+            tmp_path / "demo" / i,
+            i,
+            [truth + rng.random(len(truth))],
+            truth,
+            scans,
+            folds,
+            levels=LUNA16_LEVELS,
+            task="luna16",
+            backbone="resnet18",
+        )
+        for i in ("scratch", "genesis")
+    ]
     table = build_report(demo, tmp_path / "demo_report", iterations=10)
     assert table.iloc[0]["thesis"] == "none: the thesis's luna16 runs used resnet50 and vgg16, not resnet18"
 
@@ -200,8 +259,19 @@ def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each
     truth[(folds == 2) & (scans != 1)] = 0  # Fold 2: every positive in scan 1.
     truth[(folds == 3)] = 0
     truth[np.flatnonzero(folds == 3)[0]] = 1  # Fold 3: one positive.
-    runs = [_contract(tmp_path / i, i, [truth * w + rng.random(len(truth))], truth, scans, folds,
-                      levels=LUNA16_LEVELS, task="luna16") for i, w in (("scratch", 0.3), ("genesis", 1.0))]
+    runs = [
+        _contract(
+            tmp_path / i,
+            i,
+            [truth * w + rng.random(len(truth))],
+            truth,
+            scans,
+            folds,
+            levels=LUNA16_LEVELS,
+            task="luna16",
+        )
+        for i, w in (("scratch", 0.3), ("genesis", 1.0))
+    ]
     table = build_report(runs, tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("- luna16 vgg16 candidate: genesis vs scratch")]
@@ -210,22 +280,27 @@ def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each
     row = table.iloc[0]
     assert row["genesis_vs_scratch_clusters"] == 5  # Only fold 1's five scans are behind the test.
     positive = sum(len(set(scans[(folds == f) & (truth == 1)])) for f in (1, 2, 3))
-    assert f"15 scans ({positive} with a positive, 15 with a negative) in 3 folds; fewer than 20, or 10 on a " \
+    assert (
+        f"15 scans ({positive} with a positive, 15 with a negative) in 3 folds; fewer than 20, or 10 on a "
         "side: intervals and p-values not validated" in text
+    )
     assert "patients in 2 folds; fewer" not in text
 
 
-@pytest.mark.parametrize("case, message", [
-    ("metrics_list", "holds a list, not a mapping"),
-    ("levels_text", "levels that are not a list"),
-    ("fraction_text", "train_fraction 'all'"),
-    ("label_two", "labels are 0 or 1"),
-    ("probability_text", "probability 'high' is not a finite number"),
-    ("empty_scores", "cannot be read as a CSV table"),
-    ("latin1_scores", "cannot be read as a CSV table"),
-    ("level_without_rows", "has no rows of the patient level"),
-    ("selection_number", "has selection 3"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("metrics_list", "holds a list, not a mapping"),
+        ("levels_text", "levels that are not a list"),
+        ("fraction_text", "train_fraction 'all'"),
+        ("label_two", "labels are 0 or 1"),
+        ("probability_text", "probability 'high' is not a finite number"),
+        ("empty_scores", "cannot be read as a CSV table"),
+        ("latin1_scores", "cannot be read as a CSV table"),
+        ("level_without_rows", "has no rows of the patient level"),
+        ("selection_number", "has selection 3"),
+    ],
+)
 def test_malformed_results_end_in_one_line(retina, tmp_path, capsys, case, message):
     runs, *_ = retina
     folder = runs[0]
@@ -234,8 +309,11 @@ def test_malformed_results_end_in_one_line(retina, tmp_path, capsys, case, messa
     if case == "metrics_list":
         (folder / "metrics.json").write_text("[1, 2]")
     elif case in ("levels_text", "fraction_text", "selection_number"):
-        key, value = {"levels_text": ("levels", "eye"), "fraction_text": ("train_fraction", "all"),
-                      "selection_number": ("selection", 3)}[case]
+        key, value = {
+            "levels_text": ("levels", "eye"),
+            "fraction_text": ("train_fraction", "all"),
+            "selection_number": ("selection", 3),
+        }[case]
         (folder / "metrics.json").write_text(json.dumps({**metrics, key: value}))
     elif case == "label_two":
         scores.loc[3, "label"] = 2

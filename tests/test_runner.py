@@ -51,10 +51,17 @@ class Squares(Task):
         def batches(images, labels, batch):
             return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32))).batch(batch)
 
-        return Split(train=lambda batch: batches(x, y, batch).repeat(), train_in_order=batches(x, y, 16),
-                     train_labels=y, train_groups=np.arange(len(y)) // 4, validation=lambda b: batches(x, y, b),
-                     test=batches(x_test, y_test, 16), test_labels=y_test, test_cases=x_test[:, None],
-                     cases=pd.DataFrame({"label": y_test, "slide": np.arange(len(y_test)) // 4}))
+        return Split(
+            train=lambda batch: batches(x, y, batch).repeat(),
+            train_in_order=batches(x, y, 16),
+            train_labels=y,
+            train_groups=np.arange(len(y)) // 4,
+            validation=lambda b: batches(x, y, b),
+            test=batches(x_test, y_test, 16),
+            test_labels=y_test,
+            test_cases=x_test[:, None],
+            cases=pd.DataFrame({"label": y_test, "slide": np.arange(len(y_test)) // 4}),
+        )
 
     def result(self, unit, split, probabilities):
         from transfer.results import score_rows
@@ -64,15 +71,26 @@ class Squares(Task):
         return UnitResult(table, {}, scores)
 
 
-SCHEDULE = ThesisSchedule(epochs=2, warmup_epochs=0, batch_size=16, lr_factor=0.1, lr_patience=3, momentum=0.9,
-                          source="test")
+SCHEDULE = ThesisSchedule(
+    epochs=2, warmup_epochs=0, batch_size=16, lr_factor=0.1, lr_patience=3, momentum=0.9, source="test"
+)
 
 
 def _options(tmp_path, **values):
     from transfer.options import resolve
 
-    options = SquaresOptions(init="scratch", backbone="resnet18", out=str(tmp_path / "squares"), verbose=0,
-                             gallery=1, steps_per_epoch=8, lr=0.01, bn_momentum=0.5, image_size=SIZE, **values)
+    options = SquaresOptions(
+        init="scratch",
+        backbone="resnet18",
+        out=str(tmp_path / "squares"),
+        verbose=0,
+        gallery=1,
+        steps_per_epoch=8,
+        lr=0.01,
+        bn_momentum=0.5,
+        image_size=SIZE,
+        **values,
+    )
     return resolve(options, {("resnet18", "scratch"): SCHEDULE})
 
 
@@ -195,7 +213,10 @@ def test_help_lists_every_option():
     from luna16.experiment import Luna16Options, parser
 
     text = parser().format_help()
-    flags = [f"--{item.name.replace('_', '-')}" for item in dataclasses.fields(Luna16Options)
-             if not item.metadata.get("derived")]
+    flags = [
+        f"--{item.name.replace('_', '-')}"
+        for item in dataclasses.fields(Luna16Options)
+        if not item.metadata.get("derived")
+    ]
     assert [flag for flag in flags if flag not in text] == []
     assert build_parser is not None

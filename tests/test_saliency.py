@@ -28,17 +28,17 @@ def test_grad_cam_peaks_where_the_signal_is():
     images = np.zeros((3, 64, 64, 1), np.float32)
     places = [(8, 40), (40, 8), (48, 48)]
     for image, (top, left) in zip(images, places):
-        image[top:top + 12, left:left + 12] = 1.0  # A bright square; the rest is empty.
+        image[top : top + 12, left : left + 12] = 1.0  # A bright square; the rest is empty.
     maps = grad_cam(model, images)
     assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() == pytest.approx(1.0)
     finer = grad_cam(model, images, block="full_grid")  # An earlier block: the gradient flows through the rest.
     for cam, (top, left) in zip(finer, places):
-        assert cam[top:top + 12, left:left + 12].min() > 0.4 and cam[(top + 32) % 64, (left + 32) % 64] == 0
+        assert cam[top : top + 12, left : left + 12].min() > 0.4 and cam[(top + 32) % 64, (left + 32) % 64] == 0
     for cam, (top, left) in zip(maps, places):
         row, column = np.unravel_index(np.argmax(cam), cam.shape)
         assert top - 4 <= row < top + 16 and left - 4 <= column < left + 16
-        inside = cam[top:top + 12, left:left + 12].mean()
-        far = cam[(top + 32) % 64:(top + 32) % 64 + 12, (left + 32) % 64:(left + 32) % 64 + 12].mean()
+        inside = cam[top : top + 12, left : left + 12].mean()
+        far = cam[(top + 32) % 64 : (top + 32) % 64 + 12, (left + 32) % 64 : (left + 32) % 64 + 12].mean()
         assert inside > 0.4 and far < 0.05
 
 
@@ -57,7 +57,7 @@ def test_a_linear_probes_class_activation_map_peaks_where_the_signal_is():
     for image, label in zip(images, labels):
         if label:
             top, left = rng.integers(0, 52, size=2)
-            image[top:top + 12, left:left + 12] = 1.0
+            image[top : top + 12, left : left + 12] = 1.0
     pooled = encoder.predict(images, verbose=0).mean(axis=(1, 2))
     probe = LinearProbe(encoder, make_pipeline(StandardScaler(), LogisticRegression()).fit(pooled, labels), {})
     test = np.zeros((1, 64, 64, 1), np.float32)
@@ -86,6 +86,7 @@ def test_confident_cases_are_the_most_confident_of_each_kind(tmp_path):
     assert chosen["false positives"].tolist() == [3, 4]
     assert chosen["false negatives"].tolist() == [6, 2]
     images = np.random.default_rng(0).random((8, 3, 16, 16))
-    drawn = gallery(tmp_path / "g.png", images, images, labels, probabilities, k=2,
-                    view_names=("axial", "coronal", "sagittal"))
+    drawn = gallery(
+        tmp_path / "g.png", images, images, labels, probabilities, k=2, view_names=("axial", "coronal", "sagittal")
+    )
     assert set(drawn) == set(CATEGORIES) and (tmp_path / "g.png").stat().st_size > 1000

@@ -10,8 +10,24 @@ from transfer.encoders import InitError, keras_cache_dir, load_encoder
 from transfer.finetune import build_classifier
 from transfer.results import read_results
 
-CV_TINY = ["--patch-size", "32", "--positive-copies", "2", "--negative-fraction", "0.05", "--epochs", "1",
-           "--warmup-epochs", "0", "--backbone", "resnet18", "--batch-size", "256", "--verbose", "0"]
+CV_TINY = [
+    "--patch-size",
+    "32",
+    "--positive-copies",
+    "2",
+    "--negative-fraction",
+    "0.05",
+    "--epochs",
+    "1",
+    "--warmup-epochs",
+    "0",
+    "--backbone",
+    "resnet18",
+    "--batch-size",
+    "256",
+    "--verbose",
+    "0",
+]
 
 
 def test_imagenet_init_loads_the_file_keras_caches(keras_home):
@@ -88,7 +104,11 @@ def _check_cv_outputs(out, folds, trained=True):
     assert (candidates["group"].to_numpy() == predictions["seriesuid"].to_numpy()).all()
     patches = contract.level("patch")
     assert len(patches) == 3 * len(predictions)
-    means = patches.assign(candidate=patches["key"].str.rsplit(":", n=1).str[0]).groupby("candidate", sort=False)["probability"].mean()
+    means = (
+        patches.assign(candidate=patches["key"].str.rsplit(":", n=1).str[0])
+        .groupby("candidate", sort=False)["probability"]
+        .mean()
+    )
     np.testing.assert_allclose(means.loc[candidates["key"]].to_numpy(), candidates["probability"], rtol=1e-6)
     return predictions
 
@@ -100,13 +120,28 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
     patches = tmp_path_factory.getbasetemp() / "cv_patches"
     out = tmp_path_factory.mktemp(f"cv_{init}")
     extra = ["--encoder", str(pretrained_run[0] / "encoder.h5")] if init == "genesis" else []
-    args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
-                       "--init", init, "--folds", "1", *CV_TINY, *extra])
+    args = parse_args(
+        [
+            "--data",
+            str(demo_dir / "LUNA16"),
+            "--patches",
+            str(patches),
+            "--out",
+            str(out),
+            "--init",
+            init,
+            "--folds",
+            "1",
+            *CV_TINY,
+            *extra,
+        ]
+    )
     run(args)
     predictions = _check_cv_outputs(out, [1])
     candidates = pd.read_csv(demo_dir / "LUNA16" / "candidates_V2.csv")
-    test_series = set(pd.read_csv(patches / "subset0" / "candidates.csv")["seriesuid"]) | \
-        set(pd.read_csv(patches / "subset1" / "candidates.csv")["seriesuid"])
+    test_series = set(pd.read_csv(patches / "subset0" / "candidates.csv")["seriesuid"]) | set(
+        pd.read_csv(patches / "subset1" / "candidates.csv")["seriesuid"]
+    )
     assert set(predictions["seriesuid"]) == test_series
     assert len(predictions) == candidates["seriesuid"].isin(test_series).sum()  # Test fold never subsampled.
     if init == "scratch":  # A rerun keeps the finished fold rather than training it again.
@@ -114,8 +149,25 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         run(args)
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
         # ... but never under other settings: it stops and says what changed.
-        other = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
-                            "--init", init, "--folds", "1", *CV_TINY, "--epochs", "2", "--seed", "7"])
+        other = parse_args(
+            [
+                "--data",
+                str(demo_dir / "LUNA16"),
+                "--patches",
+                str(patches),
+                "--out",
+                str(out),
+                "--init",
+                init,
+                "--folds",
+                "1",
+                *CV_TINY,
+                "--epochs",
+                "2",
+                "--seed",
+                "7",
+            ]
+        )
         with pytest.raises(UsageError, match=r"epochs 1 -> 2; seed 0 -> 7.*pass --overwrite"):
             run(other)
         assert (out / "fold1_subsets0-1" / "predictions.csv").stat().st_mtime_ns == stamp
@@ -126,33 +178,53 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
         assert settings["encoder_sha256"] == file_sha256(pretrained_run[0] / "encoder.h5")
 
 
-@pytest.mark.parametrize("task, backbone, init, expected", [
-    # (epochs, warm-up, batch, factor, patience, momentum) from thesis Fig. 4.9 / 4.2.3 (LUNA16) and Fig. 4.33 / 4.38
-    # (MURA); momentum 0 where the thesis wrote SGD(lr=0.001), 0.9 where 4.2.3 states it.
-    ("luna16", "vgg16", "scratch", (18, 0, 32, 0.01, 3, 0.0)),
-    ("luna16", "vgg16", "genesis", (13, 0, 32, 0.01, 3, 0.0)),
-    ("luna16", "vgg16", "imagenet", (13, 0, 32, 0.01, 3, 0.0)),
-    ("luna16", "resnet50", "scratch", (10, 0, 32, 0.1, 3, 0.9)),
-    ("luna16", "resnet50", "imagenet", (10, 0, 32, 0.1, 3, 0.9)),
-    ("mura", "resnet50", "scratch", (12, 0, 16, 0.01, 3, 0.0)),
-    ("mura", "resnet50", "genesis", (9, 2, 16, 0.1, 3, 0.0)),
-    ("mura", "resnet50", "imagenet", (3, 2, 16, 0.1, 3, 0.0)),
-    ("mura", "vgg16", "scratch", (15, 0, 16, 0.01, 3, 0.0)),
-    ("mura", "vgg16", "genesis", (12, 0, 16, 0.1, 3, 0.0)),
-    ("mura", "vgg16", "imagenet", (5, 0, 16, 0.01, 3, 0.0)),
-    ("mura", "resnet18", "genesis", (9, 2, 16, 0.1, 3, 0.0)),  # Not in the thesis: its family's row, with a note.
-    ("mura", "resnet50_keras", "radimagenet", (3, 2, 16, 0.1, 3, 0.0)),  # Neither: resnet50's imagenet row.
-])
+@pytest.mark.parametrize(
+    "task, backbone, init, expected",
+    [
+        # (epochs, warm-up, batch, factor, patience, momentum) from thesis Fig. 4.9 / 4.2.3 (LUNA16) and
+        # Fig. 4.33 / 4.38
+        # (MURA); momentum 0 where the thesis wrote SGD(lr=0.001), 0.9 where 4.2.3 states it.
+        ("luna16", "vgg16", "scratch", (18, 0, 32, 0.01, 3, 0.0)),
+        ("luna16", "vgg16", "genesis", (13, 0, 32, 0.01, 3, 0.0)),
+        ("luna16", "vgg16", "imagenet", (13, 0, 32, 0.01, 3, 0.0)),
+        ("luna16", "resnet50", "scratch", (10, 0, 32, 0.1, 3, 0.9)),
+        ("luna16", "resnet50", "imagenet", (10, 0, 32, 0.1, 3, 0.9)),
+        ("mura", "resnet50", "scratch", (12, 0, 16, 0.01, 3, 0.0)),
+        ("mura", "resnet50", "genesis", (9, 2, 16, 0.1, 3, 0.0)),
+        ("mura", "resnet50", "imagenet", (3, 2, 16, 0.1, 3, 0.0)),
+        ("mura", "vgg16", "scratch", (15, 0, 16, 0.01, 3, 0.0)),
+        ("mura", "vgg16", "genesis", (12, 0, 16, 0.1, 3, 0.0)),
+        ("mura", "vgg16", "imagenet", (5, 0, 16, 0.01, 3, 0.0)),
+        ("mura", "resnet18", "genesis", (9, 2, 16, 0.1, 3, 0.0)),  # Not in the thesis: its family's row, with a note.
+        ("mura", "resnet50_keras", "radimagenet", (3, 2, 16, 0.1, 3, 0.0)),  # Neither: resnet50's imagenet row.
+    ],
+)
 def test_schedules_follow_the_thesis_per_backbone_and_init(task, backbone, init, expected, capsys, tmp_path):
     from importlib import import_module
 
     experiment = import_module(f"{task}.experiment")
     (tmp_path / "encoder.h5").write_bytes(b"checked for existence at parse time")
-    common = ["--data", "/nowhere", "--backbone", backbone, "--init", init, "--encoder", str(tmp_path / "encoder.h5"),
-              "--radimagenet-weights", str(tmp_path / "encoder.h5")]
+    common = [
+        "--data",
+        "/nowhere",
+        "--backbone",
+        backbone,
+        "--init",
+        init,
+        "--encoder",
+        str(tmp_path / "encoder.h5"),
+        "--radimagenet-weights",
+        str(tmp_path / "encoder.h5"),
+    ]
     args = experiment.parse_args(common)
-    assert (args.epochs, args.warmup_epochs, args.batch_size, args.lr_factor, args.lr_patience,
-            args.momentum) == expected
+    assert (
+        args.epochs,
+        args.warmup_epochs,
+        args.batch_size,
+        args.lr_factor,
+        args.lr_patience,
+        args.momentum,
+    ) == expected
     assert ("the thesis did not train resnet18" in capsys.readouterr().out) == (backbone == "resnet18")
     override = experiment.parse_args([*common, "--epochs", "4"])
     assert override.epochs == 4 and override.lr_factor == expected[3]
@@ -169,7 +241,11 @@ def test_encoders_are_checked_before_any_data_and_never_chosen_silently(tmp_path
         parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(tmp_path / "missing.h5")])
     with pytest.raises(InitError, match="holds no encoder folder whose card names backbone vgg16"):
         parse_args(["--data", "/nowhere", "--init", "genesis"])
-    for name, backbone in (("genesis2d_vgg16_batch", "vgg16"), ("my_run", "vgg16"), ("genesis2d_vgg16_old", "resnet18")):
+    for name, backbone in (
+        ("genesis2d_vgg16_batch", "vgg16"),
+        ("my_run", "vgg16"),
+        ("genesis2d_vgg16_old", "resnet18"),
+    ):
         (tmp_path / "weights" / name).mkdir(parents=True)
         (tmp_path / "weights" / name / "encoder.h5").write_bytes(name.encode())
         (tmp_path / "weights" / name / "card.json").write_text(json.dumps({"backbone": backbone}))
@@ -196,12 +272,16 @@ def test_the_encoder_folder_is_a_preset_its_card_names_the_backbone(tmp_path, ca
         options = parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(given)])
         assert options.backbone == "resnet18" and options.encoder == str(folder / "encoder.h5")
         assert "resnet18" in options.out and options.epochs is not None  # The card's backbone drives the rest.
-    with pytest.raises(UsageError, match=r"--backbone: vgg16 contradicts the encoder's card \(.*card.json: backbone "
-                       r"resnet18\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"--backbone: vgg16 contradicts the encoder's card \(.*card.json: backbone "
+        r"resnet18\)",
+    ):
         parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--backbone", "vgg16"])
     (folder / "card.json").unlink()  # An encoder from before cards: loaded as --backbone, said in one line.
-    options = parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--backbone",
-                          "resnet18"])
+    options = parse_args(
+        ["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--backbone", "resnet18"]
+    )
     assert options.backbone == "resnet18"
     assert "no card.json beside it; assuming a resnet18 encoder" in capsys.readouterr().out
 
@@ -216,10 +296,28 @@ def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
     x = np.random.default_rng(0).random((8, 32, 32, 1), dtype=np.float32)
     y = np.array([0, 1] * 4, np.float32)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    schedule = Schedule(epochs=1, warmup_epochs=0, batch_size=4, lr=1e-3, momentum=0.0, lr_factor=0.1, lr_patience=3,
-                        selection="held-out", bn_momentum=0.8)
-    model, history, kept = fine_tune(EncoderSpec("scratch", "resnet18"), Head(units=8, l2=0.0, dropout=0.5), schedule,
-                                     (32, 32, 1), data, data, tmp_path, seed=0, verbose=0)
+    schedule = Schedule(
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=4,
+        lr=1e-3,
+        momentum=0.0,
+        lr_factor=0.1,
+        lr_patience=3,
+        selection="held-out",
+        bn_momentum=0.8,
+    )
+    model, history, kept = fine_tune(
+        EncoderSpec("scratch", "resnet18"),
+        Head(units=8, l2=0.0, dropout=0.5),
+        schedule,
+        (32, 32, 1),
+        data,
+        data,
+        tmp_path,
+        seed=0,
+        verbose=0,
+    )
     norms = [layer for layer in model.get_layer("encoder").layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms) and len(history) == 1
 
@@ -229,8 +327,22 @@ def test_linear_probe_cross_validation_groups_by_scan(demo_dir, tmp_path_factory
 
     patches = tmp_path_factory.getbasetemp() / "cv_patches"
     out = tmp_path_factory.mktemp("cv_probe")
-    args = parse_args(["--data", str(demo_dir / "LUNA16"), "--patches", str(patches), "--out", str(out),
-                       "--init", "scratch", "--probe", "--folds", "1", *CV_TINY])
+    args = parse_args(
+        [
+            "--data",
+            str(demo_dir / "LUNA16"),
+            "--patches",
+            str(patches),
+            "--out",
+            str(out),
+            "--init",
+            "scratch",
+            "--probe",
+            "--folds",
+            "1",
+            *CV_TINY,
+        ]
+    )
     run(args)
     predictions = _check_cv_outputs(out, [1], trained=False)
     contract = read_results(out)

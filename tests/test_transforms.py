@@ -24,8 +24,10 @@ def test_flips_apply_to_input_and_target_at_the_models_genesis_rate():
     images = _images(3000, size=12)
     inputs, targets = T.make_pair(images, seed=1, local_rate=0, nonlinear_rate=0, paint_rate=0)
     np.testing.assert_array_equal(inputs, targets)  # Flip alone: input and target agree.
-    orientations = [[np.array_equal(t, f(i)) for f in (lambda a: a, np.flipud, np.fliplr, lambda a: a[::-1, ::-1])]
-                    for t, i in zip(targets[..., 0], images[..., 0])]
+    orientations = [
+        [np.array_equal(t, f(i)) for f in (lambda a: a, np.flipud, np.fliplr, lambda a: a[::-1, ::-1])]
+        for t, i in zip(targets[..., 0], images[..., 0])
+    ]
     assert all(any(o) for o in orientations)
     # Up to 3 flips while a draw is below 0.4, each on a random axis: the slice ends up
     # changed with probability 0.24 + 0.096 / 2 + 0.064 = 0.352 (two flips on one axis cancel).
@@ -83,7 +85,9 @@ def test_painting_statistics():
             painted += 1
             # Windows and holes keep 3 px from the border: out-painting fills all of it with
             # noise, in-painting none of it.
-            border = np.concatenate([noisy[:3].ravel(), noisy[-3:].ravel(), noisy[:, :3].ravel(), noisy[:, -3:].ravel()])
+            border = np.concatenate(
+                [noisy[:3].ravel(), noisy[-3:].ravel(), noisy[:, :3].ravel(), noisy[:, -3:].ravel()]
+            )
             assert border.all() or not border.any()
             in_painted += not border.any()
     assert abs(painted / trials - 0.9) < 0.04

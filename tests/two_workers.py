@@ -23,9 +23,33 @@ WORKERS, GLOBAL_BATCH, LR = 2, 4, 0.1
 
 
 def options(manifest, out, steps):
-    return ["--manifest", manifest, "--out", out, "--backbone", "resnet18", "--image-size", "32", "--crop-size", "64",
-            "--batch-size", str(GLOBAL_BATCH), "--lr", str(LR), "--epochs", "1", "--steps-per-epoch", str(steps),
-            "--validation-steps", "1", "--samples", "1", "--verbose", "0", "--deterministic"]
+    return [
+        "--manifest",
+        manifest,
+        "--out",
+        out,
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--crop-size",
+        "64",
+        "--batch-size",
+        str(GLOBAL_BATCH),
+        "--lr",
+        str(LR),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        str(steps),
+        "--validation-steps",
+        "1",
+        "--samples",
+        "1",
+        "--verbose",
+        "0",
+        "--deterministic",
+    ]
 
 
 def save(path, model):
@@ -71,8 +95,20 @@ def reference(manifest, out, steps):
     set_seed(config.seed)  # Before the data, as `run` does: TensorFlow's global seed seeds the pipeline too.
     per_worker = GLOBAL_BATCH // WORKERS
     # Worker k's batch i, as `genesis2d.pretrain.pairs` documents it.
-    streams = [iter(pairs(manifest, "train", config, True, derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, k),
-                          per_worker, (k, WORKERS))) for k in range(WORKERS)]
+    streams = [
+        iter(
+            pairs(
+                manifest,
+                "train",
+                config,
+                True,
+                derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, k),
+                per_worker,
+                (k, WORKERS),
+            )
+        )
+        for k in range(WORKERS)
+    ]
     batches = [[next(stream) for stream in streams] for _ in range(steps)]
 
     def train(order, local_bn):

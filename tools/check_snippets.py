@@ -53,19 +53,40 @@ def _keras_version():
 
 
 ENVIRONMENTS = (
-    Environment("Keras 3 on TensorFlow", "keras3", variables={"KERAS_BACKEND": "tensorflow"},
-                versions=("keras", "tensorflow")),
+    Environment(
+        "Keras 3 on TensorFlow", "keras3", variables={"KERAS_BACKEND": "tensorflow"}, versions=("keras", "tensorflow")
+    ),
     Environment("tf-keras", "tf_keras", versions=("tf_keras", "tensorflow")),
     # TensorFlow 2.15 ships wheels up to Python 3.11 and was built against NumPy 1.
-    Environment("Keras 2.15", "keras2", "keras2", "python3.11", ("tensorflow-cpu==2.15.1", "numpy<2", "h5py"),
-                versions=("keras", "tensorflow-cpu")),
+    Environment(
+        "Keras 2.15",
+        "keras2",
+        "keras2",
+        "python3.11",
+        ("tensorflow-cpu==2.15.1", "numpy<2", "h5py"),
+        versions=("keras", "tensorflow-cpu"),
+    ),
     # The same Keras as this project's, so that only the backend differs.
-    Environment("Keras 3 on JAX", "keras3", "jax", sys.executable, (f"keras=={_keras_version()}", "jax[cpu]", "h5py"),
-                {"KERAS_BACKEND": "jax"}, ("keras", "jax")),
+    Environment(
+        "Keras 3 on JAX",
+        "keras3",
+        "jax",
+        sys.executable,
+        (f"keras=={_keras_version()}", "jax[cpu]", "h5py"),
+        {"KERAS_BACKEND": "jax"},
+        ("keras", "jax"),
+    ),
     # torch 2.13.0: the CPU wheel kept on the machines this project is developed on; elsewhere
     # pip may fetch a CUDA build of several GB for the same version (it runs on the CPU too).
-    Environment("Keras 3 on PyTorch", "keras3", "torch", sys.executable,
-                (f"keras=={_keras_version()}", "torch==2.13.0", "h5py"), {"KERAS_BACKEND": "torch"}, ("keras", "torch")),
+    Environment(
+        "Keras 3 on PyTorch",
+        "keras3",
+        "torch",
+        sys.executable,
+        (f"keras=={_keras_version()}", "torch==2.13.0", "h5py"),
+        {"KERAS_BACKEND": "torch"},
+        ("keras", "torch"),
+    ),
 )
 REFERENCE = ENVIRONMENTS[0]
 
@@ -87,20 +108,22 @@ def interpreter(environment, envs):
     if stamp.exists() and json.loads(stamp.read_text()) == list(environment.packages):
         return str(python)
     print(f"building {venv} ({', '.join(environment.packages)}) ...", flush=True)
-    for command in ([environment.python, "-m", "venv", "--clear", str(venv)],
-                    [str(python), "-m", "pip", "install", "--quiet", *environment.packages]):
+    for command in (
+        [environment.python, "-m", "venv", "--clear", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", *environment.packages],
+    ):
         try:
             subprocess.run(command, check=True)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise InputError(venv, f"building the {environment.name} environment failed: {' '.join(command)}: "
-                             f"{error}") from None
+            raise InputError(
+                venv, f"building the {environment.name} environment failed: {' '.join(command)}: {error}"
+            ) from None
     stamp.write_text(json.dumps(list(environment.packages)))
     return str(python)
 
 
 def versions(python, packages):
-    script = ("import sys, importlib.metadata as m; "
-              "print(', '.join(f'{p} {m.version(p)}' for p in sys.argv[1:]))")
+    script = "import sys, importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in sys.argv[1:]))"
     return subprocess.run([python, "-c", script, *packages], capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -128,14 +151,27 @@ def write_card(backbone, out):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", type=Path, help="an encoder.h5 (default: a fresh resnet18 encoder)")
-    parser.add_argument("--backbone", default="resnet18", help="the backbone of --encoder, for MODEL_CARD.md "
-                        "(default: resnet18)")
-    parser.add_argument("--envs", type=Path, default=Path(tempfile.gettempdir()) / "genesis2d-envs",
-                        help="where the virtual environments are built (default: $TMPDIR/genesis2d-envs)")
-    parser.add_argument("--only", nargs="+", choices=[e.venv or e.kind for e in ENVIRONMENTS],
-                        help="check these environments only (default: all)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help=f"largest relative difference allowed (default: {TOLERANCE:g})")
+    parser.add_argument(
+        "--backbone", default="resnet18", help="the backbone of --encoder, for MODEL_CARD.md (default: resnet18)"
+    )
+    parser.add_argument(
+        "--envs",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "genesis2d-envs",
+        help="where the virtual environments are built (default: $TMPDIR/genesis2d-envs)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[e.venv or e.kind for e in ENVIRONMENTS],
+        help="check these environments only (default: all)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"largest relative difference allowed (default: {TOLERANCE:g})",
+    )
     args = parser.parse_args(argv)
     if args.encoder and not args.encoder.is_file():
         raise UsageError(args.encoder, "encoder file does not exist (--encoder)")
@@ -168,10 +204,18 @@ def check(encoder, backbone, envs, only, tolerance, work):
         print(f"{environment.name} ({versions(python, environment.versions)}):", flush=True)
         ran = 0
         for path in markdown:
-            results = snippets.run_blocks(path, environment.kind, encoder, work / (environment.venv or environment.kind),
-                                          python=python, env={**base_env, **environment.variables})
+            results = snippets.run_blocks(
+                path,
+                environment.kind,
+                encoder,
+                work / (environment.venv or environment.kind),
+                python=python,
+                env={**base_env, **environment.variables},
+            )
             for result in results:
-                where = f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name} block {result['block']}"
+                where = (
+                    f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name} block {result['block']}"
+                )
                 if not result["ok"]:
                     failures += 1
                     print(f"{where}: FAILED\n" + "\n".join(f"    {line}" for line in result["error"].splitlines()))
@@ -181,11 +225,15 @@ def check(encoder, backbone, envs, only, tolerance, work):
                 if "features" not in arrays or "images" not in arrays:
                     print(f"{where}: snippet ran (it defines no images and features to compare)")
                     continue
-                difference = snippets.relative_difference(arrays["features"],
-                                                          reference.predict(arrays["images"], verbose=0))
+                difference = snippets.relative_difference(
+                    arrays["features"], reference.predict(arrays["images"], verbose=0)
+                )
                 failures += difference >= tolerance
-                print(f"{where}: snippet ran; features {arrays['features'].shape}, relative difference from "
-                      f"{REFERENCE.name} {difference:.1e}" + ("" if difference < tolerance else " TOO LARGE"), flush=True)
+                print(
+                    f"{where}: snippet ran; features {arrays['features'].shape}, relative difference from "
+                    f"{REFERENCE.name} {difference:.1e}" + ("" if difference < tolerance else " TOO LARGE"),
+                    flush=True,
+                )
         if not ran:
             failures += 1
             print("  no snippet ran in this environment")

@@ -34,17 +34,24 @@ def panels(image, seed):
     """[(title, image)]: the input and each distortion applied alone, seeded."""
     from genesis2d import transforms as t
 
-    same_density = int(round(t.N_BLOCKS * t.blocks_per_pixel(t.N_BLOCKS, 64, 32) / t.blocks_per_pixel(t.N_BLOCKS, SIDE)))
+    same_density = int(
+        round(t.N_BLOCKS * t.blocks_per_pixel(t.N_BLOCKS, 64, 32) / t.blocks_per_pixel(t.N_BLOCKS, SIDE))
+    )
 
     def rng():
         return np.random.default_rng(seed)
 
     return [
         ("input", image),
-        (f"local shuffle, {t.N_BLOCKS:,} blocks\n(~{t.blocks_per_pixel(t.N_BLOCKS, SIDE):.0f} per pixel)",
-         t.local_pixel_shuffle(image, rng(), t.N_BLOCKS)),
-        (f"local shuffle, {same_density:,} blocks\n(~{t.blocks_per_pixel(same_density, SIDE):.1f} per pixel, "
-         "Models Genesis's density)", t.local_pixel_shuffle(image, rng(), same_density)),
+        (
+            f"local shuffle, {t.N_BLOCKS:,} blocks\n(~{t.blocks_per_pixel(t.N_BLOCKS, SIDE):.0f} per pixel)",
+            t.local_pixel_shuffle(image, rng(), t.N_BLOCKS),
+        ),
+        (
+            f"local shuffle, {same_density:,} blocks\n(~{t.blocks_per_pixel(same_density, SIDE):.1f} per pixel, "
+            "Models Genesis's density)",
+            t.local_pixel_shuffle(image, rng(), same_density),
+        ),
         ("non-linear intensity", t.nonlinear_intensity(image, rng())),
         ("in-painting", t.in_paint(image, rng())),
         ("out-painting", t.out_paint(image, rng())),
@@ -61,7 +68,9 @@ def draw(path, seed=0):
         axis.imshow(image, cmap="gray", vmin=0, vmax=1)
         axis.set_title(title, fontsize=8)
         axis.set_axis_off()
-    figure.suptitle(f"Models Genesis distortions at {SIDE}x{SIDE} (each alone; rates and counts: genesis2d/train.py --help)")
+    figure.suptitle(
+        f"Models Genesis distortions at {SIDE}x{SIDE} (each alone; rates and counts: genesis2d/train.py --help)"
+    )
     figure.tight_layout()
     save_figure(path, figure, dpi=100)
     return path
@@ -69,8 +78,11 @@ def draw(path, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "distortions_224.png"),
-                        help="PNG to write. Default: docs/distortions_224.png.")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parents[1] / "docs" / "distortions_224.png"),
+        help="PNG to write. Default: docs/distortions_224.png.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the distortions. Default: 0.")
     args = parser.parse_args(argv)
     print(draw(args.out, args.seed))

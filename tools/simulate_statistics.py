@@ -101,22 +101,31 @@ def measure(design, datasets, seed, bootstrap=200):
             _, low, high = bootstrap_auc(y, a, clusters, bootstrap, seed=i, strata=folds)
             covered["percentile bootstrap"] += low <= TRUE_AUC <= high
     rates = {f"{v} variance, {r} reference: false-positive rate": rejections[(v, r)] / datasets for v, r in TESTS}
-    rates.update({f"{name}: coverage": count / datasets for name, count in covered.items()
-                  if bootstrap or name != "percentile bootstrap"})
+    rates.update(
+        {
+            f"{name}: coverage": count / datasets
+            for name, count in covered.items()
+            if bootstrap or name != "percentile bootstrap"
+        }
+    )
     return {name: (rate, np.sqrt(max(rate * (1 - rate), 1e-12) / datasets)) for name, rate in rates.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=2000, help="data sets per design. Default: 2000.")
-    parser.add_argument("--bootstrap", type=int, default=200, help="percentile bootstrap resamples (0: skip). "
-                        "Default: 200.")
+    parser.add_argument(
+        "--bootstrap", type=int, default=200, help="percentile bootstrap resamples (0: skip). Default: 200."
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed. Default: 0.")
     parser.add_argument("--designs", nargs="*", type=int, help="indices into the designs (default: all).")
     args = parser.parse_args(argv)
     designs = [DESIGNS[i] for i in args.designs] if args.designs else DESIGNS
-    print(f"{args.datasets} data sets per design, true AUC {TRUE_AUC} for both models, alpha {ALPHA}, "
-          f"nominal coverage 0.95; +- is one binomial standard error.", flush=True)
+    print(
+        f"{args.datasets} data sets per design, true AUC {TRUE_AUC} for both models, alpha {ALPHA}, "
+        f"nominal coverage 0.95; +- is one binomial standard error.",
+        flush=True,
+    )
     results = {}
     for index, design in enumerate(designs):
         start = time.perf_counter()

@@ -31,8 +31,9 @@ KINDS = {
     "keras3": re.compile(r"^import keras\b", re.MULTILINE),
     "keras2": re.compile(r"^(from tensorflow import keras|import tensorflow as tf)\b", re.MULTILINE),
 }
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.MULTILINE | re.DOTALL
+)
 LOADED_PATH = re.compile(r"load_model\(\s*[\"']([^\"']+)[\"']")
 
 
@@ -65,7 +66,8 @@ def execute(block_file, out):
 
 
 def run_blocks(markdown_file, kind, encoder, out, python=sys.executable, env=None):
-    """Runs the `kind` blocks of `markdown_file` (each in a fresh folder and process, with `encoder` where it is loaded).
+    """Runs the `kind` blocks of `markdown_file` (each in a fresh folder and process, with `encoder` where it is
+    loaded).
 
     Returns one dict per block: `block` (its number among the file's Python blocks),
     `ok`, `error` (the last lines of what it printed, on failure) and `arrays` (the
@@ -83,12 +85,25 @@ def run_blocks(markdown_file, kind, encoder, out, python=sys.executable, env=Non
                 (folder / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(encoder, folder / path)
             (folder / "block.py").write_text(block)
-            arrays = out / f"{'_'.join(Path(markdown_file).parts[-2:])}.{number}.npz"  # README.md twice: keep its folder.
-            result = subprocess.run([python, str(Path(__file__).resolve()), "execute", "block.py", str(arrays)],
-                                    cwd=folder, capture_output=True, text=True, env=env)
+            arrays = (
+                out / f"{'_'.join(Path(markdown_file).parts[-2:])}.{number}.npz"
+            )  # README.md twice: keep its folder.
+            result = subprocess.run(
+                [python, str(Path(__file__).resolve()), "execute", "block.py", str(arrays)],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
         ok = result.returncode == 0
-        results.append({"block": number, "ok": ok, "arrays": str(arrays) if ok else None,
-                        "error": None if ok else "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])})
+        results.append(
+            {
+                "block": number,
+                "ok": ok,
+                "arrays": str(arrays) if ok else None,
+                "error": None if ok else "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:]),
+            }
+        )
     return results
 
 

@@ -39,11 +39,17 @@ def default_genesis_encoder(backbone, root=None):
     root = Path(root) if root else PROJECT_ROOT / "weights"
     found = [card for card in find_encoders(root) if card.backbone == backbone]
     if not found:
-        raise InitError(root, f"holds no encoder folder whose card names backbone {backbone}; pretrain with "
-                        f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder FOLDER")
+        raise InitError(
+            root,
+            f"holds no encoder folder whose card names backbone {backbone}; pretrain with "
+            f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder FOLDER",
+        )
     if len(found) > 1:
-        raise InitError(root, f"holds {len(found)} {backbone} encoders ({', '.join(card.folder.name for card in found)}); "
-                        "choose one with --encoder FOLDER")
+        raise InitError(
+            root,
+            f"holds {len(found)} {backbone} encoders ({', '.join(card.folder.name for card in found)}); "
+            "choose one with --encoder FOLDER",
+        )
     print(f"genesis encoder: {found[0].folder} (the only {backbone} encoder under {root})")
     return found[0]
 
@@ -67,8 +73,12 @@ def pretraining_of(init, encoder):
     card = read_encoder_card(encoder)
     if card.backbone is None:
         return {"card": None}
-    return {"card": str(card.folder), "backbone": card.backbone, "input_size": card.input_size,
-            "normalisation": card.normalisation}
+    return {
+        "card": str(card.folder),
+        "backbone": card.backbone,
+        "input_size": card.input_size,
+        "normalisation": card.normalisation,
+    }
 
 
 def genesis_card(encoder, backbone, default_backbone):
@@ -91,12 +101,17 @@ def genesis_card(encoder, backbone, default_backbone):
     card = read_encoder_card(encoder)
     if card.backbone is None:
         assumed = backbone or default_backbone
-        print(f"{card.encoder_file}: no {CARD_FILE} beside it; assuming a {assumed} encoder (--backbone) pretrained "
-              "on [0, 1] slices normalised as genesis2d does")
+        print(
+            f"{card.encoder_file}: no {CARD_FILE} beside it; assuming a {assumed} encoder (--backbone) pretrained "
+            "on [0, 1] slices normalised as genesis2d does"
+        )
         return card, assumed
     if backbone and backbone != card.backbone:
-        raise UsageError("--backbone", f"{backbone} contradicts the encoder's card ({card.folder / CARD_FILE}: "
-                         f"backbone {card.backbone}); leave --backbone out or pass --backbone {card.backbone}")
+        raise UsageError(
+            "--backbone",
+            f"{backbone} contradicts the encoder's card ({card.folder / CARD_FILE}: "
+            f"backbone {card.backbone}); leave --backbone out or pass --backbone {card.backbone}",
+        )
     return card, card.backbone
 
 
@@ -105,12 +120,18 @@ def radimagenet_file(backbone, explicit=None):
     name = BACKBONES[backbone].radimagenet_file
     if not name:
         having = sorted(name for name, row in BACKBONES.items() if row.radimagenet_file)
-        raise UsageError("--backbone", f"RadImageNet publishes no {backbone} weights in this layout; use "
-                         f"--backbone {' or '.join(having)} with --init radimagenet")
+        raise UsageError(
+            "--backbone",
+            f"RadImageNet publishes no {backbone} weights in this layout; use "
+            f"--backbone {' or '.join(having)} with --init radimagenet",
+        )
     path = Path(explicit) if explicit else keras_cache_dir() / name
     if not path.is_file():
-        raise InitError(path, f"does not exist: --init radimagenet needs {name}, which cannot be downloaded "
-                        f"automatically; get it from {RADIMAGENET_SOURCE} and pass --radimagenet-weights PATH")
+        raise InitError(
+            path,
+            f"does not exist: --init radimagenet needs {name}, which cannot be downloaded "
+            f"automatically; get it from {RADIMAGENET_SOURCE} and pass --radimagenet-weights PATH",
+        )
     return path
 
 
@@ -129,8 +150,11 @@ def _load_genesis(encoder, path):
         raise InitError(path, f"cannot be loaded as an encoder ({type(error).__name__}: {str(error)[:200]})") from error
     weights = saved.get_weights()
     if len(weights) != len(encoder.weights) or any(a.shape != b.shape for a, b in zip(weights, encoder.get_weights())):
-        raise InitError(path, f"encoder does not match backbone '{encoder.name}' "
-                        f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone")
+        raise InitError(
+            path,
+            f"encoder does not match backbone '{encoder.name}' "
+            f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone",
+        )
     encoder.set_weights(weights)
     return encoder
 
@@ -147,13 +171,18 @@ def _load_imagenet(backbone, input_shape, explicit=None):
         try:
             encoder.load_weights(path)  # Keras-2 HDF5, loaded layer by layer in order.
         except Exception as error:
-            raise InitError(path, f"not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})") from error
+            raise InitError(
+                path, f"not the {backbone} ImageNet weights ({type(error).__name__}: {str(error)[:160]})"
+            ) from error
         return encoder
     try:  # The real download path: segmentation_models asks Keras to fetch the file.
         return build_encoder(backbone, input_shape, weights="imagenet")
     except Exception as error:
-        raise InitError(keras_cache_dir() / name, f"ImageNet weights for {backbone} are not there and could not be "
-                        f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH") from error
+        raise InitError(
+            keras_cache_dir() / name,
+            f"ImageNet weights for {backbone} are not there and could not be "
+            f"downloaded ({type(error).__name__}); place the file there or pass --imagenet-weights PATH",
+        ) from error
 
 
 def _load_radimagenet(backbone, input_shape, path):
@@ -164,8 +193,9 @@ def _load_radimagenet(backbone, input_shape, path):
     try:
         encoder.load_weights(path)  # The Keras HDF5 weights of keras.applications' architecture, layer by layer.
     except Exception as error:
-        raise InitError(path, f"not RadImageNet's {backbone} weights ({type(error).__name__}: "
-                        f"{str(error)[:160]})") from error
+        raise InitError(
+            path, f"not RadImageNet's {backbone} weights ({type(error).__name__}: {str(error)[:160]})"
+        ) from error
     return encoder
 
 
@@ -212,8 +242,9 @@ class EncoderSpec:
     imagenet_input: bool = False
 
     def load(self, input_shape):
-        encoder = load_encoder(self.init, self.backbone, input_shape, self.encoder_path, self.imagenet_weights,
-                               self.radimagenet_weights)
+        encoder = load_encoder(
+            self.init, self.backbone, input_shape, self.encoder_path, self.imagenet_weights, self.radimagenet_weights
+        )
         return with_imagenet_input(encoder, self.backbone) if self.imagenet_input else encoder
 
 
@@ -221,8 +252,14 @@ class EncoderSpec:
 # VGG and keras.applications ResNet50 take caffe-style input (0-255, BGR, ImageNet channel means subtracted:
 # `keras.applications.imagenet_utils.preprocess_input(mode="caffe")`); qubvel's ResNets take 0-255 and
 # normalise it in their first layer, bn_data. The thesis fed every encoder [0, 1] images (4.2.1.4, 4.2.4.3).
-IMAGENET_INPUT = {"vgg16": "caffe", "vgg19": "caffe", "resnet50_keras": "caffe", "resnet18": "0-255",
-                  "resnet34": "0-255", "resnet50": "0-255"}
+IMAGENET_INPUT = {
+    "vgg16": "caffe",
+    "vgg19": "caffe",
+    "resnet50_keras": "caffe",
+    "resnet18": "0-255",
+    "resnet34": "0-255",
+    "resnet50": "0-255",
+}
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
 IMAGENET_INITS = ("imagenet", "radimagenet")
 

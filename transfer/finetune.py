@@ -93,9 +93,11 @@ class Schedule:
 def _compile(model, schedule):
     import keras
 
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=schedule.lr, momentum=schedule.momentum),
-                  loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=schedule.lr, momentum=schedule.momentum),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
 
 
 def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1):
@@ -129,12 +131,18 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
     last = schedule.selection == "last"
     best, guard = KeepBest(), divergence_guard()
     logger = keras.callbacks.CSVLogger(str(history_path), append=True)
-    board = keras.callbacks.TensorBoard(log_dir=str(writable_folder(out / "logs")), write_graph=False, update_freq="epoch")
+    board = keras.callbacks.TensorBoard(
+        log_dir=str(writable_folder(out / "logs")), write_graph=False, update_freq="epoch"
+    )
     callbacks = [guard, logger, board] if last else [guard, best, logger, board]
     if schedule.steps_per_epoch:
         train = train.repeat()
-    fit = dict(validation_data=None if last else validation, steps_per_epoch=schedule.steps_per_epoch,
-               verbose=verbose, shuffle=False)
+    fit = dict(
+        validation_data=None if last else validation,
+        steps_per_epoch=schedule.steps_per_epoch,
+        verbose=verbose,
+        shuffle=False,
+    )
     warmup = schedule.warmup_epochs
     if warmup:
         encoder.trainable = False  # Phase 1: train the new head only (thesis 4.2.2, 'warm up').
@@ -142,8 +150,12 @@ def train_two_phase(model, encoder, train, validation, schedule, out, verbose=1)
         model.fit(train, epochs=warmup, callbacks=callbacks, **fit)
     encoder.trainable = True  # Phase 2: fine-tune every layer; a new optimizer for the new variables.
     _compile(model, schedule)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss" if last else "val_loss", factor=schedule.lr_factor,
-                                                patience=schedule.lr_patience, verbose=1 if verbose else 0)
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss" if last else "val_loss",
+        factor=schedule.lr_factor,
+        patience=schedule.lr_patience,
+        verbose=1 if verbose else 0,
+    )
     model.fit(train, initial_epoch=warmup, epochs=warmup + schedule.epochs, callbacks=[*callbacks, plateau], **fit)
     kept = warmup + schedule.epochs - 1
     if not last:
@@ -214,5 +226,3 @@ def predict(model, data):
     if isinstance(data.element_spec, tuple):
         data = data.map(lambda x, *rest: x)
     return model.predict(data, verbose=0).ravel().astype(float)
-
-

@@ -39,97 +39,180 @@ class TransferOptions:
     """
 
     init: str = option("genesis", "encoder initialisation.", choices=INITS)
-    backbone: str = option(None, "encoder backbone.", choices=sorted(BACKBONES),
-                           default_text=f"{DEFAULT_BACKBONE}, or the backbone on the card of --encoder")
-    encoder: str = option(None, "genesis encoder folder, as `python genesis2d/train.py` writes it (or a file in it: "
-                          "encoder.h5, encoder.weights.h5); its card.json gives the backbone. Default: the one folder "
-                          "under weights/ whose card names --backbone (with none or several, the command stops and "
-                          "lists them).", reuse=False)
-    imagenet_weights: str = option(None, "ImageNet weights file. Default: Keras's cache (~/.keras/models), downloaded "
-                                   "on first use.", reuse=False)
-    radimagenet_weights: str = option(None, "RadImageNet weights file for --init radimagenet (e.g. "
-                                      "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable "
-                                      f"automatically: {RADIMAGENET_SOURCE}). Default: that file in Keras's cache "
-                                      "(~/.keras/models).", reuse=False)
+    backbone: str = option(
+        None,
+        "encoder backbone.",
+        choices=sorted(BACKBONES),
+        default_text=f"{DEFAULT_BACKBONE}, or the backbone on the card of --encoder",
+    )
+    encoder: str = option(
+        None,
+        "genesis encoder folder, as `python genesis2d/train.py` writes it (or a file in it: "
+        "encoder.h5, encoder.weights.h5); its card.json gives the backbone. Default: the one folder "
+        "under weights/ whose card names --backbone (with none or several, the command stops and "
+        "lists them).",
+        reuse=False,
+    )
+    imagenet_weights: str = option(
+        None, "ImageNet weights file. Default: Keras's cache (~/.keras/models), downloaded on first use.", reuse=False
+    )
+    radimagenet_weights: str = option(
+        None,
+        "RadImageNet weights file for --init radimagenet (e.g. "
+        "RadImageNet-ResNet50_notop.h5 with --backbone resnet50_keras; not downloadable "
+        f"automatically: {RADIMAGENET_SOURCE}). Default: that file in Keras's cache "
+        "(~/.keras/models).",
+        reuse=False,
+    )
     imagenet_preprocessing: bool = option(
-        False, "feed a supervised start (--init imagenet or radimagenet) the input its weights were trained on: the "
-        "backbone's ImageNet convention (0-255, and caffe-style BGR mean subtraction for VGG and the keras.applications "
-        "ResNet50) instead of the [0, 1] slice.", source="thesis 4.2.1.4 and 4.2.4.3: the [0, 1] image for every init",
-        action="store_true")
-    probe: bool = option(False, "linear probe instead of fine-tuning: the encoder frozen, a logistic regression on "
-                         "its pooled features, its C chosen by cross-validation within the training split "
-                         "(transfer/probe.py). Results go to <default out>_probe.", action="store_true")
-    gallery: int = option(4, "Grad-CAM gallery (saliency.png in each run or fold folder): the K most confident true "
-                          "positives, false positives and false negatives of the test set, the map over each view. 0 "
-                          "skips it. A linear probe's maps are its class activation maps.", reuse=False,
-                          type=int, metavar="K")
+        False,
+        "feed a supervised start (--init imagenet or radimagenet) the input its weights were trained on: the "
+        "backbone's ImageNet convention (0-255, and caffe-style BGR mean subtraction for VGG and the "
+        "keras.applications ResNet50) instead of the [0, 1] slice.",
+        source="thesis 4.2.1.4 and 4.2.4.3: the [0, 1] image for every init",
+        action="store_true",
+    )
+    probe: bool = option(
+        False,
+        "linear probe instead of fine-tuning: the encoder frozen, a logistic regression on "
+        "its pooled features, its C chosen by cross-validation within the training split "
+        "(transfer/probe.py). Results go to <default out>_probe.",
+        action="store_true",
+    )
+    gallery: int = option(
+        4,
+        "Grad-CAM gallery (saliency.png in each run or fold folder): the K most confident true "
+        "positives, false positives and false negatives of the test set, the map over each view. 0 "
+        "skips it. A linear probe's maps are its class activation maps.",
+        reuse=False,
+        type=int,
+        metavar="K",
+    )
     selection: str = option(
-        "held-out", "which epoch is kept. held-out: the best validation AUC on --validation-fraction of the training "
+        "held-out",
+        "which epoch is kept. held-out: the best validation AUC on --validation-fraction of the training "
         "groups held out (ties go to the later epoch with the lower validation loss); last: train on all training "
         "data and keep the last epoch; test: the best AUC on the test data (the thesis read every epoch's AUC on its "
-        "test data, 4.2.2-4.2.4.4; optimistic: the test data choose the model).", source="this project's choice: the test data never choose the model",
-        choices=SELECTIONS)
+        "test data, 4.2.2-4.2.4.4; optimistic: the test data choose the model).",
+        source="this project's choice: the test data never choose the model",
+        choices=SELECTIONS,
+    )
     epochs: int = option(None, "fine-tuning epochs.", type=int, default_text=THESIS_TABLE)
-    warmup_epochs: int = option(None, "epochs with the encoder frozen, before fine-tuning.", type=int,
-                                default_text=THESIS_TABLE)
+    warmup_epochs: int = option(
+        None, "epochs with the encoder frozen, before fine-tuning.", type=int, default_text=THESIS_TABLE
+    )
     batch_size: int = option(None, "images per batch.", type=int, default_text=THESIS_TABLE)
-    steps_per_epoch: int = option(None, "training batches per epoch (the data repeat as needed). Default: one pass "
-                                  "over the data.", type=int)
+    steps_per_epoch: int = option(
+        None, "training batches per epoch (the data repeat as needed). Default: one pass over the data.", type=int
+    )
     lr: float = option(1e-3, "SGD learning rate.", source="thesis 4.2.2-4.2.6", type=float)
     momentum: float = option(None, "SGD momentum.", type=float, default_text=THESIS_TABLE)
-    lr_factor: float = option(None, "ReduceLROnPlateau factor (it watches the validation loss, the training loss "
-                              "with --selection last, and starts after the warm-up).", type=float,
-                              default_text=THESIS_TABLE)
+    lr_factor: float = option(
+        None,
+        "ReduceLROnPlateau factor (it watches the validation loss, the training loss "
+        "with --selection last, and starts after the warm-up).",
+        type=float,
+        default_text=THESIS_TABLE,
+    )
     lr_patience: int = option(None, "ReduceLROnPlateau patience.", type=int, default_text=THESIS_TABLE)
-    bn_momentum: float = option(None, "BatchNormalization momentum of the encoder's moving statistics while "
-                                "fine-tuning. Lower it (e.g. 0.9) for runs of a few dozen steps, whose statistics "
-                                "would otherwise lag the weights and spoil inference. Default: the layers' own "
-                                "(Keras: 0.99).", type=float)
-    units: int = option(256, "hidden units of the head.", source="this project's choice: thesis Fig. 4.8 shows a "
-                        "Dense layer without its width", type=int)
-    l2: float = option(1e-4, "L2 penalty of the head's hidden layer.", source="this project's choice: thesis "
-                       "4.2.1.6 names L2 regularisation without its strength", type=float)
+    bn_momentum: float = option(
+        None,
+        "BatchNormalization momentum of the encoder's moving statistics while "
+        "fine-tuning. Lower it (e.g. 0.9) for runs of a few dozen steps, whose statistics "
+        "would otherwise lag the weights and spoil inference. Default: the layers' own "
+        "(Keras: 0.99).",
+        type=float,
+    )
+    units: int = option(
+        256,
+        "hidden units of the head.",
+        source="this project's choice: thesis Fig. 4.8 shows a Dense layer without its width",
+        type=int,
+    )
+    l2: float = option(
+        1e-4,
+        "L2 penalty of the head's hidden layer.",
+        source="this project's choice: thesis 4.2.1.6 names L2 regularisation without its strength",
+        type=float,
+    )
     dropout: float = option(0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=float)
-    image_size: int = option(None, "network input side, a multiple of 32.", group="data", type=image_size,
-                             default_text="the task's")
-    data: str = option(None, "the dataset's folder, as distributed (the description above says what it holds). "
-                       "Default: the task's built-in demo tree, with the small settings of its configs/demo.yaml.",
-                       group="data", reuse=False)
+    image_size: int = option(
+        None, "network input side, a multiple of 32.", group="data", type=image_size, default_text="the task's"
+    )
+    data: str = option(
+        None,
+        "the dataset's folder, as distributed (the description above says what it holds). "
+        "Default: the task's built-in demo tree, with the small settings of its configs/demo.yaml.",
+        group="data",
+        reuse=False,
+    )
     allow_outside_root: bool = option(
-        False, "read files that symlinks take outside the dataset folder, MURA csv paths leading outside MURA-v1.1, "
+        False,
+        "read files that symlinks take outside the dataset folder, MURA csv paths leading outside MURA-v1.1, "
         "and MetaImage headers naming data outside their folder. Default: refused, so a dataset cannot have other "
-        "files of this machine read.", group="data", reuse=False, action="store_true")
+        "files of this machine read.",
+        group="data",
+        reuse=False,
+        action="store_true",
+    )
     validation_fraction: float = option(
-        0.1, "share of the training groups (LUNA16: scans, MURA: patients) held out to choose the epoch (--selection "
-        "held-out); 0 trains on all training data and keeps the last epoch.", source="this project's choice: the "
-        "thesis chose epochs on its test data", flag=("--validation-fraction", "--selection-fraction"), group="data",
-        type=fraction_type(allow_zero=True))
-    train_fraction: float = option(1.0, "share of the training groups used, sampled by group (label-efficiency "
-                                   "studies).", group="data", type=fraction_type())
-    out: str = option(None, "output folder. Default: runs/<task>_<backbone>_<init>[_probe]/.", group="run",
-                      reuse=False)
+        0.1,
+        "share of the training groups (LUNA16: scans, MURA: patients) held out to choose the epoch (--selection "
+        "held-out); 0 trains on all training data and keeps the last epoch.",
+        source="this project's choice: the thesis chose epochs on its test data",
+        flag=("--validation-fraction", "--selection-fraction"),
+        group="data",
+        type=fraction_type(allow_zero=True),
+    )
+    train_fraction: float = option(
+        1.0,
+        "share of the training groups used, sampled by group (label-efficiency studies).",
+        group="data",
+        type=fraction_type(),
+    )
+    out: str = option(None, "output folder. Default: runs/<task>_<backbone>_<init>[_probe]/.", group="run", reuse=False)
     # --precision, --seed, --deterministic, --verbose: declared once for every command (plumbing.cli).
     precision: str = runtime("precision")
     seed: int = runtime("seed")
     deterministic: bool = runtime("deterministic", reuse=False)
     verbose: int = runtime("verbose", reuse=False)
-    overwrite: bool = option(False, "redo finished results in --out made with other settings or data. Default: such "
-                             "results are kept and the command stops, saying what changed.", reuse=False, group="run",
-                             action="store_true")
+    overwrite: bool = option(
+        False,
+        "redo finished results in --out made with other settings or data. Default: such "
+        "results are kept and the command stops, saying what changed.",
+        reuse=False,
+        group="run",
+        action="store_true",
+    )
     encoder_sha256: str = derived()
     imagenet_sha256: str = derived()
 
     def encoder_spec(self):
-        return EncoderSpec(self.init, self.backbone, self.encoder, self.imagenet_weights, self.radimagenet_weights,
-                           self.imagenet_preprocessing)
+        return EncoderSpec(
+            self.init,
+            self.backbone,
+            self.encoder,
+            self.imagenet_weights,
+            self.radimagenet_weights,
+            self.imagenet_preprocessing,
+        )
 
     def head(self):
         return Head(self.units, self.l2, self.dropout)
 
     def schedule(self):
-        return Schedule(epochs=self.epochs, warmup_epochs=self.warmup_epochs, batch_size=self.batch_size, lr=self.lr,
-                        momentum=self.momentum, lr_factor=self.lr_factor, lr_patience=self.lr_patience,
-                        steps_per_epoch=self.steps_per_epoch, bn_momentum=self.bn_momentum, selection=self.selection)
+        return Schedule(
+            epochs=self.epochs,
+            warmup_epochs=self.warmup_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            lr_factor=self.lr_factor,
+            lr_patience=self.lr_patience,
+            steps_per_epoch=self.steps_per_epoch,
+            bn_momentum=self.bn_momentum,
+            selection=self.selection,
+        )
 
 
 def resolve(options, table):
@@ -162,10 +245,23 @@ def resolve(options, table):
         path = radimagenet_file(options.backbone, options.radimagenet_weights)
         changes.update(radimagenet_weights=str(path), encoder_sha256=file_sha256(path))
     if options.imagenet_preprocessing and options.init not in IMAGENET_INITS:
-        raise UsageError("--imagenet-preprocessing", f"applies to --init {' or '.join(IMAGENET_INITS)}, whose weights "
-                         f"were trained on ImageNet's input. Received: --init {options.init}")
+        raise UsageError(
+            "--imagenet-preprocessing",
+            f"applies to --init {' or '.join(IMAGENET_INITS)}, whose weights "
+            f"were trained on ImageNet's input. Received: --init {options.init}",
+        )
     return dataclasses.replace(options, **changes)
 
 
-__all__ = ["SHARED", "TransferOptions", "build_parser", "derived", "from_config", "option", "parse_options", "resolve",
-           "reuse_settings", "runtime"]
+__all__ = [
+    "SHARED",
+    "TransferOptions",
+    "build_parser",
+    "derived",
+    "from_config",
+    "option",
+    "parse_options",
+    "resolve",
+    "reuse_settings",
+    "runtime",
+]

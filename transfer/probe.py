@@ -55,15 +55,25 @@ def fit_probe(features, labels, groups, seed=0, c_grid=C_GRID, folds=PROBE_FOLDS
     per_class = [len(np.unique(groups[labels == c])) for c in (0, 1)]
     splits = min(folds, *per_class)
     if splits < 2:
-        raise InputError("linear probe", f"needs both classes in at least 2 groups of the training split; it has "
-                         f"{per_class[0]} negative and {per_class[1]} positive group(s)")
-    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
-                          {"logisticregression__C": list(c_grid)}, scoring="roc_auc",
-                          cv=StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed), refit=True)
+        raise InputError(
+            "linear probe",
+            f"needs both classes in at least 2 groups of the training split; it has "
+            f"{per_class[0]} negative and {per_class[1]} positive group(s)",
+        )
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+        {"logisticregression__C": list(c_grid)},
+        scoring="roc_auc",
+        cv=StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed),
+        refit=True,
+    )
     search.fit(np.asarray(features), labels, groups=groups)
-    record = {"C": float(search.best_params_["logisticregression__C"]), "cv_auc": float(search.best_score_),
-              "cv_folds": int(splits), "grid": {f"{c:g}": float(a) for c, a in
-                                                zip(c_grid, search.cv_results_["mean_test_score"])}}
+    record = {
+        "C": float(search.best_params_["logisticregression__C"]),
+        "cv_auc": float(search.best_score_),
+        "cv_folds": int(splits),
+        "grid": {f"{c:g}": float(a) for c, a in zip(c_grid, search.cv_results_["mean_test_score"])},
+    }
     return search.best_estimator_, record
 
 

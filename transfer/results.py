@@ -122,8 +122,13 @@ class Results:
         if wide.isna().any().any():
             raise ResultsError(self.folder / SCORES_FILE, f"has {name} keys that not every run scored")
         first = rows.drop_duplicates("key").set_index("key").loc[wide.index]
-        return (wide.index.to_numpy(), first["label"].to_numpy(int), wide.to_numpy(float).T,
-                first["group"].to_numpy(), first["stratum"].to_numpy())
+        return (
+            wide.index.to_numpy(),
+            first["label"].to_numpy(int),
+            wide.to_numpy(float).T,
+            first["group"].to_numpy(),
+            first["stratum"].to_numpy(),
+        )
 
 
 def score_rows(level, key, label, probability, group, stratum=0, run=1):
@@ -138,8 +143,10 @@ def write_results(out, scores, metrics):
     """Writes test_scores.csv, then metrics.json (last, so it marks the run finished)."""
     missing = [key for key in IDENTITY if key not in metrics]
     if missing or list(scores.columns) != list(SCORE_COLUMNS):
-        raise ValueError(f"results must have metrics {IDENTITY} and score columns {SCORE_COLUMNS}. "
-                         f"Received: missing metrics {missing}, columns {list(scores.columns)}")
+        raise ValueError(
+            f"results must have metrics {IDENTITY} and score columns {SCORE_COLUMNS}. "
+            f"Received: missing metrics {missing}, columns {list(scores.columns)}"
+        )
     write_csv(Path(out) / SCORES_FILE, scores)
     write_json(Path(out) / METRICS_FILE, metrics)
 
@@ -158,8 +165,11 @@ def _check_metrics(path, metrics):
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ResultsError(path, f"has train_fraction {fraction!r}, not a number in (0, 1]")
     levels = metrics["levels"]
-    if not isinstance(levels, list) or not levels or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
-                                                             for v in levels):
+    if (
+        not isinstance(levels, list)
+        or not levels
+        or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in levels)
+    ):
         raise ResultsError(path, "has levels that are not a list of mappings each with a name")
     for level in levels:
         asked = level.get("metrics", ["auc"])

@@ -119,9 +119,11 @@ def selection_rule(options, split):
     """The rule that chose the model, in words (recorded in metrics.json, printed by the report)."""
     if options.probe:
         return "linear probe: C by grouped cross-validation within the training data"
-    return {"held-out": f"best validation AUC on {split.selection_data} held out",
-            "last": "last epoch, all training data",
-            "test": "best AUC on the test data (the thesis's protocol; optimistic)"}[options.selection]
+    return {
+        "held-out": f"best validation AUC on {split.selection_data} held out",
+        "last": "last epoch, all training data",
+        "test": "best AUC on the test data (the thesis's protocol; optimistic)",
+    }[options.selection]
 
 
 def train_and_test(options, split, out, seed, image_size, title):
@@ -145,17 +147,22 @@ def train_and_test(options, split, out, seed, image_size, title):
 
     input_shape = (image_size, image_size, 1)
     if options.probe:  # Frozen encoder; C chosen by cross-validation over the training groups.
-        probe = probe_encoder(options.encoder_spec(), input_shape, split.train_in_order, split.train_labels,
-                              split.train_groups, seed)
+        probe = probe_encoder(
+            options.encoder_spec(), input_shape, split.train_in_order, split.train_labels, split.train_groups, seed
+        )
         predictor, cam, maps = probe.predict, probe.saliency, "class activation maps"
         outcome = Outcome(None, probe=probe.record)
     else:
         schedule = options.schedule()
         train = split.train(schedule.batch_size)
-        validation = {"held-out": split.validation(schedule.batch_size) if split.validation else None,
-                      "test": split.test, "last": None}[schedule.selection]
-        model, history, kept = fine_tune(options.encoder_spec(), options.head(), schedule, input_shape, train,
-                                         validation, out, seed, options.verbose)
+        validation = {
+            "held-out": split.validation(schedule.batch_size) if split.validation else None,
+            "test": split.test,
+            "last": None,
+        }[schedule.selection]
+        model, history, kept = fine_tune(
+            options.encoder_spec(), options.head(), schedule, input_shape, train, validation, out, seed, options.verbose
+        )
         block = saliency_block(BACKBONES[options.backbone].skips, image_size)
 
         def predictor(data):
@@ -168,8 +175,17 @@ def train_and_test(options, split, out, seed, image_size, title):
         outcome = Outcome(None, history=history, kept_epoch=kept)
     outcome.probabilities = predictor(split.test).reshape(-1, split.views)
     if options.gallery:
-        saliency_gallery(cam, split.test_cases, split.test_labels, outcome.probabilities.mean(axis=1),
-                         Path(out) / "saliency.png", options.gallery, f"{title}: {maps}", image_size, split.view_names)
+        saliency_gallery(
+            cam,
+            split.test_cases,
+            split.test_labels,
+            outcome.probabilities.mean(axis=1),
+            Path(out) / "saliency.png",
+            options.gallery,
+            f"{title}: {maps}",
+            image_size,
+            split.view_names,
+        )
     return outcome
 
 
@@ -203,7 +219,9 @@ class Task:
         return None
 
     def check_data(self):
-        """Reads and checks the data; returns {part: fingerprint of its content} (e.g. a csv's checksum). Writes nothing.
+        """Reads and checks the data; returns {part: fingerprint of its content} (e.g. a csv's checksum).
+
+        Writes nothing.
 
         Each part is a setting of its own ("data <part>"), so a changed file is named when a
         kept result is refused.
@@ -243,8 +261,10 @@ def run_task(task, options):
     settings = {**reuse_settings(options), **{f"data {name}": value for name, value in data.items()}}
     units = list(task.units())
     unit_settings = {unit.key: {**settings, task.unit_name: unit.key} for unit in units}
-    kept = {unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
-            for unit in units}  # Stops naming what changed, before anything is written.
+    kept = {
+        unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
+        for unit in units
+    }  # Stops naming what changed, before anything is written.
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         deterministic = configure_determinism(options.deterministic)
@@ -253,12 +273,16 @@ def run_task(task, options):
         print(f"{task.title}: init {arm}, backbone {options.backbone}, {precision}", flush=True)
         pretraining = pretraining_of(options.init, options.encoder)
         if pretraining.get("card"):
-            print(f"encoder card: {pretraining['card']}: pretrained at {pretraining['input_size']}, normalised as "
-                  f"{pretraining['normalisation']}", flush=True)
+            print(
+                f"encoder card: {pretraining['card']}: pretrained at {pretraining['input_size']}, normalised as "
+                f"{pretraining['normalisation']}",
+                flush=True,
+            )
         task.prepare()
         if not all(kept.values()):
-            write_run_record(out, dataclasses.asdict(options), {"precision": precision, "deterministic": deterministic,
-                                                                "data": data})
+            write_run_record(
+                out, dataclasses.asdict(options), {"precision": precision, "deterministic": deterministic, "data": data}
+            )
         results, records = [], []
         for unit in units:
             if kept[unit.key]:
@@ -270,17 +294,32 @@ def run_task(task, options):
             results.append((unit, _load_result(task, unit, record)))
             records.append(record)
         summary = task.summarize(results)
-        plot_roc(_roc_curves(task, results), out / task.roc_file,
-                 title=f"{task.title} {options.backbone} {arm}: ROC" + (" per unit" if len(units) > 1 else ""))
+        plot_roc(
+            _roc_curves(task, results),
+            out / task.roc_file,
+            title=f"{task.title} {options.backbone} {arm}: ROC" + (" per unit" if len(units) > 1 else ""),
+        )
         histories = {unit.label: frame for unit, _ in results if (frame := _history(unit.folder)) is not None}
         if histories:
-            plot_histories(histories, out / "loss_curves.png", title=f"{task.title} {options.backbone} {arm}: loss",
-                           ylabel="binary cross-entropy")
-        metrics = {"task": task.name, "backbone": options.backbone, "init": options.init,
-                   "train_fraction": options.train_fraction,
-                   "method": "linear probe" if options.probe else "fine-tune", "levels": task.levels,
-                   "selection": records[0]["selection"] if records else None, "settings": settings,
-                   "fingerprint": fingerprint(settings), "encoder_pretraining": pretraining, **summary}
+            plot_histories(
+                histories,
+                out / "loss_curves.png",
+                title=f"{task.title} {options.backbone} {arm}: loss",
+                ylabel="binary cross-entropy",
+            )
+        metrics = {
+            "task": task.name,
+            "backbone": options.backbone,
+            "init": options.init,
+            "train_fraction": options.train_fraction,
+            "method": "linear probe" if options.probe else "fine-tune",
+            "levels": task.levels,
+            "selection": records[0]["selection"] if records else None,
+            "settings": settings,
+            "fingerprint": fingerprint(settings),
+            "encoder_pretraining": pretraining,
+            **summary,
+        }
         write_results(out, pd.concat([result.scores for _, result in results], ignore_index=True), metrics)
     return metrics
 
@@ -293,10 +332,15 @@ def _run_unit(task, options, unit, settings, seed):
     title = f"{task.title} {options.backbone} {options.init}{' probe' if options.probe else ''}, {unit.label}"
     outcome = train_and_test(options, split, unit.folder, seed, options.image_size, title)
     result = task.result(unit, split, outcome.probabilities)
-    record = {task.unit_name: unit.key, **result.metrics, "selection": selection_rule(options, split),
-              "epochs_trained": 0 if outcome.history is None else len(outcome.history),
-              "kept_epoch": None if outcome.kept_epoch is None else outcome.kept_epoch + 1, "settings": settings,
-              "table_dtypes": {column: str(dtype) for column, dtype in result.table.dtypes.items()}}
+    record = {
+        task.unit_name: unit.key,
+        **result.metrics,
+        "selection": selection_rule(options, split),
+        "epochs_trained": 0 if outcome.history is None else len(outcome.history),
+        "kept_epoch": None if outcome.kept_epoch is None else outcome.kept_epoch + 1,
+        "settings": settings,
+        "table_dtypes": {column: str(dtype) for column, dtype in result.table.dtypes.items()},
+    }
     if outcome.probe is not None:
         record["probe"] = outcome.probe
     write_csv(unit.folder / task.predictions_file, result.table)

@@ -56,12 +56,12 @@ def grad_cam(model, images, block=None, encoder_name="encoder", batch_size=32):
     import tensorflow as tf
 
     encoder = model.get_layer(encoder_name)
-    head = model.layers[model.layers.index(encoder) + 1:]
+    head = model.layers[model.layers.index(encoder) + 1 :]
     outputs = [encoder.output] if block is None else [encoder.get_layer(block).output, encoder.output]
     encoder = keras.Model(encoder.input, outputs)
     maps = []
     for start in range(0, len(images), batch_size):
-        x = tf.convert_to_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
+        x = tf.convert_to_tensor(np.asarray(images[start : start + batch_size], dtype=np.float32))
         with tf.GradientTape() as tape:
             found = encoder(x, training=False)
             found = found if isinstance(found, (list, tuple)) else [found]
@@ -83,9 +83,11 @@ def confident_cases(labels, probabilities, k=4, threshold=0.5):
     probabilities = np.asarray(probabilities, dtype=float)
     called = probabilities >= threshold
     chosen = {}
-    for category, mask, most_confident_first in ((CATEGORIES[0], (labels == 1) & called, -probabilities),
-                                                 (CATEGORIES[1], (labels == 0) & called, -probabilities),
-                                                 (CATEGORIES[2], (labels == 1) & ~called, probabilities)):
+    for category, mask, most_confident_first in (
+        (CATEGORIES[0], (labels == 1) & called, -probabilities),
+        (CATEGORIES[1], (labels == 0) & called, -probabilities),
+        (CATEGORIES[2], (labels == 1) & ~called, probabilities),
+    ):
         candidates = np.flatnonzero(mask)
         chosen[category] = candidates[np.argsort(most_confident_first[candidates], kind="stable")][:k]
     return chosen
@@ -108,8 +110,9 @@ def gallery(path, images, maps, labels, probabilities, k=4, title="", view_names
     views = images.shape[1]
     chosen = confident_cases(labels, probabilities, k)
     plt = pyplot()
-    figure, axes = plt.subplots(len(CATEGORIES), k * views, figsize=(1.5 * k * views, 1.9 * len(CATEGORIES)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        len(CATEGORIES), k * views, figsize=(1.5 * k * views, 1.9 * len(CATEGORIES)), squeeze=False
+    )
     for row, category in enumerate(CATEGORIES):
         axes[row, 0].set_ylabel(category, fontsize=8)
         for slot in range(k):
@@ -156,6 +159,14 @@ def saliency_gallery(cam, images, labels, probabilities, path, k, title, image_s
     if flat.shape[1] != image_size:
         flat = tf.image.resize(flat, (image_size, image_size)).numpy()
     maps = cam(flat).reshape(n, views, image_size, image_size)
-    gallery(path, flat[..., 0].reshape(n, views, image_size, image_size), maps, np.asarray(labels)[chosen],
-            np.asarray(probabilities)[chosen], k, title, view_names)
+    gallery(
+        path,
+        flat[..., 0].reshape(n, views, image_size, image_size),
+        maps,
+        np.asarray(labels)[chosen],
+        np.asarray(probabilities)[chosen],
+        k,
+        title,
+        view_names,
+    )
     return path

@@ -67,19 +67,27 @@ def schedule_row(table, backbone, init):
         if (name, start) in table:
             untrained = [backbone] if name != backbone else []
             untrained += [f"--init {init}"] if start != init else []
-            return table[(name, start)], (f"note: the thesis did not train {' with '.join(untrained)}; using its "
-                                          f"{name} schedule for --init {start}.")
+            return table[(name, start)], (
+                f"note: the thesis did not train {' with '.join(untrained)}; using its "
+                f"{name} schedule for --init {start}."
+            )
     raise UsageError("--backbone", f"the schedule table has no row for {backbone} or its family with --init {init}")
 
 
 def schedule_table_text(table):
     """The table as text for --help: one line per (backbone, init)."""
-    lines = ["thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience, "
-             "SGD momentum; source):"]
+    lines = [
+        "thesis schedules (fine-tuning epochs, warm-up epochs, batch size, ReduceLROnPlateau factor, patience, "
+        "SGD momentum; source):"
+    ]
     for (backbone, init), row in table.items():
-        lines.append(f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
-                     f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}  momentum "
-                     f"{row.momentum:g}; {row.source}")
-    lines.append("Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
-                 "takes the imagenet row.")
+        lines.append(
+            f"  {backbone:<9} {init:<9} epochs {row.epochs:>2}  warm-up {row.warmup_epochs}  batch "
+            f"{row.batch_size:>2}  factor {row.lr_factor:<5g} patience {row.lr_patience}  momentum "
+            f"{row.momentum:g}; {row.source}"
+        )
+    lines.append(
+        "Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
+        "takes the imagenet row."
+    )
     return "\n".join(lines)

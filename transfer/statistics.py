@@ -115,8 +115,10 @@ def _clustered_covariance(v10, v01, positive_cluster, negative_cluster):
     n_c = np.bincount(neg_index, minlength=count)
     i10, i01 = int((m_c > 0).sum()), int((n_c > 0).sum())
     if i10 < 2 or i01 < 2:
-        raise ValueError(f"a clustered variance needs two clusters on each side. Received: {i10} with positives, "
-                         f"{i01} with negatives")
+        raise ValueError(
+            f"a clustered variance needs two clusters on each side. Received: {i10} with positives, "
+            f"{i01} with negatives"
+        )
     d10 = sum10 - m_c[None] * auc[:, None]
     d01 = sum01 - n_c[None] * auc[:, None]
     s10 = i10 / (i10 - 1) * d10 @ d10.T / m
@@ -183,8 +185,10 @@ def _fold_usable(y, clusters, name, unit):
         count = m if i10 < 2 else n
         if count == 1:
             return f"fold {name}: one {side} case, too few to estimate a variance; left out"
-        return (f"fold {name}: all {count} {side}s in one {unit}, so their spread between {unit}s cannot be "
-                "estimated; left out")
+        return (
+            f"fold {name}: all {count} {side}s in one {unit}, so their spread between {unit}s cannot be "
+            "estimated; left out"
+        )
     return None
 
 
@@ -237,12 +241,23 @@ def _test_name(variance, reference, clustered, df=None):
 
 def _check_methods(variance, reference):
     if variance not in VARIANCES or reference not in REFERENCES:
-        raise ValueError(f"variance must be one of {VARIANCES} and reference one of {REFERENCES}. "
-                         f"Received: variance={variance}, reference={reference}")
+        raise ValueError(
+            f"variance must be one of {VARIANCES} and reference one of {REFERENCES}. "
+            f"Received: variance={variance}, reference={reference}"
+        )
 
 
-def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAULT_VARIANCE,
-                    reference=DEFAULT_REFERENCE, level=0.95, unit="cluster"):
+def paired_auc_test(
+    y_true,
+    p_a,
+    p_b,
+    clusters=None,
+    strata=None,
+    variance=DEFAULT_VARIANCE,
+    reference=DEFAULT_REFERENCE,
+    level=0.95,
+    unit="cluster",
+):
     """Two-sided test of two models' AUCs on the same cases, with the interval of their difference.
 
     Cases that share a group (a scan's candidates, a patient's images) are not independent
@@ -269,7 +284,8 @@ def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAU
         dict with auc_a, auc_b and difference (a - b, over the folds tested), z (the
         statistic, positive when a is better), the two-sided p_value, ci_low and ci_high of
         the difference, variance, df, clusters (the count behind the test), folds, notes,
-        `test` (its name, with the df) and `method` (its name without them). Without a testable fold, p_value and the interval are NaN.
+        `test` (its name, with the df) and `method` (its name without them). Without a testable fold, p_value and
+        the interval are NaN.
 
     Example:
         >>> y = np.array([0, 1] * 20); rng = np.random.default_rng(0)
@@ -296,20 +312,44 @@ def paired_auc_test(y_true, p_a, p_b, clusters=None, strata=None, variance=DEFAU
             variances.append(_jackknife_variance(out_a - out_b))
         aucs.append((auc_a, auc_b))
         counts.append(count)
-    result = {"folds": len(usable), "clusters": int(sum(counts)), "notes": notes,
-              "method": _test_name(variance, reference, clustered)}
+    result = {
+        "folds": len(usable),
+        "clusters": int(sum(counts)),
+        "notes": notes,
+        "method": _test_name(variance, reference, clustered),
+    }
     if not usable:
-        return {**result, "auc_a": np.nan, "auc_b": np.nan, "difference": np.nan, "z": np.nan, "p_value": np.nan,
-                "ci_low": np.nan, "ci_high": np.nan, "variance": np.nan, "df": np.nan,
-                "test": _test_name(variance, reference, clustered, 0) + ", no fold testable"}
+        return {
+            **result,
+            "auc_a": np.nan,
+            "auc_b": np.nan,
+            "difference": np.nan,
+            "z": np.nan,
+            "p_value": np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "variance": np.nan,
+            "df": np.nan,
+            "test": _test_name(variance, reference, clustered, 0) + ", no fold testable",
+        }
     k = len(usable)
     auc_a, auc_b = np.mean(aucs, axis=0)
     total = float(sum(variances) / k**2)
     df = _satterthwaite(variances, counts)
     z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, reference, level)
-    return {**result, "auc_a": float(auc_a), "auc_b": float(auc_b), "difference": float(auc_a - auc_b), "z": z,
-            "p_value": p_value, "ci_low": float(low), "ci_high": float(high), "variance": total, "df": df,
-            "test": _test_name(variance, reference, clustered, df)}
+    return {
+        **result,
+        "auc_a": float(auc_a),
+        "auc_b": float(auc_b),
+        "difference": float(auc_a - auc_b),
+        "z": z,
+        "p_value": p_value,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "variance": total,
+        "df": df,
+        "test": _test_name(variance, reference, clustered, df),
+    }
 
 
 def delong_test(y_true, p_a, p_b):
@@ -350,8 +390,15 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
         variances.append(_jackknife_variance(leave_out))
         counts.append(count)
         sides.append(side)
-    result = {"auc": stratified_auc(y_true, runs, strata), "ci_low": np.nan, "ci_high": np.nan, "df": np.nan,
-              "clusters": int(sum(counts)), "folds": len(usable), "notes": notes}
+    result = {
+        "auc": stratified_auc(y_true, runs, strata),
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "df": np.nan,
+        "clusters": int(sum(counts)),
+        "folds": len(usable),
+        "notes": notes,
+    }
     if usable:
         df = _satterthwaite(variances, sides)
         center, se = float(np.mean(aucs)), float(np.sqrt(sum(variances))) / len(usable)
@@ -396,8 +443,14 @@ def stratified_metric(name, y_true, probability, strata=None, threshold=0.5):
     """(mean, per-run values) of a `binary_metrics` metric: per fold, averaged over folds, then over runs."""
     y_true, runs = np.asarray(y_true), _as_runs(probability)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
-    per_run = [float(np.mean([binary_metrics(y_true[strata == s], scores[strata == s], threshold)[name]
-                              for s in np.unique(strata)])) for scores in runs]
+    per_run = [
+        float(
+            np.mean(
+                [binary_metrics(y_true[strata == s], scores[strata == s], threshold)[name] for s in np.unique(strata)]
+            )
+        )
+        for scores in runs
+    ]
     return float(np.mean(per_run)), per_run
 
 
@@ -421,8 +474,9 @@ def bootstrap_auc(y_true, probability, groups, iterations=1000, seed=0, level=0.
         members[s] = [rows[index == g] for g in range(len(names))]
     values = []
     for _ in range(iterations):
-        rows = np.concatenate([np.concatenate([m[g] for g in rng.integers(0, len(m), size=len(m))])
-                               for m in members.values()])
+        rows = np.concatenate(
+            [np.concatenate([m[g] for g in rng.integers(0, len(m), size=len(m))]) for m in members.values()]
+        )
         if all(len(np.unique(y_true[rows][strata[rows] == s])) == 2 for s in members):
             values.append(stratified_auc(y_true[rows], runs[:, rows], strata[rows]))
     low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100]) if values else (np.nan, np.nan)
