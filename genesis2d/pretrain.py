@@ -136,11 +136,13 @@ def prepare_out(config, settings):
     return None
 
 
-RESUMABLE_CHANGES = ("epochs",)  # --resume may train longer; any other change would make another run.
+# --resume may train longer, and continue a run on other hardware in another precision (a checkpoint of float32
+# variables loads either way); any other change would make another run.
+RESUMABLE_CHANGES = ("epochs", "precision")
 
 
 def check_same_run(out, state, settings):
-    """A UsageError naming the first setting in which --resume differs from the run in `out` (epochs may grow)."""
+    """A UsageError naming the first setting in which --resume differs from the run in `out` (but RESUMABLE_CHANGES)."""
     recorded = state.get("settings") or {}
     for name, value in settings.items():
         if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):

@@ -38,6 +38,8 @@ def options(manifest, out, steps):
         str(GLOBAL_BATCH),
         "--lr",
         str(LR),
+        "--warmup-steps",  # The reference trains at LR from its first step.
+        "0",
         "--epochs",
         "1",
         "--steps-per-epoch",
