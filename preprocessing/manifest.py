@@ -425,7 +425,7 @@ def parse_args(argv=None):
             table = yaml.safe_load(given.read_text(encoding="utf-8")) if given.is_file() else None
         except (UnicodeDecodeError, yaml.YAMLError):
             table = None
-        if isinstance(table, dict) and "datasets" in table:
+        if isinstance(table, dict) and isinstance(table.get("datasets"), list):  # A table, not the option.
             raise UsageError(
                 "--config",
                 f"{given} is a datasets table: pass it as --datasets {given} (--config "

@@ -56,6 +56,30 @@ def test_unreadable_files_are_skipped_and_counted(demo_dir, tmp_path, capsys):
     assert "ct999" not in set(frame["patient_id"]) and (tmp_path / "m.csv").exists()
 
 
+def test_the_manifest_options_are_read_off_their_fields(demo_dir, tmp_path, capsys):
+    """One way to declare options: a YAML --config sets them as flags do; a datasets table there is named."""
+    from preprocessing.manifest import ManifestOptions, main
+
+    options = tmp_path / "options.yaml"
+    options.write_text(
+        f"datasets: {demo_dir / 'pretrain' / 'datasets.yaml'}\nroot: {demo_dir / 'pretrain'}\n"
+        f"out: {tmp_path / 'm.csv'}\nfractions: [0.6, 0.2, 0.2]\nno_verify: true\n"
+    )
+    with pytest.raises(SystemExit) as unknown:  # YAML keys are the options' names (verify is --no-verify's dest).
+        main(["--config", str(options)])
+    assert unknown.value.code == 2 and "unknown options no_verify" in capsys.readouterr().err
+    options.write_text(options.read_text().replace("no_verify: true", "verify: false"))
+    frame = main(["--config", str(options)])
+    assert sorted(frame["split"].unique()) == ["test", "train", "val"] and (tmp_path / "m.csv").is_file()
+    assert ManifestOptions().fractions == [0.9, 0.05, 0.05]  # Thesis 3.1.7, written once.
+    with pytest.raises(SystemExit) as table:
+        main(["--config", str(demo_dir / "pretrain" / "datasets.yaml"), "--root", str(tmp_path)])
+    assert table.value.code == 2 and "is a datasets table: pass it as --datasets" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as missing:
+        main(["--out", str(tmp_path / "x.csv")])
+    assert missing.value.code == 2 and "error: --root: is required." in capsys.readouterr().err
+
+
 def test_split_is_by_patient_near_90_5_5_and_reproducible():
     rng = np.random.default_rng(0)
     rows = [("A" if p % 3 else "B", f"p{p}") for p in range(600) for _ in range(rng.integers(1, 30))]
