@@ -210,7 +210,7 @@ class PretrainConfig:
     )
     overwrite: bool = option(
         False,
-        "replace a finished run in --out made with other settings or data. Default: a "
+        "replace the run in --out (finished with other settings or data, or unfinished). Default: a "
         "finished run with the same settings and data is kept and reused; with others the "
         "command stops, naming what changed.",
         group=OUTPUT,

@@ -119,12 +119,26 @@ def prepare_out(config, settings):
     commit_export(out)  # A run killed while exporting its best model: finish or drop that export.
     previous = load_state(out / "checkpoint")
     if previous and previous.get("finished") and not config.resume:
+        if "settings" not in previous and not config.overwrite:  # Finished by a version that did not record them.
+            raise UsageError(
+                out,
+                "holds a finished run whose settings were not recorded (an earlier version of this "
+                "command); pass --overwrite to train it again, --resume with more --epochs to continue "
+                "it, or choose another --out",
+            )
         if finished_with(out / "checkpoint" / STATE_FILE, settings, config.overwrite):
             return KEPT
         clear_outputs(out)
         return None
+    if previous and config.overwrite and not config.resume:  # --overwrite replaces whatever --out holds.
+        clear_outputs(out)
+        return None
     if previous and not config.resume:
-        raise UsageError(out, "holds an unfinished run; pass --resume to continue it or choose another --out")
+        raise UsageError(
+            out,
+            "holds an unfinished run; pass --resume to continue it, --overwrite to start it again, "
+            "or choose another --out",
+        )
     if previous:
         check_same_run(out, previous, settings)
         return previous
@@ -143,7 +157,7 @@ RESUMABLE_CHANGES = ("epochs", "precision")
 
 def check_same_run(out, state, settings):
     """A UsageError naming the first setting in which --resume differs from the run in `out` (but RESUMABLE_CHANGES)."""
-    recorded = state.get("settings") or {}
+    recorded = state.get("settings") or legacy_settings(out)
     for name, value in settings.items():
         if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):
             if name == "data":
@@ -158,6 +172,12 @@ def check_same_run(out, state, settings):
                 f"{out} was trained with {flag} {recorded[name]}, not {value}; resume it with "
                 f"{flag} {recorded[name]} or choose another --out",
             )
+
+
+def legacy_settings(out):
+    """The settings of a run written before checkpoints recorded them: its run.json's, for those it holds."""
+    record = Path(out) / "run.json"
+    return json.loads(record.read_text()).get("args", {}) if record.exists() else {}
 
 
 def json_value(value):

@@ -43,7 +43,7 @@ class LinearWarmUp(keras.callbacks.Callback):
         if not self.steps:
             return
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if step <= self.steps:  # One write past the ramp sets the peak itself.
+        if step < self.steps:  # The ramp's last step is at the peak; after it the rate is the plateau's.
             self.model.optimizer.learning_rate = warmup_rate(step, self.peak, self.steps)
 
 

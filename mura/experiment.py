@@ -209,7 +209,7 @@ class Mura(Task):
             Unit(
                 run,
                 self.out if repeats == 1 else self.out / f"repeat{run}",
-                f"run {run}" if repeats > 1 else "",
+                f"run {run}",
                 run - 1,
             )
             for run in range(1, repeats + 1)

@@ -208,7 +208,7 @@ def _checked(path, action, value):
     name = action.option_strings[-1] if action.option_strings else action.dest
     if value is None:
         return None
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise UsageError(path, f"{name} must be true or false. Received: {value!r}")
         return value

@@ -418,7 +418,11 @@ def parser():
 
 
 def parse_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [
+        part
+        for item in (sys.argv[1:] if argv is None else argv)
+        for part in (item.split("=", 1) if item.startswith("--config=") else [item])
+    ]
     if "--config" in argv[:-1]:  # --config is every command's file of option defaults, not the datasets table.
         given = Path(argv[argv.index("--config") + 1])
         try:

@@ -121,7 +121,7 @@ def run(args):
             verbose=2,
             seed=args.seed,
             overwrite=args.overwrite,
-            resume=pretrain.unfinished(pretrain_dir),
+            resume=pretrain.unfinished(pretrain_dir) and not args.overwrite,
         )
     )
     pretrain.run(config)

@@ -173,25 +173,15 @@ def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
 
 
 def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
+    argv = ["--manifest", str(demo_manifest), "--out", str(tmp_path / "mirrored"), *TINY, "--epochs", "1"]
+    argv += ["--steps-per-epoch", "1"]
     script = textwrap.dedent(f"""
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from genesis2d.pretrain import parse_args, run
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        args = parse_args({
-        [
-            "--manifest",
-            str(demo_manifest),
-            "--out",
-            str(tmp_path / "mirrored"),
-            *TINY,
-            "--epochs",
-            "1",
-            "--steps-per-epoch",
-            "1",
-        ]!r
-    })
+        args = parse_args({argv!r})
         card = run(args, strategy=strategy)
         import json, pathlib
         run_record = json.loads((pathlib.Path(args.out) / "run.json").read_text())
@@ -388,3 +378,26 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
     restored_mse, identity_mse = errors[0]
     assert restored_mse < 0.7 * identity_mse, (restored_mse, identity_mse)
     assert card["last_val_loss"] < card["constant_val_loss"] < card["identity_val_loss"], card
+
+
+def test_the_warm_up_ramps_from_the_optimizers_count_and_the_plateau_waits_for_it():
+    """Rates of steps 0..5 with a 4-step warm-up to 1.0: 0.25, 0.5, 0.75, 1, then the plateau's; no cut meanwhile."""
+    import keras
+
+    from genesis2d.schedule import LinearWarmUp, PlateauAfterWarmUp, warmup_rate
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss="mse")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    x, y = np.zeros((2, 2), np.float32), np.ones((2, 1), np.float32)  # The output stays 0: a plateau from the start.
+    plateau = PlateauAfterWarmUp(4, monitor="loss", factor=0.5, patience=2, verbose=0)
+    model.fit(x, y, batch_size=2, epochs=6, verbose=0, callbacks=[LinearWarmUp(1.0, 4), plateau, Record()])
+    assert seen[:4] == [warmup_rate(step, 1.0, 4) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # Without the warm-up, patience 2 would have halved the rate at step 2; it counts from the warm-up's end instead.
+    assert seen[4] == 1.0 and seen[5] == 0.5

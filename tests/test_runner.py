@@ -220,3 +220,33 @@ def test_help_lists_every_option():
     ]
     assert [flag for flag in flags if flag not in text] == []
     assert build_parser is not None
+
+
+def test_a_kept_units_text_columns_read_back_as_text(tmp_path):
+    """Identifiers such as "001" stay text when a finished unit is read back (pandas 2 and 3 name text differently)."""
+    from plumbing.atomic import write_csv
+    from transfer.results import score_rows
+    from transfer.runner import UNIT_SCORES, Unit, _is_text, _load_result
+
+    table = pd.DataFrame({"seriesuid": ["001", "002"], "label": [0, 1], "probability": [0.25, 0.75]})
+    record = {"text_columns": [column for column, dtype in table.dtypes.items() if _is_text(dtype)]}
+    assert record["text_columns"] == ["seriesuid"]
+    write_csv(tmp_path / "predictions.csv", table)
+    write_csv(
+        tmp_path / UNIT_SCORES,
+        score_rows("image", table["seriesuid"], table["label"], table["probability"], table["seriesuid"]),
+    )
+    result = _load_result(Task.__new__(Task), Unit(1, tmp_path), record)
+    assert result.table["seriesuid"].tolist() == ["001", "002"] and result.scores["group"].tolist() == ["001", "002"]
+    pd.testing.assert_series_equal(result.table["probability"], table["probability"])
+
+
+def test_yaml_booleans_of_the_runtime_options_are_booleans(tmp_path):
+    from genesis2d.options import PretrainConfig, build_parser
+    from plumbing.options import parse_options
+
+    config = tmp_path / "config.yaml"
+    for text, expected in (("false", False), ("true", True)):
+        config.write_text(f"deterministic: {text}\n")
+        options = parse_options(PretrainConfig, build_parser(), ["--config", str(config), "--manifest", "m.csv"])
+        assert options.deterministic is expected  # Not [False], which reads as true.

@@ -261,8 +261,9 @@ def run_task(task, options):
     settings = {**reuse_settings(options), **{f"data {name}": value for name, value in data.items()}}
     units = list(task.units())
     unit_settings = {unit.key: {**settings, task.unit_name: unit.key} for unit in units}
-    kept = {
+    kept = {  # A unit finished by a version that wrote no contract rows of its own is done again.
         unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
+        and (unit.folder / UNIT_SCORES).is_file()
         for unit in units
     }  # Stops naming what changed, before anything is written.
     out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +298,7 @@ def run_task(task, options):
         plot_roc(
             _roc_curves(task, results),
             out / task.roc_file,
-            title=f"{task.title} {options.backbone} {arm}: ROC" + (" per unit" if len(units) > 1 else ""),
+            title=f"{task.title} {options.backbone} {arm}: ROC" + (f" per {task.unit_name}" if len(units) > 1 else ""),
         )
         histories = {unit.label: frame for unit, _ in results if (frame := _history(unit.folder)) is not None}
         if histories:
@@ -339,7 +340,7 @@ def _run_unit(task, options, unit, settings, seed):
         "epochs_trained": 0 if outcome.history is None else len(outcome.history),
         "kept_epoch": None if outcome.kept_epoch is None else outcome.kept_epoch + 1,
         "settings": settings,
-        "table_dtypes": {column: str(dtype) for column, dtype in result.table.dtypes.items()},
+        "text_columns": [column for column, dtype in result.table.dtypes.items() if _is_text(dtype)],
     }
     if outcome.probe is not None:
         record["probe"] = outcome.probe
@@ -353,10 +354,15 @@ def _run_unit(task, options, unit, settings, seed):
 
 def _load_result(task, unit, record):
     """The `UnitResult` of a finished unit, read back from its files (its metrics: the whole record)."""
-    text = [column for column, dtype in record.get("table_dtypes", {}).items() if dtype == "object"]
-    table = pd.read_csv(unit.folder / task.predictions_file, dtype={column: str for column in text})
+    text = {column: str for column in record.get("text_columns", [])}  # IDs such as "001" stay text.
+    table = pd.read_csv(unit.folder / task.predictions_file, dtype=text)
     scores = pd.read_csv(unit.folder / UNIT_SCORES, dtype={"key": str, "group": str})
     return UnitResult(table, record, scores)
+
+
+def _is_text(dtype):
+    """Whether a table column holds text (object in pandas 2, str in pandas 3)."""
+    return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
 
 
 def _roc_curves(task, results):
@@ -366,7 +372,8 @@ def _roc_curves(task, results):
     for unit, result in results:
         for level in drawn:
             rows = result.scores[result.scores["level"] == level]
-            label = " ".join(part for part in (level if len(drawn) > 1 else "", unit.label) if part) or level
+            parts = (level if len(drawn) > 1 else "", unit.label if len(results) > 1 else "")
+            label = " ".join(part for part in parts if part) or level
             curves[label] = (rows["label"].to_numpy(), rows["probability"].to_numpy())
     return curves
 
