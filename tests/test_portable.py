@@ -159,6 +159,6 @@ def test_a_wrong_encoder_is_refused_before_any_data_is_read(tmp_path):
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and lines == [
-        f"error: {tmp_path / 'missing.h5'}: encoder file does not exist (--encoder)."
+        f"error: {tmp_path / 'missing.h5'}: encoder folder or file does not exist (--encoder)."
     ], result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
