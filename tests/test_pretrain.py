@@ -343,7 +343,7 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
     better than returning them unchanged and than the best constant, recomputed here with the saved U-Net. Fails if a
     default stops learning (with Keras's BatchNorm momentum 0.99 the validation output stays a constant here too)."""
     from genesis2d.options import PretrainConfig
-    from genesis2d.pretrain import DEMO_CONFIG, pairs, parse_args, run
+    from genesis2d.pretrain import pairs, parse_args, run
     from plumbing.runtime import STREAM_VAL_DISTORTIONS, derive_seed
 
     out = tmp_path / "demo"
@@ -351,10 +351,14 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
         [
             "--manifest",
             str(demo_manifest),
-            "--config",
-            str(DEMO_CONFIG),
             "--backbone",
             "resnet18",
+            "--image-size",  # The demo's sizes; every training setting the default.
+            "64",
+            "--crop-size",
+            "128",
+            "--validation-steps",
+            "4",
             "--out",
             str(out),
             "--epochs",
