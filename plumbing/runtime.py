@@ -1,5 +1,6 @@
 """Pick precision by the hardware found; determinism; derive seeds; stop a diverging run; record runs."""
 
+import os
 import platform
 import sys
 from pathlib import Path
@@ -127,8 +128,41 @@ DISTRIBUTIONS = (
 )
 
 
+# The vector instruction sets that decide which CPU kernels (oneDNN's, Eigen's) TensorFlow runs, and so the
+# last bits of float results, as /proc/cpuinfo names them: x86's, then Arm's.
+VECTOR_ISA = tuple(
+    "sse4_2 avx avx2 fma f16c avx_vnni avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_tile "
+    "amx_int8 amx_bf16 asimd sve sve2".split()
+)
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"  # TensorFlow's switch for its oneDNN CPU kernels (on by default on x86).
+
+
+def cpu(cpuinfo="/proc/cpuinfo"):
+    """The CPU a run ran on: its model, its vector instruction sets and the oneDNN switch.
+
+    Reads `cpuinfo` (Linux); elsewhere, or where it cannot be read, the model is
+    `platform.processor()` and the instruction sets None (not known, unlike [], none).
+    """
+    model, flags = None, None
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "model name" and model is None:
+                model = value.strip()
+            elif key in ("flags", "features") and flags is None:  # x86, Arm.
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "model": model or platform.processor() or platform.machine() or None,
+        "isa": None if flags is None else [name for name in VECTOR_ISA if name in flags],
+        ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE),
+    }
+
+
 def versions():
-    """Versions of Python and of every library a run depends on, written next to its outputs."""
+    """Versions of Python and of every library a run depends on, and the CPU, written next to its outputs."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
@@ -137,4 +171,5 @@ def versions():
             found[name] = version(name)
         except PackageNotFoundError:  # Optional for the record; never fatal.
             found[name] = None
+    found["cpu"] = cpu()
     return found

@@ -3,7 +3,8 @@
     python -m study.report runs/study/luna16_* runs/study/mura_* --out runs/report
 
 Reads only the results contract of each run folder (`transfer.results`), so any
-task that writes it appears here. For every task, backbone and level (the first
+task that writes it appears here; the one line naming the runs' CPU comes from their
+`run.json` where they have one. For every task, backbone and level (the first
 level the thesis's metric): each initialisation's AUC with a 95% interval (the
 cluster jackknife over the level's groups, scans or patients, within folds, with a
 t reference); the runs of `--repeats` averaged as the thesis did (and their ensemble
@@ -18,6 +19,7 @@ ROC overlays and, for runs at several `--train-fraction` values, AUC with its
 interval against the share of labels. Writes `report.md` and `results.csv`.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from plumbing.atomic import write_csv, write_text
 from plumbing.cli import ArgumentParser
 from plumbing.errors import UsageError
 from plumbing.figures import pyplot, save_figure
+from plumbing.runtime import ONEDNN_VARIABLE
 from transfer.plots import plot_mean_roc
 from transfer.results import ResultsError, read_results
 from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
@@ -514,6 +517,30 @@ def _interval_text(interval, iterations):
     )
 
 
+def cpu_line(folders):
+    """One line naming the CPU, vector instruction sets and oneDNN setting the runs ran with (their run.json).
+
+    run.json is not part of the results contract: a run without it, or one written before
+    run records named the CPU, reads "not recorded".
+    """
+    described = {}
+    for folder in folders:
+        try:
+            found = json.loads((Path(folder) / "run.json").read_text())["versions"]["cpu"]
+            text = (
+                f"{found['model']} ({', '.join(found['isa']) if found['isa'] is not None else 'ISA not known'}), "
+                f"{ONEDNN_VARIABLE}={found[ONEDNN_VARIABLE] or 'unset'}"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            text = "not recorded"
+        described.setdefault(text, []).append(Path(folder).name)
+    if len(described) == 1:
+        return f"CPU of the runs (their run.json): {next(iter(described))}."
+    return (
+        "CPUs of the runs (their run.json): " + "; ".join(f"{t} ({', '.join(n)})" for t, n in described.items()) + "."
+    )
+
+
 def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL):
     """Writes report.md, results.csv and the figures into `out`; returns the results table."""
     out = Path(out)
@@ -596,7 +623,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
             "![label efficiency](label_efficiency.png)",
             "",
         ]
-    lines += ["## Runs", ""] + [
+    lines += ["## Runs", "", cpu_line(r.folder for r in runs), ""] + [
         f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
         f"labels, {r.scores['run'].nunique()} run(s), model chosen by: {r.selection}"
         for r in runs
