@@ -193,6 +193,15 @@ def load_config(path, parser):
         config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
+    return checked_config(config, parser, path)
+
+
+def checked_config(config, parser, where):
+    """A mapping of option names to values as {dest: value}, each checked like the flag it stands for.
+
+    `where` names its source in errors (a YAML file, or a section of one).
+    """
+    path = where
     if not isinstance(config, dict):
         raise UsageError(path, "must hold a mapping of option names to values")
     actions = {action.dest: action for action in parser._actions}

@@ -171,12 +171,18 @@ def parse_options(options_class, parser, argv, demo_config=None, data_flags=()):
     return check_required(options_class(**values))
 
 
-def from_config(options_class, parser, config=None, **values):
-    """An `options_class` from a YAML config file (checked as the command line checks it), then typed `values`.
+def from_config(options_class, parser, config=None, where="settings", **values):
+    """An `options_class` from a YAML config file or mapping (checked as the command line checks it), then typed
+    `values`; `where` names a mapping's source in its errors.
 
     For callers that are programs rather than people (the study, one stage calling another):
     no argv list crosses a stage.
     """
+    if isinstance(config, dict):  # A section of a larger YAML file, already read: checked as a file would be.
+        from plumbing.cli import checked_config
+
+        parser.set_defaults(**checked_config(config, parser, where))
+        config = None
     argv = ["--config", str(config)] if config else []
     namespace = parse_with_config(parser, argv)
     base = {key: value for key, value in vars(namespace).items() if key != "config"}
