@@ -438,24 +438,34 @@ def parse_args(argv=None):
     return parse_options(ManifestOptions, parser(), argv)
 
 
-def write_manifest(options):
-    """Writes the manifest of `options` (a ManifestOptions), its thesis comparison and charts; returns the table."""
+def _warn(line):
+    print(line, file=sys.stderr)
+
+
+def build_from_options(options):
+    """`build_manifest` as a ManifestOptions asks: (the table, the skipped files), nothing written."""
     entries = load_table(options.datasets)
     if not Path(options.root).is_dir():
         raise InputError(options.root, "is not a folder")
-
-    def warn(line):
-        print(line, file=sys.stderr)
-
-    frame, skipped = build_manifest(
+    return build_manifest(
         entries,
         options.root,
         seed=options.seed,
         fractions=options.fractions,
-        warn=warn,
+        warn=_warn,
         verify=options.verify,
         allow_outside_root=options.allow_outside_root,
     )
+
+
+def write_manifest(options, built=None):
+    """Writes the manifest of `options` (a ManifestOptions), its thesis comparison and charts; returns the table.
+
+    `built`: what `build_from_options(options)` returned, when the caller has already built it.
+    """
+    entries = load_table(options.datasets)
+    frame, skipped = built or build_from_options(options)
+    warn = _warn
     if frame.empty:
         raise InputError(options.root, f"no readable files match any dataset of {options.datasets}")
     out = Path(options.out)
