@@ -143,9 +143,12 @@ def thesis_match(thesis, row, by_init):
     if not same_backbone:
         used = " and ".join(sorted({c["backbone"] for c in same_task}))
         return {"thesis": f"none: the thesis's {task} runs used {used}, not {backbone}"}
-    same_level = [c for c in same_backbone if c["level"] == row["level"]]
+    readings = thesis.get("readings", {}).get(task, {})
+    reading = readings.get(row["level"])  # A level the thesis's cells can be read as (thesis_results.yaml).
+    same_level = [c for c in same_backbone if c["level"] == row["level"] or (reading and c["level"] in readings)]
     if not same_level:
-        return {"thesis": f"none: the thesis's {task} AUC is of {same_backbone[0]['level']}s, not {row['level']}s"}
+        theirs, ours = same_backbone[0]["level"], row["level"]
+        return {"thesis": f"none: the thesis's {task} AUC is at the {theirs} level, not the {ours} level"}
     found, parts = {}, set()
     for init, run in by_init.items():
         if run.method != "fine-tune":
@@ -169,7 +172,7 @@ def thesis_match(thesis, row, by_init):
         for init, cell in found.items()
     ]
     return {
-        "thesis": "; ".join(texts) + " sel. T",
+        "thesis": "; ".join(texts) + (f" ({reading})" if reading else "") + " sel. T",
         "thesis_sources": notes,
         **{f"thesis_{i}": c["auc"] for i, c in found.items()},
     }
