@@ -182,8 +182,8 @@ def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run
     "task, backbone, init, expected",
     [
         # (epochs, warm-up, batch, factor, patience, momentum) from thesis Fig. 4.9 / 4.2.3 (LUNA16) and
-        # Fig. 4.33 / 4.38
-        # (MURA); momentum 0 where the thesis wrote SGD(lr=0.001), 0.9 where 4.2.3 states it.
+        # Fig. 4.33 / 4.38 (MURA; they give no patience: 3, the one value the thesis states, 4.2.3);
+        # momentum 0 where the thesis wrote SGD(lr=0.001), 0.9 where 4.2.3 states it.
         ("luna16", "vgg16", "scratch", (18, 0, 32, 0.01, 3, 0.0)),
         ("luna16", "vgg16", "genesis", (13, 0, 32, 0.01, 3, 0.0)),
         ("luna16", "vgg16", "imagenet", (13, 0, 32, 0.01, 3, 0.0)),
