@@ -128,6 +128,16 @@ def encoder_card(backbone, normalisation):
     }
 
 
+def _version_text(value):
+    """A version as the card prints it; the CPU record (a mapping) as its model, vector sets and oneDNN setting."""
+    if not isinstance(value, dict):
+        return str(value)
+    isa = value.get("isa")
+    parts = [str(value.get("model")), f"({', '.join(isa)})" if isa else ""]
+    parts += [f"{k}={v}" for k, v in value.items() if k not in ("model", "isa")]
+    return " ".join(p for p in parts if p)
+
+
 def card_markdown(card):
     """MODEL_CARD.md: the card for people."""
     arch, inp, out = card["architecture"], card["input"], card["output"]
@@ -159,7 +169,7 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 - Best epoch {card.get("best_epoch")} of {card.get("epochs")}, chosen on the {card.get("best_epoch_chosen_on")}: {card.get("best_val_loss")}.
 - Last validation loss {card.get("last_val_loss")}, against {card.get("identity_val_loss")} for returning the distorted slices unchanged and {card.get("constant_val_loss")} for the best constant output (restoration learned only if lower than both).
 - Distortions: {card.get("distortions")}. Precision: {card.get("precision")}. Settings: `run.json`.
-- Versions: {", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items() if v)}.
+- Versions: {", ".join(f"{k} {_version_text(v)}" for k, v in (card.get("versions") or {}).items() if v)}.
 
 ## Files
 | file | sha256 |
