@@ -1,6 +1,7 @@
-"""The whole study end to end on the built-in demo data: `python -m study`.
+"""The whole study end to end: on the built-in demo data (`python -m study`), or the thesis's experiment on your
+folders (`python -m study --corpus C --luna16 L --mura M`, see `study.experiment`).
 
-Writes the demo data, builds the pretraining manifest, pretrains a genesis2d
+The demo writes the demo data, builds the pretraining manifest, pretrains a genesis2d
 encoder, cross-validates LUNA16 (five folds) and trains MURA for each
 initialisation (scratch, genesis, and imagenet when its weights are in Keras's
 cache), each with its Grad-CAM galleries, fits a linear probe of each
@@ -19,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras import.
 from plumbing.cli import ArgumentParser
+from study.experiment import PROTOCOLS, THESIS_BACKBONES, THESIS_INITS  # noqa: E402
 from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -32,22 +34,31 @@ NOTE = (
 def build_parser():
     parser = ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", default=str(PROJECT_ROOT / "runs" / "study"), help="output folder. Default: runs/study/."
+        "--out",
+        help="output folder. Default: runs/study/ (the demo), runs/experiment/ (your data).",
     )
     parser.add_argument(
         "--backbone",
-        default="resnet18",
+        nargs="+",
         choices=sorted(BACKBONES),
-        help="backbone of every model. Default: resnet18 (fast on a CPU).",
+        help="backbone of every model (the demo takes one). Default: resnet18 for the demo (fast on a CPU); "
+        f"{' '.join(THESIS_BACKBONES)} on your data (thesis 4.2.2-4.2.6).",
     )
-    parser.add_argument("--pretrain-epochs", type=int, default=3, help="pretraining epochs. Default: 3.")
-    parser.add_argument("--pretrain-steps", type=int, default=40, help="pretraining steps per epoch. Default: 40.")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=3,
+        help="pretraining epochs of the demo (your data: section pretrain of --settings). Default: 3.",
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=40, help="pretraining steps per epoch of the demo. Default: 40."
+    )
     parser.add_argument(
         "--fractions",
         type=float,
         nargs="*",
         default=[0.25, 0.5],
-        help="extra MURA training-label fractions for the label-efficiency curve. Default: 0.25 0.5.",
+        help="extra MURA training-label fractions for the demo's label-efficiency curve. Default: 0.25 0.5.",
     )
     parser.add_argument(
         "--repeats",
@@ -78,6 +89,60 @@ def build_parser():
         help="redo steps whose kept results were made with other "
         "settings or data. Default: such a step stops the study, saying what changed.",
     )
+    data = parser.add_argument_group(
+        "your data: the thesis's experiment (Fig. 5.1: backbones x initialisations x tasks) on your folders; "
+        "any of --corpus, --luna16, --mura leaves the demo"
+    )
+    data.add_argument(
+        "--corpus", help="pretraining corpus folder, as the --datasets table describes it (thesis 3.1, Fig. 3.1)."
+    )
+    data.add_argument(
+        "--datasets", help="the corpus's datasets table. Default: preprocessing/datasets.yaml (the thesis's 17)."
+    )
+    data.add_argument("--luna16", help="LUNA16 folder as distributed (subset0..9, candidates_V2.csv, annotations.csv).")
+    data.add_argument("--mura", help="MURA folder as distributed (MURA-v1.1 and its csv files, or its parent).")
+    data.add_argument(
+        "--inits",
+        nargs="+",
+        default=list(THESIS_INITS),
+        choices=("scratch", "genesis", "imagenet", "radimagenet"),
+        help=f"initialisations. Default: {' '.join(THESIS_INITS)} (thesis Fig. 5.1).",
+    )
+    data.add_argument(
+        "--protocol",
+        default="held-out",
+        choices=sorted(PROTOCOLS),
+        help="which epoch each cell keeps: held-out (chosen on training groups held out; the test data never "
+        "choose) or thesis (the best AUC on the test data, as the thesis read it, 4.2.2-4.2.5; optimistic). "
+        "Recorded and printed with every number. Default: held-out.",
+    )
+    data.add_argument(
+        "--settings",
+        help="YAML file of sections roots (corpus, datasets, luna16, mura), manifest, shards, pretrain, luna16, mura: "
+        "each a mapping of that command's own options (e.g. pretrain: {epochs: 50}), checked as its flags are. "
+        "Default: every stage's defaults, the thesis's where it gives them.",
+    )
+    data.add_argument(
+        "--plan",
+        action="store_true",
+        help="check the folders, print the plan (counts, measured step times, projected hours, disk) and stop.",
+    )
+    data.add_argument(
+        "--cells",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="run only the steps these patterns name (e.g. 'luna16/resnet50/*', 'pretrain/*', 'luna16/patches', "
+        "report), with their unfinished prerequisites, into the shared --out; in a Slurm job array "
+        "(SLURM_ARRAY_TASK_ID) each task takes its share of the selected cells. Default: every step.",
+    )
+    data.add_argument(
+        "--measure-steps",
+        type=int,
+        default=3,
+        help="timed training steps per model for the plan's projections (after one untimed step); 0 measures "
+        "nothing (no projected times). Default: 3.",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -92,7 +157,69 @@ def _step(title):
     print(f"\n=== {title} ===", flush=True)
 
 
+def experiment_options(args):
+    """The ExperimentOptions of a command line that names the user's folders (flags win over --settings roots)."""
+    from study.experiment import ExperimentOptions, read_settings
+
+    sections = read_settings(args.settings)
+    roots = sections.pop("roots", {})
+    unknown = sorted(set(roots) - {"corpus", "datasets", "luna16", "mura"})
+    if unknown:
+        from plumbing.errors import UsageError
+
+        raise UsageError(args.settings, f"section roots: unknown keys {', '.join(unknown)}")
+    return ExperimentOptions(
+        out=Path(args.out or PROJECT_ROOT / "runs" / "experiment"),
+        corpus=args.corpus or roots.get("corpus"),
+        datasets=args.datasets or roots.get("datasets"),
+        luna16=args.luna16 or roots.get("luna16"),
+        mura=args.mura or roots.get("mura"),
+        backbones=tuple(args.backbone or THESIS_BACKBONES),
+        inits=tuple(args.inits),
+        protocol=args.protocol,
+        repeats=args.repeats,
+        folds=tuple(args.folds),
+        stage_settings=sections,
+        settings_file=args.settings or "settings",
+        cells=tuple(args.cells),
+        plan_only=args.plan,
+        measure_steps=args.measure_steps,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        interval=args.interval,
+        bootstrap=args.bootstrap,
+    )
+
+
+def on_your_data(args):
+    """Whether the command names the user's folders (the thesis's experiment) rather than running the demo."""
+    if any((args.corpus, args.luna16, args.mura)):
+        return True
+    if args.settings:
+        from study.experiment import read_settings
+
+        return bool(read_settings(args.settings).get("roots"))
+    return False
+
+
 def run(args):
+    if on_your_data(args):
+        from study import experiment
+
+        return experiment.run(experiment_options(args))
+    from plumbing.errors import UsageError
+
+    if args.plan or args.cells:
+        raise UsageError("--plan/--cells", "apply to your data (--corpus, --luna16, --mura); the demo runs whole")
+    backbones = args.backbone or ["resnet18"]
+    if len(backbones) > 1:
+        raise UsageError("--backbone", f"the demo takes one backbone. Received: {' '.join(backbones)}")
+    args.backbone = backbones[0]
+    args.out = args.out or str(PROJECT_ROOT / "runs" / "study")
+    return run_demo(args)
+
+
+def run_demo(args):
     started = time.time()
     out = Path(args.out)
     from genesis2d import pretrain

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Quiet TensorFlow and pick segmentation_models' tf.keras backend before anything imports them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,25 +86,35 @@ def pretrained_run(demo_manifest, tmp_path_factory):
     return out, card
 
 
-@pytest.fixture(scope="session")
-def keras_home(tmp_path_factory):
-    """A KERAS_HOME holding a stand-in ImageNet file for resnet18, where Keras looks for it."""
+def write_imagenet_standin(models, name="resnet18", recognisable=True):
+    """A stand-in for a backbone's ImageNet file in Keras's cache folder `models`, in the real file's Keras-2
+    HDF5 layout; returns the backbone it was written from. Its values are recognisable (a constant per array),
+    or, with `recognisable=False`, a seeded random start that trains like a real one."""
     import h5py
     import keras
     import numpy as np
     import segmentation_models as sm
     from keras.src.legacy.saving import legacy_h5_format
 
-    home = tmp_path_factory.mktemp("keras_home")
-    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)(
-        "resnet18", input_shape=(None, None, 3), weights=None, include_top=False
-    )
+    from genesis2d.backbones import BACKBONES
+
     keras.utils.set_random_seed(123)
-    for weight in backbone.weights:  # Recognisable values: a constant per array.
+    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)(
+        name, input_shape=(None, None, 3), weights=None, include_top=False
+    )
+    for weight in backbone.weights if recognisable else ():
         weight.assign(np.full(weight.shape, 0.01 * (1 + len(weight.path) % 7), dtype="float32"))
-    (home / "models").mkdir()
-    with h5py.File(home / "models" / "resnet18_imagenet_1000_no_top.h5", "w") as f:
+    Path(models).mkdir(parents=True, exist_ok=True)
+    with h5py.File(Path(models) / BACKBONES[name].imagenet_file, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, backbone)  # The Keras-2 layout of the real file.
+    return backbone
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory):
+    """A KERAS_HOME holding a stand-in ImageNet file for resnet18, where Keras looks for it."""
+    home = tmp_path_factory.mktemp("keras_home")
+    backbone = write_imagenet_standin(home / "models", "resnet18")
     previous = os.environ.get("KERAS_HOME")
     os.environ["KERAS_HOME"] = str(home)
     yield home, backbone

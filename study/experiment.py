@@ -1,0 +1,827 @@
+"""The thesis's experiment on your data, in one command: `python -m study --corpus C --luna16 L --mura M`.
+
+Thesis Fig. 5.1: two backbones (ResNet50, VGG16) x three initialisations (scratch, genesis,
+ImageNet) x two tasks (LUNA16, MURA). The steps, each a library call with typed options:
+
+    manifest -> shards -> pretrain/<backbone> -> luna16/patches -> <task>/<backbone>/<init> -> report
+
+Before anything is written, every root is checked (a missing file stops the command in one
+line, naming it) and the plan is printed: each step's data counts, its model's seconds per
+step measured on this machine at the real input size, batch and precision
+(`study.measure`), its projected time and the disk it writes, against the free disk.
+`--plan` stops there. Each step is then kept, resumed or refused by its own stage's rule (the
+same settings and the same data), so the command run again continues where it stopped.
+
+`--cells` runs a share of the cells (patterns such as `luna16/resnet50/*`, or step names
+such as `pretrain/*`), so that several machines or a Slurm job array (`SLURM_ARRAY_TASK_ID`)
+fill one output folder; a selected cell's unfinished prerequisites run first. The report is
+built when every cell is present, and otherwise says which are missing.
+"""
+
+import fnmatch
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+THESIS_BACKBONES = ("resnet50", "vgg16")  # Thesis 4.2.2-4.2.6, Fig. 5.1.
+THESIS_INITS = ("scratch", "genesis", "imagenet")  # Thesis Fig. 5.1.
+TASKS = ("luna16", "mura")
+TITLES = {"luna16": "LUNA16 cross-validation", "mura": "MURA"}
+SECTIONS = ("roots", "manifest", "shards", "pretrain", "luna16", "mura")
+# The epoch each cell keeps: `transfer.options.TransferOptions.selection` under each protocol.
+PROTOCOLS = {
+    "held-out": (
+        "held-out",
+        "the epoch with the best validation AUC on training groups held out (LUNA16: scans, MURA: patients); "
+        "the test data never choose",
+    ),
+    "thesis": (
+        "test",
+        "the thesis's: the epoch with the best AUC on the test data (LUNA16 test folds, MURA valid; 4.2.2-4.2.5), "
+        "optimistic",
+    ),
+}
+# What the study sets itself in each stage's options; a --settings section that names one is refused.
+IMPOSED = {
+    "manifest": ("root", "datasets", "out", "seed"),
+    "shards": ("manifest", "out", "seed"),
+    "pretrain": ("manifest", "shards", "backbone", "out", "seed", "resume", "overwrite"),
+    "luna16": ("data", "backbone", "init", "encoder", "out", "patches", "selection", "seed", "overwrite"),
+    "mura": ("data", "backbone", "init", "encoder", "out", "selection", "repeats", "seed", "overwrite"),
+}
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """What `run` takes: the roots, the grid of cells, the protocol and each stage's own option values."""
+
+    out: Path
+    corpus: str = None
+    datasets: str = None
+    luna16: str = None
+    mura: str = None
+    backbones: tuple = THESIS_BACKBONES
+    inits: tuple = THESIS_INITS
+    protocol: str = "held-out"
+    repeats: int = 2
+    folds: tuple = (1, 2, 3, 4, 5)
+    stage_settings: dict = field(default_factory=dict)  # {section: {option: value}}, checked by each stage.
+    settings_file: str = "settings"
+    cells: tuple = ()
+    plan_only: bool = False
+    measure_steps: int = 3
+    seed: int = 0
+    overwrite: bool = False
+    interval: str = "jackknife"
+    bootstrap: int = 1000
+
+
+@dataclass
+class Step:
+    """One step of the plan: what it reads and writes, what it costs, and how to run it."""
+
+    key: str
+    title: str
+    action: object = None  # () -> None
+    finished: object = None  # () -> bool, read without locking (a prerequisite another process may finish)
+    needs: tuple = ()
+    counts: str = ""
+    train_steps: int = 0
+    predict_batches: int = 0
+    setups: int = 0  # Times the model is built and compiled (runs, folds, training phases).
+    timing: object = None  # study.measure.StepTime
+    seconds: float = 0.0  # Time that is not the model's (extraction, writing), estimated.
+    disk: int = 0
+
+    def projected(self):
+        model = 0.0 if self.timing is None else self.train_steps * self.timing.train_seconds
+        model += 0.0 if self.timing is None else self.predict_batches * self.timing.predict_seconds
+        model += 0.0 if self.timing is None else self.setups * self.timing.setup_seconds
+        return model + self.seconds
+
+
+def cell_key(task, backbone, init):
+    return f"{task}/{backbone}/{init}"
+
+
+def cell_folder(out, task, backbone, init):
+    return Path(out) / "cells" / f"{task}_{backbone}_{init}"
+
+
+def _hours(seconds):
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:,.1f} min"
+
+
+def _size(count):
+    return f"{count / GIB:,.2f} GiB" if count >= GIB / 10 else f"{count / 2**20:,.1f} MiB"
+
+
+def read_settings(path):
+    """The sections of a --settings YAML file: {section: mapping}; unknown sections stop with one line."""
+    import yaml
+
+    from plumbing.errors import UsageError
+
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(path, f"must hold a mapping of sections ({', '.join(SECTIONS)})")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UsageError(path, f"unknown sections {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+    for name, section in data.items():
+        if section is not None and not isinstance(section, dict):
+            raise UsageError(path, f"section {name} must be a mapping of option names to values")
+    return {name: dict(section or {}) for name, section in data.items()}
+
+
+class Experiment:
+    """The plan of one experiment: its steps in order, built from the options and the data, nothing written."""
+
+    def __init__(self, options):
+        self.o = options
+        self.out = Path(options.out)
+        self.selection, self.protocol_text = PROTOCOLS[options.protocol]
+        self.tasks = [task for task in TASKS if getattr(options, task)]
+        self.timings = {}
+        self._built_manifest = None
+        self.array = slurm_array()  # (index, count) in a Slurm job array: this process runs a share of the cells.
+
+    # ---- each stage's options, from its --settings section and what the study imposes ----
+
+    def section(self, name):
+        from plumbing.errors import UsageError
+
+        values = {k.replace("-", "_"): v for k, v in self.o.stage_settings.get(name, {}).items()}
+        clash = sorted(set(values) & set(IMPOSED[name]))
+        if clash:
+            raise UsageError(
+                self.o.settings_file,
+                f"section {name} sets {', '.join(clash)}, which the study sets itself (roots, --protocol, "
+                "--repeats, --seed, --overwrite, --out)",
+            )
+        return values
+
+    def stage(self, name, options_class, parser, **imposed):
+        from plumbing.options import from_config
+
+        where = f"{self.o.settings_file}: section {name}"
+        return from_config(options_class, parser, self.section(name), where=where, **imposed)
+
+    def manifest_options(self):
+        from preprocessing.manifest import DATASETS, ManifestOptions, parser
+
+        return self.stage(
+            "manifest",
+            ManifestOptions,
+            parser(),
+            root=str(self.o.corpus),
+            datasets=str(self.o.datasets or DATASETS),
+            out=str(self.out / "corpus" / "manifest.csv"),
+            seed=self.o.seed,
+        )
+
+    def shard_options(self):
+        from plumbing.options import build_parser
+        from preprocessing.shards import ShardOptions
+
+        return self.stage(
+            "shards",
+            ShardOptions,
+            build_parser(ShardOptions, "shards", ""),
+            manifest=str(self.out / "corpus" / "manifest.csv"),
+            out=str(self.out / "corpus" / "shards"),
+            seed=self.o.seed,
+        )
+
+    def pretrain_dir(self, backbone):
+        return self.out / "pretrain" / backbone
+
+    def pretrain_config(self, backbone):
+        from genesis2d import pretrain
+
+        folder = self.pretrain_dir(backbone)
+        return pretrain.resolve(
+            self.stage(
+                "pretrain",
+                pretrain.PretrainConfig,
+                pretrain.build_parser(),
+                manifest=None,
+                shards=str(self.out / "corpus" / "shards"),
+                backbone=backbone,
+                out=str(folder),
+                seed=self.o.seed,
+                overwrite=self.o.overwrite,
+                resume=pretrain.unfinished(folder) and not self.o.overwrite,
+            )
+        )
+
+    def patches_dir(self):
+        return self.out / "luna16_patches"
+
+    def patch_options(self):
+        from luna16.data import PatchOptions, PatchSettings
+
+        luna = self.cell_options("luna16", self.o.backbones[0], "scratch")
+        settings = {name: getattr(luna, name) for name in PatchSettings.__dataclass_fields__}
+        return PatchOptions(data=str(self.o.luna16), out=str(self.patches_dir()), seed=self.o.seed, **settings)
+
+    def cell_options(self, task, backbone, init):
+        """The cell's task options, unresolved (a genesis encoder may not exist yet)."""
+        if task == "luna16":
+            from luna16 import experiment as module
+
+            options_class, extra = module.Luna16Options, {"patches": str(self.patches_dir())}
+            extra["folds"] = list(self.o.folds)
+        else:
+            from mura import experiment as module
+
+            options_class, extra = module.MuraOptions, {"repeats": self.o.repeats}
+        return self.stage(
+            task,
+            options_class,
+            module.parser(),
+            data=str(getattr(self.o, task)),
+            backbone=backbone,
+            init=init,
+            encoder=str(self.pretrain_dir(backbone)) if init == "genesis" else None,
+            out=str(cell_folder(self.out, task, backbone, init)),
+            selection=self.selection,
+            seed=self.o.seed,
+            overwrite=self.o.overwrite,
+            **extra,
+        )
+
+    # ---- checks before anything is written ----
+
+    def check_roots(self):
+        """Every file a later step needs, checked now: one line naming the first that is missing or wrong."""
+        from plumbing.errors import InputError, UsageError
+        from transfer.encoders import keras_cache_dir
+
+        if not self.tasks:
+            raise UsageError("--luna16/--mura", "give at least one downstream dataset folder")
+        if "genesis" in self.o.inits and not self.o.corpus:
+            raise UsageError("--corpus", "is needed to pretrain the genesis encoders (or leave genesis out of --inits)")
+        if self.o.corpus:
+            from preprocessing.manifest import find_files, load_table
+
+            options = self.manifest_options()
+            for entry in load_table(options.datasets):
+                if not find_files(options.root, entry["files"], options.allow_outside_root):
+                    raise InputError(
+                        options.root,
+                        f"has no file for dataset '{entry['name']}' of {options.datasets} (files: {entry['files']}); "
+                        "fix its glob or remove the dataset from the table",
+                    )
+        if "luna16" in self.tasks:
+            from luna16.data import candidates_path, read_candidates, scans_by_subset
+
+            root = Path(self.o.luna16)
+            read_candidates(root)
+            scans_by_subset(root)
+            if not (candidates_path(root).parent / "annotations.csv").is_file():
+                raise InputError(
+                    candidates_path(root).parent / "annotations.csv",
+                    "is missing: the LUNA16 FROC and CPM of every cell need the nodule annotations as distributed",
+                )
+        if "mura" in self.tasks:
+            from mura.data import read_split
+
+            parts = self.cell_options("mura", self.o.backbones[0], "scratch").body_part
+            for split in ("train", "valid"):
+                read_split(self.o.mura, split, parts, verify=False)
+        if "imagenet" in self.o.inits:
+            from genesis2d.backbones import BACKBONES
+
+            for task in self.tasks:
+                for backbone in self.o.backbones:
+                    given = self.cell_options(task, backbone, "imagenet").imagenet_weights
+                    path = Path(given) if given else keras_cache_dir() / BACKBONES[backbone].imagenet_file
+                    if not path.is_file():
+                        raise InputError(
+                            path,
+                            f"is missing: the ImageNet weights of {backbone} (--init imagenet); place the file there "
+                            f"(Keras downloads it on a machine with internet access) or set imagenet_weights in "
+                            f"section {task} of --settings",
+                        )
+
+    # ---- the steps, with their counts and costs ----
+
+    def timing(self, kind, backbone, image_size, batch_size, precision):
+        from study import measure
+
+        key = (kind, backbone, image_size, batch_size, precision)
+        if key not in self.timings:
+            print(f"  measuring {kind} {backbone} at {image_size} px, batch {batch_size} ...", flush=True)
+            if kind == "pretraining":
+                self.timings[key] = measure.pretraining_step(
+                    backbone, image_size, batch_size, precision, steps=self.o.measure_steps
+                )
+            else:
+                self.timings[key] = measure.classifier_step(
+                    backbone, image_size, batch_size, precision, steps=self.o.measure_steps
+                )
+        return self.timings[key]
+
+    def steps(self, measure=True):
+        """Every step of the experiment, in order (prerequisites first)."""
+        steps = []
+        if self.o.corpus:
+            steps += self._corpus_steps(measure)
+        if "luna16" in self.tasks:
+            steps.append(self._patches_step())
+        for task in self.tasks:
+            for backbone in self.o.backbones:
+                for init in self.o.inits:
+                    steps.append(self._cell_step(task, backbone, init, measure))
+        steps.append(Step("report", "the report: every cell with the thesis's value beside it", action=self.report))
+        return steps
+
+    def _corpus_steps(self, measure):
+        from preprocessing.manifest import build_from_options, write_manifest
+
+        options = self.manifest_options()
+        manifest = Path(options.out)
+        record = manifest.with_name("manifest_record.json")
+        settings = self._manifest_settings(options)
+
+        def manifest_kept():
+            from plumbing.fingerprint import finished_with
+
+            return manifest.is_file() and finished_with(record, settings, self.o.overwrite)
+
+        if manifest_kept():
+            from preprocessing.pipeline import load_manifest
+
+            frame = load_manifest(manifest)
+        else:
+            print(f"reading the corpus under {options.root} for the plan (its headers, and a decode of each kept file)")
+            self._built_manifest = build_from_options(options)
+            frame = self._built_manifest[0]
+
+        def write():
+            from plumbing.atomic import write_json
+
+            if manifest_kept():
+                print(f"kept: {manifest} (same corpus files and settings)")
+                return
+            write_manifest(options, self._built_manifest or build_from_options(options))
+            write_json(record, {"settings": settings})
+
+        by_split = frame["split"].value_counts().to_dict()
+        counts = ", ".join(f"{by_split.get(s, 0):,} {s}" for s in ("train", "val", "test"))
+        patients = frame.groupby(["dataset", "patient_id"]).ngroups
+        steps = [
+            Step(
+                "manifest",
+                f"pretraining manifest of {options.root}",
+                action=write,
+                finished=manifest_kept,
+                counts=f"{frame['dataset'].nunique()} datasets, {patients:,} patients, {len(frame):,} slices "
+                f"({counts})",
+                seconds=0.0,
+                disk=len(frame) * 200,
+            )
+        ]
+        shard_options = self.shard_options()
+        index = Path(shard_options.out) / "index.json"
+        plane_bytes = self._slice_bytes(frame)
+        steps.append(
+            Step(
+                "shards",
+                f"TFRecord shards ({shard_options.encoding})",
+                action=lambda: _run_shards(shard_options),
+                finished=index.is_file,
+                needs=("manifest",),
+                counts=f"{len(frame):,} slices",
+                seconds=len(frame) * 0.01,
+                disk=int(plane_bytes * (0.5 if shard_options.encoding == "png" else 1.0)),
+            )
+        )
+        if "genesis" in self.o.inits:
+            for backbone in self.o.backbones:
+                steps.append(self._pretrain_step(backbone, by_split, measure))
+        return steps
+
+    def _manifest_settings(self, options):
+        from plumbing.fingerprint import files_fingerprint
+        from plumbing.options import reuse_settings
+
+        root = Path(options.root)
+        files = [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
+        table = Path(options.datasets)
+        return {
+            **reuse_settings(options),
+            "datasets_table": table.read_text(),
+            "corpus_files": files_fingerprint(files, root),
+        }
+
+    def _slice_bytes(self, frame):
+        """The bytes of every slice as 16-bit pixels, each dataset's plane read from one of its file headers."""
+        from preprocessing.readers import read_header
+
+        total = 0
+        for _, rows in frame.groupby("dataset"):
+            try:
+                shape = read_header(rows["path"].iloc[0])["shape"]
+                plane = int(shape[-1]) * int(shape[-2])
+            except Exception:  # An estimate only: a CT slice.
+                plane = 512 * 512
+            total += 2 * plane * len(rows)
+        return total
+
+    def _pretrain_step(self, backbone, by_split, measure):
+        from genesis2d.card import ENCODER_FILE
+
+        config = self.pretrain_config(backbone)
+        train, val = by_split.get("train", 0), by_split.get("val", 0)
+        per_epoch = config.steps_per_epoch or max(1, math.ceil(train / config.batch_size))
+        validation = config.validation_steps or max(1, math.ceil(val / config.batch_size))
+        timing = (
+            self.timing("pretraining", backbone, config.image_size, config.batch_size, config.precision)
+            if measure
+            else None
+        )
+        params = _parameters(timing)
+        folder = self.pretrain_dir(backbone)
+        return Step(
+            f"pretrain/{backbone}",
+            f"Models Genesis pretraining, {backbone} U-Net at {config.image_size} px, batch {config.batch_size}",
+            action=lambda: _run_pretraining(self.pretrain_config(backbone)),
+            finished=lambda: (folder / ENCODER_FILE).is_file() and not _pretraining_unfinished(folder),
+            needs=("shards",),
+            counts=f"{train:,} training and {val:,} validation slices; at most {config.epochs} epochs of "
+            f"{per_epoch:,} steps (early stopping may end it sooner)",
+            train_steps=config.epochs * per_epoch,
+            setups=1,
+            predict_batches=config.epochs * validation,
+            timing=timing,
+            disk=params * 4 * 4,
+        )
+
+    def _patches_step(self):
+        from luna16.data import read_candidates
+
+        options = self.patch_options()
+        candidates = read_candidates(self.o.luna16)
+        positives = int(candidates["class"].sum())
+        views = 3
+        stored = (len(candidates) + positives * (options.positive_copies - 1)) * views
+        return Step(
+            "luna16/patches",
+            f"LUNA16 candidate patches ({options.patch_size} px, method {options.method})",
+            action=lambda: _run_patches(options),
+            finished=lambda: _patches_finished(Path(options.out)),
+            counts=f"{candidates['seriesuid'].nunique():,} scans, {len(candidates):,} candidates "
+            f"({positives:,} positive)",
+            seconds=candidates["seriesuid"].nunique() * 2.0,
+            disk=stored * options.patch_size**2 * 2,
+        )
+
+    def _cell_step(self, task, backbone, init, measure):
+        from transfer.schedules import schedule_row
+
+        options = self.cell_options(task, backbone, init)
+        module = _task_module(task)
+        row, _ = schedule_row(module.THESIS_SCHEDULES, backbone, init)
+        value = {
+            name: getattr(options, name) if getattr(options, name) is not None else getattr(row, name)
+            for name in ("epochs", "warmup_epochs", "batch_size")
+        }
+        epochs = value["epochs"] + value["warmup_epochs"]
+        batch = value["batch_size"]
+        if task == "luna16":
+            size = options.image_size or options.patch_size
+            train, test, description = self._luna16_counts(options)
+            units = len(options.folds)
+        else:
+            size = options.image_size
+            train, test, description = self._mura_counts(options)
+            units = options.repeats
+        per_epoch = options.steps_per_epoch or max(1, math.ceil(train / batch))
+        timing = self.timing("fine-tuning", backbone, size, batch, options.precision) if measure else None
+        folder = cell_folder(self.out, task, backbone, init)
+        needs = ((f"pretrain/{backbone}",) if init == "genesis" else ()) + (
+            ("luna16/patches",) if task == "luna16" else ()
+        )
+        return Step(
+            cell_key(task, backbone, init),
+            f"{TITLES[task]} {backbone}, init {init}",
+            action=lambda: self.run_cell(task, backbone, init),
+            finished=lambda: cell_finished(folder),
+            needs=needs,
+            counts=f"{description}; {units} x {epochs} epochs of {per_epoch:,} steps at {size} px, batch {batch}",
+            train_steps=units * epochs * per_epoch,
+            setups=units * (2 if value["warmup_epochs"] else 1),
+            predict_batches=units * math.ceil(test * epochs / 256),
+            timing=timing,
+            disk=units * _parameters(timing) * 4 * 2,
+        )
+
+    def _luna16_counts(self, options):
+        from luna16.data import read_candidates
+
+        candidates = read_candidates(self.o.luna16)
+        subset_of = _subset_of_scans(self.o.luna16)
+        candidates = candidates.assign(subset=candidates["seriesuid"].map(subset_of))
+        per_fold = []
+        for fold in options.folds:
+            test = candidates["subset"].isin([2 * fold - 2, 2 * fold - 1])
+            train = candidates[~test]
+            positives = int(train["class"].sum())
+            kept = positives * options.positive_copies + round((len(train) - positives) * options.negative_fraction)
+            per_fold.append((kept * 3 * (1 - options.validation_fraction), int(test.sum()) * 3))
+        train = max(t for t, _ in per_fold)
+        test = max(t for _, t in per_fold)
+        return train, test, f"{len(candidates):,} candidates; per fold up to {int(train):,} training patches"
+
+    def _mura_counts(self, options):
+        from mura.data import read_split
+
+        train = read_split(self.o.mura, "train", options.body_part, verify=False)
+        valid = read_split(self.o.mura, "valid", options.body_part, verify=False)
+        epoch = options.epoch_size
+        text = (
+            f"{len(train):,} training images ({train['patient'].nunique():,} patients), {len(valid):,} valid images "
+            f"({valid['study'].nunique():,} studies)"
+        )
+        return epoch, len(valid), text
+
+    # ---- running ----
+
+    def run_cell(self, task, backbone, init):
+        module = _task_module(task)
+        options = module.resolve_options(self.cell_options(task, backbone, init))
+        module.run(options)
+        if task == "luna16":
+            self.luna16_froc(cell_folder(self.out, task, backbone, init))
+
+    def luna16_froc(self, folder):
+        """The official LUNA16 FROC and CPM of the cell's test predictions (all folds), beside its AUC."""
+        import json
+
+        from luna16.froc import evaluate, layout_seriesuids, read_findings, read_predictions
+        from plumbing.atomic import write_json
+        from plumbing.fingerprint import file_sha256
+
+        root = Path(self.o.luna16)
+        annotations_path = root / "annotations.csv"
+        excluded_path = root / "annotations_excluded.csv"
+        inputs = [folder / "predictions.csv", annotations_path] + ([excluded_path] if excluded_path.is_file() else [])
+        settings = {path.name: file_sha256(path) for path in inputs}
+        record = folder / "froc.json"
+        if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
+            return  # Made from these same predictions and annotations: kept.
+        predictions = read_predictions(folder / "predictions.csv")
+        annotations = read_findings(annotations_path, "annotations")
+        excluded = read_findings(excluded_path, "excluded findings") if excluded_path.is_file() else None
+        scans = [uid for uid in layout_seriesuids(annotations_path) if uid in set(predictions["seriesuid"])]
+        result = evaluate(predictions, annotations, excluded, scans, iterations=200, seed=self.o.seed)
+        write_json(folder / "froc.json", {"settings": settings, **{k: v for k, v in result.items() if k != "curve"}})
+        print(f"{folder.name}: CPM {result['cpm']:.4f} over {result['scans']} scans, {result['nodules']} nodules")
+
+    def report(self):
+        from plumbing.lock import output_lock
+        from study.report import build_report
+
+        cells = self._cell_keys()
+        present = [c for c in cells if cell_finished(cell_folder(self.out, *c.split("/")))]
+        missing = [c for c in cells if c not in present]
+        asked = any(fnmatch.fnmatchcase("report", p) for p in self.o.cells) or not (self.o.cells or self.array)
+        if missing and not asked or not present:
+            print(
+                f"report: {len(missing)} of {len(cells)} cells not finished yet ({', '.join(missing)}); it is built "
+                "by the run that finishes the last one, or by `--cells report`"
+            )
+            return None
+        note = f"**Protocol: {self.o.protocol}** ({self.protocol_text}). Cells: {len(present)} of {len(cells)}" + (
+            f"; missing: {', '.join(missing)}." if missing else "."
+        )
+        folder = self.out / "report"
+        with output_lock(folder):
+            table = build_report(
+                [cell_folder(self.out, *c.split("/")) for c in present],
+                folder,
+                self.o.bootstrap,
+                self.o.seed,
+                note=note,
+                interval=self.o.interval,
+            )
+            _append_cpm(folder / "report.md", [(c, cell_folder(self.out, *c.split("/"))) for c in present])
+        print(note)
+        print(f"report: {folder / 'report.md'}")
+        return table
+
+    def _cell_keys(self):
+        return [cell_key(t, b, i) for t in self.tasks for b in self.o.backbones for i in self.o.inits]
+
+
+def _task_module(task):
+    if task == "luna16":
+        from luna16 import experiment
+    else:
+        from mura import experiment
+    return experiment
+
+
+def _parameters(timing):
+    return 0 if timing is None else timing.parameters
+
+
+def _subset_of_scans(root):
+    from luna16.data import scans_by_subset
+
+    return {uid: int(subset) for subset, scans in scans_by_subset(root).items() for uid in scans}
+
+
+def _pretraining_unfinished(folder):
+    from genesis2d.pretrain import unfinished
+
+    return unfinished(folder)
+
+
+def _patches_finished(folder):
+    return all((folder / f"subset{k}" / "done.json").is_file() for k in range(10))
+
+
+def cell_finished(folder):
+    """Whether a cell's results contract is complete (what the report reads)."""
+    return (Path(folder) / "metrics.json").is_file() and (Path(folder) / "test_scores.csv").is_file()
+
+
+def _run_shards(options):
+    from preprocessing import shards
+
+    shards.run(options)
+
+
+def _run_pretraining(config):
+    from genesis2d import pretrain
+
+    pretrain.run(config)
+
+
+def _run_patches(options):
+    from luna16 import data
+
+    data.run(options)
+
+
+def _append_cpm(report, cells):
+    import json
+
+    lines = []
+    for key, folder in cells:
+        path = folder / "froc.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            low, high = result["cpm_ci95"]
+            lines.append(
+                f"| {key} | {result['cpm']:.3f} [{low:.3f}, {high:.3f}] | {result['scans']} | {result['nodules']} |"
+            )
+    if not lines:
+        return
+    from plumbing.atomic import write_text
+
+    text = report.read_text() + "\n".join(
+        [
+            "",
+            "## LUNA16 FROC (the official CPM, beyond the thesis's AUC)",
+            "",
+            "The mean sensitivity at 1/8 to 8 false positives per scan (`luna16/froc.py`, the rules of the LUNA16 "
+            "evaluation script), over the test folds' scans, with a 95% bootstrap interval over scans.",
+            "",
+            "| cell | CPM [95% interval] | scans | nodules |",
+            "| --- | --- | --- | --- |",
+            *lines,
+            "",
+        ]
+    )
+    write_text(report, text)
+
+
+def selected_steps(steps, patterns, array=None):
+    """The steps to run: those the patterns select (all without patterns), this array task's share of the cells,
+    then their unfinished prerequisites before them, in plan order.
+
+    `array`: (index, count) of a job array: the selected cells, in plan order, are dealt out round-robin.
+    """
+    from plumbing.errors import UsageError
+
+    by_key = {s.key: s for s in steps}
+    if patterns:
+        chosen = [s for s in steps if any(fnmatch.fnmatchcase(s.key, p) for p in patterns)]
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(s.key, p) for s in steps)]
+        if unmatched:
+            raise UsageError("--cells", f"{', '.join(unmatched)} matches no step; the steps: {', '.join(by_key)}")
+    else:
+        chosen = list(steps)
+    if array is not None:
+        index, count = array
+        cells = [s for s in chosen if s.key.count("/") == 2]
+        mine = {s.key for s in cells[index::count]}
+        chosen = [s for s in chosen if s.key.count("/") != 2 or s.key in mine]
+    keys = {s.key for s in chosen} | {"report"}  # Built once every cell is present; until then it names the missing.
+    pending = list(chosen)
+    while pending:
+        step = pending.pop()
+        for need in step.needs:
+            if need not in keys and not by_key[need].finished():
+                keys.add(need)
+                pending.append(by_key[need])
+    return [s for s in steps if s.key in keys]
+
+
+def slurm_array():
+    """(index, count) of this Slurm array task, or None outside a job array."""
+    if "SLURM_ARRAY_TASK_ID" not in os.environ:
+        return None
+    index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    return index, count
+
+
+def print_plan(steps, chosen, out):
+    keys = {s.key for s in chosen}
+    print(f"\nthe plan ({len(chosen)} of {len(steps)} steps run here; projected times from the steps measured above):")
+    for number, step in enumerate(steps, 1):
+        mark = " " if step.key in keys else "-"
+        finished = step.finished is not None and step.finished()
+        measured = step.timing is not None or not (step.train_steps or step.predict_batches)
+        state = "finished, kept" if finished else _hours(step.projected()) if measured else "not measured"
+        timing = step.timing
+        speed = f"; {timing.train_seconds:.3g} s/step ({timing.device}, {timing.precision})" if timing else ""
+        print(f"{mark}{number:>3}. {step.key:<28} {state:>14}  disk {_size(step.disk):>10}  {step.title}")
+        if step.counts:
+            print(f"       {step.counts}{speed}")
+    todo = [s for s in chosen if not (s.finished is not None and s.finished())]
+    total = sum(s.projected() for s in todo)
+    disk = sum(s.disk for s in todo)
+    free = shutil.disk_usage(_existing_parent(out)).free
+    print(
+        f"\nprojected: {_hours(total)} for the {len(todo)} steps left here; disk: {_size(disk)} to write, "
+        f"{_size(free)} free under {_existing_parent(out)}"
+    )
+    if disk > free:
+        print(f"warning: the steps would write {_size(disk)} but only {_size(free)} is free", file=sys.stderr)
+    return total, disk, free
+
+
+def _existing_parent(path):
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def run(options):
+    """Checks the roots, prints the plan, and (unless `plan_only`) runs the chosen steps; returns the steps run."""
+    started = time.time()
+    experiment = Experiment(options)
+    print(f"protocol {options.protocol}: {experiment.protocol_text}")
+    experiment.check_roots()
+    steps = experiment.steps(measure=options.measure_steps > 0)
+    chosen = selected_steps(steps, options.cells, experiment.array)
+    print_plan(steps, chosen, experiment.out)
+    if options.plan_only:
+        return []
+    for number, step in enumerate(chosen, 1):
+        projected = sum(s.projected() for s in chosen[number - 1 :])
+        print(
+            f"\n=== [{number}/{len(chosen)}] {step.key}: {step.title} (elapsed {_hours(time.time() - started)}, "
+            f"projected left {_hours(projected)}) ===",
+            flush=True,
+        )
+        began = time.time()
+        step.action()
+        record_step(experiment.out, step, time.time() - began)
+    print(f"\nfinished {len(chosen)} steps in {_hours(time.time() - started)}")
+    return chosen
+
+
+def record_step(out, step, seconds):
+    """Writes a step's projected and actual seconds to `out/steps/<step>.json` (what the projections missed), one
+    file per step, so that processes sharing `out` never overwrite each other's."""
+    from plumbing.atomic import write_json
+
+    timing = step.timing
+    record = {
+        "step": step.key,
+        "projected_seconds": round(step.projected(), 3),
+        "seconds": round(seconds, 3),
+        "train_steps": step.train_steps,
+        "measured_seconds_per_step": None if timing is None else timing.train_seconds,
+        "measured_peak_rss_gb": None if timing is None else timing.peak_rss_gb,
+        "device": None if timing is None else timing.device,
+    }
+    write_json(Path(out) / "steps" / f"{step.key.replace('/', '_')}.json", record)

@@ -1,0 +1,226 @@
+"""The thesis's experiment on the user's folders (`python -m study --corpus --luna16 --mura`): the plan, the checks
+before any work, the cells split over processes and merged, and the 12 cells of thesis Fig. 5.1 with its values."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from study.experiment import Step, selected_steps, slurm_array
+
+TINY = {
+    "manifest": {"fractions": [0.6, 0.2, 0.2]},  # 4 demo patients per dataset: val and test not empty.
+    "pretrain": {
+        "crop_size": 64,
+        "image_size": 32,
+        "batch_size": 4,
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "validation_steps": 1,
+        "shuffle_buffer": 16,
+        "warmup_steps": 0,
+        "lr": 0.1,
+        "samples": 1,
+    },
+    "luna16": {
+        "patch_size": 32,
+        "positive_copies": 2,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "steps_per_epoch": 2,
+        "batch_size": 8,
+        "gallery": 0,
+    },
+    "mura": {"image_size": 32, "epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 2, "batch_size": 8, "gallery": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """The demo trees laid out as a user's folders, a settings file at tiny sizes, and stand-in ImageNet files."""
+    from conftest import write_imagenet_standin
+
+    from study.demo_data import write_all
+
+    base = tmp_path_factory.mktemp("roots")
+    write_all(base / "data")
+    home = base / "keras"
+    for backbone in ("resnet50", "vgg16"):
+        write_imagenet_standin(home / "models", backbone, recognisable=False)
+    settings = {
+        "roots": {
+            "corpus": str(base / "data" / "pretrain"),
+            "datasets": str(base / "data" / "pretrain" / "datasets.yaml"),
+            "luna16": str(base / "data" / "LUNA16"),
+            "mura": str(base / "data" / "MURA-v1.1"),
+        },
+        **TINY,
+    }
+    (base / "tiny.yaml").write_text(yaml.safe_dump(settings))
+    return base
+
+
+def study(roots, out, *extra, measure=0):
+    """`python -m study` on the roots at tiny sizes, one LUNA16 fold and one MURA run per cell."""
+    from study.demo import main
+
+    argv = ["--settings", str(roots / "tiny.yaml"), "--out", str(out), "--measure-steps", str(measure)]
+    return main([*argv, "--folds", "1", "--repeats", "1", *extra])
+
+
+@pytest.fixture
+def keras_home(roots, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(roots / "keras"))
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_plan_prints_the_datas_counts_measured_times_and_disk_and_writes_nothing(roots, keras_home, tmp_path, capsys):
+    out = tmp_path / "experiment"
+    study(roots, out, "--plan", measure=1)
+    text = capsys.readouterr().out
+    assert not out.exists()  # Nothing written before the work starts.
+    data = roots / "data"
+    candidates = pd.read_csv(data / "LUNA16" / "candidates_V2.csv")
+    assert f"{candidates['seriesuid'].nunique():,} scans, {len(candidates):,} candidates" in text
+    assert f"({int(candidates['class'].sum()):,} positive)" in text
+    listing = pd.read_csv(data / "MURA-v1.1" / "valid_image_paths.csv", header=None)[0]
+    shoulder = listing[listing.str.contains("XR_SHOULDER")]
+    assert f"{len(shoulder):,} valid images" in text
+    train = pd.read_csv(data / "MURA-v1.1" / "train_image_paths.csv", header=None)[0]
+    assert f"{train.str.contains('XR_SHOULDER').sum():,} training images" in text
+    for step in ("manifest", "shards", "pretrain/resnet50", "pretrain/vgg16", "luna16/patches", "report"):
+        assert re.search(rf"^ +\d+\. {re.escape(step)} ", text, re.M), step
+    cells = re.findall(r"^ +\d+\. ((?:luna16|mura)/\w+/\w+) ", text, re.M)
+    assert len(cells) == 12
+    assert len(re.findall(r"\d s/step \(CPU, float32\)", text)) == 2 + 12
+    assert re.search(r"projected: [\d.]+ (min|h) for the 18 steps left here; disk: [\d.]+ [MG]iB to write, ", text)
+    assert "free under" in text
+    slices = re.search(r"(\d+) datasets, (\d+) patients, ([\d,]+) slices", text)
+    table = yaml.safe_load((data / "pretrain" / "datasets.yaml").read_text())["datasets"]
+    assert int(slices.group(1)) == len(table)
+
+
+def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp_path, capsys):
+    luna = tmp_path / "LUNA16"
+    shutil.copytree(roots / "data" / "LUNA16", luna, symlinks=True)
+    (luna / "annotations.csv").unlink()
+    settings = yaml.safe_load((roots / "tiny.yaml").read_text())
+    settings["roots"]["luna16"] = str(luna)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    from study.demo import main
+
+    out = tmp_path / "experiment"
+    with pytest.raises(SystemExit) as stop:
+        main(["--settings", str(tmp_path / "s.yaml"), "--out", str(out)])
+    assert stop.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "annotations.csv: is missing" in error[0], error
+    assert not out.exists()
+
+
+def test_a_missing_imagenet_file_and_a_stage_setting_the_study_owns_stop_in_one_line(
+    roots, tmp_path, monkeypatch, capsys
+):
+    from study.demo import main
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit):
+        main(["--settings", str(roots / "tiny.yaml"), "--out", str(tmp_path / "a")])
+    assert "resnet50_imagenet_1000_no_top.h5: is missing" in capsys.readouterr().err
+    settings = yaml.safe_load((roots / "tiny.yaml").read_text())
+    settings["luna16"]["selection"] = "last"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(SystemExit):
+        main(["--settings", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "b"), "--inits", "scratch"])
+    assert "section luna16 sets selection, which the study sets itself" in capsys.readouterr().err
+
+
+def _steps(finished=()):
+    keys = ["manifest", "shards", "pretrain/resnet50", "luna16/patches"]
+    keys += [f"{t}/resnet50/{i}" for t in ("luna16", "mura") for i in ("scratch", "genesis")]
+    needs = {"shards": ("manifest",), "pretrain/resnet50": ("shards",)}
+    for key in keys:
+        if "/resnet50/" in key:
+            needs[key] = (("pretrain/resnet50",) if key.endswith("genesis") else ()) + (
+                ("luna16/patches",) if key.startswith("luna16") else ()
+            )
+    return [Step(k, k, needs=needs.get(k, ()), finished=lambda k=k: k in finished) for k in [*keys, "report"]]
+
+
+def test_cells_select_by_pattern_pull_unfinished_prerequisites_and_split_over_an_array():
+    keys = [s.key for s in selected_steps(_steps(), ["mura/*/genesis"])]
+    assert keys == ["manifest", "shards", "pretrain/resnet50", "mura/resnet50/genesis", "report"]
+    done = ("manifest", "shards", "pretrain/resnet50", "luna16/patches")
+    assert [s.key for s in selected_steps(_steps(done), ["mura/*/genesis"])] == ["mura/resnet50/genesis", "report"]
+    shares = [[s.key for s in selected_steps(_steps(done), [], (k, 3))] for k in range(3)]
+    cells = [key for share in shares for key in share if key.count("/") == 2]
+    assert sorted(cells) == sorted(k for k in (s.key for s in _steps()) if k.count("/") == 2)  # Each cell once.
+    assert all(share[-1] == "report" for share in shares)
+    with pytest.raises(Exception, match="luna17/\\*"):
+        selected_steps(_steps(), ["luna17/*"])
+
+
+def test_slurm_array_index_counts_from_the_arrays_first_id(monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert slurm_array() == (2, 4)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    assert slurm_array() is None
+
+
+def _mtimes(out):
+    """What the steps made: the manifest, shards, encoders, patches, each unit's weights and scores, the CPMs."""
+    kept = [out / "corpus" / "manifest.csv", *out.glob("corpus/shards/*.tfrecord"), *out.glob("pretrain/*/encoder.h5")]
+    kept += [*out.glob("luna16_patches/subset*/patches.npy"), *out.glob("cells/*/froc.json")]
+    kept += [*out.glob("cells/*/*/best.weights.h5"), *out.glob("cells/*/*/unit_scores.csv")]
+    return {str(p): p.stat().st_mtime_ns for p in kept}
+
+
+def test_the_thesis_protocol_fills_all_12_cells_split_over_processes_and_a_rerun_keeps_every_step(
+    roots, keras_home, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "experiment"
+    study(roots, out, "--protocol", "thesis", "--cells", "luna16/*/*")  # One machine's share, prerequisites pulled.
+    first = capsys.readouterr().out
+    assert "report: 6 of 12 cells not finished yet" in first
+    assert not (out / "report" / "report.md").exists()
+    for index in (0, 1):  # A two-task Slurm array over every cell: the luna16 ones kept, the mura ones dealt out.
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(index))
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+        study(roots, out, "--protocol", "thesis")
+        text = capsys.readouterr().out
+        assert ("report: " in text) and ((out / "report" / "report.md").exists() == (index == 1)), text[-2000:]
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    results = pd.read_csv(out / "report" / "results.csv")
+    thesis = yaml.safe_load(Path("study/thesis_results.yaml").read_text())["cells"]
+    report = (out / "report" / "report.md").read_text()
+    assert "**Protocol: thesis**" in report and "Cells: 12 of 12." in report
+    filled = 0
+    for cell in thesis:
+        if cell["task"] == "mura" and cell.get("body_parts") not in (None, ["XR_SHOULDER"]):
+            continue
+        rows = results[(results["dataset"] == cell["task"]) & (results["backbone"] == cell["backbone"])]
+        rows = rows[(rows["metric"] == "auc") & (rows["level"] == cell["level"])]
+        assert len(rows) == 1, (cell, results[["dataset", "backbone", "level", "metric"]])
+        row = rows.iloc[0]
+        assert 0 <= row[cell["init"]] <= 1  # Our value ...
+        assert row[f"thesis_{cell['init']}"] == pytest.approx(cell["auc"])  # ... beside the thesis's.
+        filled += 1
+    assert filled == 12
+    luna_patch = results[
+        (results["dataset"] == "luna16") & (results["level"] == "patch") & (results["metric"] == "auc")
+    ]
+    assert luna_patch["thesis"].str.contains("read as one patch per candidate").all()
+    assert report.count("| luna16/") == 6  # The CPM of every LUNA16 cell.
+    before = _mtimes(out)
+    assert len(before) > 12 * 2 + 6
+    study(roots, out, "--protocol", "thesis")  # Run again: every step kept, nothing trained or written again.
+    again = capsys.readouterr().out
+    assert _mtimes(out) == before
+    assert again.count("done earlier with these settings and data, kept (") == 12  # Every fold and run of 12 cells.
+    assert "Epoch" not in again
