@@ -107,6 +107,72 @@ def test_images_are_gray_padded_resized_in_range(demo_dir):
     assert augmented.shape == (8, 48, 48, 1)
 
 
+def _demo_pngs(root):
+    """Every image of a written demo tree, in [0, 1] and gray, by its path relative to `root`."""
+    import cv2
+
+    images = {}
+    for path in sorted((root / "MURA-v1.1").rglob("*.png")):
+        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        images[str(path.relative_to(root))] = (pixels if pixels.ndim == 2 else pixels[..., 0]) / 255.0
+    return images
+
+
+def test_lesion_contrast_is_what_the_pngs_show(tmp_path):
+    """Same seed, three contrasts: normals identical; each lesion's measured strength follows the contrast."""
+    from mura.demo import write_mura
+
+    trees = {}
+    for contrast in (0.0, 0.2, 0.4):
+        write_mura(tmp_path / str(contrast), np.random.default_rng(7), patients=(3, 2), lesion_contrast=contrast)
+        trees[contrast] = _demo_pngs(tmp_path / str(contrast))
+    assert trees[0.0].keys() == trees[0.2].keys() == trees[0.4].keys()
+    strengths = {0.2: [], 0.4: []}
+    for path, clean in trees[0.0].items():
+        if "_negative/" in path:
+            assert all(np.array_equal(clean, trees[c][path]) for c in strengths), path
+            continue
+        for contrast in strengths:
+            change = trees[contrast][path] - clean
+            lump = (change > 1.5 / 255) & (clean < 0.5)  # Brightened soft tissue: the full lesion there is 1.0.
+            assert lump.sum() > 20 and (change < -1.5 / 255).any(), path  # A lump and a darker line.
+            strengths[contrast].append(np.median(change[lump] / (1 - clean[lump])))
+    low, high = np.array(strengths[0.2]), np.array(strengths[0.4])
+    assert len(low) >= 4
+    np.testing.assert_allclose(high, 2 * low, atol=0.02)  # The same lesions, twice as strong.
+    for contrast, measured in strengths.items():  # Drawn from [c / 2, 3c / 2], median c.
+        assert contrast / 2 - 0.02 <= min(measured) and max(measured) <= 1.5 * contrast + 0.02
+        assert abs(np.mean(measured) - contrast) < 0.25 * contrast
+
+
+def test_a_demo_tree_of_another_contrast_or_generator_is_rewritten(tmp_path):
+    from mura.demo import LESION_CONTRAST, ensure_demo
+
+    marker = tmp_path / ".complete-MURA-v1.1"
+    ensure_demo(tmp_path, lesion_contrast=0.3)
+    faint = _demo_pngs(tmp_path)
+    assert "lesion_contrast=0.3 " in marker.read_text()
+    ensure_demo(tmp_path, lesion_contrast=0.6)
+    plain = _demo_pngs(tmp_path)
+    assert "lesion_contrast=0.6 " in marker.read_text() and faint.keys() == plain.keys()
+    changed = [path for path in faint if not np.array_equal(faint[path], plain[path])]
+    assert changed and all("_positive/" in path for path in changed)
+    written = marker.stat().st_mtime_ns
+    ensure_demo(tmp_path, lesion_contrast=0.6)  # Complete and the same: kept.
+    assert marker.stat().st_mtime_ns == written
+    marker.write_text("version=5 seed=0\n")  # What the generator before the contrast parameter wrote.
+    ensure_demo(tmp_path)
+    assert f"lesion_contrast={LESION_CONTRAST!r} " in marker.read_text()
+
+
+@pytest.mark.parametrize("contrast", [-0.1, 1.5])
+def test_a_lesion_contrast_outside_0_1_is_refused(contrast):
+    from mura.demo import add_lesion
+
+    with pytest.raises(ValueError, match=f"Received: contrast={contrast}"):
+        add_lesion(np.zeros((8, 8), np.float32), np.random.default_rng(0), contrast)
+
+
 @pytest.mark.parametrize("init", ["scratch", "genesis", "imagenet"])
 def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path):
     from mura.experiment import parse_args, run
