@@ -123,3 +123,33 @@ def test_pretraining_defaults_benchmark_prints_its_table(tmp_path):
 
     found = json.loads((tmp_path / "found.json").read_text())["resnet18"]
     assert found["config"]["lr"] == 1.0 and found["config"]["warmup_steps"] == 32 and len(found["intervals"]) == 2
+
+
+def test_the_rehearsal_measures_each_model_at_its_size_and_batch_in_its_own_process(tmp_path):
+    """Part 1 of benchmarks/thesis_rehearsal.py at 32 px: the sizes and batches it prints are the thesis's
+    schedule tables' (part 2, the experiment itself, is what tests/test_experiment.py runs)."""
+    import json
+
+    from transfer.schedules import schedule_row
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "thesis_rehearsal.py"), "--size", "tiny", "--steps", "1"]
+        + ["--skip-run", "--json", str(tmp_path / "found.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((tmp_path / "found.json").read_text())["measured"]
+    assert [row["stage"] for row in found] == ["pretraining", "luna16", "mura"]
+    from luna16.experiment import THESIS_SCHEDULES as LUNA16
+    from mura.experiment import THESIS_SCHEDULES as MURA
+
+    expected = [4, schedule_row(LUNA16, "resnet50", "scratch")[0].batch_size]
+    expected += [schedule_row(MURA, "resnet50", "scratch")[0].batch_size]
+    assert [row["batch_size"] for row in found] == expected == [4, 32, 16]  # Thesis 4.2.3 and Fig. 4.33.
+    for row in found:
+        assert row["train_seconds"] > 0 and row["predict_seconds"] > 0 and row["peak_rss_gb"] > 0.1
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {row['stage']}: "))
+        images = float(line.split("|")[6])
+        assert abs(images - row["batch_size"] / row["train_seconds"]) < 0.051 + 1e-3 * images
