@@ -155,3 +155,18 @@ def test_the_report_names_the_cpu_of_its_runs(tmp_path):
     assert cpu_line([tmp_path / "a", tmp_path / "old"]) == (
         "CPUs of the runs (their run.json): Test CPU (avx, avx2), TF_ENABLE_ONEDNN_OPTS=unset (a); not recorded (old)."
     )
+
+
+def test_a_difference_from_another_cpu_says_so(table, tmp_path, capsys):
+    header, row = CHECK._cells(table[0]), CHECK._cells(table[2])
+    changed = row.copy()
+    changed[header.index("scratch")] = "0.5"
+    readme = _write_readme(tmp_path / "README.md", [*table, "", f"{CHECK.CPU_PREFIX}Other CPU (avx512f), x=unset."])
+    for cpu_text, noted in (("Other CPU (avx512f), x=unset.", False), ("Some CPU (avx2), x=0.", True)):
+        report = _write_report(tmp_path / "report.md", [*table[:2], "| " + " | ".join(changed) + " |", *table[3:]])
+        report.write_text(report.read_text().replace("Some CPU (avx2), TF_ENABLE_ONEDNN_OPTS=0.", cpu_text))
+        assert CHECK.main(["--readme", str(readme), str(report)]) == 1
+        out = capsys.readouterr().out
+        assert ("note: the README's table was made on Other CPU (avx512f), x=unset, these runs on Some CPU" in out) == (
+            noted
+        ), out

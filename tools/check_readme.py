@@ -89,6 +89,27 @@ def report_table(path):
     return results_table(Path(path).read_text().splitlines(), path)
 
 
+CPU_PREFIX = "CPU of the runs (their run.json): "  # The line study/report.py writes, and the README repeats.
+
+
+def cpu_of(lines):
+    """What a CPU line among `lines` says (model, vector sets, oneDNN setting), or None."""
+    return next((line.strip()[len(CPU_PREFIX) :] for line in lines if line.strip().startswith(CPU_PREFIX)), None)
+
+
+def cpu_note(readme_path, report_path):
+    """A line saying the two tables come from different CPUs (whose kernels round differently), or None."""
+    theirs = cpu_of(_section(Path(readme_path).read_text().splitlines(), SECTION) or [])
+    ours = cpu_of(Path(report_path).read_text().splitlines())
+    if theirs and ours and theirs != ours:
+        return (
+            f"note: the README's table was made on {theirs.rstrip('.')}, these runs on {ours.rstrip('.')}; "
+            "another CPU's kernels round in another order, and the demo's short trainings carry that into the "
+            "digits (README, 'The demo study')"
+        )
+    return None
+
+
 def estimate_gap(readme_cell, report_cell):
     """The report's first number (the cell's estimate) minus the README's, as text at the cells' precision.
 
@@ -138,6 +159,9 @@ def run(args):
     for line in found:
         print(line)
     if found:
+        note = cpu_note(args.readme, args.report)
+        if note:
+            print(note)
         print(f"README demo table differs from {args.report} in {len(found)} place(s)")
         return 1
     print(f"README demo table matches {args.report}")
