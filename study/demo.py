@@ -209,8 +209,18 @@ def run(args):
         return experiment.run(experiment_options(args))
     from plumbing.errors import UsageError
 
-    if args.plan or args.cells:
-        raise UsageError("--plan/--cells", "apply to your data (--corpus, --luna16, --mura); the demo runs whole")
+    given = {
+        "--plan": args.plan,
+        "--cells": args.cells,
+        "--inits": args.inits != list(THESIS_INITS),
+        "--protocol": args.protocol != "held-out",
+        "--datasets": args.datasets,
+        "--settings": args.settings,
+        "--measure-steps": args.measure_steps != 3,
+    }
+    if any(given.values()):
+        flags = "/".join(flag for flag, value in given.items() if value)
+        raise UsageError(flags, "applies to your data (--corpus, --luna16, --mura, or a roots section of --settings)")
     backbones = args.backbone or ["resnet18"]
     if len(backbones) > 1:
         raise UsageError("--backbone", f"the demo takes one backbone. Received: {' '.join(backbones)}")

@@ -48,9 +48,9 @@ PROTOCOLS = {
 # What the study sets itself in each stage's options; a --settings section that names one is refused.
 IMPOSED = {
     "manifest": ("root", "datasets", "out", "seed"),
-    "shards": ("manifest", "out", "seed"),
+    "shards": ("manifest", "out", "seed", "overwrite"),
     "pretrain": ("manifest", "shards", "backbone", "out", "seed", "resume", "overwrite"),
-    "luna16": ("data", "backbone", "init", "encoder", "out", "patches", "selection", "seed", "overwrite"),
+    "luna16": ("data", "backbone", "init", "encoder", "out", "patches", "selection", "folds", "seed", "overwrite"),
     "mura": ("data", "backbone", "init", "encoder", "out", "selection", "repeats", "seed", "overwrite"),
 }
 GIB = 2**30
@@ -167,7 +167,7 @@ class Experiment:
             raise UsageError(
                 self.o.settings_file,
                 f"section {name} sets {', '.join(clash)}, which the study sets itself (roots, --protocol, "
-                "--repeats, --seed, --overwrite, --out)",
+                "--folds, --repeats, --seed, --overwrite, --out)",
             )
         return values
 
@@ -201,6 +201,7 @@ class Experiment:
             manifest=str(self.out / "corpus" / "manifest.csv"),
             out=str(self.out / "corpus" / "shards"),
             seed=self.o.seed,
+            overwrite=self.o.overwrite,
         )
 
     def pretrain_dir(self, backbone):
@@ -288,18 +289,26 @@ class Experiment:
 
             root = Path(self.o.luna16)
             read_candidates(root)
-            scans_by_subset(root)
+            scans_by_subset(root, self.cell_options("luna16", self.o.backbones[0], "scratch").allow_outside_root)
             if not (candidates_path(root).parent / "annotations.csv").is_file():
                 raise InputError(
                     candidates_path(root).parent / "annotations.csv",
                     "is missing: the LUNA16 FROC and CPM of every cell need the nodule annotations as distributed",
                 )
         if "mura" in self.tasks:
-            from mura.data import read_split
+            from mura.data import body_parts_of, read_split
 
-            parts = self.cell_options("mura", self.o.backbones[0], "scratch").body_part
+            options = self.cell_options("mura", self.o.backbones[0], "scratch")
             for split in ("train", "valid"):
-                read_split(self.o.mura, split, parts, verify=False)
+                read_split(self.o.mura, split, body_parts_of(options.body_part), False, options.allow_outside_root)
+        for task in self.tasks:
+            options = self.cell_options(task, self.o.backbones[0], "scratch")
+            if self.selection == "held-out" and options.validation_fraction == 0:
+                raise UsageError(
+                    self.o.settings_file,
+                    f"section {task} sets validation_fraction 0, which holds nothing out: use --protocol thesis, or a "
+                    "fraction above 0 with --protocol held-out",
+                )
         if "imagenet" in self.o.inits:
             from genesis2d.backbones import BACKBONES
 
@@ -502,11 +511,11 @@ class Experiment:
         batch = value["batch_size"]
         if task == "luna16":
             size = options.image_size or options.patch_size
-            train, test, description = self._luna16_counts(options)
+            train, evaluated, test, description = self._luna16_counts(options)
             units = len(options.folds)
         else:
             size = options.image_size
-            train, test, description = self._mura_counts(options)
+            train, evaluated, test, description = self._mura_counts(options)
             units = options.repeats
         per_epoch = options.steps_per_epoch or max(1, math.ceil(train / batch))
         timing = self.timing("fine-tuning", backbone, size, batch, options.precision) if measure else None
@@ -523,39 +532,50 @@ class Experiment:
             counts=f"{description}; {units} x {epochs} epochs of {per_epoch:,} steps at {size} px, batch {batch}",
             train_steps=units * epochs * per_epoch,
             setups=units * (2 if value["warmup_epochs"] else 1),
-            predict_batches=units * math.ceil(test * epochs / 256),
+            # Predicted at the training batch (as measured): every epoch's selection data, then the test data once.
+            predict_batches=units * math.ceil((evaluated * epochs + test) / batch),
             timing=timing,
             disk=units * _parameters(timing) * 4 * 2,
         )
 
     def _luna16_counts(self, options):
+        """(training patches per epoch, patches predicted per epoch to choose the epoch, test patches, text) of the
+        largest fold: 3 views per candidate; training keeps --negative-fraction of the negatives and
+        --positive-copies of each positive, less the scans held out and those --train-fraction leaves out."""
         from luna16.data import read_candidates
 
         candidates = read_candidates(self.o.luna16)
-        subset_of = _subset_of_scans(self.o.luna16)
-        candidates = candidates.assign(subset=candidates["seriesuid"].map(subset_of))
+        subset_of = _subset_of_scans(self.o.luna16, options.allow_outside_root)
+        candidates = candidates.assign(subset=candidates["seriesuid"].map(subset_of)).dropna(subset=["subset"])
+        held_out = options.validation_fraction if self.selection == "held-out" else 0.0
         per_fold = []
         for fold in options.folds:
             test = candidates["subset"].isin([2 * fold - 2, 2 * fold - 1])
             train = candidates[~test]
             positives = int(train["class"].sum())
             kept = positives * options.positive_copies + round((len(train) - positives) * options.negative_fraction)
-            per_fold.append((kept * 3 * (1 - options.validation_fraction), int(test.sum()) * 3))
-        train = max(t for t, _ in per_fold)
-        test = max(t for _, t in per_fold)
-        return train, test, f"{len(candidates):,} candidates; per fold up to {int(train):,} training patches"
+            train_patches = kept * 3 * (1 - held_out) * options.train_fraction
+            chosen_on = int(test.sum()) * 3 if self.selection == "test" else len(train) * 3 * held_out
+            per_fold.append((train_patches, chosen_on, int(test.sum()) * 3))
+        train, chosen_on, test = (max(values) for values in zip(*per_fold))
+        text = f"{len(candidates):,} candidates; per fold up to {int(train):,} training patches"
+        return train, chosen_on, test, text
 
     def _mura_counts(self, options):
-        from mura.data import read_split
+        """(training images per epoch, images predicted per epoch to choose the epoch, valid images, text)."""
+        from mura.data import body_parts_of, read_split
 
-        train = read_split(self.o.mura, "train", options.body_part, verify=False)
-        valid = read_split(self.o.mura, "valid", options.body_part, verify=False)
-        epoch = options.epoch_size
+        parts = body_parts_of(options.body_part)
+        outside = options.allow_outside_root
+        train = read_split(self.o.mura, "train", parts, verify=False, allow_outside_root=outside)
+        valid = read_split(self.o.mura, "valid", parts, verify=False, allow_outside_root=outside)
+        held_out = options.validation_fraction if self.selection == "held-out" else 0.0
+        chosen_on = len(valid) if self.selection == "test" else len(train) * held_out
         text = (
             f"{len(train):,} training images ({train['patient'].nunique():,} patients), {len(valid):,} valid images "
             f"({valid['study'].nunique():,} studies)"
         )
-        return epoch, len(valid), text
+        return options.epoch_size, chosen_on, len(valid), text
 
     # ---- running ----
 
@@ -585,12 +605,14 @@ class Experiment:
         predictions = read_predictions(folder / "predictions.csv")
         annotations = read_findings(annotations_path, "annotations")
         excluded = read_findings(excluded_path, "excluded findings") if excluded_path.is_file() else None
-        scans = [uid for uid in layout_seriesuids(annotations_path) if uid in set(predictions["seriesuid"])]
+        predicted = set(predictions["seriesuid"])
+        scans = [uid for uid in layout_seriesuids(annotations_path) if uid in predicted]
         result = evaluate(predictions, annotations, excluded, scans, iterations=200, seed=self.o.seed)
         write_json(folder / "froc.json", {"settings": settings, **{k: v for k, v in result.items() if k != "curve"}})
         print(f"{folder.name}: CPM {result['cpm']:.4f} over {result['scans']} scans, {result['nodules']} nodules")
 
     def report(self):
+        from plumbing.errors import UsageError
         from plumbing.lock import output_lock
         from study.report import build_report
 
@@ -604,20 +626,28 @@ class Experiment:
                 "by the run that finishes the last one, or by `--cells report`"
             )
             return None
-        note = f"**Protocol: {self.o.protocol}** ({self.protocol_text}). Cells: {len(present)} of {len(cells)}" + (
-            f"; missing: {', '.join(missing)}." if missing else "."
+        note = (
+            f"**Protocol: {self.o.protocol}** ({self.protocol_text}; the `sel.` beside each number names the rule "
+            f"its cell's run recorded). Cells: {len(present)} of {len(cells)}"
+            + (f"; missing: {', '.join(missing)}." if missing else ".")
         )
         folder = self.out / "report"
-        with output_lock(folder):
-            table = build_report(
-                [cell_folder(self.out, *c.split("/")) for c in present],
-                folder,
-                self.o.bootstrap,
-                self.o.seed,
-                note=note,
-                interval=self.o.interval,
-            )
-            _append_cpm(folder / "report.md", [(c, cell_folder(self.out, *c.split("/"))) for c in present])
+        try:
+            with output_lock(folder):
+                table = build_report(
+                    [cell_folder(self.out, *c.split("/")) for c in present],
+                    folder,
+                    self.o.bootstrap,
+                    self.o.seed,
+                    note=note,
+                    interval=self.o.interval,
+                )
+                _append_cpm(folder / "report.md", [(c, cell_folder(self.out, *c.split("/"))) for c in present])
+        except UsageError as error:
+            if not Path(str(error.path)) == folder:
+                raise
+            print(f"report: not written here ({error.problem}); the process holding it writes it")
+            return None
         print(note)
         print(f"report: {folder / 'report.md'}")
         return table
@@ -638,10 +668,11 @@ def _parameters(timing):
     return 0 if timing is None else timing.parameters
 
 
-def _subset_of_scans(root):
+def _subset_of_scans(root, allow_outside_root=False):
     from luna16.data import scans_by_subset
 
-    return {uid: int(subset) for subset, scans in scans_by_subset(root).items() for uid in scans}
+    found = scans_by_subset(root, allow_outside_root)
+    return {uid: int(subset) for subset, scans in found.items() for uid in scans}
 
 
 def _pretraining_unfinished(folder):
@@ -726,11 +757,17 @@ def selected_steps(steps, patterns, array=None):
             raise UsageError("--cells", f"{', '.join(unmatched)} matches no step; the steps: {', '.join(by_key)}")
     else:
         chosen = list(steps)
-    if array is not None:
+    if array is not None:  # Tasks that start together: each runs cells only, never a shared prerequisite.
         index, count = array
         cells = [s for s in chosen if s.key.count("/") == 2]
-        mine = {s.key for s in cells[index::count]}
-        chosen = [s for s in chosen if s.key.count("/") != 2 or s.key in mine]
+        chosen = cells[index::count]
+        waiting = sorted({need for s in chosen for need in s.needs if not by_key[need].finished()})
+        if waiting:
+            raise UsageError(
+                "SLURM_ARRAY_TASK_ID",
+                f"the cells of a job array need {', '.join(waiting)} finished first; run them in one job before the "
+                f"array (--cells {' '.join(waiting)})",
+            )
     keys = {s.key for s in chosen} | {"report"}  # Built once every cell is present; until then it names the missing.
     pending = list(chosen)
     while pending:
@@ -746,8 +783,13 @@ def slurm_array():
     """(index, count) of this Slurm array task, or None outside a job array."""
     if "SLURM_ARRAY_TASK_ID" not in os.environ:
         return None
-    index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", 1))  # --array=0-22:2 counts ids 0, 2, .., 22.
+    index = (int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))) // step
     count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    if not 0 <= index < count:
+        from plumbing.errors import UsageError
+
+        raise UsageError("SLURM_ARRAY_TASK_ID", f"gives task {index} of an array of {count}")
     return index, count
 
 

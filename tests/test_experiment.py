@@ -74,7 +74,7 @@ def study(roots, out, *extra, measure=0):
 @pytest.fixture
 def keras_home(roots, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(roots / "keras"))
-    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"):
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_STEP"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -160,6 +160,8 @@ def test_cells_select_by_pattern_pull_unfinished_prerequisites_and_split_over_an
     cells = [key for share in shares for key in share if key.count("/") == 2]
     assert sorted(cells) == sorted(k for k in (s.key for s in _steps()) if k.count("/") == 2)  # Each cell once.
     assert all(share[-1] == "report" for share in shares)
+    with pytest.raises(Exception, match="need pretrain/resnet50 finished first"):
+        selected_steps(_steps(("luna16/patches",)), [], (1, 2))  # Array tasks never run a shared prerequisite.
     with pytest.raises(Exception, match="luna17/\\*"):
         selected_steps(_steps(), ["luna17/*"])
 
@@ -169,6 +171,12 @@ def test_slurm_array_index_counts_from_the_arrays_first_id(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
     assert slurm_array() == (2, 4)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")  # --array=3-9:2: ids 3, 5, 7, 9.
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "9")
+    assert slurm_array() == (3, 4)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    with pytest.raises(Exception, match="gives task 3 of an array of 3"):
+        slurm_array()
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     assert slurm_array() is None
 
