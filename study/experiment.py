@@ -410,7 +410,7 @@ class Experiment:
                 "shards",
                 f"TFRecord shards ({shard_options.encoding})",
                 action=lambda: _run_shards(shard_options),
-                finished=index.is_file,
+                finished=lambda: _shards_finished(index, shard_options.splits),
                 needs=("manifest",),
                 counts=f"{len(frame):,} slices",
                 seconds=len(frame) * 0.01,
@@ -679,6 +679,16 @@ def _pretraining_unfinished(folder):
     from genesis2d.pretrain import unfinished
 
     return unfinished(folder)
+
+
+def _shards_finished(index, splits):
+    """Whether the shards' index lists every split asked for (it is written split by split)."""
+    import json
+
+    try:
+        return set(splits) <= set(json.loads(Path(index).read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def _patches_finished(folder):
