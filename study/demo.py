@@ -13,7 +13,7 @@ continues where it stopped. Demo numbers describe synthetic phantoms only.
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -157,58 +157,57 @@ def _step(title):
     print(f"\n=== {title} ===", flush=True)
 
 
-def experiment_options(args):
-    """The ExperimentOptions of a command line that names the user's folders (flags win over --settings roots)."""
-    from study.experiment import ExperimentOptions, read_settings
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo study takes (the command line's demo flags, typed)."""
 
-    sections = read_settings(args.settings)
-    roots = sections.pop("roots", {})
-    unknown = sorted(set(roots) - {"corpus", "datasets", "luna16", "mura"})
-    if unknown:
-        from plumbing.errors import UsageError
-
-        raise UsageError(args.settings, f"section roots: unknown keys {', '.join(unknown)}")
-    return ExperimentOptions(
-        out=Path(args.out or PROJECT_ROOT / "runs" / "experiment"),
-        corpus=args.corpus or roots.get("corpus"),
-        datasets=args.datasets or roots.get("datasets"),
-        luna16=args.luna16 or roots.get("luna16"),
-        mura=args.mura or roots.get("mura"),
-        backbones=tuple(args.backbone or THESIS_BACKBONES),
-        inits=tuple(args.inits),
-        protocol=args.protocol,
-        repeats=args.repeats,
-        folds=tuple(args.folds),
-        stage_settings=sections,
-        settings_file=args.settings or "settings",
-        cells=tuple(args.cells),
-        plan_only=args.plan,
-        measure_steps=args.measure_steps,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        interval=args.interval,
-        bootstrap=args.bootstrap,
-    )
+    out: str
+    backbone: str
+    pretrain_epochs: int
+    pretrain_steps: int
+    fractions: tuple
+    repeats: int
+    folds: tuple
+    interval: str
+    bootstrap: int
+    overwrite: bool
+    seed: int
 
 
-def on_your_data(args):
-    """Whether the command names the user's folders (the thesis's experiment) rather than running the demo."""
-    if any((args.corpus, args.luna16, args.mura)):
-        return True
-    if args.settings:
-        from study.experiment import read_settings
-
-        return bool(read_settings(args.settings).get("roots"))
-    return False
-
-
-def run(args):
-    if on_your_data(args):
-        from study import experiment
-
-        return experiment.run(experiment_options(args))
+def from_args(args):
+    """The command line as typed options: ExperimentOptions when it names the user's folders, else DemoOptions."""
     from plumbing.errors import UsageError
+    from study.experiment import read_settings
 
+    if on_your_data(args.corpus, args.luna16, args.mura, args.settings):  # Flags win over --settings roots.
+        from study.experiment import ExperimentOptions
+
+        sections = read_settings(args.settings)
+        roots = sections.pop("roots", {})
+        unknown = sorted(set(roots) - {"corpus", "datasets", "luna16", "mura"})
+        if unknown:
+            raise UsageError(args.settings, f"section roots: unknown keys {', '.join(unknown)}")
+        return ExperimentOptions(
+            out=Path(args.out or PROJECT_ROOT / "runs" / "experiment"),
+            corpus=args.corpus or roots.get("corpus"),
+            datasets=args.datasets or roots.get("datasets"),
+            luna16=args.luna16 or roots.get("luna16"),
+            mura=args.mura or roots.get("mura"),
+            backbones=tuple(args.backbone or THESIS_BACKBONES),
+            inits=tuple(args.inits),
+            protocol=args.protocol,
+            repeats=args.repeats,
+            folds=tuple(args.folds),
+            stage_settings=sections,
+            settings_file=args.settings or "settings",
+            cells=tuple(args.cells),
+            plan_only=args.plan,
+            measure_steps=args.measure_steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            interval=args.interval,
+            bootstrap=args.bootstrap,
+        )
     given = {
         "--plan": args.plan,
         "--cells": args.cells,
@@ -224,14 +223,44 @@ def run(args):
     backbones = args.backbone or ["resnet18"]
     if len(backbones) > 1:
         raise UsageError("--backbone", f"the demo takes one backbone. Received: {' '.join(backbones)}")
-    args.backbone = backbones[0]
-    args.out = args.out or str(PROJECT_ROOT / "runs" / "study")
-    return run_demo(args)
+    return DemoOptions(
+        out=args.out or str(PROJECT_ROOT / "runs" / "study"),
+        backbone=backbones[0],
+        pretrain_epochs=args.pretrain_epochs,
+        pretrain_steps=args.pretrain_steps,
+        fractions=tuple(args.fractions),
+        repeats=args.repeats,
+        folds=tuple(args.folds),
+        interval=args.interval,
+        bootstrap=args.bootstrap,
+        overwrite=args.overwrite,
+        seed=args.seed,
+    )
 
 
-def run_demo(args):
+def on_your_data(corpus, luna16, mura, settings):
+    """Whether the command names the user's folders (the thesis's experiment) rather than running the demo."""
+    if any((corpus, luna16, mura)):
+        return True
+    if settings:
+        from study.experiment import read_settings
+
+        return bool(read_settings(settings).get("roots"))
+    return False
+
+
+def run(args):
+    options = from_args(args)
+    if isinstance(options, DemoOptions):
+        return run_demo(options)
+    from study import experiment
+
+    return experiment.run(options)
+
+
+def run_demo(options):
     started = time.time()
-    out = Path(args.out)
+    out = Path(options.out)
     from genesis2d import pretrain
     from luna16 import experiment as luna16
     from mura import experiment as mura
@@ -242,7 +271,7 @@ def run_demo(args):
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
 
-    _step(f"genesis2d pretraining ({args.backbone})")
+    _step(f"genesis2d pretraining ({options.backbone})")
     pretrain_dir = out / "pretrain"
     # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
     config = pretrain.resolve(
@@ -251,21 +280,21 @@ def run_demo(args):
             pretrain.build_parser(),
             pretrain.DEMO_CONFIG,
             manifest=str(manifest),
-            backbone=args.backbone,
+            backbone=options.backbone,
             out=str(pretrain_dir),
-            epochs=args.pretrain_epochs,
-            steps_per_epoch=args.pretrain_steps,
+            epochs=options.pretrain_epochs,
+            steps_per_epoch=options.pretrain_steps,
             verbose=2,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            resume=pretrain.unfinished(pretrain_dir) and not args.overwrite,
+            seed=options.seed,
+            overwrite=options.overwrite,
+            resume=pretrain.unfinished(pretrain_dir) and not options.overwrite,
         )
     )
     pretrain.run(config)
     encoder = pretrain_dir
 
     inits = ["scratch", "genesis"]
-    imagenet_file = keras_cache_dir() / BACKBONES[args.backbone].imagenet_file
+    imagenet_file = keras_cache_dir() / BACKBONES[options.backbone].imagenet_file
     if imagenet_file.exists():
         inits.append("imagenet")
     else:
@@ -278,20 +307,20 @@ def run_demo(args):
         luna16.Luna16Options,
         luna16.parser(),
         luna16.DEMO_CONFIG,
-        backbone=args.backbone,
+        backbone=options.backbone,
         encoder=str(encoder),
-        seed=args.seed,
-        folds=list(args.folds),
-        overwrite=args.overwrite,
+        seed=options.seed,
+        folds=list(options.folds),
+        overwrite=options.overwrite,
     )
     mura_demo = from_config(
         mura.MuraOptions,
         mura.parser(),
         mura.DEMO_CONFIG,
-        backbone=args.backbone,
+        backbone=options.backbone,
         encoder=str(encoder),
-        seed=args.seed,
-        overwrite=args.overwrite,
+        seed=options.seed,
+        overwrite=options.overwrite,
     )
     run_dirs = []
     for probe in (False, True):
@@ -306,17 +335,19 @@ def run_demo(args):
         run_dir = out / f"mura_{init}_probe"
         mura.run(mura.resolve_options(replace(mura_demo, init=init, probe=True, out=str(run_dir))))
         run_dirs.append(run_dir)
-    for fraction in [1.0, *args.fractions]:
+    for fraction in [1.0, *options.fractions]:
         for init in inits:
             suffix = "" if fraction == 1.0 else f"_labels{int(round(fraction * 100))}"
             _step(f"MURA shoulder, init {init}, {fraction:.0%} of training labels")
             run_dir = out / f"mura_{init}{suffix}"
-            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=args.repeats)
+            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=options.repeats)
             mura.run(mura.resolve_options(options))  # Keeps a run finished earlier with the same settings and data.
             run_dirs.append(run_dir)
 
     _step("report")
-    table = build_report(run_dirs, out / "report", args.bootstrap, args.seed, note=NOTE, interval=args.interval)
+    table = build_report(
+        run_dirs, out / "report", options.bootstrap, options.seed, note=NOTE, interval=options.interval
+    )
     print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
     print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return table
