@@ -493,7 +493,8 @@ class Experiment:
             finished=lambda: _patches_finished(Path(options.out)),
             counts=f"{candidates['seriesuid'].nunique():,} scans, {len(candidates):,} candidates "
             f"({positives:,} positive)",
-            seconds=candidates["seriesuid"].nunique() * 2.0,
+            # ~1.5 ms of CPU per candidate (benchmarks/scale.py, README), spread over --workers processes.
+            seconds=len(candidates) * 0.0015 / (options.workers or os.cpu_count() or 1),
             disk=stored * options.patch_size**2 * 2,
         )
 
