@@ -232,3 +232,30 @@ def test_the_thesis_protocol_fills_all_12_cells_split_over_processes_and_a_rerun
     assert _mtimes(out) == before
     assert again.count("done earlier with these settings and data, kept (") == 12  # Every fold and run of 12 cells.
     assert "Epoch" not in again
+
+
+def test_the_readmes_settings_example_reaches_each_stage_checked(tmp_path):
+    import textwrap
+
+    from genesis2d import pretrain
+    from study.experiment import Experiment, ExperimentOptions, read_settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "settings.yaml").write_text(textwrap.dedent(block))
+    sections = read_settings(tmp_path / "settings.yaml")
+    roots = sections.pop("roots")
+    assert set(roots) == {"corpus", "luna16", "mura"}
+    experiment = Experiment(ExperimentOptions(out=tmp_path / "out", **roots, stage_settings=sections))
+    config = experiment.stage("pretrain", pretrain.PretrainConfig, pretrain.build_parser())
+    assert (config.epochs, config.precision) == (50, "mixed_float16")
+    luna = experiment.cell_options("luna16", "resnet50", "genesis")
+    assert luna.workers == 16 and luna.selection == "held-out" and luna.encoder.endswith("pretrain/resnet50")
+    assert experiment.cell_options("mura", "vgg16", "scratch").body_part == ["XR_SHOULDER"]
+    (tmp_path / "bad.yaml").write_text(textwrap.dedent(block).replace("epochs: 50", "epochs: fifty"))
+    bad = read_settings(tmp_path / "bad.yaml")
+    bad.pop("roots")
+    with pytest.raises(Exception, match="section pretrain: --epochs"):
+        Experiment(ExperimentOptions(out=tmp_path / "out", stage_settings=bad)).stage(
+            "pretrain", pretrain.PretrainConfig, pretrain.build_parser()
+        )
