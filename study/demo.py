@@ -258,9 +258,9 @@ def run(args):
     return experiment.run(options)
 
 
-def run_demo(options):
+def run_demo(demo):
     started = time.time()
-    out = Path(options.out)
+    out = Path(demo.out)
     from genesis2d import pretrain
     from luna16 import experiment as luna16
     from mura import experiment as mura
@@ -271,7 +271,7 @@ def run_demo(options):
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
 
-    _step(f"genesis2d pretraining ({options.backbone})")
+    _step(f"genesis2d pretraining ({demo.backbone})")
     pretrain_dir = out / "pretrain"
     # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
     config = pretrain.resolve(
@@ -280,21 +280,21 @@ def run_demo(options):
             pretrain.build_parser(),
             pretrain.DEMO_CONFIG,
             manifest=str(manifest),
-            backbone=options.backbone,
+            backbone=demo.backbone,
             out=str(pretrain_dir),
-            epochs=options.pretrain_epochs,
-            steps_per_epoch=options.pretrain_steps,
+            epochs=demo.pretrain_epochs,
+            steps_per_epoch=demo.pretrain_steps,
             verbose=2,
-            seed=options.seed,
-            overwrite=options.overwrite,
-            resume=pretrain.unfinished(pretrain_dir) and not options.overwrite,
+            seed=demo.seed,
+            overwrite=demo.overwrite,
+            resume=pretrain.unfinished(pretrain_dir) and not demo.overwrite,
         )
     )
     pretrain.run(config)
     encoder = pretrain_dir
 
     inits = ["scratch", "genesis"]
-    imagenet_file = keras_cache_dir() / BACKBONES[options.backbone].imagenet_file
+    imagenet_file = keras_cache_dir() / BACKBONES[demo.backbone].imagenet_file
     if imagenet_file.exists():
         inits.append("imagenet")
     else:
@@ -307,20 +307,20 @@ def run_demo(options):
         luna16.Luna16Options,
         luna16.parser(),
         luna16.DEMO_CONFIG,
-        backbone=options.backbone,
+        backbone=demo.backbone,
         encoder=str(encoder),
-        seed=options.seed,
-        folds=list(options.folds),
-        overwrite=options.overwrite,
+        seed=demo.seed,
+        folds=list(demo.folds),
+        overwrite=demo.overwrite,
     )
     mura_demo = from_config(
         mura.MuraOptions,
         mura.parser(),
         mura.DEMO_CONFIG,
-        backbone=options.backbone,
+        backbone=demo.backbone,
         encoder=str(encoder),
-        seed=options.seed,
-        overwrite=options.overwrite,
+        seed=demo.seed,
+        overwrite=demo.overwrite,
     )
     run_dirs = []
     for probe in (False, True):
@@ -335,18 +335,18 @@ def run_demo(options):
         run_dir = out / f"mura_{init}_probe"
         mura.run(mura.resolve_options(replace(mura_demo, init=init, probe=True, out=str(run_dir))))
         run_dirs.append(run_dir)
-    for fraction in [1.0, *options.fractions]:
+    for fraction in [1.0, *demo.fractions]:
         for init in inits:
             suffix = "" if fraction == 1.0 else f"_labels{int(round(fraction * 100))}"
             _step(f"MURA shoulder, init {init}, {fraction:.0%} of training labels")
             run_dir = out / f"mura_{init}{suffix}"
-            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=options.repeats)
+            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=demo.repeats)
             mura.run(mura.resolve_options(options))  # Keeps a run finished earlier with the same settings and data.
             run_dirs.append(run_dir)
 
     _step("report")
     table = build_report(
-        run_dirs, out / "report", options.bootstrap, options.seed, note=NOTE, interval=options.interval
+        run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval
     )
     print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
     print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
