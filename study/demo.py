@@ -345,9 +345,7 @@ def run_demo(demo):
             run_dirs.append(run_dir)
 
     _step("report")
-    table = build_report(
-        run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval
-    )
+    table = build_report(run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval)
     print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
     print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return table
