@@ -34,7 +34,12 @@ What a file may not do, checked before any pixel is allocated:
   (the background) with one warning per file; more, and the file is refused.
 """
 
+import contextlib
+import math
+import os
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,22 @@ DEFLATE_MAX_RATIO = 1032  # zlib's largest compression ratio: no compressed byte
 
 # DICOM Modality values of plain radiographs (computed, digital, intra-oral, mammography).
 XRAY_MODALITIES = {"CR", "DX", "DR", "RG", "IO", "MG", "PX"}
+
+# SOP class families that hold no image of anatomy, by UID prefix (DICOM PS3.4 Annex B): where they have
+# pixels, those are labels, doses or drawings, which would become training slices without a word.
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.1.3.10": "media directory",
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy object",
+    "1.2.840.10008.5.1.4.1.1.9": "waveform",
+    "1.2.840.10008.5.1.4.1.1.11": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.66": "segmentation, registration or raw data object",
+    "1.2.840.10008.5.1.4.1.1.67": "real world value mapping",
+    "1.2.840.10008.5.1.4.1.1.68": "surface object",
+    "1.2.840.10008.5.1.4.1.1.88": "structured report",
+    "1.2.840.10008.5.1.4.1.1.104": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.481": "radiotherapy object",
+}
+RT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.1"  # A portal X-ray image: read, unlike the other RT objects.
 
 
 def suffix_of(path):
@@ -91,7 +112,8 @@ def read_image(path, slices=None, allow_outside_root=False):
     reader = _reader_for(path)
     try:
         check_data_files(path, allow_outside_root)
-        array, meta = reader(path, slices)
+        with _warnings_named(path):
+            array, meta = reader(path, slices)
     except ImageReadError:
         raise
     except MemoryError:
@@ -117,7 +139,8 @@ def read_header(path, allow_outside_root=False):
     reader = _header_reader_for(path)
     try:
         check_data_files(path, allow_outside_root)
-        meta = reader(path)
+        with _warnings_named(path):
+            meta = reader(path)
     except ImageReadError:
         raise
     except Exception as error:
@@ -160,6 +183,82 @@ def _finite(path, array):
 def _short(error):
     text = str(error).strip().splitlines()
     return text[0][:200] if text else "no details"
+
+
+_READING = threading.local()  # The file this thread reads with pydicom, named in the warnings it raises.
+_HOOK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _warnings_named(path):
+    """Prints each warning raised while this thread reads `path` as one line naming the file (read_image and
+    read_header read every format inside it; a series names each of its files).
+
+    pydicom's warnings span lines (the message, then Python's source line) and most do not say which
+    file they are about. `warnings.catch_warnings` cannot fold them: it swaps process-wide state, which
+    the pipeline's and the manifest's parallel reads would tangle. So a hook on `warnings.showwarning`,
+    installed once (again if something, such as pytest, restored the default), looks up the file this
+    thread is reading and leaves every other warning to the previous hook.
+    """
+    with _HOOK_LOCK:
+        if warnings.showwarning is not _one_line_warning:
+            _one_line_warning.previous = warnings.showwarning
+            warnings.showwarning = _one_line_warning
+    outer = getattr(_READING, "path", None)
+    _READING.path = path
+    try:
+        yield
+    finally:
+        _READING.path = outer
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    path = getattr(_READING, "path", None)
+    if path is None:
+        return _one_line_warning.previous(message, category, filename, lineno, file, line)
+    print(f"warning: {path}: {' '.join(str(message).split())[:300]}", file=sys.stderr)
+
+
+def memory_available():
+    """Bytes this process may still allocate: the least of the physical memory available (Linux's
+    MemAvailable, else free pages), the room left under an address-space limit (`ulimit -v`,
+    RLIMIT_AS) and the room left under a cgroup v2 memory limit (a container's or a job's)."""
+    bounds = []
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        bounds.append(int(fields["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            bounds.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as handle:
+                used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            bounds.append(limit - used)
+    with contextlib.suppress(OSError, ValueError):
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            bounds.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    return max(0, min(bounds)) if bounds else math.inf
+
+
+def _check_memory(path, shape, bytes_per_value):
+    """Refuses a volume whose pixels, as stored plus as float32, would not fit in `memory_available()`,
+    from its header's dimensions and before any allocation: one line, not a MemoryError traceback."""
+    values = math.prod(int(n) for n in shape)
+    needed = values * (int(bytes_per_value) + 4)
+    available = memory_available()
+    if needed > available:
+        raise ImageReadError(
+            path,
+            f"holds {'x'.join(str(int(n)) for n in shape)} values, {needed / 2**20:,.0f} MiB to read as float32, "
+            f"but only {available / 2**20:,.0f} MiB of memory is available",
+        )
 
 
 def _reader_for(path):
@@ -218,25 +317,72 @@ def _dicom_modality(ds):
     return None
 
 
+def _sop_class(ds):
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+
+
+def _non_image_kind(ds):
+    """What a DICOM object is when its SOP class holds no image of anatomy, else None."""
+    sop = _sop_class(ds)
+    if sop == RT_IMAGE_STORAGE:
+        return None
+    for prefix, kind in NON_IMAGE_SOP_CLASSES.items():
+        if sop == prefix or sop.startswith(prefix + "."):
+            return kind
+    return None
+
+
+def _check_image_object(ds, path):
+    kind = _non_image_kind(ds)
+    if kind:
+        from pydicom.uid import UID
+
+        sop = _sop_class(ds)
+        raise ImageReadError(path, f"is a DICOM {kind} ({UID(sop).name}, SOP class {sop}), not an image")
+
+
+def _functional(ds, frame, sequence, keyword):
+    """One frame's value of `keyword`: from its per-frame functional group, else the shared one, else the
+    top-level attribute (DICOM PS3.3 C.7.6.16: Enhanced objects keep rescale, spacing, position and
+    orientation in `sequence` items of the functional groups, classic objects at the top level)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    groups = ([per_frame[frame]] if frame < len(per_frame) else []) + list(shared[:1])
+    for group in groups:
+        items = group.get(sequence)
+        if items and items[0].get(keyword) not in (None, ""):
+            return items[0].get(keyword)
+    value = ds.get(keyword)
+    return None if value in (None, "") else value
+
+
+def _frame_count(ds):
+    return int(ds.get("NumberOfFrames") or 1)
+
+
 def _dicom_pixels(ds, path):
-    """Stored values -> physical values: MONOCHROME1 inverted, then the modality LUT."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
+    """Stored values -> physical values, frames in file order: PALETTE COLOR through its palette, colour to
+    grey, MONOCHROME1 inverted, then the modality LUT or each frame's rescale."""
+    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "has no pixel data")
-    try:
-        raw = ds.pixel_array
-    except Exception as error:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise ImageReadError(path, f"pixel data cannot be decoded (transfer syntax {name}: {_short(error)})") from error
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if raw.ndim >= 3 and raw.shape[-1] in (3, 4) and int(getattr(ds, "SamplesPerPixel", 1)) > 1:
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bytes_per_value = max(1, int(ds.get("BitsAllocated") or 16) // 8)
+    _check_memory(path, (_frame_count(ds), int(ds.Rows), int(ds.Columns), samples), bytes_per_value)
+    raw = _decoded(ds, path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        raw = apply_color_lut(raw, ds)  # Indices -> RGB, which becomes grey below like any colour image.
+    if raw.ndim >= 3 and raw.shape[-1] in (3, 4) and (samples > 1 or photometric == "PALETTE COLOR"):
         raw = _rgb_to_gray(raw[..., :3].astype(np.float32))
     array = raw.astype(np.float32)
     if photometric == "MONOCHROME1":
         # Low values display white in MONOCHROME1; flip within the representable range so
         # that, as in MONOCHROME2 and in CT, larger values mean denser tissue.
-        bits = int(getattr(ds, "BitsStored", 16))
-        if int(getattr(ds, "PixelRepresentation", 0)) == 0:
+        bits = int(ds.get("BitsStored") or 16)
+        if int(ds.get("PixelRepresentation") or 0) == 0:
             array = (2.0**bits - 1.0) - array
         else:
             array = -1.0 - array
@@ -244,9 +390,40 @@ def _dicom_pixels(ds, path):
         from pydicom.pixels import apply_modality_lut
 
         return apply_modality_lut(array.astype(raw.dtype), ds).astype(np.float32)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    return array * np.float32(slope) + np.float32(intercept)
+    frames = len(array) if array.ndim == 3 else 1
+    transform = "PixelValueTransformationSequence"
+    slope = [float(_functional(ds, i, transform, "RescaleSlope") or 1.0) for i in range(frames)]
+    intercept = [float(_functional(ds, i, transform, "RescaleIntercept") or 0.0) for i in range(frames)]
+    if array.ndim == 3 and frames == len(array) > 1:  # Each frame its own rescale.
+        shape = (frames, 1, 1)
+        return array * np.reshape(slope, shape).astype(np.float32) + np.reshape(intercept, shape).astype(np.float32)
+    return array * np.float32(slope[0]) + np.float32(intercept[0])
+
+
+def _decoded(ds, path):
+    """`ds.pixel_array`, or one line saying which package decodes this transfer syntax."""
+    try:
+        return ds.pixel_array
+    except Exception as error:
+        raise ImageReadError(path, _decoding_problem(ds, error)) from error
+
+
+def _decoding_problem(ds, error):
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", str(syntax))
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return f"is encoded as {name}, which pydicom cannot decode (convert it first, e.g. with gdcmconv --raw)"
+    except Exception:
+        decoder = None
+    if decoder is not None and not decoder.is_available:
+        # pydicom names each plugin's requirements as 'plugin - requires package>=x and package>=y'.
+        needs = "; or ".join(text.split(" - requires ", 1)[-1] for text in decoder.missing_dependencies)
+        return f"is compressed as {name}, and no decoder for it is installed (install {needs})"
+    return f"pixel data cannot be decoded (transfer syntax {name}: {_short(error)})"
 
 
 def _rgb_to_gray(rgb):
@@ -255,7 +432,7 @@ def _rgb_to_gray(rgb):
 
 def _dicom_plane(ds):
     """(row direction, column direction, normal) of an image plane, or identity."""
-    iop = getattr(ds, "ImageOrientationPatient", None)
+    iop = _functional(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return np.eye(3)
     row = np.asarray(iop[:3], dtype=float)
@@ -264,9 +441,12 @@ def _dicom_plane(ds):
 
 
 def _dicom_geometry(ds, z_spacing, first_position):
-    pixel_spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None) or (1.0, 1.0)
-    # PixelSpacing is (between rows, between columns) = (y, x).
-    spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(z_spacing))
+    pixel_spacing = (
+        _functional(ds, 0, "PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
+    )
+    # PixelSpacing is (between rows, between columns) = (y, x). A 0 means not stated (some CR writers put
+    # 0\0, as RG1_*.dcm of pydicom-data) and reads as 1 mm, as a missing PixelSpacing does.
+    spacing = (float(pixel_spacing[1]) or 1.0, float(pixel_spacing[0]) or 1.0, float(z_spacing))
     plane = _dicom_plane(ds)
     direction = plane.T  # Columns: world directions of the x, y and z index axes.
     return {
@@ -276,42 +456,99 @@ def _dicom_geometry(ds, z_spacing, first_position):
     }
 
 
+def _slice_spacing(ds, frame=0):
+    """The z spacing a file states (between slices, else the slice thickness), or 1 mm."""
+    measures = "PixelMeasuresSequence"
+    stated = _functional(ds, frame, measures, "SpacingBetweenSlices") or _functional(
+        ds, frame, measures, "SliceThickness"
+    )
+    return float(stated or 1.0)
+
+
+def _frame_order(ds):
+    """(frame indices in stack order, z spacing, origin) of a single or multi-frame file.
+
+    Frames whose positions are all known and distinct are sorted along the slice normal, as a series's
+    files are; otherwise (one frame, or several at one position: phases, echoes) they keep the file's order.
+    """
+    count = _frame_count(ds)
+    positions = [_functional(ds, i, "PlanePositionSequence", "ImagePositionPatient") for i in range(count)]
+    order, z_spacing = np.arange(count), _slice_spacing(ds)
+    if count > 1 and all(p is not None and len(p) == 3 for p in positions):
+        distances = np.array([np.asarray(p, dtype=float) @ _dicom_plane(ds)[2] for p in positions])
+        steps = np.diff(np.sort(distances))
+        if np.all(steps > 1e-6):
+            order, z_spacing = np.argsort(distances, kind="stable"), float(np.median(steps))
+    first = positions[int(order[0])]
+    return order, z_spacing, first if first is not None and len(first) == 3 else (0.0, 0.0, 0.0)
+
+
 def _dicom_common(ds, path):
+    bit_depth = int(ds.get("BitsStored") or 0) or None
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        bit_depth = int(descriptor[2]) if descriptor and len(descriptor) == 3 else bit_depth  # The palette's depth.
     return {
         "format": "dicom",
         "modality": _dicom_modality(ds),
-        "bit_depth": int(getattr(ds, "BitsStored", 0) or 0) or None,
-        "patient_id": str(getattr(ds, "PatientID", "") or "") or None,
-        "series_uid": str(getattr(ds, "SeriesInstanceUID", "") or "") or None,
+        "bit_depth": bit_depth,
+        "patient_id": str(ds.get("PatientID", "") or "") or None,
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
     }
 
 
 def _dcmread(path, header_only=False):
+    """The dataset of one image file, read with its warnings on one line each; non-images refused."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    with _warnings_named(path):
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=header_only)
+        except InvalidDicomError:
+            ds = _forced(path, header_only)
+    _check_image_object(ds, path)
+    return ds
+
+
+def _forced(path, header_only):
+    """A file without DICOM's preamble and 'DICM' (an ACR-NEMA style file), kept only if it parses to an
+    image: rows, columns and bits, and pixels unless only the header is read."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=header_only)
-    except InvalidDicomError as error:
-        raise ImageReadError(path, "is not a DICOM file") from error
+        ds = pydicom.dcmread(str(path), stop_before_pixels=header_only, force=True)
+        image = all(key in ds for key in ("Rows", "Columns", "BitsAllocated"))
+        image = image and (header_only or "PixelData" in ds) and int(ds.Rows) > 0 and int(ds.Columns) > 0
+    except Exception:
+        image = False
+    if not image:
+        raise ImageReadError(path, "is not a DICOM file")
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        # Such files are never compressed: the syntax is the encoding pydicom found while parsing.
+        implicit, little = ds.original_encoding
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+    return ds
 
 
 def _read_dicom_file(path, slices):
     ds = _dcmread(path)
     array = _dicom_pixels(ds, path)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1 and array.ndim == 2:
-        array = array[None]
-    position = getattr(ds, "ImagePositionPatient", None) or (0.0, 0.0, 0.0)
-    z = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
-    meta = _dicom_common(ds, path) | _dicom_geometry(ds, z, position)
+    order, z_spacing, position = _frame_order(ds)
+    if _frame_count(ds) > 1:
+        array = (array[None] if array.ndim == 2 else array)[order]
+    meta = _dicom_common(ds, path) | _dicom_geometry(ds, z_spacing, position)
     return _select(array, slices), meta
 
 
 def _header_dicom_file(path):
     ds = _dcmread(path, header_only=True)
     rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = _frame_count(ds)
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)
     return _dicom_common(ds, path) | {"shape": shape}
 
@@ -331,8 +568,8 @@ def _series_headers(folder):
             continue  # Not DICOM (a README, a thumbnail): not part of the series.
         except Exception as error:
             raise ImageReadError(file, f"cannot be read as DICOM ({_short(error)})") from error
-        if "Rows" not in ds:
-            continue  # Not an image (a structured report, a DICOMDIR-like file).
+        if "Rows" not in ds or _non_image_kind(ds):
+            continue  # Not an image (a structured report, a segmentation, a DICOMDIR-like file).
         headers.append((file, ds))
     if not headers:
         raise ImageReadError(folder, "holds no DICOM image files")
