@@ -37,6 +37,7 @@ What a file may not do, checked before any pixel is allocated:
 import contextlib
 import math
 import os
+import re
 import sys
 import threading
 import warnings
@@ -122,6 +123,7 @@ def read_image(path, slices=None, allow_outside_root=False):
         raise ImageReadError(path, f"cannot be read ({type(error).__name__}: {_short(error)})") from error
     if array.size == 0:
         raise ImageReadError(path, "holds no pixel data")
+    _check_spacing(path, meta)
     array = _finite(path, np.ascontiguousarray(array, dtype=np.float32))
     meta.setdefault("modality", None)
     meta["path"] = str(path)
@@ -145,11 +147,21 @@ def read_header(path, allow_outside_root=False):
         raise
     except Exception as error:
         raise ImageReadError(path, f"cannot be read ({type(error).__name__}: {_short(error)})") from error
+    _check_spacing(path, meta)
     meta.setdefault("modality", None)
     meta["path"] = str(path)
     shape = meta["shape"]
     meta["num_slices"] = int(shape[0]) if len(shape) == 3 else 1
     return meta
+
+
+def _check_spacing(path, meta):
+    """Spacing must be finite and positive: a NaN pixdim would otherwise travel on as spacing (nan, 1, 1)
+    into patch sampling. (A 0 that a format uses for "not stated" has become 1 mm in its reader.)"""
+    spacing = meta.get("spacing")
+    if spacing is not None and not all(math.isfinite(v) and v > 0 for v in spacing):
+        shown = ", ".join(f"{v:g}" for v in spacing)
+        raise ImageReadError(path, f"has spacing ({shown}); each value must be finite and positive")
 
 
 _WARNED_NONFINITE = set()  # Files already warned about in this process (the pipeline reads them every epoch).
@@ -370,6 +382,9 @@ def _dicom_pixels(ds, path):
     bytes_per_value = max(1, int(ds.get("BitsAllocated") or 16) // 8)
     _check_memory(path, (_frame_count(ds), int(ds.Rows), int(ds.Columns), samples), bytes_per_value)
     raw = _decoded(ds, path)
+    stated = (_frame_count(ds),) * (_frame_count(ds) > 1) + (int(ds.Rows), int(ds.Columns)) + (samples,) * (samples > 1)
+    if raw.shape != stated:  # pydicom fits surplus or odd-sized data to some shape; the header must agree.
+        raise ImageReadError(path, f"holds pixels of shape {raw.shape}, but its header says {stated}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -671,7 +686,10 @@ def _load_nifti(path):
 
 
 def _check_nifti_size(path, image):
-    """The header's voxels fit in the bytes on disk (deflate's largest ratio for .gz), before any allocation."""
+    """The header's dimensions are 2 to 4 positive sizes, and its voxels fit in the bytes on disk (deflate's
+    largest ratio for .gz), before any allocation."""
+    if not 2 <= len(image.shape) <= 4 or min(image.shape) < 1:
+        raise ImageReadError(path, f"has dimensions {image.shape}; expected 2 to 4 positive sizes")
     voxels = int(np.prod([int(n) for n in image.shape], dtype=object))
     needed = voxels * image.header.get_data_dtype().itemsize
     data_file = Path(image.file_map["image"].filename or path)
@@ -710,6 +728,7 @@ def _read_nifti(path, slices):
             planes.append(np.asarray(proxy[index], dtype=np.float32).T)
         data = np.stack(planes)
     else:
+        _check_memory(path, image.shape, image.header.get_data_dtype().itemsize)
         data = _select(_nifti_to_zyx(np.asarray(proxy, dtype=np.float32)), slices)
     meta = {"format": "nifti", "volumes_in_file": int(image.shape[3]) if len(image.shape) == 4 else 1}
     return data, meta | _nifti_geometry(image)
@@ -796,13 +815,36 @@ def _named_data_files(path):
     words = value.split()
     if words[0].upper() == "LIST":
         return [line.strip() for line in rest if line.strip()]
-    if "%" in value and len(words) >= 4:  # A numbered series: `format min max step`.
-        try:
-            low, high, step = int(words[-3]), int(words[-2]), int(words[-1]) or 1
-            return [" ".join(words[:-3]) % i for i in range(low, high + 1, step)][:100_000]
-        except (TypeError, ValueError):
-            return [value]
+    if "%" in value:  # A numbered series, `pattern min max step`: its files, once the pattern is checked.
+        numbers = _file_pattern(path, value)
+        return [words[0] % i for i in numbers] if numbers is not None else [words[0]]
     return [value]
+
+
+_FILE_PATTERN = re.compile(r"[^%]*%0?[1-9]?\d?d[^%]*")  # One integer conversion (%d, %03d), no other %.
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")  # What C's strtod reads, minus nan and inf.
+MAX_PATTERN_FILES = 100_000
+
+
+def _file_pattern(path, value):
+    """The numbers of a numbered data-file series `pattern [min [max [step]]]` (MetaImage, NRRD), or None
+    when the header leaves them to the library; refuses a pattern that is not one integer conversion.
+
+    The libraries pass the pattern to printf: `%s` or `%n` there crashes the process (a segmentation
+    fault in SimpleITK's MetaIO), and a step of 0 never ends. So the pattern is data, checked here.
+    """
+    words = value.split()
+    if not _FILE_PATTERN.fullmatch(words[0]):
+        raise ImageReadError(path, f"names its data files with the pattern {words[0]!r}, not a name with one %d")
+    if not all(_INTEGER.fullmatch(word) for word in words[1:4]) or len(words) > 5:
+        raise ImageReadError(path, f"names its data files as {value!r}, not 'pattern min max step'")
+    if len(words) < 4:
+        return None
+    low, high, step = (int(word) for word in words[1:4])
+    if step < 1 or not 0 <= (high - low) // step < MAX_PATTERN_FILES:
+        raise ImageReadError(path, f"names its data files as {value!r}: min, max and step give no series")
+    return range(low, high + 1, step)
 
 
 class OutsideRootError(ImageReadError):
@@ -827,28 +869,67 @@ def check_data_files(path, allow_outside_root=False):
             raise OutsideRootError(path, f"{what} outside its folder {folder} (read only with --allow-outside-root)")
 
 
-def _check_metaimage_data(path):
-    """For a MetaImage: its data file exists and holds what the header's DimSize and ElementType need.
+MAX_DIMS = 5  # Volumes, series of volumes and vector images; more is no image this project reads.
+MAX_SIDE = 2**31 - 1
+# MetaImage fields that hold one number per dimension, or a matrix of them, and must be finite.
+_METAIMAGE_VECTORS = ("offset", "position", "origin", "centerofrotation")
+_METAIMAGE_MATRICES = ("transformmatrix", "rotation", "orientation")
+_METAIMAGE_FLAGS = ("binarydata", "binarydatabyteordermsb", "elementbyteordermsb", "compresseddata")
 
-    SimpleITK reports a short .raw as 'No such file or directory' and allocates whatever DimSize
-    claims before reading; this says what is wrong first. Compressed data is held to deflate's
-    largest ratio.
+
+def _check_metaimage(path):
+    """A MetaImage header's fields that become sizes, numbers or file names, checked before SimpleITK sees them.
+
+    SimpleITK's MetaIO trusts them: a printf pattern as ElementDataFile crashes the process, NDims beyond
+    its arrays overruns them, and whatever DimSize claims is allocated before reading. So each field is
+    data, checked here, and a wrong one is one line; then the data file must exist and hold what DimSize
+    and ElementType need (compressed data is held to deflate's largest ratio).
     """
     if suffix_of(path) not in (".mhd", ".mha"):
         return
     fields, _ = _text_header(path)
+
+    def numbers(key, count, pattern=_NUMBER, low=-math.inf, high=math.inf):
+        words = fields[key].split()
+        if len(words) != count or not all(pattern.fullmatch(w) and low <= float(w) <= high for w in words):
+            raise ImageReadError(path, f"has {key} = {fields[key][:80]!r}; expected {count} numbers in [{low}, {high}]")
+        return [int(w) if pattern is _INTEGER else float(w) for w in words]
+
+    for key in ("ndims", "dimsize", "elementtype"):
+        if key not in fields:
+            raise ImageReadError(path, f"is a MetaImage header without {key}")
+    ndims = numbers("ndims", 1, _INTEGER, 1, MAX_DIMS)[0]
+    sizes = numbers("dimsize", ndims, _INTEGER, 1, MAX_SIDE)
+    element = fields["elementtype"].upper()
+    if element not in _MET_BYTES:
+        raise ImageReadError(path, f"has ElementType {element[:40]!r}, not one of {', '.join(_MET_BYTES)}")
+    channels = numbers("elementnumberofchannels", 1, _INTEGER, 1, 1024)[0] if "elementnumberofchannels" in fields else 1
+    header_size = numbers("headersize", 1, _INTEGER, -1, 2**62)[0] if "headersize" in fields else 0
+    for key in ("elementspacing", "elementsize"):
+        if key in fields:
+            numbers(key, ndims, low=1e-300)  # Spacing: finite and positive.
+    for key in _METAIMAGE_VECTORS + _METAIMAGE_MATRICES:
+        if key in fields:
+            numbers(key, ndims * (ndims if key in _METAIMAGE_MATRICES else 1), low=-1e300, high=1e300)
+    for key in _METAIMAGE_FLAGS:
+        if key in fields and fields[key].lower() not in ("true", "false"):
+            raise ImageReadError(path, f"has {key} = {fields[key][:40]!r}; expected True or False")
     data = fields.get("elementdatafile", "")
-    if not data or data.startswith("LIST") or "%" in data:
+    if not data:
+        raise ImageReadError(path, "is a MetaImage header without ElementDataFile")
+    names = [data] if data.split()[0].upper() != "LIST" else _named_data_files(path)
+    if any(ord(c) < 32 or ord(c) == 127 for name in names for c in name):
+        raise ImageReadError(path, "names a data file with control characters")
+    if "%" in data and data.split()[0].upper() != "LIST":
+        _file_pattern(path, data)
+        return
+    if data.split()[0].upper() == "LIST":
         return
     local = data.upper() == "LOCAL"
     data_path = Path(path) if local else Path(path).parent / data
     if not data_path.is_file():
         raise ImageReadError(path, f"names the data file {data}, which does not exist")
-    try:
-        size = int(np.prod([int(v) for v in fields["dimsize"].split()], dtype=object))
-        needed = size * _MET_BYTES[fields["elementtype"]] * int(fields.get("elementnumberofchannels", 1))
-    except (KeyError, ValueError):
-        return  # Let SimpleITK judge a header this check does not understand.
+    needed = math.prod(sizes) * _MET_BYTES[element] * channels
     actual = data_path.stat().st_size
     where = "it" if local else f"its data file {data}"
     if fields.get("compresseddata", "False").lower() == "true":
@@ -860,17 +941,37 @@ def _check_metaimage_data(path):
             )
         return
     if not local:
-        needed += max(0, int(fields.get("headersize", 0) or 0))
+        needed += max(0, header_size)
     if actual < needed:
         raise ImageReadError(path, f"{where} holds {actual:,} bytes but the header needs {needed:,} (cut short?)")
+
+
+def _itk_header(path):
+    """SimpleITK's reader of `path` with the header read (no pixels) after this module's checks of it."""
+    import SimpleITK as sitk
+
+    _check_metaimage(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ImageReadError(path, f"cannot be read by SimpleITK ({_itk_reason(error)})") from error
+    if not 1 <= reader.GetDimension() <= MAX_DIMS or min(reader.GetSize()) < 1:
+        raise ImageReadError(path, f"has dimensions {reader.GetSize()}; expected 1 to {MAX_DIMS} positive sizes")
+    return reader
 
 
 def _read_itk(path, slices):
     import SimpleITK as sitk
 
-    _check_metaimage_data(path)
+    reader = _itk_header(path)
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())  # e.g. '16-bit signed integer'
+    bits = re.search(r"(\d+)-bit", kind)
+    components = reader.GetNumberOfComponents()
+    _check_memory(path, tuple(reversed(reader.GetSize())) + (components,), int(bits.group(1)) // 8 if bits else 8)
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as error:
         raise ImageReadError(path, f"cannot be read by SimpleITK ({_itk_reason(error)})") from error
     array = sitk.GetArrayFromImage(image)
@@ -880,23 +981,14 @@ def _read_itk(path, slices):
 
 
 def _header_itk(path):
-    import SimpleITK as sitk
-
-    _check_metaimage_data(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise ImageReadError(path, f"cannot be read by SimpleITK ({_itk_reason(error)})") from error
-    meta = {
+    reader = _itk_header(path)
+    return {
         "format": "itk",
         "shape": tuple(reversed(reader.GetSize())),
         "spacing": tuple(reader.GetSpacing()),
         "origin": tuple(reader.GetOrigin()),
         "direction": tuple(reader.GetDirection()),
     }
-    return meta
 
 
 def _itk_reason(error):
