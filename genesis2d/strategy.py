@@ -1,5 +1,6 @@
 """The distribution strategy for the hardware and cluster found (one device, several GPUs, several machines)."""
 
+import contextlib
 import json
 import os
 import sys
@@ -82,9 +83,15 @@ def start_multiworker(resolver, timeout=CLUSTER_TIMEOUT, report_every=REPORT_EVE
 
     TensorFlow's gRPC server listens on every network interface, unauthenticated and
     unencrypted, and its wait for the other workers is silent, without an end, and holds
-    Python's lock (no thread of this process runs meanwhile) and ignores SIGTERM. So a
-    watcher process (`watch_cluster`) names the missing workers as they are awaited and,
-    at the timeout, says so in one line and stops this process (exit status 137).
+    Python's lock (no thread of this process runs meanwhile), so no Python signal handler
+    runs until it ends, and TensorFlow takes SIGTERM for its own preemption notice and drops
+    it. So a watcher process (`watch_cluster`) names the missing workers as they are awaited
+    and, at the timeout, says so in one line and stops this process (exit status 137). A
+    SIGTERM sent to the process group (`scancel`, `kill -TERM -PGID`) reaches the watcher,
+    which says so and stops this process at once (exit status 137); Ctrl-C ends it at once
+    (exit status 130: SIGINT has its default effect during the wait). Nothing is written
+    before the wait ends, not even the output lock. A SIGTERM sent to this process alone
+    during the wait is lost to TensorFlow: the wait then ends at the timeout.
     """
     import subprocess
 
@@ -112,21 +119,62 @@ def start_multiworker(resolver, timeout=CLUSTER_TIMEOUT, report_every=REPORT_EVE
         ]
     )
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        with default_stop_signals():
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     finally:
         watcher.kill()
         watcher.wait()
 
 
+@contextlib.contextmanager
+def default_stop_signals():
+    """Meanwhile, Ctrl-C ends the process as it ends a program without handlers (main thread only).
+
+    Python's KeyboardInterrupt would wait for the interpreter to run again, which it does
+    not while TensorFlow waits for the workers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def watch_cluster(others, timeout, report_every, parent):
-    """Names every `report_every` s the workers that do not answer; at `timeout` s, one line, then stops `parent`."""
+    """Names every `report_every` s the workers that do not answer; at `timeout` s, one line, then stops `parent`.
+
+    A SIGTERM (sent to the process group by a scheduler) stops `parent` at once, with a line;
+    when `parent` ends otherwise before the workers met (Ctrl-C), it says so in one line and ends.
+    """
     import signal
     import time
 
+    def terminated(signum, frame):
+        print(
+            "stopped by SIGTERM while waiting for the other workers; nothing was written.", file=sys.stderr, flush=True
+        )
+        os.kill(int(parent), signal.SIGKILL)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends the parent; this then says so.
     others, timeout, report_every = json.loads(others), float(timeout), float(report_every)
     begun = last_report = time.monotonic()
     while True:
         time.sleep(0.5)
+        if os.getppid() != int(parent):  # Ended (SIGTERM, Ctrl-C) while it waited: nothing was written.
+            print(
+                "stopped while waiting for the other workers; nothing was written. Start every worker again.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         waited = time.monotonic() - begun
         if waited < timeout and time.monotonic() - last_report < report_every:
             continue

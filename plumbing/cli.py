@@ -87,22 +87,63 @@ def add_runtime_arguments(parser, seeds="weights, sampling and augmentation", gr
     return group
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster scheduler's notice before it kills a job, `docker stop`), raised where Ctrl-C would be.
+
+    A KeyboardInterrupt, so that every path that stops politely on Ctrl-C (locks released,
+    temporary files removed, worker pools ended) runs for it too; `run_command` then exits
+    with 143 (128 + 15, as a shell reports a process ended by SIGTERM) instead of 130.
+    """
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Meanwhile, SIGTERM raises `Terminated` in the main thread (as SIGINT raises KeyboardInterrupt).
+
+    Outside the main thread (where Python cannot set signal handlers) it changes nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+CONTINUE_LINE = "run the same command again to continue; what it finished is kept."
+
+
 def run_command(parse_args, run, argv=None, interrupted=None, tensorflow=False):
     """Parses, runs, and turns the project's input errors into one `error: ...` line.
+
+    Ctrl-C and SIGTERM stop the command the same way: what it holds is released (its output
+    lock, temporary files), the line of `interrupted` says how to continue, and it exits with
+    130 (Ctrl-C) or 143 (SIGTERM).
 
     Args:
         parse_args: callable(argv) -> namespace. Raises `InputError` (or exits, as argparse does).
         run: callable(namespace) -> result.
         argv: list of str or None (sys.argv).
-        interrupted: callable(namespace) -> str, the line printed on Ctrl-C (exit code 130).
+        interrupted: callable(namespace) -> str, the line printed on Ctrl-C or SIGTERM. Defaults to
+            CONTINUE_LINE: every command keeps what it finished and continues when run again.
         tensorflow: bool. Start TensorFlow quietly after parsing (for the training commands).
     """
     args = None
     try:
-        args = parse_args(argv)
-        if tensorflow:
-            start_tensorflow_quietly()
-        return run(args)
+        with sigterm_as_interrupt():
+            args = parse_args(argv)
+            if tensorflow:
+                start_tensorflow_quietly()
+            return run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
@@ -110,9 +151,11 @@ def run_command(parse_args, run, argv=None, interrupted=None, tensorflow=False):
         where = error.filename or "output"
         print(f"error: {where}: cannot be written or read ({error.strerror or error}).", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted{': ' + interrupted(args) if interrupted and args is not None else ''}", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stop:
+        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        line = (interrupted or (lambda _: CONTINUE_LINE))(args) if args is not None else ""
+        print(f"\n{how}{': ' + line if line else ''}", file=sys.stderr)
+        raise SystemExit(143 if isinstance(stop, Terminated) else 130) from None
 
 
 def launch(module):
