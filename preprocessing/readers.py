@@ -378,6 +378,7 @@ def _dicom_pixels(ds, path):
     grey, MONOCHROME1 inverted, then the modality LUT or each frame's rescale."""
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "has no pixel data")
+    _check_image_size(ds, path)
     samples = int(ds.get("SamplesPerPixel") or 1)
     bytes_per_value = max(1, int(ds.get("BitsAllocated") or 16) // 8)
     _check_memory(path, (_frame_count(ds), int(ds.Rows), int(ds.Columns), samples), bytes_per_value)
@@ -413,6 +414,11 @@ def _dicom_pixels(ds, path):
         shape = (frames, 1, 1)
         return array * np.reshape(slope, shape).astype(np.float32) + np.reshape(intercept, shape).astype(np.float32)
     return array * np.float32(slope[0]) + np.float32(intercept[0])
+
+
+def _check_image_size(ds, path):
+    if not (int(ds.get("Rows") or 0) > 0 and int(ds.get("Columns") or 0) > 0):
+        raise ImageReadError(path, "states no image size (Rows and Columns); it is not an image")
 
 
 def _decoded(ds, path):
@@ -562,6 +568,7 @@ def _read_dicom_file(path, slices):
 
 def _header_dicom_file(path):
     ds = _dcmread(path, header_only=True)
+    _check_image_size(ds, path)
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = _frame_count(ds)
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)

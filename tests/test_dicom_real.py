@@ -1,6 +1,6 @@
 """Every file of `pydicom-data` (pydicom's test set of real DICOM: CT, MR, radiographs, ultrasound and
-secondary captures in every transfer syntax) read through the project's reader and compared with
-pydicom's own decoding, or refused in one line.
+secondary captures in every transfer syntax) and of the test files pydicom itself ships, read through the
+project's reader and compared with pydicom's own decoding, or refused in one line naming the reason.
 
 The reference is what `read_image` promises: pydicom's `pixel_array`, PALETTE COLOR through
 `apply_color_lut`, colour to grey (ITU-R 601 luma), MONOCHROME1 inverted within its stored range, then
@@ -24,15 +24,46 @@ from preprocessing.normalize import hu_window  # noqa: E402
 from preprocessing.readers import read_header, read_image  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(data_store.__file__), "data")
-FILES = sorted(name for name in os.listdir(DATA) if not name.startswith(("_", ".")) and not name.endswith(".py"))
+# pydicom's own test files, which ship with it: fewer images, but RT, SR, waveform and broken files.
+BUNDLED = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+FILES = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA)) if name.endswith(".dcm")]
+FILES += [os.path.join(BUNDLED, name) for name in sorted(os.listdir(BUNDLED)) if name.endswith(".dcm")]
 
-# The files refused, each with the words its one line must hold and whether the header alone refuses it
-# (the header reader stops before the pixel data, so it cannot see that they are missing).
+# The files refused, each with the words its one line must hold.
+RT, SR = "radiotherapy object", "structured report"
 REFUSED = {
-    "liver.dcm": ("segmentation", True),  # A DICOM SEG: 1-bit masks, not an image.
-    "liver_expb.dcm": ("segmentation", True),
-    "emri_small_jpeg_2k_lossless_too_short.dcm": ("no pixel data", False),  # Cut off inside its pixel data.
+    "liver.dcm": "segmentation",  # DICOM SEG: 1-bit masks, not an image.
+    "liver_expb.dcm": "segmentation",
+    "liver_1frame.dcm": "segmentation",
+    "liver_expb_1frame.dcm": "segmentation",
+    "emri_small_jpeg_2k_lossless_too_short.dcm": "no pixel data",  # Cut off inside its pixel data.
+    "badVR.dcm": RT,  # An RT Dose.
+    **{f"rtdose{end}.dcm": RT for end in ("", "_1frame", "_expb", "_expb_1frame", "_rle", "_rle_1frame")},
+    "rtplan.dcm": RT,
+    "rtplan_truncated.dcm": RT,
+    "reportsi.dcm": SR,
+    "reportsi_with_empty_number_tags.dcm": SR,
+    "test-SR.dcm": SR,
+    "waveform_ecg.dcm": "waveform",
+    # No pixel data, or no image size: an RT structure set, private sequences, character-set tests.
+    "rtstruct.dcm": "not a dicom file",
+    "ExplVR_BigEndNoMeta.dcm": "not a dicom file",
+    "ExplVR_LitEndNoMeta.dcm": "not a dicom file",
+    "no_meta.dcm": "not a dicom file",
+    "UN_sequence.dcm": "no pixel data",
+    "empty_charset_LEI.dcm": "no pixel data",
+    "no_meta_group_length.dcm": "no pixel data",
+    "priv_SQ.dcm": "no pixel data",
+    "meta_missing_tsyntax.dcm": "no image size",
+    "nested_priv_SQ.dcm": "no image size",
+    # Broken on purpose (pydicom's README): pixel data cut short, a JPEG with delimiter bytes written
+    # into it, and a non-conformant 12-bit JPEG (its fixed twin, JPGExtended.dcm, reads).
+    "MR_truncated.dcm": "cannot be decoded",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "cannot be decoded",
+    "JPEG-lossy.dcm": "cannot be decoded",
 }
+# Refusals the header reader cannot make, since it stops before the pixel data.
+PIXEL_REFUSALS = ("no pixel data", "cannot be decoded")
 
 
 def _rescale(ds, frame):
@@ -82,20 +113,22 @@ def reference(path):
     return frames[_stack_order(ds, count)]
 
 
-def test_the_data_set_is_all_there():
-    assert len(FILES) >= 68, f"pydicom-data holds {len(FILES)} files"
+def test_the_data_sets_are_all_there():
+    assert sum(path.startswith(DATA) for path in FILES) == 68, "pydicom-data 1.0 holds 68 DICOM files"
+    assert sum(path.startswith(BUNDLED) for path in FILES) >= 78
+    assert {os.path.basename(path) for path in FILES} >= set(REFUSED)
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_each_file_reads_as_pydicom_decodes_it_or_is_refused_in_one_line(name, capsys):
-    path = os.path.join(DATA, name)
+@pytest.mark.parametrize("path", FILES, ids=lambda path: os.path.basename(path))
+def test_each_file_reads_as_pydicom_decodes_it_or_is_refused_in_one_line(path, capsys):
+    name = os.path.basename(path)
     if name in REFUSED:
-        words, by_header = REFUSED[name]
-        for read in (read_image, read_header) if by_header else (read_image,):
+        words = REFUSED[name]
+        for read in (read_image,) if words in PIXEL_REFUSALS else (read_image, read_header):
             with pytest.raises(InputError) as caught:
                 read(path)
             message = str(caught.value)
-            assert "\n" not in message and path in message and words in message.lower(), message
+            assert "\n" not in message and path in message and words in caught.value.problem.lower(), message
         return
     array, meta = read_image(path)
     expected = reference(path)
