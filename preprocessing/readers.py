@@ -635,6 +635,10 @@ def _series_headers(folder):
 def _read_dicom_series(folder, slices):
     headers, z_spacing = _series_headers(folder)
     chosen = range(len(headers)) if slices is None else [int(i) for i in slices]
+    first = headers[0][1]
+    _check_image_size(first, headers[0][0])
+    bytes_per_value = max(1, int(first.get("BitsAllocated") or 16) // 8) * int(first.get("SamplesPerPixel") or 1)
+    _check_memory(folder, (len(chosen), int(first.Rows), int(first.Columns)), bytes_per_value)
     planes = []
     for index in chosen:
         if not 0 <= index < len(headers):
@@ -647,7 +651,6 @@ def _read_dicom_series(folder, slices):
         if planes and pixels.shape != planes[0].shape:
             raise ImageReadError(file, f"has size {pixels.shape}, unlike the rest of its series {planes[0].shape}")
         planes.append(pixels)
-    first = headers[0][1]
     position = getattr(first, "ImagePositionPatient", None) or (0.0, 0.0, 0.0)
     meta = _dicom_common(first, folder) | _dicom_geometry(first, z_spacing, position)
     return np.stack(planes), meta

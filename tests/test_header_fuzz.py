@@ -30,7 +30,15 @@ from preprocessing.readers import read_header, read_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Inputs tried per property (the README states the total).
-EXAMPLES = {"metaimage": 1000, "nifti": 1000, "dicom": 300, "candidates": 500, "findings": 200, "mura": 300}
+EXAMPLES = {
+    "metaimage": 1000,
+    "nrrd": 500,
+    "nifti": 1000,
+    "dicom": 300,
+    "candidates": 500,
+    "findings": 200,
+    "mura": 300,
+}
 
 
 def _settings(name):
@@ -188,6 +196,38 @@ def test_a_printf_pattern_as_data_file_is_one_line_in_the_manifest_command_not_a
     assert "Traceback" not in done.stderr
 
 
+NRRD = {
+    "type": "short",
+    "dimension": "3",
+    "space": "left-posterior-superior",
+    "sizes": "4 5 6",
+    "space directions": "(0.7,0,0) (0,0.7,0) (0,0,2.5)",
+    "kinds": "domain domain domain",
+    "endian": "little",
+    "encoding": "raw",
+    "space origin": "(0,0,0)",
+    "data file": "x.raw",
+}
+
+
+@_settings("nrrd")
+@given(changes=st.dictionaries(st.sampled_from(list(NRRD)), VALUE, min_size=1, max_size=4))
+def test_random_nrrd_fields_read_as_simpleitk_reads_them_or_are_refused_in_one_line(changes):
+    import SimpleITK as sitk
+
+    fields = NRRD | changes
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scan.nhdr"
+        text = "NRRD0004\n" + "".join(f"{key}: {value}\n" for key, value in fields.items())
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
+        (Path(folder) / "x.raw").write_bytes(np.arange(120, dtype="<i2").tobytes())
+        for number in (1, 2, 3):
+            (Path(folder) / f"x{number:03d}.raw").write_bytes(np.arange(40, dtype="<i2").tobytes())
+        result = _read_both(path)
+        if result is not None and result[0].ndim == 3:
+            np.testing.assert_array_equal(result[0], sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 
@@ -259,30 +299,53 @@ def test_a_nan_pixdim_is_one_line(tmp_path):
             read(path)
 
 
-def test_a_volume_larger_than_memory_is_refused_from_its_header_before_allocating(tmp_path, monkeypatch):
-    """An honest .nii.gz of zeros compresses ~1000:1; its header's size is checked against the memory left."""
+def _big_nifti(path):
+    """An honest .nii.gz of 512x512x400 int16 zeros: 200 MiB of voxels, about 0.2 MiB on disk."""
     import gzip
 
     import nibabel
-
-    from preprocessing import readers
 
     header = nibabel.Nifti1Header()
     header.set_data_shape((512, 512, 400))
     header.set_data_dtype(np.int16)
     header["vox_offset"] = 352
-    path = tmp_path / "big.nii.gz"
-    with gzip.open(path, "wb", compresslevel=1) as handle:  # 200 MiB of zeros, about 0.2 MiB on disk.
+    with gzip.open(path, "wb", compresslevel=1) as handle:
         handle.write(header.binaryblock + b"\0" * 4)
         chunk = bytes(2**24)
         for _ in range(512 * 512 * 400 * 2 // len(chunk)):
             handle.write(chunk)
+    return path
+
+
+def test_a_volume_larger_than_memory_is_refused_from_its_header_before_allocating(tmp_path, monkeypatch):
+    from preprocessing import readers
+
+    path = _big_nifti(tmp_path / "big.nii.gz")
     monkeypatch.setattr(readers, "memory_available", lambda: 100 * 2**20)
     with pytest.raises(InputError) as caught:
         read_image(path)
     assert str(caught.value) == (
         f"{path}: holds 512x512x400 values, 600 MiB to read as float32, but only 100 MiB of memory is available."
     )
+
+
+def test_an_address_space_limit_is_seen_before_allocating(tmp_path):
+    """Under `ulimit -v` (RLIMIT_AS) leaving 300 MiB, the same file is one line, not a MemoryError traceback."""
+    path = _big_nifti(tmp_path / "big.nii.gz")
+    script = (
+        "import resource\n"
+        "from plumbing.errors import InputError\n"
+        "from preprocessing.readers import read_image\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + 300 * 2**20, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    read_image({str(path)!r})\n"
+        "except InputError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done
+    assert "600 MiB to read as float32, but only" in done.stdout and done.stdout.count("\n") == 1, done
 
 
 def test_memory_available_is_a_positive_number_of_bytes():
