@@ -31,7 +31,22 @@ What a file may not do, checked before any pixel is allocated:
   line, not a MemoryError;
 - be more than `MAX_NONFINITE_SHARE` NaN or infinite: a few such values (a
   conversion's edge voxels) are replaced by the image's lowest finite value
-  (the background) with one warning per file; more, and the file is refused.
+  (the background) with one warning per file; more, and the file is refused;
+- hand a library a header field it trusts: MetaImage fields that become sizes,
+  numbers or file names are checked first (a `%s` data-file name crashed
+  SimpleITK, which passes it to printf), and spacing of every format must be
+  finite and positive;
+- need more memory than is available (`memory_available`), judged from the
+  header's dimensions before a whole volume is read;
+- be a DICOM object that is not an image (a SEG, an RT dose or plan, a report:
+  `NON_IMAGE_SOP_CLASSES`), or pixels a missing decoder would decode: the line
+  names the package to install.
+
+DICOM is read as pydicom decodes it, then in physical units: PALETTE COLOR
+through its palette and colour to grey, MONOCHROME1 inverted, the modality LUT or
+rescale applied, for Enhanced objects (Enhanced CT/MR) from each frame's
+functional groups, with their spacing, position and orientation, frames in stack
+order. Warnings raised while a file is read are printed as one line naming it.
 """
 
 import contextlib
