@@ -175,7 +175,19 @@ def inside_scan(volume, meta, xyz):
     return finite & within
 
 
-def extract_subsets(
+def extract_subsets(data_dir, out_dir, *args, **kwargs):
+    """`_extract_subsets` holding `out_dir`'s lock, taken before any record in it is read.
+
+    The patch folder is shared by runs: a second process extracting into it at the same
+    time stops with one line, changing nothing.
+    """
+    from plumbing.lock import output_lock
+
+    with output_lock(out_dir):
+        return _extract_subsets(data_dir, out_dir, *args, **kwargs)
+
+
+def _extract_subsets(
     data_dir,
     out_dir,
     size=64,

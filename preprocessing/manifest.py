@@ -463,12 +463,21 @@ def write_manifest(options, built=None):
 
     `built`: what `build_from_options(options)` returned, when the caller has already built it.
     """
+    from plumbing.lock import output_lock
+
+    out = Path(options.out)
+    # The manifest's own files alone are locked: other manifests or runs may share its folder.
+    with output_lock(out.parent, f".{out.name}.lock"):
+        return _write_manifest(options, built, out)
+
+
+def _write_manifest(options, built, out):
+    """`write_manifest` once `out` is locked."""
     entries = load_table(options.datasets)
     frame, skipped = built or build_from_options(options)
     warn = _warn
     if frame.empty:
         raise InputError(options.root, f"no readable files match any dataset of {options.datasets}")
-    out = Path(options.out)
     write_csv(out, frame)
     tables = summarize(frame)
     for title, counts in tables.items():

@@ -177,10 +177,20 @@ def write_shards(
 
     Raises:
         UsageError: a split's shards were made from other manifest rows or settings (named),
-            unless `overwrite`; checked for every split before any is written.
+            unless `overwrite`; checked for every split before any is written. Or `out_dir` is
+            in use by another process (its lock).
     """
-    out_dir = Path(out_dir)
+    from plumbing.lock import output_lock
+
     frame = load_manifest(manifest)
+    with output_lock(out_dir):  # Before the index is read: a second process on the folder changes nothing.
+        return _write_shards(
+            frame, Path(out_dir), splits, slices_per_shard, progress, seed, encoding, overwrite, allow_outside_root
+        )
+
+
+def _write_shards(frame, out_dir, splits, slices_per_shard, progress, seed, encoding, overwrite, allow_outside_root):
+    """`write_shards` once the manifest is read and `out_dir` is locked."""
     index_path = out_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     wanted = [split for split in splits if split in set(frame["split"])]

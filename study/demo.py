@@ -264,6 +264,7 @@ def run_demo(demo):
     from genesis2d import pretrain
     from luna16 import experiment as luna16
     from mura import experiment as mura
+    from plumbing.lock import output_lock
     from plumbing.options import from_config
     from study.report import build_report
     from transfer.encoders import keras_cache_dir
@@ -345,7 +346,8 @@ def run_demo(demo):
             run_dirs.append(run_dir)
 
     _step("report")
-    table = build_report(run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval)
+    with output_lock(out / "report"):  # Every stage holds its folder's lock while it reads and writes there.
+        table = build_report(run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval)
     print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
     print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return table

@@ -585,7 +585,11 @@ class Experiment:
         options = module.resolve_options(self.cell_options(task, backbone, init))
         module.run(options)
         if task == "luna16":
-            self.luna16_froc(cell_folder(self.out, task, backbone, init))
+            from plumbing.lock import output_lock
+
+            folder = cell_folder(self.out, task, backbone, init)
+            with output_lock(folder):  # The cell's runner has released it; froc.json is read and written here.
+                self.luna16_froc(folder)
 
     def luna16_froc(self, folder):
         """The official LUNA16 FROC and CPM of the cell's test predictions (all folds), beside its AUC."""

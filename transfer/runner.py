@@ -261,13 +261,12 @@ def run_task(task, options):
     settings = {**reuse_settings(options), **{f"data {name}": value for name, value in data.items()}}
     units = list(task.units())
     unit_settings = {unit.key: {**settings, task.unit_name: unit.key} for unit in units}
-    kept = {  # A unit finished by a version that wrote no contract rows of its own is done again.
-        unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
-        and (unit.folder / UNIT_SCORES).is_file()
-        for unit in units
-    }  # Stops naming what changed, before anything is written.
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+    with output_lock(out):  # Before anything in it is read: a second process on --out changes nothing.
+        kept = {  # A unit finished by a version that wrote no contract rows of its own is done again.
+            unit.key: finished_with(unit.folder / task.unit_record, unit_settings[unit.key], options.overwrite)
+            and (unit.folder / UNIT_SCORES).is_file()
+            for unit in units
+        }  # Stops naming what changed, before anything is written.
         deterministic = configure_determinism(options.deterministic)
         precision = pick_precision(options.precision)
         arm = f"{options.init} {'linear probe' if options.probe else 'fine-tuned'}"
