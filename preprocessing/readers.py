@@ -559,8 +559,10 @@ def _forced(path, header_only):
         image = all(key in ds for key in ("Rows", "Columns", "BitsAllocated"))
         image = image and (header_only or "PixelData" in ds) and int(ds.Rows) > 0 and int(ds.Columns) > 0
     except Exception:
-        image = False
+        image, ds = False, None
     if not image:
+        if ds is not None:
+            _check_image_object(ds, path)  # A report or an RT object says what it is.
         raise ImageReadError(path, "is not a DICOM file")
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         # Such files are never compressed: the syntax is the encoding pydicom found while parsing.

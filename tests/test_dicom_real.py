@@ -45,11 +45,12 @@ REFUSED = {
     "reportsi_with_empty_number_tags.dcm": SR,
     "test-SR.dcm": SR,
     "waveform_ecg.dcm": "waveform",
-    # No pixel data, or no image size: an RT structure set, private sequences, character-set tests.
-    "rtstruct.dcm": "not a dicom file",
-    "ExplVR_BigEndNoMeta.dcm": "not a dicom file",
-    "ExplVR_LitEndNoMeta.dcm": "not a dicom file",
+    # Without DICOM's preamble: RT objects, and a header without an image.
+    "rtstruct.dcm": RT,
+    "ExplVR_BigEndNoMeta.dcm": RT,
+    "ExplVR_LitEndNoMeta.dcm": RT,
     "no_meta.dcm": "not a dicom file",
+    # No pixel data, or no image size: private sequences, character-set tests.
     "UN_sequence.dcm": "no pixel data",
     "empty_charset_LEI.dcm": "no pixel data",
     "no_meta_group_length.dcm": "no pixel data",
