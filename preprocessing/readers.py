@@ -425,7 +425,7 @@ def _dicom_pixels(ds, path):
     transform = "PixelValueTransformationSequence"
     slope = [float(_functional(ds, i, transform, "RescaleSlope") or 1.0) for i in range(frames)]
     intercept = [float(_functional(ds, i, transform, "RescaleIntercept") or 0.0) for i in range(frames)]
-    if array.ndim == 3 and frames == len(array) > 1:  # Each frame its own rescale.
+    if frames > 1:  # Each frame its own rescale.
         shape = (frames, 1, 1)
         return array * np.reshape(slope, shape).astype(np.float32) + np.reshape(intercept, shape).astype(np.float32)
     return array * np.float32(slope[0]) + np.float32(intercept[0])
