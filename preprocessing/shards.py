@@ -18,13 +18,16 @@ pass). Shards are written atomically.
 manifest's rows of that split (paths taken relative to the folder holding all
 the manifest's files, so a manifest rebuilt over a moved data folder still
 matches) and the settings that shape the shards (`--encoding`,
-`--slices-per-shard`, `--seed`). A rerun skips a split made from the same; if
-anything changed it stops and names it, before writing anything (`--overwrite`
-writes those splits again). An image changed in place under an unchanged
-manifest is not detected: rebuild the shards with `--overwrite`.
+`--slices-per-shard`, `--seed`), and the hash of its images' content stamps
+(size and modification time of every file a split's images are read from, kept
+in `{split}-images.json`; see `image_stamps` for why not a hash of the bytes). A
+rerun skips a split made from the same; if anything changed it stops and names
+it (the images that changed, too), before writing anything (`--overwrite`
+writes those splits again).
 """
 
 import json
+import os
 import sys
 import zlib
 from dataclasses import dataclass
@@ -33,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
-from plumbing.errors import ImageReadError, UsageError
-from plumbing.fingerprint import common_root, rows_hash
+from plumbing.errors import ImageReadError, InputError, UsageError
+from plumbing.fingerprint import common_root, file_stamp, fingerprint, rows_hash, stamp_changes
 from plumbing.options import build_parser, option, parse_options
 from preprocessing.pipeline import UINT16_MAX, load_manifest, read_normalized_slices, volume_groups
 
@@ -126,21 +129,72 @@ def write_split(
 MANIFEST_COLUMNS_HASHED = ["dataset", "modality", "patient_id", "path", "slice_index"]  # What a shard's records hold.
 
 
-def split_record(frame, split, slices_per_shard, seed, encoding, root):
-    """What makes one split's shards: {'settings': ..., 'inputs': {'manifest_rows', 'rows'}}.
+def content_files(path):
+    """The files whose bytes make an image's pixels: the file itself and the data files it names (a MetaImage
+    header's .raw, an Analyze .img), or a DICOM series folder's files."""
+    from preprocessing.readers import _named_data_files
 
-    `root` is the folder the rows' paths are hashed relative to (the manifest's `common_root`).
+    path = Path(path)
+    base = path if path.is_dir() else path.parent
+    named = [base / name for name in _named_data_files(path)]
+    return named if path.is_dir() else [path, *named]
+
+
+def image_stamps(paths, root):
+    """The content stamps (`plumbing.fingerprint.file_stamp`) of every file the images at `paths` are read from.
+
+    By size and modification time, never by hash: hashing reads every image of the corpus
+    (hundreds of GB for the thesis's) at every rerun, only to decide whether a split's
+    shards are kept, where a stat of each file takes seconds; an image replaced or edited
+    in place changes its size or time, as for every other large input of this project
+    (`plumbing.fingerprint`). A file that cannot be read is stamped as missing.
+    """
+    stamps = {}
+    for path in paths:
+        try:
+            files = content_files(path)
+        except (OSError, InputError):  # The reader skips it with a warning; recorded as missing.
+            files = [Path(path)]
+        for file in files:
+            try:
+                stamp = file_stamp(file, root, hashed_below=0)
+            except OSError:
+                stamp = {"path": os.path.relpath(os.path.abspath(file), root).replace(os.sep, "/"), "bytes": None}
+            stamps[stamp["path"]] = stamp
+    return [stamps[name] for name in sorted(stamps)]
+
+
+def images_file(out_dir, split):
+    """Where a split's image stamps are kept (beside its shards; the index holds their hash)."""
+    return Path(out_dir) / f"{split}-images.json"
+
+
+def split_record(frame, split, slices_per_shard, seed, encoding, root):
+    """What makes one split's shards: ({'settings': ..., 'inputs': {'manifest_rows', 'rows', 'images'}}, stamps).
+
+    `root` is the folder the rows' paths (and the images' stamps) are taken relative to (the
+    manifest's `common_root`); `stamps` is `image_stamps` of the split's images, whose hash
+    the record holds.
     """
     rows = frame[frame["split"] == split]
     columns = [c for c in MANIFEST_COLUMNS_HASHED if c in rows.columns]
-    return {
+    stamps = image_stamps(rows["path"].unique(), root)
+    record = {
         "settings": {"encoding": encoding, "slices_per_shard": int(slices_per_shard), "seed": int(seed)},
-        "inputs": {"manifest_rows": rows_hash(rows[columns], root=root), "rows": len(rows)},
+        "inputs": {
+            "manifest_rows": rows_hash(rows[columns], root=root),
+            "rows": len(rows),
+            "images": fingerprint(stamps),
+        },
     }
+    return record, stamps
 
 
-def record_changes(recorded, made, split):
-    """What differs between a split's recorded making and this one, in words (empty when nothing)."""
+def record_changes(recorded, made, split, recorded_stamps=None, stamps=None):
+    """What differs between a split's recorded making and this one, in words (empty when nothing).
+
+    `recorded_stamps` and `stamps`: the split's image stamps then and now, to name the images that changed.
+    """
     if "inputs" not in recorded:
         return [f"{split} shards were written before shards recorded their inputs"]
     changes = [
@@ -156,6 +210,11 @@ def record_changes(recorded, made, split):
             else f"{now['rows']:,} rows, other content"
         )
         changes.append(f"the manifest's {split} rows ({counts})")
+    elif "images" not in before:
+        changes.append(f"{split} shards were written before shards recorded their images' content")
+    elif before["images"] != now["images"]:
+        named = stamp_changes(recorded_stamps, stamps) if recorded_stamps is not None else ["its record is gone"]
+        changes.append(f"the {split} images ({', '.join(named)})")
     return changes
 
 
@@ -195,8 +254,14 @@ def _write_shards(frame, out_dir, splits, slices_per_shard, progress, seed, enco
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     wanted = [split for split in splits if split in set(frame["split"])]
     root = common_root(frame["path"])  # Of the whole manifest: every split's paths relative to one folder.
-    made = {split: split_record(frame, split, slices_per_shard, seed, encoding, root) for split in wanted}
-    changed = {split: record_changes(index[split], made[split], split) for split in wanted if split in index}
+    made, stamps = {}, {}
+    for split in wanted:
+        made[split], stamps[split] = split_record(frame, split, slices_per_shard, seed, encoding, root)
+    changed = {
+        split: record_changes(index[split], made[split], split, _recorded_stamps(out_dir, split), stamps[split])
+        for split in wanted
+        if split in index
+    }
     stale = [f"{split}: {'; '.join(changes)}" for split, changes in changed.items() if changes]
     if stale and not overwrite:
         raise UsageError(
@@ -219,10 +284,20 @@ def _write_shards(frame, out_dir, splits, slices_per_shard, progress, seed, enco
         count, skipped = write_split(
             frame, split, out_dir, slices_per_shard, progress, seed, encoding, allow_outside_root
         )
+        write_json(images_file(out_dir, split), stamps[split])
         index[split] = {"slices": count, "skipped_files": skipped, **made[split]}
         write_json(index_path, index)  # After each split, so a killed run keeps finished splits.
         print(f"{split}: {count} slices, {len(skipped)} unreadable files skipped")
     return index
+
+
+def _recorded_stamps(out_dir, split):
+    """The image stamps a split's shards were written from, or None when not recorded."""
+    path = images_file(out_dir, split)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
