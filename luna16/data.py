@@ -279,12 +279,19 @@ def _extract_subsets(
                         continue
                     keep, scan_patches, scan_aug, scan_aug_rows = found
                     scan_rows = by_series[uid]
-                    if not keep.all():
+                    if not keep.any():
+                        print(
+                            f"warning: {path}: none of its {len(keep)} candidates lies inside the scan or has "
+                            "coordinates; it gives no patches.",
+                            file=sys.stderr,
+                        )
+                    elif not keep.all():
                         print(
                             f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
                             "scan or have no coordinates; dropped.",
                             file=sys.stderr,
                         )
+                    if not keep.all():
                         dropped += int((~keep).sum())
                         scan_rows = scan_rows[keep]
                     patches.write(scan_patches)
@@ -293,6 +300,12 @@ def _extract_subsets(
                     written += len(scan_rows)
                     rows.append(scan_rows)
             table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+            if table.empty:
+                print(
+                    f"warning: {folder}: no patches: none of the {len(scans)} scans of subset{subset} gave any "
+                    f"({len(jobs)} have candidates, {len(skipped)} could not be read).",
+                    file=sys.stderr,
+                )
             write_csv(folder / "candidates.csv", table)
             write_csv(
                 folder / "augmented.csv",

@@ -41,7 +41,7 @@ from luna16.data import (
 from luna16.patches import PLANES
 from plumbing.atomic import write_csv, write_text
 from plumbing.cli import fraction_type
-from plumbing.errors import UsageError
+from plumbing.errors import InputError, UsageError
 from plumbing.fingerprint import file_sha256
 from preprocessing.split import hold_out_groups
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
@@ -266,6 +266,13 @@ class Luna16(Task):
         )
         x_val, y_val, _ = evaluation_arrays(train_subsets, held_out)
         y_test, table = evaluation_labels(test_subsets)  # The test fold's images are streamed, never held whole.
+        for what, subsets, count in (("training", train_ids, len(y_train)), ("test", test_ids, len(table))):
+            if not count:  # Extraction warned per scan; here the fold cannot be run.
+                raise InputError(
+                    self.patches,
+                    f"fold {fold}: its {what} subsets {', '.join(map(str, subsets))} hold no patches (see the "
+                    "extraction's warnings: scans unread, or no candidate inside its scan)",
+                )
         dropped = sum(s.record.get("dropped_candidates", 0) for s in test_subsets)
         print(
             f"fold {fold}: test subsets {FOLD_PAIRS[fold - 1]}; {len(y_train) // VIEWS} training candidates "

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from plumbing.atomic import write_json
-from plumbing.cli import ArgumentParser
+from plumbing.cli import ArgumentParser, count_type
 from plumbing.errors import InputError, UsageError
 from plumbing.figures import pyplot, save_figure
 from plumbing.tables import read_csv
@@ -234,6 +234,15 @@ def read_predictions(path):
             f"has {int((~finite).sum())} rows whose probability or coordinates are not finite "
             "numbers (NaN or infinite: did training diverge?)",
         )
+    probability = frame["probability"].to_numpy(float)
+    outside = (probability < 0) | (probability > 1)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            path,
+            f"has {int(outside.sum())} rows whose probability lies outside [0, 1] (first: line {first + 2}, "
+            f"{probability[first]:g}); give probabilities, not scores or logits",
+        )
     return frame
 
 
@@ -286,12 +295,12 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--max-candidates",
-        type=int,
+        type=count_type(0),
         default=MAX_CAD_MARKS,
         help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000."
+        "--bootstrap", type=count_type(1), default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000."
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
     parser.add_argument(

@@ -202,6 +202,22 @@ def fraction_type(allow_zero=False):
     return parse
 
 
+def count_type(minimum=0):
+    """An argparse `type` that accepts a whole number of at least `minimum` (iterations, candidates, workers)."""
+
+    def parse(text):
+        try:
+            number = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be a whole number. Received: {text!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}. Received: {number}")
+        return number
+
+    parse.__name__ = "count"
+    return parse
+
+
 def parse_with_config(parser, argv=None):
     """Parses arguments; a `--config` YAML file sets defaults that flags then override.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from genesis2d.backbones import BACKBONES  # noqa: E402  Data only: no Keras import.
-from plumbing.cli import ArgumentParser
+from plumbing.cli import ArgumentParser, count_type
 from study.experiment import PROTOCOLS, THESIS_BACKBONES, THESIS_INITS  # noqa: E402
 from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
@@ -79,7 +79,7 @@ def build_parser():
     )
     parser.add_argument(
         "--bootstrap",
-        type=int,
+        type=count_type(1),
         default=1000,
         help="bootstrap resamples, used with --interval bootstrap only. Default: 1000.",
     )

@@ -204,6 +204,10 @@ def _check_scores(path, scores, names):
     labels = sorted(set(scores["label"]) - {0, 1})
     if labels:
         raise ResultsError(path, f"has labels {labels[:3]}; labels are 0 or 1")
+    outside = ((scores["probability"] < 0) | (scores["probability"] > 1)).to_numpy()
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0]) + 2
+        raise ResultsError(path, f"line {row}: probability {scores['probability'].iloc[row - 2]:g} lies outside [0, 1]")
 
 
 def read_results(folder):

@@ -1,0 +1,95 @@
+"""Inputs that used to be accepted, each now one line: probabilities outside [0, 1], negative counts, empty patches."""
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_faults import _exit_line, _froc_files
+
+from transfer.results import ResultsError, read_results
+
+
+@pytest.mark.parametrize("probability", [5, -3, 1e9])
+def test_froc_predictions_must_be_probabilities(tmp_path, capsys, probability):
+    from luna16.froc import main
+
+    argv = _froc_files(tmp_path, "a,1,0,0,10\n")
+    predictions = pd.read_csv(argv[0])
+    predictions.loc[1, "probability"] = probability
+    predictions.to_csv(argv[0], index=False)
+    code, line = _exit_line(main, argv, capsys)
+    assert code == 1 and line == (
+        f"error: {argv[0]}: has 1 rows whose probability lies outside [0, 1] (first: line 3, {probability:g}); "
+        "give probabilities, not scores or logits."
+    )
+
+
+@pytest.mark.parametrize("probability", [5, -3, 1e9])
+def test_report_inputs_must_hold_probabilities(tmp_path, probability):
+    from transfer.results import SCORE_COLUMNS, write_results
+
+    levels = [{"name": "case", "description": "cases", "group": "patient", "metrics": ["auc"]}]
+    scores = pd.DataFrame(
+        [("case", f"c{i}", i % 2, 0.2 + 0.1 * i, f"p{i}", 1, 1) for i in range(6)], columns=SCORE_COLUMNS
+    )
+    metrics = {"task": "t", "backbone": "vgg16", "init": "scratch", "train_fraction": 1.0, "levels": levels}
+    write_results(tmp_path, scores, metrics)
+    assert len(read_results(tmp_path).scores) == 6
+    scores.loc[4, "probability"] = probability
+    scores.to_csv(tmp_path / "test_scores.csv", index=False)
+    with pytest.raises(
+        ResultsError, match=re.escape(f"test_scores.csv: line 6: probability {probability:g} lies outside [0, 1]")
+    ):
+        read_results(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--bootstrap", "-5", "argument --bootstrap: must be at least 1. Received: -5"),
+        ("--bootstrap", "0", "argument --bootstrap: must be at least 1. Received: 0"),
+        ("--max-candidates", "-1", "argument --max-candidates: must be at least 0. Received: -1"),
+        ("--max-candidates", "many", "argument --max-candidates: must be a whole number. Received: 'many'"),
+    ],
+)
+def test_negative_counts_are_one_usage_line(tmp_path, capsys, flag, value, message):
+    from luna16.froc import main
+
+    argv = _froc_files(tmp_path, "a,1,0,0,10\n")
+    code, line = _exit_line(main, [*argv, flag, value], capsys)
+    assert code == 2 and line == f"error: {message} (see python -m luna16.froc --help)"
+
+
+def test_the_studys_bootstrap_must_be_positive(capsys):
+    from study.demo import main
+
+    code, line = _exit_line(main, ["--bootstrap", "-5"], capsys)
+    assert (
+        code == 2
+        and line == "error: argument --bootstrap: must be at least 1. Received: -5 (see python -m study --help)"
+    )
+
+
+def test_a_scan_that_gives_no_patches_is_named(demo_dir, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from luna16.data import extract_subsets
+
+    data = tmp_path / "LUNA16"
+    shutil.copytree(demo_dir / "LUNA16", data)
+    scan = sorted((data / "subset0").glob("*.mhd"))[0]
+    spacing, origin = sitk.ReadImage(str(scan)).GetSpacing(), sitk.ReadImage(str(scan)).GetOrigin()
+    for part in scan.parent.glob(f"{scan.stem}.*"):
+        part.unlink()
+    tiny = sitk.GetImageFromArray(np.zeros((1, 1, 1), np.int16))  # 1x1x1: every candidate lies outside.
+    tiny.SetSpacing(spacing)
+    tiny.SetOrigin(origin)
+    sitk.WriteImage(tiny, str(scan))
+    extract_subsets(data, tmp_path / "patches", size=16, positive_copies=2, progress=False)
+    err = capsys.readouterr().err
+    assert (
+        f"warning: {scan}: none of its" in err
+        and "candidates lies inside the scan or has coordinates; it gives no patches." in err
+    )
