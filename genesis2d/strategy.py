@@ -128,10 +128,13 @@ def start_multiworker(resolver, timeout=CLUSTER_TIMEOUT, report_every=REPORT_EVE
 
 @contextlib.contextmanager
 def default_stop_signals():
-    """Meanwhile, Ctrl-C ends the process as it ends a program without handlers (main thread only).
+    """Meanwhile, Ctrl-C ends the process as it ends a program without handlers; after, SIGTERM is ours again.
 
     Python's KeyboardInterrupt would wait for the interpreter to run again, which it does
-    not while TensorFlow waits for the workers.
+    not while TensorFlow waits for the workers. TensorFlow replaces the SIGTERM handler
+    with its own (a preemption notice that stops nothing) while it sets the workers up:
+    the handler that was in place (`plumbing.cli.Terminated`) is set again after it.
+    Main thread only, where Python sets handlers.
     """
     import signal
     import threading
@@ -140,10 +143,12 @@ def default_stop_signals():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    terminated = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, terminated if terminated is not None else signal.SIG_DFL)
 
 
 def watch_cluster(others, timeout, report_every, parent):

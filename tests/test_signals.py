@@ -113,3 +113,29 @@ def test_a_worker_waiting_for_its_peers_stops_on_sigterm_within_seconds(demo_man
     time.sleep(1)
     watchers = subprocess.run(["pgrep", "-f", f"watch_cluster.*{peer}"], capture_output=True, text=True)
     assert watchers.stdout == ""
+
+
+def test_sigterm_stops_a_multi_worker_run_once_its_workers_met(tmp_path):
+    """TensorFlow puts its own SIGTERM handler (a preemption notice that stops nothing) in while it sets workers up."""
+    port = free_ports(1)[0]
+    script = textwrap.dedent("""
+        import os, signal, time
+        import tensorflow as tf
+        from genesis2d.strategy import start_multiworker
+        from plumbing.cli import Terminated, sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            start_multiworker(tf.distribute.cluster_resolver.TFConfigClusterResolver(), 60)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+                print("not stopped")
+            except Terminated:
+                print("stopped")
+    """)
+    config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(config)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip().splitlines()[-1] == "stopped", result.stderr[-2000:]
