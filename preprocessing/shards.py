@@ -27,7 +27,6 @@ writes those splits again).
 """
 
 import json
-import os
 import sys
 import zlib
 from dataclasses import dataclass
@@ -147,19 +146,20 @@ def image_stamps(paths, root):
     (hundreds of GB for the thesis's) at every rerun, only to decide whether a split's
     shards are kept, where a stat of each file takes seconds; an image replaced or edited
     in place changes its size or time, as for every other large input of this project
-    (`plumbing.fingerprint`). A file that cannot be read is stamped as missing.
+    (`plumbing.fingerprint`). A file that is missing has no stamp (the shards skip it too):
+    one that appears or goes is named as added or removed.
     """
     stamps = {}
     for path in paths:
         try:
             files = content_files(path)
-        except (OSError, InputError):  # The reader skips it with a warning; recorded as missing.
+        except (OSError, InputError):  # Unreadable as a header: the shards skip it with a warning.
             files = [Path(path)]
         for file in files:
             try:
                 stamp = file_stamp(file, root, hashed_below=0)
             except OSError:
-                stamp = {"path": os.path.relpath(os.path.abspath(file), root).replace(os.sep, "/"), "bytes": None}
+                continue
             stamps[stamp["path"]] = stamp
     return [stamps[name] for name in sorted(stamps)]
 

@@ -103,3 +103,13 @@ def test_resume_with_a_setting_that_changes_the_run_stops_naming_it(
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {named}: {out} was trained")
     assert snapshot(out) == before  # run.json and the card untouched.
+
+
+def test_an_image_gone_is_named_as_removed(corpus_copy, tmp_path, capsys):
+    manifest, corpus, frame = corpus_copy
+    gone = next(Path(p) for p in frame.loc[frame["split"] == "val", "path"].unique() if p.endswith(".png"))
+    out = tmp_path / "shards"
+    write_shards(manifest, out, splits=("val",), progress=False)
+    gone.unlink()
+    with pytest.raises(UsageError, match=f"the val images \\(removed {gone.relative_to(corpus).as_posix()}\\)"):
+        write_shards(manifest, out, splits=("val",), progress=False)
