@@ -50,7 +50,9 @@ def test_delong_matches_the_direct_computation_on_fixed_data():
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs(z)))
     same = delong_test(y, a, a)
     assert same["z"] == 0 and same["p_value"] == 1.0
-    one_stratum = paired_auc_test(y, a, b, strata=np.zeros(len(y)), variance="delong", reference="normal")
+    one_stratum = paired_auc_test(
+        y, a, b, strata=np.zeros(len(y)), variance="delong", reference="normal", test="variance"
+    )
     assert one_stratum["z"] == pytest.approx(z) and one_stratum["p_value"] == pytest.approx(result["p_value"])
 
 
@@ -156,7 +158,7 @@ def _clustered_case(seed=5, clusters=12):
 def test_clustered_test_matches_obuchowski_by_hand():
     y, a, b, groups = _clustered_case()
     assert len(set(groups[y == 1])) < len(set(groups))  # Some clusters hold no positive: I10 < I matters.
-    result = paired_auc_test(y, a, b, clusters=groups, variance="delong", reference="normal")
+    result = paired_auc_test(y, a, b, clusters=groups, variance="delong", reference="normal", test="variance")
     auc_a, auc_b, variance = obuchowski_by_hand(y, a, b, groups)
     assert result["test"] == "clustered DeLong (Obuchowski 1997)"
     assert result["auc_a"] == pytest.approx(auc_a) and result["auc_b"] == pytest.approx(auc_b)
@@ -166,7 +168,7 @@ def test_clustered_test_matches_obuchowski_by_hand():
     assert result["p_value"] == pytest.approx(2 * norm.sf(abs((auc_a - auc_b) / np.sqrt(variance))))
     half = norm.ppf(0.975) * np.sqrt(variance)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((auc_a - auc_b - half, auc_a - auc_b + half))
-    # The default: the same variance per fold, summed over folds, against t with the Satterthwaite df of the
+    # The t reference: the same variance per fold, summed over folds, against t with the Satterthwaite df of the
     # folds' cluster counts (Satterthwaite 1946).
     from scipy.stats import t
 
@@ -176,12 +178,14 @@ def test_clustered_test_matches_obuchowski_by_hand():
     counts = np.array([len(set(groups[folds == f])) for f in (0, 1)])
     df = variances.sum() ** 2 / np.sum(variances**2 / (counts - 1))
     difference = np.mean([pa - pb for pa, pb, _ in parts])
-    default = paired_auc_test(y, a, b, clusters=groups, strata=folds)
+    default = paired_auc_test(y, a, b, clusters=groups, strata=folds, variance="delong", reference="t", test="variance")
     assert default["test"] == f"clustered DeLong (Obuchowski 1997), t with {df:.0f} df"
     assert default["df"] == pytest.approx(df) and default["variance"] == pytest.approx(variances.sum() / 4)
     assert default["p_value"] == pytest.approx(2 * t.sf(abs(difference) / np.sqrt(variances.sum() / 4), df))
     # Every case its own cluster: Obuchowski's variance is DeLong's exactly.
-    singletons = paired_auc_test(y, a, b, clusters=np.arange(len(y)), variance="delong", reference="normal")
+    singletons = paired_auc_test(
+        y, a, b, clusters=np.arange(len(y)), variance="delong", reference="normal", test="variance"
+    )
     assert singletons["test"] == "DeLong" and singletons["z"] == pytest.approx(delong_direct(y, a, b)[2])
 
 
@@ -212,7 +216,9 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     y, a, b, groups = _clustered_case(seed=3, clusters=24)
     folds = groups % 3
     b = np.exp(b)  # Another scale: the AUC cannot tell, nor may the test.
-    result = paired_auc_test(y, a, b, clusters=groups, strata=folds, variance="jackknife")
+    result = paired_auc_test(
+        y, a, b, clusters=groups, strata=folds, variance="jackknife", reference="t", test="variance"
+    )
     difference, variance, df, p_value = jackknife_by_hand(y, a, b, groups, folds)
     assert result["difference"] == pytest.approx(difference)
     assert result["variance"] == pytest.approx(variance, rel=1e-10) and result["df"] == pytest.approx(df)
@@ -225,13 +231,16 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     # The interval of one model's AUC is the same jackknife with b left out.
     interval = auc_interval(y, a, groups, folds)
     auc, variance, _, _ = jackknife_by_hand(y, a, None, groups, folds)
-    # Its df: each fold on the fewer of its clusters holding a positive or a negative, less one.
+    # Its df: each fold on its clusters less one (with df_from="sides", on the fewer holding a positive or a negative).
     fold_variances = [
         jackknife_by_hand(y[folds == f], a[folds == f], None, groups[folds == f], folds[folds == f])[1]
         for f in range(3)
     ]
     sides = [min(len(set(groups[(folds == f) & (y == k)])) for k in (0, 1)) for f in range(3)]
-    df = sum(fold_variances) ** 2 / sum(v**2 / (c - 1) for v, c in zip(fold_variances, sides))
+    counts = [len(set(groups[folds == f])) for f in range(3)]
+    df = sum(fold_variances) ** 2 / sum(v**2 / (c - 1) for v, c in zip(fold_variances, counts))
+    cautious = sum(fold_variances) ** 2 / sum(v**2 / (c - 1) for v, c in zip(fold_variances, sides))
+    assert auc_interval(y, a, groups, folds, df_from="sides")["df"] == pytest.approx(cautious) and cautious < df
     logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, df) * np.sqrt(variance) / (auc * (1 - auc))
     low, high = 1 / (1 + np.exp(-(logit - half))), 1 / (1 + np.exp(-(logit + half)))
     assert interval["auc"] == pytest.approx(auc) and interval["df"] == pytest.approx(df)
@@ -287,3 +296,88 @@ def test_folds_too_small_or_collapsed_are_left_out_with_a_line_each():
     assert empty["notes"] == ["fold 0: 0 positive and 6 negative cases, no AUC; left out"]
     interval = auc_interval(y, a, groups, folds, unit="scan")
     assert len(interval["notes"]) == 2 and interval["folds"] == 1
+
+
+def _swapped_difference(y, a, b, clusters, folds, swapped):
+    """Mean over folds of AUC(a) - AUC(b) after exchanging the two models' within-fold ranks in `swapped` clusters."""
+    from scipy.stats import rankdata
+
+    differences = []
+    for fold in np.unique(folds):
+        rows = folds == fold
+        ra, rb = rankdata(a[rows]), rankdata(b[rows])
+        exchange = np.isin(clusters[rows], swapped)
+        xa, xb = np.where(exchange, rb, ra), np.where(exchange, ra, rb)
+        differences.append(roc_auc_score(y[rows], xa) - roc_auc_score(y[rows], xb))
+    return float(np.mean(differences))
+
+
+def _clustered_pair(seed, clusters=8, folds=2):
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(clusters), rng.integers(3, 7, clusters))
+    y = (rng.random(len(group)) < 0.4).astype(int)
+    for c in range(clusters):  # Every cluster holds both classes, so every fold has two clusters on each side.
+        rows = np.flatnonzero(group == c)
+        y[rows[0]], y[rows[1]] = 1, 0
+    shared = rng.normal(0, 1, clusters)[group]
+    a = y + shared + rng.normal(0, 1, len(y))
+    b = np.exp(0.7 * y + shared + rng.normal(0, 1, len(y)))  # Another scale: the test exchanges ranks.
+    b[:4] = b[4]  # Ties.
+    return y, a, b, group, group % folds
+
+
+def test_cluster_contributions_give_every_swapped_difference():
+    from transfer.statistics import cluster_contributions
+
+    y, a, b, group, folds = _clustered_pair(3, folds=1)
+    names, h = cluster_contributions(y, a[None], b[None], group)
+    assert h.sum() == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        swapped = names[rng.random(len(names)) < 0.5]
+        expected = _swapped_difference(y, a, b, group, folds, swapped)
+        assert h.sum() - 2 * h[np.isin(names, swapped)].sum() == pytest.approx(expected, abs=1e-12)
+
+
+def test_cluster_permutation_p_value_is_the_share_of_swaps_at_least_as_extreme():
+    import itertools
+
+    y, a, b, group, folds = _clustered_pair(5, clusters=8, folds=2)
+    observed = _swapped_difference(y, a, b, group, folds, [])
+    extreme = [
+        abs(_swapped_difference(y, a, b, group, folds, np.flatnonzero(pattern))) >= abs(observed) - 1e-12
+        for pattern in itertools.product([0, 1], repeat=8)
+    ]
+    result = paired_auc_test(y, a, b, clusters=group, strata=folds, test="permutation")
+    assert result["p_value"] == pytest.approx(np.mean(extreme))
+    assert result["difference"] == pytest.approx(observed) and result["p_how"] == "exact over 2^8 sign patterns"
+    # Monte Carlo: seeded, and near the exact value.
+    sampled = paired_auc_test(y, a, b, clusters=group, strata=folds, test="permutation", permutations=20000, seed=1)
+    again = paired_auc_test(y, a, b, clusters=group, strata=folds, test="permutation", permutations=20000, seed=1)
+    assert sampled["p_value"] == again["p_value"] and sampled["p_value"] == pytest.approx(np.mean(extreme), abs=0.01)
+
+
+def test_exact_sign_flip_p_value_counts_every_pattern():
+    import itertools
+
+    from transfer.statistics import sign_flip_p_value
+
+    h = np.random.default_rng(2).normal(size=11)
+    sums = np.array([np.dot(signs, h) for signs in itertools.product([-1, 1], repeat=11)])
+    assert sign_flip_p_value(h)[0] == pytest.approx(np.mean(np.abs(sums) >= abs(h.sum()) - 1e-12))
+    assert sign_flip_p_value(np.zeros(5))[0] == 1.0
+    assert sign_flip_p_value(np.ones(10))[0] == pytest.approx(2 / 2**10)  # Only all-plus and all-minus reach 10.
+
+
+def test_cluster_permutation_with_runs_exchanges_every_pair_of_runs():
+    from transfer.statistics import cluster_contributions
+
+    y, a, b, group, folds = _clustered_pair(7, folds=1)
+    rng = np.random.default_rng(1)
+    runs_a, runs_b = np.stack([a, a + rng.normal(0, 1, len(a))]), np.stack([b, b * 2, np.exp(-b)])
+    names, h = cluster_contributions(y, runs_a, runs_b, group)
+    swapped = names[::2]
+    expected = np.mean([_swapped_difference(y, ra, rb, group, folds, swapped) for ra in runs_a for rb in runs_b])
+    assert h.sum() - 2 * h[np.isin(names, swapped)].sum() == pytest.approx(expected, abs=1e-12)
+    mean_difference = np.mean([roc_auc_score(y, r) for r in runs_a]) - np.mean([roc_auc_score(y, r) for r in runs_b])
+    assert h.sum() == pytest.approx(mean_difference)

@@ -85,8 +85,13 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
         truth, np.stack(scores["genesis"]), scores["scratch"][0], clusters=patients, strata=folds
     )
     assert auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
-    assert auc["test"] == "clustered DeLong (Obuchowski 1997), t reference, clusters: patients, folds combined"
-    assert auc["genesis_vs_scratch_df"] == pytest.approx(expected["df"])
+    # 60 patients, 30 a fold: the p-value from the cluster permutation test, the interval from the jackknife.
+    assert auc["test"] == (
+        "cluster permutation (10,000 random sign patterns); interval: cluster jackknife, clusters: patients, "
+        "folds combined"
+    )
+    assert np.isnan(auc["genesis_vs_scratch_df"]) and np.isnan(expected["df"])  # A normal reference: no df.
+    assert auc["genesis_vs_scratch_p_how"] == expected["p_how"] == "10,000 random sign patterns"
     # The difference's 95% interval is the test's, and holds the difference.
     assert (auc["genesis_vs_scratch_ci_low"], auc["genesis_vs_scratch_ci_high"]) == pytest.approx(
         (expected["ci_low"], expected["ci_high"])
@@ -96,10 +101,10 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     assert accuracy["scratch"] == pytest.approx(
         np.mean([accuracy_score(truth[folds == f], scores["scratch"][0][folds == f] >= 0.5) for f in (1, 2)])
     )
-    # Patients are one per row at their level: plain DeLong there.
+    # Patients are one per row at their level: the case jackknife there, and the permutation exchanges cases.
     assert (
         table[(table["level"] == "patient") & (table["metric"] == "auc")].iloc[0]["test"]
-        == "DeLong, t reference, folds combined"
+        == "permutation (10,000 random sign patterns); interval: jackknife, folds combined"
     )
     ensemble = table[table["metric"] == "auc_ensemble"]
     assert len(ensemble) == 2 and "ensemble" in ensemble.iloc[0]["label"]

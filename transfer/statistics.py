@@ -43,17 +43,9 @@ def binary_metrics(y_true, probability, threshold=0.5):
 
 def _midranks(values):
     """Ranks 1..n with ties given their mean rank."""
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    ranks = np.empty(len(values), dtype=float)
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and ordered[end + 1] == ordered[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    return ranks
+    from scipy.stats import rankdata
+
+    return rankdata(values, method="average")
 
 
 def _as_runs(probability):
@@ -165,13 +157,41 @@ def _jackknife_variance(leave_out):
 
 # How a fold's variance is estimated: DeLong's components summed per cluster (Obuchowski 1997), or the cluster
 # jackknife; and the reference distribution of the statistic: normal, or t with the Satterthwaite degrees of
-# freedom of the folds' cluster counts. In tools/simulate_statistics.py (1,000 data sets per design) Obuchowski's
-# variance with the t reference kept the false-positive rate at alpha 0.05 within [0.03, 0.07] at 20, 40 and 888
-# clusters (0.031-0.057), where the normal reference reached 0.068-0.076 at 5 folds x 4 scans and the jackknife
-# with t fell to 0.026-0.029 there (needlessly conservative).
+# freedom of the folds' cluster counts. On tools/simulate_statistics.py's designs where clusters differ (sizes 5-30,
+# many without a positive, within-cluster correlation 0.3-0.7), Obuchowski's variance fell to 0.72-0.96 of the true
+# one in folds of 4-8 clusters and its t test rejected 0.083-0.104 of true nulls there; the jackknife's variance
+# runs high (1.7-2.1x) in such folds, so with a normal reference it errs on the safe side (0.021-0.036) and holds
+# 0.044-0.052 at 20-40 clusters without folds and at 888. It is the default variance of the test and of the
+# interval of a difference; the t reference only widens it further.
 VARIANCES = ("delong", "jackknife")
+# The cluster permutation test: exact enumeration of every sign pattern up to this many clusters (two halves of
+# 2**15 sums at most: milliseconds), else this many seeded Monte Carlo patterns (a p-value resolution of 1e-4).
+EXACT_CLUSTERS, PERMUTATIONS = 30, 10_000
+# Where the p-value comes from: "permutation" (the clusters' exchange), "variance" (the variance and its reference
+# distribution), or "auto": the one that held at the study's cluster count in tools/simulate_statistics.py.
+TESTS = ("auto", "permutation", "variance")
+DEFAULT_TEST = "auto"
+# "auto" takes the permutation test from 40 clusters on, every fold holding 8 or more; the variance test below.
+# Chosen on tools/simulate_statistics.py's designs where clusters differ (the README's table): at 40 clusters in
+# 5 folds of 8 the permutation test kept 0.059 where the jackknife fell to 0.021 and Obuchowski's variance rose to
+# 0.104; at 40 and 888 clusters both kept [0.03, 0.065]; at 4 clusters a fold the permutation test rose to
+# 0.074-0.096 (ranks of two models on different scales are not exchangeable in so few clusters), and no test held
+# the window: the jackknife with a normal reference stayed below it (0.021-0.036), on the safe side.
+PERMUTATION_FROM, PERMUTATION_FOLD_FROM = 40, 8
+
+
+def choose_test(clusters, smallest_fold):
+    """The test "auto" uses with `clusters` clusters in all, `smallest_fold` in the fold that holds fewest."""
+    return "permutation" if clusters >= PERMUTATION_FROM and smallest_fold >= PERMUTATION_FOLD_FROM else "variance"
+
+
 REFERENCES = ("t", "normal")
-DEFAULT_VARIANCE, DEFAULT_REFERENCE = "delong", "t"
+DEFAULT_VARIANCE, DEFAULT_REFERENCE = "jackknife", "normal"
+# The AUC interval's t reference: each fold's jackknife on its clusters less one ("clusters"), or on the fewer of its
+# clusters holding a positive or a negative, less one ("sides"). Both covered 0.93-0.99 on the designs where
+# clusters differ; "sides" made the interval 1.9-2.5x the width a known spread would need in folds of 4-8 clusters,
+# "clusters" 1.4-1.6x, with coverage 0.97 there.
+DEFAULT_DF_FROM = "clusters"
 
 
 def _fold_usable(y, clusters, name, unit):
@@ -257,6 +277,9 @@ def paired_auc_test(
     reference=DEFAULT_REFERENCE,
     level=0.95,
     unit="cluster",
+    test=DEFAULT_TEST,
+    permutations=None,
+    seed=0,
 ):
     """Two-sided test of two models' AUCs on the same cases, with the interval of their difference.
 
@@ -265,42 +288,63 @@ def paired_auc_test(
     cluster (Obuchowski 1997) or the cluster jackknife; every case its own cluster gives
     DeLong's test (or the case jackknife). With `strata` (cross-validation folds, each with
     its own models) the statistic is the mean over folds of the AUC difference, with variance
-    sum(var_k) / K**2 (the folds' cases are disjoint). With few clusters a normal reference is
-    too sure of itself; the t reference takes the Satterthwaite degrees of freedom of the
-    folds' cluster counts. A fold without both classes, or whose positives or negatives all
-    sit in one cluster, is left out of the test, and `notes` says so.
+    sum(var_k) / K**2 (the folds' cases are disjoint); the t reference takes the Satterthwaite
+    degrees of freedom of the folds' cluster counts. Or the p-value comes from the cluster
+    permutation test (after Bandos, Rockette and Gur 2005, extended to clusters): each model's
+    scores become its midranks within the fold, and the two models' ranks are exchanged for
+    all cases of a cluster at once, within its fold; the statistic is the mean-of-folds AUC
+    difference, its distribution every exchange pattern (exact up to EXACT_CLUSTERS
+    clusters, else PERMUTATIONS seeded patterns). It assumes that under the null the two
+    models' ranks are exchangeable within each cluster, clusters independent; with few
+    clusters a fold, ranks of models on different scales are not (see choose_test). The
+    interval of the difference always comes from the variance. A fold without both classes,
+    or whose positives or negatives all sit in one cluster, is left out, and `notes` says so.
 
     Args:
         y_true: (N,) 0/1 labels.
         p_a, p_b: (N,) or (R, N) scores of the two models; with R runs, the AUCs are the mean over runs.
         clusters: (N,) group of each case, or None for independent cases.
         strata: (N,) fold of each case, or None.
-        variance: "delong" (Obuchowski's clustered variance) or "jackknife". Defaults to "delong".
-        reference: "t" or "normal". Defaults to "t".
+        variance: "jackknife" (the cluster jackknife) or "delong" (Obuchowski's clustered variance).
+            Defaults to "jackknife".
+        reference: "normal" or "t". Defaults to "normal".
         level: the interval's coverage. Defaults to 0.95.
         unit: what a cluster is, for the notes (e.g. "scan"). Defaults to "cluster".
+        test: where the p-value comes from: "variance", "permutation", or "auto" (`choose_test`: the
+            permutation test from 40 clusters with 8 or more in every fold, the variance below).
+            Defaults to "auto": what the report uses.
+        permutations: Monte Carlo patterns of the permutation test, or None: exact up to
+            EXACT_CLUSTERS clusters, else PERMUTATIONS.
+        seed: the Monte Carlo patterns' seed. Defaults to 0.
 
     Returns:
         dict with auc_a, auc_b and difference (a - b, over the folds tested), z (the
         statistic, positive when a is better), the two-sided p_value, ci_low and ci_high of
-        the difference, variance, df, clusters (the count behind the test), folds, notes,
-        `test` (its name, with the df) and `method` (its name without them). Without a testable fold, p_value and
-        the interval are NaN.
+        the difference, variance, df, clusters (the count behind the test), smallest_fold (the
+        clusters of the fold with fewest), folds, notes, p_method ("variance" or "permutation"),
+        p_how (how the permutation p-value was counted, else ""), `test` (its name, with the df) and
+        `method` (its name without them). Without a testable fold, p_value and the interval are NaN.
 
     Example:
         >>> y = np.array([0, 1] * 20); rng = np.random.default_rng(0)
         >>> result = paired_auc_test(y, y + rng.random(40), y * 0.5 + rng.random(40), clusters=np.arange(40) // 4)
     """
     _check_methods(variance, reference)
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}. Received: {test}")
     y_true = np.asarray(y_true).astype(int)
     p_a, p_b = _as_runs(p_a), _as_runs(p_b)
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
     clustered = clusters is not None and len(np.unique(clusters)) < len(y_true)
     clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
     usable, notes = _folds(y_true, clusters, strata, unit)
-    aucs, variances, counts = [], [], []
+    sizes = [count for _, count, _ in usable]
+    chosen = choose_test(sum(sizes), min(sizes, default=0)) if test == "auto" else test
+    aucs, variances, counts, shares = [], [], [], []
     for rows, count, _ in usable:
         y, c = y_true[rows], clusters[rows]
+        if chosen == "permutation":
+            shares.append(cluster_contributions(y, p_a[:, rows], p_b[:, rows], c)[1])
         if variance == "delong":
             auc_a, v10_a, v01_a = auc_components(y, p_a[:, rows])
             auc_b, v10_b, v01_b = auc_components(y, p_b[:, rows])
@@ -315,8 +359,11 @@ def paired_auc_test(
     result = {
         "folds": len(usable),
         "clusters": int(sum(counts)),
+        "smallest_fold": int(min(counts, default=0)),
         "notes": notes,
         "method": _test_name(variance, reference, clustered),
+        "p_method": "permutation" if chosen == "permutation" else "variance",
+        "p_how": "",
     }
     if not usable:
         return {
@@ -337,6 +384,13 @@ def paired_auc_test(
     total = float(sum(variances) / k**2)
     df = _satterthwaite(variances, counts)
     z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, reference, level)
+    name = _test_name(variance, reference, clustered, df)
+    if chosen == "permutation":  # The p-value from the clusters' exchange; the interval stays the variance's.
+        p_value, how = sign_flip_p_value(np.concatenate(shares) / k, permutations, seed)
+        result["p_how"] = how
+        exchange = "cluster permutation" if clustered else "permutation"
+        result["method"] = f"{exchange} ({how}); interval: {result['method']}"
+        name = f"{exchange} ({how}); interval: {name}"
     return {
         **result,
         "auc_a": float(auc_a),
@@ -347,9 +401,102 @@ def paired_auc_test(
         "ci_low": float(low),
         "ci_high": float(high),
         "variance": total,
-        "df": df,
-        "test": _test_name(variance, reference, clustered, df),
+        "df": df if reference == "t" else np.nan,  # A normal reference has none.
+        "test": name,
     }
+
+
+def _fold_ranks(runs):
+    """(R, N) midranks of each run's scores over the fold's cases: one scale for both models, as AUC ignores scale."""
+    from scipy.stats import rankdata
+
+    return np.stack([rankdata(scores) for scores in runs])
+
+
+def cluster_contributions(y_true, p_a, p_b, clusters):
+    """Each cluster's share h_c of the AUC difference a - b in one fold, such that swapping the two models' scores
+    of any set S of clusters turns the difference into sum(h) - 2 sum_{c in S} h_c.
+
+    Scores are taken as each model's midranks within the fold (Bandos, Rockette and Gur 2005 exchange ranks, so two
+    models on different scales can be swapped). With K_uv[c, d] the kernel sum psi(x_u(i), x_v(j)) over positives i
+    of cluster c and negatives j of cluster d, model u's ranks against model v's (u, v = a, b), and s_c = 1 where
+    cluster c is swapped, the swapped difference is (1 / M N) sum_cd (K_{s_c s_d} - K_{1-s_c, 1-s_d})[c, d]. Its
+    terms in s_c s_d cancel, so it is linear in s: with g_c = sum_d (K_ba - K_ab + K_bb - K_aa)[c, d] + sum_d
+    (K_ab - K_ba + K_bb - K_aa)[d, c], h_c = -g_c / (2 M N). Every pair of cases, within a cluster or across two,
+    is counted once, so the permutation distribution needs no ranking again: it is that of sum(+-h_c).
+
+    Args:
+        y_true: (N,) 0/1 labels of one fold. p_a, p_b: (R_a, N) and (R_b, N) scores of each model's runs (each
+            pair of runs is exchanged; the difference is that of the runs' mean AUCs). clusters: (N,).
+
+    Returns:
+        (names, h): the clusters (sorted) and their contributions; h.sum() is the fold's AUC difference.
+    """
+    names, index = np.unique(clusters, return_inverse=True)
+    count, positive, negative = len(names), y_true == 1, y_true == 0
+    m, n = int(positive.sum()), int(negative.sum())
+    kernel = np.zeros((2, 2, count, count))
+    ranked = (_fold_ranks(p_a), _fold_ranks(p_b))
+    span = len(y_true) + 2.0  # Ranks lie in [1, N]: cluster d's negatives occupy keys d * span + rank.
+    neg_cluster, pos_cluster = index[negative], index[positive]
+    pairs = [(r, q) for r in range(len(ranked[0])) for q in range(len(ranked[1]))]
+    for pair in pairs:  # Every run of a against every run of b: their mean difference is the runs' mean AUCs'.
+        for v in range(2):
+            keys = np.sort(neg_cluster * span + ranked[v][pair[v]][negative])
+            starts = np.searchsorted(keys, np.arange(count) * span)
+            for u in range(2):
+                scores = ranked[u][pair[u]][positive]
+                query = np.arange(count)[None, :] * span + scores[:, None]  # (M, clusters)
+                below = np.searchsorted(keys, query, side="left")
+                equal = np.searchsorted(keys, query, side="right") - below
+                wins = below - starts[None, :] + 0.5 * equal
+                np.add.at(kernel[u, v], pos_cluster, wins)
+    kernel /= len(pairs)
+    (aa, ab), (ba, bb) = kernel
+    # d(diff)/d(swap c) from the rows (c's positives) and the columns (c's negatives); h = -g / 2.
+    g = (ba - ab + bb - aa).sum(axis=1) + (ab - ba + bb - aa).sum(axis=0)
+    return names, -g / (2.0 * m * n)
+
+
+def _signed_sums(values):
+    """All 2**len(values) sums of +-values, sorted (len(values) <= 20)."""
+    sums = np.zeros(1)
+    for value in values:
+        sums = np.concatenate([sums + value, sums - value])
+    return np.sort(sums)
+
+
+def sign_flip_p_value(contributions, permutations=None, seed=0):
+    """Two-sided p-value of sum(h) against the distribution of sum(+-h) over independent sign flips.
+
+    Exact (every one of the 2**C patterns, counted by meet in the middle: two halves of at most 2**20 sums each)
+    when C <= EXACT_CLUSTERS and `permutations` is None; otherwise Monte Carlo with `permutations` seeded random
+    patterns (PERMUTATIONS if None), p = (1 + hits) / (1 + permutations), which is a valid p-value too.
+
+    Returns:
+        (p_value, how): how is e.g. "exact over 2^20 sign patterns" or "10,000 random sign patterns".
+    """
+    h = np.asarray(contributions, float)
+    observed = abs(float(h.sum()))
+    slack = 1e-9 * max(float(np.abs(h).sum()), 1e-300)  # Floating sums of the same terms in another order.
+    if permutations is None and len(h) <= EXACT_CLUSTERS:
+        half = len(h) // 2
+        left, right = _signed_sums(h[:half]), _signed_sums(h[half:])
+        threshold = observed - slack
+        hits = len(right) - np.searchsorted(right, threshold - left, side="left")  # a + b >= t
+        hits = hits + np.searchsorted(right, -threshold - left, side="right")  # a + b <= -t
+        if threshold <= 0:
+            hits = np.full(len(left), len(right))  # Every pattern is at least as extreme as 0.
+        return float(min(1.0, hits.sum() / 2.0 ** len(h))), f"exact over 2^{len(h)} sign patterns"
+    permutations = PERMUTATIONS if permutations is None else int(permutations)
+    rng = np.random.default_rng(seed)
+    hits, done = 0, 0
+    while done < permutations:
+        block = min(permutations - done, max(1, 2_000_000 // max(len(h), 1)))
+        signs = rng.integers(0, 2, size=(block, len(h)), dtype=np.int8) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ h) >= observed - slack))
+        done += block
+    return (1 + hits) / (1 + permutations), f"{permutations:,} random sign patterns"
 
 
 def delong_test(y_true, p_a, p_b):
@@ -358,10 +505,10 @@ def delong_test(y_true, p_a, p_b):
     Returns:
         dict as `paired_auc_test`'s: auc_a, auc_b, z (positive when a is better), the two-sided p_value, the variance.
     """
-    return paired_auc_test(y_true, p_a, p_b, variance="delong", reference="normal")
+    return paired_auc_test(y_true, p_a, p_b, variance="delong", reference="normal", test="variance")
 
 
-def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, unit="cluster"):
+def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, unit="cluster", df_from=DEFAULT_DF_FROM):
     """The AUC (mean over runs of the mean over folds) with an interval from the cluster jackknife.
 
     Each fold's variance is the jackknife over its clusters; the folds' variances are summed
@@ -399,8 +546,10 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
         "folds": len(usable),
         "notes": notes,
     }
+    if df_from not in ("clusters", "sides"):
+        raise ValueError(f"df_from must be 'clusters' or 'sides'. Received: {df_from}")
     if usable:
-        df = _satterthwaite(variances, sides)
+        df = _satterthwaite(variances, counts if df_from == "clusters" else sides)
         center, se = float(np.mean(aucs)), float(np.sqrt(sum(variances))) / len(usable)
         half = t.ppf((1 + level) / 2, df) * se
         if 0 < center < 1:
