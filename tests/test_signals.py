@@ -139,3 +139,48 @@ def test_sigterm_stops_a_multi_worker_run_once_its_workers_met(tmp_path):
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip().splitlines()[-1] == "stopped", result.stderr[-2000:]
+
+
+SLOW_EXTRACTION = textwrap.dedent("""
+    import sys, time
+    import luna16.data as data
+
+    extract = data._extract_scan_job
+
+    def slow(job):  # Time to be stopped between subsets; the patches are untouched.
+        time.sleep(0.3)
+        return extract(job)
+
+    data._extract_scan_job = slow
+    data.main(sys.argv[1:])
+""")
+
+
+def test_sigterm_stops_patch_extraction_keeping_finished_subsets(demo_dir, tmp_path):
+    from luna16.data import extract_subsets
+    from plumbing.atomic import TEMPORARY_PREFIX
+
+    out = tmp_path / "patches"
+    argv = ["--data", str(demo_dir / "LUNA16"), "--out", str(out), "--workers", "1", "--patch-size", "16"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXTRACTION, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    done = out / "subset0" / "done.json"
+    deadline = time.monotonic() + 120
+    while not done.is_file():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "stopped by SIGTERM: run the same command again to continue; what it finished is kept."
+    )
+    assert not (out / ".lock").exists()
+    assert not [path for path in out.rglob("*") if path.name.startswith(TEMPORARY_PREFIX)]
+    assert not (out / "subset9" / "done.json").exists()
+    kept = done.stat().st_mtime_ns
+    counts = extract_subsets(demo_dir / "LUNA16", out, size=16, progress=False)
+    assert done.stat().st_mtime_ns == kept and len(counts) == 10
+    assert counts == extract_subsets(demo_dir / "LUNA16", tmp_path / "whole", size=16, progress=False)
