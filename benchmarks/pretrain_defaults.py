@@ -96,7 +96,7 @@ def run_row(row):
 
         def on_epoch_end(self, epoch, logs=None):
             moving = keras.ops.convert_to_numpy(self.model(inputs, training=False)).astype(np.float64)
-            batch = health.batch_statistics_output(self.model, inputs).astype(np.float64)
+            batch = np.asarray(health.batch_statistics_output(self.model, inputs), np.float64)
             spread = float(np.std(targets))
             intervals.append(
                 {

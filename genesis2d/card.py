@@ -138,6 +138,43 @@ def _version_text(value):
     return " ".join(p for p in parts if p)
 
 
+OBJECTIVE_TEXT = {
+    "genesis": "Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Net.",
+    "contrastive": (
+        "Contrastive pretraining (InfoNCE over two views of each slice, the batch's other slices as negatives, as "
+        "SimCLR); the encoder under the projection head."
+    ),
+    "genesis+contrastive": (
+        "Restoration and contrast on one encoder (Models Genesis's restoration of distorted views and InfoNCE "
+        "between two views of each slice, as DiRA's discriminative and restorative parts); the encoder of the U-Net."
+    ),
+}
+
+
+def _objective_text(card):
+    return OBJECTIVE_TEXT[card.get("objective", "genesis")]  # Cards written before objectives were restorative.
+
+
+def _baselines_text(card):
+    """The bars the validation loss must clear, as the objective has them."""
+    parts = []
+    if card.get("identity_val_loss") is not None:
+        parts.append(
+            f"restoration's {card.get('identity_val_loss')} for returning the distorted slices unchanged and "
+            f"{card.get('constant_val_loss')} for the best constant output"
+        )
+    if card.get("chance_val_loss") is not None:
+        parts.append(f"contrast's {card['chance_val_loss']:.4f} for telling nothing apart")
+    if card.get("objective") == "genesis+contrastive":
+        parts.append("its two terms in `history.csv`")
+    return "; ".join(parts) + " (learned only if lower)"
+
+
+def _settings_text(card):
+    parts = [f"{name.capitalize()}: {card[name]}." for name in ("distortions", "views", "contrast") if card.get(name)]
+    return " ".join(parts)
+
+
 def card_markdown(card):
     """MODEL_CARD.md: the card for people."""
     arch, inp, out = card["architecture"], card["input"], card["output"]
@@ -148,7 +185,7 @@ def card_markdown(card):
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in card.get("files", {}).items())
     return f"""# genesis2d encoder: {arch["backbone"]}
 
-Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Net.
+{_objective_text(card)}
 
 ## Architecture
 - Backbone: {arch["backbone"]}, {arch["source"]}.
@@ -167,8 +204,8 @@ Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Ne
 ## Training
 - Data: `{card.get("data")}` (content hash {card.get("data_hash")}).
 - Best epoch {card.get("best_epoch")} of {card.get("epochs")}, chosen on the {card.get("best_epoch_chosen_on")}: {card.get("best_val_loss")}.
-- Last validation loss {card.get("last_val_loss")}, against {card.get("identity_val_loss")} for returning the distorted slices unchanged and {card.get("constant_val_loss")} for the best constant output (restoration learned only if lower than both).
-- Distortions: {card.get("distortions")}. Precision: {card.get("precision")}. Settings: `run.json`.
+- Last validation loss {card.get("last_val_loss")}, against {_baselines_text(card)}.
+- {_settings_text(card)} Precision: {card.get("precision")}. Settings: `run.json`.
 - Versions: {", ".join(f"{k} {_version_text(v)}" for k, v in (card.get("versions") or {}).items() if v)}.
 
 ## Files
@@ -208,6 +245,11 @@ class EncoderCard:
     input_size: list | None = None
     normalisation: dict | None = None
     card: dict = field(default_factory=dict)
+
+    @property
+    def objective(self):
+        """What the encoder was pretrained for (`genesis2d.contrastive.OBJECTIVES`); None without a card."""
+        return self.card.get("objective", "genesis") if self.card else None
 
 
 def read_card(path):

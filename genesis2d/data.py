@@ -69,9 +69,10 @@ def data_source(manifest=None, shards=None):
 def checked_data(config):
     """(source, {split: slices}, content hash) of the run's data, once it holds a training batch and a val split."""
     source, counts, data_hash = data_source(config.manifest, config.shards)
-    if counts.get("train", 0) < config.batch_size:
+    if counts.get("train", 0) < config.slices_per_batch:
         raise InputError(
-            source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.batch_size}"
+            source,
+            f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.slices_per_batch}",
         )
     if not counts.get("val", 0):
         raise InputError(
@@ -83,7 +84,11 @@ def checked_data(config):
 
 
 def pairs(source, split, config, training, first_seed, batch_size=None, share=None, first_batch=0):
-    """(distorted, target) batches of a PretrainConfig's data; batch i is distorted with seed first_seed + i.
+    """(inputs, targets) batches of a PretrainConfig's data; batch i is made with seed first_seed + i.
+
+    Restoration's (distorted, target) pairs, the contrastive objectives' views (`restoration`,
+    `discrimination`, `both` below); `batch_size` counts images through the encoder, views
+    included.
 
     `batch_size` defaults to config.batch_size; with a `share` (index, count) only worker
     `index`'s share of the data is read, in an order and crops seeded for that worker.
@@ -93,15 +98,15 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
     """
     import tensorflow as tf
 
-    from genesis2d.transforms import tf_make_pair
     from plumbing.runtime import STREAM_WORKER_DATA
     from preprocessing.pipeline import make_dataset, ordered
 
     seed = config.seed if share is None else derive_seed(config.seed, STREAM_WORKER_DATA, share[0])
+    batch_size = batch_size or config.batch_size  # Images through the encoder: two views of half as many slices.
     images = make_dataset(
         source,
         split,
-        batch_size or config.batch_size,
+        batch_size // 2 if config.two_views else batch_size,
         config.crop_size,
         config.image_size,
         training=training,
@@ -113,15 +118,45 @@ def pairs(source, split, config, training, first_seed, batch_size=None, share=No
     rates = config.distortions.make_pair_kwargs()
     if first_batch:
         images = images.skip(first_batch)
+    make = {"genesis": restoration, "contrastive": discrimination, "genesis+contrastive": both}[config.objective]
     return (
         images.enumerate(start=first_batch)
         .map(
-            lambda i, x: tf_make_pair(x, tf.cast(first_seed, tf.int64) + i, **rates),
+            lambda i, x: make(x, tf.cast(first_seed, tf.int64) + i, rates),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=ordered(training),
         )
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+# One batch of each objective from a batch of slices and its seed: (inputs, targets) as the model's losses take them.
+def restoration(images, seed, rates):
+    """(distorted, target): Models Genesis's pair."""
+    from genesis2d.transforms import tf_make_pair
+
+    return tf_make_pair(images, seed, **rates)
+
+
+def discrimination(images, seed, rates):
+    """(views, unused targets): two views of each slice, interleaved (`genesis2d.contrastive.make_views`)."""
+    import tensorflow as tf
+
+    from genesis2d.contrastive import tf_make_views
+
+    views = tf_make_views(images, seed)
+    return views, tf.zeros(tf.shape(views)[:1])
+
+
+def both(images, seed, rates):
+    """(distorted views, {restored: views, embedding: unused}): the views, then Models Genesis's distortions."""
+    import tensorflow as tf
+
+    from genesis2d.contrastive import EMBEDDING, RESTORED, tf_make_views
+    from genesis2d.transforms import tf_make_pair
+
+    distorted, targets = tf_make_pair(tf_make_views(images, seed), seed, **rates)
+    return distorted, {RESTORED: targets, EMBEDDING: tf.zeros(tf.shape(distorted)[:1])}
 
 
 def worker_datasets(source, config, strategy, first_step, worker, workers):

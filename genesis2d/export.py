@@ -83,7 +83,7 @@ def plot_losses(path, history_csv, title="restoration loss (MSE)"):
     import pandas as pd
 
     history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last")
-    plot_histories({"": history}, path, title=title, ylabel="MSE", log_scale=True)
+    plot_histories({"": history}, path, title=title, ylabel="loss", log_scale=True)
 
 
 BEST_FILES = PRESET_FILES  # One unit; card last.
@@ -142,9 +142,34 @@ def commit_export(out):
     return complete
 
 
-def make_reporter(model, out, backbone, sample_pair, card):
+def plot_views(path, views, title):
+    """Each slice's two views side by side, a row per slice."""
+    plt = pyplot()
+    rows = len(views) // 2
+    figure, axes = plt.subplots(rows, 2, figsize=(4.4, 2.2 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(2):
+            axes[r, c].imshow(views[2 * r + c, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(f"view {c + 1}")
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(path, figure, dpi=90)
+
+
+LOSS_TITLES = {
+    "genesis": "restoration loss (MSE)",
+    "contrastive": "contrastive loss (InfoNCE)",
+    "genesis+contrastive": "restoration weight x MSE + InfoNCE",
+}
+
+
+def make_reporter(model, out, backbone, sample_pair, card, objective="genesis"):
     """A callback that, each epoch, draws samples and loss curves and exports the best model into `out`."""
     import keras
+
+    from genesis2d.contrastive import outputs_of
 
     out = Path(out)
 
@@ -170,17 +195,15 @@ def make_reporter(model, out, backbone, sample_pair, card):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             inputs, targets = sample_pair
-            restored = np.asarray(model(inputs, training=False))
-            plot_samples(
-                out / f"samples_epoch{epoch + 1:03d}.png",
-                inputs,
-                restored,
-                targets,
-                f"epoch {epoch + 1}: input / restored / target",
-            )
-            self.log_images(epoch, inputs, restored, targets)
+            restored, _ = outputs_of(objective, model(inputs, training=False))
+            samples = out / f"samples_epoch{epoch + 1:03d}.png"
+            if restored is None:  # Contrast alone restores nothing: its samples are the views it tells apart.
+                plot_views(samples, inputs, f"epoch {epoch + 1}: the two views of each slice")
+            else:
+                plot_samples(samples, inputs, restored, targets, f"epoch {epoch + 1}: input / restored / target")
+                self.log_images(epoch, inputs, restored, targets)
             if (out / "history.csv").exists():
-                plot_losses(out / "loss_curves.png", out / "history.csv")
+                plot_losses(out / "loss_curves.png", out / "history.csv", LOSS_TITLES[objective])
             val_loss = logs.get("val_loss")
             card["epochs"] = epoch + 1
             card["last_val_loss"] = None if val_loss is None else float(val_loss)

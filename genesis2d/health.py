@@ -32,6 +32,10 @@ def restoration_baselines(pairs, steps=None):
     """
     total, count, sums, squares = 0.0, 0, 0.0, 0.0
     for distorted, target in pairs.take(steps if steps else -1):
+        if isinstance(target, dict):  # Restoration beside contrast: its targets.
+            from genesis2d.contrastive import RESTORED
+
+            target = target[RESTORED]
         distorted, target = np.asarray(distorted, np.float64), np.asarray(target, np.float64)
         total += float(np.sum((distorted - target) ** 2))
         sums, squares, count = sums + float(np.sum(target)), squares + float(np.sum(target**2)), count + target.size
@@ -40,12 +44,12 @@ def restoration_baselines(pairs, steps=None):
 
 
 def batch_statistics_output(model, inputs):
-    """The model's output with BatchNorm using the batch's own statistics, the moving ones left as they were."""
+    """The model's outputs with BatchNorm using the batch's own statistics, the moving ones left as they were."""
     import keras
 
     kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in model.non_trainable_variables]
     try:
-        return keras.ops.convert_to_numpy(model(inputs, training=True))
+        return model(inputs, training=True)
     finally:
         for variable, value in kept:
             variable.assign(value)
@@ -57,22 +61,47 @@ def collapsed(restored, targets):
     return wanted > 0 and float(np.std(restored)) < COLLAPSE_RATIO * wanted
 
 
-def check_health(features, restored, targets):
-    """None if the encoder's features and the restored slices look healthy, else what went wrong."""
+def embedding_spread(embeddings):
+    """The mean over dimensions of the embeddings' standard deviation across the batch, times sqrt(dimensions).
+
+    About 1 for L2-normalised embeddings spread over the sphere, 0 when every view maps to
+    one point (the collapse a contrastive loss can fall into).
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    return float(np.mean(np.std(embeddings, axis=0)) * np.sqrt(embeddings.shape[-1]))
+
+
+def check_health(features, restored, targets, embeddings=None):
+    """None if the encoder's features, the restored slices and the embeddings look healthy, else what went wrong."""
     largest = float(np.max(np.abs(features))) if np.size(features) else 0.0
     if not np.isfinite(largest) or largest > ACTIVATION_LIMIT:
         return (
             f"the encoder's activations blew up (largest {largest:.3g}, healthy ones stay under {ACTIVATION_LIMIT:g})"
         )
-    if collapsed(restored, targets):
+    if restored is not None and collapsed(restored, targets):
         return (
             f"the restored slices collapsed to a constant (their spread {float(np.std(restored)):.3g} against "
             f"the targets' {float(np.std(targets)):.3g})"
         )
+    if embeddings is not None and embedding_spread(embeddings) < COLLAPSE_RATIO:
+        return (
+            f"the embeddings collapsed to one point (spread {embedding_spread(embeddings):.3g}, about 1 when "
+            "spread over the sphere)"
+        )
     return None
 
 
-def health_guard(sample_pair, lr, every_steps=0):
+def output_collapsed(objective, outputs, targets):
+    """Whether a model's outputs (restored slices or embeddings) are one constant."""
+    from genesis2d.contrastive import outputs_of
+
+    restored, embeddings = outputs_of(objective, outputs)
+    return (restored is not None and collapsed(restored, targets)) or (
+        embeddings is not None and embedding_spread(embeddings) < COLLAPSE_RATIO
+    )
+
+
+def health_guard(sample_pair, lr, every_steps=0, objective="genesis"):
     """A Keras callback stopping a run whose loss explodes, whose encoder blows up or whose output is constant.
 
     Args:
@@ -82,6 +111,8 @@ def health_guard(sample_pair, lr, every_steps=0):
         every_steps: int. Steps between checks of the activations and the output (0:
             epoch ends only); the loss is checked every step. Epoch ends are always
             checked, before the best model is exported (the guard comes first).
+        objective: str. The pretraining's objective: its outputs are restored slices,
+            embeddings (whose collapse to one point stops the run too) or both.
 
     A constant output through the moving BatchNorm statistics stops the run only when the
     output with the batch's statistics is constant too; otherwise the guard says once that
@@ -108,15 +139,17 @@ def health_guard(sample_pair, lr, every_steps=0):
             raise InputError("training", f"{what} at step {self.step()}; {advice}")
 
         def check(self):
+            from genesis2d.contrastive import outputs_of
+
             features = keras.ops.convert_to_numpy(self.encoder(inputs, training=False))
-            restored = keras.ops.convert_to_numpy(self.model(inputs, training=False))
-            problem = check_health(features, restored, targets)
+            restored, embeddings = outputs_of(objective, self.model(inputs, training=False))
+            problem = check_health(features, restored, targets, embeddings)
             if problem and "blew up" not in problem:  # Only a constant output: lost, or statistics that lag?
-                if collapsed(batch_statistics_output(self.model, inputs), targets):
+                if output_collapsed(objective, batch_statistics_output(self.model, inputs), targets):
                     self.stop(f"{problem} even with the batch's own BatchNorm statistics")
                 if not self.lag_said:
                     print(
-                        f"note: step {self.step()}: the restored slices are constant through the moving BatchNorm "
+                        f"note: step {self.step()}: the outputs are constant through the moving BatchNorm "
                         "statistics but not with the batch's own: the statistics still lag the weights (the "
                         "validation loss shows it until they catch up); going on.",
                         flush=True,

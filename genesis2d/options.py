@@ -16,7 +16,7 @@ and batch 32 its cold start at 1.0 collapses within 8 steps (`genesis2d.schedule
 import dataclasses
 from pathlib import Path
 
-from genesis2d import transforms
+from genesis2d import contrastive, transforms
 from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.strategy import CLUSTER_TIMEOUT, REPORT_EVERY
 from plumbing.errors import UsageError
@@ -26,11 +26,14 @@ from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 DEMO_CONFIG = CONFIG_DIR / "demo_pretrain.yaml"
+# The contrastive objectives' demo: the same settings at their own learning rate (tests/test_contrastive.py checks).
+DEMO_CONTRASTIVE_CONFIG = CONFIG_DIR / "demo_pretrain_contrastive.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MG = "Models Genesis"
-DATA, MODEL, TRAINING, DISTORT, OUTPUT = (
+DATA, MODEL, OBJECTIVE, TRAINING, DISTORT, OUTPUT = (
     "data",
     "model",
+    "objective (see genesis2d/contrastive.py)",
     "training",
     "distortions (public Models Genesis code's rates)",
     "output",
@@ -45,6 +48,15 @@ BN_SOURCE = (
     "learning rate 1.0 for hundreds of steps, so the validation output reads as a constant "
     "(benchmarks/pretrain_defaults.py)"
 )
+
+
+GENESIS_LR = 1.0  # Models Genesis's SGD rate.
+CONTRASTIVE_LR = 0.03  # MoCo v2's (and DiRA's) SGD rate at batch 256.
+
+
+def default_lr(objective, batch_size):
+    """The default peak learning rate of an objective at a batch size."""
+    return GENESIS_LR if objective == "genesis" else CONTRASTIVE_LR * batch_size / 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +122,40 @@ class PretrainConfig:
         choices=(None, "imagenet"),
         type=_encoder_weights,
     )
+    objective: str = option(
+        "genesis",
+        "what the encoder learns: genesis restores distorted slices (Models Genesis, the thesis); contrastive tells "
+        "two views of each slice apart from the batch's other slices (InfoNCE, SimCLR's in-batch negatives); "
+        "genesis+contrastive does both on one encoder (DiRA without its adversarial part). Downstream, "
+        "--init takes the same names.",
+        source="the thesis (genesis)",
+        group=OBJECTIVE,
+        choices=contrastive.OBJECTIVES,
+    )
+    temperature: float = option(
+        contrastive.TEMPERATURE, "InfoNCE temperature.", source="MoCo v2", group=OBJECTIVE, type=float
+    )
+    projection_dim: int = option(
+        contrastive.PROJECTION_DIM,
+        "output size of the projection head (MLP on the pooled encoder features).",
+        source="MoCo v2",
+        group=OBJECTIVE,
+        type=int,
+    )
+    restoration_weight: float = option(
+        contrastive.RESTORATION_WEIGHT,
+        "genesis+contrastive: weight of the restoration loss (MSE), the contrastive loss's being 1.",
+        source="DiRA's public code",
+        group=OBJECTIVE,
+        type=float,
+    )
     batch_size: int = option(
-        32, "global batch size.", source="this project's choice; Models Genesis: 6 cubes", group=TRAINING, type=int
+        32,
+        "global batch size: images through the encoder per step (the contrastive objectives: two views of each of "
+        "batch/2 slices, so every objective does the same encoder work per step).",
+        source="this project's choice; Models Genesis: 6 cubes",
+        group=TRAINING,
+        type=int,
     )
     epochs: int = option(
         100,
@@ -136,10 +180,13 @@ class PretrainConfig:
         choices=("sgd", "adam"),
     )
     lr: float = option(
-        1.0,
+        None,
         "peak learning rate, reached at the end of the warm-up. A run whose encoder blows up or "
         "whose output stays constant stops and says so: lower it then.",
-        source=f"{MG}, with SGD",
+        default_text=(
+            f"{GENESIS_LR:g} for --objective genesis ({MG}, with SGD); {CONTRASTIVE_LR:g} x batch/256 for the "
+            "contrastive objectives (MoCo v2's and DiRA's rate at their batch of 256, scaled linearly as theirs)"
+        ),
         group=TRAINING,
         type=float,
     )
@@ -195,8 +242,9 @@ class PretrainConfig:
     )
     out: str = option(
         None,
-        "output folder. Default: weights/genesis2d_<backbone>_<norm>/ "
-        "(runs/demo_genesis2d_<backbone>_<norm>/ for the demo corpus).",
+        "output folder. Default: weights/genesis2d_<backbone>_<norm>/ (contrastive2d_<backbone>/, "
+        "genesis2d+contrastive_<backbone>_<norm>/ for the other objectives; under runs/ with a demo_ prefix for the "
+        "demo corpus).",
         group=OUTPUT,
         reuse=False,
     )
@@ -226,10 +274,24 @@ class PretrainConfig:
     )
     samples: int = option(4, "validation samples drawn in each epoch's PNG grid.", group=OUTPUT, reuse=False, type=int)
 
+    def __post_init__(self):
+        if self.lr is None:  # The objective's rate (a frozen dataclass: set once, here).
+            object.__setattr__(self, "lr", default_lr(self.objective, self.batch_size))
+
     @property
     def distortions(self):
         """The distortion rates of this run, as `make_pair` takes them (`DistortionRates`)."""
         return DistortionRates(**{item.name: getattr(self, item.name) for item in dataclasses.fields(DistortionRates)})
+
+    @property
+    def two_views(self):
+        """Whether the objective contrasts two views of each slice (its batches hold batch_size / 2 slices)."""
+        return self.objective != "genesis"
+
+    @property
+    def slices_per_batch(self):
+        """Slices read per batch: batch_size, or half of it where each slice gives two views."""
+        return self.batch_size // 2 if self.two_views else self.batch_size
 
     def record(self):
         """A JSON-able dict of the settings, written to run.json."""
@@ -256,17 +318,28 @@ def resolve(config):
     """`config` checked, with its default output folder filled in."""
     if config.manifest and config.shards:
         raise UsageError("--manifest/--shards", "give one of them, not both")
+    if config.two_views and (config.batch_size < 4 or config.batch_size % 2):
+        raise UsageError(
+            "--batch-size",
+            f"{config.batch_size} is not an even number of at least 4: --objective {config.objective} feeds two "
+            "views of each of batch/2 slices, and each view needs another slice's views as negatives",
+        )
     if config.out:
         return config
     demo = not (config.manifest or config.shards)  # Demo encoders go under runs/: weights/ holds real data's only.
+    name = {"genesis": "genesis2d", "contrastive": "contrastive2d", "genesis+contrastive": "genesis2d+contrastive"}
+    norm = "" if config.objective == "contrastive" else f"_{config.norm}"  # No decoder, so no decoder norm.
     out = (
         PROJECT_ROOT
         / ("runs" if demo else "weights")
-        / f"{'demo_' if demo else ''}genesis2d_{config.backbone}_{config.norm}"
+        / f"{'demo_' if demo else ''}{name[config.objective]}_{config.backbone}{norm}"
     )
     return dataclasses.replace(config, out=str(out))
 
 
 def parse_args(argv=None):
     """The resolved PretrainConfig; without a data source, the demo corpus and its config (unless --config)."""
-    return resolve(parse_options(PretrainConfig, build_parser(), argv, DEMO_CONFIG, ("--manifest", "--shards")))
+    parser = build_parser()
+    objective = parser.parse_known_args(argv)[0].objective  # The demo's settings depend on it.
+    demo = DEMO_CONFIG if objective in (None, "genesis") else DEMO_CONTRASTIVE_CONFIG
+    return resolve(parse_options(PretrainConfig, parser, argv, demo, ("--manifest", "--shards")))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from genesis2d.card import CARD_FILE, ENCODER_FILE
+from genesis2d.contrastive import RESTORED
 from genesis2d.data import checked_data, data_source, demo_manifest, pairs, worker_datasets
 from genesis2d.export import BEST_FILES, STAGING, commit_export, export_best, export_encoder, make_reporter
 from genesis2d.options import DEMO_CONFIG, DistortionRates, PretrainConfig, build_parser, parse_args, resolve
@@ -223,7 +224,7 @@ class PretrainRun:
     @property
     def steps(self):
         """Training steps per epoch."""
-        return self.config.steps_per_epoch or max(1, self.counts["train"] // self.config.batch_size)
+        return self.config.steps_per_epoch or max(1, self.counts["train"] // self.config.slices_per_batch)
 
 
 @dataclasses.dataclass
@@ -277,10 +278,18 @@ def _train(run, extra_callbacks):
     from plumbing.runtime import configure_determinism, pick_precision, set_seed, write_run_record
 
     config, out, strategy = run.config, run.out, run.strategy
-    if config.batch_size % strategy.num_replicas_in_sync:
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % (2 * replicas if config.two_views else replicas):
         raise UsageError(
             "--batch-size",
-            f"{config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} replicas that share it",
+            f"{config.batch_size} is not a multiple of the {replicas} replicas that share it"
+            + (" (each replica takes whole pairs of views)" if config.two_views else ""),
+        )
+    if config.objective != "genesis" and run.workers > 1:
+        raise UsageError(
+            "--objective",
+            f"{config.objective} trains on one machine (with any number of its GPUs); the multi-machine step "
+            "trains --objective genesis only",
         )
     if run.chief:
         out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +342,7 @@ def _streams(run):
     from genesis2d.health import restoration_baselines
 
     config, source, state = run.config, run.source, run.state
-    validation_steps = -(-run.counts["val"] // config.batch_size)
+    validation_steps = -(-run.counts["val"] // config.slices_per_batch)
     if config.validation_steps:
         validation_steps = min(validation_steps, config.validation_steps)
     val_seed = derive_seed(config.seed, STREAM_VAL_DISTORTIONS)
@@ -356,11 +365,17 @@ def _streams(run):
         train, val, sample_batch = worker_datasets(source, config, run.strategy, first_step, run.worker, run.workers)
     inputs, targets = next(iter(sample_batch.take(1)))
     # The bars restoration must clear: the validation loss of returning the distorted slices unchanged, and of the best
-    # constant output (on several machines: the same slices, distorted as one machine distorts them).
-    identity, constant = restoration_baselines(
-        pairs(source, "val", config, training=False, first_seed=val_seed), validation_steps
-    )
-    samples = (inputs.numpy()[: config.samples], targets.numpy()[: config.samples])
+    # constant output (on several machines: the same slices, distorted as one machine distorts them). Contrast has its
+    # own bar, the loss of telling nothing apart (the card's chance_val_loss).
+    identity = constant = None
+    if config.objective != "contrastive":
+        identity, constant = restoration_baselines(
+            pairs(source, "val", config, training=False, first_seed=val_seed), validation_steps
+        )
+    if isinstance(targets, dict):
+        targets = targets[RESTORED]
+    shown = 2 * config.samples if config.two_views else config.samples  # Whole pairs of views.
+    samples = (inputs.numpy()[:shown], None if config.objective == "contrastive" else targets.numpy()[:shown])
     return Streams(train, val, validation_steps, samples, identity, constant)
 
 
@@ -368,17 +383,25 @@ def _build_model(config, strategy, workers):
     """The compiled U-Net, under the strategy, its BatchNorm momentum set (and synchronised on several machines)."""
     import keras
 
-    from genesis2d.unet import build_unet
+    from genesis2d.contrastive import build_pretrainer, losses_of
 
     with strategy.scope():
-        model = build_unet(
-            config.backbone, (config.image_size, config.image_size, 1), config.norm, config.encoder_weights
+        model = build_pretrainer(
+            config.objective,
+            config.backbone,
+            (config.image_size, config.image_size, 1),
+            config.norm,
+            config.encoder_weights,
+            config.projection_dim,
         )
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.bn_momentum
+        loss, weights = losses_of(config.objective, config.temperature, config.restoration_weight)
         model.compile(
-            optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm), loss="mse"
+            optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm),
+            loss=loss,
+            loss_weights=weights,
         )
         if workers > 1:
             from genesis2d.distributed import synchronize_batch_norm
@@ -409,13 +432,59 @@ def _card(run, precision, streams):
             "precision": precision,
             "versions": versions(),
             "encoder_output_layer": "encoder_output",
-            "distortions": dataclasses.asdict(config.distortions),
-            "best_epoch_chosen_on": "validation loss (MSE of restored validation slices)",
+            "objective": config.objective,
+            **objective_card(config, run.strategy.num_replicas_in_sync),
+            "best_epoch_chosen_on": CHOSEN_ON[config.objective],
             "identity_val_loss": streams.identity,
             "constant_val_loss": streams.constant,
             **encoder_card(config.backbone, NORMALISATION),
         }
     )
+    return card
+
+
+CHOSEN_ON = {
+    "genesis": "validation loss (MSE of restored validation slices)",
+    "contrastive": "validation loss (InfoNCE of two views of each validation slice)",
+    "genesis+contrastive": "validation loss (restoration weight x MSE + InfoNCE, two views of each validation slice)",
+}
+
+
+def objective_card(config, replicas=1):
+    """What the card says of an objective: its distortions, views, loss and head, and the contrast's chance level.
+
+    Each replica contrasts its own share of the batch, so the chance level is that of
+    batch_size / replicas views.
+    """
+    from genesis2d import contrastive
+
+    card = {}
+    if config.objective != "contrastive":
+        card["distortions"] = dataclasses.asdict(config.distortions)
+    if config.two_views:
+        card["views"] = {
+            "crop_scale": list(contrastive.CROP_SCALE),
+            "crop_ratio": [round(r, 4) for r in contrastive.CROP_RATIO],
+            "flip_rate": contrastive.FLIP_RATE,
+            "intensity_rate": contrastive.INTENSITY_RATE,
+            "brightness": contrastive.BRIGHTNESS,
+            "contrast": contrastive.CONTRAST,
+            "gamma_rate": contrastive.GAMMA_RATE,
+            "gamma": list(contrastive.GAMMA),
+            "blur_rate": contrastive.BLUR_RATE,
+            "blur_sigma_at_224": list(contrastive.BLUR_SIGMA),
+        }
+        card["contrast"] = {
+            "loss": "InfoNCE over the batch (SimCLR's NT-Xent): the other slices' views are the negatives",
+            "temperature": config.temperature,
+            "projection": f"global average pool, Dense(channels) + ReLU, Dense({config.projection_dim}), L2 norm",
+            "slices_per_batch": config.slices_per_batch,
+        }
+        if config.objective == "genesis+contrastive":
+            card["contrast"]["restoration_weight"] = config.restoration_weight
+        # Telling nothing apart: each view's loss is log(views in its batch - 1).
+        card["chance_val_loss"] = contrastive.chance_loss(config.batch_size // replicas)
+        card["contrast"]["views_contrasted"] = config.batch_size // replicas
     return card
 
 
@@ -430,7 +499,7 @@ def _callbacks(config, model, out, chief, sample_pair, card):
     callbacks = [
         LinearWarmUp(config.lr, config.warmup_steps),
         divergence_guard(),
-        health_guard(sample_pair, config.lr, config.checkpoint_every),
+        health_guard(sample_pair, config.lr, config.checkpoint_every, config.objective),
         PlateauAfterWarmUp(
             config.warmup_steps,
             monitor="val_loss",
@@ -449,7 +518,7 @@ def _callbacks(config, model, out, chief, sample_pair, card):
             keras.callbacks.TensorBoard(
                 log_dir=str(writable_folder(out / "logs")), write_graph=False, update_freq="epoch"
             ),
-            make_reporter(model, out, config.backbone, sample_pair, card),
+            make_reporter(model, out, config.backbone, sample_pair, card, config.objective),
         ]
     return callbacks
 

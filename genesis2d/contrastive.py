@@ -1,0 +1,276 @@
+"""The discriminative arm: two views of each slice told apart from the other slices' views (InfoNCE).
+
+Beside Models Genesis's restoration (`genesis2d.transforms`, `genesis2d.unet`), the same encoder can
+learn by contrast, as SimCLR (Chen et al., ICML 2020) and MoCo v2 (Chen et al., arXiv:2003.04297) do,
+or by both at once, as DiRA's discriminative and restorative parts (Haghighi et al., CVPR 2022).
+The three are the pretraining's `--objective`, named as the downstream `--init` names their encoders:
+
+- `genesis`: restoration only (the thesis);
+- `contrastive`: the encoder's pooled features through a projection head (`projection_head`), two
+  views of each slice (`make_views`), the InfoNCE loss over the batch (`InfoNCE`);
+- `genesis+contrastive`: one encoder, the U-Net's restoration of both views' distorted versions and the
+  contrast of the two views, the losses weighted as DiRA weights them (restoration 10, discrimination 1).
+  DiRA's adversarial part is left out (its "DiR" variant).
+
+Negatives: the other slices of the batch (SimCLR), not MoCo v2's momentum encoder and queue. The step
+then holds no state but the weights, so a resumed run is still bit for bit the run that never stopped,
+and the step is the same on one GPU or several; the price is few negatives at small batches (a batch of
+B views, B/2 slices, gives each view B - 2: 30 at the default 32, against MoCo v2's 65,536), which SimCLR
+shows costs accuracy below batches of ~256: raise --batch-size where memory allows. On several GPUs each
+contrasts its own share of the batch. The views are interleaved (slice 0's two views, slice 1's, ...),
+so a batch split between GPUs keeps each slice's two views together, and BatchNorm sees both views.
+
+A view (`make_views`) is a random resized crop of the slice, flipped and blurred, after pointwise intensity
+changes (brightness, contrast and gamma; no colour jitter on grey slices). The crop is taken of the input
+the pipeline gives: the slice's 448 crop (thesis 3.1.8) resized to the input size, so a view never reaches
+outside the thesis's crop.
+"""
+
+import keras
+import numpy as np
+
+# Views. Sources: MoCo v2's augmentation (its RandomResizedCrop, ColorJitter, blur and flip), without the
+# saturation, hue and greyscale parts, which grey slices do not have.
+CROP_SCALE = (0.2, 1.0)  # Share of the slice's area a view keeps (MoCo v2).
+CROP_RATIO = (3 / 4, 4 / 3)  # Its aspect ratio, log-uniform (MoCo v2, torchvision's default).
+FLIP_RATE = 0.5  # Horizontal flip (MoCo v2).
+INTENSITY_RATE = 0.8  # Brightness and contrast together (MoCo v2's ColorJitter probability).
+BRIGHTNESS = 0.4  # Intensities times a factor in [1 - 0.4, 1 + 0.4] (MoCo v2).
+CONTRAST = 0.4  # Deviations from the slice's mean times a factor in [0.6, 1.4] (MoCo v2).
+GAMMA_RATE = 0.5  # This project's choice: a gamma change stands in for the colour jitter grey slices lack.
+GAMMA = (0.7, 1.5)  # Log-uniform; this project's choice, the range common in medical intensity augmentation.
+BLUR_RATE = 0.5  # Gaussian blur (MoCo v2).
+BLUR_SIGMA = (0.1, 2.0)  # Pixels at 224 (MoCo v2); scaled with the input size.
+BLUR_SIDE = 224
+VIEW_STREAM = 0x56494557  # Keeps the views' random stream apart from the distortions' of the same seed.
+
+# Loss and head. Sources: MoCo v2 (temperature 0.2, 128-d output, a hidden layer as wide as the features);
+# DiRA's public code (restoration weight 10, discrimination 1).
+TEMPERATURE = 0.2
+PROJECTION_DIM = 128
+RESTORATION_WEIGHT = 10.0
+OBJECTIVES = ("genesis", "contrastive", "genesis+contrastive")
+EMBEDDING = "embedding"  # The name of the projection head's output (and of its loss).
+RESTORED = "restored"
+
+
+def _resample(images, start, length, axis):
+    """Bilinear resampling of [start, start + length) of each image along `axis` (1 rows, 2 columns) to its side.
+
+    Pixel centres map as in `tf.image.resize` (half-pixel centres); coordinates outside the
+    slice are clamped to its edge.
+    """
+    side = images.shape[axis]
+    centres = start[:, None] + (np.arange(side)[None, :] + 0.5) * (length[:, None] / side) - 0.5
+    centres = np.clip(centres, 0.0, side - 1.0)
+    low = np.floor(centres).astype(np.int64)
+    high = np.minimum(low + 1, side - 1)
+    weight = (centres - low).astype(np.float32)
+    shape = (len(images), side, 1) if axis == 1 else (len(images), 1, side)
+    low, high, weight = low.reshape(shape), high.reshape(shape), weight.reshape(shape)
+    return (1 - weight) * np.take_along_axis(images, low, axis) + weight * np.take_along_axis(images, high, axis)
+
+
+def view_parameters(rng, n, height, width):
+    """The random draws of n views of (height, width) slices: crop boxes, flips, intensities, gammas, blurs."""
+    area = height * width * rng.uniform(*CROP_SCALE, n)
+    ratio = np.exp(rng.uniform(np.log(CROP_RATIO[0]), np.log(CROP_RATIO[1]), n))
+    crop_h = np.clip(np.sqrt(area / ratio), 1.0, height)  # Sides clamped to the slice (torchvision retries instead).
+    crop_w = np.clip(np.sqrt(area * ratio), 1.0, width)
+    top = rng.uniform(0.0, 1.0, n) * (height - crop_h)
+    left = rng.uniform(0.0, 1.0, n) * (width - crop_w)
+    flip = rng.random(n) < FLIP_RATE
+    jitter = rng.random(n) < INTENSITY_RATE
+    brightness = np.where(jitter, rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS, n), 1.0)
+    contrast = np.where(jitter, rng.uniform(1 - CONTRAST, 1 + CONTRAST, n), 1.0)
+    gamma = np.where(rng.random(n) < GAMMA_RATE, np.exp(rng.uniform(np.log(GAMMA[0]), np.log(GAMMA[1]), n)), 1.0)
+    scale = max(height, width) / BLUR_SIDE
+    blur = np.where(rng.random(n) < BLUR_RATE, rng.uniform(*BLUR_SIGMA, n) * scale, 0.0)
+    return {
+        "top": top,
+        "left": left,
+        "crop_h": crop_h,
+        "crop_w": crop_w,
+        "flip": flip,
+        "brightness": brightness,
+        "contrast": contrast,
+        "gamma": gamma,
+        "blur": blur,
+    }
+
+
+def apply_views(sources, p):
+    """The views of `sources` (N, H, W, 1) drawn as `p` (`view_parameters`) says; float32 in [0, 1]."""
+    from scipy.ndimage import gaussian_filter
+
+    sources = np.asarray(sources, np.float32)[..., 0]
+    n, height, width = sources.shape
+    # Pointwise first, as torchvision's ColorJitter: brightness, then contrast about the mean, each clipped to
+    # [0, 1]; then gamma.
+    x = np.clip(p["brightness"][:, None, None] * sources, 0, 1)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    x = np.clip(mean + p["contrast"][:, None, None] * (x - mean), 0, 1)
+    x = x ** p["gamma"][:, None, None]
+    # Then the crop resized to the input size, the flip, and the blur (scipy's Gaussian filter, reflecting borders).
+    x = _resample(_resample(x.astype(np.float32), p["top"], p["crop_h"], 1), p["left"], p["crop_w"], 2)
+    views = np.where(p["flip"][:, None, None], x[:, :, ::-1], x)
+    for i in np.flatnonzero(p["blur"] > 0):
+        views[i] = gaussian_filter(views[i], p["blur"][i])
+    return np.clip(views, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def make_views(images, seed=None):
+    """Two views of each slice of a batch, interleaved: (2N, H, W, 1) float32, rows 2i and 2i + 1 from slice i.
+
+    Args:
+        images: float32 (N, H, W, 1) in [0, 1].
+        seed: int or None. The same seed gives the same views.
+
+    Example:
+    >>> views = make_views(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32), seed=1)
+    >>> views.shape
+    (8, 32, 32, 1)
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"images must be (N, H, W, 1). Received: images.shape={images.shape}")
+    n, height, width, _ = images.shape
+    rng = np.random.default_rng(None if seed is None else (VIEW_STREAM, int(seed)))
+    sources = np.repeat(images, 2, axis=0)  # Slice i at rows 2i and 2i + 1.
+    return apply_views(sources, view_parameters(rng, 2 * n, height, width))
+
+
+def tf_make_views(images, seed):
+    """`make_views` inside a tf.data pipeline: (B, H, W, 1) float32 tensor and int64 seed in, (2B, H, W, 1) out."""
+    import tensorflow as tf
+
+    views = tf.numpy_function(lambda x, s: make_views(x, int(s)), [images, seed], tf.float32, stateful=False)
+    views.set_shape([None if images.shape[0] is None else 2 * images.shape[0], *images.shape[1:]])
+    return views
+
+
+def info_nce(embeddings, temperature=TEMPERATURE):
+    """Each view's InfoNCE loss (SimCLR's NT-Xent) over an interleaved batch of L2-normalised embeddings.
+
+    For view i, its partner p(i) (i + 1 if i is even, else i - 1) is the positive and the
+    batch's other 2N - 2 views the negatives:
+    loss_i = -log(exp(s_ip / t) / sum_{j != i} exp(s_ij / t)), with s the cosine similarity.
+
+    Args:
+        embeddings: (2N, D) float tensor, rows L2-normalised, two views per slice interleaved.
+        temperature: float. Defaults to 0.2 (MoCo v2).
+
+    Returns:
+        (2N,) float tensor.
+    """
+    ops = keras.ops
+    z = ops.cast(embeddings, "float32")
+    count = ops.shape(z)[0]
+    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    index = ops.arange(count)
+    logits = ops.where(ops.equal(index[:, None], index[None, :]), -1e9, logits)  # A view is not its own negative.
+    partner = index + 1 - 2 * (index % 2)
+    positive = ops.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
+    return ops.logsumexp(logits, axis=1) - positive
+
+
+def chance_loss(views):
+    """The InfoNCE loss of an encoder that tells nothing apart (every similarity equal): log(views - 1)."""
+    return float(np.log(views - 1))
+
+
+@keras.saving.register_keras_serializable(package="genesis2d")
+class InfoNCE(keras.losses.Loss):
+    """`info_nce` as a Keras loss: y_true is ignored (the batch's order says which views pair).
+
+    Args:
+        temperature: float. Defaults to 0.2 (MoCo v2).
+    """
+
+    def __init__(self, temperature=TEMPERATURE, name="info_nce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        return info_nce(y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def projection_head(features, dim=PROJECTION_DIM, name=EMBEDDING):
+    """MoCo v2's MLP head on encoder features: global average pool, Dense(channels) + ReLU, Dense(dim), L2 norm.
+
+    The output is float32 (under mixed_float16 the loss must be) and named `name`.
+    """
+    layers = keras.layers
+    channels = features.shape[-1]
+    x = layers.GlobalAveragePooling2D(name="projection_pool")(features)
+    x = layers.Dense(channels, activation="relu", name="projection_hidden")(x)
+    x = layers.Dense(dim, name="projection_out")(x)
+    return layers.UnitNormalization(axis=-1, dtype="float32", name=name)(x)
+
+
+def build_pretrainer(objective, backbone, input_shape, norm="batch", encoder_weights=None, dim=PROJECTION_DIM):
+    """The model an objective trains, its encoder ending in `encoder_output` as the U-Net's does.
+
+    Args:
+        objective: str. One of OBJECTIVES.
+        backbone, input_shape, norm, encoder_weights: as `genesis2d.unet.build_unet`.
+        dim: int. The projection head's output size. Defaults to 128.
+
+    Returns:
+        keras.Model: `genesis` the U-Net (output `restored`); `contrastive` the encoder and its
+        head (output `embedding`); `genesis+contrastive` the U-Net with the head on its
+        encoder, outputs {"restored", "embedding"}.
+    """
+    from genesis2d.unet import ENCODER_OUTPUT, build_encoder, build_unet
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}. Received: objective={objective!r}")
+    if objective == "genesis":
+        return build_unet(backbone, input_shape, norm, encoder_weights)
+    if objective == "contrastive":
+        encoder = build_encoder(backbone, input_shape, encoder_weights)
+        return keras.Model(encoder.input, projection_head(encoder.output, dim), name=f"contrastive_{backbone}")
+    unet = build_unet(backbone, input_shape, norm, encoder_weights)
+    embedding = projection_head(unet.get_layer(ENCODER_OUTPUT).output, dim)
+    return keras.Model(
+        unet.input, {RESTORED: unet.output, EMBEDDING: embedding}, name=f"genesis_contrastive_{backbone}_{norm}"
+    )
+
+
+def losses_of(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION_WEIGHT):
+    """(loss, loss_weights) to compile an objective's model with."""
+    if objective == "genesis":
+        return "mse", None
+    if objective == "contrastive":
+        return InfoNCE(temperature), None
+    return {RESTORED: "mse", EMBEDDING: InfoNCE(temperature)}, {RESTORED: restoration_weight, EMBEDDING: 1.0}
+
+
+def outputs_of(objective, outputs):
+    """(restored, embedding) of a model's outputs, each None when the objective has none; numpy arrays."""
+
+    def numpy(value):
+        return None if value is None else np.asarray(keras.ops.convert_to_numpy(value))
+
+    if isinstance(outputs, dict):
+        return numpy(outputs.get(RESTORED)), numpy(outputs.get(EMBEDDING))
+    if objective == "contrastive":
+        return None, numpy(outputs)
+    return numpy(outputs), None
+
+
+def pair_similarities(embeddings):
+    """(mean cosine similarity of each slice's two views, mean over all other pairs) of interleaved embeddings."""
+    z = np.asarray(embeddings, np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    similarity = z @ z.T
+    count = len(z)
+    index = np.arange(count)
+    partner = index + 1 - 2 * (index % 2)
+    positive = similarity[index, partner]
+    negative = ~np.eye(count, dtype=bool)
+    negative[index, partner] = False
+    return float(positive.mean()), float(similarity[negative].mean())
