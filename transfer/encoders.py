@@ -2,6 +2,8 @@
 
 - `--init scratch`: the backbone's encoder with random weights;
 - `--init genesis`: a genesis2d encoder (`encoder.h5` or `encoder.weights.h5`);
+- `--init contrastive`, `--init genesis+contrastive`: an encoder pretrained by the same command with
+  that `--objective` (`genesis2d.contrastive`), loaded as a genesis one; its card must name that objective;
 - `--init imagenet`: the backbone's ImageNet weights, as Keras downloads them;
 - `--init radimagenet`: RadImageNet's supervised medical weights (Mei et al., Radiology: AI
   2022), a file the user downloads (`--radimagenet-weights`), for the backbones that have one.
@@ -14,7 +16,8 @@ from pathlib import Path
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE
 from plumbing.errors import InputError, UsageError
 
-INITS = ("scratch", "genesis", "imagenet", "radimagenet")
+INITS = ("scratch", "genesis", "contrastive", "genesis+contrastive", "imagenet", "radimagenet")
+PRETRAINED_INITS = ("genesis", "contrastive", "genesis+contrastive")  # Encoders of `python genesis2d/train.py`.
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -29,28 +32,32 @@ def keras_cache_dir():
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def default_genesis_encoder(backbone, root=None):
-    """The `EncoderCard` of the one encoder folder under `root` (weights/) whose card names `backbone`.
+def default_genesis_encoder(backbone, root=None, objective="genesis"):
+    """The `EncoderCard` of the one encoder folder under `root` (weights/) whose card names `backbone` and `objective`.
 
     The cards decide, not the folders' names; none or several stop with a line that lists them.
     """
     from genesis2d.card import find_encoders
 
     root = Path(root) if root else PROJECT_ROOT / "weights"
-    found = [card for card in find_encoders(root) if card.backbone == backbone]
+    found = [card for card in find_encoders(root) if card.backbone == backbone and card.objective == objective]
+    what = f"{backbone} encoder" + ("" if objective == "genesis" else f" pretrained with --objective {objective}")
     if not found:
         raise InitError(
             root,
-            f"holds no encoder folder whose card names backbone {backbone}; pretrain with "
-            f"`python genesis2d/train.py --backbone {backbone}` or pass --encoder FOLDER",
+            f"holds no encoder folder whose card names backbone {backbone}"
+            + ("" if objective == "genesis" else f" and objective {objective}")
+            + f"; pretrain with `python genesis2d/train.py --backbone {backbone}"
+            + ("" if objective == "genesis" else f" --objective {objective}")
+            + "` or pass --encoder FOLDER",
         )
     if len(found) > 1:
         raise InitError(
             root,
-            f"holds {len(found)} {backbone} encoders ({', '.join(card.folder.name for card in found)}); "
+            f"holds {len(found)} {what}s ({', '.join(card.folder.name for card in found)}); "
             "choose one with --encoder FOLDER",
         )
-    print(f"genesis encoder: {found[0].folder} (the only {backbone} encoder under {root})")
+    print(f"{objective} encoder: {found[0].folder} (the only {what} under {root})")
     return found[0]
 
 
@@ -68,7 +75,7 @@ def read_encoder_card(path):
 
 def pretraining_of(init, encoder):
     """What the card of a genesis encoder says of its pretraining (backbone, input size, normalisation), or {}."""
-    if init != "genesis" or not encoder:
+    if init not in PRETRAINED_INITS or not encoder:
         return {}
     card = read_encoder_card(encoder)
     if card.backbone is None:
@@ -81,13 +88,14 @@ def pretraining_of(init, encoder):
     }
 
 
-def genesis_card(encoder, backbone, default_backbone):
+def genesis_card(encoder, backbone, default_backbone, init="genesis"):
     """(EncoderCard, backbone) of an --encoder folder or file, or of the default search, the backbone checked.
 
     Args:
         encoder: the --encoder folder (or a file inside it), or None for the one under weights/.
         backbone: the --backbone given, or None.
         default_backbone: the backbone assumed when neither --backbone nor a card says.
+        init: str. One of PRETRAINED_INITS: the objective the card must name.
 
     The card's backbone wins; an explicit `backbone` that contradicts it stops with one line
     naming both. An encoder without a card (written before cards) loads as `backbone` (or
@@ -96,9 +104,15 @@ def genesis_card(encoder, backbone, default_backbone):
     from genesis2d.card import CARD_FILE
 
     if encoder is None:
-        card = default_genesis_encoder(backbone or default_backbone)
+        card = default_genesis_encoder(backbone or default_backbone, objective=init)
         return card, card.backbone
     card = read_encoder_card(encoder)
+    if card.objective not in (None, init):
+        raise UsageError(
+            "--init",
+            f"{init} contradicts the encoder's card ({card.folder / CARD_FILE}: objective {card.objective}); "
+            f"pass --init {card.objective} or another --encoder",
+        )
     if card.backbone is None:
         assumed = backbone or default_backbone
         print(
@@ -203,10 +217,10 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
     """An encoder (input -> `encoder_output`) initialised as asked.
 
     Args:
-        init: str. 'scratch', 'genesis', 'imagenet' or 'radimagenet'.
+        init: str. One of INITS.
         backbone: str. A key of `genesis2d.backbones.BACKBONES`.
         input_shape: (H, W, 1).
-        encoder_path: for 'genesis', an encoder folder (or its encoder.h5 / encoder.weights.h5).
+        encoder_path: for PRETRAINED_INITS, an encoder folder (or its encoder.h5 / encoder.weights.h5).
             Defaults to the one under weights/ whose card names this backbone.
         imagenet_weights: for 'imagenet', a weights file to use instead of Keras's cache.
         radimagenet_weights: for 'radimagenet', the RadImageNet weights file. Defaults to
@@ -221,9 +235,9 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
     if init == "radimagenet":
         return _load_radimagenet(backbone, input_shape, radimagenet_weights)
     encoder = build_encoder(backbone, input_shape, weights=None)
-    if init == "genesis":
+    if init in PRETRAINED_INITS:
         if encoder_path is None:
-            path = default_genesis_encoder(backbone).encoder_file
+            path = default_genesis_encoder(backbone, objective=init).encoder_file
         else:
             path = read_encoder_card(encoder_path).encoder_file if Path(encoder_path).is_dir() else Path(encoder_path)
         _load_genesis(encoder, path)

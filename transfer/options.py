@@ -16,7 +16,15 @@ from plumbing.cli import default_verbosity, fraction_type
 from plumbing.errors import UsageError
 from plumbing.options import build_parser, derived, from_config, parse_options, reuse_settings, runtime
 from plumbing.options import option as plumbing_option
-from transfer.encoders import IMAGENET_INITS, INITS, EncoderSpec, InitError, genesis_card, radimagenet_file
+from transfer.encoders import (
+    IMAGENET_INITS,
+    INITS,
+    PRETRAINED_INITS,
+    EncoderSpec,
+    InitError,
+    genesis_card,
+    radimagenet_file,
+)
 from transfer.finetune import SELECTIONS, Head, Schedule
 from transfer.schedules import SCHEDULE_FIELDS, schedule_row
 
@@ -47,10 +55,10 @@ class TransferOptions:
     )
     encoder: str = option(
         None,
-        "genesis encoder folder, as `python genesis2d/train.py` writes it (or a file in it: "
-        "encoder.h5, encoder.weights.h5); its card.json gives the backbone. Default: the one folder "
-        "under weights/ whose card names --backbone (with none or several, the command stops and "
-        "lists them).",
+        "encoder folder of --init genesis, contrastive or genesis+contrastive, as `python genesis2d/train.py` "
+        "writes it (or a file in it: encoder.h5, encoder.weights.h5); its card.json gives the backbone and must "
+        "name --init as its objective. Default: the one folder under weights/ whose card names --backbone and "
+        "--init (with none or several, the command stops and lists them).",
         reuse=False,
     )
     imagenet_weights: str = option(
@@ -225,8 +233,8 @@ def resolve(options, table):
     from plumbing.fingerprint import file_sha256
 
     changes = {}
-    if options.init == "genesis":  # The encoder's card decides the backbone, before anything else reads it.
-        card, backbone = genesis_card(options.encoder, options.backbone, DEFAULT_BACKBONE)
+    if options.init in PRETRAINED_INITS:  # The encoder's card decides the backbone, before anything else reads it.
+        card, backbone = genesis_card(options.encoder, options.backbone, DEFAULT_BACKBONE, options.init)
         changes.update(backbone=backbone, encoder=str(card.encoder_file), encoder_sha256=file_sha256(card.encoder_file))
     else:
         changes["backbone"] = options.backbone or DEFAULT_BACKBONE

@@ -26,7 +26,9 @@ BACKBONE_FAMILIES = {"vgg": "vgg16", "resnet": "resnet50"}  # The thesis used VG
 
 
 # The thesis did not train RadImageNet encoders: they take the schedule of the other supervised start, ImageNet.
-INIT_FALLBACKS = {"radimagenet": "imagenet"}
+# An init the thesis did not train takes another's row: RadImageNet ImageNet's (both supervised), the contrastive
+# encoders genesis's (self-supervised on the same corpus; the thesis has no contrastive arm).
+INIT_FALLBACKS = {"radimagenet": "imagenet", "contrastive": "genesis", "genesis+contrastive": "genesis"}
 
 
 def load_table(path):
@@ -54,8 +56,8 @@ def load_table(path):
 
 
 def schedule_row(table, backbone, init):
-    """(row, note): the table's row for (backbone, init), or its family's (and for radimagenet, imagenet's) with a
-    note saying so.
+    """(row, note): the table's row for (backbone, init), or its family's (and for an init the thesis did not train,
+    INIT_FALLBACKS's) with a note saying so.
 
     Args:
         table: {(backbone, init): ThesisSchedule}, a task's table.
@@ -88,6 +90,6 @@ def schedule_table_text(table):
         )
     lines.append(
         "Other backbones take the row of their family (vgg*: vgg16, resnet*: resnet50); --init radimagenet "
-        "takes the imagenet row."
+        "takes the imagenet row, --init contrastive and genesis+contrastive the genesis row."
     )
     return "\n".join(lines)
