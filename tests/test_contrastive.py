@@ -1,0 +1,310 @@
+"""The discriminative arm (`genesis2d.contrastive`): its loss against the formula, its views against an independent
+resampling, that a demo-sized run learns to tell slices apart, and that its encoder loads and transfers as a genesis
+encoder does."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_PRETRAIN as TINY
+
+from genesis2d import contrastive
+from genesis2d.pretrain import parse_args, run
+from plumbing.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _normalised(rows, dim, seed):
+    z = np.random.default_rng(seed).normal(size=(rows, dim))
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def _info_nce_by_hand(z, temperature):
+    """InfoNCE written out: view i's partner is i ^ 1, every other view a negative."""
+    losses = []
+    for i in range(len(z)):
+        similarities = [float(z[i] @ z[j]) / temperature for j in range(len(z))]
+        denominator = sum(math.exp(similarities[j]) for j in range(len(z)) if j != i)
+        losses.append(-math.log(math.exp(similarities[i ^ 1]) / denominator))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("rows, dim, temperature", [(4, 3, 0.2), (8, 16, 0.5), (12, 128, 0.07)])
+def test_info_nce_is_the_formula(rows, dim, temperature):
+    z = _normalised(rows, dim, seed=rows)
+    expected = _info_nce_by_hand(z, temperature)
+    np.testing.assert_allclose(np.asarray(contrastive.info_nce(z, temperature)), expected, rtol=1e-5, atol=1e-5)
+    # As a Keras loss: the batch's mean, y_true unused.
+    loss = contrastive.InfoNCE(temperature)(np.zeros(rows, np.float32), z.astype(np.float32))
+    np.testing.assert_allclose(float(loss), expected.mean(), rtol=1e-5)
+
+
+def test_info_nce_bounds_chance_and_a_perfect_encoder():
+    rows = 8
+    same = np.tile(_normalised(1, 4, 0), (rows, 1))  # Every view one point: nothing told apart.
+    np.testing.assert_allclose(np.asarray(contrastive.info_nce(same, 0.2)), contrastive.chance_loss(rows), rtol=1e-5)
+    # Each slice's two views on one point, the slices orthogonal: the loss is far below chance.
+    pairs = np.repeat(np.eye(rows // 2, 8), 2, axis=0)
+    assert float(np.mean(contrastive.info_nce(pairs, 0.2))) < 0.1 * contrastive.chance_loss(rows)
+
+
+def test_the_loss_survives_a_save_and_load(tmp_path):
+    loss = contrastive.InfoNCE(0.3)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, type(loss)) and restored.temperature == 0.3
+
+
+def _slices(count, side, seed):
+    """Smooth random slices in [0, 1] (so that resampling them is well defined)."""
+    from scipy.ndimage import gaussian_filter
+
+    raw = np.random.default_rng(seed).random((count, side, side))
+    smooth = np.stack([gaussian_filter(r, 2) for r in raw])
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    return smooth.astype(np.float32)[..., None]
+
+
+def test_views_are_seeded_and_interleaved_by_slice():
+    images = _slices(4, 32, seed=0)
+    views = contrastive.make_views(images, seed=7)
+    assert views.shape == (8, 32, 32, 1) and views.dtype == np.float32
+    assert 0.0 <= views.min() and views.max() <= 1.0
+    np.testing.assert_array_equal(views, contrastive.make_views(images, seed=7))  # Same seed, same views.
+    assert not np.array_equal(views, contrastive.make_views(images, seed=8))
+    assert not np.array_equal(views[0::2], views[1::2])  # A slice's two views differ.
+    # Each view comes from its own slice: its intensity histogram is closer to its slice's than to any other's.
+    for index in range(len(views)):
+        distances = [abs(np.median(views[index]) - np.median(image)) for image in images]
+        assert int(np.argmin(distances)) == index // 2 or distances[index // 2] < 0.15
+
+
+def test_a_view_without_intensity_changes_is_the_resized_crop_scipy_computes():
+    """The crop, resize and flip against scipy's own bilinear sampling at the same pixel centres."""
+    from scipy.ndimage import map_coordinates
+
+    side = 40
+    images = _slices(3, side, seed=1)
+    rng = np.random.default_rng(3)
+    params = contrastive.view_parameters(rng, 3, side, side)
+    params.update(brightness=np.ones(3), contrast=np.ones(3), gamma=np.ones(3), blur=np.zeros(3))
+    params["flip"] = np.array([False, True, False])
+    views = contrastive.apply_views(images, params)
+    for n in range(3):
+        centres = (np.arange(side) + 0.5) / side
+        rows = np.clip(params["top"][n] + centres * params["crop_h"][n] - 0.5, 0, side - 1)
+        cols = np.clip(params["left"][n] + centres * params["crop_w"][n] - 0.5, 0, side - 1)
+        grid = np.meshgrid(rows, cols, indexing="ij")
+        expected = map_coordinates(images[n, ..., 0].astype(np.float64), grid, order=1)
+        if params["flip"][n]:
+            expected = expected[:, ::-1]
+        np.testing.assert_allclose(views[n, ..., 0], expected, atol=1e-5)
+
+
+def test_blur_and_intensity_follow_their_formulas():
+    from scipy.ndimage import gaussian_filter
+
+    side = 32
+    images = _slices(1, side, seed=2)
+    params = contrastive.view_parameters(np.random.default_rng(0), 1, side, side)
+    params.update(
+        top=np.zeros(1),
+        left=np.zeros(1),
+        crop_h=np.full(1, float(side)),
+        crop_w=np.full(1, float(side)),
+        flip=np.array([False]),
+        brightness=np.array([1.2]),
+        contrast=np.array([0.7]),
+        gamma=np.array([1.3]),
+        blur=np.array([1.5]),
+    )
+    x = np.clip(1.2 * images[0, ..., 0].astype(np.float64), 0, 1)
+    x = np.clip(x.mean() + 0.7 * (x - x.mean()), 0, 1) ** 1.3
+    expected = np.clip(gaussian_filter(x, 1.5), 0, 1)
+    np.testing.assert_allclose(contrastive.apply_views(images, params)[0, ..., 0], expected, atol=1e-4)
+
+
+def test_embedding_collapse_is_told_from_a_spread():
+    from genesis2d.health import check_health, embedding_spread
+
+    spread = _normalised(64, 128, seed=0)
+    assert 0.8 < embedding_spread(spread) < 1.2
+    collapsed = np.tile(spread[:1], (64, 1))
+    assert embedding_spread(collapsed) < 1e-12
+    features = np.ones((2, 2, 2, 4))
+    assert check_health(features, None, None, spread) is None
+    assert "collapsed to one point" in check_health(features, None, None, collapsed)
+
+
+def test_the_demo_settings_differ_only_in_the_learning_rate():
+    import yaml
+
+    from genesis2d.options import DEMO_CONFIG, DEMO_CONTRASTIVE_CONFIG
+
+    genesis, contrast = (yaml.safe_load(path.read_text()) for path in (DEMO_CONFIG, DEMO_CONTRASTIVE_CONFIG))
+    assert {k: v for k, v in genesis.items() if k != "lr"} == {k: v for k, v in contrast.items() if k != "lr"}
+    assert contrast["lr"] < genesis["lr"]
+    assert parse_args(["--objective", "contrastive", "--out", "x"]).lr == contrast["lr"]
+    assert parse_args(["--out", "x"]).lr == genesis["lr"]
+
+
+def test_defaults_and_one_line_refusals(demo_manifest):
+    from genesis2d.options import PretrainConfig
+
+    assert PretrainConfig().lr == 1.0  # Models Genesis's rate for restoration.
+    assert PretrainConfig(objective="contrastive").lr == pytest.approx(0.03 * 32 / 256)  # MoCo v2's, scaled.
+    config = parse_args(["--manifest", str(demo_manifest), "--objective", "genesis+contrastive"])
+    assert Path(config.out).name == "genesis2d+contrastive_resnet50_batch" and config.slices_per_batch == 16
+    assert Path(parse_args(["--manifest", "m.csv", "--objective", "contrastive"]).out).name == "contrastive2d_resnet50"
+    with pytest.raises(UsageError, match="even number"):
+        parse_args(["--manifest", "m.csv", "--objective", "contrastive", "--batch-size", "5"])
+
+
+@pytest.fixture(scope="module")
+def contrastive_run(demo_manifest, tmp_path_factory):
+    """Two short contrastive epochs (40 steps): 32x32 crops of the demo phantoms, 8 views (4 slices) a batch."""
+    out = tmp_path_factory.mktemp("contrastive") / "run"
+    args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "contrastive"]
+    args += ["--batch-size", "8", "--lr", "0.03", "--epochs", "2", "--steps-per-epoch", "20", "--validation-steps", "4"]
+    config = parse_args(args)
+    return config, run(config)
+
+
+def test_a_demo_run_tells_a_slices_views_from_other_slices(contrastive_run, demo_manifest):
+    """After 40 steps the two views of a held-out slice are closer than views of different slices, by more than with
+    the same architecture untrained, and the validation loss is below telling nothing apart."""
+    from genesis2d.pretrain import pairs
+    from plumbing.runtime import STREAM_VAL_DISTORTIONS, derive_seed
+
+    config, card = contrastive_run
+    assert card["objective"] == "contrastive" and card["best_val_loss"] < 0.95 * card["chance_val_loss"], card
+    trained = keras.models.load_model(Path(config.out) / "unet.keras", compile=False)
+    keras.utils.set_random_seed(1)
+    untrained = contrastive.build_pretrainer("contrastive", config.backbone, (None, None, 1))
+    first = derive_seed(config.seed, STREAM_VAL_DISTORTIONS)
+    gaps = {"trained": [], "untrained": []}
+    for views, _ in pairs(demo_manifest, "val", config, training=False, first_seed=first).take(4):
+        for name, model in (("trained", trained), ("untrained", untrained)):
+            positive, negative = contrastive.pair_similarities(np.asarray(model(views, training=False)))
+            gaps[name].append(positive - negative)
+    assert np.mean(gaps["trained"]) > 0.05, gaps
+    assert np.mean(gaps["trained"]) > np.mean(gaps["untrained"]) + 0.02, gaps
+
+
+def test_the_contrastive_encoder_loads_and_transfers_as_a_genesis_one(contrastive_run, tmp_path):
+    from transfer.encoders import genesis_card, load_encoder
+
+    config, card = contrastive_run
+    out = Path(config.out)
+    assert json.loads((out / "card.json").read_text())["objective"] == "contrastive"
+    assert "Contrastive pretraining" in (out / "MODEL_CARD.md").read_text()
+    # A plain Keras program: load_model, then a head on encoder(x).
+    script = f"""
+import numpy as np, keras
+encoder = keras.models.load_model({str(out / "encoder.h5")!r}, compile=False)
+x = keras.Input((None, None, 1))
+features = encoder(x)
+assert not isinstance(features, (list, tuple)), type(features)
+head = keras.Model(x, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(features)))
+print(head.predict(np.zeros((2, 64, 64, 1), np.float32), verbose=0).shape)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "(2, 1)" in result.stdout, result.stderr[-2000:]
+    # Downstream: --init contrastive takes the card's backbone; --init genesis refuses it in one line.
+    found, backbone = genesis_card(str(out), None, "resnet50", "contrastive")
+    assert backbone == "resnet18" and found.objective == "contrastive"
+    with pytest.raises(UsageError, match="objective contrastive"):
+        genesis_card(str(out), None, "resnet50", "genesis")
+    encoder = load_encoder("contrastive", "resnet18", (32, 32, 1), str(out))
+    trained = keras.models.load_model(out / "unet.keras", compile=False)
+    probe = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    from genesis2d.unet import encoder_of
+
+    np.testing.assert_allclose(
+        np.asarray(encoder(probe, training=False)), np.asarray(encoder_of(trained)(probe, training=False)), atol=1e-5
+    )
+
+
+def test_the_joined_objective_restores_views_and_contrasts_them(demo_manifest, tmp_path):
+    """genesis+contrastive: the targets are the views (Models Genesis's distortions applied to them), both losses are
+    in the history, and the exported encoder is the U-Net's."""
+    import pandas as pd
+
+    from genesis2d.pretrain import pairs
+    from genesis2d.transforms import make_pair
+
+    out = tmp_path / "joined"
+    args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "genesis+contrastive"]
+    config = parse_args(args + ["--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "2"])
+    (inputs, targets), slices = (
+        next(iter(pairs(demo_manifest, "val", config, training=False, first_seed=11).take(1))),
+        next(iter(_slices_of(demo_manifest, config).take(1))),
+    )
+    views = contrastive.make_views(slices.numpy(), 11)
+    expected_inputs, expected_targets = make_pair(views, 11, **config.distortions.make_pair_kwargs())
+    np.testing.assert_array_equal(targets["restored"].numpy(), expected_targets)
+    np.testing.assert_array_equal(inputs.numpy(), expected_inputs)
+    card = run(config)
+    history = pd.read_csv(out / "history.csv")
+    assert {"restored_loss", "embedding_loss", "val_restored_loss", "val_embedding_loss"} <= set(history.columns)
+    row = history.iloc[-1]
+    assert row["val_loss"] == pytest.approx(10 * row["val_restored_loss"] + row["val_embedding_loss"], rel=1e-4)
+    assert card["objective"] == "genesis+contrastive" and card["contrast"]["restoration_weight"] == 10.0
+    assert card["identity_val_loss"] > 0 and card["chance_val_loss"] == pytest.approx(math.log(7))
+
+
+def _slices_of(manifest, config):
+    from preprocessing.pipeline import make_dataset
+
+    return make_dataset(
+        manifest,
+        "val",
+        config.slices_per_batch,
+        config.crop_size,
+        config.image_size,
+        training=False,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+        drop_remainder=False,
+    )
+
+
+def test_the_views_benchmark_prints_its_three_rates():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/contrastive_views.py", "--size", "32", "--batch", "8", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "images/s" in line]
+    assert len(lines) == 3 and "1.00x the distortions" in lines[0], result.stdout
+
+
+def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run, demo_dir, tmp_path, capsys):
+    """A downstream task as a user runs it: `--init contrastive --encoder FOLDER`, the backbone from the card, the
+    genesis schedule row said in a note, the metrics those of its own predictions."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from mura.experiment import parse_args as mura_args
+    from mura.experiment import run as mura_run
+
+    config, _ = contrastive_run
+    out = tmp_path / "mura"
+    tiny = ["--image-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--epoch-size", "96", "--verbose", "0"]
+    options = mura_args(["--data", str(demo_dir), "--out", str(out), "--init", "contrastive", "--encoder", config.out])
+    assert options.backbone == "resnet18"  # From the card.
+    assert "for --init genesis" in capsys.readouterr().out  # The thesis has no contrastive row.
+    mura_run(
+        mura_args(["--data", str(demo_dir), "--out", str(out), "--init", "contrastive", "--encoder", config.out, *tiny])
+    )
+    written = json.loads((out / "metrics.json").read_text())
+    studies = pd.read_csv(out / "predictions_studies.csv")
+    assert written["study_auc"] == pytest.approx(roc_auc_score(studies["label"], studies["probability"]))
+    assert json.loads((out / "run.json").read_text())["args"]["init"] == "contrastive"
