@@ -249,6 +249,32 @@ def losses_of(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION
     return {RESTORED: "mse", EMBEDDING: InfoNCE(temperature)}, {RESTORED: restoration_weight, EMBEDDING: 1.0}
 
 
+def per_example_loss(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION_WEIGHT):
+    """(model, inputs, targets, training) -> each example's loss (float32), as the compiled losses weigh them.
+
+    For the multi-machine step (`genesis2d.distributed`), which averages it over the global
+    batch: the MSE of each restored slice, the InfoNCE of each view over its replica's share
+    (as `fit` computes it on one machine's GPUs), or their weighted sum.
+    """
+
+    def mse(restored, targets):
+        ops = keras.ops
+        difference = ops.cast(restored, "float32") - ops.cast(targets, "float32")
+        return ops.mean(ops.square(difference), axis=[1, 2, 3])
+
+    def loss(model, inputs, targets, training):
+        outputs = model(inputs, training=training)
+        if objective == "genesis":
+            return mse(outputs, targets)
+        if objective == "contrastive":
+            return info_nce(outputs, temperature)
+        return restoration_weight * mse(outputs[RESTORED], targets[RESTORED]) + info_nce(
+            outputs[EMBEDDING], temperature
+        )
+
+    return loss
+
+
 def outputs_of(objective, outputs):
     """(restored, embedding) of a model's outputs, each None when the objective has none; numpy arrays."""
 

@@ -96,8 +96,12 @@ def per_example_mse(model, inputs, targets, training):
     return tf.reduce_mean(tf.square(predictions - tf.cast(targets, tf.float32)), axis=[1, 2, 3])
 
 
-def make_train_step(model, strategy, global_batch_size):
-    """A tf.function: one optimizer step on the next global batch of a distributed iterator; returns its mean loss."""
+def make_train_step(model, strategy, global_batch_size, per_example=per_example_mse):
+    """A tf.function: one optimizer step on the next global batch of a distributed iterator; returns its mean loss.
+
+    `per_example(model, inputs, targets, training)` gives each example's loss (default: the
+    restoration's MSE; `genesis2d.contrastive.per_example_loss` for the other objectives).
+    """
     import keras
     import tensorflow as tf
 
@@ -107,7 +111,7 @@ def make_train_step(model, strategy, global_batch_size):
     def replica_step(inputs, targets):
         with tf.GradientTape() as tape:
             loss = tf.nn.compute_average_loss(
-                per_example_mse(model, inputs, targets, True), global_batch_size=global_batch_size
+                per_example(model, inputs, targets, True), global_batch_size=global_batch_size
             )
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -140,12 +144,12 @@ def make_train_step(model, strategy, global_batch_size):
     return step
 
 
-def make_evaluate(model, strategy):
-    """A function: the mean per-example MSE over a finite distributed dataset, every worker's share counted."""
+def make_evaluate(model, strategy, per_example=per_example_mse):
+    """A function: the mean per-example loss over a finite distributed dataset, every worker's share counted."""
     import tensorflow as tf
 
     def replica_step(inputs, targets):
-        errors = per_example_mse(model, inputs, targets, False)
+        errors = per_example(model, inputs, targets, False)
         return tf.reduce_sum(errors), tf.cast(tf.size(errors), tf.float32)
 
     @tf.function
@@ -190,6 +194,7 @@ def fit_multiworker(
     validation_steps=None,
     verbose=1,
     extra_state=None,
+    per_example=per_example_mse,
 ):
     """Trains like `genesis2d.checkpoint.fit_resumable`, with the custom step above, on every worker.
 
@@ -209,11 +214,12 @@ def fit_multiworker(
         validation_steps: int or None. Validation batches per worker at most.
         verbose: int. 0 silent, 1 or 2 one line per epoch (chief only).
         extra_state: callable returning a JSON-able dict saved with each checkpoint.
+        per_example: each example's loss, as `make_train_step` takes it. Defaults to the MSE.
     """
     import keras
 
-    train_step = make_train_step(model, strategy, global_batch_size)
-    evaluate = make_evaluate(model, strategy)
+    train_step = make_train_step(model, strategy, global_batch_size, per_example)
+    evaluate = make_evaluate(model, strategy, per_example)
     epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
     if state and state.get("steps_per_epoch") != steps_per_epoch:
         step = 0  # Different epoch length: restart the interrupted epoch rather than guess.

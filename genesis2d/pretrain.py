@@ -14,10 +14,18 @@ import time
 from pathlib import Path
 
 from genesis2d.card import CARD_FILE, ENCODER_FILE
-from genesis2d.contrastive import RESTORED
+from genesis2d.contrastive import RESTORED, per_example_loss
 from genesis2d.data import checked_data, data_source, demo_manifest, pairs, worker_datasets
 from genesis2d.export import BEST_FILES, STAGING, commit_export, export_best, export_encoder, make_reporter
-from genesis2d.options import DEMO_CONFIG, DistortionRates, PretrainConfig, build_parser, parse_args, resolve
+from genesis2d.options import (
+    DEMO_CONFIG,
+    DEMO_CONTRASTIVE_CONFIG,
+    DistortionRates,
+    PretrainConfig,
+    build_parser,
+    parse_args,
+    resolve,
+)
 from genesis2d.schedule import make_optimizer
 from plumbing.atomic import remove_temporaries, writable_folder, write_csv, write_json
 from plumbing.errors import ImageReadError, UsageError
@@ -27,6 +35,7 @@ from preprocessing.normalize import HU_MAX, HU_MIN
 __all__ = [  # What callers (the study, the tests, `genesis2d/train.py`) import from here.
     "BEST_FILES",
     "DEMO_CONFIG",
+    "DEMO_CONTRASTIVE_CONFIG",
     "make_optimizer",
     "STAGING",
     "DistortionRates",
@@ -284,12 +293,6 @@ def _train(run, extra_callbacks):
             "--batch-size",
             f"{config.batch_size} is not a multiple of the {replicas} replicas that share it"
             + (" (each replica takes whole pairs of views)" if config.two_views else ""),
-        )
-    if config.objective != "genesis" and run.workers > 1:
-        raise UsageError(
-            "--objective",
-            f"{config.objective} trains on one machine (with any number of its GPUs); the multi-machine step "
-            "trains --objective genesis only",
         )
     if run.chief:
         out.mkdir(parents=True, exist_ok=True)
@@ -572,6 +575,7 @@ def _fit(run, model, streams, callbacks):
             validation_steps=streams.validation_steps,
             verbose=config.verbose,
             extra_state=lambda: record,
+            per_example=per_example_loss(config.objective, config.temperature, config.restoration_weight),
         )
     except tf.errors.OpError as error:
         if NO_SLICE_LEFT in str(error):  # Raised inside the input pipeline; said here as one line.

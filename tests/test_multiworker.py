@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("two_workers.py")
@@ -158,3 +159,32 @@ def test_an_unreachable_peer_is_named_and_the_wait_ends(demo_manifest, tmp_path)
     assert stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nowhere'}: has no index.json; write shards with `python -m preprocessing.shards`."
     ]
+
+
+def test_two_workers_train_the_joined_objective_as_one_process_contrasting_each_share(demo_manifest, tmp_path):
+    """--objective genesis+contrastive on two workers: the weights one process gets from the same global batches with
+    BatchNorm over all of them and each worker's share contrasted within itself (as several GPUs of one machine do),
+    not those of contrasting the whole global batch."""
+    sys.path.insert(0, str(HELPER.parent))
+    from two_workers import JOINED
+
+    steps = "2"
+    out = str(tmp_path / "run")
+    processes = [
+        start([sys.executable, str(HELPER), "worker", str(demo_manifest), out, steps, *JOINED], config)
+        for config in tf_configs()
+    ]
+    processes.append(start([sys.executable, str(HELPER), "joined", str(demo_manifest), str(tmp_path / "ref"), steps]))
+    finish(processes)
+    chief, other, reference, global_contrast = (
+        weights(tmp_path / f"weights-{name}.npz") for name in ("0", "1", "joined", "joined-global")
+    )
+    for a, b in zip(chief, other):
+        np.testing.assert_array_equal(a, b)
+    assert len(chief) == len(reference) > 50
+    distance, wrong = largest_difference(chief, reference), largest_difference(global_contrast, reference)
+    print(f"workers {distance:.3g}, the global batch contrasted {wrong:.3g}")
+    assert distance < 0.1 * wrong
+    card = json.loads((Path(out) / "card.json").read_text())
+    assert card["objective"] == "genesis+contrastive" and card["contrast"]["views_contrasted"] == 4  # 8 / 2 workers.
+    assert card["chance_val_loss"] == pytest.approx(np.log(3))

@@ -2,6 +2,8 @@
 
     python tests/two_workers.py worker MANIFEST OUT STEPS   # with TF_CONFIG: one worker of the real `run`
     python tests/two_workers.py reference MANIFEST OUT STEPS  # one process, the same global batches
+    python tests/two_workers.py worker MANIFEST OUT STEPS --objective genesis+contrastive --batch-size 8
+    python tests/two_workers.py joined MANIFEST OUT STEPS     # one process, that objective's global batches
 
 A worker saves its final weights to weights-<worker>.npz beside OUT; the reference trains
 plain Keras loops (GradientTape, SGD) on the concatenation of both workers' batches, as
@@ -59,7 +61,7 @@ def save(path, model):
     np.savez(path, *[np.asarray(w) for w in model.trainable_weights])
 
 
-def worker(manifest, out, steps):
+def worker(manifest, out, steps, *extra):
     import keras
 
     from genesis2d.pretrain import parse_args, run
@@ -72,7 +74,7 @@ def worker(manifest, out, steps):
         def on_train_end(self, logs=None):
             save(Path(out).parent / f"weights-{index}.npz", self.model)
 
-    run(parse_args(options(manifest, out, steps)), strategy=strategy, extra_callbacks=[SaveWeights()])
+    run(parse_args([*options(manifest, out, steps), *extra]), strategy=strategy, extra_callbacks=[SaveWeights()])
 
 
 def reference(manifest, out, steps):
@@ -143,6 +145,70 @@ def reference(manifest, out, steps):
     save(folder / "weights-local-bn.npz", train((0, 1), True)[1])
 
 
+JOINED = ["--objective", "genesis+contrastive", "--batch-size", "8"]  # 4 views (2 slices) a worker.
+
+
+def joined(manifest, out, steps):
+    """The joined objective in one process on both workers' batches: BatchNorm over the global batch, each worker's
+    share contrasted within itself, 10 x MSE + InfoNCE per view averaged over the global batch. Saved as
+    weights-joined.npz; 'joined-global' contrasts the whole global batch instead (a wrong answer to tell apart)."""
+    import keras
+    import tensorflow as tf
+
+    from genesis2d.contrastive import EMBEDDING, RESTORED, build_pretrainer, info_nce
+    from genesis2d.distributed import synchronize_batch_norm
+    from genesis2d.pretrain import pairs, parse_args
+    from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
+
+    config = parse_args([*options(manifest, out, steps), *JOINED])
+    configure_determinism(True)
+    set_seed(config.seed)
+    per_worker = config.batch_size // WORKERS
+    streams = [
+        iter(
+            pairs(
+                manifest,
+                "train",
+                config,
+                True,
+                derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, k),
+                per_worker,
+                (k, WORKERS),
+            )
+        )
+        for k in range(WORKERS)
+    ]
+    batches = [[next(stream) for stream in streams] for _ in range(steps)]
+
+    def train(per_share):
+        set_seed(config.seed)
+        shape = (config.image_size, config.image_size, 1)
+        model = build_pretrainer(config.objective, config.backbone, shape, config.norm, None, config.projection_dim)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.bn_momentum
+        synchronize_batch_norm(model)
+        optimizer = keras.optimizers.SGD(learning_rate=LR, momentum=config.momentum)
+        for halves in batches:
+            inputs = tf.concat([h[0] for h in halves], 0)
+            targets = tf.concat([h[1][RESTORED] for h in halves], 0)
+            with tf.GradientTape() as tape:
+                outputs = model(inputs, training=True)
+                mse = tf.reduce_mean(tf.square(outputs[RESTORED] - targets), axis=[1, 2, 3])
+                embeddings = outputs[EMBEDDING]
+                if per_share:
+                    contrast = tf.concat([info_nce(part, config.temperature) for part in tf.split(embeddings, 2)], 0)
+                else:
+                    contrast = info_nce(embeddings, config.temperature)
+                loss = tf.reduce_mean(config.restoration_weight * mse + contrast)
+            optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return model
+
+    folder = Path(out).parent
+    save(folder / "weights-joined.npz", train(True))
+    save(folder / "weights-joined-global.npz", train(False))
+
+
 if __name__ == "__main__":
     mode, manifest, out, steps = sys.argv[1:5]
-    {"worker": worker, "reference": reference}[mode](manifest, out, int(steps))
+    {"worker": worker, "reference": reference, "joined": joined}[mode](manifest, out, int(steps), *sys.argv[5:])
