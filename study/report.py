@@ -37,14 +37,32 @@ from transfer.plots import plot_mean_roc
 from transfer.results import ResultsError, read_results
 from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
 
-INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet")  # Known initialisations first, any others after them.
+# Known initialisations first, any others after them.
+INIT_ORDER = ("scratch", "genesis", "imagenet", "radimagenet", "contrastive", "genesis+contrastive")
 REFERENCE = "genesis"  # The initialisation compared with every other (fine-tuned with fine-tuned, probe with probe).
+# The arms beyond the thesis (genesis2d/contrastive.py) are also compared with the thesis's baselines.
+BEYOND_THESIS = ("contrastive", "genesis+contrastive")
+BASELINES = ("scratch", "imagenet")
 PROBE = " probe"  # A linear probe's column is its init followed by this (`Results.arm`).
 
 
 def reference_of(arm):
     """The column an arm is tested against: genesis fine-tuned, or genesis's probe for a probe."""
     return REFERENCE + PROBE if arm.endswith(PROBE) else REFERENCE
+
+
+def comparisons(inits):
+    """The report's paired tests, (a, b) for "a vs b" (the AUC of a minus b's), among the arms in `inits`.
+
+    genesis against every other arm (as the thesis compares), then each arm beyond the thesis
+    against scratch and ImageNet; a probe only against probes.
+    """
+    pairs = [(reference_of(other), other) for other in inits if other != reference_of(other)]
+    for arm in inits:
+        base, probe = (arm[: -len(PROBE)], PROBE) if arm.endswith(PROBE) else (arm, "")
+        if base in BEYOND_THESIS:
+            pairs += [(arm, baseline + probe) for baseline in BASELINES]
+    return [(a, b) for a, b in pairs if a in inits and b in inits]
 
 
 # The interval of each AUC: the cluster jackknife on the logit scale with a t reference, which kept 95% intervals'
@@ -287,9 +305,8 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, i
             row[init] = value
         row[f"{init}_sd"] = float(np.std(per_run, ddof=1)) if len(per_run) > 1 else np.nan
     if metric == "auc":
-        for other in inits:
-            reference = reference_of(other)
-            if other == reference or other not in by_init or reference not in by_init:
+        for reference, other in comparisons(inits):
+            if other not in by_init or reference not in by_init:
                 continue
             y, p_a, p_b, groups, strata = _aligned(by_init[reference], by_init[other], name)
             test = paired_auc_test(y, p_a, p_b, clusters=groups, strata=strata, unit=unit)
@@ -375,8 +392,8 @@ def _p_text(p_value):
     return f"< {SMALLEST_P:g}" if p_value < SMALLEST_P else f"= {p_value:.3g}"
 
 
-def _test_cell(row, other):
-    key = f"{reference_of(other)}_vs_{other}"
+def _test_cell(row, reference, other):
+    key = f"{reference}_vs_{other}"
     if pd.isna(row.get(f"{key}_p", np.nan)):
         return "-"
     df, how = row.get(f"{key}_df", np.nan), row.get(f"{key}_p_how", "")
@@ -418,13 +435,13 @@ def selection_keys(table, inits):
 
 def markdown_table(table, inits, selections=None):
     selections = selection_keys(table, inits) if selections is None else selections
-    others = [i for i in inits if i != reference_of(i) and reference_of(i) in inits]
+    pairs = comparisons(inits)
     header = [
         "dataset",
         "backbone",
         "metric",
         *inits,
-        *[f"{reference_of(o)} vs {o}" for o in others],
+        *[f"{a} vs {b}" for a, b in pairs],
         "test",
         "clusters",
         "thesis",
@@ -436,7 +453,7 @@ def markdown_table(table, inits, selections=None):
             row["backbone"],
             row["label"],
             *[_cell(row, i, selections) for i in inits],
-            *[_test_cell(row, o) for o in others],
+            *[_test_cell(row, a, b) for a, b in pairs],
             row.get("test") or "-",
             _clusters_cell(row),
             row.get("thesis") or "-",
@@ -449,15 +466,15 @@ def spread_lines(table, inits):
     """Per comparison with several runs (or folds as runs): each run's AUC difference and their spread."""
     lines = []
     for row in table.to_dict("records"):
-        for other in inits:
-            key = f"{reference_of(other)}_vs_{other}"
+        for reference, other in comparisons(inits):
+            key = f"{reference}_vs_{other}"
             for what in ("run", "fold"):
                 values = row.get(f"{key}_per_{what}")
                 if isinstance(values, list) and values:
                     spread = f", sd {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
                     lines.append(
                         f"| {row['dataset']} | {row['backbone']} | {row['label']} | "
-                        f"{reference_of(other)} vs {other} | {what} | "
+                        f"{reference} vs {other} | {what} | "
                         f"{', '.join(f'{v:+.3f}' for v in values)} | {np.min(values):+.3f} to "
                         f"{np.max(values):+.3f}{spread} | {row[f'{key}_delta']:+.3f} |"
                     )
@@ -581,7 +598,8 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
         "",
         f"Each number is the mean over training runs of the mean over folds; AUC with a "
         f"{_interval_text(interval, iterations)}. The comparison columns give the AUC difference of "
-        f"{REFERENCE} against each initialisation on the same test cases (a linear probe against {REFERENCE}'s "
+        f"{REFERENCE} against each initialisation, and of each arm beyond the thesis ({', '.join(BEYOND_THESIS)}) "
+        f"against {' and '.join(BASELINES)}, on the same test cases (a linear probe against the other's "
         "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
         "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
         "group (a scan's candidates, a patient's images) are not independent, so both come from the groups: "

@@ -340,3 +340,46 @@ def test_malformed_results_end_in_one_line(retina, tmp_path, capsys, case, messa
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), lines
+
+
+def test_the_arms_beyond_the_thesis_are_tested_against_genesis_scratch_and_imagenet(retina, tmp_path):
+    """contrastive and genesis+contrastive: after the thesis's columns, each tested against genesis (as every arm) and
+    against scratch and ImageNet, each p-value that of the paired test run here on the same cases."""
+    from study.report import _aligned, comparisons
+
+    runs, scores, truth, patients, folds = retina
+    rng = np.random.default_rng(2)
+    extra = {"contrastive": truth * 0.7 + rng.random(120), "genesis+contrastive": truth * 0.8 + rng.random(120)}
+    runs = runs + [_contract(tmp_path / k, k, [v], truth, patients, folds) for k, v in extra.items()]
+    table = build_report(runs, tmp_path / "report", iterations=100)
+    auc = table[(table["level"] == "eye") & (table["metric"] == "auc")].iloc[0]
+    by_arm = {read_results(folder).arm: read_results(folder) for folder in runs if "half" not in folder.name}
+    for arm in extra:
+        for baseline in ("scratch", "imagenet"):
+            # The cases in the report's order (the permutation test draws its sign patterns cluster by cluster).
+            y, p_arm, p_base, groups, strata = _aligned(by_arm[arm], by_arm[baseline], "eye")
+            test = paired_auc_test(y, p_arm, p_base, clusters=groups, strata=strata)
+            assert auc[f"{arm}_vs_{baseline}_p"] == pytest.approx(test["p_value"])
+            assert auc[f"{arm}_vs_{baseline}_delta"] == pytest.approx(test["difference"])
+            auc_arm = np.mean([roc_auc_score(truth[folds == f], extra[arm][folds == f]) for f in (1, 2)])
+            auc_base = np.mean([roc_auc_score(truth[folds == f], scores[baseline][0][folds == f]) for f in (1, 2)])
+            assert test["difference"] == pytest.approx(auc_arm - auc_base)
+    header = (tmp_path / "report" / "report.md").read_text().splitlines()[2]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[3:8] == ["scratch", "genesis", "imagenet", "contrastive", "genesis+contrastive"]
+    assert columns[8:15] == [
+        "genesis vs scratch",
+        "genesis vs imagenet",
+        "genesis vs contrastive",
+        "genesis vs genesis+contrastive",
+        "contrastive vs scratch",
+        "contrastive vs imagenet",
+        "genesis+contrastive vs scratch",
+    ]
+    # Probes only against probes; an arm whose baseline did not run is not compared with it.
+    probes = comparisons(["scratch probe", "genesis probe", "contrastive probe", "contrastive"])
+    assert probes == [
+        ("genesis probe", "scratch probe"),
+        ("genesis probe", "contrastive probe"),
+        ("contrastive probe", "scratch probe"),
+    ]
