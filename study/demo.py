@@ -1,13 +1,14 @@
 """The whole study end to end: on the built-in demo data (`python -m study`), or the thesis's experiment on your
 folders (`python -m study --corpus C --luna16 L --mura M`, see `study.experiment`).
 
-The demo writes the demo data, builds the pretraining manifest, pretrains a genesis2d
-encoder, cross-validates LUNA16 (five folds) and trains MURA for each
-initialisation (scratch, genesis, and imagenet when its weights are in Keras's
-cache), each with its Grad-CAM galleries, fits a linear probe of each
-initialisation on both tasks, adds a label-efficiency sweep on MURA, and writes
-the report. Each step
-is skipped when its outputs are already complete, so an interrupted study
+The demo writes the demo data, builds the pretraining manifest, pretrains three
+encoders on it with equal compute (genesis2d's restoration, and beyond the thesis
+contrast and both joined, `genesis2d.contrastive`), cross-validates LUNA16 (five
+folds) and trains MURA for each initialisation (scratch, the three pretrained, and
+imagenet when its weights are in Keras's cache), each with its Grad-CAM galleries,
+fits a linear probe of each initialisation on both tasks, adds a label-efficiency
+sweep on MURA, and writes the report. Each step is skipped when its outputs are
+already complete, so an interrupted study
 continues where it stopped. Demo numbers describe synthetic phantoms only.
 """
 
@@ -24,6 +25,7 @@ from study.experiment import PROTOCOLS, THESIS_BACKBONES, THESIS_INITS  # noqa: 
 from study.report import DEFAULT_INTERVAL, INTERVALS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_OBJECTIVES = ("genesis", "contrastive", "genesis+contrastive")
 NOTE = (
     "**Demo data.** These numbers come from the synthetic phantoms of `python -m study.demo_data` and small "
     "CPU-sized settings; they show that the pipeline runs end to end and say nothing about the thesis's results "
@@ -52,6 +54,15 @@ def build_parser():
     )
     parser.add_argument(
         "--pretrain-steps", type=int, default=40, help="pretraining steps per epoch of the demo. Default: 40."
+    )
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=list(DEMO_OBJECTIVES),
+        choices=DEMO_OBJECTIVES,
+        help="pretraining arms of the demo, each fine-tuned and probed as an --init of that name: genesis (the "
+        "thesis) and the arms beyond it (genesis2d/contrastive.py), each for the same epochs x steps x batch. "
+        f"Default: {' '.join(DEMO_OBJECTIVES)}.",
     )
     parser.add_argument(
         "--fractions",
@@ -105,8 +116,10 @@ def build_parser():
         "--inits",
         nargs="+",
         default=list(THESIS_INITS),
-        choices=("scratch", "genesis", "imagenet", "radimagenet"),
-        help=f"initialisations. Default: {' '.join(THESIS_INITS)} (thesis Fig. 5.1).",
+        choices=("scratch", "genesis", "imagenet", "radimagenet", "contrastive", "genesis+contrastive"),
+        help=f"initialisations. Default: {' '.join(THESIS_INITS)} (thesis Fig. 5.1). contrastive and "
+        "genesis+contrastive pretrain their own encoders on --corpus (genesis2d/contrastive.py), with the steps and "
+        "batch of genesis's.",
     )
     data.add_argument(
         "--protocol",
@@ -172,6 +185,7 @@ class DemoOptions:
     bootstrap: int
     overwrite: bool
     seed: int
+    objectives: tuple = DEMO_OBJECTIVES
 
 
 def from_args(args):
@@ -217,6 +231,8 @@ def from_args(args):
         "--settings": args.settings,
         "--measure-steps": args.measure_steps != 3,
     }
+    if args.objectives != list(DEMO_OBJECTIVES) and on_your_data(args.corpus, args.luna16, args.mura, args.settings):
+        raise UsageError("--objectives", "applies to the demo; on your data, name the arms in --inits")
     if any(given.values()):
         flags = "/".join(flag for flag, value in given.items() if value)
         raise UsageError(flags, "applies to your data (--corpus, --luna16, --mura, or a roots section of --settings)")
@@ -235,6 +251,7 @@ def from_args(args):
         bootstrap=args.bootstrap,
         overwrite=args.overwrite,
         seed=args.seed,
+        objectives=tuple(o for o in DEMO_OBJECTIVES if o in args.objectives),
     )
 
 
@@ -272,29 +289,39 @@ def run_demo(demo):
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
 
-    _step(f"genesis2d pretraining ({demo.backbone})")
-    pretrain_dir = out / "pretrain"
-    # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
-    config = pretrain.resolve(
-        from_config(
-            pretrain.PretrainConfig,
-            pretrain.build_parser(),
-            pretrain.DEMO_CONFIG,
-            manifest=str(manifest),
-            backbone=demo.backbone,
-            out=str(pretrain_dir),
-            epochs=demo.pretrain_epochs,
-            steps_per_epoch=demo.pretrain_steps,
-            verbose=2,
-            seed=demo.seed,
-            overwrite=demo.overwrite,
-            resume=pretrain.unfinished(pretrain_dir) and not demo.overwrite,
+    encoders = {}
+    for objective in demo.objectives:
+        _step(f"{objective} pretraining ({demo.backbone})")
+        folder = out / ("pretrain" if objective == "genesis" else f"pretrain_{objective}")
+        # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
+        config = pretrain.resolve(
+            from_config(
+                pretrain.PretrainConfig,
+                pretrain.build_parser(),
+                pretrain.DEMO_CONFIG if objective == "genesis" else pretrain.DEMO_CONTRASTIVE_CONFIG,
+                manifest=str(manifest),
+                backbone=demo.backbone,
+                objective=objective,
+                out=str(folder),
+                epochs=demo.pretrain_epochs,
+                steps_per_epoch=demo.pretrain_steps,
+                verbose=2,
+                seed=demo.seed,
+                overwrite=demo.overwrite,
+                resume=pretrain.unfinished(folder) and not demo.overwrite,
+            )
         )
-    )
-    pretrain.run(config)
-    encoder = pretrain_dir
+        # Equal compute: every arm passes the same images through the encoder (contrast: two views of half the slices).
+        print(
+            f"compute: {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} images through "
+            f"the encoder = {config.epochs * config.steps_per_epoch * config.batch_size:,} "
+            f"({config.slices_per_batch} slices a step{', two views each' if config.two_views else ''})",
+            flush=True,
+        )
+        pretrain.run(config)
+        encoders[objective] = folder
 
-    inits = ["scratch", "genesis"]
+    inits = ["scratch", *demo.objectives]
     imagenet_file = keras_cache_dir() / BACKBONES[demo.backbone].imagenet_file
     if imagenet_file.exists():
         inits.append("imagenet")
@@ -309,7 +336,6 @@ def run_demo(demo):
         luna16.parser(),
         luna16.DEMO_CONFIG,
         backbone=demo.backbone,
-        encoder=str(encoder),
         seed=demo.seed,
         folds=list(demo.folds),
         overwrite=demo.overwrite,
@@ -319,29 +345,40 @@ def run_demo(demo):
         mura.parser(),
         mura.DEMO_CONFIG,
         backbone=demo.backbone,
-        encoder=str(encoder),
         seed=demo.seed,
         overwrite=demo.overwrite,
     )
+
+    def encoder_of(init):
+        return str(encoders[init]) if init in encoders else None
+
     run_dirs = []
     for probe in (False, True):
         for init in inits:
             _step(f"LUNA16 5-fold cross-validation, init {init}{', linear probe' if probe else ''}")
             run_dir = out / f"luna16_{init}{'_probe' if probe else ''}"
-            options = replace(luna16_demo, init=init, probe=probe, out=str(run_dir))
+            options = replace(luna16_demo, init=init, encoder=encoder_of(init), probe=probe, out=str(run_dir))
             luna16.run(luna16.resolve_options(options))
             run_dirs.append(run_dir)
     for init in inits:  # The probe has no training noise to average: one run each.
         _step(f"MURA shoulder, init {init}, linear probe")
         run_dir = out / f"mura_{init}_probe"
-        mura.run(mura.resolve_options(replace(mura_demo, init=init, probe=True, out=str(run_dir))))
+        options = replace(mura_demo, init=init, encoder=encoder_of(init), probe=True, out=str(run_dir))
+        mura.run(mura.resolve_options(options))
         run_dirs.append(run_dir)
     for fraction in [1.0, *demo.fractions]:
         for init in inits:
             suffix = "" if fraction == 1.0 else f"_labels{int(round(fraction * 100))}"
             _step(f"MURA shoulder, init {init}, {fraction:.0%} of training labels")
             run_dir = out / f"mura_{init}{suffix}"
-            options = replace(mura_demo, init=init, out=str(run_dir), train_fraction=fraction, repeats=demo.repeats)
+            options = replace(
+                mura_demo,
+                init=init,
+                encoder=encoder_of(init),
+                out=str(run_dir),
+                train_fraction=fraction,
+                repeats=demo.repeats,
+            )
             mura.run(mura.resolve_options(options))  # Keeps a run finished earlier with the same settings and data.
             run_dirs.append(run_dir)
 

@@ -3,7 +3,7 @@
 Thesis Fig. 5.1: two backbones (ResNet50, VGG16) x three initialisations (scratch, genesis,
 ImageNet) x two tasks (LUNA16, MURA). The steps, each a library call with typed options:
 
-    manifest -> shards -> pretrain/<backbone> -> luna16/patches -> <task>/<backbone>/<init> -> report
+    manifest -> shards -> pretrain/<backbone>[/<objective>] -> luna16/patches -> <task>/<backbone>/<init> -> report
 
 Before anything is written, every root is checked (a missing file stops the command in one
 line, naming it) and the plan is printed: each step's data counts, its model's seconds per
@@ -29,6 +29,7 @@ from pathlib import Path
 
 THESIS_BACKBONES = ("resnet50", "vgg16")  # Thesis 4.2.2-4.2.6, Fig. 5.1.
 THESIS_INITS = ("scratch", "genesis", "imagenet")  # Thesis Fig. 5.1.
+PRETRAINED = ("genesis", "contrastive", "genesis+contrastive")  # The inits pretrained here, each its own objective.
 TASKS = ("luna16", "mura")
 TITLES = {"luna16": "LUNA16 cross-validation", "mura": "MURA"}
 SECTIONS = ("roots", "manifest", "shards", "pretrain", "luna16", "mura")
@@ -49,7 +50,7 @@ PROTOCOLS = {
 IMPOSED = {
     "manifest": ("root", "datasets", "out", "seed"),
     "shards": ("manifest", "out", "seed", "overwrite"),
-    "pretrain": ("manifest", "shards", "backbone", "out", "seed", "resume", "overwrite"),
+    "pretrain": ("manifest", "shards", "backbone", "objective", "out", "seed", "resume", "overwrite"),
     "luna16": ("data", "backbone", "init", "encoder", "out", "patches", "selection", "folds", "seed", "overwrite"),
     "mura": ("data", "backbone", "init", "encoder", "out", "selection", "repeats", "seed", "overwrite"),
 }
@@ -103,6 +104,10 @@ class Step:
         model += 0.0 if self.timing is None else self.predict_batches * self.timing.predict_seconds
         model += 0.0 if self.timing is None else self.setups * self.timing.setup_seconds
         return model + self.seconds
+
+
+def pretrain_key(backbone, objective="genesis"):
+    return f"pretrain/{backbone}" if objective == "genesis" else f"pretrain/{backbone}/{objective}"
 
 
 def cell_key(task, backbone, init):
@@ -204,13 +209,15 @@ class Experiment:
             overwrite=self.o.overwrite,
         )
 
-    def pretrain_dir(self, backbone):
-        return self.out / "pretrain" / backbone
+    def pretrain_dir(self, backbone, objective="genesis"):
+        return self.out / "pretrain" / (backbone if objective == "genesis" else f"{backbone}_{objective}")
 
-    def pretrain_config(self, backbone):
+    def pretrain_config(self, backbone, objective="genesis"):
+        """The pretraining of one backbone and objective; every objective runs the same steps of the same batch
+        (images through the encoder), so the arms get equal compute."""
         from genesis2d import pretrain
 
-        folder = self.pretrain_dir(backbone)
+        folder = self.pretrain_dir(backbone, objective)
         return pretrain.resolve(
             self.stage(
                 "pretrain",
@@ -219,6 +226,7 @@ class Experiment:
                 manifest=None,
                 shards=str(self.out / "corpus" / "shards"),
                 backbone=backbone,
+                objective=objective,
                 out=str(folder),
                 seed=self.o.seed,
                 overwrite=self.o.overwrite,
@@ -254,7 +262,7 @@ class Experiment:
             data=str(getattr(self.o, task)),
             backbone=backbone,
             init=init,
-            encoder=str(self.pretrain_dir(backbone)) if init == "genesis" else None,
+            encoder=str(self.pretrain_dir(backbone, init)) if init in PRETRAINED else None,
             out=str(cell_folder(self.out, task, backbone, init)),
             selection=self.selection,
             seed=self.o.seed,
@@ -271,8 +279,12 @@ class Experiment:
 
         if not self.tasks:
             raise UsageError("--luna16/--mura", "give at least one downstream dataset folder")
-        if "genesis" in self.o.inits and not self.o.corpus:
-            raise UsageError("--corpus", "is needed to pretrain the genesis encoders (or leave genesis out of --inits)")
+        pretrained = [init for init in self.o.inits if init in PRETRAINED]
+        if pretrained and not self.o.corpus:
+            raise UsageError(
+                "--corpus",
+                f"is needed to pretrain the {' and '.join(pretrained)} encoders (or leave them out of --inits)",
+            )
         if self.o.corpus:
             from preprocessing.manifest import find_files, load_table
 
@@ -417,9 +429,9 @@ class Experiment:
                 disk=int(plane_bytes * (0.5 if shard_options.encoding == "png" else 1.0)),
             )
         )
-        if "genesis" in self.o.inits:
+        for objective in [init for init in PRETRAINED if init in self.o.inits]:
             for backbone in self.o.backbones:
-                steps.append(self._pretrain_step(backbone, by_split, measure))
+                steps.append(self._pretrain_step(backbone, by_split, measure, objective))
         return steps
 
     def _manifest_settings(self, options):
@@ -449,24 +461,29 @@ class Experiment:
             total += 2 * plane * len(rows)
         return total
 
-    def _pretrain_step(self, backbone, by_split, measure):
+    def _pretrain_step(self, backbone, by_split, measure, objective="genesis"):
         from genesis2d.card import ENCODER_FILE
 
-        config = self.pretrain_config(backbone)
+        config = self.pretrain_config(backbone, objective)
         train, val = by_split.get("train", 0), by_split.get("val", 0)
-        per_epoch = config.steps_per_epoch or max(1, math.ceil(train / config.batch_size))
-        validation = config.validation_steps or max(1, math.ceil(val / config.batch_size))
+        per_epoch = config.steps_per_epoch or max(1, math.ceil(train / config.slices_per_batch))
+        validation = config.validation_steps or max(1, math.ceil(val / config.slices_per_batch))
         timing = (
             self.timing("pretraining", backbone, config.image_size, config.batch_size, config.precision)
             if measure
             else None
         )
         params = _parameters(timing)
-        folder = self.pretrain_dir(backbone)
+        folder = self.pretrain_dir(backbone, objective)
+        what = {
+            "genesis": f"Models Genesis pretraining, {backbone} U-Net",
+            "contrastive": f"contrastive pretraining, {backbone} encoder",
+            "genesis+contrastive": f"restoration + contrastive pretraining, {backbone} U-Net",
+        }[objective]
         return Step(
-            f"pretrain/{backbone}",
-            f"Models Genesis pretraining, {backbone} U-Net at {config.image_size} px, batch {config.batch_size}",
-            action=lambda: _run_pretraining(self.pretrain_config(backbone)),
+            pretrain_key(backbone, objective),
+            f"{what} at {config.image_size} px, batch {config.batch_size} images through the encoder",
+            action=lambda: _run_pretraining(self.pretrain_config(backbone, objective)),
             finished=lambda: (folder / ENCODER_FILE).is_file() and not _pretraining_unfinished(folder),
             needs=("shards",),
             counts=f"{train:,} training and {val:,} validation slices; at most {config.epochs} epochs of "
@@ -521,7 +538,7 @@ class Experiment:
         per_epoch = options.steps_per_epoch or max(1, math.ceil(train / batch))
         timing = self.timing("fine-tuning", backbone, size, batch, options.precision) if measure else None
         folder = cell_folder(self.out, task, backbone, init)
-        needs = ((f"pretrain/{backbone}",) if init == "genesis" else ()) + (
+        needs = ((pretrain_key(backbone, init),) if init in PRETRAINED else ()) + (
             ("luna16/patches",) if task == "luna16" else ()
         )
         return Step(

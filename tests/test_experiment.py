@@ -259,3 +259,40 @@ def test_the_readmes_settings_example_reaches_each_stage_checked(tmp_path):
         Experiment(ExperimentOptions(out=tmp_path / "out", stage_settings=bad)).stage(
             "pretrain", pretrain.PretrainConfig, pretrain.build_parser()
         )
+
+
+def test_the_arms_beyond_the_thesis_pretrain_their_own_encoders_with_equal_steps(roots, keras_home, tmp_path, capsys):
+    """--inits contrastive genesis+contrastive: one pretraining step per backbone and objective, each its own folder,
+    the same steps of the same batch as genesis's, and each cell needing its own encoder."""
+    from study.experiment import Experiment, ExperimentOptions, read_settings
+
+    out = tmp_path / "experiment"
+    inits = ["scratch", "genesis", "contrastive", "genesis+contrastive"]
+    study(roots, out, "--plan", "--inits", *inits)
+    text = capsys.readouterr().out
+    assert not out.exists()
+    for backbone in ("resnet50", "vgg16"):
+        for key in (
+            f"pretrain/{backbone}",
+            f"pretrain/{backbone}/contrastive",
+            f"pretrain/{backbone}/genesis+contrastive",
+        ):
+            assert re.search(rf"^ +\d+\. {re.escape(key)} ", text, re.M), key
+    assert len(re.findall(r"^ +\d+\. ((?:luna16|mura)/\w+/[\w+]+) ", text, re.M)) == 2 * 2 * 4
+    sections = read_settings(roots / "tiny.yaml")
+    roots_section = sections.pop("roots")
+    experiment = Experiment(
+        ExperimentOptions(out=out, **roots_section, inits=tuple(inits), stage_settings=sections, folds=(1,))
+    )
+    configs = {o: experiment.pretrain_config("resnet50", o) for o in ("genesis", "contrastive", "genesis+contrastive")}
+    assert {o: Path(c.out).name for o, c in configs.items()} == {
+        "genesis": "resnet50",
+        "contrastive": "resnet50_contrastive",
+        "genesis+contrastive": "resnet50_genesis+contrastive",
+    }
+    assert len({(c.epochs, c.steps_per_epoch, c.batch_size) for c in configs.values()}) == 1  # Equal compute.
+    assert configs["contrastive"].objective == "contrastive"
+    cell = experiment.cell_options("luna16", "resnet50", "contrastive")
+    assert cell.encoder == configs["contrastive"].out
+    step = next(s for s in experiment.steps(measure=False) if s.key == "mura/vgg16/genesis+contrastive")
+    assert step.needs == ("pretrain/vgg16/genesis+contrastive",)
