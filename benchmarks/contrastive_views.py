@@ -1,6 +1,7 @@
-"""Contrastive views against Models Genesis's distortions: images per second per core at the real size.
+"""The contrastive arm's cost beside Models Genesis's: its input per core, and its training step.
 
     python benchmarks/contrastive_views.py [--size 224] [--batch 32] [--repeats 7]
+    python benchmarks/contrastive_views.py --steps [--backbone resnet50] [--step-batch 8]
 
 A batch of `--batch` images through the encoder is, for --objective genesis, one distorted pair
 per slice (`make_pair` on `--batch` slices) and, for the contrastive objectives, two views of
@@ -8,6 +9,12 @@ each of `--batch / 2` slices (`make_views`), plus for genesis+contrastive the di
 views. All three run in this process on the same random slices, on one core (BLAS and numba
 limited to one thread); the medians of `--repeats` runs are printed as images/s and as ratios to
 the distortions'. Multiply by the cores `tf.data` gets to see whether they feed a GPU.
+
+With --steps it also times one training step of each objective's model (`build_pretrainer`,
+compiled as pretraining compiles it) on the same random batch of `--step-batch` images at
+`--size`, the median of `--repeats` steps after one untimed, as seconds and as ratios to the
+genesis U-Net's: the contrastive encoder has no decoder; the joined model is the U-Net plus
+the projection head. On this CPU that is the model's cost, not a GPU's.
 """
 
 import argparse
@@ -41,6 +48,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224, help="image side. Default: 224 (thesis 3.1.8).")
     parser.add_argument("--batch", type=int, default=32, help="images through the encoder per batch. Default: 32.")
     parser.add_argument("--repeats", type=int, default=7, help="timed batches per method; the median is kept.")
+    parser.add_argument("--steps", action="store_true", help="also time each objective's training step.")
+    parser.add_argument("--backbone", default="resnet50", help="backbone of the timed steps. Default: resnet50.")
+    parser.add_argument("--step-batch", type=int, default=8, help="images in a timed step. Default: 8.")
     args = parser.parse_args(argv)
 
     from genesis2d.contrastive import make_views
@@ -59,6 +69,31 @@ def main(argv=None):
     print(f"{args.batch} images of {args.size}x{args.size} a batch, one core, median of {args.repeats}:")
     for name, rate in rates.items():
         print(f"  {name:<48} {rate:8.0f} images/s  {rate / baseline:5.2f}x the distortions")
+    if args.steps:
+        step_times(args.backbone, args.size, args.step_batch, args.repeats)
+
+
+def step_times(backbone, size, batch, repeats):
+    """Seconds per training step of each objective's model on one random batch, and the ratio to genesis's."""
+    import keras
+
+    from genesis2d.contrastive import EMBEDDING, OBJECTIVES, RESTORED, build_pretrainer, losses_of
+
+    rng = np.random.default_rng(1)
+    images = rng.random((batch, size, size, 1), dtype=np.float32)
+    seconds = {}
+    for objective in OBJECTIVES:
+        keras.utils.set_random_seed(0)
+        model = build_pretrainer(objective, backbone, (size, size, 1))
+        loss, weights = losses_of(objective)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights)
+        unused = np.zeros(batch, np.float32)
+        targets = {"genesis": images, "contrastive": unused}.get(objective, {RESTORED: images, EMBEDDING: unused})
+        model.train_on_batch(images, targets)  # Builds and traces the step.
+        seconds[objective] = _median_seconds(lambda _: model.train_on_batch(images, targets), repeats)
+    print(f"training step, {backbone} at {size}x{size}, {batch} images, median of {repeats} after one untimed:")
+    for objective, value in seconds.items():
+        print(f"  {objective:<48} {value:8.3f} s/step  {value / seconds['genesis']:5.2f}x the genesis U-Net's")
 
 
 if __name__ == "__main__":

@@ -274,9 +274,10 @@ def _slices_of(manifest, config):
     )
 
 
-def test_the_views_benchmark_prints_its_three_rates():
+def test_the_benchmark_prints_the_views_rates_and_the_step_times():
     result = subprocess.run(
-        [sys.executable, "benchmarks/contrastive_views.py", "--size", "32", "--batch", "8", "--repeats", "1"],
+        [sys.executable, "benchmarks/contrastive_views.py", "--size", "32", "--batch", "8", "--repeats", "1"]
+        + ["--steps", "--backbone", "resnet18", "--step-batch", "4"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -284,6 +285,8 @@ def test_the_views_benchmark_prints_its_three_rates():
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if "images/s" in line]
     assert len(lines) == 3 and "1.00x the distortions" in lines[0], result.stdout
+    steps = [line for line in result.stdout.splitlines() if "s/step" in line]
+    assert len(steps) == 3 and "1.00x the genesis U-Net's" in steps[0], result.stdout
 
 
 def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run, demo_dir, tmp_path, capsys):
@@ -308,3 +311,57 @@ def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run
     studies = pd.read_csv(out / "predictions_studies.csv")
     assert written["study_auc"] == pytest.approx(roc_auc_score(studies["label"], studies["probability"]))
     assert json.loads((out / "run.json").read_text())["args"]["init"] == "contrastive"
+
+
+def _weights(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
+    """Stopped inside its first epoch and resumed, the joined objective ends with the weights and optimizer state of
+    the run that never stopped: the views and distortions of each batch come from its seed, not from the step."""
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    base = ["--manifest", str(demo_manifest), *TINY, "--objective", "genesis+contrastive", "--batch-size", "8"]
+    base += ["--epochs", "2", "--steps-per-epoch", "2", "--checkpoint-every", "1", "--validation-steps", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args([*base, "--out", str(tmp_path / "stopped")]), extra_callbacks=[Interrupt()])
+    run(parse_args([*base, "--out", str(tmp_path / "stopped"), "--resume"]))
+    run(parse_args([*base, "--out", str(tmp_path / "whole")]))
+    resumed, whole = (_weights(tmp_path / name / "encoder.weights.h5") for name in ("stopped", "whole"))
+    assert resumed.keys() == whole.keys() and len(resumed) > 10
+    for key in resumed:
+        np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
+    import pandas as pd
+
+    # The validation losses too (the training loss of the resumed epoch averages only the steps after the stop).
+    columns = ["val_loss", "val_restored_loss", "val_embedding_loss"]
+    histories = [pd.read_csv(tmp_path / name / "history.csv")[columns] for name in ("stopped", "whole")]
+    pd.testing.assert_frame_equal(histories[0], histories[1])
+
+
+def test_one_contrastive_step_under_mixed_float16(demo_manifest, tmp_path):
+    out = tmp_path / "mixed"
+    args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "contrastive"]
+    args += ["--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "1", "--precision", "mixed_float16"]
+    try:
+        card = run(parse_args(args))
+        model = keras.models.load_model(out / "unet.keras", compile=False)
+        assert model.output.dtype == "float32"  # The embeddings, and so the loss, stay float32.
+        assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert card["precision"] == "mixed_float16" and np.isfinite(card["last_val_loss"])
+    encoder = keras.models.load_model(out / "encoder.h5", compile=False)
+    assert all(layer.dtype_policy.name == "float32" for layer in encoder.layers)
