@@ -194,6 +194,8 @@ def from_args(args):
     from study.experiment import read_settings
 
     if on_your_data(args.corpus, args.luna16, args.mura, args.settings):  # Flags win over --settings roots.
+        if args.objectives != list(DEMO_OBJECTIVES):
+            raise UsageError("--objectives", "applies to the demo; on your data, name the arms in --inits")
         from study.experiment import ExperimentOptions
 
         sections = read_settings(args.settings)
@@ -231,8 +233,6 @@ def from_args(args):
         "--settings": args.settings,
         "--measure-steps": args.measure_steps != 3,
     }
-    if args.objectives != list(DEMO_OBJECTIVES) and on_your_data(args.corpus, args.luna16, args.mura, args.settings):
-        raise UsageError("--objectives", "applies to the demo; on your data, name the arms in --inits")
     if any(given.values()):
         flags = "/".join(flag for flag, value in given.items() if value)
         raise UsageError(flags, "applies to your data (--corpus, --luna16, --mura, or a roots section of --settings)")

@@ -137,6 +137,10 @@ def test_a_missing_imagenet_file_and_a_stage_setting_the_study_owns_stop_in_one_
     with pytest.raises(SystemExit):
         main(["--settings", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "b"), "--inits", "scratch"])
     assert "section luna16 sets selection, which the study sets itself" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # The demo's arms are chosen by --inits on your data.
+        main(["--settings", str(roots / "tiny.yaml"), "--out", str(tmp_path / "c"), "--objectives", "genesis"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--objectives: applies to the demo" in error[0]
 
 
 def _steps(finished=()):
