@@ -156,18 +156,20 @@ def _objective_text(card):
 
 
 def _baselines_text(card):
-    """The bars the validation loss must clear, as the objective has them."""
-    parts = []
-    if card.get("identity_val_loss") is not None:
-        parts.append(
-            f"restoration's {card.get('identity_val_loss')} for returning the distorted slices unchanged and "
-            f"{card.get('constant_val_loss')} for the best constant output"
+    """The validation loss (each term of a joined one) beside the bars it must clear, as the objective has them."""
+    restoration = (
+        f"{card.get('identity_val_loss')} for returning the distorted slices unchanged and "
+        f"{card.get('constant_val_loss')} for the best constant output"
+    )
+    contrast = f"{card['chance_val_loss']:.4f} for telling nothing apart" if "chance_val_loss" in card else ""
+    if card.get("objective") == "genesis+contrastive":  # Each term against its own bars, not their weighted sum.
+        return (
+            f"{card.get('last_val_loss')} (restoration weight x MSE + InfoNCE); its MSE "
+            f"{card.get('last_val_restored_loss')} against {restoration}, its InfoNCE "
+            f"{card.get('last_val_embedding_loss')} against {contrast} (each learned only if lower)"
         )
-    if card.get("chance_val_loss") is not None:
-        parts.append(f"contrast's {card['chance_val_loss']:.4f} for telling nothing apart")
-    if card.get("objective") == "genesis+contrastive":
-        parts.append("its two terms in `history.csv`")
-    return "; ".join(parts) + " (learned only if lower)"
+    against = contrast if card.get("objective") == "contrastive" else restoration
+    return f"{card.get('last_val_loss')}, against {against} (learned only if lower)"
 
 
 def _settings_text(card):
@@ -204,7 +206,7 @@ def card_markdown(card):
 ## Training
 - Data: `{card.get("data")}` (content hash {card.get("data_hash")}).
 - Best epoch {card.get("best_epoch")} of {card.get("epochs")}, chosen on the {card.get("best_epoch_chosen_on")}: {card.get("best_val_loss")}.
-- Last validation loss {card.get("last_val_loss")}, against {_baselines_text(card)}.
+- Last validation loss {_baselines_text(card)}.
 - {_settings_text(card)} Precision: {card.get("precision")}. Settings: `run.json`.
 - Versions: {", ".join(f"{k} {_version_text(v)}" for k, v in (card.get("versions") or {}).items() if v)}.
 

@@ -207,6 +207,9 @@ def make_reporter(model, out, backbone, sample_pair, card, objective="genesis"):
             val_loss = logs.get("val_loss")
             card["epochs"] = epoch + 1
             card["last_val_loss"] = None if val_loss is None else float(val_loss)
+            for part in ("val_restored_loss", "val_embedding_loss"):  # The joined objective's two terms.
+                if logs.get(part) is not None:
+                    card[f"last_{part}"] = float(logs[part])
             if val_loss is not None and np.isfinite(val_loss) and (self.best is None or val_loss < self.best):
                 self.best = float(val_loss)
                 card["best_val_loss"], card["best_epoch"] = self.best, epoch + 1

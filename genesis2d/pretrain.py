@@ -95,12 +95,24 @@ def trim_history(path, epochs):
 KEPT = "kept"  # What `prepare_out` answers for a finished run made with the same settings and data.
 
 
+# Settings that change nothing for an objective: left out of its run's settings, so that a genesis run recorded before
+# the contrastive objectives existed is the same run, and a contrastive run does not depend on distortion rates.
+CONTRAST_SETTINGS = ("objective", "temperature", "projection_dim", "restoration_weight")
+UNUSED = {
+    "genesis": CONTRAST_SETTINGS,
+    "contrastive": ("restoration_weight", "norm", *(f.name for f in dataclasses.fields(DistortionRates))),
+    "genesis+contrastive": (),
+}
+
+
 def run_settings(config, data_hash):
     """The settings that decide whether a finished run may be reused: every field that can change what it learns,
-    and the data by content (`plumbing.options.reuse_settings`, as for a downstream unit)."""
+    and the data by content (`plumbing.options.reuse_settings`, as for a downstream unit); an objective's unused
+    settings left out (UNUSED)."""
     from plumbing.options import reuse_settings
 
-    return {**reuse_settings(config), "data": data_hash}
+    settings = {k: v for k, v in reuse_settings(config).items() if k not in UNUSED[config.objective]}
+    return {**settings, "data": data_hash}
 
 
 def unfinished(out):
@@ -167,7 +179,8 @@ RESUMABLE_CHANGES = ("epochs", "precision")
 
 def check_same_run(out, state, settings):
     """A UsageError naming the first setting in which --resume differs from the run in `out` (but RESUMABLE_CHANGES)."""
-    recorded = state.get("settings") or legacy_settings(out)
+    # A run recorded without an objective (genesis runs, and those made before objectives existed) restored.
+    recorded = {"objective": "genesis", **(state.get("settings") or legacy_settings(out))}
     for name, value in settings.items():
         if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):
             if name == "data":
@@ -233,7 +246,9 @@ class PretrainRun:
     @property
     def steps(self):
         """Training steps per epoch."""
-        return self.config.steps_per_epoch or max(1, self.counts["train"] // self.config.slices_per_batch)
+        # The same for every objective (equal compute: a step passes batch_size images through the encoder); a
+        # contrastive epoch reads half the slices, two views each.
+        return self.config.steps_per_epoch or max(1, self.counts["train"] // self.config.batch_size)
 
 
 @dataclasses.dataclass
@@ -293,6 +308,13 @@ def _train(run, extra_callbacks):
             "--batch-size",
             f"{config.batch_size} is not a multiple of the {replicas} replicas that share it"
             + (" (each replica takes whole pairs of views)" if config.two_views else ""),
+        )
+    if config.two_views and config.batch_size // replicas < 4:
+        # Each replica contrasts its own share: with one slice's two views alone the loss is 0 and nothing is learned.
+        raise UsageError(
+            "--batch-size",
+            f"{config.batch_size} gives each of the {replicas} replicas {config.batch_size // replicas} views; "
+            "contrast needs at least 4 (two slices) on each, and learns better with many more",
         )
     if run.chief:
         out.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def from_args(args):
     from study.experiment import read_settings
 
     if on_your_data(args.corpus, args.luna16, args.mura, args.settings):  # Flags win over --settings roots.
-        if args.objectives != list(DEMO_OBJECTIVES):
+        if set(args.objectives) != set(DEMO_OBJECTIVES):
             raise UsageError("--objectives", "applies to the demo; on your data, name the arms in --inits")
         from study.experiment import ExperimentOptions
 

@@ -3,7 +3,7 @@
 Thesis Fig. 5.1: two backbones (ResNet50, VGG16) x three initialisations (scratch, genesis,
 ImageNet) x two tasks (LUNA16, MURA). The steps, each a library call with typed options:
 
-    manifest -> shards -> pretrain/<backbone>[/<objective>] -> luna16/patches -> <task>/<backbone>/<init> -> report
+    manifest -> shards -> pretrain/<backbone>[_<objective>] -> luna16/patches -> <task>/<backbone>/<init> -> report
 
 Before anything is written, every root is checked (a missing file stops the command in one
 line, naming it) and the plan is printed: each step's data counts, its model's seconds per
@@ -107,7 +107,8 @@ class Step:
 
 
 def pretrain_key(backbone, objective="genesis"):
-    return f"pretrain/{backbone}" if objective == "genesis" else f"pretrain/{backbone}/{objective}"
+    """The step's key, named as its folder (a key with two slashes is a task's cell, see `selected_steps`)."""
+    return f"pretrain/{backbone}" if objective == "genesis" else f"pretrain/{backbone}_{objective}"
 
 
 def cell_key(task, backbone, init):
@@ -213,8 +214,8 @@ class Experiment:
         return self.out / "pretrain" / (backbone if objective == "genesis" else f"{backbone}_{objective}")
 
     def pretrain_config(self, backbone, objective="genesis"):
-        """The pretraining of one backbone and objective; every objective runs the same steps of the same batch
-        (images through the encoder), so the arms get equal compute."""
+        """The pretraining of one backbone and objective; every objective runs the same steps per epoch of the same
+        batch (images through the encoder, `genesis2d.options.PretrainConfig.batch_size`): equal compute."""
         from genesis2d import pretrain
 
         folder = self.pretrain_dir(backbone, objective)
@@ -466,7 +467,7 @@ class Experiment:
 
         config = self.pretrain_config(backbone, objective)
         train, val = by_split.get("train", 0), by_split.get("val", 0)
-        per_epoch = config.steps_per_epoch or max(1, math.ceil(train / config.slices_per_batch))
+        per_epoch = config.steps_per_epoch or max(1, math.ceil(train / config.batch_size))
         validation = config.validation_steps or max(1, math.ceil(val / config.slices_per_batch))
         timing = (
             self.timing("pretraining", backbone, config.image_size, config.batch_size, config.precision)

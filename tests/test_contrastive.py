@@ -255,6 +255,8 @@ def test_the_joined_objective_restores_views_and_contrasts_them(demo_manifest, t
     row = history.iloc[-1]
     assert row["val_loss"] == pytest.approx(10 * row["val_restored_loss"] + row["val_embedding_loss"], rel=1e-4)
     assert card["objective"] == "genesis+contrastive" and card["contrast"]["restoration_weight"] == 10.0
+    assert card["last_val_restored_loss"] == pytest.approx(row["val_restored_loss"])  # Each term beside its bars.
+    assert f"its InfoNCE {card['last_val_embedding_loss']}" in (out / "MODEL_CARD.md").read_text()
     assert card["identity_val_loss"] > 0 and card["chance_val_loss"] == pytest.approx(math.log(7))
 
 
@@ -365,3 +367,22 @@ def test_one_contrastive_step_under_mixed_float16(demo_manifest, tmp_path):
     assert card["precision"] == "mixed_float16" and np.isfinite(card["last_val_loss"])
     encoder = keras.models.load_model(out / "encoder.h5", compile=False)
     assert all(layer.dtype_policy.name == "float32" for layer in encoder.layers)
+
+
+def test_a_runs_settings_hold_only_what_its_objective_uses(demo_manifest, tmp_path):
+    """A genesis run's settings are those recorded before the contrastive objectives existed (so such a run is kept,
+    not refused); a contrastive run's leave out the distortions; --resume across objectives stops in one line."""
+    from genesis2d.options import PretrainConfig
+    from genesis2d.pretrain import check_same_run, run_settings
+    from plumbing.options import reuse_settings
+
+    genesis = run_settings(PretrainConfig(out="x"), "hash")
+    before = {k: v for k, v in reuse_settings(PretrainConfig(out="x")).items()}
+    for name in ("objective", "temperature", "projection_dim", "restoration_weight"):
+        assert name not in genesis
+        before.pop(name)
+    assert genesis == {**before, "data": "hash"}
+    contrast = run_settings(PretrainConfig(out="x", objective="contrastive"), "hash")
+    assert "local_rate" not in contrast and contrast["objective"] == "contrastive" and contrast["temperature"] == 0.2
+    with pytest.raises(UsageError, match="--objective genesis"):
+        check_same_run(tmp_path, {"settings": genesis}, contrast)
