@@ -315,17 +315,6 @@ def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run
     assert json.loads((out / "run.json").read_text())["args"]["init"] == "contrastive"
 
 
-def _weights(path):
-    import h5py
-
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
-        )
-    return arrays
-
-
 def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     """Stopped inside its first epoch and resumed, the joined objective ends with the weights and optimizer state of
     the run that never stopped: the views and distortions of each batch come from its seed, not from the step."""
@@ -341,7 +330,9 @@ def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
         run(parse_args([*base, "--out", str(tmp_path / "stopped")]), extra_callbacks=[Interrupt()])
     run(parse_args([*base, "--out", str(tmp_path / "stopped"), "--resume"]))
     run(parse_args([*base, "--out", str(tmp_path / "whole")]))
-    resumed, whole = (_weights(tmp_path / name / "encoder.weights.h5") for name in ("stopped", "whole"))
+    from test_pretrain import _arrays
+
+    resumed, whole = (_arrays(tmp_path / name / "encoder.weights.h5") for name in ("stopped", "whole"))
     assert resumed.keys() == whole.keys() and len(resumed) > 10
     for key in resumed:
         np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)

@@ -77,28 +77,14 @@ def worker(manifest, out, steps, *extra):
     run(parse_args([*options(manifest, out, steps), *extra]), strategy=strategy, extra_callbacks=[SaveWeights()])
 
 
-def reference(manifest, out, steps):
-    """Three single-process runs on the workers' batches, saved as weights-<name>.npz.
-
-    'reference': the global batch (worker 0's half, then worker 1's), BatchNorm over it;
-    'reordered': the same with the halves swapped, which changes only the order of float sums:
-    its distance to 'reference' is the floor of float differences at this size;
-    'local-bn': BatchNorm statistics of each worker's half alone (what unsynchronised
-    BatchNorm would give): a wrong answer the comparison must tell apart.
-    """
-    import keras
-    import tensorflow as tf
-
-    from genesis2d.distributed import synchronize_batch_norm
-    from genesis2d.pretrain import pairs, parse_args
-    from genesis2d.unet import build_unet
+def worker_batches(manifest, config, steps):
+    """[[worker 0's batch i, worker 1's batch i] for each step i], as `genesis2d.pretrain.pairs` documents them."""
+    from genesis2d.pretrain import pairs
     from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
 
-    config = parse_args(options(manifest, out, steps))
     configure_determinism(True)
     set_seed(config.seed)  # Before the data, as `run` does: TensorFlow's global seed seeds the pipeline too.
-    per_worker = GLOBAL_BATCH // WORKERS
-    # Worker k's batch i, as `genesis2d.pretrain.pairs` documents it.
+    per_worker = config.batch_size // WORKERS
     streams = [
         iter(
             pairs(
@@ -113,7 +99,28 @@ def reference(manifest, out, steps):
         )
         for k in range(WORKERS)
     ]
-    batches = [[next(stream) for stream in streams] for _ in range(steps)]
+    return [[next(stream) for stream in streams] for _ in range(steps)]
+
+
+def reference(manifest, out, steps):
+    """Three single-process runs on the workers' batches, saved as weights-<name>.npz.
+
+    'reference': the global batch (worker 0's half, then worker 1's), BatchNorm over it;
+    'reordered': the same with the halves swapped, which changes only the order of float sums:
+    its distance to 'reference' is the floor of float differences at this size;
+    'local-bn': BatchNorm statistics of each worker's half alone (what unsynchronised
+    BatchNorm would give): a wrong answer the comparison must tell apart.
+    """
+    import keras
+    import tensorflow as tf
+
+    from genesis2d.distributed import synchronize_batch_norm
+    from genesis2d.pretrain import parse_args
+    from genesis2d.unet import build_unet
+    from plumbing.runtime import set_seed
+
+    config = parse_args(options(manifest, out, steps))
+    batches = worker_batches(manifest, config, steps)
 
     def train(order, local_bn):
         set_seed(config.seed)
@@ -157,28 +164,11 @@ def joined(manifest, out, steps):
 
     from genesis2d.contrastive import EMBEDDING, RESTORED, build_pretrainer, info_nce
     from genesis2d.distributed import synchronize_batch_norm
-    from genesis2d.pretrain import pairs, parse_args
-    from plumbing.runtime import STREAM_TRAIN_DISTORTIONS, configure_determinism, derive_seed, set_seed
+    from genesis2d.pretrain import parse_args
+    from plumbing.runtime import set_seed
 
     config = parse_args([*options(manifest, out, steps), *JOINED])
-    configure_determinism(True)
-    set_seed(config.seed)
-    per_worker = config.batch_size // WORKERS
-    streams = [
-        iter(
-            pairs(
-                manifest,
-                "train",
-                config,
-                True,
-                derive_seed(config.seed, STREAM_TRAIN_DISTORTIONS, k),
-                per_worker,
-                (k, WORKERS),
-            )
-        )
-        for k in range(WORKERS)
-    ]
-    batches = [[next(stream) for stream in streams] for _ in range(steps)]
+    batches = worker_batches(manifest, config, steps)
 
     def train(per_share):
         set_seed(config.seed)
