@@ -14,7 +14,8 @@ With --steps it also times one training step of each objective's model (`build_p
 compiled as pretraining compiles it) on the same random batch of `--step-batch` images at
 `--size`, the median of `--repeats` steps after one untimed, as seconds and as ratios to the
 genesis U-Net's: the contrastive encoder has no decoder; the joined model is the U-Net plus
-the projection head. On this CPU that is the model's cost, not a GPU's.
+the projection head; with a queue (MoCo v2) the step also runs the key encoder forward and,
+after it, the momentum update. On this CPU that is the model's cost, not a GPU's.
 """
 
 import argparse
@@ -73,27 +74,44 @@ def main(argv=None):
         step_times(args.backbone, args.size, args.step_batch, args.repeats)
 
 
-def step_times(backbone, size, batch, repeats):
-    """Seconds per training step of each objective's model on one random batch, and the ratio to genesis's."""
+def step_times(backbone, size, batch, repeats, queue_size=4096):
+    """Seconds per training step of each objective's model on one random batch, and the ratio to genesis's.
+
+    The contrastive objectives are timed with in-batch negatives and with a queue (MoCo v2): the
+    queue's step adds the key encoder's forward pass and, after the step, the momentum update.
+    """
     import keras
 
-    from genesis2d.contrastive import EMBEDDING, OBJECTIVES, RESTORED, build_pretrainer, losses_of
+    from genesis2d.contrastive import EMBEDDING, RESTORED, MomentumUpdate, build_pretrainer, compile_arguments
 
     rng = np.random.default_rng(1)
     images = rng.random((batch, size, size, 1), dtype=np.float32)
     seconds = {}
-    for objective in OBJECTIVES:
+    arms = [("genesis", "batch"), ("contrastive", "batch"), ("genesis+contrastive", "batch")]
+    arms += [("contrastive", "queue"), ("genesis+contrastive", "queue")]
+    for objective, negatives in arms:
         keras.utils.set_random_seed(0)
-        model = build_pretrainer(objective, backbone, (size, size, 1))
-        loss, weights = losses_of(objective)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, loss_weights=weights)
+        model = build_pretrainer(objective, backbone, (size, size, 1), negatives=negatives, queue_size=queue_size)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            **compile_arguments(objective, negatives=negatives),
+        )
         unused = np.zeros(batch, np.float32)
         targets = {"genesis": images, "contrastive": unused}.get(objective, {RESTORED: images, EMBEDDING: unused})
-        model.train_on_batch(images, targets)  # Builds and traces the step.
-        seconds[objective] = _median_seconds(lambda _: model.train_on_batch(images, targets), repeats)
+        update = MomentumUpdate()
+        update.set_model(model)
+
+        def step(_):
+            model.train_on_batch(images, targets)
+            if negatives == "queue":
+                update.on_train_batch_end(0)
+
+        step(None)  # Builds and traces the step.
+        name = objective if negatives == "batch" else f"{objective}, queue of {queue_size} (MoCo v2)"
+        seconds[name] = _median_seconds(step, repeats)
     print(f"training step, {backbone} at {size}x{size}, {batch} images, median of {repeats} after one untimed:")
-    for objective, value in seconds.items():
-        print(f"  {objective:<48} {value:8.3f} s/step  {value / seconds['genesis']:5.2f}x the genesis U-Net's")
+    for name, value in seconds.items():
+        print(f"  {name:<48} {value:8.3f} s/step  {value / seconds['genesis']:5.2f}x the genesis U-Net's")
 
 
 if __name__ == "__main__":

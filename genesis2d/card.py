@@ -141,8 +141,8 @@ def _version_text(value):
 OBJECTIVE_TEXT = {
     "genesis": "Models Genesis (2D) restoration pretraining; the encoder of the restoration U-Net.",
     "contrastive": (
-        "Contrastive pretraining (InfoNCE over two views of each slice, the batch's other slices as negatives, as "
-        "SimCLR); the encoder under the projection head."
+        "Contrastive pretraining (InfoNCE over two views of each slice, {negatives}); the encoder under the "
+        "projection head."
     ),
     "genesis+contrastive": (
         "Restoration and contrast on one encoder (Models Genesis's restoration of distorted views and InfoNCE "
@@ -151,8 +151,16 @@ OBJECTIVE_TEXT = {
 }
 
 
+NEGATIVES_TEXT = {
+    "batch": "the batch's other slices as negatives, as SimCLR",
+    "queue": "a queue of earlier views' keys from a momentum encoder as negatives, as MoCo v2",
+}
+
+
 def _objective_text(card):
-    return OBJECTIVE_TEXT[card.get("objective", "genesis")]  # Cards written before objectives were restorative.
+    negatives = (card.get("contrast") or {}).get("negatives", "batch")  # Cards written before the queue: batch.
+    # Cards written before objectives were restorative.
+    return OBJECTIVE_TEXT[card.get("objective", "genesis")].format(negatives=NEGATIVES_TEXT[negatives])
 
 
 def _baselines_text(card):

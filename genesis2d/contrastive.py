@@ -12,13 +12,20 @@ The three are the pretraining's `--objective`, named as the downstream `--init` 
   contrast of the two views, the losses weighted as DiRA weights them (restoration 10, discrimination 1).
   DiRA's adversarial part is left out (its "DiR" variant).
 
-Negatives: the other slices of the batch (SimCLR), not MoCo v2's momentum encoder and queue. The step
-then holds no state but the weights, so a resumed run is still bit for bit the run that never stopped,
-and the step is the same on one GPU or several; the price is few negatives at small batches (a batch of
-B views, B/2 slices, gives each view B - 2: 30 at the default 32, against MoCo v2's 65,536), which SimCLR
-shows costs accuracy below batches of ~256: raise --batch-size where memory allows. On several GPUs each
-contrasts its own share of the batch. The views are interleaved (slice 0's two views, slice 1's, ...),
-so a batch split between GPUs keeps each slice's two views together, and BatchNorm sees both views.
+Negatives (`--negatives`), by default the other slices of the batch (SimCLR). The step then holds no
+state but the weights, so it is the same on one GPU or several, and on several machines; the price is
+few negatives at small batches (a batch of B views, B/2 slices, gives each view B - 2: 30 at the default
+32, against MoCo v2's 65,536), which SimCLR shows costs accuracy below batches of ~256: raise
+--batch-size where memory allows. On several GPUs each contrasts its own share of the batch. The views
+are interleaved (slice 0's two views, slice 1's, ...), so a batch split between GPUs keeps each slice's
+two views together, and BatchNorm sees both views.
+
+`--negatives queue` is MoCo v2's answer for one GPU (`MomentumContrast`, `MomentumUpdate`): a key
+encoder, the moving average of the encoder and head, embeds each view; a view's positive is its
+partner's key, its negatives the keys of the last `--queue-size` views, however small the batch. It is
+not the default because it is state beside the weights (a queue and a second encoder, both in every
+checkpoint, so resume stays bit for bit) that MoCo shares between GPUs with a gather and shuffled
+BatchNorm this project does not build: the command runs it on one GPU only.
 
 A view (`make_views`) is a random resized crop of the slice, flipped and blurred, after pointwise intensity
 changes (brightness, contrast and gamma; no colour jitter on grey slices). The crop is taken of the input
@@ -50,6 +57,14 @@ TEMPERATURE = 0.2
 PROJECTION_DIM = 128
 RESTORATION_WEIGHT = 10.0
 OBJECTIVES = ("genesis", "contrastive", "genesis+contrastive")
+# Negatives: the batch's (SimCLR, the default) or a queue's (MoCo v2). Sources of the queue's constants: MoCo v2.
+NEGATIVES = ("batch", "queue")
+QUEUE_SIZE = 65536
+KEY_MOMENTUM = 0.999
+# The queue's slices (two keys each) at most this share of the training slices, so that a slice meets its own earlier
+# key among its negatives in at most one step in ten. This project's bound; MoCo v2's queue holds 5% of ImageNet.
+MAX_QUEUE_SHARE = 0.1
+MOMENTUM_ENCODER = "momentum_encoder"  # The key encoder's name in the model.
 EMBEDDING = "embedding"  # The name of the projection head's output (and of its loss).
 RESTORED = "restored"
 
@@ -198,6 +213,148 @@ class InfoNCE(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+def queue_info_nce(queries, keys, queue, temperature=TEMPERATURE, filled=None):
+    """Each view's InfoNCE against a queue of negatives (MoCo), over an interleaved batch.
+
+    View i's positive is the key of its partner p(i) (as in `info_nce`), its negatives the
+    queue's rows n_j: loss_i = -log(exp(q_i.k_p(i) / t) / (exp(q_i.k_p(i) / t) + sum_j exp(q_i.n_j / t))).
+    Symmetric, as MoCo v3 and DiRA write it: both views of a slice are queries, each the other's
+    key, so every view passes the trained encoder as in the in-batch objective.
+
+    Args:
+        queries: (2N, D) float tensor, the trained encoder's L2-normalised embeddings.
+        keys: (2N, D) float tensor, the momentum encoder's embeddings of the same views.
+        queue: (K, D) float tensor, L2-normalised rows.
+        temperature: float. Defaults to 0.2 (MoCo v2).
+        filled: number or None. Only the queue's first `filled` rows are negatives (None: all).
+
+    Returns:
+        (2N,) float tensor.
+    """
+    ops = keras.ops
+    q, k, queue = (ops.cast(x, "float32") for x in (queries, keys, queue))
+    index = ops.arange(ops.shape(k)[0])
+    partner = index + 1 - 2 * (index % 2)
+    positive = ops.sum(q * ops.take(k, partner, axis=0), axis=1, keepdims=True) / temperature
+    negative = ops.matmul(q, ops.transpose(queue)) / temperature
+    if filled is not None:  # Rows not yet filled are no negatives.
+        empty = ops.cast(ops.arange(ops.shape(queue)[0]), "float32") >= ops.cast(filled, "float32")
+        negative = ops.where(empty[None, :], -1e9, negative)
+    logits = ops.concatenate([positive, negative], axis=1)
+    return ops.logsumexp(logits, axis=1) - positive[:, 0]
+
+
+def queue_chance_loss(size):
+    """The queue's InfoNCE for an encoder that tells nothing apart: log(queue size + 1)."""
+    return float(np.log(size + 1))
+
+
+@keras.saving.register_keras_serializable(package="genesis2d")
+class MomentumContrast(keras.layers.Layer):
+    """MoCo's loss and queue, on [queries, keys] of an interleaved batch of views; returns the queries unchanged.
+
+    Adds the batch's mean `queue_info_nce` as the model's loss (also reported as
+    `embedding_loss`). In training the batch's keys then enter the queue, newest first, and as
+    many of the oldest leave it; evaluation leaves the queue as it is. The queue starts empty,
+    its rows counted as they fill (`filled`), not as MoCo's random unit vectors: random vectors
+    are easier negatives than any view, so the first epoch's loss would read lower than the
+    later ones' and be chosen as the best. A run's queue is full by its first validation (the
+    command keeps --queue-size within an epoch's views).
+
+    Args:
+        size: int. Keys in the queue. Defaults to 65,536 (MoCo v2).
+        temperature: float. Defaults to 0.2 (MoCo v2).
+    """
+
+    def __init__(self, size=QUEUE_SIZE, temperature=TEMPERATURE, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.temperature = int(size), float(temperature)
+        self.tracker = keras.metrics.Mean(name=f"{EMBEDDING}_loss")
+
+    def build(self, input_shape):
+        dim = input_shape[0][-1]
+        self.queue = self.add_weight(shape=(self.size, dim), initializer="zeros", trainable=False, name="queue")
+        self.filled = self.add_weight(shape=(), initializer="zeros", trainable=False, name="filled")
+
+    def call(self, inputs, training=False):
+        ops = keras.ops
+        queries, keys = inputs
+        keys = ops.stop_gradient(ops.cast(keys, "float32"))
+        losses = queue_info_nce(queries, keys, self.queue, self.temperature, filled=self.filled)
+        self.add_loss(ops.mean(losses))
+        self.tracker.update_state(losses)
+        if training:
+            self.queue.assign(ops.concatenate([keys, self.queue], axis=0)[: self.size])
+            self.filled.assign(ops.minimum(self.filled + ops.cast(ops.shape(keys)[0], "float32"), self.size))
+        return queries
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "temperature": self.temperature}
+
+
+def momentum_encoder(query):
+    """MoCo's key encoder: a copy of `query` (views -> embeddings) with its weights, frozen.
+
+    Frozen, its BatchNorm layers normalise with moving statistics, not the batch's: a key then
+    carries no trace of the batch it came from that its query could match (the shortcut MoCo's
+    shuffled BatchNorm closes on several GPUs).
+    """
+    copy = keras.models.clone_model(query)
+    key = keras.Model(copy.inputs[0], copy.outputs[0], name=MOMENTUM_ENCODER)  # Takes a tensor, not a list of one.
+    key.set_weights(query.get_weights())
+    key.trainable = False
+    return key
+
+
+def momentum_pairs(model):
+    """(key variable, trained variable, averaged) for each weight of a model's momentum encoder.
+
+    The key encoder's layers are copies of the model's own, of the same names. Weights the
+    optimizer trains are averaged; the BatchNorm moving statistics (which the key encoder uses,
+    `momentum_encoder`) are the trained encoder's own, copied: an average of those running
+    averages would lag a short run by about 1 / (1 - momentum) steps.
+    """
+    pairs = []
+    for layer in model.get_layer(MOMENTUM_ENCODER).layers:
+        for key, trained in zip(layer.weights, model.get_layer(layer.name).weights, strict=True):
+            pairs.append((key, trained, trained.trainable))
+    return pairs
+
+
+class MomentumUpdate(keras.callbacks.Callback):
+    """After each training step, the key encoder moves towards the trained one: key <- m key + (1 - m) trained.
+
+    MoCo's momentum update (its equation 2), placed before the run's checkpoint callback, so that
+    a checkpoint holds the key encoder of its step.
+
+    Args:
+        momentum: float. Defaults to 0.999 (MoCo v2).
+    """
+
+    def __init__(self, momentum=KEY_MOMENTUM):
+        super().__init__()
+        self.momentum = float(momentum)
+        self.update = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update is None:
+            pairs, m = momentum_pairs(self.model), self.momentum
+
+            def update():
+                for key, trained, averaged in pairs:
+                    key.assign(m * key + (1 - m) * trained if averaged else trained)
+
+            if keras.backend.backend() == "tensorflow":  # One graph: ~3x faster than an op at a time.
+                import tensorflow as tf
+
+                update = tf.function(update)
+            self.update = update
+        self.update()
+
+
 def projection_head(features, dim=PROJECTION_DIM, name=EMBEDDING):
     """MoCo v2's MLP head on encoder features: global average pool, Dense(channels) + ReLU, Dense(dim), L2 norm.
 
@@ -211,13 +368,27 @@ def projection_head(features, dim=PROJECTION_DIM, name=EMBEDDING):
     return layers.UnitNormalization(axis=-1, dtype="float32", name=name)(x)
 
 
-def build_pretrainer(objective, backbone, input_shape, norm="batch", encoder_weights=None, dim=PROJECTION_DIM):
+def build_pretrainer(
+    objective,
+    backbone,
+    input_shape,
+    norm="batch",
+    encoder_weights=None,
+    dim=PROJECTION_DIM,
+    negatives="batch",
+    queue_size=QUEUE_SIZE,
+    temperature=TEMPERATURE,
+):
     """The model an objective trains, its encoder ending in `encoder_output` as the U-Net's does.
 
     Args:
         objective: str. One of OBJECTIVES.
         backbone, input_shape, norm, encoder_weights: as `genesis2d.unet.build_unet`.
         dim: int. The projection head's output size. Defaults to 128.
+        negatives: str. "batch" (the loss is compiled, `compile_arguments`) or "queue": the model then
+            holds MoCo's key encoder (`momentum_encoder`) and queue (`MomentumContrast`, which
+            adds the contrast's loss itself), and trains with `MomentumUpdate` among its callbacks.
+        queue_size, temperature: the queue's (negatives="queue").
 
     Returns:
         keras.Model: `genesis` the U-Net (output `restored`); `contrastive` the encoder and its
@@ -228,25 +399,51 @@ def build_pretrainer(objective, backbone, input_shape, norm="batch", encoder_wei
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}. Received: objective={objective!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}. Received: negatives={negatives!r}")
     if objective == "genesis":
         return build_unet(backbone, input_shape, norm, encoder_weights)
     if objective == "contrastive":
         encoder = build_encoder(backbone, input_shape, encoder_weights)
-        return keras.Model(encoder.input, projection_head(encoder.output, dim), name=f"contrastive_{backbone}")
-    unet = build_unet(backbone, input_shape, norm, encoder_weights)
-    embedding = projection_head(unet.get_layer(ENCODER_OUTPUT).output, dim)
-    return keras.Model(
-        unet.input, {RESTORED: unet.output, EMBEDDING: embedding}, name=f"genesis_contrastive_{backbone}_{norm}"
-    )
+        views, features, restored, name = encoder.input, encoder.output, None, f"contrastive_{backbone}"
+    else:
+        unet = build_unet(backbone, input_shape, norm, encoder_weights)
+        views, features, restored = unet.input, unet.get_layer(ENCODER_OUTPUT).output, unet.output
+        name = f"genesis_contrastive_{backbone}_{norm}"
+    embedding = projection_head(features, dim)
+    if negatives == "queue":
+        image = views[0] if isinstance(views, (list, tuple)) else views
+        keys = momentum_encoder(keras.Model(views, embedding))(image)
+        contrast = MomentumContrast(queue_size, temperature, dtype="float32", name="negative_queue")
+        embedding = contrast([embedding, keys])
+    outputs = embedding if restored is None else {RESTORED: restored, EMBEDDING: embedding}
+    return keras.Model(views, outputs, name=name)
 
 
-def losses_of(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION_WEIGHT):
-    """(loss, loss_weights) to compile an objective's model with."""
+def compile_arguments(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION_WEIGHT, negatives="batch"):
+    """The loss, loss weights and metrics to compile an objective's model with (`model.compile(**...)`).
+
+    With a queue the model adds the contrast's loss itself (`MomentumContrast`); the joined
+    objective's restoration is then the one compiled loss, reported as `restored_loss` beside
+    the contrast's `embedding_loss`, as with in-batch negatives.
+    """
     if objective == "genesis":
-        return "mse", None
+        return {"loss": "mse"}
+    if negatives == "queue":
+        if objective == "contrastive":
+            return {"loss": None}
+        restored = keras.metrics.MeanSquaredError(name="loss")  # Keras names it restored_loss.
+        return {
+            "loss": {RESTORED: "mse"},
+            "loss_weights": {RESTORED: restoration_weight},
+            "metrics": {RESTORED: [restored]},
+        }
     if objective == "contrastive":
-        return InfoNCE(temperature), None
-    return {RESTORED: "mse", EMBEDDING: InfoNCE(temperature)}, {RESTORED: restoration_weight, EMBEDDING: 1.0}
+        return {"loss": InfoNCE(temperature)}
+    return {
+        "loss": {RESTORED: "mse", EMBEDDING: InfoNCE(temperature)},
+        "loss_weights": {RESTORED: restoration_weight, EMBEDDING: 1.0},
+    }
 
 
 def per_example_loss(objective, temperature=TEMPERATURE, restoration_weight=RESTORATION_WEIGHT):

@@ -47,7 +47,9 @@ def batch_statistics_output(model, inputs):
     """The model's outputs with BatchNorm using the batch's own statistics, the moving ones left as they were."""
     import keras
 
-    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in model.non_trainable_variables]
+    # The moving statistics, a queue of keys (`genesis2d.contrastive.MomentumContrast`) and the epoch's metrics.
+    variables = [*model.non_trainable_variables, *getattr(model, "metrics_variables", [])]
+    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in variables]
     try:
         return model(inputs, training=True)
     finally:

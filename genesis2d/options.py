@@ -149,6 +149,32 @@ class PretrainConfig:
         group=OBJECTIVE,
         type=float,
     )
+    negatives: str = option(
+        "batch",
+        "the contrastive objectives' negatives: batch contrasts each view with the batch's other slices' views "
+        "(SimCLR; any number of GPUs or machines); queue with the keys of the last --queue-size views from a "
+        "momentum encoder (MoCo v2; many negatives at any batch, one GPU). Why batch is the default: "
+        "genesis2d/contrastive.py.",
+        source="this project's choice",
+        group=OBJECTIVE,
+        choices=contrastive.NEGATIVES,
+    )
+    queue_size: int = option(
+        contrastive.QUEUE_SIZE,
+        "--negatives queue: keys kept as negatives (two a slice); at most the views of one epoch (steps x batch) "
+        "and a tenth of the training slices' views, so that a slice seldom meets its own earlier key as a negative.",
+        source="MoCo v2",
+        group=OBJECTIVE,
+        type=int,
+    )
+    key_momentum: float = option(
+        contrastive.KEY_MOMENTUM,
+        "--negatives queue: momentum m of the key encoder, key <- m key + (1 - m) encoder after each step "
+        "(short runs learn faster at 0.99).",
+        source="MoCo v2",
+        group=OBJECTIVE,
+        type=float,
+    )
     batch_size: int = option(
         32,
         "global batch size: images through the encoder per step (the contrastive objectives: two views of each of "
@@ -243,8 +269,8 @@ class PretrainConfig:
     out: str = option(
         None,
         "output folder. Default: weights/genesis2d_<backbone>_<norm>/ (contrastive2d_<backbone>/, "
-        "genesis2d+contrastive_<backbone>_<norm>/ for the other objectives; under runs/ with a demo_ prefix for the "
-        "demo corpus).",
+        "genesis2d+contrastive_<backbone>_<norm>/ for the other objectives, with a _queue suffix for --negatives "
+        "queue; under runs/ with a demo_ prefix for the demo corpus).",
         group=OUTPUT,
         reuse=False,
     )
@@ -324,15 +350,25 @@ def resolve(config):
             f"{config.batch_size} is not an even number of at least 4: --objective {config.objective} feeds two "
             "views of each of batch/2 slices, and each view needs another slice's views as negatives",
         )
+    if config.negatives == "queue":
+        if not config.two_views:
+            raise UsageError(
+                "--negatives", "queue is for the contrastive objectives; --objective genesis has no negatives"
+            )
+        if config.queue_size < 1:
+            raise UsageError("--queue-size", f"{config.queue_size} is not a positive number of keys")
+        if not 0 <= config.key_momentum < 1:
+            raise UsageError("--key-momentum", f"{config.key_momentum} is not in [0, 1)")
     if config.out:
         return config
     demo = not (config.manifest or config.shards)  # Demo encoders go under runs/: weights/ holds real data's only.
     name = {"genesis": "genesis2d", "contrastive": "contrastive2d", "genesis+contrastive": "genesis2d+contrastive"}
     norm = "" if config.objective == "contrastive" else f"_{config.norm}"  # No decoder, so no decoder norm.
+    queue = "_queue" if config.negatives == "queue" else ""
     out = (
         PROJECT_ROOT
         / ("runs" if demo else "weights")
-        / f"{'demo_' if demo else ''}{name[config.objective]}_{config.backbone}{norm}"
+        / f"{'demo_' if demo else ''}{name[config.objective]}_{config.backbone}{norm}{queue}"
     )
     return dataclasses.replace(config, out=str(out))
 

@@ -97,7 +97,8 @@ KEPT = "kept"  # What `prepare_out` answers for a finished run made with the sam
 
 # Settings that change nothing for an objective: left out of its run's settings, so that a genesis run recorded before
 # the contrastive objectives existed is the same run, and a contrastive run does not depend on distortion rates.
-CONTRAST_SETTINGS = ("objective", "temperature", "projection_dim", "restoration_weight")
+QUEUE_SETTINGS = ("negatives", "queue_size", "key_momentum")
+CONTRAST_SETTINGS = ("objective", "temperature", "projection_dim", "restoration_weight", *QUEUE_SETTINGS)
 UNUSED = {
     "genesis": CONTRAST_SETTINGS,
     "contrastive": ("restoration_weight", "norm", *(f.name for f in dataclasses.fields(DistortionRates))),
@@ -108,10 +109,11 @@ UNUSED = {
 def run_settings(config, data_hash):
     """The settings that decide whether a finished run may be reused: every field that can change what it learns,
     and the data by content (`plumbing.options.reuse_settings`, as for a downstream unit); an objective's unused
-    settings left out (UNUSED)."""
+    settings left out (UNUSED), and the queue's with in-batch negatives (runs recorded before the queue are kept)."""
     from plumbing.options import reuse_settings
 
-    settings = {k: v for k, v in reuse_settings(config).items() if k not in UNUSED[config.objective]}
+    unused = UNUSED[config.objective] + (QUEUE_SETTINGS if config.negatives == "batch" else ())
+    settings = {k: v for k, v in reuse_settings(config).items() if k not in unused}
     return {**settings, "data": data_hash}
 
 
@@ -180,7 +182,7 @@ RESUMABLE_CHANGES = ("epochs", "precision")
 def check_same_run(out, state, settings):
     """A UsageError naming the first setting in which --resume differs from the run in `out` (but RESUMABLE_CHANGES)."""
     # A run recorded without an objective (genesis runs, and those made before objectives existed) restored.
-    recorded = {"objective": "genesis", **(state.get("settings") or legacy_settings(out))}
+    recorded = {"objective": "genesis", "negatives": "batch", **(state.get("settings") or legacy_settings(out))}
     for name, value in settings.items():
         if name in recorded and name not in RESUMABLE_CHANGES and recorded[name] != json_value(value):
             if name == "data":
@@ -298,6 +300,7 @@ def run(config, strategy=None, extra_callbacks=()):
 
 def _train(run, extra_callbacks):
     """The run itself, once its folder and data are checked: set up, stream, build, fit, finish."""
+    from genesis2d import contrastive
     from genesis2d.checkpoint import mark_finished
     from plumbing.runtime import configure_determinism, pick_precision, set_seed, write_run_record
 
@@ -308,6 +311,27 @@ def _train(run, extra_callbacks):
             "--batch-size",
             f"{config.batch_size} is not a multiple of the {replicas} replicas that share it"
             + (" (each replica takes whole pairs of views)" if config.two_views else ""),
+        )
+    if config.negatives == "queue" and (replicas > 1 or run.workers > 1):
+        # MoCo shares keys between GPUs with a gather and shuffles BatchNorm across them; neither is built here.
+        raise UsageError(
+            "--negatives",
+            f"queue runs on one GPU, not the {replicas} replicas on {run.workers} machine(s) found; use --negatives "
+            "batch on several (or make one GPU visible with CUDA_VISIBLE_DEVICES)",
+        )
+    if config.negatives == "queue" and config.queue_size > run.steps * config.batch_size:
+        raise UsageError(
+            "--queue-size",
+            f"{config.queue_size} keys outnumber the {run.steps * config.batch_size} views of an epoch "
+            f"({run.steps} steps x {config.batch_size}): slices would meet their own keys as negatives; lower it",
+        )
+    queue_slices = contrastive.MAX_QUEUE_SHARE * run.counts.get("train", 0)
+    if config.negatives == "queue" and config.queue_size / 2 > queue_slices:
+        raise UsageError(
+            "--queue-size",
+            f"{config.queue_size} keys hold {config.queue_size // 2} slices, over {contrastive.MAX_QUEUE_SHARE:.0%} "
+            f"of the {run.counts.get('train', 0)} training slices: slices would often meet their own earlier keys "
+            f"as negatives; lower it to {2 * int(queue_slices)} or less, or contrast in the batch (--negatives batch)",
         )
     if config.two_views and config.batch_size // replicas < 4:
         # Each replica contrasts its own share: with one slice's two views alone the loss is 0 and nothing is learned.
@@ -408,7 +432,7 @@ def _build_model(config, strategy, workers):
     """The compiled U-Net, under the strategy, its BatchNorm momentum set (and synchronised on several machines)."""
     import keras
 
-    from genesis2d.contrastive import build_pretrainer, losses_of
+    from genesis2d.contrastive import build_pretrainer, compile_arguments
 
     with strategy.scope():
         model = build_pretrainer(
@@ -418,15 +442,16 @@ def _build_model(config, strategy, workers):
             config.norm,
             config.encoder_weights,
             config.projection_dim,
+            config.negatives,
+            config.queue_size,
+            config.temperature,
         )
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.bn_momentum
-        loss, weights = losses_of(config.objective, config.temperature, config.restoration_weight)
         model.compile(
             optimizer=make_optimizer(config.optimizer, config.lr, config.momentum, config.clipnorm),
-            loss=loss,
-            loss_weights=weights,
+            **compile_arguments(config.objective, config.temperature, config.restoration_weight, config.negatives),
         )
         if workers > 1:
             from genesis2d.distributed import synchronize_batch_norm
@@ -499,29 +524,44 @@ def objective_card(config, replicas=1):
             "blur_rate": contrastive.BLUR_RATE,
             "blur_sigma_at_224": list(contrastive.BLUR_SIGMA),
         }
+        queue = config.negatives == "queue"
         card["contrast"] = {
-            "loss": "InfoNCE over the batch (SimCLR's NT-Xent): the other slices' views are the negatives",
+            "loss": (
+                f"InfoNCE against a queue (MoCo v2): a view's positive is its partner's key from a momentum encoder "
+                f"(m {config.key_momentum}), its negatives the keys of the last {config.queue_size} views"
+                if queue
+                else "InfoNCE over the batch (SimCLR's NT-Xent): the other slices' views are the negatives"
+            ),
+            "negatives": config.negatives,
             "temperature": config.temperature,
             "projection": f"global average pool, Dense(channels) + ReLU, Dense({config.projection_dim}), L2 norm",
             "slices_per_batch": config.slices_per_batch,
         }
         if config.objective == "genesis+contrastive":
             card["contrast"]["restoration_weight"] = config.restoration_weight
-        # Telling nothing apart: each view's loss is log(views in its batch - 1).
-        card["chance_val_loss"] = contrastive.chance_loss(config.batch_size // replicas)
-        card["contrast"]["views_contrasted"] = config.batch_size // replicas
+        # Telling nothing apart: each view's loss is log(views in its batch - 1), or log(queue size + 1).
+        if queue:
+            card["chance_val_loss"] = contrastive.queue_chance_loss(config.queue_size)
+            card["contrast"].update(queue_size=config.queue_size, key_momentum=config.key_momentum)
+        else:
+            card["chance_val_loss"] = contrastive.chance_loss(config.batch_size // replicas)
+            card["contrast"]["views_contrasted"] = config.batch_size // replicas
     return card
 
 
 def _callbacks(config, model, out, chief, sample_pair, card):
-    """The guards first (a broken run stops before it exports), the schedule, then the chief's writers."""
+    """With a queue the key encoder's update; the guards (a broken run stops before it exports), the schedule, then
+    the chief's writers."""
     import keras
 
+    from genesis2d.contrastive import MomentumUpdate
     from genesis2d.health import health_guard
     from genesis2d.schedule import LinearWarmUp, PlateauAfterWarmUp
     from plumbing.runtime import divergence_guard
 
-    callbacks = [
+    # The key encoder's update first, so that every later callback (and the checkpoint, last) sees the step's.
+    callbacks = [MomentumUpdate(config.key_momentum)] if config.negatives == "queue" else []
+    callbacks += [
         LinearWarmUp(config.lr, config.warmup_steps),
         divergence_guard(),
         health_guard(sample_pair, config.lr, config.checkpoint_every, config.objective),

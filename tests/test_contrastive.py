@@ -147,7 +147,8 @@ def test_the_demo_settings_differ_only_in_the_learning_rate():
     from genesis2d.options import DEMO_CONFIG, DEMO_CONTRASTIVE_CONFIG
 
     genesis, contrast = (yaml.safe_load(path.read_text()) for path in (DEMO_CONFIG, DEMO_CONTRASTIVE_CONFIG))
-    assert {k: v for k, v in genesis.items() if k != "lr"} == {k: v for k, v in contrast.items() if k != "lr"}
+    own = ("lr", "queue_size", "key_momentum")
+    assert {k: v for k, v in genesis.items() if k not in own} == {k: v for k, v in contrast.items() if k not in own}
     assert contrast["lr"] < genesis["lr"]
     assert parse_args(["--objective", "contrastive", "--out", "x"]).lr == contrast["lr"]
     assert parse_args(["--out", "x"]).lr == genesis["lr"]
@@ -288,7 +289,7 @@ def test_the_benchmark_prints_the_views_rates_and_the_step_times():
     lines = [line for line in result.stdout.splitlines() if "images/s" in line]
     assert len(lines) == 3 and "1.00x the distortions" in lines[0], result.stdout
     steps = [line for line in result.stdout.splitlines() if "s/step" in line]
-    assert len(steps) == 3 and "1.00x the genesis U-Net's" in steps[0], result.stdout
+    assert len(steps) == 5 and "1.00x the genesis U-Net's" in steps[0], result.stdout
 
 
 def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run, demo_dir, tmp_path, capsys):
@@ -369,7 +370,15 @@ def test_a_runs_settings_hold_only_what_its_objective_uses(demo_manifest, tmp_pa
 
     genesis = run_settings(PretrainConfig(out="x"), "hash")
     before = {k: v for k, v in reuse_settings(PretrainConfig(out="x")).items()}
-    for name in ("objective", "temperature", "projection_dim", "restoration_weight"):
+    for name in (
+        "objective",
+        "temperature",
+        "projection_dim",
+        "restoration_weight",
+        "negatives",
+        "queue_size",
+        "key_momentum",
+    ):
         assert name not in genesis
         before.pop(name)
     assert genesis == {**before, "data": "hash"}
@@ -377,3 +386,193 @@ def test_a_runs_settings_hold_only_what_its_objective_uses(demo_manifest, tmp_pa
     assert "local_rate" not in contrast and contrast["objective"] == "contrastive" and contrast["temperature"] == 0.2
     with pytest.raises(UsageError, match="--objective genesis"):
         check_same_run(tmp_path, {"settings": genesis}, contrast)
+
+
+# Negatives from a queue (MoCo v2): --negatives queue.
+
+
+def _queue_info_nce_by_hand(queries, keys, queue, temperature, filled):
+    """MoCo's InfoNCE written out: view i's positive is its partner's key (i ^ 1), the first `filled` rows the rest."""
+    losses = []
+    for i in range(len(queries)):
+        positive = math.exp(float(queries[i] @ keys[i ^ 1]) / temperature)
+        negatives = sum(math.exp(float(queries[i] @ row) / temperature) for row in queue[:filled])
+        losses.append(-math.log(positive / (positive + negatives)))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("rows, size, filled, temperature", [(4, 6, 6, 0.2), (8, 16, 5, 0.5), (6, 10, 0, 0.07)])
+def test_the_queue_loss_is_the_formula(rows, size, filled, temperature):
+    queries, keys, queue = (_normalised(n, 8, seed) for n, seed in ((rows, 1), (rows, 2), (size, 3)))
+    expected = _queue_info_nce_by_hand(queries, keys, queue, temperature, filled)
+    got = contrastive.queue_info_nce(queries, keys, queue, temperature, filled=filled)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    if filled == size:  # A full queue: every row counts, as without `filled`.
+        np.testing.assert_allclose(np.asarray(contrastive.queue_info_nce(queries, keys, queue, temperature)), expected)
+    # Telling nothing apart (every similarity equal) with a full queue: log(size + 1).
+    same = np.tile(queries[:1], (size, 1))
+    chance = contrastive.queue_info_nce(np.tile(queries[:1], (rows, 1)), np.tile(queries[:1], (rows, 1)), same)
+    np.testing.assert_allclose(np.asarray(chance), contrastive.queue_chance_loss(size), rtol=1e-5)
+
+
+def test_one_step_moves_the_key_encoder_by_its_formula_and_queues_its_keys():
+    """MoCo's equation 2 after a step, key <- m key + (1 - m) encoder (the BatchNorm moving statistics copied), and the
+    step's keys (those of the key encoder before the update) at the head of the queue, its oldest rows dropped."""
+    momentum, size = 0.9, 24
+    keras.utils.set_random_seed(0)
+    model = contrastive.build_pretrainer(
+        "contrastive", "resnet18", (32, 32, 1), dim=16, negatives="queue", queue_size=size
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), **contrastive.compile_arguments("contrastive", negatives="queue")
+    )
+    views = np.random.default_rng(0).random((8, 32, 32, 1), dtype=np.float32)
+    key_encoder, queue = model.get_layer(contrastive.MOMENTUM_ENCODER), model.get_layer("negative_queue")
+    pairs = contrastive.momentum_pairs(model)
+    assert len(pairs) > 50 and all(k.shape == q.shape for k, q, _ in pairs)
+    assert not key_encoder.trainable_weights and not any(
+        v.path.startswith(key_encoder.name) for v in model.trainable_weights
+    )
+    update = contrastive.MomentumUpdate(momentum)
+
+    def step():
+        return model.fit(views, np.zeros(8), batch_size=8, verbose=0, shuffle=False, callbacks=[update]).history
+
+    # The queue starts empty: the first step has no negatives, so no loss, and fills the queue's first rows.
+    keys = np.asarray(key_encoder(views, training=False))
+    assert step()["loss"] == [0.0]
+    np.testing.assert_allclose(np.asarray(queue.queue)[:8], keys, rtol=1e-5, atol=1e-6)
+    assert float(queue.filled) == 8 and not np.asarray(queue.queue)[8:].any()
+    # A full queue: the step's keys in front, the oldest 8 gone; the key encoder a tenth of the way to the encoder.
+    old_queue = _normalised(size, 16, 5).astype(np.float32)
+    queue.queue.assign(old_queue)
+    queue.filled.assign(size)
+    keys = np.asarray(key_encoder(views, training=False))
+    before = [np.asarray(k) for k, _, _ in pairs]
+    assert step()["loss"][0] > 0
+    averaged = moved = 0
+    for (key, trained, is_averaged), old in zip(pairs, before):
+        trained = np.asarray(trained)
+        expected = momentum * old + (1 - momentum) * trained if is_averaged else trained
+        np.testing.assert_allclose(np.asarray(key), expected, rtol=1e-6, atol=1e-7, err_msg=key.path)
+        averaged += is_averaged
+        moved += is_averaged and not np.allclose(old, trained)
+    assert averaged > 20 and moved > 20  # The step changed the encoder, and the key encoder followed.
+    np.testing.assert_allclose(np.asarray(queue.queue), np.concatenate([keys, old_queue[:16]]), rtol=1e-5, atol=1e-6)
+    # Evaluation reads the queue and leaves it as it was.
+    filled = np.asarray(queue.queue)
+    model.evaluate(views, np.zeros(8), batch_size=8, verbose=0)
+    np.testing.assert_array_equal(np.asarray(queue.queue), filled)
+
+
+def _queue_args(demo_manifest, out, *extra):
+    args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "genesis+contrastive"]
+    args += ["--negatives", "queue", "--queue-size", "16", "--key-momentum", "0.9", "--batch-size", "8"]
+    return [*args, "--epochs", "2", "--steps-per-epoch", "2", "--checkpoint-every", "1", *extra]
+
+
+def test_a_stopped_queue_run_resumes_bit_for_bit(demo_manifest, tmp_path):
+    """The joined objective with a queue, stopped inside its first epoch and resumed, ends with every weight of the run
+    that never stopped: the encoder's, the key encoder's and the queue's (all three in each checkpoint)."""
+    import pandas as pd
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_args(_queue_args(demo_manifest, tmp_path / "stopped")), extra_callbacks=[Interrupt()])
+    run(parse_args(_queue_args(demo_manifest, tmp_path / "stopped", "--resume")))
+    card = run(parse_args(_queue_args(demo_manifest, tmp_path / "whole")))
+    models = [keras.models.load_model(tmp_path / name / "unet.keras", compile=False) for name in ("stopped", "whole")]
+    queues = [model.get_layer("negative_queue") for model in models]
+    assert float(queues[1].filled) == 16 and np.asarray(queues[1].queue).any(axis=1).all()  # Full of keys.
+    for resumed, whole in zip(models[0].weights, models[1].weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(resumed), np.asarray(whole), err_msg=whole.path)
+    columns = ["val_loss", "val_restored_loss", "val_embedding_loss"]
+    histories = [pd.read_csv(tmp_path / name / "history.csv") for name in ("stopped", "whole")]
+    pd.testing.assert_frame_equal(histories[0][columns], histories[1][columns])
+    row = histories[1].iloc[-1]  # The queue's loss beside restoration's, weighted as with in-batch negatives.
+    assert row["val_loss"] == pytest.approx(10 * row["val_restored_loss"] + row["val_embedding_loss"], rel=1e-4)
+    assert card["chance_val_loss"] == pytest.approx(math.log(17)) and card["contrast"]["negatives"] == "queue"
+    assert "momentum encoder" in card["contrast"]["loss"]
+    assert "queue of earlier views' keys" not in (tmp_path / "whole" / "MODEL_CARD.md").read_text()  # Joined text.
+
+
+def test_the_queue_encoder_loads_as_the_others(demo_manifest, tmp_path):
+    out = tmp_path / "moco"
+    args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "contrastive"]
+    args += [
+        "--negatives",
+        "queue",
+        "--queue-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+    ]
+    config = parse_args(args)
+    assert config.key_momentum == 0.999 and run(config)["objective"] == "contrastive"
+    assert "a queue of earlier views' keys from a momentum encoder" in (out / "MODEL_CARD.md").read_text()
+    encoder = keras.models.load_model(out / "encoder.h5", compile=False)
+    trained = keras.models.load_model(out / "unet.keras", compile=False)
+    from genesis2d.unet import encoder_of
+
+    probe = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(encoder(probe, training=False)), np.asarray(encoder_of(trained)(probe, training=False)), atol=1e-5
+    )
+    # The key encoder is not what was exported: it only trails the encoder.
+    key = trained.get_layer(contrastive.MOMENTUM_ENCODER)
+    assert len(encoder.weights) < len(trained.weights) and key.name not in [layer.name for layer in encoder.layers]
+
+
+def test_queue_settings_and_one_line_refusals(demo_manifest, tmp_path):
+    import pandas as pd
+
+    from genesis2d.options import PretrainConfig
+    from genesis2d.pretrain import check_same_run, run_settings
+
+    batch = run_settings(PretrainConfig(out="x", objective="contrastive"), "hash")
+    assert not {"negatives", "queue_size", "key_momentum"} & set(batch)  # Runs recorded before the queue are kept.
+    queue = run_settings(PretrainConfig(out="x", objective="contrastive", negatives="queue"), "hash")
+    assert queue["negatives"] == "queue" and queue["queue_size"] == 65536 and queue["key_momentum"] == 0.999
+    with pytest.raises(UsageError, match="--negatives batch"):
+        check_same_run(tmp_path, {"settings": batch}, queue)
+    assert Path(parse_args(["--manifest", "m.csv", "--objective", "contrastive", "--negatives", "queue"]).out).name == (
+        "contrastive2d_resnet50_queue"
+    )
+    with pytest.raises(UsageError, match="--negatives: queue is for the contrastive objectives"):
+        parse_args(["--manifest", "m.csv", "--negatives", "queue"])
+    with pytest.raises(UsageError, match="--key-momentum"):
+        parse_args(["--manifest", "m.csv", "--objective", "contrastive", "--negatives", "queue", "--key-momentum", "1"])
+    args = ["--manifest", str(demo_manifest), "--out", str(tmp_path / "big"), *TINY, "--objective", "contrastive"]
+    args += ["--negatives", "queue", "--batch-size", "8", "--steps-per-epoch", "2"]
+    with pytest.raises(UsageError, match="--queue-size: 17 keys outnumber the 16 views of an epoch"):
+        run(parse_args([*args, "--queue-size", "17"]))
+    train = len(pd.read_csv(demo_manifest).query("split == 'train'"))
+    allowed = 2 * int(0.1 * train)
+    with pytest.raises(UsageError, match=f"hold {allowed // 2 + 1} slices, over 10% of the {train} training slices"):
+        run(parse_args([*args, "--steps-per-epoch", "8", "--queue-size", str(allowed + 2)]))
+
+
+def test_the_queue_refuses_two_replicas_in_one_line(demo_manifest, tmp_path):
+    argv = ["--manifest", str(demo_manifest), "--out", str(tmp_path / "two"), *TINY, "--objective", "contrastive"]
+    argv += ["--negatives", "queue", "--queue-size", "8", "--batch-size", "8", "--steps-per-epoch", "1"]
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from genesis2d.pretrain import parse_args, run
+from plumbing.errors import UsageError
+try:
+    run(parse_args({argv!r}), strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+except UsageError as error:
+    print("refused:", error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert "refused: --negatives: queue runs on one GPU, not the 2 replicas" in result.stdout, result.stderr[-2000:]
