@@ -345,15 +345,23 @@ def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     pd.testing.assert_frame_equal(histories[0], histories[1])
 
 
-def test_one_contrastive_step_under_mixed_float16(demo_manifest, tmp_path):
+@pytest.mark.parametrize("negatives", ["batch", "queue"])
+def test_one_contrastive_step_under_mixed_float16(demo_manifest, tmp_path, negatives):
     out = tmp_path / "mixed"
     args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "contrastive"]
     args += ["--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "1", "--precision", "mixed_float16"]
+    args += ["--negatives", negatives, "--queue-size", "8"]
     try:
         card = run(parse_args(args))
         model = keras.models.load_model(out / "unet.keras", compile=False)
         assert model.output.dtype == "float32"  # The embeddings, and so the loss, stay float32.
         assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+        if negatives == "queue":  # The key encoder computes as the encoder does; its weights and the queue float32.
+            key = model.get_layer(contrastive.MOMENTUM_ENCODER)
+            assert any(layer.dtype_policy.name == "mixed_float16" for layer in key.layers)
+            assert {v.dtype for v in key.weights} == {"float32"} and float(
+                model.get_layer("negative_queue").filled
+            ) == 8
     finally:
         keras.config.set_dtype_policy("float32")
     assert card["precision"] == "mixed_float16" and np.isfinite(card["last_val_loss"])
