@@ -43,6 +43,19 @@ def restoration_baselines(pairs, steps=None):
     return total / count, max(squares / count - (sums / count) ** 2, 0.0)
 
 
+def output_keeping_metrics(model, inputs):
+    """The model's outputs (inference mode), the epoch's metrics left as they were: a layer that tracks its own
+    (a queue's `embedding_loss`, `genesis2d.contrastive.MomentumContrast`) would count these samples in the epoch's."""
+    import keras
+
+    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in getattr(model, "metrics_variables", [])]
+    try:
+        return model(inputs, training=False)
+    finally:
+        for variable, value in kept:
+            variable.assign(value)
+
+
 def batch_statistics_output(model, inputs):
     """The model's outputs with BatchNorm using the batch's own statistics, the moving ones left as they were."""
     import keras
@@ -144,7 +157,7 @@ def health_guard(sample_pair, lr, every_steps=0, objective="genesis"):
             from genesis2d.contrastive import outputs_of
 
             features = keras.ops.convert_to_numpy(self.encoder(inputs, training=False))
-            restored, embeddings = outputs_of(objective, self.model(inputs, training=False))
+            restored, embeddings = outputs_of(objective, output_keeping_metrics(self.model, inputs))
             problem = check_health(features, restored, targets, embeddings)
             if problem and "blew up" not in problem:  # Only a constant output: lost, or statistics that lag?
                 if output_collapsed(objective, batch_statistics_output(self.model, inputs), targets):

@@ -509,22 +509,17 @@ def test_a_stopped_queue_run_resumes_bit_for_bit(demo_manifest, tmp_path):
 
 
 def test_the_queue_encoder_loads_as_the_others(demo_manifest, tmp_path):
+    import pandas as pd
+
     out = tmp_path / "moco"
     args = ["--manifest", str(demo_manifest), "--out", str(out), *TINY, "--objective", "contrastive"]
-    args += [
-        "--negatives",
-        "queue",
-        "--queue-size",
-        "8",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "1",
-    ]
-    config = parse_args(args)
+    args += ["--negatives", "queue", "--queue-size", "8", "--batch-size", "8", "--epochs", "1"]
+    config = parse_args([*args, "--steps-per-epoch", "2", "--checkpoint-every", "1"])  # A health check each step.
     assert config.key_momentum == 0.999 and run(config)["objective"] == "contrastive"
+    # The queue's loss is the run's: the health checks' samples are not counted in the epoch's embedding_loss.
+    row = pd.read_csv(out / "history.csv").iloc[-1]
+    assert row["embedding_loss"] == pytest.approx(row["loss"], rel=1e-5) and row["loss"] > 0
+    assert row["val_embedding_loss"] == pytest.approx(row["val_loss"], rel=1e-5)
     assert "a queue of earlier views' keys from a momentum encoder" in (out / "MODEL_CARD.md").read_text()
     encoder = keras.models.load_model(out / "encoder.h5", compile=False)
     trained = keras.models.load_model(out / "unet.keras", compile=False)
