@@ -14,6 +14,8 @@ The guard tells the two apart: it stops only when the output is constant with th
 batch's statistics too (`batch_statistics_output`), and says once that it saw the lag.
 """
 
+import contextlib
+
 import numpy as np
 
 from plumbing.errors import InputError
@@ -43,31 +45,31 @@ def restoration_baselines(pairs, steps=None):
     return total / count, max(squares / count - (sums / count) ** 2, 0.0)
 
 
-def output_keeping_metrics(model, inputs):
-    """The model's outputs (inference mode), the epoch's metrics left as they were: a layer that tracks its own
-    (a queue's `embedding_loss`, `genesis2d.contrastive.MomentumContrast`) would count these samples in the epoch's."""
+@contextlib.contextmanager
+def _restored(variables):
+    """Puts `variables` back to their values on entry when the block ends."""
     import keras
 
-    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in getattr(model, "metrics_variables", [])]
+    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in variables]
     try:
-        return model(inputs, training=False)
+        yield
     finally:
         for variable, value in kept:
             variable.assign(value)
+
+
+def output_keeping_metrics(model, inputs):
+    """The model's outputs (inference mode), the epoch's metrics left as they were: a layer that tracks its own
+    (a queue's `embedding_loss`, `genesis2d.contrastive.MomentumContrast`) would count these samples in the epoch's."""
+    with _restored(getattr(model, "metrics_variables", [])):
+        return model(inputs, training=False)
 
 
 def batch_statistics_output(model, inputs):
     """The model's outputs with BatchNorm using the batch's own statistics, the moving ones left as they were."""
-    import keras
-
     # The moving statistics, a queue of keys (`genesis2d.contrastive.MomentumContrast`) and the epoch's metrics.
-    variables = [*model.non_trainable_variables, *getattr(model, "metrics_variables", [])]
-    kept = [(variable, keras.ops.convert_to_numpy(variable)) for variable in variables]
-    try:
+    with _restored([*model.non_trainable_variables, *getattr(model, "metrics_variables", [])]):
         return model(inputs, training=True)
-    finally:
-        for variable, value in kept:
-            variable.assign(value)
 
 
 def collapsed(restored, targets):
