@@ -327,7 +327,11 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, i
                 row[f"{key}_per_{what}"] = differences
             row["notes"] += [f"{reference} vs {other}: {note}" for note in test["notes"]]
             clusters = f", clusters: {unit}s" if test["clusters"] < len(y) else ""
-            row["test"] = f"{test['method']}{clusters}" + (", folds combined" if len(np.unique(strata)) > 1 else "")
+            if test["p_method"] == "folds":  # Its unit is the fold: p-value and interval from the folds' spread.
+                row["test"] = f"{test['method']} ({test['folds']} folds; {unit}s within each)"
+            else:
+                combined = ", folds combined" if len(np.unique(strata)) > 1 else ""
+                row["test"] = f"{test['method']}{clusters}{combined}"
     return row
 
 

@@ -229,9 +229,10 @@ def test_cluster_jackknife_test_matches_refitting_without_each_cluster():
     low, high = difference + np.array([-1, 1]) * t.ppf(0.975, df) * np.sqrt(variance)
     assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high))
     # The interval of one model's AUC is the same jackknife with b left out.
-    interval = auc_interval(y, a, groups, folds)
+    interval = auc_interval(y, a, groups, folds, df_from="clusters")
     auc, variance, _, _ = jackknife_by_hand(y, a, None, groups, folds)
-    # Its df: each fold on its clusters less one (with df_from="sides", on the fewer holding a positive or a negative).
+    # Its df with df_from="clusters": each fold on its clusters less one (with "sides", on the fewer holding a
+    # positive or a negative; the default's effective count has its own test below).
     fold_variances = [
         jackknife_by_hand(y[folds == f], a[folds == f], None, groups[folds == f], folds[folds == f])[1]
         for f in range(3)
@@ -381,3 +382,67 @@ def test_cluster_permutation_with_runs_exchanges_every_pair_of_runs():
     assert h.sum() - 2 * h[np.isin(names, swapped)].sum() == pytest.approx(expected, abs=1e-12)
     mean_difference = np.mean([roc_auc_score(y, r) for r in runs_a]) - np.mean([roc_auc_score(y, r) for r in runs_b])
     assert h.sum() == pytest.approx(mean_difference)
+
+
+def test_paired_t_over_folds_is_scipys_one_sample_t_on_the_folds_differences():
+    from scipy.stats import t, ttest_1samp
+
+    y, a, b, group, folds = _clustered_pair(11, clusters=20, folds=5)
+    runs_a = np.stack([a, a + np.random.default_rng(2).normal(0, 1, len(a))])  # Two runs: their mean AUC per fold.
+    result = paired_auc_test(y, runs_a, b, clusters=group, strata=folds, test="folds")
+    differences = [
+        np.mean([roc_auc_score(y[folds == f], r[folds == f]) for r in runs_a])
+        - roc_auc_score(y[folds == f], b[folds == f])
+        for f in range(5)
+    ]
+    reference = ttest_1samp(differences, 0.0)
+    assert result["difference"] == pytest.approx(np.mean(differences))
+    assert result["p_value"] == pytest.approx(reference.pvalue) and result["z"] == pytest.approx(reference.statistic)
+    assert result["df"] == 4 and result["p_method"] == "folds" and result["test"] == "paired t over 5 folds, 4 df"
+    half = t.ppf(0.975, 4) * np.std(differences, ddof=1) / np.sqrt(5)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(
+        (np.mean(differences) - half, np.mean(differences) + half)
+    )
+    # The default at 5 folds of 4 clusters (the demo's 20 scans) is this test.
+    assert paired_auc_test(y, runs_a, b, clusters=group, strata=folds)["p_value"] == result["p_value"]
+    with pytest.raises(ValueError, match="two folds"):
+        paired_auc_test(y, a, b, clusters=group, test="folds")
+
+
+def test_the_default_test_at_each_size_is_the_one_the_simulation_chose():
+    from transfer.statistics import choose_test
+
+    assert choose_test(20, 4, 5) == "folds"  # The demo's 20 scans in 5 folds.
+    assert choose_test(40, 8, 5) == "permutation" and choose_test(888, 88, 10) == "permutation"
+    assert choose_test(40, 40, 1) == "permutation" and choose_test(30, 30, 1) == "variance"
+    assert choose_test(39, 7, 5) == "folds" and choose_test(60, 7, 8) == "folds"  # A fold of 7: too few to exchange.
+    assert choose_test(12, 4, 3) == "variance"  # Three folds: two df are too few; the jackknife, on the safe side.
+    y, a, b, group, folds = _clustered_pair(4, clusters=12, folds=3)
+    assert paired_auc_test(y, a, b, clusters=group, strata=folds)["p_method"] == "variance"
+
+
+def test_auc_interval_df_is_the_jackknife_values_effective_count():
+    from scipy.stats import t
+
+    y, a, _, groups = _clustered_case(seed=3, clusters=30)
+    leave_out = np.array(
+        [roc_auc_score(y[groups != c], a[groups != c]) for c in np.unique(groups)]
+    )  # The jackknife's values, each refitted without its cluster.
+    d = leave_out - leave_out.mean()
+    count = min(max(3 * np.sum(d**2) ** 2 / np.sum(d**4), 2), len(d))
+    interval = auc_interval(y, a, groups)
+    assert interval["df"] == pytest.approx(count - 1)
+    assert interval["df"] <= auc_interval(y, a, groups, df_from="clusters")["df"] == len(d) - 1
+    auc, se = roc_auc_score(y, a), np.sqrt((len(d) - 1) / len(d) * np.sum(d**2))
+    logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, count - 1) * se / (auc * (1 - auc))
+    assert (interval["ci_low"], interval["ci_high"]) == pytest.approx(
+        (1 / (1 + np.exp(-(logit - half))), 1 / (1 + np.exp(-(logit + half))))
+    )
+    # One cluster whose left-out AUC stands apart (heavy tails) lowers the df; values spread as a normal's keep it.
+    heavy = np.r_[np.zeros(29), 1.0]
+    from transfer.statistics import _effective_count
+
+    assert _effective_count(heavy) == pytest.approx(3 * (29 / 30) ** 2 / ((29 / 30) ** 4 + 29 / 30**4))
+    assert _effective_count(np.random.default_rng(0).normal(size=200)) == pytest.approx(200, rel=0.15)
+    with pytest.raises(ValueError, match="df_from"):
+        auc_interval(y, a, groups, df_from="folds")

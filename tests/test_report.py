@@ -117,6 +117,23 @@ def test_report_builds_from_a_hand_written_contract_of_a_new_task(retina, tmp_pa
     assert (efficiency["ci_low"] <= efficiency["auc"]).all() and (efficiency["auc"] <= efficiency["ci_high"]).all()
 
 
+def test_report_takes_a_paired_t_over_folds_when_folds_hold_few_patients(tmp_path):
+    # 20 patients in 5 folds of 4 (the demo's layout): the p-value and the interval from the folds' differences.
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(20), 3)
+    truth = np.tile([0, 1, 0], 20)
+    folds = patients % 5
+    scores = {init: truth * weight + rng.random(60) for init, weight in (("genesis", 0.8), ("scratch", 0.4))}
+    runs = [_contract(tmp_path / k, k, [v], truth, patients, folds, levels=LEVELS[:1]) for k, v in scores.items()]
+    auc = build_report(runs, tmp_path / "report", iterations=50)
+    auc = auc[auc["metric"] == "auc"].iloc[0]
+    expected = paired_auc_test(truth, scores["genesis"], scores["scratch"], clusters=patients, strata=folds)
+    assert expected["p_method"] == "folds" and auc["genesis_vs_scratch_p"] == pytest.approx(expected["p_value"])
+    assert auc["test"] == "paired t over folds (5 folds; patients within each)" and auc["genesis_vs_scratch_df"] == 4
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ", 4 df)" in text
+
+
 def test_report_refuses_runs_on_different_cases_with_one_line(retina, tmp_path, capsys):
     runs, _, _, _, _ = retina
     other = tmp_path / "other"

@@ -67,6 +67,9 @@ CLUSTER_SD, CASE_SD, MODEL_SD = 0.5, 0.5, 0.4
 TRUE_AUC = 0.9
 ALPHA = 0.05
 TESTS = (("delong", "normal"), ("delong", "t"), ("jackknife", "normal"), ("jackknife", "t"))
+DEFAULT_NAME = "default (permutation from 40 clusters, 8 a fold; else paired t over 5+ folds; else jackknife, normal)"
+# The AUC interval's df rules (transfer.statistics.DF_FROM) and their names in the table.
+INTERVAL_DF = {"sides": "the fewer side", "clusters": "clusters", "effective": "effective clusters (the default)"}
 
 
 def simulate(design, rng):
@@ -169,11 +172,11 @@ def measure(design, datasets, seed, bootstrap=200, permutations=None):
     {figure: value}: the intervals' widths against the Monte Carlo spread, the mean-of-folds AUC's bias."""
     rng = np.random.default_rng(seed)
     true_auc = getattr(design, "true_auc", TRUE_AUC)
-    rejections = {name: 0 for name in (*TESTS, "permutation", "auto")}
-    covered = {"jackknife logit-t interval, df of the fewer side": 0, "jackknife logit-t interval, df of clusters": 0}
+    rejections = {name: 0 for name in (*TESTS, "permutation", "folds", "auto")}
+    covered = {f"jackknife logit-t interval, df of {name}": 0 for name in INTERVAL_DF.values()}
     covered["percentile bootstrap"] = 0
     estimates, differences = [], []
-    widths = {"sides": [], "clusters": [], "delong": [], "jackknife": [], "jackknife normal": []}
+    widths = {name: [] for name in (*INTERVAL_DF, "delong", "jackknife", "jackknife normal", "folds")}
     for i in range(datasets):
         y, a, b, clusters, folds = simulate(design, rng)
         for variance in dict(TESTS):  # One fit per variance; the normal reference's p-value from the same z.
@@ -188,9 +191,16 @@ def measure(design, datasets, seed, bootstrap=200, permutations=None):
                 jackknife_normal = 2 * norm.sf(abs(result["z"]))
         exchanged = paired_auc_test(y, a, b, clusters, folds, test="permutation", permutations=permutations, seed=i)
         rejections["permutation"] += exchanged["p_value"] < ALPHA
-        auto = choose_test(exchanged["clusters"], exchanged["smallest_fold"])
-        rejections["auto"] += (exchanged["p_value"] if auto == "permutation" else jackknife_normal) < ALPHA
-        for df_from, name in (("sides", "the fewer side"), ("clusters", "clusters")):
+        by_folds = None
+        if exchanged["folds"] > 1:
+            by_folds = paired_auc_test(y, a, b, clusters, folds, test="folds")
+            rejections["folds"] += by_folds["p_value"] < ALPHA
+            widths["folds"].append(by_folds["ci_high"] - by_folds["ci_low"])
+        auto = choose_test(exchanged["clusters"], exchanged["smallest_fold"], exchanged["folds"])
+        p_values = {"permutation": exchanged["p_value"], "variance": jackknife_normal}
+        p_values["folds"] = by_folds["p_value"] if by_folds else np.nan
+        rejections["auto"] += p_values[auto] < ALPHA
+        for df_from, name in INTERVAL_DF.items():
             interval = auc_interval(y, a, clusters, folds, df_from=df_from)
             widths[df_from].append(interval["ci_high"] - interval["ci_low"])
             covered[f"jackknife logit-t interval, df of {name}"] += (
@@ -202,9 +212,9 @@ def measure(design, datasets, seed, bootstrap=200, permutations=None):
             covered["percentile bootstrap"] += low <= true_auc <= high
     rates = {f"{v} variance, {r} reference: false-positive rate": rejections[(v, r)] / datasets for v, r in TESTS}
     rates["cluster permutation: false-positive rate"] = rejections["permutation"] / datasets
-    rates["default (permutation from 40 clusters, 8 a fold; else jackknife, normal): false-positive rate"] = (
-        rejections["auto"] / datasets
-    )
+    # Without folds there is nothing to take a t over: "-" in the table.
+    rates["paired t over folds: false-positive rate"] = rejections["folds"] / datasets if widths["folds"] else np.nan
+    rates[f"{DEFAULT_NAME}: false-positive rate"] = rejections["auto"] / datasets
     rates.update(
         {
             f"{name}: coverage": count / datasets
@@ -214,16 +224,21 @@ def measure(design, datasets, seed, bootstrap=200, permutations=None):
     )
     needed = 2 * norm.ppf(0.975)  # A 95% interval's width if the estimate's spread were known: 3.92 sd.
     figures = {
-        "AUC interval (df of the fewer side) width / (3.92 x Monte Carlo sd)": np.mean(widths["sides"])
-        / (needed * np.std(estimates)),
-        "AUC interval (df of clusters) width / (3.92 x Monte Carlo sd)": np.mean(widths["clusters"])
-        / (needed * np.std(estimates)),
+        **{
+            f"AUC interval (df of {name}) width / (3.92 x Monte Carlo sd)": np.mean(widths[df_from])
+            / (needed * np.std(estimates))
+            for df_from, name in INTERVAL_DF.items()
+        },
         "difference interval (DeLong, t) width / (3.92 x sd)": np.mean(widths["delong"])
         / (needed * np.std(differences)),
         "difference interval (jackknife, t) width / (3.92 x sd)": np.mean(widths["jackknife"])
         / (needed * np.std(differences)),
-        "difference interval (jackknife, normal: the default) width / (3.92 x sd)": np.mean(widths["jackknife normal"])
+        "difference interval (jackknife, normal) width / (3.92 x sd)": np.mean(widths["jackknife normal"])
         / (needed * np.std(differences)),
+        "difference interval (paired t over folds) width / (3.92 x sd)": np.mean(widths["folds"])
+        / (needed * np.std(differences))
+        if widths["folds"]
+        else np.nan,
         "mean-of-folds AUC - population AUC (bias)": np.mean(estimates) - true_auc,
     }
     rates = {name: (rate, np.sqrt(max(rate * (1 - rate), 1e-12) / datasets)) for name, rate in rates.items()}
@@ -278,13 +293,18 @@ def main(argv=None):
     for name in next(iter(results.values())):
         cells = [
             f"{r[name][0]:.3f} [{r[name][0] - 1.96 * r[name][1]:.3f}-{r[name][0] + 1.96 * r[name][1]:.3f}]"
+            if np.isfinite(r[name][0])
+            else "-"
             for r in results.values()
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     for name in next(iter(figures.values())):
         print(
             f"| {name} | "
-            + " | ".join(f"{f[name]:+.3f}" if "bias" in name else f"{f[name]:.2f}" for f in figures.values())
+            + " | ".join(
+                "-" if not np.isfinite(f[name]) else f"{f[name]:+.3f}" if "bias" in name else f"{f[name]:.2f}"
+                for f in figures.values()
+            )
             + " |"
         )
 

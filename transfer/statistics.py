@@ -2,14 +2,13 @@
 
 Statistics follow the unit of independence: cases that share a group (a scan's
 candidates, a patient's images) are not independent evidence, so variances are taken
-over groups (clusters) within each cross-validation fold. Two models are compared on
-the same cases with DeLong's clustered variance of the AUC difference (Obuchowski
-1997; DeLong's own where every case is its own cluster) and a t reference on the
-folds' Satterthwaite degrees of freedom; an AUC's interval is the cluster jackknife
-with the same t reference. With 20 clusters (5 folds x 4 scans) a normal reference
-rejects a true null too often and the percentile bootstrap of clusters
-(`bootstrap_auc`) covers too rarely; tools/simulate_statistics.py measures each
-choice. Scores of several
+over groups (clusters) within each cross-validation fold. Two models are compared on the
+same cases by the test that held on tools/simulate_statistics.py's designs where clusters
+differ (`choose_test`): the cluster permutation test where folds hold 8 clusters or more,
+a paired t test over folds where five or more folds hold fewer, else the cluster
+jackknife's variance with a normal reference. An AUC's interval is the cluster jackknife on
+the logit scale with a t reference. The percentile bootstrap of clusters (`bootstrap_auc`)
+covers too rarely at 20 clusters. Scores of several
 training runs (repeats) are averaged as metrics, never pooled as an ensemble: the
 statistic is the mean over runs of the mean over folds of the AUC.
 """
@@ -168,30 +167,52 @@ VARIANCES = ("delong", "jackknife")
 # 2**15 sums at most: milliseconds), else this many seeded Monte Carlo patterns (a p-value resolution of 1e-4).
 EXACT_CLUSTERS, PERMUTATIONS = 30, 10_000
 # Where the p-value comes from: "permutation" (the clusters' exchange), "variance" (the variance and its reference
-# distribution), or "auto": the one that held at the study's cluster count in tools/simulate_statistics.py.
-TESTS = ("auto", "permutation", "variance")
+# distribution), "folds" (a paired t test over the folds' AUC differences), or "auto": the one that held at the
+# study's size in tools/simulate_statistics.py.
+TESTS = ("auto", "permutation", "variance", "folds")
 DEFAULT_TEST = "auto"
-# "auto" takes the permutation test from 40 clusters on, every fold holding 8 or more; the variance test below.
-# Chosen on tools/simulate_statistics.py's designs where clusters differ (the README's table): at 40 clusters in
-# 5 folds of 8 the permutation test kept 0.059 where the jackknife fell to 0.021 and Obuchowski's variance rose to
-# 0.104; at 40 and 888 clusters both kept [0.03, 0.065]; at 4 clusters a fold the permutation test rose to
-# 0.074-0.096 (ranks of two models on different scales are not exchangeable in so few clusters), and no test held
-# the window: the jackknife with a normal reference stayed below it (0.021-0.036), on the safe side.
+# "auto" takes the permutation test from 40 clusters on, every fold holding 8 or more; else, with 5 folds or more, the
+# paired t test over folds; else the variance test. Chosen on tools/simulate_statistics.py's designs where clusters
+# differ (the README's table): at 40 clusters in 5 folds of 8 the permutation test kept 0.059 where the jackknife fell
+# to 0.021 and Obuchowski's variance rose to 0.104; at 40 and 888 clusters both kept [0.03, 0.065]. At 4 clusters a
+# fold the permutation test rose to 0.074-0.096 (ranks of two models on different scales are not exchangeable in so
+# few clusters), the jackknife with a normal reference fell to 0.025-0.036 (its variance runs 1.6-1.8x the true one
+# there) and Obuchowski's t test rose to 0.053-0.102. The paired t test over the 5 folds held (README): the spread of
+# the folds' differences is an unbiased variance whatever the clusters inside a fold do, the folds' cases being
+# disjoint, at the price of its K - 1 degrees of freedom. With fewer folds those df are too few to be of use, and
+# the jackknife (on the safe side) stays.
 PERMUTATION_FROM, PERMUTATION_FOLD_FROM = 40, 8
+FOLD_TEST_FROM = 5
 
 
-def choose_test(clusters, smallest_fold):
-    """The test "auto" uses with `clusters` clusters in all, `smallest_fold` in the fold that holds fewest."""
-    return "permutation" if clusters >= PERMUTATION_FROM and smallest_fold >= PERMUTATION_FOLD_FROM else "variance"
+def choose_test(clusters, smallest_fold, folds):
+    """The test "auto" uses with `clusters` clusters in all, `smallest_fold` in the fold that holds fewest, in
+    `folds` folds."""
+    if clusters >= PERMUTATION_FROM and smallest_fold >= PERMUTATION_FOLD_FROM:
+        return "permutation"
+    return "folds" if folds >= FOLD_TEST_FROM else "variance"
 
 
 REFERENCES = ("t", "normal")
 DEFAULT_VARIANCE, DEFAULT_REFERENCE = "jackknife", "normal"
-# The AUC interval's t reference: each fold's jackknife on its clusters less one ("clusters"), or on the fewer of its
-# clusters holding a positive or a negative, less one ("sides"). Both covered 0.93-0.99 on the designs where
-# clusters differ; "sides" made the interval 1.9-2.5x the width a known spread would need in folds of 4-8 clusters,
-# "clusters" 1.4-1.6x, with coverage 0.97 there.
-DEFAULT_DF_FROM = "clusters"
+# The AUC interval's t reference, per fold: "effective", the jackknife's leave-out values' effective count, 3 (sum
+# d^2)^2 / sum d^4 (Satterthwaite's df of a variance whose terms have the values' kurtosis: the cluster count for
+# normal values, fewer where a few clusters dominate), kept between 1 and the fold's clusters less one; "clusters",
+# the fold's clusters less one; or "sides", the fewer of its clusters holding a positive or a negative, less one. On
+# the designs where clusters differ, "clusters" covered only 0.931-0.937 at 40 clusters without folds (a few
+# clusters that hold most positives make the jackknife's variance vary more than 39 df say); "effective" covered
+# 0.94 or more on every design (README). "sides" made the interval 1.9-2.5x the width a known spread would need in
+# folds of 4-8 clusters.
+DF_FROM = ("effective", "clusters", "sides")
+DEFAULT_DF_FROM = "effective"
+
+
+def _effective_count(leave_out):
+    """3 (sum d^2)^2 / sum d^4 of the leave-out values' deviations d, within [2, len(leave_out)]: the df plus one."""
+    d = np.asarray(leave_out, float) - np.mean(leave_out)
+    fourth = float(np.sum(d**4))
+    count = len(d) if fourth <= 0 else 3 * float(np.sum(d**2)) ** 2 / fourth
+    return min(max(count, 2.0), float(len(d)))
 
 
 def _fold_usable(y, clusters, name, unit):
@@ -297,7 +318,11 @@ def paired_auc_test(
     clusters, else PERMUTATIONS seeded patterns). It assumes that under the null the two
     models' ranks are exchangeable within each cluster, clusters independent; with few
     clusters a fold, ranks of models on different scales are not (see choose_test). The
-    interval of the difference always comes from the variance. A fold without both classes,
+    interval of the difference comes from the variance then. Or, with folds, a paired t test over
+    the folds: the mean of the folds' differences D_k against sd(D) / sqrt(K) with K - 1
+    degrees of freedom, p-value and interval alike; it assumes only that the folds are
+    independent (disjoint cases, each fold its own models) and their differences near normal.
+    A fold without both classes,
     or whose positives or negatives all sit in one cluster, is left out, and `notes` says so.
 
     Args:
@@ -310,9 +335,10 @@ def paired_auc_test(
         reference: "normal" or "t". Defaults to "normal".
         level: the interval's coverage. Defaults to 0.95.
         unit: what a cluster is, for the notes (e.g. "scan"). Defaults to "cluster".
-        test: where the p-value comes from: "variance", "permutation", or "auto" (`choose_test`: the
-            permutation test from 40 clusters with 8 or more in every fold, the variance below).
-            Defaults to "auto": what the report uses.
+        test: where the p-value comes from: "variance", "permutation", "folds" (the paired t test over
+            folds; it needs two testable folds), or "auto" (`choose_test`: the permutation test from 40
+            clusters with 8 or more in every fold, else the paired t over 5 folds or more, else the
+            variance). Defaults to "auto": what the report uses.
         permutations: Monte Carlo patterns of the permutation test, or None: exact up to
             EXACT_CLUSTERS clusters, else PERMUTATIONS.
         seed: the Monte Carlo patterns' seed. Defaults to 0.
@@ -321,7 +347,7 @@ def paired_auc_test(
         dict with auc_a, auc_b and difference (a - b, over the folds tested), z (the
         statistic, positive when a is better), the two-sided p_value, ci_low and ci_high of
         the difference, variance, df, clusters (the count behind the test), smallest_fold (the
-        clusters of the fold with fewest), folds, notes, p_method ("variance" or "permutation"),
+        clusters of the fold with fewest), folds, notes, p_method ("variance", "permutation" or "folds"),
         p_how (how the permutation p-value was counted, else ""), `test` (its name, with the df) and
         `method` (its name without them). Without a testable fold, p_value and the interval are NaN.
 
@@ -339,7 +365,9 @@ def paired_auc_test(
     clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
     usable, notes = _folds(y_true, clusters, strata, unit)
     sizes = [count for _, count, _ in usable]
-    chosen = choose_test(sum(sizes), min(sizes, default=0)) if test == "auto" else test
+    chosen = choose_test(sum(sizes), min(sizes, default=0), len(usable)) if test == "auto" else test
+    if chosen == "folds" and len(usable) < 2:
+        raise ValueError(f"test='folds' needs two folds with both classes; {len(usable)} here")
     aucs, variances, counts, shares = [], [], [], []
     for rows, count, _ in usable:
         y, c = y_true[rows], clusters[rows]
@@ -362,7 +390,7 @@ def paired_auc_test(
         "smallest_fold": int(min(counts, default=0)),
         "notes": notes,
         "method": _test_name(variance, reference, clustered),
-        "p_method": "permutation" if chosen == "permutation" else "variance",
+        "p_method": chosen,
         "p_how": "",
     }
     if not usable:
@@ -385,6 +413,12 @@ def paired_auc_test(
     df = _satterthwaite(variances, counts)
     z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, reference, level)
     name = _test_name(variance, reference, clustered, df)
+    if chosen == "folds":  # The p-value and the interval from the spread of the folds' differences.
+        differences = [a - b for a, b in aucs]
+        total, df = float(np.var(differences, ddof=1) / k), float(k - 1)
+        z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, "t", level)
+        result["method"] = "paired t over folds"
+        name = f"paired t over {k} folds, {k - 1} df"
     if chosen == "permutation":  # The p-value from the clusters' exchange; the interval stays the variance's.
         p_value, how = sign_flip_p_value(np.concatenate(shares) / k, permutations, seed)
         result["p_how"] = how
@@ -401,7 +435,7 @@ def paired_auc_test(
         "ci_low": float(low),
         "ci_high": float(high),
         "variance": total,
-        "df": df if reference == "t" else np.nan,  # A normal reference has none.
+        "df": df if reference == "t" or chosen == "folds" else np.nan,  # A normal reference has none.
         "test": name,
     }
 
@@ -514,10 +548,10 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
     Each fold's variance is the jackknife over its clusters; the folds' variances are summed
     (divided by K**2); the interval is taken on the logit of the AUC, logit(auc) +- t(df) se /
     (auc (1 - auc)), and mapped back, so that it stays inside (0, 1) and is skewed as an AUC
-    near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each on the fewer
-    of its clusters that hold a positive or a negative, less one. In tools/simulate_statistics.py
-    it covered 0.950-0.967 at 20 and 40 clusters and 0.942 at 888, where the percentile
-    bootstrap of clusters covered 0.85-0.89 at 20 and 40.
+    near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each on the effective
+    count of its jackknife values less one (`df_from`, DEFAULT_DF_FROM). tools/simulate_statistics.py
+    measures its coverage (README), where the percentile bootstrap of clusters covered 0.85-0.89
+    at 20 and 40 clusters.
     An AUC of exactly 0 or 1 has no logit: its interval is the plain t interval.
 
     Returns:
@@ -530,13 +564,15 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
     strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
     clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
     usable, notes = _folds(y_true, clusters, strata, unit)
-    aucs, variances, counts, sides = [], [], [], []
+    if df_from not in DF_FROM:
+        raise ValueError(f"df_from must be one of {DF_FROM}. Received: {df_from}")
+    aucs, variances, counts, dfs = [], [], [], []
     for rows, count, side in usable:
         auc, leave_out = _fold_jackknife(y_true[rows], runs[:, rows], clusters[rows])
         aucs.append(auc)
         variances.append(_jackknife_variance(leave_out))
         counts.append(count)
-        sides.append(side)
+        dfs.append({"effective": _effective_count(leave_out), "clusters": count, "sides": side}[df_from])
     result = {
         "auc": stratified_auc(y_true, runs, strata),
         "ci_low": np.nan,
@@ -546,10 +582,8 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
         "folds": len(usable),
         "notes": notes,
     }
-    if df_from not in ("clusters", "sides"):
-        raise ValueError(f"df_from must be 'clusters' or 'sides'. Received: {df_from}")
     if usable:
-        df = _satterthwaite(variances, counts if df_from == "clusters" else sides)
+        df = _satterthwaite(variances, dfs)
         center, se = float(np.mean(aucs)), float(np.sqrt(sum(variances))) / len(usable)
         half = t.ppf((1 + level) / 2, df) * se
         if 0 < center < 1:
