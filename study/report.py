@@ -11,8 +11,9 @@ t reference); the runs of `--repeats` averaged as the thesis did (and their ense
 only as an extra, labelled row); the other metrics the level asks for (accuracy,
 kappa); genesis against every other initialisation on the same cases: the AUC
 difference with its 95% interval and p-value (`transfer.statistics.paired_auc_test`
-with its defaults: the cluster jackknife with a normal reference below 40 groups or 8
-a fold, the cluster permutation test from there), the number of groups behind it
+with its defaults: the cluster permutation test from 40 groups with 8 or more a fold,
+else a paired t over folds with 5 folds or more, else the cluster jackknife with a
+normal reference), the number of groups behind it
 (flagged below the size the simulation validated), and each run's difference with
 their spread; beside every number the rule that chose its model (metrics.json's
 `selection`), and the thesis's value (`study/thesis_results.yaml`, Fig. 5.1 and the
@@ -66,8 +67,8 @@ def comparisons(inits):
 
 
 # The interval of each AUC: the cluster jackknife on the logit scale with a t reference, which kept 95% intervals'
-# coverage at 0.93-0.97 on tools/simulate_statistics.py's designs where clusters differ, down to 20 clusters,
-# where the percentile bootstrap of clusters fell to 0.80-0.89 on the first designs.
+# coverage at 0.94 or more on tools/simulate_statistics.py's designs where clusters differ, down to 20 clusters
+# (README), where the percentile bootstrap of clusters fell to 0.80-0.89 on the first designs.
 INTERVALS = ("jackknife", "bootstrap")
 DEFAULT_INTERVAL = "jackknife"
 # The smallest designs tools/simulate_statistics.py measures: 20 clusters (5 folds x 4 scans; 20 patients without
@@ -79,7 +80,8 @@ SPREAD_SENTENCE = (
     "The p-values and intervals count the sampling of test cases (their clusters) only and treat "
     "each trained model as fixed: they do not cover how much another training run (another seed, "
     "data order or initialisation draw) would move the difference, which the spread of these "
-    "per-run differences shows."
+    "per-run differences shows. The paired t over folds takes the spread of the folds' differences as its "
+    "variance, so it counts differences between the folds' models as noise, but not another run of a fold."
 )
 METRIC_NAMES = {
     "auc": "AUC",
@@ -554,7 +556,8 @@ def _interval_text(interval, iterations):
     return (
         "95% interval from the cluster jackknife (each level's groups left out one at a time within each fold), "
         "taken on the logit of the AUC with a t reference on the folds' Satterthwaite degrees of freedom "
-        "(each fold's groups less one)"
+        "(each fold's from the kurtosis of its jackknife values: its groups less one where they spread as a "
+        "normal's, fewer where a few groups dominate)"
     )
 
 
@@ -607,14 +610,15 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
         "probe: the encoder frozen, a logistic regression on its pooled features) with the 95% interval of "
         "the difference and the two-sided p-value of the test named in the `test` column. Cases that share a "
         "group (a scan's candidates, a patient's images) are not independent, so both come from the groups: "
-        "with fewer than 40 groups, or fewer than 8 in a fold, the p-value and the interval from the cluster "
-        "jackknife's variance (each group left out in turn within its fold) with a normal reference; from there "
-        "the p-value from the cluster permutation test (each group's ranks exchanged between the two models, "
-        "within its fold, exactly or over 10,000 seeded patterns; it assumes the two models' ranks exchangeable "
-        "within a group when they are equally good) and the interval from the jackknife. On simulated data "
-        "whose groups differ (tools/simulate_statistics.py) these kept the false-positive rate within 0.03-0.065 "
-        "at 20-40 groups without folds, 40 in folds of 8 and 888; in folds of 4 groups no test did, and the "
-        f"jackknife stayed below it (about 0.02-0.04: cautious). A p-value below {SMALLEST_P:g} is shown as "
+        "from 40 groups with 8 or more in every fold, the p-value from the cluster permutation test (each "
+        "group's ranks exchanged between the two models, within its fold, exactly or over 10,000 seeded "
+        "patterns; it assumes the two models' ranks exchangeable within a group when they are equally good) "
+        "and the interval from the cluster jackknife's variance (each group left out in turn within its fold) "
+        "with a normal reference; with fewer groups a fold and 5 folds or more, the p-value and the interval "
+        "from a paired t over the folds' differences (K - 1 df); otherwise both from the jackknife. On "
+        "simulated data whose groups differ (tools/simulate_statistics.py) these kept the false-positive rate "
+        "within 0.03-0.065 at 20 groups in 5 folds of 4, 20-40 groups without folds, 40 in folds of 8 and 888. "
+        f"A p-value below {SMALLEST_P:g} is shown as "
         f"< {SMALLEST_P:g}: the tests are calibrated at 0.05, not in their far tails. Each p-value is for its own "
         "comparison, not adjusted for the others of its row. "
         f"`clusters` gives the groups behind each row's numbers and how many hold a positive and a "

@@ -421,28 +421,39 @@ def test_the_default_test_at_each_size_is_the_one_the_simulation_chose():
     assert paired_auc_test(y, a, b, clusters=group, strata=folds)["p_method"] == "variance"
 
 
-def test_auc_interval_df_is_the_jackknife_values_effective_count():
-    from scipy.stats import t
+def test_auc_interval_df_is_satterthwaites_from_the_jackknife_values_kurtosis():
+    from scipy.stats import kurtosis, t
+
+    from transfer.statistics import _effective_df
 
     y, a, _, groups = _clustered_case(seed=3, clusters=30)
     leave_out = np.array(
         [roc_auc_score(y[groups != c], a[groups != c]) for c in np.unique(groups)]
     )  # The jackknife's values, each refitted without its cluster.
-    d = leave_out - leave_out.mean()
-    count = min(max(3 * np.sum(d**2) ** 2 / np.sum(d**4), 2), len(d))
+    n, b = len(leave_out), kurtosis(leave_out, fisher=False)  # scipy's moment kurtosis: 3 for a normal.
+    df = min(2 / (2 / (n - 1) + (b - 3) / n), n - 1)
     interval = auc_interval(y, a, groups)
-    assert interval["df"] == pytest.approx(count - 1)
-    assert interval["df"] <= auc_interval(y, a, groups, df_from="clusters")["df"] == len(d) - 1
-    auc, se = roc_auc_score(y, a), np.sqrt((len(d) - 1) / len(d) * np.sum(d**2))
-    logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, count - 1) * se / (auc * (1 - auc))
+    assert interval["df"] == pytest.approx(df) and auc_interval(y, a, groups, df_from="clusters")["df"] == n - 1
+    auc, se = roc_auc_score(y, a), np.sqrt((n - 1) / n * np.sum((leave_out - leave_out.mean()) ** 2))
+    logit, half = np.log(auc / (1 - auc)), t.ppf(0.975, df) * se / (auc * (1 - auc))
     assert (interval["ci_low"], interval["ci_high"]) == pytest.approx(
-        (1 / (1 + np.exp(-(logit - half))), 1 / (1 + np.exp(-(logit + half))))
+        (1 / (1 + np.exp(-(logit - half))), 1 / (1 + np.exp(-(logit + half)))), rel=1e-9
     )
-    # One cluster whose left-out AUC stands apart (heavy tails) lowers the df; values spread as a normal's keep it.
+    # One cluster whose left-out AUC stands apart: kurtosis 28 of 30 values, about 2.2 df where "clusters" says 29.
     heavy = np.r_[np.zeros(29), 1.0]
-    from transfer.statistics import _effective_count
-
-    assert _effective_count(heavy) == pytest.approx(3 * (29 / 30) ** 2 / ((29 / 30) ** 4 + 29 / 30**4))
-    assert _effective_count(np.random.default_rng(0).normal(size=200)) == pytest.approx(200, rel=0.15)
+    assert kurtosis(heavy, fisher=False) == pytest.approx(28.03, abs=0.01)
+    assert _effective_df(heavy) == pytest.approx(2 / (2 / 29 + (kurtosis(heavy, fisher=False) - 3) / 30))
+    assert 2.1 < _effective_df(heavy) < 2.3
+    # Light tails (two values repeated: kurtosis 1) keep n - 1; equal values have no spread: n - 1 too.
+    assert _effective_df(np.tile([0.0, 1.0], 15)) == 29 and _effective_df(np.zeros(6)) == 5
     with pytest.raises(ValueError, match="df_from"):
         auc_interval(y, a, groups, df_from="folds")
+
+
+def test_paired_t_over_folds_has_no_p_value_when_every_fold_differs_alike():
+    y = np.tile([0, 1, 0, 1], 10)
+    group, folds = np.repeat(np.arange(20), 2), np.repeat(np.arange(20), 2) % 5
+    a, b = y.astype(float), np.where(np.arange(40) % 8 == 1, 0.0, y)  # b misses one positive of each fold.
+    result = paired_auc_test(y, a, b, clusters=group, strata=folds, test="folds")
+    assert np.isnan(result["p_value"]) and np.isnan(result["ci_low"]) and result["difference"] > 0
+    assert result["notes"] == ["the 5 folds' AUC differences are all +0.125: no spread, no test"]

@@ -195,24 +195,26 @@ def choose_test(clusters, smallest_fold, folds):
 
 REFERENCES = ("t", "normal")
 DEFAULT_VARIANCE, DEFAULT_REFERENCE = "jackknife", "normal"
-# The AUC interval's t reference, per fold: "effective", the jackknife's leave-out values' effective count, 3 (sum
-# d^2)^2 / sum d^4 (Satterthwaite's df of a variance whose terms have the values' kurtosis: the cluster count for
-# normal values, fewer where a few clusters dominate), kept between 1 and the fold's clusters less one; "clusters",
-# the fold's clusters less one; or "sides", the fewer of its clusters holding a positive or a negative, less one. On
-# the designs where clusters differ, "clusters" covered only 0.931-0.937 at 40 clusters without folds (a few
-# clusters that hold most positives make the jackknife's variance vary more than 39 df say); "effective" covered
-# 0.94 or more on every design (README). "sides" made the interval 1.9-2.5x the width a known spread would need in
-# folds of 4-8 clusters.
+# The AUC interval's t reference, per fold: "effective", Satterthwaite's df of a variance taken from values with the
+# jackknife values' kurtosis b, 2 / (2 / (n - 1) + (b - 3) / n) (Var(s^2) / sigma^4 for n values of kurtosis b): n - 1
+# for normal values, fewer where a few clusters dominate, kept between 1 and n - 1; "clusters", the fold's clusters
+# less one; or "sides", the fewer of its clusters holding a positive or a negative, less one. On the designs where
+# clusters differ, "clusters" covered only 0.931-0.937 at 40 clusters without folds (a few clusters that hold most
+# positives make the jackknife's variance vary more than 39 df say); the README gives "effective"'s coverage. The
+# kurtosis of 4 values stays below 3 (7/3 at most), so with 4 clusters a fold "effective" gives 3 df, as "clusters"
+# does. "sides" made the interval 1.9-2.5x the width a known spread would need in folds of 4-8 clusters.
 DF_FROM = ("effective", "clusters", "sides")
 DEFAULT_DF_FROM = "effective"
 
 
-def _effective_count(leave_out):
-    """3 (sum d^2)^2 / sum d^4 of the leave-out values' deviations d, within [2, len(leave_out)]: the df plus one."""
+def _effective_df(leave_out):
+    """Satterthwaite's df of the variance of the leave-out values, from their kurtosis, within [1, len - 1]."""
     d = np.asarray(leave_out, float) - np.mean(leave_out)
-    fourth = float(np.sum(d**4))
-    count = len(d) if fourth <= 0 else 3 * float(np.sum(d**2)) ** 2 / fourth
-    return min(max(count, 2.0), float(len(d)))
+    count, square = len(d), float(np.sum(d**2))
+    if count < 2 or square <= 0:
+        return float(max(count - 1, 1))
+    kurtosis = count * float(np.sum(d**4)) / square**2
+    return float(min(max(2 / (2 / (count - 1) + (kurtosis - 3) / count), 1.0), count - 1.0))
 
 
 def _fold_usable(y, clusters, name, unit):
@@ -320,10 +322,14 @@ def paired_auc_test(
     clusters a fold, ranks of models on different scales are not (see choose_test). The
     interval of the difference comes from the variance then. Or, with folds, a paired t test over
     the folds: the mean of the folds' differences D_k against sd(D) / sqrt(K) with K - 1
-    degrees of freedom, p-value and interval alike; it assumes only that the folds are
-    independent (disjoint cases, each fold its own models) and their differences near normal.
-    A fold without both classes,
-    or whose positives or negatives all sit in one cluster, is left out, and `notes` says so.
+    degrees of freedom, p-value and interval alike (`variance` and `reference` unused). As the
+    other tests, it takes each fold's trained models as fixed and asks about their AUCs on new
+    cases: the folds' test cases are disjoint, so their D_k are independent, and it assumes them
+    near normal. A true difference that changes from fold to fold counts in sd(D) as noise (on
+    the safe side for the fixed models). It is no test of the training recipe: the folds'
+    training sets overlap, which a t over folds does not cover (Nadeau and Bengio 2003).
+    A fold without both classes, or whose positives or negatives all sit in one cluster, is
+    left out of every test, so that all report one difference, and `notes` says so.
 
     Args:
         y_true: (N,) 0/1 labels.
@@ -417,6 +423,11 @@ def paired_auc_test(
         differences = [a - b for a, b in aucs]
         total, df = float(np.var(differences, ddof=1) / k), float(k - 1)
         z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, "t", level)
+        if total <= 0 and auc_a != auc_b:  # Equal differences in every fold: no spread to test them against.
+            z = p_value = low = high = np.nan
+            result["notes"] = notes + [
+                f"the {k} folds' AUC differences are all {auc_a - auc_b:+.4g}: no spread, no test"
+            ]
         result["method"] = "paired t over folds"
         name = f"paired t over {k} folds, {k - 1} df"
     if chosen == "permutation":  # The p-value from the clusters' exchange; the interval stays the variance's.
@@ -572,7 +583,7 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
         aucs.append(auc)
         variances.append(_jackknife_variance(leave_out))
         counts.append(count)
-        dfs.append({"effective": _effective_count(leave_out), "clusters": count, "sides": side}[df_from])
+        dfs.append({"effective": _effective_df(leave_out) + 1, "clusters": count, "sides": side}[df_from])
     result = {
         "auc": stratified_auc(y_true, runs, strata),
         "ci_low": np.nan,
