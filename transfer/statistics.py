@@ -160,8 +160,8 @@ def _jackknife_variance(leave_out):
 # many without a positive, within-cluster correlation 0.3-0.7), Obuchowski's variance fell to 0.72-0.96 of the true
 # one in folds of 4-8 clusters and its t test rejected 0.083-0.104 of true nulls there; the jackknife's variance
 # runs high (1.7-2.1x) in such folds, so with a normal reference it errs on the safe side (0.021-0.036) and holds
-# 0.044-0.052 at 20-40 clusters without folds and at 888. It is the default variance of the test and of the
-# interval of a difference; the t reference only widens it further.
+# 0.044-0.052 at 20-40 clusters without folds and at 888. It is the default variance of the variance test and of
+# the interval of a difference (except where the paired t over folds gives both); the t reference only widens it.
 VARIANCES = ("delong", "jackknife")
 # The cluster permutation test: exact enumeration of every sign pattern up to this many clusters (two halves of
 # 2**15 sums at most: milliseconds), else this many seeded Monte Carlo patterns (a p-value resolution of 1e-4).
@@ -177,10 +177,10 @@ DEFAULT_TEST = "auto"
 # to 0.021 and Obuchowski's variance rose to 0.104; at 40 and 888 clusters both kept [0.03, 0.065]. At 4 clusters a
 # fold the permutation test rose to 0.074-0.096 (ranks of two models on different scales are not exchangeable in so
 # few clusters), the jackknife with a normal reference fell to 0.025-0.036 (its variance runs 1.6-1.8x the true one
-# there) and Obuchowski's t test rose to 0.053-0.102. The paired t test over the 5 folds held (README): the spread of
-# the folds' differences is an unbiased variance whatever the clusters inside a fold do, the folds' cases being
-# disjoint, at the price of its K - 1 degrees of freedom. With fewer folds those df are too few to be of use, and
-# the jackknife (on the safe side) stays.
+# there) and Obuchowski's t test rose to 0.053-0.102. The paired t test over the 5 folds held 0.035-0.040 (README):
+# the spread of the folds' differences is an unbiased variance whatever the clusters inside a fold do, the folds'
+# cases being disjoint, at the price of its K - 1 degrees of freedom. With fewer folds those df are too few to be of
+# use, and the jackknife (on the safe side) stays.
 PERMUTATION_FROM, PERMUTATION_FOLD_FROM = 40, 8
 FOLD_TEST_FROM = 5
 
