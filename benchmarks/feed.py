@@ -14,6 +14,7 @@ multithreaded JAX runtime is never forked.
 import collections
 import dataclasses
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,15 +116,21 @@ def make_batch(recipe, index):
 def pair_batches(recipe, workers, ahead=2):
     """Yields (distorted, target) batches 0, 1, 2, ... made by `workers` processes, `ahead` batches per worker
     in flight. Close the generator (or let it be collected) to stop the workers."""
+    # A process pool that raises BrokenProcessPool when a worker dies, where multiprocessing.Pool would wait forever
+    # for the dead worker's batch.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker) as pool:
-        pending = collections.deque(pool.apply_async(make_batch, (recipe, i)) for i in range(workers * ahead))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        pending = collections.deque(pool.submit(make_batch, recipe, i) for i in range(workers * ahead))
         index = len(pending)
-        while True:
-            batch = pending.popleft().get()
-            pending.append(pool.apply_async(make_batch, (recipe, index)))
-            index += 1
-            yield batch
+        try:
+            while True:
+                batch = pending.popleft().result()
+                pending.append(pool.submit(make_batch, recipe, index))
+                index += 1
+                yield batch
+        finally:
+            for future in pending:  # A closed stream leaves no batch queued behind it.
+                future.cancel()
 
 
 def pairs_per_second(recipe, workers, batches):

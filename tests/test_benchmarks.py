@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +50,7 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
+        timeout=600,  # About 90 s on 2 cores: a hung worker pool fails the test instead of the suite.
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
@@ -153,3 +155,23 @@ def test_the_rehearsal_measures_each_model_at_its_size_and_batch_in_its_own_proc
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {row['stage']}: "))
         images = float(line.split("|")[6])
         assert abs(images - row["batch_size"] / row["train_seconds"]) < 0.051 + 1e-3 * images
+
+
+def test_a_dead_worker_stops_the_stream_with_an_error_not_a_hang(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from benchmarks.feed import BatchRecipe, SliceStore, pair_batches
+
+    SliceStore.write(tmp_path / "store", [np.random.default_rng(0).random((40, 48), dtype=np.float32)])
+    stream = pair_batches(BatchRecipe(str(tmp_path / "store"), batch_size=2, crop_size=32, image_size=32), workers=2)
+    next(stream)
+    for worker in multiprocessing.active_children():  # Killed as the kernel's OOM killer would.
+        if worker.name.startswith("SpawnProcess"):
+            os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):
+        for _ in range(50):
+            next(stream)
+    stream.close()
