@@ -559,8 +559,8 @@ def auc_interval(y_true, probability, clusters=None, strata=None, level=0.95, un
     Each fold's variance is the jackknife over its clusters; the folds' variances are summed
     (divided by K**2); the interval is taken on the logit of the AUC, logit(auc) +- t(df) se /
     (auc (1 - auc)), and mapped back, so that it stays inside (0, 1) and is skewed as an AUC
-    near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each on the effective
-    count of its jackknife values less one (`df_from`, DEFAULT_DF_FROM). tools/simulate_statistics.py
+    near 1 is (Pepe 2003, 5.2.3); df is the Satterthwaite df of the folds, each fold's own df from
+    its jackknife values' kurtosis (`df_from`, DEFAULT_DF_FROM). tools/simulate_statistics.py
     measures its coverage (README), where the percentile bootstrap of clusters covered 0.85-0.89
     at 20 and 40 clusters.
     An AUC of exactly 0 or 1 has no logit: its interval is the plain t interval.
