@@ -157,16 +157,120 @@ def test_the_report_names_the_cpu_of_its_runs(tmp_path):
     )
 
 
-def test_a_difference_from_another_cpu_says_so(table, tmp_path, capsys):
-    header, row = CHECK._cells(table[0]), CHECK._cells(table[2])
-    changed = row.copy()
-    changed[header.index("scratch")] = "0.5"
-    readme = _write_readme(tmp_path / "README.md", [*table, "", f"{CHECK.CPU_PREFIX}Other CPU (avx512f), x=unset."])
-    for cpu_text, noted in (("Other CPU (avx512f), x=unset.", False), ("Some CPU (avx2), x=0.", True)):
-        report = _write_report(tmp_path / "report.md", [*table[:2], "| " + " | ".join(changed) + " |", *table[3:]])
-        report.write_text(report.read_text().replace("Some CPU (avx2), TF_ENABLE_ONEDNN_OPTS=0.", cpu_text))
-        assert CHECK.main(["--readme", str(readme), str(report)]) == 1
-        out = capsys.readouterr().out
-        assert ("note: the README's table was made on Other CPU (avx512f), x=unset, these runs on Some CPU" in out) == (
-            noted
-        ), out
+def _runs_on(folder, model, isa, onednn=None):
+    """Run folders whose run.json names a CPU, and the report's CPU line that study.report writes for them."""
+    record = {"versions": {"cpu": {"model": model, "isa": isa, ONEDNN_VARIABLE: onednn}}}
+    for name in ("luna16_resnet18_scratch", "mura_resnet18_scratch"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "run.json").write_text(json.dumps(record))
+    return cpu_line(sorted(folder.iterdir()))
+
+
+def _with_cell(table, row_index, column, value):
+    """The table's lines with one cell replaced."""
+    header, row = CHECK._cells(table[0]), CHECK._cells(table[row_index])
+    row[header.index(column)] = value
+    return [*table[:row_index], "| " + " | ".join(row) + " |", *table[row_index + 1 :]]
+
+
+def _readme_on(path, table, cpu_text):
+    return _write_readme(path, [*table, "", cpu_text])
+
+
+def _report_on(path, table, cpu_text):
+    report = _write_report(path, table)
+    report.write_text(
+        report.read_text().replace(f"{CHECK.CPU_PREFIX}Some CPU (avx2), TF_ENABLE_ONEDNN_OPTS=0.", cpu_text)
+    )
+    return report
+
+
+def _every_digit_moved(table):
+    """The table as another CPU might print it: every number of every cell not about the data moved."""
+    header = CHECK._cells(table[0])
+    lines = table[:2]
+    for line in table[2:]:
+        cells = CHECK._cells(line)
+        for i, column in enumerate(header):
+            if i >= len(CHECK.KEY) and column not in CHECK.DATA_COLUMNS + ("thesis",):
+                cells[i] = CHECK.NUMBER.sub(lambda m: m.group().replace("0", "5").replace("9", "1"), cells[i])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def test_a_report_from_another_cpu_passes_without_its_digits(table, tmp_path, capsys):
+    """run.json names another CPU: every digit differs and the check passes, saying why and listing the digits."""
+    readme = _readme_on(tmp_path / "README.md", table, _runs_on(tmp_path / "xeon", "Xeon", ["avx512f", "amx_tile"]))
+    moved = _every_digit_moved(table)
+    assert moved != table
+    other = _runs_on(tmp_path / "epyc", "EPYC", ["avx2"])
+    report = _report_on(tmp_path / "report.md", moved, other)
+    assert CHECK.main(["--readme", str(readme), str(report)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("README demo table: digits not compared: the README's were made on Xeon (avx512f, ")
+    assert "these runs ran on EPYC (avx2), TF_ENABLE_ONEDNN_OPTS=unset, whose kernels round" in out[-1]
+    assert sum(line.startswith("digits (not compared): row ") for line in out) > 10
+    assert out[-2].startswith("findings: of ") and "reversed (counted, not failed" in out[-2]
+    # oneDNN's switch alone makes another kernel set.
+    same_model = _runs_on(tmp_path / "off", "Xeon", ["avx512f", "amx_tile"], onednn="0")
+    assert CHECK.main(["--readme", str(readme), str(_report_on(tmp_path / "off.md", moved, same_model))]) == 0
+    capsys.readouterr()
+
+
+def test_a_changed_digit_from_the_same_cpu_still_fails(table, tmp_path, capsys):
+    line = _runs_on(tmp_path / "xeon", "Xeon", ["avx512f"])
+    readme = _readme_on(tmp_path / "README.md", table, line)
+    before = CHECK._cells(table[2])[CHECK._cells(table[0]).index("scratch")]
+    report = _report_on(tmp_path / "report.md", _with_cell(table, 2, "scratch", "0.5" + before[3:]), line)
+    assert CHECK.main(["--readme", str(readme), str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "column 'scratch'" in out and "digits not compared" not in out and "findings" not in out, out
+
+
+@pytest.mark.parametrize(
+    "column, value, reason",
+    [
+        ("clusters", "19 scans (19 with a positive, 20 with a negative) in 5 folds", "counts the data"),
+        ("test", "cluster jackknife, clusters: scans", "names the test"),
+        ("genesis vs scratch", "-", "form: a comparison became a dash"),
+        ("genesis", "0.990 sel. A", "form: the interval went"),
+        ("scratch", "0.926 [0.896, 0.948] sel. B", "form: another selection rule"),
+    ],
+)
+def test_what_holds_on_every_cpu_is_still_checked(table, tmp_path, capsys, column, value, reason):
+    readme = _readme_on(tmp_path / "README.md", table, _runs_on(tmp_path / "xeon", "Xeon", ["avx512f"]))
+    report = _report_on(tmp_path / "report.md", _with_cell(table, 2, column, value), _runs_on(tmp_path / "a", "A", []))
+    assert CHECK.main(["--readme", str(readme), str(report)]) == 1, reason
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith(f"row {' | '.join(CHECK._cells(table[2])[:3])}, column {column!r}: README "), out
+    assert out[-1].endswith("in 1 place(s)")
+
+
+def test_a_missing_row_fails_on_another_cpu_too(table, tmp_path, capsys):
+    readme = _readme_on(tmp_path / "README.md", table, _runs_on(tmp_path / "xeon", "Xeon", ["avx512f"]))
+    report = _report_on(tmp_path / "report.md", table[:-1], _runs_on(tmp_path / "a", "A", []))
+    assert CHECK.main(["--readme", str(readme), str(report)]) == 1
+    assert f"row {' | '.join(CHECK._cells(table[-1])[:3])}: in the README only" in capsys.readouterr().out
+
+
+def test_findings_count_changed_and_reversed_significance():
+    """One comparison loses its significance and one is significant the other way; a third keeps both."""
+    header = ["dataset", "backbone", "metric", "a vs b", "c vs b", "d vs b"]
+    readme = {
+        ("t", "r", "m"): dict(zip(header, ["t", "r", "m", "+0.06 (p = 0.003)", "-0.07 (p = 0.01)", "+0.1 (p < 0.001)"]))
+    }
+    report = {
+        ("t", "r", "m"): dict(zip(header, ["t", "r", "m", "+0.01 (p = 0.4)", "+0.09 (p = 0.02)", "+0.2 (p < 0.001)"]))
+    }
+    assert CHECK.findings((header, readme), (header, report)) == (3, 1, 1)
+    assert CHECK.form("+0.06 [+0.03, +0.09] (p = 0.003, 4 df) sel. A") == CHECK.form(
+        "-0.1 [-0.2, +0.1] (p < 0.001, 4 df) sel. A"
+    )
+
+
+def test_a_report_or_readme_without_a_cpu_line_compares_digits(tmp_path):
+    (tmp_path / "README.md").write_text(f"{CHECK.SECTION}\n\nno CPU named\n")
+    (tmp_path / "report.md").write_text(f"## Runs\n\n{CHECK.CPU_PREFIX}not recorded.\n")
+    assert CHECK.cpus(tmp_path / "README.md", tmp_path / "report.md") == (None, None)
+    assert not CHECK.another_cpu("Xeon (avx512f), x=unset.", None)
+    assert CHECK.cpu_of([f"{CHECK.CPUS_PREFIX}A (avx2), x=unset (a); B (avx2), x=unset (b)."]).startswith("CPUs of")
