@@ -6,7 +6,42 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Tests marked `learning` assert what a short training learned (a loss below a baseline, an AUC above chance, a
+# contrast that separates): outcomes that another CPU's kernels, which round in another order, move like another
+# seed. `tools/learning_margins.py` reruns them with LEARNING_SEED = 0, 1, 2 under both of TensorFlow's CPU
+# kernel sets (TF_ENABLE_ONEDNN_OPTS=0 and 1) and collects what each measured (LEARNING_RECORD); each
+# threshold's comment gives the range it found.
+LEARNING_SEED = int(os.environ.get("LEARNING_SEED", "0"))
+
+
+@pytest.fixture
+def record_learning(request):
+    """record(quantity, value, threshold): writes what a learning assertion measured to $LEARNING_RECORD, if set.
+
+    `threshold` is the bound the test asserts, as the same kind of number as `value` (a ratio, an AUC, a gap),
+    and `kind` whether the value must stay above it ("min") or below it ("max").
+    """
+
+    def record(quantity, value, threshold, kind):
+        path = os.environ.get("LEARNING_RECORD")
+        if path:
+            row = {
+                "test": request.node.nodeid,
+                "quantity": quantity,
+                "value": float(value),
+                "threshold": float(threshold),
+                "kind": kind,
+                "seed": LEARNING_SEED,
+                "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+            }
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")
