@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import LEARNING_SEED
 from conftest import TINY_PRETRAIN as TINY
 
 from genesis2d.checkpoint import load_state
@@ -337,11 +338,18 @@ def test_runtime_arguments_are_declared_once():
     assert parser.parse_args([]).deterministic is None
 
 
-def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
+@pytest.mark.learning
+def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path, record_learning):
     """The defaults of `python genesis2d/train.py` (SGD 1.0, momentum 0.9, the 32-step warm-up, BatchNorm momentum
-    0.9, batch 32, the health guard), at the demo's sizes (64x64): one epoch of 48 steps restores the held-out slices
+    0.9, batch 32, the health guard), at the demo's sizes (64x64): two epochs of 48 steps restore the held-out slices
     better than returning them unchanged and than the best constant, recomputed here with the saved U-Net. Fails if a
-    default stops learning (with Keras's BatchNorm momentum 0.99 the validation output stays a constant here too)."""
+    default stops learning (with Keras's BatchNorm momentum 0.99 the validation output stays a constant here too).
+
+    One epoch was not enough on every seed: after 48 steps the validation loss was 1.20 x the best constant's for
+    seed 0 and 0.31 x for seed 1 (TF_ENABLE_ONEDNN_OPTS=0); after 96, 0.27 x for seed 0 and 0.12 x under
+    TF_ENABLE_ONEDNN_OPTS=1. The restored/identity ratio was 0.06-0.32 after 48 steps and 0.018 after 96 (seed 0,
+    TF_ENABLE_ONEDNN_OPTS=1), against the 0.7 asserted.
+    """
     from genesis2d.options import PretrainConfig
     from genesis2d.pretrain import pairs, parse_args, run
     from plumbing.runtime import STREAM_VAL_DISTORTIONS, derive_seed
@@ -362,11 +370,13 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
             "--out",
             str(out),
             "--epochs",
-            "1",
+            "2",
             "--steps-per-epoch",
             "48",
             "--verbose",
             "0",
+            "--seed",
+            str(LEARNING_SEED),
         ]
     )
     recipe = ("optimizer", "lr", "momentum", "warmup_steps", "clipnorm", "bn_momentum", "batch_size")
@@ -380,6 +390,8 @@ def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path):
         restored = np.asarray(unet(distorted.astype(np.float32), training=False), np.float64)
         errors.append((np.mean((restored - target) ** 2), np.mean((distorted - target) ** 2)))
     restored_mse, identity_mse = errors[0]
+    record_learning("restored MSE / identity MSE", restored_mse / identity_mse, 0.7, "max")
+    record_learning("last validation loss / best constant", card["last_val_loss"] / card["constant_val_loss"], 1, "max")
     assert restored_mse < 0.7 * identity_mse, (restored_mse, identity_mse)
     assert card["last_val_loss"] < card["constant_val_loss"] < card["identity_val_loss"], card
 
