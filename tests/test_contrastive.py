@@ -2,6 +2,7 @@
 resampling, that a demo-sized run learns to tell slices apart, and that its encoder loads and transfers as a genesis
 encoder does."""
 
+import contextlib
 import json
 import math
 import subprocess
@@ -167,6 +168,7 @@ def test_defaults_and_one_line_refusals(demo_manifest):
         parse_args(["--manifest", "m.csv", "--objective", "contrastive", "--batch-size", "5"])
 
 
+@contextlib.contextmanager
 def _gentle_views():
     """The views with their crops kept to 60-100% of the slice and no intensity change: what a short run can learn.
 
@@ -175,12 +177,11 @@ def _gentle_views():
     reliably: the gaps asserted below ranged 0.006-0.15 (trained) and -0.02-0.15 (gain) over seeds 0-2 and both
     kernel sets, the validation loss 0.95-1.02 of chance, and the demo's own 120 steps at 64x64 still gave 0.97.
     """
-    context = pytest.MonkeyPatch.context()
-    patch = context.__enter__()
-    patch.setattr(contrastive, "CROP_SCALE", (0.6, 1.0))
-    patch.setattr(contrastive, "INTENSITY_RATE", 0.0)
-    patch.setattr(contrastive, "GAMMA_RATE", 0.0)
-    return context
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contrastive, "CROP_SCALE", (0.6, 1.0))
+        patch.setattr(contrastive, "INTENSITY_RATE", 0.0)
+        patch.setattr(contrastive, "GAMMA_RATE", 0.0)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +196,8 @@ def contrastive_run(demo_manifest, tmp_path_factory):
     args += ["--batch-size", "8", "--lr", "0.03", "--epochs", "3", "--steps-per-epoch", "20", "--validation-steps", "8"]
     args += ["--seed", str(LEARNING_SEED)]
     config = parse_args(args)
-    views = _gentle_views()
-    yield config, run(config)
-    views.__exit__(None, None, None)
+    with _gentle_views():
+        return config, run(config)
 
 
 @pytest.mark.learning
@@ -221,7 +221,9 @@ def test_a_demo_run_tells_a_slices_views_from_other_slices(contrastive_run, demo
     untrained = contrastive.build_pretrainer("contrastive", config.backbone, (None, None, 1))
     first = derive_seed(config.seed, STREAM_VAL_DISTORTIONS)
     gaps = {"trained": [], "untrained": []}
-    for views, _ in pairs(demo_manifest, "val", config, training=False, first_seed=first).take(4):
+    with _gentle_views():
+        batches = list(pairs(demo_manifest, "val", config, training=False, first_seed=first).take(4))
+    for views, _ in batches:
         for name, model in (("trained", trained), ("untrained", untrained)):
             positive, negative = contrastive.pair_similarities(np.asarray(model(views, training=False)))
             gaps[name].append(positive - negative)
