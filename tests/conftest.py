@@ -18,6 +18,16 @@ import pytest  # noqa: E402
 LEARNING_SEED = int(os.environ.get("LEARNING_SEED", "0"))
 
 
+def load_tool(name):
+    """The module of `tools/<name>.py`: tools are scripts, not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def record_learning(request):
     """record(quantity, value, threshold): writes what a learning assertion measured to $LEARNING_RECORD, if set.

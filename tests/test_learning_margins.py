@@ -1,19 +1,8 @@
 """tools/learning_margins.py: the margin of a learning assertion, and its table, from recorded rows."""
 
-import importlib.util
-from pathlib import Path
+from conftest import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("learning_margins", ROOT / "tools" / "learning_margins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _tool()
+TOOL = load_tool("learning_margins")
 
 
 def rows(*specs):

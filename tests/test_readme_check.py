@@ -5,11 +5,11 @@ Reports here are written from the README's own table, in the layout `study.repor
 columns also start `dataset | backbone | metric`), so no test trains anything.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 from plumbing.runtime import ONEDNN_VARIABLE, cpu, versions
 from study.report import cpu_line
@@ -17,14 +17,7 @@ from study.report import cpu_line
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("check_readme", ROOT / "tools" / "check_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CHECK = _tool()
+CHECK = load_tool("check_readme")
 SPREAD = [
     "## Run-to-run spread",
     "",

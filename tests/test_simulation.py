@@ -7,11 +7,11 @@ Each promise is checked with a binomial tolerance: a rate is refused only when a
 the promise's bound would give so extreme a count less than 1% of the time.
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 from scipy.stats import binom
 
 from transfer.statistics import auc_interval, paired_auc_test
@@ -21,14 +21,7 @@ DATASETS = 400
 TOLERANCE = 0.01
 
 
-def _simulation():
-    spec = importlib.util.spec_from_file_location("simulate_statistics", ROOT / "tools" / "simulate_statistics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SIMULATION = _simulation()
+SIMULATION = load_tool("simulate_statistics")
 HARSH = {design.name: design for design in SIMULATION.HARSH}
 
 
