@@ -30,7 +30,7 @@ def load_tool(name):
 
 @pytest.fixture
 def record_learning(request):
-    """record(quantity, value, threshold): writes what a learning assertion measured to $LEARNING_RECORD, if set.
+    """record(quantity, value, threshold, kind): writes what a learning assertion measured to $LEARNING_RECORD, if set.
 
     `threshold` is the bound the test asserts, as the same kind of number as `value` (a ratio, an AUC, a gap),
     and `kind` whether the value must stay above it ("min") or below it ("max").
