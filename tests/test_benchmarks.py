@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_batches_of_their_seeds(tmp_path):
     from benchmarks.feed import BatchRecipe, SliceStore, make_batch, pair_batches
 
@@ -30,6 +31,7 @@ def test_worker_processes_give_the_batches_of_their_seeds(tmp_path):
     assert not np.array_equal(made[0][0], made[1][0])
 
 
+@pytest.mark.slow
 def test_training_benchmark_prints_its_three_tables(tmp_path):
     from benchmarks.feed import SliceStore
 
@@ -77,6 +79,7 @@ def test_training_benchmark_prints_its_three_tables(tmp_path):
     assert np.isfinite(losses).all() and all(0 < loss < 1 for loss in losses)  # An MSE of [0, 1] images.
 
 
+@pytest.mark.slow
 def test_scale_rehearsal_runs_tiny():
     """A smoke run of benchmarks/scale.py at 0.3% of the real counts (the real run takes minutes)."""
     result = subprocess.run(
@@ -97,6 +100,7 @@ def test_scale_rehearsal_runs_tiny():
     assert all(" ok " in line for line in lines if line[:2] in ("1.", "2.", "3.", "4.", "5.", "6."))
 
 
+@pytest.mark.slow
 def test_pretraining_defaults_benchmark_prints_its_table(tmp_path):
     """The real pretraining command at tiny sizes: one row per interval, ratios that follow from the printed losses."""
     result = subprocess.run(
@@ -127,6 +131,7 @@ def test_pretraining_defaults_benchmark_prints_its_table(tmp_path):
     assert found["config"]["lr"] == 1.0 and found["config"]["warmup_steps"] == 32 and len(found["intervals"]) == 2
 
 
+@pytest.mark.slow
 def test_the_rehearsal_measures_each_model_at_its_size_and_batch_in_its_own_process(tmp_path):
     """Part 1 of benchmarks/thesis_rehearsal.py at 32 px: the sizes and batches it prints are the thesis's
     schedule tables' (part 2, the experiment itself, is what tests/test_experiment.py runs)."""
@@ -157,6 +162,7 @@ def test_the_rehearsal_measures_each_model_at_its_size_and_batch_in_its_own_proc
         assert abs(images - row["batch_size"] / row["train_seconds"]) < 0.051 + 1e-3 * images
 
 
+@pytest.mark.slow
 def test_a_dead_worker_stops_the_stream_with_an_error_not_a_hang(tmp_path):
     import multiprocessing
     import os

@@ -35,6 +35,7 @@ def _touch_bytes(path, offset=-1):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [".mhd", ".png", "dicom"])
 def test_a_changed_image_is_named_and_its_shards_are_not_kept(corpus_copy, tmp_path, kind, capsys):
     manifest, corpus, frame = corpus_copy

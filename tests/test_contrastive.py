@@ -156,6 +156,7 @@ def test_the_demo_settings_differ_only_in_the_learning_rate():
     assert parse_args(["--out", "x"]).lr == genesis["lr"]
 
 
+@pytest.mark.slow
 def test_defaults_and_one_line_refusals(demo_manifest):
     from genesis2d.options import PretrainConfig
 
@@ -200,6 +201,7 @@ def contrastive_run(demo_manifest, tmp_path_factory):
         return config, run(config)
 
 
+@pytest.mark.slow
 @pytest.mark.learning
 def test_a_demo_run_tells_a_slices_views_from_other_slices(contrastive_run, demo_manifest, record_learning):
     """After 60 steps the two views of a held-out slice are closer than views of different slices, by more than with
@@ -239,6 +241,7 @@ def test_a_demo_run_tells_a_slices_views_from_other_slices(contrastive_run, demo
     assert card["best_val_loss"] < 1.1 * card["chance_val_loss"], card
 
 
+@pytest.mark.slow
 def test_the_contrastive_encoder_loads_and_transfers_as_a_genesis_one(contrastive_run, tmp_path):
     from transfer.encoders import genesis_card, load_encoder
 
@@ -273,6 +276,7 @@ print(head.predict(np.zeros((2, 64, 64, 1), np.float32), verbose=0).shape)
     )
 
 
+@pytest.mark.slow
 def test_the_joined_objective_restores_views_and_contrasts_them(demo_manifest, tmp_path):
     """genesis+contrastive: the targets are the views (Models Genesis's distortions applied to them), both losses are
     in the history, and the exported encoder is the U-Net's."""
@@ -319,6 +323,7 @@ def _slices_of(manifest, config):
     )
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_the_views_rates_and_the_step_times():
     result = subprocess.run(
         [sys.executable, "benchmarks/contrastive_views.py", "--size", "32", "--batch", "8", "--repeats", "1"]
@@ -334,6 +339,7 @@ def test_the_benchmark_prints_the_views_rates_and_the_step_times():
     assert len(steps) == 5 and "1.00x the genesis U-Net's" in steps[0], result.stdout
 
 
+@pytest.mark.slow
 def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run, demo_dir, tmp_path, capsys):
     """A downstream task as a user runs it: `--init contrastive --encoder FOLDER`, the backbone from the card, the
     genesis schedule row said in a note, the metrics those of its own predictions."""
@@ -358,6 +364,7 @@ def test_init_contrastive_runs_in_mura_with_the_genesis_schedule(contrastive_run
     assert json.loads((out / "run.json").read_text())["args"]["init"] == "contrastive"
 
 
+@pytest.mark.slow
 def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     """Stopped inside its first epoch and resumed, the joined objective ends with the weights and optimizer state of
     the run that never stopped: the views and distortions of each batch come from its seed, not from the step."""
@@ -387,6 +394,7 @@ def test_a_stopped_contrastive_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     pd.testing.assert_frame_equal(histories[0], histories[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives", ["batch", "queue"])
 def test_one_contrastive_step_under_mixed_float16(demo_manifest, tmp_path, negatives):
     out = tmp_path / "mixed"
@@ -465,6 +473,7 @@ def test_the_queue_loss_is_the_formula(rows, size, filled, temperature):
     np.testing.assert_allclose(np.asarray(chance), contrastive.queue_chance_loss(size), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_step_moves_the_key_encoder_by_its_formula_and_queues_its_keys():
     """MoCo's equation 2 after a step, key <- m key + (1 - m) encoder (the BatchNorm moving statistics copied), and the
     step's keys (those of the key encoder before the update) at the head of the queue, its oldest rows dropped."""
@@ -521,6 +530,7 @@ def _queue_args(demo_manifest, out, *extra):
     return [*args, "--epochs", "2", "--steps-per-epoch", "2", "--checkpoint-every", "1", *extra]
 
 
+@pytest.mark.slow
 def test_a_stopped_queue_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     """The joined objective with a queue, stopped inside its first epoch and resumed, ends with every weight of the run
     that never stopped: the encoder's, the key encoder's and the queue's (all three in each checkpoint)."""
@@ -550,6 +560,7 @@ def test_a_stopped_queue_run_resumes_bit_for_bit(demo_manifest, tmp_path):
     assert "queue of earlier views' keys" not in (tmp_path / "whole" / "MODEL_CARD.md").read_text()  # Joined text.
 
 
+@pytest.mark.slow
 def test_the_queue_encoder_loads_as_the_others(demo_manifest, tmp_path):
     import pandas as pd
 
@@ -605,6 +616,7 @@ def test_queue_settings_and_one_line_refusals(demo_manifest, tmp_path):
         run(parse_args([*args, "--steps-per-epoch", "8", "--queue-size", str(allowed + 2)]))
 
 
+@pytest.mark.slow
 def test_the_queue_refuses_two_replicas_in_one_line(demo_manifest, tmp_path):
     argv = ["--manifest", str(demo_manifest), "--out", str(tmp_path / "two"), *TINY, "--objective", "contrastive"]
     argv += ["--negatives", "queue", "--queue-size", "8", "--batch-size", "8", "--steps-per-epoch", "1"]

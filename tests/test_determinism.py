@@ -23,6 +23,7 @@ def _weights(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_pretraining_twice_with_one_seed_gives_identical_weights(demo_manifest, tmp_path):
     """Each run is a fresh process, as a user reruns the command (hash seeds differ between them)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
@@ -59,6 +60,7 @@ def test_pretraining_twice_with_one_seed_gives_identical_weights(demo_manifest, 
     assert any(not np.array_equal(first[key], other[key]) for key in first)
 
 
+@pytest.mark.slow
 def test_a_luna16_fold_twice_with_one_seed_gives_identical_predictions(demo_dir, tmp_path_factory):
     from test_transfer import CV_TINY
 

@@ -78,6 +78,7 @@ def keras_home(roots, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.slow
 def test_plan_prints_the_datas_counts_measured_times_and_disk_and_writes_nothing(roots, keras_home, tmp_path, capsys):
     out = tmp_path / "experiment"
     study(roots, out, "--plan", measure=1)
@@ -104,6 +105,7 @@ def test_plan_prints_the_datas_counts_measured_times_and_disk_and_writes_nothing
     assert int(slices.group(1)) == len(table)
 
 
+@pytest.mark.slow
 def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp_path, capsys):
     luna = tmp_path / "LUNA16"
     shutil.copytree(roots / "data" / "LUNA16", luna, symlinks=True)
@@ -122,6 +124,7 @@ def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_missing_imagenet_file_and_a_stage_setting_the_study_owns_stop_in_one_line(
     roots, tmp_path, monkeypatch, capsys
 ):
@@ -193,6 +196,7 @@ def _mtimes(out):
     return {str(p): p.stat().st_mtime_ns for p in kept}
 
 
+@pytest.mark.slow
 def test_the_thesis_protocol_fills_all_12_cells_split_over_processes_and_a_rerun_keeps_every_step(
     roots, keras_home, tmp_path, monkeypatch, capsys
 ):
@@ -265,6 +269,7 @@ def test_the_readmes_settings_example_reaches_each_stage_checked(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_the_arms_beyond_the_thesis_pretrain_their_own_encoders_with_equal_steps(roots, keras_home, tmp_path, capsys):
     """--inits contrastive genesis+contrastive: one pretraining step per backbone and objective, each its own folder,
     the same steps of the same batch as genesis's, and each cell needing its own encoder."""

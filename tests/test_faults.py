@@ -146,6 +146,7 @@ def test_pipeline_stops_when_no_file_of_a_split_can_be_read(tmp_path):
         next(iter(make_dataset(frame, "train", batch_size=2, crop_size=32, image_size=32)))
 
 
+@pytest.mark.slow
 def test_pretraining_refuses_a_manifest_whose_files_are_gone(demo_manifest, tmp_path, capsys):
     from genesis2d.pretrain import main
 
@@ -162,6 +163,7 @@ def test_pretraining_refuses_a_manifest_whose_files_are_gone(demo_manifest, tmp_
 # --------------------------------------------------------------------------- pretraining outputs
 
 
+@pytest.mark.slow
 def test_finished_pretraining_is_never_replaced_by_accident(pretrained_run, tmp_path):
     from genesis2d.pretrain import parse_args, run
 
@@ -215,6 +217,7 @@ def test_card_names_its_files_and_what_chose_the_best_epoch(pretrained_run):
         assert file_sha256(out / name) == digest, name
 
 
+@pytest.mark.slow
 def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path):
     from genesis2d.pretrain import parse_args, run
 
@@ -244,6 +247,7 @@ def test_validation_smaller_than_a_batch_still_validates(demo_manifest, tmp_path
         run(parse_args(["--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "n"), *TINY_PRETRAIN]))
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line(demo_manifest, tmp_path):
     result = subprocess.run(
         [
@@ -780,6 +784,7 @@ def _weight_arrays(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_first_export_and_the_first_checkpoint_starts_again(pretrained_run, demo_manifest, tmp_path):
     import keras
 

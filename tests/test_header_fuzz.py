@@ -139,6 +139,7 @@ METAIMAGE = {
 }
 
 
+@pytest.mark.slow
 @_settings("metaimage")
 @given(changes=st.dictionaries(st.sampled_from(list(METAIMAGE)), VALUE, min_size=1, max_size=4))
 def test_random_metaimage_fields_read_as_simpleitk_reads_them_or_are_refused_in_one_line(changes):
@@ -160,6 +161,7 @@ def test_random_metaimage_fields_read_as_simpleitk_reads_them_or_are_refused_in_
             np.testing.assert_array_equal(result[0], expected)
 
 
+@pytest.mark.slow
 def test_a_printf_pattern_as_data_file_is_one_line_in_the_manifest_command_not_a_crash(tmp_path):
     """`ElementDataFile = %s` once killed the manifest command with a segmentation fault (exit 139)."""
     from preprocessing.demo import write_itk
@@ -210,6 +212,7 @@ NRRD = {
 }
 
 
+@pytest.mark.slow
 @_settings("nrrd")
 @given(changes=st.dictionaries(st.sampled_from(list(NRRD)), VALUE, min_size=1, max_size=4))
 def test_random_nrrd_fields_read_as_simpleitk_reads_them_or_are_refused_in_one_line(changes):
@@ -242,6 +245,7 @@ NIFTI_FIELDS = ["dim", "pixdim", "datatype", "bitpix", "vox_offset", "scl_slope"
 NIFTI_FIELDS += ["sform_code", "srow_x", "quatern_b", "qoffset_x", "sizeof_hdr", "magic", "dim_info", "intent_code"]
 
 
+@pytest.mark.slow
 @_settings("nifti")
 @given(
     changes=st.lists(
@@ -287,6 +291,7 @@ def test_random_nifti_header_fields_read_as_nibabel_reads_them_or_are_refused_in
             np.testing.assert_array_equal(result[0], volume.T)
 
 
+@pytest.mark.slow
 def test_a_nan_pixdim_is_one_line(tmp_path):
     import nibabel
 
@@ -317,6 +322,7 @@ def _big_nifti(path):
     return path
 
 
+@pytest.mark.slow
 def test_a_volume_larger_than_memory_is_refused_from_its_header_before_allocating(tmp_path, monkeypatch):
     from preprocessing import readers
 
@@ -329,6 +335,7 @@ def test_a_volume_larger_than_memory_is_refused_from_its_header_before_allocatin
     )
 
 
+@pytest.mark.slow
 def test_an_address_space_limit_is_seen_before_allocating(tmp_path):
     """Under `ulimit -v` (RLIMIT_AS) leaving 300 MiB, the same file is one line, not a MemoryError traceback."""
     path = _big_nifti(tmp_path / "big.nii.gz")
@@ -348,6 +355,7 @@ def test_an_address_space_limit_is_seen_before_allocating(tmp_path):
     assert "600 MiB to read as float32, but only" in done.stdout and done.stdout.count("\n") == 1, done
 
 
+@pytest.mark.slow
 def test_memory_available_is_a_positive_number_of_bytes():
     from preprocessing.readers import memory_available
 
@@ -375,6 +383,7 @@ DICOM_TAGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, as this test writes the invalid values.
 @_settings("dicom")
 @given(changes=st.dictionaries(st.sampled_from(list(DICOM_TAGS)), st.none(), min_size=1, max_size=3), data=st.data())
@@ -418,6 +427,7 @@ def _write_csv(path, header, rows):
         writer.writerows(rows)
 
 
+@pytest.mark.slow
 @_settings("candidates")
 @given(rows=st.lists(st.lists(CELL, min_size=5, max_size=5), min_size=1, max_size=4))
 def test_random_candidate_cells_give_a_checked_table_or_one_line(rows):
@@ -438,6 +448,7 @@ def test_random_candidate_cells_give_a_checked_table_or_one_line(rows):
         assert (frame["seriesuid"].str.strip() == frame["seriesuid"]).all() and (frame["seriesuid"] != "").all()
 
 
+@pytest.mark.slow
 @_settings("findings")
 @given(rows=st.lists(st.lists(CELL, min_size=5, max_size=5), min_size=0, max_size=4))
 def test_random_annotation_cells_give_a_table_or_one_line(rows):
@@ -478,6 +489,7 @@ MURA_CELL = st.one_of(
 )
 
 
+@pytest.mark.slow
 @_settings("mura")
 @given(
     images=st.lists(st.lists(MURA_CELL, min_size=1, max_size=1), min_size=1, max_size=3),

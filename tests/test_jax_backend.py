@@ -72,6 +72,7 @@ def run_without_tensorflow(code, *args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_refusing_tensorflow_really_refuses_it():
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
@@ -80,6 +81,7 @@ def test_refusing_tensorflow_really_refuses_it():
     assert result.returncode == 1 and "refused" in result.stderr
 
 
+@pytest.mark.slow
 def test_unet_trains_two_mixed_precision_steps_under_jax_and_matches_tensorflow(tmp_path):
     found = run_without_tensorflow(TRAIN_UNDER_JAX, str(tmp_path))
     assert found["backend"] == "jax" and not found["tensorflow_loaded"]

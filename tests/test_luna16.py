@@ -143,6 +143,7 @@ def test_extraction_counts_and_folds(demo_dir, extracted):
     assert (out / "subset0" / "patches.npy").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_extraction_over_worker_processes_writes_the_same_files(demo_dir, extracted, tmp_path):
     out, counts = extracted
     assert (

@@ -340,6 +340,7 @@ def test_cluster_contributions_give_every_swapped_difference():
         assert h.sum() - 2 * h[np.isin(names, swapped)].sum() == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_cluster_permutation_p_value_is_the_share_of_swaps_at_least_as_extreme():
     import itertools
 

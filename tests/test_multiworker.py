@@ -64,6 +64,7 @@ def largest_difference(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(demo_manifest, tmp_path):
     steps = "2"
     out = str(tmp_path / "run")
@@ -127,6 +128,7 @@ def test_two_workers_train_as_one_process_and_resume_from_the_chiefs_checkpoint(
     assert encoder.output_shape[-1] == 512
 
 
+@pytest.mark.slow
 def test_an_unreachable_peer_is_named_and_the_wait_ends(demo_manifest, tmp_path):
     mine, peer = (f"127.0.0.1:{port}" for port in free_ports(2))  # Nothing will listen on the peer's port.
     config = json.dumps({"cluster": {"worker": [mine, peer]}, "task": {"type": "worker", "index": 0}})
@@ -161,6 +163,7 @@ def test_an_unreachable_peer_is_named_and_the_wait_ends(demo_manifest, tmp_path)
     ]
 
 
+@pytest.mark.slow
 def test_two_workers_train_the_joined_objective_as_one_process_contrasting_each_share(demo_manifest, tmp_path):
     """--objective genesis+contrastive on two workers: the weights one process gets from the same global batches with
     BatchNorm over all of them and each worker's share contrasted within itself (as several GPUs of one machine do),

@@ -145,6 +145,7 @@ def test_lesion_contrast_is_what_the_pngs_show(tmp_path):
         assert abs(np.mean(measured) - contrast) < 0.25 * contrast
 
 
+@pytest.mark.slow
 def test_a_demo_tree_of_another_contrast_or_generator_is_rewritten(tmp_path):
     from mura.demo import LESION_CONTRAST, ensure_demo
 
@@ -173,6 +174,7 @@ def test_a_lesion_contrast_outside_0_1_is_refused(contrast):
         add_lesion(np.zeros((8, 8), np.float32), np.random.default_rng(0), contrast)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["scratch", "genesis", "imagenet"])
 def test_one_epoch_run_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path):
     from mura.experiment import parse_args, run
@@ -222,6 +224,7 @@ def test_balanced_epochs_draw_both_classes_equally(demo_dir):
     assert skewed["label"].mean() < 0.2
 
 
+@pytest.mark.slow
 def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run, tmp_path):
     from mura.data import make_dataset
     from mura.experiment import parse_args, run
@@ -263,6 +266,7 @@ def test_linear_probe_run_through_the_results_contract(demo_dir, pretrained_run,
     assert not (tmp_path / "probe" / "loss_curves.png").exists() and (tmp_path / "probe" / "saliency.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_kept_run_is_refused_when_its_data_changed(demo_dir, tmp_path):
     """Reuse follows the data's content, not its path: a row deleted from valid's csv is named, not scored stale."""
     from mura.experiment import parse_args, run

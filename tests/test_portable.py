@@ -23,6 +23,7 @@ def keras_module(request):
     return importlib.import_module(request.param)
 
 
+@pytest.mark.slow
 def test_a_classifier_on_a_loaded_encoder_trains_a_step(pretrained_run, keras_module):
     """`encoder(x)` is one tensor, so a head fits on it; one SGD step moves the head as the gradient says."""
     keras = keras_module
@@ -120,6 +121,7 @@ def _command(*argv, cwd=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options, config, message",
     [
@@ -143,6 +145,7 @@ def test_bad_pretraining_options_are_refused_with_one_line(tmp_path, options, co
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_wrong_encoder_is_refused_before_any_data_is_read(tmp_path):
     result = _command(
         ROOT / "luna16" / "cross_validate.py",

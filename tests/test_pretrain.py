@@ -56,6 +56,7 @@ def test_two_step_run_writes_every_output(trained):
     assert args["backbone"] == "resnet18" and args["seed"] == 0
 
 
+@pytest.mark.slow
 def test_encoder_h5_loads_in_a_plain_keras_program(trained):
     out, _ = trained
     x = np.random.default_rng(1).random((2, 64, 64, 1), dtype=np.float32)
@@ -105,6 +106,7 @@ class CountBatches(keras.callbacks.Callback):
         self.epoch = epoch
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_mid_epoch_with_its_counts(demo_manifest, tmp_path):
     out = tmp_path / "run"
     extra = ("--epochs", "2", "--steps-per-epoch", "4", "--checkpoint-every", "2")
@@ -143,6 +145,7 @@ def _arrays(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
     try:
         card = run(
@@ -173,6 +176,7 @@ def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
     assert all(layer.dtype_policy.name == "float32" for layer in encoder.layers)
 
 
+@pytest.mark.slow
 def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
     argv = ["--manifest", str(demo_manifest), "--out", str(tmp_path / "mirrored"), *TINY, "--epochs", "1"]
     argv += ["--steps-per-epoch", "1"]
@@ -193,6 +197,7 @@ def test_one_step_under_mirrored_strategy_on_two_cpus(demo_manifest, tmp_path):
     assert (tmp_path / "mirrored" / "encoder.h5").is_file()
 
 
+@pytest.mark.slow
 def test_bad_manifest_is_one_line_error(tmp_path):
     result = subprocess.run(
         [
@@ -212,6 +217,7 @@ def test_bad_manifest_is_one_line_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_card_sets_restoration_beside_the_identity_on_held_out_slices(trained, demo_manifest):
     """The card's last validation loss and identity baseline are those of the saved U-Net on the held-out batch.
 
@@ -242,6 +248,7 @@ def test_card_sets_restoration_beside_the_identity_on_held_out_slices(trained, d
     assert np.isfinite(features).all() and np.abs(features).max() < ACTIVATION_LIMIT
 
 
+@pytest.mark.slow
 def test_a_run_that_breaks_stops_with_one_line_and_exports_nothing(demo_manifest, tmp_path, capsys):
     from genesis2d.pretrain import main
 
@@ -338,6 +345,7 @@ def test_runtime_arguments_are_declared_once():
     assert parser.parse_args([]).deterministic is None
 
 
+@pytest.mark.slow
 @pytest.mark.learning
 def test_the_default_recipe_learns_at_demo_sizes(demo_manifest, tmp_path, record_learning):
     """The defaults of `python genesis2d/train.py` (SGD 1.0, momentum 0.9, the 32-step warm-up, BatchNorm momentum

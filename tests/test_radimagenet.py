@@ -71,6 +71,7 @@ def test_genesis_u_net_has_the_radimagenet_encoder(radimagenet_standin):
     )
 
 
+@pytest.mark.slow
 def test_luna16_cross_validation_with_radimagenet_end_to_end(radimagenet_standin, demo_dir, tmp_path_factory, capsys):
     from luna16.experiment import parse_args, run
     from plumbing.fingerprint import file_sha256

@@ -95,6 +95,7 @@ def _options(tmp_path, **values):
     return resolve(options, {("resnet18", "scratch"): SCHEDULE})
 
 
+@pytest.mark.slow
 @pytest.mark.learning
 def test_a_third_task_runs_through_the_runner_and_appears_in_the_report(tmp_path, record_learning):
     from study.report import build_report
@@ -120,6 +121,7 @@ def test_a_third_task_runs_through_the_runner_and_appears_in_the_report(tmp_path
     assert "squares" in report and f"{roc_auc_score(table['label'], table['probability']):.3f}" in report
 
 
+@pytest.mark.slow
 def test_reuse_follows_every_option_and_the_data_content(tmp_path):
     """A kept result is reused under the same options and data; an option added to the dataclass counts at once."""
 

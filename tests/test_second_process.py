@@ -52,6 +52,7 @@ def refused(main, argv, folder, pid, capsys):
     assert snapshot(folder) == before
 
 
+@pytest.mark.slow
 def test_pretraining_on_a_busy_out_changes_nothing(pretrained_run, demo_manifest, tmp_path, first_process, capsys):
     from genesis2d.pretrain import main
 
@@ -67,6 +68,7 @@ def test_pretraining_on_a_busy_out_changes_nothing(pretrained_run, demo_manifest
     assert (out / "run.json").is_file() and (out / "history.csv").is_file() and (out / "logs").is_dir()
 
 
+@pytest.mark.slow
 def test_shards_on_a_busy_out_change_nothing(demo_manifest, tmp_path, first_process, capsys):
     from preprocessing.shards import main, write_shards
 
@@ -83,6 +85,7 @@ def test_shards_on_a_busy_out_change_nothing(demo_manifest, tmp_path, first_proc
         )
 
 
+@pytest.mark.slow
 def test_a_manifest_being_written_is_not_written_twice(demo_dir, tmp_path, first_process, capsys):
     from preprocessing.manifest import main
 
@@ -97,6 +100,7 @@ def test_a_manifest_being_written_is_not_written_twice(demo_dir, tmp_path, first
     assert out.with_name("other.csv").is_file() and out.read_text() == "dataset,path\n"
 
 
+@pytest.mark.slow
 def test_patch_extraction_on_a_busy_out_changes_nothing(demo_dir, tmp_path, first_process, capsys):
     from luna16.data import main
 
@@ -107,6 +111,7 @@ def test_patch_extraction_on_a_busy_out_changes_nothing(demo_dir, tmp_path, firs
     refused(main, ["--data", str(demo_dir / "LUNA16"), "--out", str(out), "--workers", "1"], out, first_process, capsys)
 
 
+@pytest.mark.slow
 def test_a_downstream_run_on_a_busy_out_changes_nothing(demo_dir, tmp_path, first_process, capsys):
     from mura.experiment import main
 
@@ -118,6 +123,7 @@ def test_a_downstream_run_on_a_busy_out_changes_nothing(demo_dir, tmp_path, firs
     refused(main, argv, out, first_process, capsys)
 
 
+@pytest.mark.slow
 def test_the_study_demo_stops_at_a_busy_stage_and_changes_nothing(tmp_path, first_process, capsys):
     from study.demo import main
 
@@ -127,6 +133,7 @@ def test_the_study_demo_stops_at_a_busy_stage_and_changes_nothing(tmp_path, firs
     assert sorted(path.name for path in out.iterdir()) == ["pretrain"]
 
 
+@pytest.mark.slow
 def test_a_lock_leaves_no_empty_folder_it_made(tmp_path):
     with pytest.raises(UsageError):
         with output_lock(tmp_path / "new" / "out"):

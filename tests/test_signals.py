@@ -21,6 +21,7 @@ from plumbing.cli import run_command
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_command_with_143_and_the_continue_line(capsys):
     def work(_):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -52,6 +53,7 @@ SLOW_PRETRAINING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_stops_pretraining_resumably_and_bit_identical(demo_manifest, tmp_path):
     out = tmp_path / "run"
     extra = ("--epochs", "2", "--steps-per-epoch", "6", "--checkpoint-every", "2")
@@ -94,6 +96,7 @@ def test_sigterm_mid_epoch_stops_pretraining_resumably_and_bit_identical(demo_ma
             np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=f"{name}: {key}")
 
 
+@pytest.mark.slow
 def test_a_worker_waiting_for_its_peers_stops_on_sigterm_within_seconds(demo_manifest, tmp_path):
     mine, peer = (f"127.0.0.1:{port}" for port in free_ports(2))  # Nothing will listen on the peer's port.
     env = {
@@ -122,6 +125,7 @@ def test_a_worker_waiting_for_its_peers_stops_on_sigterm_within_seconds(demo_man
     assert watchers.stdout == ""
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_multi_worker_run_once_its_workers_met(tmp_path):
     """TensorFlow puts its own SIGTERM handler (a preemption notice that stops nothing) in while it sets workers up."""
     port = free_ports(1)[0]
@@ -163,6 +167,7 @@ SLOW_EXTRACTION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_patch_extraction_keeping_finished_subsets(demo_dir, tmp_path):
     from luna16.data import extract_subsets
     from plumbing.atomic import TEMPORARY_PREFIX

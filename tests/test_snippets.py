@@ -75,6 +75,7 @@ def test_the_card_has_a_snippet_for_each_keras(pretrained_run):
     assert sorted(snippets.kind_of(b) for b in blocks) == ["keras2", "keras3", "tf_keras"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("document", ["README.md", "weights/README.md", "MODEL_CARD.md"])
 @pytest.mark.parametrize("kind", ["keras3", "tf_keras"])
 def test_every_snippet_runs_as_written_with_the_trained_features(pretrained_run, document, kind, tmp_path):

@@ -56,6 +56,7 @@ def test_imagenet_init_offline_without_file_says_what_to_do(tmp_path, monkeypatc
         load_encoder("imagenet", "resnet18", (64, 64, 1), imagenet_weights=tmp_path / "none.h5")
 
 
+@pytest.mark.slow
 def test_genesis_init_takes_the_pretrained_weights(pretrained_run):
     out, _ = pretrained_run
     for name in ("encoder.h5", "encoder.weights.h5"):
@@ -113,6 +114,7 @@ def _check_cv_outputs(out, folds, trained=True):
     return predictions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["scratch", "genesis", "imagenet"])
 def test_one_epoch_cross_validation_for_each_init(init, demo_dir, pretrained_run, keras_home, tmp_path_factory):
     from luna16.experiment import parse_args, run
@@ -286,6 +288,7 @@ def test_the_encoder_folder_is_a_preset_its_card_names_the_backbone(tmp_path, ca
     assert "no card.json beside it; assuming a resnet18 encoder" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
     import keras
     import tensorflow as tf
@@ -322,6 +325,7 @@ def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
     assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms) and len(history) == 1
 
 
+@pytest.mark.slow
 def test_linear_probe_cross_validation_groups_by_scan(demo_dir, tmp_path_factory):
     from luna16.experiment import parse_args, run
 

@@ -52,6 +52,7 @@ def test_local_shuffle_keeps_block_pixels():
     assert (many != image).mean() > 0.5
 
 
+@pytest.mark.slow
 def test_nonlinear_maps_are_monotone_half_increasing():
     ramp = np.linspace(0, 1, 200, dtype=np.float32)
     increasing = 0
@@ -119,6 +120,7 @@ def _shuffle_every_block(image, n_blocks, max_h, max_w, rng):
     return out
 
 
+@pytest.mark.slow
 def test_local_shuffle_has_the_distribution_of_permuting_every_block():
     """The kernel fills only what later blocks leave visible; its output must be distributed as the direct form's."""
     image = np.arange(20 * 20, dtype=np.float32).reshape(20, 20)

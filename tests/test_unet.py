@@ -43,6 +43,7 @@ def run_backbone_test(row, tmp_path):
     np.testing.assert_allclose(half_restored, restored, atol=0.02)  # float16 activations, float32 weights.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_of_the_table(name, tmp_path):
     run_backbone_test(BACKBONES[name], tmp_path)
@@ -70,6 +71,7 @@ def test_batch_norm_unet_has_sm_unet_parameter_count(backbone):
     assert ours.count_params() == reference.count_params()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])
 @pytest.mark.parametrize("norm", ["batch", "instance", "none"])
 def test_unet_shapes_and_output(backbone, norm):
