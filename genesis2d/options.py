@@ -19,9 +19,10 @@ from pathlib import Path
 from genesis2d import contrastive, transforms
 from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.strategy import CLUSTER_TIMEOUT, REPORT_EVERY
+from plumbing.cli import count_type
 from plumbing.errors import UsageError
+from plumbing.options import Options, option, parse_options, runtime
 from plumbing.options import build_parser as build_options_parser
-from plumbing.options import option, parse_options, runtime
 from preprocessing.geometry import CROP_SIZE, IMAGE_SIZE
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -92,7 +93,7 @@ def _local_blocks_help():
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Options):
     """Every setting of a pretraining run, resolved; one field per option of `python genesis2d/train.py`."""
 
     manifest: str = option(None, "manifest CSV from `python -m preprocessing.manifest`.", group=DATA, reuse=False)
@@ -298,11 +299,14 @@ class PretrainConfig:
         reuse=False,
         type=int,
     )
-    samples: int = option(4, "validation samples drawn in each epoch's PNG grid.", group=OUTPUT, reuse=False, type=int)
+    samples: int = option(
+        4, "validation samples drawn in each epoch's PNG grid.", group=OUTPUT, reuse=False, type=count_type(1)
+    )
 
     def __post_init__(self):
         if self.lr is None:  # The objective's rate (a frozen dataclass: set once, here).
             object.__setattr__(self, "lr", default_lr(self.objective, self.batch_size))
+        super().__post_init__()
 
     @property
     def distortions(self):

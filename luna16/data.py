@@ -20,7 +20,7 @@ import pandas as pd
 from luna16.patches import extract_scan
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, write_csv, write_json
 from plumbing.errors import ImageReadError, InputError, UsageError
-from plumbing.options import build_parser, option, parse_options
+from plumbing.options import Options, build_parser, option, parse_options
 from plumbing.tables import read_csv
 from preprocessing.readers import OutsideRootError, read_image
 from preprocessing.split import hold_out_groups
@@ -556,7 +556,7 @@ def _views(patches):
 
 
 @dataclass(frozen=True)
-class PatchSettings:
+class PatchSettings(Options):
     """How candidate patches are extracted: declared once, for `python -m luna16.data` and the cross-validation."""
 
     patch_size: int = option(64, "patch side in pixels.", source="thesis 4.2.1.2", group=DATA, type=int)

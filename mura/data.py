@@ -49,6 +49,17 @@ def body_parts_of(value):
     return parts
 
 
+def body_part_name(text):
+    """An argparse `type`: one body part as `body_parts_of` reads it (XR_ optional, any case), or 'all'."""
+    import argparse
+
+    try:
+        body_parts_of(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(BODY_PARTS)} or all. Received: {text!r}") from None
+    return text
+
+
 def _read_listing(path, names):
     """A header-less MURA csv as strings, or one InputError line."""
     frame = read_csv(path, header=None, names=names, dtype=str, keep_default_na=False)

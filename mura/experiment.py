@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from genesis2d.backbones import image_size
-from mura.data import body_parts_of, make_dataset, mura_root, read_split, split_patients, study_probabilities
+from mura.data import (
+    body_part_name,
+    body_parts_of,
+    make_dataset,
+    mura_root,
+    read_split,
+    split_patients,
+    study_probabilities,
+)
 from plumbing.errors import UsageError
 from transfer.options import TransferOptions, build_parser, option, parse_options, resolve
 from transfer.runner import Split, Task, Unit, UnitResult, run_task
@@ -71,6 +79,7 @@ class MuraOptions(TransferOptions):
         source="thesis 4.2.4.1",
         group=DATA,
         nargs="+",
+        type=body_part_name,
     )
     image_size: int = option(
         224, "network input side, a multiple of 32.", source="thesis 4.2.4.2", group=DATA, type=image_size

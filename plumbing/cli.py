@@ -9,6 +9,7 @@ preprocessing commands use it too.
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -174,6 +175,11 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, ending a usage error with one line (`error: ...`, exit 2) instead of usage and error."""
 
     def error(self, message):
+        # argparse's "invalid choice: 'x' (choose from 'a', 'b')" in the words every other door uses.
+        choice = re.fullmatch(r"(argument \S+: )invalid choice: (.+?) \(choose from (.+)\)", message)
+        if choice:
+            head, value, choices = choice.groups()
+            message = f"{head}must be one of {choices.replace(chr(39), '')}. Received: {value}"
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
@@ -278,20 +284,22 @@ def _checked(path, action, value):
         return None
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
-            raise UsageError(path, f"{name} must be true or false. Received: {value!r}")
+            raise UsageError(path, f"{name}: must be true or false. Received: {value!r}")
         return value
     many = action.nargs not in (None, "?")
     values = value if isinstance(value, list) else [value]
     if not many and isinstance(value, list):
-        raise UsageError(path, f"{name} takes one value. Received: {value!r}")
+        raise UsageError(path, f"{name}: takes one value. Received: {value!r}")
     converted = []
     for item in values:
         if action.type is not None:
             try:
                 item = action.type(str(item))  # As if typed on the command line.
             except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
-                raise UsageError(path, f"{name}: {error or 'invalid value'}. Received: {item!r}") from None
+                problem = str(error) or "invalid value"
+                problem += "" if "Received:" in problem else f". Received: {item!r}"
+                raise UsageError(path, f"{name}: {problem}") from None
         if action.choices is not None and item not in action.choices:
-            raise UsageError(path, f"{name} must be one of {', '.join(map(str, action.choices))}. Received: {item!r}")
+            raise UsageError(path, f"{name}: must be one of {', '.join(map(str, action.choices))}. Received: {item!r}")
         converted.append(item)
     return converted if many else converted[0]

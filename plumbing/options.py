@@ -147,6 +147,54 @@ def build_parser(options_class, prog, description, epilog=None, seeds="weights, 
     return parser
 
 
+def _checked_value(item, value):
+    """One value of a field, checked by the field's argparse `type` and `choices`; a UsageError naming its flag."""
+    from plumbing.errors import UsageError
+
+    meta = item.metadata["argparse"]
+    flag, kind = flags_of(item)[0], meta.get("type")
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise UsageError(flag, f"must be {'a whole number' if kind is int else 'a number'}. Received: {value!r}")
+    elif callable(kind) and kind is not str:  # A checking type (count, fraction, image side) reads the text.
+        try:
+            kind(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+            raise UsageError(flag, str(error)) from None
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise UsageError(flag, f"must be one of {', '.join(map(str, choices))}. Received: {value!r}")
+
+
+def check_fields(options):
+    """`options` with every option field's value checked as its flag is: by the field's `type` (a whole number, a
+    number, a count of at least a minimum, a fraction, an image side) and its `choices`, each item of a list.
+
+    Called by each options class when it is built (`Options.__post_init__`), so a flag, a --config or settings file,
+    a library call and a stage the study builds meet the same one-line UsageError. None means not set here (a
+    default filled later) and is not checked.
+    """
+    for item in fields(options):
+        if item.metadata.get("runtime") or item.metadata.get("derived") or "argparse" not in item.metadata:
+            continue
+        value = getattr(options, item.name)
+        if value is None:
+            continue
+        many = item.metadata["argparse"].get("nargs") not in (None, "?")
+        for one in value if many and isinstance(value, (list, tuple)) else [value]:
+            _checked_value(item, one)
+    return options
+
+
+class Options:
+    """The base of every command's options dataclass: its fields are checked when it is built (`check_fields`).
+
+    A subclass with a `__post_init__` of its own fills what it derives there and then calls this one."""
+
+    def __post_init__(self):
+        check_fields(self)
+
+
 def check_required(options):
     """A UsageError naming the first required option that nothing gave."""
     from plumbing.errors import UsageError

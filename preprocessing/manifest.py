@@ -30,7 +30,7 @@ import yaml
 from plumbing.atomic import write_csv
 from plumbing.errors import ImageReadError, InputError, UsageError
 from plumbing.figures import pyplot, save_figure
-from plumbing.options import build_parser, option, parse_options
+from plumbing.options import Options, build_parser, option, parse_options
 from preprocessing.normalize import MODALITIES
 from preprocessing.readers import OutsideRootError, read_header
 from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
@@ -370,7 +370,7 @@ DATASETS = Path(__file__).with_name("datasets.yaml")
 
 
 @dataclass(frozen=True)
-class ManifestOptions:
+class ManifestOptions(Options):
     """The settings of `python -m preprocessing.manifest`; `write_manifest` takes them."""
 
     datasets: str = option(

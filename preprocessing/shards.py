@@ -37,7 +37,7 @@ import numpy as np
 from plumbing.atomic import TEMPORARY_PREFIX, atomic_path, remove_temporaries, write_json
 from plumbing.errors import ImageReadError, InputError, UsageError
 from plumbing.fingerprint import common_root, file_stamp, fingerprint, rows_hash, stamp_changes
-from plumbing.options import build_parser, option, parse_options
+from plumbing.options import Options, build_parser, option, parse_options
 from preprocessing.pipeline import UINT16_MAX, load_manifest, read_normalized_slices, volume_groups
 
 ENCODINGS = ("raw", "png")
@@ -301,7 +301,7 @@ def _recorded_stamps(out_dir, split):
 
 
 @dataclass(frozen=True)
-class ShardOptions:
+class ShardOptions(Options):
     """The settings of `python -m preprocessing.shards`; `run` takes them."""
 
     manifest: str = option(None, "manifest CSV from preprocessing.manifest.", required=True, reuse=False)

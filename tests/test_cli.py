@@ -20,11 +20,11 @@ def _parser():
 @pytest.mark.parametrize(
     "yaml_text, message",
     [
-        ("optimizer: rmsprop\n", "--optimizer must be one of sgd, adam. Received: 'rmsprop'"),
+        ("optimizer: rmsprop\n", "--optimizer: must be one of sgd, adam. Received: 'rmsprop'"),
         ("batch_size: 1.5\n", "--batch-size"),
         ("fraction: 1.5\n", "must be in (0, 1]"),
         ("folds: [1, x]\n", "--folds"),
-        ("resume: yes please\n", "--resume must be true or false"),
+        ("resume: yes please\n", "--resume: must be true or false"),
         ("colour: red\n", "unknown options colour"),
         ("- a list\n", "must hold a mapping"),
     ],

@@ -14,7 +14,7 @@ from pathlib import Path
 from genesis2d.backbones import BACKBONES, RADIMAGENET_SOURCE, image_size
 from plumbing.cli import default_verbosity, fraction_type
 from plumbing.errors import UsageError
-from plumbing.options import build_parser, derived, from_config, parse_options, reuse_settings, runtime
+from plumbing.options import Options, build_parser, derived, from_config, parse_options, reuse_settings, runtime
 from plumbing.options import option as plumbing_option
 from transfer.encoders import (
     IMAGENET_INITS,
@@ -39,7 +39,7 @@ def option(default, help, *, group=SHARED, **kwargs):
 
 
 @dataclass(frozen=True)
-class TransferOptions:
+class TransferOptions(Options):
     """What every downstream command shares: the encoder, the head, the schedule, the run.
 
     The schedule fields left at None are the thesis's for the task, --backbone and --init
@@ -143,7 +143,9 @@ class TransferOptions:
         source="this project's choice: thesis 4.2.1.6 names L2 regularisation without its strength",
         type=float,
     )
-    dropout: float = option(0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=float)
+    dropout: float = option(
+        0.5, "dropout rate of the head.", source="thesis 4.2.1.6", type=fraction_type(allow_zero=True)
+    )
     image_size: int = option(
         None, "network input side, a multiple of 32.", group="data", type=image_size, default_text="the task's"
     )
