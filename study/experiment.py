@@ -280,6 +280,15 @@ class Experiment:
 
         if not self.tasks:
             raise UsageError("--luna16/--mura", "give at least one downstream dataset folder")
+        # Each task's settings section first, before any data is read.
+        cells = {task: self.cell_options(task, self.o.backbones[0], "scratch") for task in self.tasks}
+        for task, options in cells.items():
+            if self.selection == "held-out" and options.validation_fraction == 0:
+                raise UsageError(
+                    self.o.settings_file,
+                    f"section {task} sets validation_fraction 0, which holds nothing out: use --protocol thesis, or a "
+                    "fraction above 0 with --protocol held-out",
+                )
         pretrained = [init for init in self.o.inits if init in PRETRAINED]
         if pretrained and not self.o.corpus:
             raise UsageError(
@@ -302,7 +311,7 @@ class Experiment:
 
             root = Path(self.o.luna16)
             read_candidates(root)
-            scans_by_subset(root, self.cell_options("luna16", self.o.backbones[0], "scratch").allow_outside_root)
+            scans_by_subset(root, cells["luna16"].allow_outside_root)
             if not (candidates_path(root).parent / "annotations.csv").is_file():
                 raise InputError(
                     candidates_path(root).parent / "annotations.csv",
@@ -311,17 +320,9 @@ class Experiment:
         if "mura" in self.tasks:
             from mura.data import body_parts_of, read_split
 
-            options = self.cell_options("mura", self.o.backbones[0], "scratch")
+            options = cells["mura"]
             for split in ("train", "valid"):
                 read_split(self.o.mura, split, body_parts_of(options.body_part), False, options.allow_outside_root)
-        for task in self.tasks:
-            options = self.cell_options(task, self.o.backbones[0], "scratch")
-            if self.selection == "held-out" and options.validation_fraction == 0:
-                raise UsageError(
-                    self.o.settings_file,
-                    f"section {task} sets validation_fraction 0, which holds nothing out: use --protocol thesis, or a "
-                    "fraction above 0 with --protocol held-out",
-                )
         if "imagenet" in self.o.inits:
             from genesis2d.backbones import BACKBONES
 
@@ -814,14 +815,25 @@ def selected_steps(steps, patterns, array=None):
 
 def slurm_array():
     """(index, count) of this Slurm array task, or None outside a job array."""
+    from plumbing.errors import UsageError
+
     if "SLURM_ARRAY_TASK_ID" not in os.environ:
         return None
-    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", 1))  # --array=0-22:2 counts ids 0, 2, .., 22.
-    index = (int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))) // step
-    count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
-    if not 0 <= index < count:
-        from plumbing.errors import UsageError
 
+    def number(name, default, minimum):
+        text = os.environ.get(name, str(default))
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(name, f"must be a whole number. Received: {text!r}") from None
+        if value < minimum:
+            raise UsageError(name, f"must be at least {minimum}. Received: {value}")
+        return value
+
+    step = number("SLURM_ARRAY_TASK_STEP", 1, 1)  # --array=0-22:2 counts ids 0, 2, .., 22.
+    index = (number("SLURM_ARRAY_TASK_ID", 0, 0) - number("SLURM_ARRAY_TASK_MIN", 0, 0)) // step
+    count = number("SLURM_ARRAY_TASK_COUNT", 1, 1)
+    if not 0 <= index < count:
         raise UsageError("SLURM_ARRAY_TASK_ID", f"gives task {index} of an array of {count}")
     return index, count
 

@@ -93,3 +93,96 @@ def test_a_scan_that_gives_no_patches_is_named(demo_dir, tmp_path, capsys):
         f"warning: {scan}: none of its" in err
         and "candidates lies inside the scan or has coordinates; it gives no patches." in err
     )
+
+
+BODY_PARTS_LINE = "must be one of XR_ELBOW, XR_FINGER, XR_FOREARM, XR_HAND, XR_HUMERUS, XR_SHOULDER, XR_WRIST or all"
+
+
+@pytest.mark.parametrize(
+    "command, options, field, value, problem",
+    [
+        ("genesis2d.pretrain", "genesis2d.options.PretrainConfig", "samples", 0, "must be at least 1. Received: 0"),
+        (
+            "genesis2d.pretrain",
+            "genesis2d.options.PretrainConfig",
+            "backbone",
+            "resnet101",
+            "must be one of resnet18, resnet34, resnet50, resnet50_keras, vgg16, vgg19. Received: 'resnet101'",
+        ),
+        (
+            "mura.experiment",
+            "mura.experiment.MuraOptions",
+            "body_part",
+            "XR_KNEE",
+            f"{BODY_PARTS_LINE}. Received: 'XR_KNEE'",
+        ),
+        ("luna16.experiment", "luna16.experiment.Luna16Options", "dropout", 1.5, "must be in [0, 1]. Received: 1.5"),
+    ],
+)
+def test_a_bad_value_is_the_same_line_at_every_door(tmp_path, capsys, command, options, field, value, problem):
+    """The flag, a --config file, the study's --settings section, a library call and `dataclasses.replace` of good
+    options: one line, the option and its problem, before any work (a bad --samples used to crash after the first
+    epoch; a bad body part in --settings ended the study in a traceback)."""
+    import dataclasses
+    import importlib
+
+    import yaml
+
+    from plumbing.errors import UsageError
+
+    module, name = options.rsplit(".", 1)
+    options_class = getattr(importlib.import_module(module), name)
+    main = importlib.import_module(command).main
+    flag = f"--{field.replace('_', '-')}"
+    with pytest.raises(UsageError) as error:  # A library call ...
+        options_class(**{field: value})
+    assert str(error.value) == f"{flag}: {problem}."
+    with pytest.raises(UsageError) as error:  # ... and good options changed.
+        dataclasses.replace(options_class(), **{field: value})
+    assert str(error.value) == f"{flag}: {problem}."
+    code, line = _exit_line(main, [flag, str(value)], capsys)  # The flag.
+    assert code == 2 and line.startswith(f"error: argument {flag}: {problem} (see "), line
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({field: value}))
+    code, line = _exit_line(main, ["--config", str(config)], capsys)  # A --config file.
+    assert code == 2 and line == f"error: {config}: {flag}: {problem}.", line
+
+
+def test_the_studys_settings_meet_the_same_line(tmp_path, capsys):
+    from study.demo import main
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("roots: {mura: nowhere}\nmura: {body_part: [XR_KNEE]}\n")
+    code, line = _exit_line(main, ["--settings", str(settings), "--out", str(tmp_path / "out")], capsys)
+    assert (
+        code == 2 and line == f"error: {settings}: section mura: --body-part: {BODY_PARTS_LINE}. Received: 'XR_KNEE'."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "environment, line",
+    [
+        ({"SLURM_ARRAY_TASK_ID": "abc"}, "SLURM_ARRAY_TASK_ID: must be a whole number. Received: 'abc'."),
+        ({"SLURM_ARRAY_TASK_ID": ""}, "SLURM_ARRAY_TASK_ID: must be a whole number. Received: ''."),
+        (
+            {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_STEP": "0"},
+            "SLURM_ARRAY_TASK_STEP: must be at least 1. Received: 0.",
+        ),
+        (
+            {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "x"},
+            "SLURM_ARRAY_TASK_COUNT: must be a whole number. Received: 'x'.",
+        ),
+    ],
+)
+def test_a_bad_slurm_array_variable_is_one_line(monkeypatch, environment, line):
+    from plumbing.errors import UsageError
+    from study.experiment import slurm_array
+
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_STEP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError) as error:
+        slurm_array()
+    assert str(error.value) == line
