@@ -186,3 +186,20 @@ def test_a_bad_slurm_array_variable_is_one_line(monkeypatch, environment, line):
     with pytest.raises(UsageError) as error:
         slurm_array()
     assert str(error.value) == line
+
+
+@pytest.mark.parametrize(
+    "init, backbone, flag",
+    [("imagenet", "resnet50", "--imagenet-weights"), ("radimagenet", "resnet50_keras", "--radimagenet-weights")],
+)
+def test_missing_start_weights_stop_before_the_patches_are_extracted(demo_dir, tmp_path, capsys, init, backbone, flag):
+    """The design card's `python luna16/cross_validate.py --init imagenet` without the weights used to extract every
+    subset's patches (about 0.3 CPU-hours on the real LUNA16) before it looked for them."""
+    from luna16.experiment import main
+
+    missing = tmp_path / "weights.h5"
+    patches = tmp_path / "patches"
+    argv = ["--data", str(demo_dir / "LUNA16"), "--init", init, "--backbone", backbone, flag, str(missing)]
+    code, line = _exit_line(main, [*argv, "--patches", str(patches), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and line.startswith(f"error: {missing}: "), line
+    assert not patches.exists()

@@ -255,6 +255,18 @@ class EncoderSpec:
     radimagenet_weights: str | None = None
     imagenet_input: bool = False
 
+    def check_available(self):
+        """Before any long work: the weights file an ImageNet or RadImageNet start needs is there (ImageNet's
+        fetched into Keras's cache now, where this machine can download it), or the one line `load` would give."""
+        if self.init == "radimagenet":
+            radimagenet_file(self.backbone, self.radimagenet_weights)
+        elif self.init == "imagenet":
+            path = Path(self.imagenet_weights or keras_cache_dir() / BACKBONES[self.backbone].imagenet_file)
+            if self.imagenet_weights and not path.is_file():
+                raise InitError(path, "ImageNet weights file does not exist")
+            if not path.is_file():
+                _load_imagenet(self.backbone, (224, 224, 1))  # The download path, at a size every backbone takes.
+
     def load(self, input_shape):
         encoder = load_encoder(
             self.init, self.backbone, input_shape, self.encoder_path, self.imagenet_weights, self.radimagenet_weights

@@ -278,6 +278,7 @@ def run_task(task, options):
                 f"{pretraining['normalisation']}",
                 flush=True,
             )
+        options.encoder_spec().check_available()  # ImageNet or RadImageNet weights: before the data is prepared.
         task.prepare()
         if not all(kept.values()):
             write_run_record(
