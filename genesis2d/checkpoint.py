@@ -47,6 +47,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             (ReduceLROnPlateau, EarlyStopping) are saved and restored with the weights.
         write: bool. False on the workers of a multi-machine run other than the chief,
             which keep count but write nothing.
+        keep_metrics: bool. Keep the model's metric sums mid-epoch (`fit` computes the logs from them); False where
+            a loop of its own keeps its sums (`extra_state`).
     """
 
     def __init__(
@@ -59,15 +61,20 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         extra_state=None,
         tracked=(),
         write=True,
+        keep_metrics=True,
     ):
         super().__init__()
         self.write = write
+        self.keep_metrics = keep_metrics
         self.tracked = [cb for cb in tracked if _tracked_attributes(cb)]
         self.directory = Path(directory)
         self.steps_per_epoch = int(steps_per_epoch)
         self.every_steps = int(every_steps)
         self.start_step = int(start_step)
         self.restore = restore
+        # Mid-epoch, the running sums of the epoch's metrics (the loss among them) at the checkpoint: restored, the
+        # resumed epoch's logged means cover all its steps, as the uninterrupted run's do, not only the resumed ones.
+        self.epoch_metrics = (restore or {}).get("metrics") if self.start_step else None
         self.extra_state = extra_state or (lambda: {})
         self.epoch = 0
 
@@ -85,6 +92,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.epoch_metrics:  # The first step of a resumed partial epoch: its metrics now built and updated.
+            add_metric_values(self.model, self.epoch_metrics)
+            self.epoch_metrics = None
         step = self.start_step + batch + 1
         if self.every_steps and step % self.every_steps == 0 and step < self.steps_per_epoch:
             self.save(self.epoch, step)
@@ -110,12 +120,32 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 "weights": name,
                 "steps_per_epoch": self.steps_per_epoch,
                 "callbacks": callbacks,
+                "metrics": metric_values(self.model) if step and self.keep_metrics else None,
                 **self.extra_state(),
             },
         )
         for old in self.directory.glob("ckpt-*.weights.h5"):
             if old.name != name:
                 old.unlink()
+
+
+def metric_values(model):
+    """The values of the model's metric variables (each metric's running total and count), as JSON lists."""
+    return [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for m in model.metrics for v in m.variables]
+
+
+def add_metric_values(model, values):
+    """Adds what `metric_values` saved to the metrics' variables, in the same order.
+
+    Keras builds a model's compiled metrics in its first traced step, so a resumed epoch's sums are added after its
+    first step rather than set before it. Keras's metrics keep sums (a mean's total and count, a curve's confusion
+    counts), and float addition commutes, so the sums equal the uninterrupted run's bit for bit.
+    """
+    variables = [v for m in model.metrics for v in m.variables]
+    if len(variables) != len(values):
+        raise ValueError(f"the checkpoint holds {len(values)} metric values, the model has {len(variables)}")
+    for variable, value in zip(variables, values):
+        variable.assign(variable + np.asarray(value, dtype=variable.dtype))
 
 
 def restore_counters(callbacks, saved):

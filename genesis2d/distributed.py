@@ -223,6 +223,9 @@ def fit_multiworker(
     epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
     if state and state.get("steps_per_epoch") != steps_per_epoch:
         step = 0  # Different epoch length: restart the interrupted epoch rather than guess.
+    # The sum of the epoch's step losses so far, kept with each checkpoint: a resumed epoch's logged loss is then the
+    # mean over all its steps, as the uninterrupted run's is, not over the resumed ones only.
+    running = {"loss_sum": (state or {}).get("loss_sum", 0.0) if step else 0.0}
     checkpoint = ResumableCheckpoint(
         checkpoint_dir,
         steps_per_epoch,
@@ -230,7 +233,8 @@ def fit_multiworker(
         start_step=step,
         tracked=callbacks,
         write=chief,
-        extra_state=extra_state,
+        keep_metrics=False,
+        extra_state=lambda: {**(extra_state() if extra_state else {}), **running},
     )
     callback_list = keras.callbacks.CallbackList(
         [*callbacks, checkpoint], model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
@@ -242,18 +246,18 @@ def fit_multiworker(
     while epoch < epochs and not model.stop_training:
         started = time.time()
         callback_list.on_epoch_begin(epoch)
-        total = 0.0
         for batch in range(steps_per_epoch - step):
             callback_list.on_train_batch_begin(batch)
-            total += float(train_step(iterator))
-            callback_list.on_train_batch_end(batch, {"loss": total / (batch + 1)})
+            running["loss_sum"] += float(train_step(iterator))
+            callback_list.on_train_batch_end(batch, {"loss": running["loss_sum"] / (step + batch + 1)})
         logs = {
-            "loss": total / max(1, steps_per_epoch - step),
+            "loss": running["loss_sum"] / max(1, steps_per_epoch),
             "val_loss": evaluate(val(), validation_steps),
             "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
         }
         if chief and verbose:
             _print_epoch(epoch, epochs, logs, time.time() - started)
+        running["loss_sum"] = 0.0  # Before the epoch-end checkpoint, which starts the next epoch.
         callback_list.on_epoch_end(epoch, logs)
         epoch, step = epoch + 1, 0
     callback_list.on_train_end()

@@ -131,6 +131,7 @@ def test_killed_run_resumes_mid_epoch_with_its_counts(demo_manifest, tmp_path):
         assert resumed.keys() == uninterrupted.keys() and len(resumed) > 10
         for key in resumed:
             np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=f"{name}: {key}")
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / "history.csv"))  # Epoch 0's loss: all its steps.
 
 
 def _arrays(path):

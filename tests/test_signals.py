@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import TINY_PRETRAIN as TINY
 from test_multiworker import free_ports
@@ -94,6 +95,8 @@ def test_sigterm_mid_epoch_stops_pretraining_resumably_and_bit_identical(demo_ma
         assert resumed.keys() == uninterrupted.keys() and len(resumed) > 10
         for key in resumed:
             np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=f"{name}: {key}")
+    # The record too: the interrupted epoch's loss is the mean over all its steps, as the whole run's.
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.read_csv(whole / "history.csv"))
 
 
 @pytest.mark.slow
