@@ -616,6 +616,7 @@ def _series_headers(folder):
     if len(series) > 1:
         raise ImageReadError(folder, f"holds {len(series)} DICOM series; point at a folder with one series")
     normal = _dicom_plane(headers[0][1])[2]
+    _check_parallel(folder, normal, [ds for _, ds in headers])
 
     def position(ds):
         ipp = getattr(ds, "ImagePositionPatient", None)
@@ -647,6 +648,24 @@ def _series_headers(folder):
         ds = headers[0][1]
         z_spacing = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
     return headers, z_spacing
+
+
+PARALLEL_DEGREES = 1.0  # Slices of one volume lie in parallel planes; scanners' rounding stays far below 1 degree.
+
+
+def _check_parallel(folder, normal, headers):
+    """A series is stacked into a volume only when its slices are parallel: radial planes or orthogonal localizers
+    would otherwise be stacked with an invented slice spacing."""
+    normals = [_dicom_plane(ds)[2] for ds in headers]
+    cosines = [abs(float(n @ normal)) / max(np.linalg.norm(n) * np.linalg.norm(normal), 1e-12) for n in normals]
+    worst = float(np.degrees(np.arccos(min(1.0, min(cosines)))))
+    if worst > PARALLEL_DEGREES:
+        planes = len({tuple(np.round(n, 3)) for n in normals})
+        raise ImageReadError(
+            folder,
+            f"holds slices in {planes} planes up to {worst:.1f} degrees apart (radial planes or localizers), not "
+            "one volume; read each file on its own instead",
+        )
 
 
 def _read_dicom_series(folder, slices):

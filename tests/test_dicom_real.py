@@ -175,6 +175,31 @@ def test_a_segmentation_in_a_series_folder_is_not_one_of_its_slices(tmp_path):
     assert read_image(folder)[0].shape == (3, 4, 4)
 
 
+SERIES = os.path.join(BUNDLED, "dicomdirtests")
+
+
+@pytest.mark.parametrize(
+    "folder, planes, degrees",
+    [("98892003/MR700", 7, "49.1"), ("98892001/CT2N", 2, "90.0")],  # Radial MR planes; two orthogonal localizers.
+)
+def test_a_series_of_slices_that_are_not_parallel_is_refused_as_a_volume(tmp_path, folder, planes, degrees):
+    """Stacked, these read as volumes with slice spacings of 25.9 and 265 mm that no scanner acquired."""
+    import shutil
+
+    copy = shutil.copytree(os.path.join(SERIES, folder), tmp_path / "series")
+    with pytest.raises(ImageReadError) as error:
+        read_image(copy)
+    assert str(error.value) == (
+        f"{copy}: holds slices in {planes} planes up to {degrees} degrees apart (radial planes or localizers), "
+        "not one volume; read each file on its own instead."
+    )
+    for file in sorted(copy.iterdir()):  # Each file alone is an image.
+        assert read_image(file)[0].squeeze().ndim == 2
+    # A series of parallel slices from the same set still reads, with the spacing its positions give.
+    array, meta = read_image(shutil.copytree(os.path.join(SERIES, "98892001/CT5N"), tmp_path / "parallel"))
+    assert array.shape == (5, 16, 16) and meta["spacing"][2] == pytest.approx(2.5)
+
+
 def test_a_missing_decoder_is_named_in_one_line():
     """With no JPEG plugin importable, a JPEG Lossless file says in one line which package to install."""
     import subprocess
