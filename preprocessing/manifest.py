@@ -5,8 +5,9 @@
 One CSV row per sampled slice, with columns `dataset, modality, body_part,
 patient_id, path, slice_index, split`; counts per modality, body part and dataset
 are printed (thesis Fig. 3.2-3.7) and drawn as PNG charts next to the CSV.
-Files whose header or sampled slices cannot be decoded are skipped with one
-warning line each and counted (`--no-verify` checks headers only). Paths are
+Files whose header or sampled slices cannot be decoded, or whose slices are under 32
+pixels a side, are skipped with one warning line each and counted (`--no-verify`
+checks headers only). Paths are
 written absolute, so the manifest works from any folder. Each dataset's patients
 and slices are printed beside the thesis's (Fig. 3.1, and the sampled counts of
 Fig. 3.3), with a warning where they differ by more than 2x, and written beside
@@ -28,6 +29,7 @@ import pandas as pd
 import yaml
 
 from plumbing.atomic import write_csv
+from plumbing.cli import count_type
 from plumbing.errors import ImageReadError, InputError, UsageError
 from plumbing.figures import pyplot, save_figure
 from plumbing.options import Options, build_parser, option, parse_options
@@ -38,6 +40,9 @@ from preprocessing.split import DEFAULT_FRACTIONS, check_no_leak, patient_split
 COLUMNS = ["dataset", "modality", "body_part", "patient_id", "path", "slice_index", "split"]
 REQUIRED_KEYS = ("name", "modality", "files", "patient_id", "slices_per_patient")
 VOLUME_RULES = ("first", "all")  # Which volumes of a 4D file become slices (see datasets.yaml).
+# The smallest slice side kept: every backbone halves its input five times, so 32 pixels is one feature at the end.
+# Smaller images (a 1x1 PNG, an icon) would be upsampled to the crop and trained on as constant slices.
+MIN_SIDE = 32
 THESIS_KEYS = ("patients", "slices", "sampled")  # Fig. 3.1's patients and slices; the thesis's sampled slices.
 DIFFERENCE_WARNED = 2.0  # A built count this many times above or below the thesis's is warned about.
 
@@ -199,7 +204,7 @@ def sample_dataset(entry, root, warn=print, allow_outside_root=False):
     return rows, skipped
 
 
-def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outside_root=False):
+def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outside_root=False, min_side=MIN_SIDE):
     """The rows whose files decode, and the files that do not (each read once, in parallel threads).
 
     Headers alone accept a DICOM cut at 60% or a MetaImage whose .raw is short; decoding the
@@ -217,12 +222,18 @@ def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outsi
     def check(item):
         path, slices = item
         try:
-            read_image(path, slices=slices, allow_outside_root=allow_outside_root)
-            return None
+            array, _ = read_image(path, slices=slices, allow_outside_root=allow_outside_root)
         except OutsideRootError:
             raise
         except ImageReadError as error:
             return path, str(error)
+        height, width = array.shape[-2:]
+        if min(height, width) < min_side:  # A 1x1 image would be trained on as a constant slice.
+            return path, (
+                f"{path}: its slices are {height} x {width} pixels, fewer than the {min_side} a side the networks "
+                "need (--min-side)."
+            )
+        return None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = list(
@@ -236,7 +247,15 @@ def verify_decodable(frame, warn=print, workers=None, progress=True, allow_outsi
 
 
 def build_manifest(
-    entries, root, seed=0, fractions=DEFAULT_FRACTIONS, warn=print, verify=True, progress=True, allow_outside_root=False
+    entries,
+    root,
+    seed=0,
+    fractions=DEFAULT_FRACTIONS,
+    warn=print,
+    verify=True,
+    progress=True,
+    allow_outside_root=False,
+    min_side=MIN_SIDE,
 ):
     """Samples every dataset, decodes what it keeps (unless `verify` is False), splits by patient and checks the split.
 
@@ -265,7 +284,7 @@ def build_manifest(
         )
     if verify and len(frame):
         frame, undecodable = verify_decodable(
-            frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root
+            frame, warn=warn, progress=progress, allow_outside_root=allow_outside_root, min_side=min_side
         )
         skipped += undecodable
     frame = frame.reset_index(drop=True)
@@ -399,6 +418,12 @@ class ManifestOptions(Options):
         flag="--no-verify",
         action="store_false",
     )
+    min_side: int = option(
+        MIN_SIDE,
+        "slices with a side under this many pixels are skipped and counted: every backbone halves its input five "
+        "times, so 32 pixels make one feature at its end, and a 1x1 image would be trained on as a constant slice.",
+        type=count_type(1),
+    )
     allow_outside_root: bool = option(
         False,
         "read files that symlinks take outside --root, and MetaImage/NRRD headers "
@@ -455,6 +480,7 @@ def build_from_options(options):
         warn=_warn,
         verify=options.verify,
         allow_outside_root=options.allow_outside_root,
+        min_side=options.min_side,
     )
 
 

@@ -103,6 +103,7 @@ def test_manifest_decodes_what_it_keeps_and_writes_absolute_paths(tmp_path, caps
     monkeypatch.chdir(tmp_path)
     frame = main(
         ["--datasets", str(table), "--root", "data", "--out", str(tmp_path / "m.csv"), "--fractions", "1", "0", "0"]
+        + ["--min-side", "8"]  # Tiny stand-in images.
     )
     captured = capsys.readouterr()
     assert set(frame["patient_id"]) == {"p1", "p3"}  # Only what decodes.
@@ -442,6 +443,8 @@ def test_a_metaimage_naming_a_file_outside_the_dataset_stops_the_manifest(tmp_pa
         "1",
         "0",
         "0",
+        "--min-side",
+        "8",
     ]
     code, line = _exit_line(main, argv, capsys)
     assert code == 1 and line == (

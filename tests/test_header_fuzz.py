@@ -187,6 +187,8 @@ def test_a_printf_pattern_as_data_file_is_one_line_in_the_manifest_command_not_a
         "1",
         "0",
         "0",
+        "--min-side",
+        "8",
     ]
     done = subprocess.run(
         [sys.executable, "-m", "preprocessing.manifest", *argv], capture_output=True, text=True, cwd=ROOT, timeout=300

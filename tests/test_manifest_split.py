@@ -56,6 +56,35 @@ def test_unreadable_files_are_skipped_and_counted(demo_dir, tmp_path, capsys):
     assert "ct999" not in set(frame["patient_id"]) and (tmp_path / "m.csv").exists()
 
 
+def test_images_too_small_to_train_on_are_skipped_and_counted(demo_dir, tmp_path, capsys):
+    """A 1x1 PNG and a 1x1x1 NIfTI used to enter the manifest and the shards, and were trained on as constant
+    slices; one of 32 x 40, the smallest side kept, still enters."""
+    import nibabel as nib
+    from PIL import Image
+
+    root = tmp_path / "pretrain"
+    shutil.copytree(demo_dir / "pretrain", root)
+    Image.fromarray(np.full((1, 1), 7, np.uint8)).save(root / "xr_png8" / "p997_0.png")
+    Image.fromarray(np.full((31, 64), 7, np.uint8)).save(root / "xr_png8" / "p998_0.png")
+    Image.fromarray(np.arange(32 * 40, dtype=np.uint16).reshape(32, 40).astype(np.uint8)).save(
+        root / "xr_png8" / "p999_0.png"
+    )
+    nib.save(nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4)), root / "ct_nifti" / "ct999.nii.gz")
+    frame = main(["--datasets", str(root / "datasets.yaml"), "--root", str(root), "--out", str(tmp_path / "m.csv")])
+    captured = capsys.readouterr()
+    assert "3 unreadable files skipped" in captured.out
+    for name, size in (
+        ("xr_png8/p997_0.png", "1 x 1"),
+        ("xr_png8/p998_0.png", "31 x 64"),
+        ("ct_nifti/ct999.nii.gz", "1 x 1"),
+    ):
+        line = f"warning: {root / name}: its slices are {size} pixels, fewer than the 32 a side the networks need"
+        assert f"{line} (--min-side). Skipped." in captured.err.splitlines(), captured.err
+    kept = set(frame["path"])
+    assert str((root / "xr_png8" / "p999_0.png").resolve()) in kept
+    assert not {str((root / n).resolve()) for n in ("xr_png8/p997_0.png", "ct_nifti/ct999.nii.gz")} & kept
+
+
 def test_the_manifest_options_are_read_off_their_fields(demo_dir, tmp_path, capsys):
     """One way to declare options: a YAML --config sets them as flags do; a datasets table there is named."""
     from preprocessing.manifest import ManifestOptions, main
@@ -180,7 +209,7 @@ def test_cardiac_mri_as_distributed_and_the_comparison_with_fig_3_1(tmp_path, ca
     for patient, (z, version) in enumerate([(3, "5"), (2, "7.3")], start=1):  # 4 frames x z slices.
         write_cardiac_mat(
             root / "CardiacMRI" / f"sol_yxzt_pat{patient}.mat",
-            rng.integers(1, 900, size=(8, 8, z, 4)).astype(np.uint16),
+            rng.integers(1, 900, size=(32, 32, z, 4)).astype(np.uint16),
             version,
         )
     table = _cardiac_table(root, "    volumes: all\n")
