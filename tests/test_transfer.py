@@ -288,6 +288,27 @@ def test_the_encoder_folder_is_a_preset_its_card_names_the_backbone(tmp_path, ca
     assert "no card.json beside it; assuming a resnet18 encoder" in capsys.readouterr().out
 
 
+def test_an_unfinished_pretraining_is_refused_as_encoder_unless_asked(tmp_path, capsys):
+    from genesis2d.checkpoint import mark_finished
+    from luna16.experiment import parse_args
+    from mura.experiment import parse_args as mura_args
+
+    folder = tmp_path / "run"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "encoder.h5").write_bytes(b"weights")
+    (folder / "card.json").write_text(json.dumps({"backbone": "resnet18"}))
+    (folder / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 1, "step": 40}))  # As SIGTERM leaves it.
+    for parse in (parse_args, mura_args):
+        for given in (folder, folder / "encoder.h5"):
+            with pytest.raises(InitError, match=r"run: holds a pretraining that was stopped before it finished"):
+                parse(["--data", "/nowhere", "--init", "genesis", "--encoder", str(given)])
+        options = parse(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder), "--unfinished-encoder"])
+        assert options.encoder == str(folder / "encoder.h5")
+        assert "pretraining unfinished; using its best epoch so far" in capsys.readouterr().out
+    mark_finished(folder / "checkpoint")
+    assert parse_args(["--data", "/nowhere", "--init", "genesis", "--encoder", str(folder)]).backbone == "resnet18"
+
+
 @pytest.mark.slow
 def test_fine_tune_sets_the_encoders_batch_norm_momentum(tmp_path):
     import keras

@@ -129,6 +129,21 @@ def genesis_card(encoder, backbone, default_backbone, init="genesis"):
     return card, card.backbone
 
 
+def check_finished(card, accept_unfinished=False):
+    """Refuses (InitError) an encoder folder whose pretraining checkpoint says it was stopped before it finished:
+    its encoder is the best epoch so far, not the run's. `accept_unfinished` (--unfinished-encoder) takes it."""
+    from genesis2d.pretrain import unfinished
+
+    if unfinished(card.folder) and not accept_unfinished:
+        raise InitError(
+            card.folder,
+            "holds a pretraining that was stopped before it finished; resume it (python genesis2d/train.py "
+            "--resume --out FOLDER) or pass --unfinished-encoder to use its best epoch so far",
+        )
+    if unfinished(card.folder):
+        print(f"{card.folder}: pretraining unfinished; using its best epoch so far (--unfinished-encoder)")
+
+
 def radimagenet_file(backbone, explicit=None):
     """The RadImageNet weights file of a backbone: `explicit`, else the one in Keras's cache; one line if neither."""
     name = BACKBONES[backbone].radimagenet_file
@@ -149,7 +164,7 @@ def radimagenet_file(backbone, explicit=None):
     return path
 
 
-def _load_genesis(encoder, path):
+def _load_genesis(encoder, path, backbone):
     import keras
 
     path = Path(path)
@@ -166,7 +181,7 @@ def _load_genesis(encoder, path):
     if len(weights) != len(encoder.weights) or any(a.shape != b.shape for a, b in zip(weights, encoder.get_weights())):
         raise InitError(
             path,
-            f"encoder does not match backbone '{encoder.name}' "
+            f"encoder does not match backbone {backbone} "
             f"({len(weights)} weight arrays, expected {len(encoder.weights)}); check --backbone",
         )
     encoder.set_weights(weights)
@@ -240,7 +255,7 @@ def load_encoder(init, backbone, input_shape, encoder_path=None, imagenet_weight
             path = default_genesis_encoder(backbone, objective=init).encoder_file
         else:
             path = read_encoder_card(encoder_path).encoder_file if Path(encoder_path).is_dir() else Path(encoder_path)
-        _load_genesis(encoder, path)
+        _load_genesis(encoder, path, backbone)
     return encoder
 
 

@@ -22,6 +22,7 @@ from transfer.encoders import (
     PRETRAINED_INITS,
     EncoderSpec,
     InitError,
+    check_finished,
     genesis_card,
     radimagenet_file,
 )
@@ -59,6 +60,13 @@ class TransferOptions(Options):
         "writes it (or a file in it: encoder.h5, encoder.weights.h5); its card.json gives the backbone and must "
         "name --init as its objective. Default: the one folder under weights/ whose card names --backbone and "
         "--init (with none or several, the command stops and lists them).",
+        reuse=False,
+    )
+    unfinished_encoder: bool = option(
+        False,
+        "accept an --encoder whose pretraining was stopped before it finished (its best epoch so far); "
+        "without it such a folder is refused: resume its pretraining with `python genesis2d/train.py --resume`.",
+        action="store_true",
         reuse=False,
     )
     imagenet_weights: str = option(
@@ -237,6 +245,7 @@ def resolve(options, table):
     changes = {}
     if options.init in PRETRAINED_INITS:  # The encoder's card decides the backbone, before anything else reads it.
         card, backbone = genesis_card(options.encoder, options.backbone, DEFAULT_BACKBONE, options.init)
+        check_finished(card, options.unfinished_encoder)
         changes.update(backbone=backbone, encoder=str(card.encoder_file), encoder_sha256=file_sha256(card.encoder_file))
     else:
         changes["backbone"] = options.backbone or DEFAULT_BACKBONE
