@@ -36,6 +36,9 @@ def _stderr(line):
     print(line, file=sys.stderr)
 
 
+_V1_NOTED = set()  # The V1 file's note is said once a process.
+
+
 def read_candidates(data_dir, warn=_stderr):
     """The candidates file as a DataFrame of CANDIDATE_COLUMNS, checked.
 
@@ -45,6 +48,13 @@ def read_candidates(data_dir, warn=_stderr):
     given both classes is refused. Non-numeric coordinates or classes are refused.
     """
     path = candidates_path(data_dir)
+    if path.name != "candidates_V2.csv" and path not in _V1_NOTED:
+        _V1_NOTED.add(path)
+        warn(
+            f"note: {path}: reading LUNA16's first candidates file, as no candidates_V2.csv is beside it; the "
+            "thesis used candidates_V2.csv (754,975 candidates, 1,557 of them nodules), so counts and FROC "
+            "differ from its"
+        )
     frame = read_csv(path, "the LUNA16 candidates file", dtype=str)
     missing = set(CANDIDATE_COLUMNS) - set(frame.columns)
     if missing:

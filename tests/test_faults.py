@@ -542,6 +542,21 @@ def test_luna16_candidates_are_stripped_checked_and_deduplicated(tmp_path, capsy
     )
 
 
+def test_a_v1_candidates_file_is_read_with_one_note(tmp_path, capsys):
+    from luna16.data import read_candidates
+
+    data = _luna_tree(tmp_path, ["1.2.3,1,2,3,0", "1.2.3,4,5,6,1"])
+    (data / "candidates_V2.csv").rename(data / "candidates.csv")  # Only LUNA16's first release's file.
+    for _ in range(3):  # Read again by later steps: said once.
+        frame = read_candidates(data)
+    assert list(frame["class"]) == [0, 1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: {data / 'candidates.csv'}: reading LUNA16's first")
+    (data / "candidates.csv").rename(data / "candidates_V2.csv")
+    read_candidates(data)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
