@@ -69,18 +69,21 @@ def data_source(manifest=None, shards=None):
 def checked_data(config):
     """(source, {split: slices}, content hash) of the run's data, once it holds a training batch and a val split."""
     source, counts, data_hash = data_source(config.manifest, config.shards)
-    if counts.get("train", 0) < config.slices_per_batch:
+    check_split(source, counts, config.slices_per_batch)
+    return source, counts, data_hash
+
+
+def check_split(source, counts, slices_per_batch, fractions="`python -m preprocessing.manifest --fractions`"):
+    """Refuses (InputError naming `source`) a split whose {split: slices} `counts` cannot pretrain: fewer training
+    slices than one batch, or no validation slices; `fractions` says where the user sets the split."""
+    if counts.get("train", 0) < slices_per_batch:
         raise InputError(
-            source,
-            f"has {counts.get('train', 0)} training slices, fewer than one batch of {config.slices_per_batch}",
+            source, f"has {counts.get('train', 0)} training slices, fewer than one batch of {slices_per_batch}"
         )
     if not counts.get("val", 0):
         raise InputError(
-            source,
-            "has no validation slices, on which the best epoch is chosen; give it a val split "
-            "(`python -m preprocessing.manifest --fractions`)",
+            source, f"has no validation slices, on which the best epoch is chosen; give it a val split ({fractions})"
         )
-    return source, counts, data_hash
 
 
 def pairs(source, split, config, training, first_seed, batch_size=None, share=None, first_batch=0):

@@ -371,6 +371,7 @@ class Experiment:
         return steps
 
     def _corpus_steps(self, measure):
+        from genesis2d.data import check_split
         from preprocessing.manifest import build_from_options, write_manifest
 
         options = self.manifest_options()
@@ -433,6 +434,12 @@ class Experiment:
         )
         for objective in [init for init in PRETRAINED if init in self.o.inits]:
             for backbone in self.o.backbones:
+                check_split(
+                    f"{manifest} (the split of {options.root})",
+                    by_split,
+                    self.pretrain_config(backbone, objective).slices_per_batch,
+                    fractions="the settings file's manifest: fractions",
+                )
                 steps.append(self._pretrain_step(backbone, by_split, measure, objective))
         return steps
 

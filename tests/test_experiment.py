@@ -125,6 +125,24 @@ def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp
 
 
 @pytest.mark.slow
+def test_the_plan_refuses_a_corpus_split_without_validation_slices(roots, keras_home, tmp_path, capsys):
+    from study.demo import main
+
+    settings = yaml.safe_load((roots / "tiny.yaml").read_text())
+    settings["manifest"]["fractions"] = [0.8, 0.0, 0.2]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    out = tmp_path / "experiment"
+    for plan in (["--plan"], []):  # The plan refuses what the run would refuse, and the run before writing.
+        with pytest.raises(SystemExit) as stop:
+            main(["--settings", str(tmp_path / "s.yaml"), "--out", str(out), "--measure-steps", "0", *plan])
+        assert stop.value.code == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]  # After the decode's progress bar.
+        assert error.startswith(f"error: {out / 'corpus' / 'manifest.csv'} (the split of "), error
+        assert "has no validation slices, on which the best epoch is chosen" in error
+        assert not out.exists()
+
+
+@pytest.mark.slow
 def test_a_missing_imagenet_file_and_a_stage_setting_the_study_owns_stop_in_one_line(
     roots, tmp_path, monkeypatch, capsys
 ):
