@@ -124,7 +124,9 @@ def _hours(seconds):
 
 
 def _size(count):
-    return f"{count / GIB:,.2f} GiB" if count >= GIB / 10 else f"{count / 2**20:,.1f} MiB"
+    if count >= GIB / 10:
+        return f"{count / GIB:,.2f} GiB"
+    return f"{count / 2**20:,.1f} MiB" if count >= 2**20 / 10 else f"{count / 2**10:,.0f} KiB"
 
 
 def read_settings(path):
@@ -482,7 +484,7 @@ class Experiment:
             if measure
             else None
         )
-        params = _parameters(timing)
+        params = _parameters(timing, "pretraining", backbone)
         folder = self.pretrain_dir(backbone, objective)
         what = {
             "genesis": f"Models Genesis pretraining, {backbone} U-Net",
@@ -562,7 +564,7 @@ class Experiment:
             # Predicted at the training batch (as measured): every epoch's selection data, then the test data once.
             predict_batches=units * math.ceil((evaluated * epochs + test) / batch),
             timing=timing,
-            disk=units * _parameters(timing) * 4 * 2,
+            disk=units * _parameters(timing, "fine-tuning", backbone) * 4 * 2,
         )
 
     def _luna16_counts(self, options):
@@ -695,8 +697,11 @@ def _task_module(task):
     return experiment
 
 
-def _parameters(timing):
-    return 0 if timing is None else timing.parameters
+def _parameters(timing, kind, backbone):
+    """The weights of a step's model: as measured, or counted on the model built without timing it."""
+    from study import measure
+
+    return measure.parameters(kind, backbone) if timing is None else timing.parameters
 
 
 def _subset_of_scans(root, allow_outside_root=False):
@@ -860,12 +865,16 @@ def print_plan(steps, chosen, out):
             print(f"       {step.counts}{speed}")
     todo = [s for s in chosen if not (s.finished is not None and s.finished())]
     total = sum(s.projected() for s in todo)
+    unmeasured = sum(s.timing is None and bool(s.train_steps or s.predict_batches) for s in todo)
     disk = sum(s.disk for s in todo)
     free = shutil.disk_usage(_existing_parent(out)).free
-    print(
-        f"\nprojected: {_hours(total)} for the {len(todo)} steps left here; disk: {_size(disk)} to write, "
-        f"{_size(free)} free under {_existing_parent(out)}"
+    time_text = (
+        f"{_hours(total)} for the {len(todo)} steps left here"
+        if not unmeasured
+        else f"not measured for {unmeasured} of the {len(todo)} steps left here (--measure-steps 0); "
+        f"{_hours(total)} for the others"
     )
+    print(f"\nprojected: {time_text}; disk: {_size(disk)} to write, {_size(free)} free under {_existing_parent(out)}")
     if disk > free:
         print(f"warning: the steps would write {_size(disk)} but only {_size(free)} is free", file=sys.stderr)
     return total, disk, free

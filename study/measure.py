@@ -9,6 +9,7 @@ slower one); the warm-up epochs, with the encoder frozen, take less, so its proj
 upper bound.
 """
 
+import functools
 import resource
 import statistics
 import time
@@ -108,3 +109,27 @@ def classifier_step(backbone, image_size, batch_size, precision="auto", units=25
     result = time_model(model, "binary_crossentropy", name, image_size, batch_size, policy, steps, started=started)
     keras.backend.clear_session()
     return result
+
+
+PARAMETER_PROBE_SIZE = 32  # The smallest side every backbone takes: a model's weights do not depend on its input size.
+
+
+@functools.cache
+def parameters(kind, backbone, norm="batch", units=256):
+    """The weights (count) of the model a `kind` step trains ('pretraining': the restoration U-Net; otherwise the
+    thesis's classifier on the encoder), built without timing it: a step's disk is known when its time is not
+    measured (--measure-steps 0). Both models are fully convolutional before global pooling, so the count is the
+    one at any input size."""
+    import keras
+
+    from genesis2d.unet import build_encoder, build_unet
+    from transfer.finetune import build_classifier
+
+    shape = (PARAMETER_PROBE_SIZE, PARAMETER_PROBE_SIZE, 1)
+    if kind == "pretraining":
+        model = build_unet(backbone, shape, norm=norm)
+    else:
+        model = build_classifier(build_encoder(backbone, shape), units, 0.5, 1e-4)
+    count = model.count_params()
+    keras.backend.clear_session()
+    return count

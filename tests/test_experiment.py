@@ -106,6 +106,22 @@ def test_plan_prints_the_datas_counts_measured_times_and_disk_and_writes_nothing
 
 
 @pytest.mark.slow
+def test_a_plan_without_measured_steps_still_projects_each_steps_disk(roots, keras_home, tmp_path, capsys):
+    from study.measure import parameters
+
+    study(roots, tmp_path / "experiment", "--plan", "--inits", "scratch", "genesis", measure=0)
+    text = capsys.readouterr().out
+    rows = dict(re.findall(r"^ +\d+\. (\S+) +.*?disk +([\d.,]+ [KMG]iB) ", text, re.M))
+    assert len(rows) == 2 + 2 + 1 + 8 + 1 and re.search(r"pretrain/resnet50 +not measured  disk", text)
+    # A pretraining's disk is its U-Net's weights four times over (the encoder, the best model, the checkpoint's
+    # weights and momentum); a cell's, each fold's or run's classifier twice.
+    assert rows["pretrain/resnet50"] == f"{parameters('pretraining', 'resnet50') * 16 / 2**30:.2f} GiB"
+    assert rows["mura/vgg16/genesis"] == f"{parameters('fine-tuning', 'vgg16') * 8 / 2**30:.2f} GiB"  # --repeats 1
+    assert all(not value.startswith("0.0 ") and value != "0 KiB" for key, value in rows.items() if key != "report")
+    assert "projected: not measured for 10 of the 14 steps left here (--measure-steps 0); " in text
+
+
+@pytest.mark.slow
 def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp_path, capsys):
     luna = tmp_path / "LUNA16"
     shutil.copytree(roots / "data" / "LUNA16", luna, symlinks=True)
@@ -326,3 +342,11 @@ def test_the_arms_beyond_the_thesis_pretrain_their_own_encoders_with_equal_steps
     # Each arm's epoch is the same number of steps (equal compute), whatever the slices a step reads.
     counts = {o: experiment._pretrain_step("resnet50", {"train": 100, "val": 20}, False, o) for o in configs}
     assert len({step.train_steps for step in counts.values()}) == 1
+
+
+@pytest.mark.slow
+def test_a_models_weights_are_counted_at_any_input_size():
+    from study.measure import classifier_step, parameters, pretraining_step
+
+    assert pretraining_step("resnet18", 64, 2, "float32", steps=1).parameters == parameters("pretraining", "resnet18")
+    assert classifier_step("resnet18", 64, 2, "float32", steps=1).parameters == parameters("fine-tuning", "resnet18")
