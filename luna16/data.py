@@ -223,8 +223,6 @@ def _extract_subsets(
     header names data outside its folder stops the extraction (unless `allow_outside_root`),
     where a damaged scan is only skipped.
     """
-    from tqdm import tqdm
-
     from plumbing.fingerprint import fingerprint
 
     out_dir = Path(out_dir)
@@ -272,44 +270,8 @@ def _extract_subsets(
                 if pool is not None and len(jobs) > 1
                 else map(_extract_scan_job, jobs)
             )
-            rows, aug_rows, skipped, dropped, written = [], [], [], 0, 0
-            with (
-                _NpyStream(folder / "patches.npy", (3, size, size)) as patches,
-                _NpyStream(folder / "augmented.npy", (3, size, size)) as augmented,
-            ):
-                for job, found in tqdm(
-                    zip(jobs, results), total=len(jobs), desc=f"subset{subset}", unit="scan", disable=not progress
-                ):
-                    path, uid = job[0], Path(job[0]).stem
-                    if isinstance(found, OutsideRoot):
-                        raise InputError(path, found.problem)
-                    if isinstance(found, str):
-                        print(f"warning: {found} Its {len(job[1])} candidates are skipped.", file=sys.stderr)
-                        skipped.append(str(path))
-                        continue
-                    keep, scan_patches, scan_aug, scan_aug_rows = found
-                    scan_rows = by_series[uid]
-                    if not keep.any():
-                        print(
-                            f"warning: {path}: none of its {len(keep)} candidates lies inside the scan or has "
-                            "coordinates; it gives no patches.",
-                            file=sys.stderr,
-                        )
-                    elif not keep.all():
-                        print(
-                            f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
-                            "scan or have no coordinates; dropped.",
-                            file=sys.stderr,
-                        )
-                    if not keep.all():
-                        dropped += int((~keep).sum())
-                        scan_rows = scan_rows[keep]
-                    patches.write(scan_patches)
-                    augmented.write(scan_aug)
-                    aug_rows.append(scan_aug_rows + written)
-                    written += len(scan_rows)
-                    rows.append(scan_rows)
-            table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+            label = f"subset{subset}" if progress else None
+            table, aug_rows, skipped, dropped = _write_scans(folder, size, jobs, results, by_series, label)
             if table.empty:
                 print(
                     f"warning: {folder}: no patches: none of the {len(scans)} scans of subset{subset} gave any "
@@ -337,6 +299,60 @@ def _extract_subsets(
         if pool is not None:
             pool.terminate()
     return counts
+
+
+def _write_scans(folder, size, jobs, results, by_series, progress_label):
+    """Streams each scan's patches (in scan order) into the subset folder's .npy files as they come from `results`.
+
+    Returns (the candidates kept, each scan's augmented-row indices, the scans skipped, the candidates dropped).
+    A scan whose data lies outside its folder stops (InputError); a damaged one is skipped with a warning.
+    """
+    from tqdm import tqdm
+
+    rows, aug_rows, skipped, dropped, written = [], [], [], 0, 0
+    with (
+        _NpyStream(folder / "patches.npy", (3, size, size)) as patches,
+        _NpyStream(folder / "augmented.npy", (3, size, size)) as augmented,
+    ):
+        for job, found in tqdm(
+            zip(jobs, results), total=len(jobs), desc=progress_label, unit="scan", disable=progress_label is None
+        ):
+            path, uid = job[0], Path(job[0]).stem
+            if isinstance(found, OutsideRoot):
+                raise InputError(path, found.problem)
+            if isinstance(found, str):
+                print(f"warning: {found} Its {len(job[1])} candidates are skipped.", file=sys.stderr)
+                skipped.append(str(path))
+                continue
+            keep, scan_patches, scan_aug, scan_aug_rows = found
+            scan_rows = by_series[uid]
+            if not keep.all():
+                _warn_dropped(path, keep)
+                dropped += int((~keep).sum())
+                scan_rows = scan_rows[keep]
+            patches.write(scan_patches)
+            augmented.write(scan_aug)
+            aug_rows.append(scan_aug_rows + written)
+            written += len(scan_rows)
+            rows.append(scan_rows)
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    return table, aug_rows, skipped, dropped
+
+
+def _warn_dropped(path, keep):
+    """One line for a scan whose candidates (`keep` False) lie outside it or have no coordinates."""
+    if not keep.any():
+        print(
+            f"warning: {path}: none of its {len(keep)} candidates lies inside the scan or has "
+            "coordinates; it gives no patches.",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"warning: {path}: {int((~keep).sum())} of its {len(keep)} candidates lie outside the "
+            "scan or have no coordinates; dropped.",
+            file=sys.stderr,
+        )
 
 
 class OutsideRoot(str):

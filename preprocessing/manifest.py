@@ -71,47 +71,50 @@ def load_table(config_path):
     if not entries or not isinstance(entries, list):
         raise InputError(config_path, "has no 'datasets' list")
     for number, entry in enumerate(entries, start=1):
-        if not isinstance(entry, dict):
-            raise InputError(
-                config_path, f"dataset {number} is {entry!r}, not a mapping of fields (name, modality, ...)"
-            )
-        name = entry.get("name", "?")
-        missing = [key for key in REQUIRED_KEYS if key not in entry]
-        if missing:
-            raise InputError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
-        if entry["modality"] not in MODALITIES:
-            raise InputError(
-                config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}"
-            )
-        if "body_part" not in entry and "body_part_pattern" not in entry:
-            raise InputError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
-        spp = entry["slices_per_patient"]
-        if not (spp == "all" or (isinstance(spp, int) and not isinstance(spp, bool) and spp > 0)):
-            raise InputError(
-                config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'"
-            )
-        files = entry["files"]
-        if not isinstance(files, str) or not files.strip():
-            raise InputError(config_path, f"dataset '{name}' has files={files!r}, expected a glob relative to --root")
-        if Path(files).is_absolute() or files.startswith("~") or ".." in Path(files).parts:
-            raise InputError(
-                config_path, f"dataset '{name}' has files {files!r}, which leaves --root; globs are relative to it"
-            )
-        if entry["patient_id"] != "header":
-            _regex(config_path, name, "patient_id", entry["patient_id"])
-        if "body_part_pattern" in entry:
-            _regex(config_path, name, "body_part_pattern", entry["body_part_pattern"])
-        if entry.get("volumes", "first") not in VOLUME_RULES:
-            raise InputError(
-                config_path,
-                f"dataset '{name}' has volumes={entry['volumes']!r}, expected one of {', '.join(VOLUME_RULES)}",
-            )
-        thesis = entry.get("thesis", {})
-        if not isinstance(thesis, dict) or any(not isinstance(thesis.get(k, 0), int) for k in THESIS_KEYS):
-            raise InputError(
-                config_path, f"dataset '{name}' has thesis={thesis!r}, expected integers {', '.join(THESIS_KEYS)}"
-            )
+        _check_entry(config_path, number, entry)
     return entries
+
+
+def _check_entry(config_path, number, entry):
+    """One dataset of the table (the `number`th), checked field by field: InputError naming it."""
+    if not isinstance(entry, dict):
+        raise InputError(config_path, f"dataset {number} is {entry!r}, not a mapping of fields (name, modality, ...)")
+    name = entry.get("name", "?")
+    missing = [key for key in REQUIRED_KEYS if key not in entry]
+    if missing:
+        raise InputError(config_path, f"dataset '{name}' lacks {', '.join(missing)}")
+    if entry["modality"] not in MODALITIES:
+        raise InputError(
+            config_path, f"dataset '{name}' has modality '{entry['modality']}', expected one of {MODALITIES}"
+        )
+    if "body_part" not in entry and "body_part_pattern" not in entry:
+        raise InputError(config_path, f"dataset '{name}' needs body_part or body_part_pattern")
+    spp = entry["slices_per_patient"]
+    if not (spp == "all" or (isinstance(spp, int) and not isinstance(spp, bool) and spp > 0)):
+        raise InputError(
+            config_path, f"dataset '{name}' has slices_per_patient={spp!r}, expected a positive integer or 'all'"
+        )
+    files = entry["files"]
+    if not isinstance(files, str) or not files.strip():
+        raise InputError(config_path, f"dataset '{name}' has files={files!r}, expected a glob relative to --root")
+    if Path(files).is_absolute() or files.startswith("~") or ".." in Path(files).parts:
+        raise InputError(
+            config_path, f"dataset '{name}' has files {files!r}, which leaves --root; globs are relative to it"
+        )
+    if entry["patient_id"] != "header":
+        _regex(config_path, name, "patient_id", entry["patient_id"])
+    if "body_part_pattern" in entry:
+        _regex(config_path, name, "body_part_pattern", entry["body_part_pattern"])
+    if entry.get("volumes", "first") not in VOLUME_RULES:
+        raise InputError(
+            config_path,
+            f"dataset '{name}' has volumes={entry['volumes']!r}, expected one of {', '.join(VOLUME_RULES)}",
+        )
+    thesis = entry.get("thesis", {})
+    if not isinstance(thesis, dict) or any(not isinstance(thesis.get(k, 0), int) for k in THESIS_KEYS):
+        raise InputError(
+            config_path, f"dataset '{name}' has thesis={thesis!r}, expected integers {', '.join(THESIS_KEYS)}"
+        )
 
 
 def find_files(root, pattern, allow_outside_root=False):

@@ -934,6 +934,12 @@ def _check_metaimage(path):
     if suffix_of(path) not in (".mhd", ".mha"):
         return
     fields, _ = _text_header(path)
+    sizes, element, channels, header_size = _metaimage_fields(path, fields)
+    _check_metaimage_data(path, fields, sizes, element, channels, header_size)
+
+
+def _metaimage_fields(path, fields):
+    """(DimSize, ElementType, channels, HeaderSize) of a MetaImage header's `fields`, every number field checked."""
 
     def numbers(key, count, pattern=_NUMBER, low=-math.inf, high=math.inf):
         words = fields[key].split()
@@ -960,6 +966,11 @@ def _check_metaimage(path):
     for key in _METAIMAGE_FLAGS:
         if key in fields and fields[key].lower() not in ("true", "false"):
             raise ImageReadError(path, f"has {key} = {fields[key][:40]!r}; expected True or False")
+    return sizes, element, channels, header_size
+
+
+def _check_metaimage_data(path, fields, sizes, element, channels, header_size):
+    """The data file a MetaImage header names: a safe name that exists and holds the pixels the header claims."""
     data = fields.get("elementdatafile", "")
     if not data:
         raise ImageReadError(path, "is a MetaImage header without ElementDataFile")

@@ -374,22 +374,7 @@ def paired_auc_test(
     chosen = choose_test(sum(sizes), min(sizes, default=0), len(usable)) if test == "auto" else test
     if chosen == "folds" and len(usable) < 2:
         raise ValueError(f"test='folds' needs two folds with both classes; {len(usable)} here")
-    aucs, variances, counts, shares = [], [], [], []
-    for rows, count, _ in usable:
-        y, c = y_true[rows], clusters[rows]
-        if chosen == "permutation":
-            shares.append(cluster_contributions(y, p_a[:, rows], p_b[:, rows], c)[1])
-        if variance == "delong":
-            auc_a, v10_a, v01_a = auc_components(y, p_a[:, rows])
-            auc_b, v10_b, v01_b = auc_components(y, p_b[:, rows])
-            cov = _clustered_covariance(np.stack([v10_a, v10_b]), np.stack([v01_a, v01_b]), c[y == 1], c[y == 0])
-            variances.append(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-        else:
-            auc_a, out_a = _fold_jackknife(y, p_a[:, rows], c)
-            auc_b, out_b = _fold_jackknife(y, p_b[:, rows], c)
-            variances.append(_jackknife_variance(out_a - out_b))
-        aucs.append((auc_a, auc_b))
-        counts.append(count)
+    aucs, variances, counts, shares = _fold_statistics(y_true, p_a, p_b, clusters, usable, variance, chosen)
     result = {
         "folds": len(usable),
         "clusters": int(sum(counts)),
@@ -449,6 +434,28 @@ def paired_auc_test(
         "df": df if reference == "t" or chosen == "folds" else np.nan,  # A normal reference has none.
         "test": name,
     }
+
+
+def _fold_statistics(y_true, p_a, p_b, clusters, usable, variance, permutation):
+    """Each usable fold's (AUC of a, AUC of b), the variance of their difference (`variance`'s way), its cluster
+    count, and (when `permutation` is "permutation") its clusters' shares of the difference."""
+    aucs, variances, counts, shares = [], [], [], []
+    for rows, count, _ in usable:
+        y, c = y_true[rows], clusters[rows]
+        if permutation == "permutation":
+            shares.append(cluster_contributions(y, p_a[:, rows], p_b[:, rows], c)[1])
+        if variance == "delong":
+            auc_a, v10_a, v01_a = auc_components(y, p_a[:, rows])
+            auc_b, v10_b, v01_b = auc_components(y, p_b[:, rows])
+            cov = _clustered_covariance(np.stack([v10_a, v10_b]), np.stack([v01_a, v01_b]), c[y == 1], c[y == 0])
+            variances.append(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+        else:
+            auc_a, out_a = _fold_jackknife(y, p_a[:, rows], c)
+            auc_b, out_b = _fold_jackknife(y, p_b[:, rows], c)
+            variances.append(_jackknife_variance(out_a - out_b))
+        aucs.append((auc_a, auc_b))
+        counts.append(count)
+    return aucs, variances, counts, shares
 
 
 def _fold_ranks(runs):
