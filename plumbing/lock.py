@@ -45,18 +45,25 @@ def _holder(path, held):
     return {}
 
 
-def _acquire(path):
-    """A descriptor of `path` holding its exclusive lock, or None when another process holds it.
+def _acquire(path, wait=False):
+    """A descriptor of `path` holding its exclusive lock, or None when another process holds it (with `wait`, once
+    that process lets it go).
 
     A lock taken on a file that its holder unlinked meanwhile (it was releasing) is no lock: the path then names
     another file, and the lock is taken again on that one."""
     while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # Removed meanwhile by a holder that made it and left it empty.
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(descriptor)
-            return None
+            if not wait:
+                os.close(descriptor)
+                return None
+            holder = _holder(path, held=True)
+            who = f"process {holder['pid']} on {holder.get('host')}" if holder.get("pid") else "another process"
+            print(f"waiting for {who} to release {path}", flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # Asleep until the holder releases it or ends.
         try:
             same = os.stat(path).st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
@@ -67,8 +74,9 @@ def _acquire(path):
 
 
 @contextlib.contextmanager
-def output_lock(folder, name=LOCK_FILE):
-    """Holds `folder/name` while the block runs; a second process on the same folder stops with one line.
+def output_lock(folder, name=LOCK_FILE, wait=False):
+    """Holds `folder/name` while the block runs; a second process on the same folder stops with one line (with
+    `wait`, it says whom it waits for and waits).
 
     Take it before anything in `folder` is read, cleared or written, so that a refused
     second process changes nothing. A lock left by a process that ended (killed, crashed) is
@@ -82,6 +90,8 @@ def output_lock(folder, name=LOCK_FILE):
         name: str. The lock file's name; a command that writes a few named files into a shared
             folder (a manifest beside others) locks those alone with a name of its own.
             Defaults to LOCK_FILE.
+        wait: bool. Wait for the holder to release it instead of stopping (a lock file that
+            still names another machine once its lock is free stops as above).
     """
     folder = Path(folder)
     created = _missing_folders(folder)
@@ -90,7 +100,7 @@ def output_lock(folder, name=LOCK_FILE):
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     try:
         try:
-            descriptor = _acquire(path)
+            descriptor = _acquire(path, wait)
         except OSError as error:
             raise UsageError(path, f"cannot be created ({error.strerror})") from None
         left = _holder(path, held=descriptor is None)

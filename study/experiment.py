@@ -278,7 +278,6 @@ class Experiment:
     def check_roots(self):
         """Every file a later step needs, checked now: one line naming the first that is missing or wrong."""
         from plumbing.errors import InputError, UsageError
-        from transfer.encoders import keras_cache_dir
 
         if not self.tasks:
             raise UsageError("--luna16/--mura", "give at least one downstream dataset folder")
@@ -298,16 +297,7 @@ class Experiment:
                 f"is needed to pretrain the {' and '.join(pretrained)} encoders (or leave them out of --inits)",
             )
         if self.o.corpus:
-            from preprocessing.manifest import find_files, load_table
-
-            options = self.manifest_options()
-            for entry in load_table(options.datasets):
-                if not find_files(options.root, entry["files"], options.allow_outside_root):
-                    raise InputError(
-                        options.root,
-                        f"has no file for dataset '{entry['name']}' of {options.datasets} (files: {entry['files']}); "
-                        "fix its glob or remove the dataset from the table",
-                    )
+            self._check_corpus()
         if "luna16" in self.tasks:
             from luna16.data import candidates_path, read_candidates, scans_by_subset
 
@@ -326,19 +316,39 @@ class Experiment:
             for split in ("train", "valid"):
                 read_split(self.o.mura, split, body_parts_of(options.body_part), False, options.allow_outside_root)
         if "imagenet" in self.o.inits:
-            from genesis2d.backbones import BACKBONES
+            self._check_imagenet_files()
 
-            for task in self.tasks:
-                for backbone in self.o.backbones:
-                    given = self.cell_options(task, backbone, "imagenet").imagenet_weights
-                    path = Path(given) if given else keras_cache_dir() / BACKBONES[backbone].imagenet_file
-                    if not path.is_file():
-                        raise InputError(
-                            path,
-                            f"is missing: the ImageNet weights of {backbone} (--init imagenet); place the file there "
-                            f"(Keras downloads it on a machine with internet access) or set imagenet_weights in "
-                            f"section {task} of --settings",
-                        )
+    def _check_corpus(self):
+        """Each dataset of the table has files under --corpus."""
+        from plumbing.errors import InputError
+        from preprocessing.manifest import find_files, load_table
+
+        options = self.manifest_options()
+        for entry in load_table(options.datasets):
+            if not find_files(options.root, entry["files"], options.allow_outside_root):
+                raise InputError(
+                    options.root,
+                    f"has no file for dataset '{entry['name']}' of {options.datasets} (files: {entry['files']}); "
+                    "fix its glob or remove the dataset from the table",
+                )
+
+    def _check_imagenet_files(self):
+        """Each backbone's ImageNet weights, as each task's settings name them, are on this machine."""
+        from genesis2d.backbones import BACKBONES
+        from plumbing.errors import InputError
+        from transfer.encoders import keras_cache_dir
+
+        for task in self.tasks:
+            for backbone in self.o.backbones:
+                given = self.cell_options(task, backbone, "imagenet").imagenet_weights
+                path = Path(given) if given else keras_cache_dir() / BACKBONES[backbone].imagenet_file
+                if not path.is_file():
+                    raise InputError(
+                        path,
+                        f"is missing: the ImageNet weights of {backbone} (--init imagenet); place the file there "
+                        f"(Keras downloads it on a machine with internet access) or set imagenet_weights in "
+                        f"section {task} of --settings",
+                    )
 
     # ---- the steps, with their counts and costs ----
 
@@ -791,7 +801,9 @@ def selected_steps(steps, patterns, array=None):
     """The steps to run: those the patterns select (all without patterns), this array task's share of the cells,
     then their unfinished prerequisites before them, in plan order.
 
-    `array`: (index, count) of a job array: the selected cells, in plan order, are dealt out round-robin.
+    `array`: (index, count) of a job array: the selected cells, in plan order, are dealt out round-robin. Tasks
+    that start together pull the same prerequisites: `run` does each step holding its lock, so one task does a
+    shared step while the others wait for it and then keep it.
     """
     from plumbing.errors import UsageError
 
@@ -803,17 +815,9 @@ def selected_steps(steps, patterns, array=None):
             raise UsageError("--cells", f"{', '.join(unmatched)} matches no step; the steps: {', '.join(by_key)}")
     else:
         chosen = list(steps)
-    if array is not None:  # Tasks that start together: each runs cells only, never a shared prerequisite.
+    if array is not None:
         index, count = array
-        cells = [s for s in chosen if s.key.count("/") == 2]
-        chosen = cells[index::count]
-        waiting = sorted({need for s in chosen for need in s.needs if not by_key[need].finished()})
-        if waiting:
-            raise UsageError(
-                "SLURM_ARRAY_TASK_ID",
-                f"the cells of a job array need {', '.join(waiting)} finished first; run them in one job before the "
-                f"array (--cells {' '.join(waiting)})",
-            )
+        chosen = [s for s in chosen if s.key.count("/") == 2][index::count]
     keys = {s.key for s in chosen} | {"report"}  # Built once every cell is present; until then it names the missing.
     pending = list(chosen)
     while pending:
@@ -898,6 +902,9 @@ def run(options):
     print_plan(steps, chosen, experiment.out)
     if options.plan_only:
         return []
+    from plumbing.lock import output_lock
+
+    (experiment.out / "steps").mkdir(parents=True, exist_ok=True)
     for number, step in enumerate(chosen, 1):
         projected = sum(s.projected() for s in chosen[number - 1 :])
         print(
@@ -905,9 +912,12 @@ def run(options):
             f"projected left {_hours(projected)}) ===",
             flush=True,
         )
-        began = time.time()
-        step.action()
-        record_step(experiment.out, step, time.time() - began)
+        # One process a step: another run of this --out doing it (an array task) is waited for, and its result is
+        # then kept by the step's own reuse rule.
+        with output_lock(experiment.out / "steps", f".{_step_file(step.key)}.lock", wait=True):
+            began = time.time()
+            step.action()
+            record_step(experiment.out, step, time.time() - began)
     print(f"\nfinished {len(chosen)} steps in {_hours(time.time() - started)}")
     return chosen
 
@@ -927,4 +937,8 @@ def record_step(out, step, seconds):
         "measured_peak_rss_gb": None if timing is None else timing.peak_rss_gb,
         "device": None if timing is None else timing.device,
     }
-    write_json(Path(out) / "steps" / f"{step.key.replace('/', '_')}.json", record)
+    write_json(Path(out) / "steps" / f"{_step_file(step.key)}.json", record)
+
+
+def _step_file(key):
+    return key.replace("/", "_")

@@ -21,10 +21,10 @@ from pathlib import Path
 from plumbing.errors import UsageError
 from plumbing.lock import LOCK_FILE, output_lock
 
-def enter(folder, barrier, inside, most, won):
+def enter(folder, barrier, inside, most, won, wait):
     barrier.wait()
     try:
-        with output_lock(folder):
+        with output_lock(folder, wait=wait):
             with inside.get_lock():
                 inside.value += 1
                 most.value = max(most.value, inside.value)
@@ -37,6 +37,7 @@ def enter(folder, barrier, inside, most, won):
         pass
 
 root, trials, crowd, dead = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+wait = sys.argv[5:] == ["wait"]
 mp.set_start_method("fork")
 most, wins = 0, []
 for trial in range(trials):
@@ -45,7 +46,7 @@ for trial in range(trials):
     (folder / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
     barrier, inside = mp.Barrier(crowd), mp.Value("i", 0)
     top, won = mp.Value("i", 0), mp.Value("i", 0)
-    workers = [mp.Process(target=enter, args=(folder, barrier, inside, top, won)) for _ in range(crowd)]
+    workers = [mp.Process(target=enter, args=(folder, barrier, inside, top, won, wait)) for _ in range(crowd)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -73,6 +74,35 @@ def test_a_crowd_on_a_stale_lock_never_gives_two_holders(tmp_path):
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["most"] == 1
     assert min(result["wins"]) >= 1 and len(result["wins"]) == 100
+
+
+def test_a_crowd_that_waits_takes_the_lock_in_turn(tmp_path):
+    """The study's array tasks wait for a shared step's lock: 6 processes at once on a stale lock, 30 trials, each
+    process holds it once and never beside another."""
+    run = subprocess.run(
+        [sys.executable, "-c", _CROWD, str(tmp_path), "30", "6", str(_dead_pid()), "wait"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["most"] == 1 and result["wins"] == [6] * 30
+
+
+def test_a_waiter_says_whom_it_waits_for_and_takes_the_lock_when_its_holder_dies(tmp_path, capsys):
+    code = "import sys, time\nfrom plumbing.lock import output_lock\nwith output_lock(sys.argv[1]):\n"
+    code += "    print('held', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    killer = __import__("threading").Timer(1.0, os.kill, (holder.pid, signal.SIGKILL))
+    killer.start()
+    with output_lock(tmp_path, wait=True):  # Asleep until the kernel drops the killed holder's lock.
+        assert holder.poll() is not None or holder.wait(5) == -signal.SIGKILL
+    killer.join()
+    out = capsys.readouterr().out
+    assert f"waiting for process {holder.pid} on {socket.gethostname()} to release {tmp_path / LOCK_FILE}" in out
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_a_killed_holder_leaves_a_lock_the_next_run_takes_with_a_line(tmp_path, capsys):
