@@ -298,39 +298,36 @@ def run(config, strategy=None, extra_callbacks=()):
     return card
 
 
-def _train(run, extra_callbacks):
-    """The run itself, once its folder and data are checked: set up, stream, build, fit, finish."""
+def _check_shares(config, replicas, workers, steps, train_slices):
+    """Refuses a batch that the replicas cannot share, and a key queue that one GPU, an epoch or the data cannot
+    fill: one line naming the flag."""
     from genesis2d import contrastive
-    from genesis2d.checkpoint import mark_finished
-    from plumbing.runtime import configure_determinism, pick_precision, set_seed, write_run_record
 
-    config, out, strategy = run.config, run.out, run.strategy
-    replicas = strategy.num_replicas_in_sync
     if config.batch_size % (2 * replicas if config.two_views else replicas):
         raise UsageError(
             "--batch-size",
             f"{config.batch_size} is not a multiple of the {replicas} replicas that share it"
             + (" (each replica takes whole pairs of views)" if config.two_views else ""),
         )
-    if config.negatives == "queue" and (replicas > 1 or run.workers > 1):
+    if config.negatives == "queue" and (replicas > 1 or workers > 1):
         # MoCo shares keys between GPUs with a gather and shuffles BatchNorm across them; neither is built here.
         raise UsageError(
             "--negatives",
-            f"queue runs on one GPU, not the {replicas} replicas on {run.workers} machine(s) found; use --negatives "
+            f"queue runs on one GPU, not the {replicas} replicas on {workers} machine(s) found; use --negatives "
             "batch on several (or make one GPU visible with CUDA_VISIBLE_DEVICES)",
         )
-    if config.negatives == "queue" and config.queue_size > run.steps * config.batch_size:
+    if config.negatives == "queue" and config.queue_size > steps * config.batch_size:
         raise UsageError(
             "--queue-size",
-            f"{config.queue_size} keys outnumber the {run.steps * config.batch_size} views of an epoch "
-            f"({run.steps} steps x {config.batch_size}): slices would meet their own keys as negatives; lower it",
+            f"{config.queue_size} keys outnumber the {steps * config.batch_size} views of an epoch "
+            f"({steps} steps x {config.batch_size}): slices would meet their own keys as negatives; lower it",
         )
-    queue_slices = contrastive.MAX_QUEUE_SHARE * run.counts.get("train", 0)
+    queue_slices = contrastive.MAX_QUEUE_SHARE * train_slices
     if config.negatives == "queue" and config.queue_size / 2 > queue_slices:
         raise UsageError(
             "--queue-size",
             f"{config.queue_size} keys hold {config.queue_size // 2} slices, over {contrastive.MAX_QUEUE_SHARE:.0%} "
-            f"of the {run.counts.get('train', 0)} training slices: slices would often meet their own earlier keys "
+            f"of the {train_slices} training slices: slices would often meet their own earlier keys "
             f"as negatives; lower it to {2 * int(queue_slices)} or less, or contrast in the batch (--negatives batch)",
         )
     if config.two_views and config.batch_size // replicas < 4:
@@ -340,6 +337,15 @@ def _train(run, extra_callbacks):
             f"{config.batch_size} gives each of the {replicas} replicas {config.batch_size // replicas} views; "
             "contrast needs at least 4 (two slices) on each, and learns better with many more",
         )
+
+
+def _train(run, extra_callbacks):
+    """The run itself, once its folder and data are checked: set up, stream, build, fit, finish."""
+    from genesis2d.checkpoint import mark_finished
+    from plumbing.runtime import configure_determinism, pick_precision, set_seed, write_run_record
+
+    config, out, strategy = run.config, run.out, run.strategy
+    _check_shares(config, strategy.num_replicas_in_sync, run.workers, run.steps, run.counts.get("train", 0))
     if run.chief:
         out.mkdir(parents=True, exist_ok=True)
         for folder in (out, out / "checkpoint"):

@@ -223,8 +223,6 @@ def _extract_subsets(
     header names data outside its folder stops the extraction (unless `allow_outside_root`),
     where a damaged scan is only skipped.
     """
-    from plumbing.fingerprint import fingerprint
-
     out_dir = Path(out_dir)
     candidates = read_candidates(data_dir)
     by_series = {uid: rows for uid, rows in candidates.groupby("seriesuid", sort=False)}
@@ -236,16 +234,10 @@ def _extract_subsets(
             folder = out_dir / f"subset{subset}"
             done = folder / "done.json"
             inputs = input_fingerprint(candidates_path(data_dir), scans)
-            if done.exists():
-                record = json.loads(done.read_text())
-                if (
-                    record.get("settings") == settings
-                    and record.get("inputs") == inputs
-                    and not record.get("skipped_scans")
-                ):
-                    counts[subset] = record["candidates"]
-                    continue
-                done.unlink()  # Stale or incomplete: extract again rather than trust it.
+            kept = _kept_subset(done, settings, inputs)
+            if kept is not None:
+                counts[subset] = kept
+                continue
             jobs = [
                 (
                     path,
@@ -278,27 +270,36 @@ def _extract_subsets(
                     f"({len(jobs)} have candidates, {len(skipped)} could not be read).",
                     file=sys.stderr,
                 )
-            write_csv(folder / "candidates.csv", table)
-            write_csv(
-                folder / "augmented.csv",
-                pd.DataFrame({"candidate": np.concatenate(aug_rows) if aug_rows else np.empty(0, np.int64)}),
-            )
-            write_json(
-                done,
-                {
-                    "settings": settings,
-                    "inputs": inputs,
-                    "candidates": len(table),
-                    "skipped_scans": skipped,
-                    "dropped_candidates": dropped,
-                    "fingerprint": fingerprint([settings, inputs]),
-                },
-            )  # Last.
+            record = {"settings": settings, "inputs": inputs, "candidates": len(table), "skipped_scans": skipped}
+            _write_subset_tables(folder, table, aug_rows, {**record, "dropped_candidates": dropped})
             counts[subset] = len(table)
     finally:
         if pool is not None:
             pool.terminate()
     return counts
+
+
+def _kept_subset(done, settings, inputs):
+    """The candidates of a subset extracted earlier with these settings and inputs and no failed scan, or None; a
+    stale or incomplete record is removed, so that the subset is extracted again rather than trusted."""
+    if not done.exists():
+        return None
+    record = json.loads(done.read_text())
+    if record.get("settings") == settings and record.get("inputs") == inputs and not record.get("skipped_scans"):
+        return record["candidates"]
+    done.unlink()
+    return None
+
+
+def _write_subset_tables(folder, table, aug_rows, record):
+    """A subset's candidate table, its augmented rows and, last, its `done.json` record."""
+    from plumbing.fingerprint import fingerprint
+
+    write_csv(folder / "candidates.csv", table)
+    augmented = np.concatenate(aug_rows) if aug_rows else np.empty(0, np.int64)
+    write_csv(folder / "augmented.csv", pd.DataFrame({"candidate": augmented}))
+    record["fingerprint"] = fingerprint([record["settings"], record["inputs"]])
+    write_json(folder / "done.json", record)
 
 
 def _write_scans(folder, size, jobs, results, by_series, progress_label):

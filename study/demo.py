@@ -46,6 +46,21 @@ def build_parser():
         help="backbone of every model (the demo takes one). Default: resnet18 for the demo (fast on a CPU); "
         f"{' '.join(THESIS_BACKBONES)} on your data (thesis 4.2.2-4.2.6).",
     )
+    _add_demo_arguments(parser)
+    _add_shared_arguments(parser)
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
+        "on a CPU the same seed gives the same report. Default: 0.",
+    )
+    return parser
+
+
+def _add_demo_arguments(parser):
+    """The demo's own flags: its pretraining and its label-efficiency fractions."""
     parser.add_argument(
         "--pretrain-epochs",
         type=int,
@@ -71,6 +86,10 @@ def build_parser():
         default=[0.25, 0.5],
         help="extra MURA training-label fractions for the demo's label-efficiency curve. Default: 0.25 0.5.",
     )
+
+
+def _add_shared_arguments(parser):
+    """Flags of the demo and of the experiment on your data alike."""
     parser.add_argument(
         "--repeats",
         type=int,
@@ -100,6 +119,10 @@ def build_parser():
         help="redo steps whose kept results were made with other "
         "settings or data. Default: such a step stops the study, saying what changed.",
     )
+
+
+def _add_data_arguments(parser):
+    """The experiment on your data: its folders, arms, protocol, settings file, plan and cells."""
     data = parser.add_argument_group(
         "your data: the thesis's experiment (Fig. 5.1: backbones x initialisations x tasks) on your folders; "
         "any of --corpus, --luna16, --mura leaves the demo"
@@ -156,14 +179,6 @@ def build_parser():
         help="timed training steps per model for the plan's projections (after one untimed step); 0 measures "
         "nothing (no projected times). Default: 3.",
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of every step (weights, sampling, augmentation, distortions, bootstrap); "
-        "on a CPU the same seed gives the same report. Default: 0.",
-    )
-    return parser
 
 
 def _step(title):
@@ -279,47 +294,60 @@ def run_demo(demo):
     started = time.time()
     out = Path(demo.out)
     from genesis2d import pretrain
-    from luna16 import experiment as luna16
-    from mura import experiment as mura
     from plumbing.lock import output_lock
-    from plumbing.options import from_config
     from study.report import build_report
-    from transfer.encoders import keras_cache_dir
 
     _step("demo data and pretraining manifest")
     manifest = pretrain.demo_manifest()
+    encoders = {objective: _pretrain_arm(demo, objective, manifest, out) for objective in demo.objectives}
+    run_dirs = _downstream_runs(demo, encoders, out)
+    _step("report")
+    with output_lock(out / "report"):  # Every stage holds its folder's lock while it reads and writes there.
+        table = build_report(run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval)
+    print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
+    print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
+    return table
 
-    encoders = {}
-    for objective in demo.objectives:
-        _step(f"{objective} pretraining ({demo.backbone})")
-        folder = out / ("pretrain" if objective == "genesis" else f"pretrain_{objective}")
-        # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
-        config = pretrain.resolve(
-            from_config(
-                pretrain.PretrainConfig,
-                pretrain.build_parser(),
-                pretrain.DEMO_CONFIG if objective == "genesis" else pretrain.DEMO_CONTRASTIVE_CONFIG,
-                manifest=str(manifest),
-                backbone=demo.backbone,
-                objective=objective,
-                out=str(folder),
-                epochs=demo.pretrain_epochs,
-                steps_per_epoch=demo.pretrain_steps,
-                verbose=2,
-                seed=demo.seed,
-                overwrite=demo.overwrite,
-                resume=pretrain.unfinished(folder) and not demo.overwrite,
-            )
+
+def _pretrain_arm(demo, objective, manifest, out):
+    """One pretraining arm of the demo; returns its folder."""
+    from genesis2d import pretrain
+    from plumbing.options import from_config
+
+    _step(f"{objective} pretraining ({demo.backbone})")
+    folder = out / ("pretrain" if objective == "genesis" else f"pretrain_{objective}")
+    # Kept, resumed or refused by the rule every stage follows: the same settings and the same data, by content.
+    config = pretrain.resolve(
+        from_config(
+            pretrain.PretrainConfig,
+            pretrain.build_parser(),
+            pretrain.DEMO_CONFIG if objective == "genesis" else pretrain.DEMO_CONTRASTIVE_CONFIG,
+            manifest=str(manifest),
+            backbone=demo.backbone,
+            objective=objective,
+            out=str(folder),
+            epochs=demo.pretrain_epochs,
+            steps_per_epoch=demo.pretrain_steps,
+            verbose=2,
+            seed=demo.seed,
+            overwrite=demo.overwrite,
+            resume=pretrain.unfinished(folder) and not demo.overwrite,
         )
-        # Equal compute: every arm passes the same images through the encoder (contrast: two views of half the slices).
-        print(
-            f"compute: {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} images through "
-            f"the encoder = {config.epochs * config.steps_per_epoch * config.batch_size:,} "
-            f"({config.slices_per_batch} slices a step{', two views each' if config.two_views else ''})",
-            flush=True,
-        )
-        pretrain.run(config)
-        encoders[objective] = folder
+    )
+    # Equal compute: every arm passes the same images through the encoder (contrast: two views of half the slices).
+    print(
+        f"compute: {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} images through "
+        f"the encoder = {config.epochs * config.steps_per_epoch * config.batch_size:,} "
+        f"({config.slices_per_batch} slices a step{', two views each' if config.two_views else ''})",
+        flush=True,
+    )
+    pretrain.run(config)
+    return folder
+
+
+def _demo_inits(demo):
+    """scratch, the pretrained arms, and imagenet where its weights are in Keras's cache."""
+    from transfer.encoders import keras_cache_dir
 
     inits = ["scratch", *demo.objectives]
     imagenet_file = keras_cache_dir() / BACKBONES[demo.backbone].imagenet_file
@@ -330,24 +358,22 @@ def run_demo(demo):
             f"\nimagenet: skipped. To include it, place {imagenet_file.name} in {imagenet_file.parent} "
             "(Keras downloads it there on a machine with internet access)."
         )
+    return inits
 
+
+def _downstream_runs(demo, encoders, out):
+    """LUNA16's cross-validation and probe, MURA's probe, and MURA at each label fraction, for each
+    initialisation; returns the run folders in the report's order."""
+    from luna16 import experiment as luna16
+    from mura import experiment as mura
+    from plumbing.options import from_config
+
+    inits = _demo_inits(demo)
+    common = {"backbone": demo.backbone, "seed": demo.seed, "overwrite": demo.overwrite}
     luna16_demo = from_config(
-        luna16.Luna16Options,
-        luna16.parser(),
-        luna16.DEMO_CONFIG,
-        backbone=demo.backbone,
-        seed=demo.seed,
-        folds=list(demo.folds),
-        overwrite=demo.overwrite,
+        luna16.Luna16Options, luna16.parser(), luna16.DEMO_CONFIG, folds=list(demo.folds), **common
     )
-    mura_demo = from_config(
-        mura.MuraOptions,
-        mura.parser(),
-        mura.DEMO_CONFIG,
-        backbone=demo.backbone,
-        seed=demo.seed,
-        overwrite=demo.overwrite,
-    )
+    mura_demo = from_config(mura.MuraOptions, mura.parser(), mura.DEMO_CONFIG, **common)
 
     def encoder_of(init):
         return str(encoders[init]) if init in encoders else None
@@ -381,13 +407,7 @@ def run_demo(demo):
             )
             mura.run(mura.resolve_options(options))  # Keeps a run finished earlier with the same settings and data.
             run_dirs.append(run_dir)
-
-    _step("report")
-    with output_lock(out / "report"):  # Every stage holds its folder's lock while it reads and writes there.
-        table = build_report(run_dirs, out / "report", demo.bootstrap, demo.seed, note=NOTE, interval=demo.interval)
-    print("\n".join(line for line in (out / "report" / "report.md").read_text().splitlines() if line.startswith("|")))
-    print(f"\nstudy finished in {(time.time() - started) / 60:.1f} min; report: {out / 'report' / 'report.md'}")
-    return table
+    return run_dirs
 
 
 def main(argv=None):

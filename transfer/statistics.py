@@ -11,6 +11,33 @@ the logit scale with a t reference. The percentile bootstrap of clusters (`boots
 covers too rarely at 20 clusters. Scores of several
 training runs (repeats) are averaged as metrics, never pooled as an ensemble: the
 statistic is the mean over runs of the mean over folds of the AUC.
+
+The paired test (`paired_auc_test`).
+
+Cases that share a group (a scan's candidates, a patient's images) are not independent
+evidence: the variance is taken over clusters, either DeLong's components summed per
+cluster (Obuchowski 1997) or the cluster jackknife; every case its own cluster gives
+DeLong's test (or the case jackknife). With `strata` (cross-validation folds, each with
+its own models) the statistic is the mean over folds of the AUC difference, with variance
+sum(var_k) / K**2 (the folds' cases are disjoint); the t reference takes the Satterthwaite
+degrees of freedom of the folds' cluster counts. Or the p-value comes from the cluster
+permutation test (after Bandos, Rockette and Gur 2005, extended to clusters): each model's
+scores become its midranks within the fold, and the two models' ranks are exchanged for
+all cases of a cluster at once, within its fold; the statistic is the mean-of-folds AUC
+difference, its distribution every exchange pattern (exact up to EXACT_CLUSTERS
+clusters, else PERMUTATIONS seeded patterns). It assumes that under the null the two
+models' ranks are exchangeable within each cluster, clusters independent; with few
+clusters a fold, ranks of models on different scales are not (see choose_test). The
+interval of the difference comes from the variance then. Or, with folds, a paired t test over
+the folds: the mean of the folds' differences D_k against sd(D) / sqrt(K) with K - 1
+degrees of freedom, p-value and interval alike (`variance` and `reference` unused). As the
+other tests, it takes each fold's trained models as fixed and asks about their AUCs on new
+cases: the folds' test cases are disjoint, so their D_k are independent, and it assumes them
+near normal. A true difference that changes from fold to fold counts in sd(D) as noise (on
+the safe side for the fixed models). It is no test of the training recipe: the folds'
+training sets overlap, which a t over folds does not cover (Nadeau and Bengio 2003).
+A fold without both classes, or whose positives or negatives all sit in one cluster, is
+left out of every test, so that all report one difference, and `notes` says so.
 """
 
 import numpy as np
@@ -306,30 +333,7 @@ def paired_auc_test(
 ):
     """Two-sided test of two models' AUCs on the same cases, with the interval of their difference.
 
-    Cases that share a group (a scan's candidates, a patient's images) are not independent
-    evidence: the variance is taken over clusters, either DeLong's components summed per
-    cluster (Obuchowski 1997) or the cluster jackknife; every case its own cluster gives
-    DeLong's test (or the case jackknife). With `strata` (cross-validation folds, each with
-    its own models) the statistic is the mean over folds of the AUC difference, with variance
-    sum(var_k) / K**2 (the folds' cases are disjoint); the t reference takes the Satterthwaite
-    degrees of freedom of the folds' cluster counts. Or the p-value comes from the cluster
-    permutation test (after Bandos, Rockette and Gur 2005, extended to clusters): each model's
-    scores become its midranks within the fold, and the two models' ranks are exchanged for
-    all cases of a cluster at once, within its fold; the statistic is the mean-of-folds AUC
-    difference, its distribution every exchange pattern (exact up to EXACT_CLUSTERS
-    clusters, else PERMUTATIONS seeded patterns). It assumes that under the null the two
-    models' ranks are exchangeable within each cluster, clusters independent; with few
-    clusters a fold, ranks of models on different scales are not (see choose_test). The
-    interval of the difference comes from the variance then. Or, with folds, a paired t test over
-    the folds: the mean of the folds' differences D_k against sd(D) / sqrt(K) with K - 1
-    degrees of freedom, p-value and interval alike (`variance` and `reference` unused). As the
-    other tests, it takes each fold's trained models as fixed and asks about their AUCs on new
-    cases: the folds' test cases are disjoint, so their D_k are independent, and it assumes them
-    near normal. A true difference that changes from fold to fold counts in sd(D) as noise (on
-    the safe side for the fixed models). It is no test of the training recipe: the folds'
-    training sets overlap, which a t over folds does not cover (Nadeau and Bengio 2003).
-    A fold without both classes, or whose positives or negatives all sit in one cluster, is
-    left out of every test, so that all report one difference, and `notes` says so.
+    How each test works, what it assumes and what it does not cover: the module's docstring, "The paired test".
 
     Args:
         y_true: (N,) 0/1 labels.
@@ -364,40 +368,19 @@ def paired_auc_test(
     _check_methods(variance, reference)
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}. Received: {test}")
-    y_true = np.asarray(y_true).astype(int)
-    p_a, p_b = _as_runs(p_a), _as_runs(p_b)
-    strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
-    clustered = clusters is not None and len(np.unique(clusters)) < len(y_true)
-    clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
+    y_true, p_a, p_b, clusters, strata, clustered = _paired_inputs(y_true, p_a, p_b, clusters, strata)
     usable, notes = _folds(y_true, clusters, strata, unit)
     sizes = [count for _, count, _ in usable]
     chosen = choose_test(sum(sizes), min(sizes, default=0), len(usable)) if test == "auto" else test
     if chosen == "folds" and len(usable) < 2:
         raise ValueError(f"test='folds' needs two folds with both classes; {len(usable)} here")
     aucs, variances, counts, shares = _fold_statistics(y_true, p_a, p_b, clusters, usable, variance, chosen)
-    result = {
-        "folds": len(usable),
-        "clusters": int(sum(counts)),
-        "smallest_fold": int(min(counts, default=0)),
-        "notes": notes,
-        "method": _test_name(variance, reference, clustered),
-        "p_method": chosen,
-        "p_how": "",
-    }
+    result = {"folds": len(usable), "clusters": int(sum(counts)), "smallest_fold": int(min(counts, default=0))}
+    result.update(notes=notes, method=_test_name(variance, reference, clustered), p_method=chosen, p_how="")
     if not usable:
-        return {
-            **result,
-            "auc_a": np.nan,
-            "auc_b": np.nan,
-            "difference": np.nan,
-            "z": np.nan,
-            "p_value": np.nan,
-            "ci_low": np.nan,
-            "ci_high": np.nan,
-            "variance": np.nan,
-            "df": np.nan,
-            "test": _test_name(variance, reference, clustered, 0) + ", no fold testable",
-        }
+        nothing = dict.fromkeys(("auc_a", "auc_b", "difference", "z", "p_value", "ci_low", "ci_high"), np.nan)
+        no_test = _test_name(variance, reference, clustered, 0) + ", no fold testable"
+        return {**result, **nothing, "variance": np.nan, "df": np.nan, "test": no_test}
     k = len(usable)
     auc_a, auc_b = np.mean(aucs, axis=0)
     total = float(sum(variances) / k**2)
@@ -405,11 +388,8 @@ def paired_auc_test(
     z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, reference, level)
     name = _test_name(variance, reference, clustered, df)
     if chosen == "folds":  # The p-value and the interval from the spread of the folds' differences.
-        differences = [a - b for a, b in aucs]
-        total, df = float(np.var(differences, ddof=1) / k), float(k - 1)
-        z, p_value, (low, high) = _reference_quantiles(auc_a - auc_b, total, df, "t", level)
-        if total <= 0 and auc_a != auc_b:  # Equal differences in every fold: no spread to test them against.
-            z = p_value = low = high = np.nan
+        z, p_value, low, high, total, df = _paired_t_over_folds(aucs, auc_a - auc_b, level)
+        if total <= 0 and auc_a != auc_b:
             result["notes"] = notes + [
                 f"the {k} folds' AUC differences are all {auc_a - auc_b:+.4g}: no spread, no test"
             ]
@@ -421,19 +401,32 @@ def paired_auc_test(
         exchange = "cluster permutation" if clustered else "permutation"
         result["method"] = f"{exchange} ({how}); interval: {result['method']}"
         name = f"{exchange} ({how}); interval: {name}"
-    return {
-        **result,
-        "auc_a": float(auc_a),
-        "auc_b": float(auc_b),
-        "difference": float(auc_a - auc_b),
-        "z": z,
-        "p_value": p_value,
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "variance": total,
-        "df": df if reference == "t" or chosen == "folds" else np.nan,  # A normal reference has none.
-        "test": name,
-    }
+    result.update(auc_a=float(auc_a), auc_b=float(auc_b), difference=float(auc_a - auc_b), z=z, p_value=p_value)
+    df = df if reference == "t" or chosen == "folds" else np.nan  # A normal reference has none.
+    return {**result, "ci_low": float(low), "ci_high": float(high), "variance": total, "df": df, "test": name}
+
+
+def _paired_inputs(y_true, p_a, p_b, clusters, strata):
+    """The labels as 0/1, each model's scores as (runs, N), the clusters and strata as arrays (each case its own
+    cluster, one stratum, where not given), and whether any cluster holds several cases."""
+    y_true = np.asarray(y_true).astype(int)
+    strata = np.zeros(len(y_true), int) if strata is None else np.asarray(strata)
+    clustered = clusters is not None and len(np.unique(clusters)) < len(y_true)
+    clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
+    return y_true, _as_runs(p_a), _as_runs(p_b), clusters, strata, clustered
+
+
+def _paired_t_over_folds(aucs, difference, level):
+    """z, p-value, interval and the variance and df of the paired t over folds, from each fold's (AUC a, AUC b) and
+    their mean difference: that against sd / sqrt(K) of the folds' differences, K - 1 df. Equal differences in every
+    fold leave no spread to test them against: z, p and the interval are NaN then."""
+    k = len(aucs)
+    differences = [a - b for a, b in aucs]
+    total, df = float(np.var(differences, ddof=1) / k), float(k - 1)
+    z, p_value, (low, high) = _reference_quantiles(difference, total, df, "t", level)
+    if total <= 0 and difference != 0:
+        z = p_value = low = high = np.nan
+    return z, p_value, low, high, total, df
 
 
 def _fold_statistics(y_true, p_a, p_b, clusters, usable, variance, permutation):
