@@ -25,10 +25,13 @@ def remove_temporaries(folder):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, keep_equal=False):
     """Yields a temporary path beside `path` with the same suffix; renames it on success.
 
-    The suffix is kept because Keras and matplotlib choose the format from it.
+    The suffix is kept because Keras and matplotlib choose the format from it. With
+    `keep_equal`, a file already there with the same bytes is kept as it is (its
+    modification time too), so that a rerun which writes what it wrote before changes
+    nothing that a build tool, a sync or a reader watching the folder would see.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +41,8 @@ def atomic_path(path):
     os.remove(tmp)  # Some writers (Keras, h5py) refuse to open an existing file.
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if not (keep_equal and _same_bytes(tmp, path)):
+            os.replace(tmp, path)
     except OSError as error:  # A full disk, a read-only folder: name the file the user knows, not the temporary.
         if error.filename and str(error.filename) != str(tmp):
             raise
@@ -46,6 +50,19 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)  # Never leave a partial file behind, whatever failed.
+
+
+def _same_bytes(a, b):
+    """Whether files `a` and `b` both exist and hold the same bytes."""
+    if not (os.path.isfile(a) and os.path.isfile(b)) or os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as first, open(b, "rb") as second:
+        while True:
+            block = first.read(1 << 20)
+            if block != second.read(1 << 20):
+                return False
+            if not block:
+                return True
 
 
 def writable_folder(path):
@@ -64,7 +81,8 @@ def writable_folder(path):
 
 
 def write_text(path, text):
-    with atomic_path(path) as tmp:
+    """Writes `text` atomically; a file that already holds it is left untouched."""
+    with atomic_path(path, keep_equal=True) as tmp:
         Path(tmp).write_text(text)
 
 
@@ -73,6 +91,6 @@ def write_json(path, obj):
 
 
 def write_csv(path, frame, **kwargs):
-    """Writes a pandas DataFrame as CSV atomically."""
-    with atomic_path(path) as tmp:
+    """Writes a pandas DataFrame as CSV atomically; a file that already holds it is left untouched."""
+    with atomic_path(path, keep_equal=True) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)

@@ -14,9 +14,10 @@ def pyplot():
 
 
 def save_figure(path, figure, **kwargs):
-    """Saves a matplotlib figure atomically and closes it."""
+    """Saves a matplotlib figure atomically and closes it; a file that already holds the same picture is left
+    untouched."""
     plt = pyplot()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_equal=True) as tmp:
         figure.savefig(tmp, **kwargs)
     plt.close(figure)
 

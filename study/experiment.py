@@ -684,8 +684,8 @@ class Experiment:
                     self.o.seed,
                     note=note,
                     interval=self.o.interval,
+                    appendix=_cpm_lines([(c, cell_folder(self.out, *c.split("/"))) for c in present]),
                 )
-                _append_cpm(folder / "report.md", [(c, cell_folder(self.out, *c.split("/"))) for c in present])
         except UsageError as error:
             if not Path(str(error.path)) == folder:
                 raise
@@ -764,7 +764,8 @@ def _run_patches(options):
     data.run(options)
 
 
-def _append_cpm(report, cells):
+def _cpm_lines(cells):
+    """The report's LUNA16 FROC section: each cell's CPM from its froc.json (none where no cell has one)."""
     import json
 
     lines = []
@@ -777,24 +778,18 @@ def _append_cpm(report, cells):
                 f"| {key} | {result['cpm']:.3f} [{low:.3f}, {high:.3f}] | {result['scans']} | {result['nodules']} |"
             )
     if not lines:
-        return
-    from plumbing.atomic import write_text
-
-    text = report.read_text() + "\n".join(
-        [
-            "",
-            "## LUNA16 FROC (the official CPM, beyond the thesis's AUC)",
-            "",
-            "The mean sensitivity at 1/8 to 8 false positives per scan (`luna16/froc.py`, the rules of the LUNA16 "
-            "evaluation script), over the test folds' scans, with a 95% bootstrap interval over scans.",
-            "",
-            "| cell | CPM [95% interval] | scans | nodules |",
-            "| --- | --- | --- | --- |",
-            *lines,
-            "",
-        ]
-    )
-    write_text(report, text)
+        return []
+    return [
+        "",
+        "## LUNA16 FROC (the official CPM, beyond the thesis's AUC)",
+        "",
+        "The mean sensitivity at 1/8 to 8 false positives per scan (`luna16/froc.py`, the rules of the LUNA16 "
+        "evaluation script), over the test folds' scans, with a 95% bootstrap interval over scans.",
+        "",
+        "| cell | CPM [95% interval] | scans | nodules |",
+        "| --- | --- | --- | --- |",
+        *lines,
+    ]
 
 
 def selected_steps(steps, patterns, array=None):
@@ -915,9 +910,12 @@ def run(options):
         # One process a step: another run of this --out doing it (an array task) is waited for, and its result is
         # then kept by the step's own reuse rule.
         with output_lock(experiment.out / "steps", f".{_step_file(step.key)}.lock", wait=True):
+            before = _last_write(experiment.out)
             began = time.time()
             step.action()
-            record_step(experiment.out, step, time.time() - began)
+            # A step kept by its reuse rule writes nothing: its record keeps the seconds of the run that did the work.
+            if _last_write(experiment.out) != before or not _step_record(experiment.out, step).is_file():
+                record_step(experiment.out, step, time.time() - began)
     print(f"\nfinished {len(chosen)} steps in {_hours(time.time() - started)}")
     return chosen
 
@@ -937,8 +935,23 @@ def record_step(out, step, seconds):
         "measured_peak_rss_gb": None if timing is None else timing.peak_rss_gb,
         "device": None if timing is None else timing.device,
     }
-    write_json(Path(out) / "steps" / f"{_step_file(step.key)}.json", record)
+    write_json(_step_record(out, step), record)
 
 
 def _step_file(key):
     return key.replace("/", "_")
+
+
+def _step_record(out, step):
+    return Path(out) / "steps" / f"{_step_file(step.key)}.json"
+
+
+def _last_write(out):
+    """The latest modification time and the count of the files under `out` (its step records and locks aside)."""
+    records = Path(out) / "steps"
+    times = [
+        p.stat().st_mtime_ns
+        for p in Path(out).rglob("*")
+        if p.parent != records and not p.name.endswith("lock") and p.is_file()
+    ]
+    return max(times, default=0), len(times)

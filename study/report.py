@@ -585,23 +585,9 @@ def cpu_line(folders):
     )
 
 
-def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL):
-    """Writes report.md, results.csv and the figures into `out`; returns the results table."""
-    out = Path(out)
-    runs = [read_results(folder) for folder in run_dirs]
-    inits = _inits(runs)
-    thesis = load_thesis()
-    table = results_table(runs, iterations, seed, interval, thesis)
-    selections = selection_keys(table, inits)
-    listed = {
-        c: table[c].map(lambda v: "; ".join(v) if isinstance(v, list) else v)
-        for c in ("notes", "thesis_sources")
-        if c in table
-    }
-    write_csv(out / "results.csv", table.assign(**listed))
-    lines = ["# Results", ""] + ([note, ""] if note else [])
-    lines += markdown_table(table, inits, selections)
-    lines += [
+def _method_lines(interval, iterations):
+    """How the table's numbers, intervals and tests are made."""
+    return [
         "",
         f"Each number is the mean over training runs of the mean over folds; AUC with a "
         f"{_interval_text(interval, iterations)}. The comparison columns give the AUC difference of "
@@ -627,7 +613,11 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
         + SPREAD_SENTENCE,
         "",
     ]
-    lines += ["How each number's model was chosen (`sel.` beside it, from each run's metrics.json):", ""]
+
+
+def _selection_lines(table, thesis, selections):
+    """How each number's model was chosen, where the thesis's numbers come from, and the folds left out."""
+    lines = ["How each number's model was chosen (`sel.` beside it, from each run's metrics.json):", ""]
     lines += [f"- sel. {key}: {rule}" for rule, key in selections.items()]
     lines += [
         f"- sel. T (the `thesis` column): {thesis['selection'].strip()}; so the thesis's numbers are "
@@ -650,8 +640,13 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     ]
     if notes:
         lines += ["Folds left out of a test or an interval:", "", *notes, ""]
-    lines += thesis_fold_lines(table, runs, thesis)
-    lines += spread_lines(table, inits)
+    return lines
+
+
+def _figure_lines(runs, out, inits, iterations, seed, interval):
+    """The ROC figure of each task and backbone and, with several label fractions, the label-efficiency
+    section; the figures are written into `out`."""
+    lines = []
     full = [r for r in runs if r.fraction == 1.0]
     for task, backbone in sorted({(r.task, r.backbone) for r in full}):
         group = [r for r in full if (r.task, r.backbone) == (task, backbone)]
@@ -677,7 +672,12 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
             "![label efficiency](label_efficiency.png)",
             "",
         ]
-    lines += ["## Runs", "", cpu_line(r.folder for r in runs), ""] + [
+    return lines
+
+
+def _run_lines(runs, out):
+    """The runs behind the report, and links to their Grad-CAM galleries."""
+    lines = ["## Runs", "", cpu_line(r.folder for r in runs), ""] + [
         f"- `{r.folder}`: {r.task} {r.backbone} {r.arm}, {r.fraction:.0%} of training "
         f"labels, {r.scores['run'].nunique()} run(s), model chosen by: {r.selection}"
         for r in runs
@@ -699,7 +699,33 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
             f"({os.path.relpath(path, out)})"
             for r, path in galleries
         ]
-    write_text(out / "report.md", "\n".join(lines) + "\n")
+    return lines
+
+
+def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEFAULT_INTERVAL, appendix=()):
+    """Writes report.md (`appendix`'s lines at its end), results.csv and the figures into `out`; returns the results
+    table."""
+    out = Path(out)
+    runs = [read_results(folder) for folder in run_dirs]
+    inits = _inits(runs)
+    thesis = load_thesis()
+    table = results_table(runs, iterations, seed, interval, thesis)
+    selections = selection_keys(table, inits)
+    listed = {
+        c: table[c].map(lambda v: "; ".join(v) if isinstance(v, list) else v)
+        for c in ("notes", "thesis_sources")
+        if c in table
+    }
+    write_csv(out / "results.csv", table.assign(**listed))
+    lines = ["# Results", ""] + ([note, ""] if note else [])
+    lines += markdown_table(table, inits, selections)
+    lines += _method_lines(interval, iterations)
+    lines += _selection_lines(table, thesis, selections)
+    lines += thesis_fold_lines(table, runs, thesis)
+    lines += spread_lines(table, inits)
+    lines += _figure_lines(runs, out, inits, iterations, seed, interval)
+    lines += _run_lines(runs, out)
+    write_text(out / "report.md", "\n".join([*lines, *appendix]) + "\n")
     return table
 
 

@@ -412,6 +412,42 @@ def test_a_failed_atomic_write_names_the_real_file_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == [] and not list(tmp_path.glob(f"{TEMPORARY_PREFIX}*"))
 
 
+def test_writing_the_bytes_a_file_already_holds_leaves_it_untouched(tmp_path):
+    """A rerun that writes what it wrote before changes no modification time (a table, a text, a figure); other
+    bytes, even of the same length, replace the file."""
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from plumbing.atomic import TEMPORARY_PREFIX, write_csv, write_text
+    from plumbing.figures import pyplot, save_figure
+
+    def figure(values):
+        plot = pyplot()
+        drawing, axis = plot.subplots(figsize=(2, 2))
+        axis.plot(values)
+        return drawing
+
+    table, text, picture = tmp_path / "t.csv", tmp_path / "r.md", tmp_path / "f.png"
+    write_csv(table, pd.DataFrame({"a": [1, 2]}))
+    write_text(text, "abc\n")
+    save_figure(picture, figure(np.arange(3)))
+    old = 1_000_000_000  # 2001: any write since would show.
+    for path in (table, text, picture):
+        os.utime(path, ns=(old, old))
+    write_csv(table, pd.DataFrame({"a": [1, 2]}))
+    write_text(text, "abc\n")
+    save_figure(picture, figure(np.arange(3)))
+    assert [p.stat().st_mtime_ns for p in (table, text, picture)] == [old] * 3
+    write_csv(table, pd.DataFrame({"a": [1, 3]}))
+    write_text(text, "abd\n")
+    save_figure(picture, figure(np.arange(3) ** 2))
+    assert all(p.stat().st_mtime_ns != old for p in (table, text, picture))
+    assert table.read_text() == "a\n1\n3\n" and text.read_text() == "abd\n"
+    assert not list(tmp_path.glob(f"{TEMPORARY_PREFIX}*"))
+
+
 # =========================================================================== input: nothing read from outside the
 # dataset, bad input is one line (exit 1 for data, 2 for usage), never a guess.
 
