@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TASKS = 8
-TINY = {  # The study at 32 px and two steps an epoch: the path, not the learning.
+TINY = {  # The study at 32 px and two steps an epoch: the path, not the learning (tests/test_experiment.py too).
     "manifest": {"fractions": [0.6, 0.2, 0.2]},
     "pretrain": {
         "crop_size": 64,
@@ -126,9 +126,9 @@ def run_array(settings, out, logs, kills=(), limits=None):
 
 
 def run_single(settings, out):
-    """The same study in one process; its exit code."""
+    """The same study in one process: its `subprocess.CompletedProcess`, output captured as text."""
     command = [sys.executable, "-m", "study", "--settings", str(settings), "--out", str(out), *ARGS]
-    return subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, timeout=3600).returncode
+    return subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=3600)
 
 
 def results(out):
@@ -182,10 +182,10 @@ def main(argv=None):
     rng = random.Random(args.seed)
     try:
         settings = write_settings(base)
-        code = run_single(settings, base / "single" / "experiment")
+        single = run_single(settings, base / "single" / "experiment")
         reference = results(base / "single" / "experiment")
-        if code or reference is None:
-            sys.exit(f"error: the single-process reference run failed (exit {code})")
+        if single.returncode or reference is None:
+            sys.exit(f"error: the single-process run failed (exit {single.returncode}): {single.stderr[-500:]}")
         print(
             f"{'round':>5} {'kills':>5} {'write limits':>12} {'reruns':>6} {'all ended 0':>11} {'equal':>5}  locks left"
         )
