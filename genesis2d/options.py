@@ -107,7 +107,12 @@ class PretrainConfig(Options):
     shuffle_buffer: int = option(512, "slices held for shuffling.", group=DATA, type=int)
     backbone: str = option("resnet50", "encoder.", group=MODEL, choices=sorted(BACKBONES))
     norm: str = option(
-        "batch", "decoder normalisation.", source="thesis 3.1.11", group=MODEL, choices=("batch", "instance", "none")
+        "batch",
+        "decoder normalisation.",
+        source="this project's choice: thesis 3.1.11 compares batch and instance normalisation and 'also implements "
+        "instance normalization' without saying where (docs/deviations.md)",
+        group=MODEL,
+        choices=("batch", "instance", "none"),
     )
     bn_momentum: float = option(
         0.9,
