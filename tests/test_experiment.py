@@ -3,6 +3,8 @@ before any work, the cells split over processes and merged, and the 12 cells of 
 
 import re
 import shutil
+from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import pandas as pd
@@ -165,6 +167,57 @@ def _steps(finished=()):
                 ("luna16/patches",) if key.startswith("luna16") else ()
             )
     return [Step(k, k, needs=needs.get(k, ()), finished=lambda k=k: k in finished) for k in [*keys, "report"]]
+
+
+def _planned_cells(out, **changes):
+    """{(task, backbone, init): resolved options} of every cell `python -m study --protocol thesis` plans, each
+    genesis encoder a stand-in folder with its card (nothing is read or trained)."""
+    import json
+    from importlib import import_module
+
+    from study.experiment import Experiment, ExperimentOptions
+
+    experiment = Experiment(ExperimentOptions(out=out, corpus="c", luna16="l", mura="m", protocol="thesis", **changes))
+    cells = {}
+    for task, backbone, init in product(("luna16", "mura"), ("resnet50", "vgg16"), ("scratch", "genesis", "imagenet")):
+        folder = experiment.pretrain_dir(backbone)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "encoder.h5").write_bytes(b"stand-in")
+        (folder / "card.json").write_text(json.dumps({"backbone": backbone}))
+        module = import_module(f"{task}.experiment")
+        cells[task, backbone, init] = module.resolve_options(experiment.cell_options(task, backbone, init))
+    return cells
+
+
+def test_the_thesis_protocol_plans_each_cell_with_its_thesis_schedule_five_folds_and_two_runs(tmp_path, monkeypatch):
+    """Every one of the 12 cells of thesis Fig. 5.1, as `python -m study --protocol thesis` plans it: the schedule of
+    its row of the thesis's tables (written in tests/test_transfer.py from the thesis, not read from ours), SGD at
+    0.001 with dropout 0.5, the model chosen on the test data as the thesis chose, LUNA16's five folds over subset
+    pairs and MURA's two runs. A changed row of our table is caught (shown with one changed)."""
+    from test_transfer import THESIS_ROWS
+
+    import luna16.experiment
+
+    cells = _planned_cells(tmp_path / "experiment")
+    assert set(cells) == set(THESIS_ROWS)
+    for cell, options in cells.items():
+        schedule = (options.epochs, options.warmup_epochs, options.batch_size, options.lr_factor)
+        schedule += (options.lr_patience, options.momentum)
+        assert schedule == THESIS_ROWS[cell], cell
+        assert (options.lr, options.dropout, options.selection) == (0.001, 0.5, "test"), cell
+        if cell[0] == "luna16":
+            assert list(options.folds) == [1, 2, 3, 4, 5] and options.negative_fraction == 0.1, cell
+            assert (options.patch_size, options.positive_copies) == (64, 8), cell
+        else:
+            assert options.repeats == 2 and options.body_part == ["XR_SHOULDER"], cell
+    # A table with one row changed plans that cell otherwise, and the comparison above sees it.
+    table = dict(luna16.experiment.THESIS_SCHEDULES)
+    table["vgg16", "genesis"] = replace(table["vgg16", "genesis"], epochs=14)
+    monkeypatch.setattr(luna16.experiment, "THESIS_SCHEDULES", table)
+    changed = _planned_cells(tmp_path / "mutated")
+    assert [cell for cell in THESIS_ROWS if changed[cell].epochs != THESIS_ROWS[cell][0]] == [
+        ("luna16", "vgg16", "genesis")
+    ]
 
 
 def test_cells_select_by_pattern_pull_unfinished_prerequisites_and_split_over_an_array():
