@@ -4,14 +4,15 @@ write failures, each round's array rerun until every task ends well, its report 
     python benchmarks/soak_array.py                 # 3 rounds at tiny sizes on the demo trees (~5 min a round, 2 cores)
     python benchmarks/soak_array.py --rounds 20     # longer
 
-Each round starts the 8 tasks of `python -m study` (four cells and the report, as tests/test_array.py) on a fresh
---out at the same moment. Each task is, by chance, left alone, killed (SIGKILL or SIGTERM, at a moment between 5 s
-and --kill-window s), or started with a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored, so that a write past it
-fails with EFBIG as a write to a full disk fails with ENOSPC: a limit between 16 KiB and 64 MiB, so the failure
-lands in one of the steps' files). Then the array is run again, unharmed, up to --reruns times until all 8 tasks exit
-0. Printed per round: the faults, the reruns needed, whether the merged `results.csv` and report equal the single
-process's byte for byte (paths aside), and the lock files left behind; then the totals. A round whose reruns do not
-all end well, whose results differ, or that leaves a lock counts as a failure, and the script exits 1.
+Each round starts the 8 tasks of `python -m study` (four cells on resnet50 and the report; tests/test_array.py runs
+them on resnet18) on a fresh --out at the same moment. Each task is, by chance, left alone, killed (SIGKILL or
+SIGTERM, at a moment between 5 s and --kill-window s), or started with a file-size limit (RLIMIT_FSIZE, with SIGXFSZ
+ignored, so that a write past it fails with EFBIG as a write to a full disk fails with ENOSPC: a limit between 16
+KiB and 64 MiB, so the failure lands in one of the steps' files). Then the array is run again, unharmed, up to
+--reruns times until all 8 tasks exit 0. Printed per round: the faults, the reruns needed, whether the merged
+`results.csv` and report equal the single process's byte for byte (paths aside), and the lock files left behind;
+then the totals. A round whose reruns do not all end well, whose results differ, or that leaves a lock counts as a
+failure, and the script exits 1.
 """
 
 import argparse
@@ -57,8 +58,13 @@ TINY = {  # The study at 32 px and two steps an epoch: the path, not the learnin
     },
     "mura": {"image_size": 32, "epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 2, "batch_size": 8, "gallery": 0},
 }
-CELLS = ["--cells", "luna16/resnet50/*", "mura/resnet50/*", "report"]
-ARGS = ["--measure-steps", "0", "--folds", "1", "--repeats", "1", "--inits", "scratch", "genesis", *CELLS]
+
+
+def study_args(backbone="resnet50"):
+    """The study each task runs: four cells (LUNA16 and MURA, scratch and genesis, on `backbone`) and the report."""
+    cells = ["--cells", f"luna16/{backbone}/*", f"mura/{backbone}/*", "report"]
+    grid = ["--backbone", backbone, "--inits", "scratch", "genesis", "--folds", "1", "--repeats", "1"]
+    return [*grid, "--measure-steps", "0", *cells]
 
 
 def write_settings(base):
@@ -97,11 +103,11 @@ def _file_limit(limit):
     return apply
 
 
-def run_array(settings, out, logs, kills=(), limits=None):
+def run_array(settings, out, logs, kills=(), limits=None, backbone="resnet50"):
     """The 8 tasks started together. `kills`: (task, seconds, signal); `limits`: {task: bytes} of RLIMIT_FSIZE.
     Returns each task's exit code and output."""
     logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "study", "--settings", str(settings), "--out", str(out), *ARGS]
+    command = [sys.executable, "-m", "study", "--settings", str(settings), "--out", str(out), *study_args(backbone)]
     files = [open(logs / f"task{task}.log", "w") for task in range(TASKS)]
     tasks = [
         subprocess.Popen(
@@ -125,9 +131,9 @@ def run_array(settings, out, logs, kills=(), limits=None):
     return codes, [(logs / f"task{task}.log").read_text() for task in range(TASKS)]
 
 
-def run_single(settings, out):
+def run_single(settings, out, backbone="resnet50"):
     """The same study in one process: its `subprocess.CompletedProcess`, output captured as text."""
-    command = [sys.executable, "-m", "study", "--settings", str(settings), "--out", str(out), *ARGS]
+    command = [sys.executable, "-m", "study", "--settings", str(settings), "--out", str(out), *study_args(backbone)]
     return subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=3600)
 
 

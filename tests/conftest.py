@@ -24,11 +24,11 @@ LEARNING_SEED = int(os.environ.get("LEARNING_SEED", "0"))
 # files are short and both processes end together. Seconds of each file's slow tests on 2 cores beside the other
 # process (its durations, 2026-12-07); a file not listed is short and goes after these.
 SLOW_TIER_SECONDS = {
-    "test_experiment.py": 915,
-    "test_array.py": 750,
+    "test_experiment.py": 1340,
     "test_pretrain.py": 748,
     "test_contrastive.py": 642,
     "test_benchmarks.py": 637,
+    "test_array.py": 585,
     "test_multiworker.py": 375,
     "test_determinism.py": 241,
     "test_transfer.py": 217,
