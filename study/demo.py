@@ -122,10 +122,14 @@ def _add_shared_arguments(parser):
 
 
 def _add_data_arguments(parser):
-    """The experiment on your data: its folders, arms, protocol, settings file, plan and cells."""
+    """The experiment on your data: its folders (one flag per registered task), arms, protocol, settings file, plan
+    and cells."""
+    from transfer.tasks import registered
+
+    tasks = registered()
     data = parser.add_argument_group(
         "your data: the thesis's experiment (Fig. 5.1: backbones x initialisations x tasks) on your folders; "
-        "any of --corpus, --luna16, --mura leaves the demo"
+        f"any of --corpus, {', '.join(f'--{name}' for name in tasks)} leaves the demo"
     )
     data.add_argument(
         "--corpus", help="pretraining corpus folder, as the --datasets table describes it (thesis 3.1, Fig. 3.1)."
@@ -133,8 +137,8 @@ def _add_data_arguments(parser):
     data.add_argument(
         "--datasets", help="the corpus's datasets table. Default: preprocessing/datasets.yaml (the thesis's 17)."
     )
-    data.add_argument("--luna16", help="LUNA16 folder as distributed (subset0..9, candidates_V2.csv, annotations.csv).")
-    data.add_argument("--mura", help="MURA folder as distributed (MURA-v1.1 and its csv files, or its parent).")
+    for name, task in tasks.items():
+        data.add_argument(f"--{name}", help=task.root_help)
     data.add_argument(
         "--inits",
         nargs="+",
@@ -154,9 +158,10 @@ def _add_data_arguments(parser):
     )
     data.add_argument(
         "--settings",
-        help="YAML file of sections roots (corpus, datasets, luna16, mura), manifest, shards, pretrain, luna16, mura: "
-        "each a mapping of that command's own options (e.g. pretrain: {epochs: 50}), checked as its flags are. "
-        "Default: every stage's defaults, the thesis's where it gives them.",
+        help=f"YAML file of sections roots (corpus, datasets, {', '.join(tasks)}), manifest, shards, pretrain, "
+        f"{', '.join(tasks)}: each a mapping of that command's own options (e.g. pretrain: {{epochs: 50}}), checked "
+        "as its flags are; and tasks, a list of module:attribute of tasks of one's own (transfer/tasks.py). Default: "
+        "every stage's defaults, the thesis's where it gives them.",
     )
     data.add_argument(
         "--plan",
@@ -207,23 +212,24 @@ def from_args(args):
     """The command line as typed options: ExperimentOptions when it names the user's folders, else DemoOptions."""
     from plumbing.errors import UsageError
     from study.experiment import read_settings
+    from transfer.tasks import registered
 
-    if on_your_data(args.corpus, args.luna16, args.mura, args.settings):  # Flags win over --settings roots.
+    flagged = {name: getattr(args, name.replace("-", "_")) for name in registered()}  # Each task's root flag.
+    if on_your_data(args.corpus, flagged, args.settings):
         if set(args.objectives) != set(DEMO_OBJECTIVES):
             raise UsageError("--objectives", "applies to the demo; on your data, name the arms in --inits")
         from study.experiment import ExperimentOptions
 
         sections = read_settings(args.settings)
         roots = sections.pop("roots", {})
-        unknown = sorted(set(roots) - {"corpus", "datasets", "luna16", "mura"})
-        if unknown:
-            raise UsageError(args.settings, f"section roots: unknown keys {', '.join(unknown)}")
+        tasks = tuple(sections.pop("tasks", ()))
+        task_roots = {name: root for name, root in roots.items() if name not in ("corpus", "datasets")}
         return ExperimentOptions(
             out=Path(args.out or PROJECT_ROOT / "runs" / "experiment"),
             corpus=args.corpus or roots.get("corpus"),
             datasets=args.datasets or roots.get("datasets"),
-            luna16=args.luna16 or roots.get("luna16"),
-            mura=args.mura or roots.get("mura"),
+            roots={**task_roots, **{name: root for name, root in flagged.items() if root}},  # Flags win.
+            tasks=tasks,
             backbones=tuple(args.backbone or THESIS_BACKBONES),
             inits=tuple(args.inits),
             protocol=args.protocol,
@@ -250,7 +256,8 @@ def from_args(args):
     }
     if any(given.values()):
         flags = "/".join(flag for flag, value in given.items() if value)
-        raise UsageError(flags, "applies to your data (--corpus, --luna16, --mura, or a roots section of --settings)")
+        roots = ", ".join(["--corpus", *(f"--{name}" for name in flagged)])
+        raise UsageError(flags, f"applies to your data ({roots}, or a roots section of --settings)")
     backbones = args.backbone or ["resnet18"]
     if len(backbones) > 1:
         raise UsageError("--backbone", f"the demo takes one backbone. Received: {' '.join(backbones)}")
@@ -270,9 +277,9 @@ def from_args(args):
     )
 
 
-def on_your_data(corpus, luna16, mura, settings):
+def on_your_data(corpus, roots, settings):
     """Whether the command names the user's folders (the thesis's experiment) rather than running the demo."""
-    if any((corpus, luna16, mura)):
+    if corpus or any(roots.values()):
         return True
     if settings:
         from study.experiment import read_settings

@@ -1,9 +1,11 @@
 """The thesis's experiment on your data, in one command: `python -m study --corpus C --luna16 L --mura M`.
 
 Thesis Fig. 5.1: two backbones (ResNet50, VGG16) x three initialisations (scratch, genesis,
-ImageNet) x two tasks (LUNA16, MURA). The steps, each a library call with typed options:
+ImageNet) x the tasks given a root (LUNA16, MURA: every task registered with `transfer.tasks`,
+which the study runs alike and never names). The steps, each a library call with typed options:
 
-    manifest -> shards -> pretrain/<backbone>[_<objective>] -> luna16/patches -> <task>/<backbone>/<init> -> report
+    manifest -> shards -> pretrain/<backbone>[_<objective>] -> each task's shared steps -> <task>/<backbone>/<init>
+    -> report
 
 Before anything is written, every root is checked (a missing file stops the command in one
 line, naming it) and the plan is printed: each step's data counts, its model's seconds per
@@ -30,29 +32,25 @@ from pathlib import Path
 THESIS_BACKBONES = ("resnet50", "vgg16")  # Thesis 4.2.2-4.2.6, Fig. 5.1.
 THESIS_INITS = ("scratch", "genesis", "imagenet")  # Thesis Fig. 5.1.
 PRETRAINED = ("genesis", "contrastive", "genesis+contrastive")  # The inits pretrained here, each its own objective.
-TASKS = ("luna16", "mura")
-TITLES = {"luna16": "LUNA16 cross-validation", "mura": "MURA"}
-SECTIONS = ("roots", "manifest", "shards", "pretrain", "luna16", "mura")
-# The epoch each cell keeps: `transfer.options.TransferOptions.selection` under each protocol.
+STAGES = ("manifest", "shards", "pretrain")  # The --settings sections beside "roots", "tasks" and each task's.
+# The epoch each cell keeps (`transfer.options.TransferOptions.selection`) under each protocol, and its words, with
+# each task's own ({held_out}: "LUNA16: scans"; {test_data}: "LUNA16 test folds").
 PROTOCOLS = {
     "held-out": (
         "held-out",
-        "the epoch with the best validation AUC on training groups held out (LUNA16: scans, MURA: patients); "
-        "the test data never choose",
+        "the epoch with the best validation AUC on training groups held out ({held_out}); the test data never choose",
     ),
     "thesis": (
         "test",
-        "the thesis's: the epoch with the best AUC on the test data (LUNA16 test folds, MURA valid; 4.2.2-4.2.5), "
-        "optimistic",
+        "the thesis's: the epoch with the best AUC on the test data ({test_data}; 4.2.2-4.2.5), optimistic",
     ),
 }
-# What the study sets itself in each stage's options; a --settings section that names one is refused.
+# What the study sets itself in each stage's options; a --settings section that names one is refused (each task's
+# section: `transfer.tasks.IMPOSED` and the task's own).
 IMPOSED = {
     "manifest": ("root", "datasets", "out", "seed"),
     "shards": ("manifest", "out", "seed", "overwrite"),
     "pretrain": ("manifest", "shards", "backbone", "objective", "out", "seed", "resume", "overwrite"),
-    "luna16": ("data", "backbone", "init", "encoder", "out", "patches", "selection", "folds", "seed", "overwrite"),
-    "mura": ("data", "backbone", "init", "encoder", "out", "selection", "repeats", "seed", "overwrite"),
 }
 GIB = 2**30
 
@@ -64,8 +62,8 @@ class ExperimentOptions:
     out: Path
     corpus: str = None
     datasets: str = None
-    luna16: str = None
-    mura: str = None
+    roots: dict = field(default_factory=dict)  # {task name: its data folder}; the tasks run are those given one.
+    tasks: tuple = ()  # "module:attribute" of tasks beyond the installed ones (`transfer.tasks.registered`).
     backbones: tuple = THESIS_BACKBONES
     inits: tuple = THESIS_INITS
     protocol: str = "held-out"
@@ -130,10 +128,12 @@ def _size(count):
 
 
 def read_settings(path):
-    """The sections of a --settings YAML file: {section: mapping}; unknown sections stop with one line."""
+    """The sections of a --settings YAML file: {section: mapping}, and "tasks": [module:attribute, ...] where it
+    names tasks of one's own; unknown sections, and roots of no task, stop with one line."""
     import yaml
 
     from plumbing.errors import UsageError
+    from transfer.tasks import registered
 
     if path is None:
         return {}
@@ -142,25 +142,49 @@ def read_settings(path):
     except (OSError, yaml.YAMLError) as error:
         raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UsageError(path, f"must hold a mapping of sections ({', '.join(SECTIONS)})")
-    unknown = sorted(set(data) - set(SECTIONS))
+        raise UsageError(path, "must hold a mapping of sections (roots, tasks, manifest, shards, pretrain, a task's)")
+    extra = data.get("tasks") or []
+    if not isinstance(extra, list) or not all(isinstance(entry, str) for entry in extra):
+        raise UsageError(path, "section tasks must be a list of module:attribute names of tasks")
+    tasks = registered(extra)
+    known = ("roots", "tasks", *STAGES, *tasks)
+    unknown = sorted(set(data) - set(known), key=str)
     if unknown:
-        raise UsageError(path, f"unknown sections {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+        raise UsageError(path, f"unknown sections {', '.join(map(str, unknown))}; known: {', '.join(known)}")
     for name, section in data.items():
-        if section is not None and not isinstance(section, dict):
+        if name != "tasks" and section is not None and not isinstance(section, dict):
             raise UsageError(path, f"section {name} must be a mapping of option names to values")
-    return {name: dict(section or {}) for name, section in data.items()}
+    roots = ("corpus", "datasets", *tasks)
+    unknown = sorted(set(data.get("roots") or {}) - set(roots), key=str)
+    if unknown:
+        raise UsageError(path, f"section roots: unknown keys {', '.join(map(str, unknown))}; known: {', '.join(roots)}")
+    return {name: list(section) if name == "tasks" else dict(section or {}) for name, section in data.items()}
 
 
 class Experiment:
     """The plan of one experiment: its steps in order, built from the options and the data, nothing written."""
 
     def __init__(self, options):
+        from plumbing.errors import UsageError
+        from transfer.tasks import StudyPlace, registered
+
         self.o = options
         self.out = Path(options.out)
-        self.selection, self.protocol_text = PROTOCOLS[options.protocol]
-        self.tasks = [task for task in TASKS if getattr(options, task)]
+        known = registered(options.tasks)
+        unknown = sorted(set(options.roots) - set(known))
+        if unknown:
+            raise UsageError(
+                options.settings_file, f"roots name no task: {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        self.tasks = {name: task for name, task in known.items() if options.roots.get(name)}
+        self.selection, text = PROTOCOLS[options.protocol]
+        self.protocol_text = text.format(
+            held_out=", ".join(f"{task.title}: {task.held_out}" for task in self.tasks.values()),
+            test_data=", ".join(task.test_data for task in self.tasks.values()),
+        )
+        self.place = StudyPlace(self.out, options.seed, self.selection, tuple(options.folds), options.repeats)
         self.timings = {}
+        self._shared = {}
         self._built_manifest = None
         self.array = slurm_array()  # (index, count) in a Slurm job array: this process runs a share of the cells.
 
@@ -168,9 +192,14 @@ class Experiment:
 
     def section(self, name):
         from plumbing.errors import UsageError
+        from transfer import tasks
 
         values = {k.replace("-", "_"): v for k, v in self.o.stage_settings.get(name, {}).items()}
-        clash = sorted(set(values) & set(IMPOSED[name]))
+        if name in self.tasks:
+            imposed = (*tasks.IMPOSED, *self.tasks[name].imposed(self.place))
+        else:
+            imposed = IMPOSED[name]
+        clash = sorted(set(values) & set(imposed))
         if clash:
             raise UsageError(
                 self.o.settings_file,
@@ -237,32 +266,21 @@ class Experiment:
             )
         )
 
-    def patches_dir(self):
-        return self.out / "luna16_patches"
-
-    def patch_options(self):
-        from luna16.data import PatchOptions, PatchSettings
-
-        luna = self.cell_options("luna16", self.o.backbones[0], "scratch")
-        settings = {name: getattr(luna, name) for name in PatchSettings.__dataclass_fields__}
-        return PatchOptions(data=str(self.o.luna16), out=str(self.patches_dir()), seed=self.o.seed, **settings)
+    def shared_steps(self, task):
+        """The task's steps shared by its cells (`transfer.tasks.SharedStep`), with its first cell's options."""
+        if task not in self._shared:
+            options = self.cell_options(task, self.o.backbones[0], "scratch")
+            self._shared[task] = self.tasks[task].shared_steps(Path(self.o.roots[task]), options, self.place)
+        return self._shared[task]
 
     def cell_options(self, task, backbone, init):
         """The cell's task options, unresolved (a genesis encoder may not exist yet)."""
-        if task == "luna16":
-            from luna16 import experiment as module
-
-            options_class, extra = module.Luna16Options, {"patches": str(self.patches_dir())}
-            extra["folds"] = list(self.o.folds)
-        else:
-            from mura import experiment as module
-
-            options_class, extra = module.MuraOptions, {"repeats": self.o.repeats}
+        study_task = self.tasks[task]
         return self.stage(
             task,
-            options_class,
-            module.parser(),
-            data=str(getattr(self.o, task)),
+            study_task.options_type(),
+            study_task.parser(),
+            data=str(self.o.roots[task]),
             backbone=backbone,
             init=init,
             encoder=str(self.pretrain_dir(backbone, init)) if init in PRETRAINED else None,
@@ -270,17 +288,19 @@ class Experiment:
             selection=self.selection,
             seed=self.o.seed,
             overwrite=self.o.overwrite,
-            **extra,
+            **study_task.imposed(self.place),
         )
 
     # ---- checks before anything is written ----
 
     def check_roots(self):
         """Every file a later step needs, checked now: one line naming the first that is missing or wrong."""
-        from plumbing.errors import InputError, UsageError
+        from plumbing.errors import UsageError
+        from transfer.tasks import registered
 
         if not self.tasks:
-            raise UsageError("--luna16/--mura", "give at least one downstream dataset folder")
+            flags = "/".join(f"--{name}" for name in registered(self.o.tasks))
+            raise UsageError(flags, "give at least one downstream dataset folder")
         # Each task's settings section first, before any data is read.
         cells = {task: self.cell_options(task, self.o.backbones[0], "scratch") for task in self.tasks}
         for task, options in cells.items():
@@ -298,23 +318,8 @@ class Experiment:
             )
         if self.o.corpus:
             self._check_corpus()
-        if "luna16" in self.tasks:
-            from luna16.data import candidates_path, read_candidates, scans_by_subset
-
-            root = Path(self.o.luna16)
-            read_candidates(root)
-            scans_by_subset(root, cells["luna16"].allow_outside_root)
-            if not (candidates_path(root).parent / "annotations.csv").is_file():
-                raise InputError(
-                    candidates_path(root).parent / "annotations.csv",
-                    "is missing: the LUNA16 FROC and CPM of every cell need the nodule annotations as distributed",
-                )
-        if "mura" in self.tasks:
-            from mura.data import body_parts_of, read_split
-
-            options = cells["mura"]
-            for split in ("train", "valid"):
-                read_split(self.o.mura, split, body_parts_of(options.body_part), False, options.allow_outside_root)
+        for name, task in self.tasks.items():
+            task.check_root(Path(self.o.roots[name]), cells[name])
         if "imagenet" in self.o.inits:
             self._check_imagenet_files()
 
@@ -373,8 +378,8 @@ class Experiment:
         steps = []
         if self.o.corpus:
             steps += self._corpus_steps(measure)
-        if "luna16" in self.tasks:
-            steps.append(self._patches_step())
+        for name in self.tasks:
+            steps += [_shared_step(shared) for shared in self.shared_steps(name)]
         for task in self.tasks:
             for backbone in self.o.backbones:
                 for init in self.o.inits:
@@ -516,143 +521,46 @@ class Experiment:
             disk=params * 4 * 4,
         )
 
-    def _patches_step(self):
-        from luna16.data import read_candidates
-
-        options = self.patch_options()
-        candidates = read_candidates(self.o.luna16)
-        positives = int(candidates["class"].sum())
-        views = 3
-        stored = (len(candidates) + positives * (options.positive_copies - 1)) * views
-        return Step(
-            "luna16/patches",
-            f"LUNA16 candidate patches ({options.patch_size} px, method {options.method})",
-            action=lambda: _run_patches(options),
-            finished=lambda: _patches_finished(Path(options.out)),
-            counts=f"{candidates['seriesuid'].nunique():,} scans, {len(candidates):,} candidates "
-            f"({positives:,} positive)",
-            # ~1.5 ms of CPU per candidate (benchmarks/scale.py, README), spread over --workers processes.
-            seconds=len(candidates) * 0.0015 / (options.workers or os.cpu_count() or 1),
-            disk=stored * options.patch_size**2 * 2,
-        )
-
     def _cell_step(self, task, backbone, init, measure):
         from transfer.schedules import schedule_row
 
+        study_task = self.tasks[task]
         options = self.cell_options(task, backbone, init)
-        module = _task_module(task)
-        row, _ = schedule_row(module.THESIS_SCHEDULES, backbone, init)
+        row, _ = schedule_row(study_task.schedules(), backbone, init)
         value = {
             name: getattr(options, name) if getattr(options, name) is not None else getattr(row, name)
             for name in ("epochs", "warmup_epochs", "batch_size")
         }
         epochs = value["epochs"] + value["warmup_epochs"]
         batch = value["batch_size"]
-        if task == "luna16":
-            size = options.image_size or options.patch_size
-            train, evaluated, test, description = self._luna16_counts(options)
-            units = len(options.folds)
-        else:
-            size = options.image_size
-            train, evaluated, test, description = self._mura_counts(options)
-            units = options.repeats
-        per_epoch = options.steps_per_epoch or max(1, math.ceil(train / batch))
+        count = study_task.counts(Path(self.o.roots[task]), options, self.selection)
+        units, size = count.units, count.image_size
+        per_epoch = options.steps_per_epoch or max(1, math.ceil(count.train / batch))
         timing = self.timing("fine-tuning", backbone, size, batch, options.precision) if measure else None
         folder = cell_folder(self.out, task, backbone, init)
-        needs = ((pretrain_key(backbone, init),) if init in PRETRAINED else ()) + (
-            ("luna16/patches",) if task == "luna16" else ()
-        )
+        needs = (pretrain_key(backbone, init),) if init in PRETRAINED else ()
+        needs += tuple(shared.key for shared in self.shared_steps(task))
         return Step(
             cell_key(task, backbone, init),
-            f"{TITLES[task]} {backbone}, init {init}",
+            f"{study_task.title} {backbone}, init {init}",
             action=lambda: self.run_cell(task, backbone, init),
             finished=lambda: cell_finished(folder),
             needs=needs,
-            counts=f"{description}; {units} x {epochs} epochs of {per_epoch:,} steps at {size} px, batch {batch}",
+            counts=f"{count.text}; {units} x {epochs} epochs of {per_epoch:,} steps at {size} px, batch {batch}",
             train_steps=units * epochs * per_epoch,
             setups=units * (2 if value["warmup_epochs"] else 1),
             # Predicted at the training batch (as measured): every epoch's selection data, then the test data once.
-            predict_batches=units * math.ceil((evaluated * epochs + test) / batch),
+            predict_batches=units * math.ceil((count.evaluated * epochs + count.test) / batch),
             timing=timing,
             disk=units * _parameters(timing, "fine-tuning", backbone) * 4 * 2,
         )
 
-    def _luna16_counts(self, options):
-        """(training patches per epoch, patches predicted per epoch to choose the epoch, test patches, text) of the
-        largest fold: 3 views per candidate; training keeps --negative-fraction of the negatives and
-        --positive-copies of each positive, less the scans held out and those --train-fraction leaves out."""
-        from luna16.data import read_candidates
-
-        candidates = read_candidates(self.o.luna16)
-        subset_of = _subset_of_scans(self.o.luna16, options.allow_outside_root)
-        candidates = candidates.assign(subset=candidates["seriesuid"].map(subset_of)).dropna(subset=["subset"])
-        held_out = options.validation_fraction if self.selection == "held-out" else 0.0
-        per_fold = []
-        for fold in options.folds:
-            test = candidates["subset"].isin([2 * fold - 2, 2 * fold - 1])
-            train = candidates[~test]
-            positives = int(train["class"].sum())
-            kept = positives * options.positive_copies + round((len(train) - positives) * options.negative_fraction)
-            train_patches = kept * 3 * (1 - held_out) * options.train_fraction
-            chosen_on = int(test.sum()) * 3 if self.selection == "test" else len(train) * 3 * held_out
-            per_fold.append((train_patches, chosen_on, int(test.sum()) * 3))
-        train, chosen_on, test = (max(values) for values in zip(*per_fold))
-        text = f"{len(candidates):,} candidates; per fold up to {int(train):,} training patches"
-        return train, chosen_on, test, text
-
-    def _mura_counts(self, options):
-        """(training images per epoch, images predicted per epoch to choose the epoch, valid images, text)."""
-        from mura.data import body_parts_of, read_split
-
-        parts = body_parts_of(options.body_part)
-        outside = options.allow_outside_root
-        train = read_split(self.o.mura, "train", parts, verify=False, allow_outside_root=outside)
-        valid = read_split(self.o.mura, "valid", parts, verify=False, allow_outside_root=outside)
-        held_out = options.validation_fraction if self.selection == "held-out" else 0.0
-        chosen_on = len(valid) if self.selection == "test" else len(train) * held_out
-        text = (
-            f"{len(train):,} training images ({train['patient'].nunique():,} patients), {len(valid):,} valid images "
-            f"({valid['study'].nunique():,} studies)"
-        )
-        return options.epoch_size, chosen_on, len(valid), text
-
     # ---- running ----
 
     def run_cell(self, task, backbone, init):
-        module = _task_module(task)
-        options = module.resolve_options(self.cell_options(task, backbone, init))
-        module.run(options)
-        if task == "luna16":
-            from plumbing.lock import output_lock
-
-            folder = cell_folder(self.out, task, backbone, init)
-            with output_lock(folder):  # The cell's runner has released it; froc.json is read and written here.
-                self.luna16_froc(folder)
-
-    def luna16_froc(self, folder):
-        """The official LUNA16 FROC and CPM of the cell's test predictions (all folds), beside its AUC."""
-        import json
-
-        from luna16.froc import evaluate, layout_seriesuids, read_findings, read_predictions
-        from plumbing.atomic import write_json
-        from plumbing.fingerprint import file_sha256
-
-        root = Path(self.o.luna16)
-        annotations_path = root / "annotations.csv"
-        excluded_path = root / "annotations_excluded.csv"
-        inputs = [folder / "predictions.csv", annotations_path] + ([excluded_path] if excluded_path.is_file() else [])
-        settings = {path.name: file_sha256(path) for path in inputs}
-        record = folder / "froc.json"
-        if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
-            return  # Made from these same predictions and annotations: kept.
-        predictions = read_predictions(folder / "predictions.csv")
-        annotations = read_findings(annotations_path, "annotations")
-        excluded = read_findings(excluded_path, "excluded findings") if excluded_path.is_file() else None
-        predicted = set(predictions["seriesuid"])
-        scans = [uid for uid in layout_seriesuids(annotations_path) if uid in predicted]
-        result = evaluate(predictions, annotations, excluded, scans, iterations=200, seed=self.o.seed)
-        write_json(folder / "froc.json", {"settings": settings, **{k: v for k, v in result.items() if k != "curve"}})
-        print(f"{folder.name}: CPM {result['cpm']:.4f} over {result['scans']} scans, {result['nodules']} nodules")
+        study_task = self.tasks[task]
+        study_task.run(study_task.resolve(self.cell_options(task, backbone, init)))
+        study_task.after_cell(cell_folder(self.out, task, backbone, init), Path(self.o.roots[task]), self.o.seed)
 
     def report(self):
         from plumbing.errors import UsageError
@@ -684,7 +592,7 @@ class Experiment:
                     self.o.seed,
                     note=note,
                     interval=self.o.interval,
-                    appendix=_cpm_lines([(c, cell_folder(self.out, *c.split("/"))) for c in present]),
+                    appendix=self._appendix(present),
                 )
         except UsageError as error:
             if not Path(str(error.path)) == folder:
@@ -695,16 +603,17 @@ class Experiment:
         print(f"report: {folder / 'report.md'}")
         return table
 
+    def _appendix(self, present):
+        """Each task's own report lines from its finished cells."""
+        lines = []
+        for name, task in self.tasks.items():
+            lines += task.report_lines(
+                [(c, cell_folder(self.out, *c.split("/"))) for c in present if c.startswith(f"{name}/")]
+            )
+        return lines
+
     def _cell_keys(self):
         return [cell_key(t, b, i) for t in self.tasks for b in self.o.backbones for i in self.o.inits]
-
-
-def _task_module(task):
-    if task == "luna16":
-        from luna16 import experiment
-    else:
-        from mura import experiment
-    return experiment
 
 
 def _parameters(timing, kind, backbone):
@@ -712,13 +621,6 @@ def _parameters(timing, kind, backbone):
     from study import measure
 
     return measure.parameters(kind, backbone) if timing is None else timing.parameters
-
-
-def _subset_of_scans(root, allow_outside_root=False):
-    from luna16.data import scans_by_subset
-
-    found = scans_by_subset(root, allow_outside_root)
-    return {uid: int(subset) for subset, scans in found.items() for uid in scans}
 
 
 def _pretraining_unfinished(folder):
@@ -735,10 +637,6 @@ def _shards_finished(index, splits):
         return set(splits) <= set(json.loads(Path(index).read_text()))
     except (OSError, ValueError):
         return False
-
-
-def _patches_finished(folder):
-    return all((folder / f"subset{k}" / "done.json").is_file() for k in range(10))
 
 
 def cell_finished(folder):
@@ -758,38 +656,17 @@ def _run_pretraining(config):
     pretrain.run(config)
 
 
-def _run_patches(options):
-    from luna16 import data
-
-    data.run(options)
-
-
-def _cpm_lines(cells):
-    """The report's LUNA16 FROC section: each cell's CPM from its froc.json (none where no cell has one)."""
-    import json
-
-    lines = []
-    for key, folder in cells:
-        path = folder / "froc.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
-            low, high = result["cpm_ci95"]
-            lines.append(
-                f"| {key} | {result['cpm']:.3f} [{low:.3f}, {high:.3f}] | {result['scans']} | {result['nodules']} |"
-            )
-    if not lines:
-        return []
-    return [
-        "",
-        "## LUNA16 FROC (the official CPM, beyond the thesis's AUC)",
-        "",
-        "The mean sensitivity at 1/8 to 8 false positives per scan (`luna16/froc.py`, the rules of the LUNA16 "
-        "evaluation script), over the test folds' scans, with a 95% bootstrap interval over scans.",
-        "",
-        "| cell | CPM [95% interval] | scans | nodules |",
-        "| --- | --- | --- | --- |",
-        *lines,
-    ]
+def _shared_step(shared):
+    """A task's `transfer.tasks.SharedStep` as a step of the plan."""
+    return Step(
+        shared.key,
+        shared.title,
+        action=shared.action,
+        finished=shared.finished,
+        counts=shared.counts,
+        seconds=shared.seconds,
+        disk=shared.disk,
+    )
 
 
 def selected_steps(steps, patterns, array=None):

@@ -177,7 +177,9 @@ def _planned_cells(out, **changes):
 
     from study.experiment import Experiment, ExperimentOptions
 
-    experiment = Experiment(ExperimentOptions(out=out, corpus="c", luna16="l", mura="m", protocol="thesis", **changes))
+    experiment = Experiment(
+        ExperimentOptions(out=out, corpus="c", roots={"luna16": "l", "mura": "m"}, protocol="thesis", **changes)
+    )
     cells = {}
     for task, backbone, init in product(("luna16", "mura"), ("resnet50", "vgg16"), ("scratch", "genesis", "imagenet")):
         folder = experiment.pretrain_dir(backbone)
@@ -332,7 +334,10 @@ def test_the_readmes_settings_example_reaches_each_stage_checked(tmp_path):
     sections = read_settings(tmp_path / "settings.yaml")
     roots = sections.pop("roots")
     assert set(roots) == {"corpus", "luna16", "mura"}
-    experiment = Experiment(ExperimentOptions(out=tmp_path / "out", **roots, stage_settings=sections))
+    corpus = roots.pop("corpus")
+    experiment = Experiment(
+        ExperimentOptions(out=tmp_path / "out", corpus=corpus, roots=roots, stage_settings=sections)
+    )
     config = experiment.stage("pretrain", pretrain.PretrainConfig, pretrain.build_parser())
     assert (config.epochs, config.precision) == (50, "mixed_float16")
     luna = experiment.cell_options("luna16", "resnet50", "genesis")
@@ -342,7 +347,7 @@ def test_the_readmes_settings_example_reaches_each_stage_checked(tmp_path):
     bad = read_settings(tmp_path / "bad.yaml")
     bad.pop("roots")
     with pytest.raises(Exception, match="section pretrain: --epochs"):
-        Experiment(ExperimentOptions(out=tmp_path / "out", stage_settings=bad)).stage(
+        Experiment(ExperimentOptions(out=tmp_path / "out", roots=roots, stage_settings=bad)).stage(
             "pretrain", pretrain.PretrainConfig, pretrain.build_parser()
         )
 
@@ -368,8 +373,17 @@ def test_the_arms_beyond_the_thesis_pretrain_their_own_encoders_with_equal_steps
     assert len(re.findall(r"^ +\d+\. ((?:luna16|mura)/\w+/[\w+]+) ", text, re.M)) == 2 * 2 * 4
     sections = read_settings(roots / "tiny.yaml")
     roots_section = sections.pop("roots")
+    corpus, datasets = roots_section.pop("corpus"), roots_section.pop("datasets")
     experiment = Experiment(
-        ExperimentOptions(out=out, **roots_section, inits=tuple(inits), stage_settings=sections, folds=(1,))
+        ExperimentOptions(
+            out=out,
+            corpus=corpus,
+            datasets=datasets,
+            roots=roots_section,
+            inits=tuple(inits),
+            stage_settings=sections,
+            folds=(1,),
+        )
     )
     configs = {o: experiment.pretrain_config("resnet50", o) for o in ("genesis", "contrastive", "genesis+contrastive")}
     assert {o: Path(c.out).name for o, c in configs.items()} == {
@@ -394,3 +408,67 @@ def test_a_models_weights_are_counted_at_any_input_size():
 
     assert pretraining_step("resnet18", 64, 2, "float32", steps=1).parameters == parameters("pretraining", "resnet18")
     assert classifier_step("resnet18", 64, 2, "float32", steps=1).parameters == parameters("fine-tuning", "resnet18")
+
+
+def _squares_settings(tmp_path, **extra):
+    """A settings file that adds the tests' made-up task (tests/squares_task.py) to the study, at tiny sizes."""
+    folder = tmp_path / "squares_data"
+    folder.mkdir(exist_ok=True)
+    settings = {
+        "tasks": ["squares_task:TASK"],
+        "roots": {"squares": str(folder)},
+        "squares": {"image_size": 32, "steps_per_epoch": 8, "lr": 0.01, "bn_momentum": 0.5, "verbose": 0},
+        **extra,
+    }
+    path = tmp_path / "squares.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return ["--settings", str(path), "--inits", "scratch", "--backbone", "resnet18", "--measure-steps", "0"]
+
+
+def test_a_task_of_ones_own_joins_the_plan_without_a_change_to_the_study(tmp_path, capsys):
+    """The made-up third task, named in the settings file, is a step of the plan with its own counts; the installed
+    tasks are flags of `python -m study` without the study naming them."""
+    from study.demo import build_parser, main
+
+    main([*_squares_settings(tmp_path), "--out", str(tmp_path / "out"), "--plan"])
+    text = capsys.readouterr().out
+    assert re.search(r"^ +1\. squares/resnet18/scratch +not measured .* Squares resnet18, init scratch$", text, re.M)
+    assert "48 images of squares; 1 x 2 epochs of 8 steps at 32 px, batch 16" in text
+    assert re.search(r"^ +2\. report ", text, re.M) and not (tmp_path / "out").exists()
+    assert "training groups held out (Squares: slides); the test data never choose" in text  # The task's words.
+    flags = build_parser().format_help()
+    assert "--luna16 LUNA16" in flags and "--mura MURA" in flags  # From the installed tasks' entry points.
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks": ["nowhere.at_all:TASK"]}, "nowhere.at_all:TASK: names no task (No module named 'nowhere')"),
+        ({"tasks": ["squares_task:SIZE"]}, "squares_task:SIZE: is a int, not a transfer.tasks.StudyTask"),
+        ({"roots": {"squares2": "x"}}, "section roots: unknown keys squares2; known: corpus, datasets, luna16, mura"),
+        ({"squares": {"seed": 3}}, "section squares sets seed, which the study sets itself"),
+    ],
+)
+def test_a_task_or_root_the_study_cannot_use_stops_in_one_line(tmp_path, capsys, change, message):
+    from study.demo import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([*_squares_settings(tmp_path, **change), "--out", str(tmp_path / "out"), "--plan"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+
+
+def test_a_task_of_ones_own_runs_in_the_study_and_is_a_row_of_its_report(tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from study.demo import main
+
+    out = tmp_path / "out"
+    main([*_squares_settings(tmp_path), "--out", str(out)])
+    predictions = pd.read_csv(out / "cells" / "squares_resnet18_scratch" / "predictions.csv")
+    results = pd.read_csv(out / "report" / "results.csv")
+    row = results[(results["dataset"] == "squares") & (results["metric"] == "auc")].iloc[0]
+    assert row["scratch"] == pytest.approx(roc_auc_score(predictions["label"], predictions["probability"]), abs=1e-9)
+    assert row["thesis"] == "the thesis has no squares results"
+    assert "squares" in (out / "report" / "report.md").read_text()

@@ -48,3 +48,16 @@ def test_lower_layers_name_the_tasks_only_in_prose():
 def test_every_package_is_in_the_order():
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
     assert packages == set().union(*LAYERS)
+
+
+@pytest.mark.parametrize("module", ["study/experiment.py", "study/report.py"])
+def test_the_study_runs_every_task_alike_and_names_none(module):
+    """The experiment and the report reach the tasks through `transfer.tasks` only: no identifier names one and no
+    string is one's name or step (prose, such as a --help example, may mention them)."""
+    import io
+    import tokenize
+
+    tokens = list(tokenize.generate_tokens(io.StringIO((ROOT / module).read_text()).readline))
+    names = {t.string for t in tokens if t.type == tokenize.NAME and ("luna16" in t.string or "mura" in t.string)}
+    words = {t.string.strip("\"'") for t in tokens if t.type == tokenize.STRING}
+    assert names == set() and words & {"luna16", "mura", "luna16/patches", "LUNA16", "MURA"} == set()

@@ -12,69 +12,11 @@ import pandas as pd
 import pytest
 from conftest import LEARNING_SEED
 from sklearn.metrics import roc_auc_score
+from squares_task import SCHEDULE, SIZE, Squares, SquaresOptions
 
 from plumbing.errors import UsageError
-from transfer.options import TransferOptions, build_parser, option, reuse_settings
-from transfer.runner import Split, Task, UnitResult, run_task
-from transfer.schedules import ThesisSchedule
-
-SIZE = 32
-
-
-def _images(count, rng):
-    """Noise, with a bright square in the positives: (images (n, S, S, 1), labels)."""
-    labels = np.arange(count) % 2
-    images = rng.random((count, SIZE, SIZE, 1), dtype=np.float32) * 0.3
-    images[labels == 1, 8:20, 8:20] += 0.6
-    return images, labels
-
-
-# ---- A made-up third task: what a new task writes to run through the runner and appear in the report. ----
-@dataclass(frozen=True)
-class SquaresOptions(TransferOptions):
-    slides: int = option(12, "slides per split (each holds 4 images).", type=int)
-    content: int = option(0, "a stand-in for what the data hold (its fingerprint).", reuse=False, type=int)
-
-
-class Squares(Task):
-    name, title = "squares", "Squares"
-    levels = [{"name": "image", "description": "test images", "group": "slide", "metrics": ["auc", "accuracy"]}]
-
-    def check_data(self):
-        return {"squares": self.options.content}
-
-    def split(self, unit, seed):
-        import tensorflow as tf
-
-        rng = np.random.default_rng(seed)
-        (x, y), (x_test, y_test) = _images(4 * self.options.slides, rng), _images(4 * self.options.slides, rng)
-
-        def batches(images, labels, batch):
-            return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32))).batch(batch)
-
-        return Split(
-            train=lambda batch: batches(x, y, batch).repeat(),
-            train_in_order=batches(x, y, 16),
-            train_labels=y,
-            train_groups=np.arange(len(y)) // 4,
-            validation=lambda b: batches(x, y, b),
-            test=batches(x_test, y_test, 16),
-            test_labels=y_test,
-            test_cases=x_test[:, None],
-            cases=pd.DataFrame({"label": y_test, "slide": np.arange(len(y_test)) // 4}),
-        )
-
-    def result(self, unit, split, probabilities):
-        from transfer.results import score_rows
-
-        table = split.cases.assign(probability=probabilities[:, 0])
-        scores = score_rows("image", table.index.astype(str), table["label"], table["probability"], table["slide"])
-        return UnitResult(table, {}, scores)
-
-
-SCHEDULE = ThesisSchedule(
-    epochs=2, warmup_epochs=0, batch_size=16, lr_factor=0.1, lr_patience=3, momentum=0.9, source="test"
-)
+from transfer.options import build_parser, option, reuse_settings
+from transfer.runner import Task, run_task
 
 
 def _options(tmp_path, **values):

@@ -12,5 +12,6 @@ and `study` build on it and it imports none of them:
 - `statistics`: metrics, DeLong and clustered tests, the bootstrap;
 - `plots`: ROC and loss curves;
 - `results`: the results contract that the report reads;
-- `runner`: the one downstream run, to which a task gives its data and its outputs.
+- `runner`: the one downstream run, to which a task gives its data and its outputs;
+- `tasks`: what the study needs of a task (`StudyTask`) and where it finds the tasks.
 """
