@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from transfer.tasks import CellCounts, SharedStep, StudyTask
 
 VIEWS = 3
@@ -16,6 +18,7 @@ class Luna16Study(StudyTask):
     root_help = "LUNA16 folder as distributed (subset0..9, candidates_V2.csv, annotations.csv)."
     held_out = "scans"
     test_data = "LUNA16 test folds"
+    expected_auc = (0.98, "the thesis's six LUNA16 cells, 0.976-0.994, Fig. 5.1")
     module, options_class = "luna16.experiment", "Luna16Options"
 
     def imposed(self, place):
@@ -59,15 +62,30 @@ class Luna16Study(StudyTask):
             )
         ]
 
-    def counts(self, root, options, selection):
-        """Of the largest fold: 3 views per candidate; training keeps --negative-fraction of the negatives and
-        --positive-copies of each positive, less the scans held out and those --train-fraction leaves out."""
+    def test_design(self, root, options):
+        """Per fold, each test scan's positive and negative candidates; the patch level counts each of a candidate's
+        three views as a case of its scan."""
+        candidates = self._located(root, options)
+        folds = []
+        for fold in options.folds:
+            test = candidates[candidates["subset"].isin([2 * fold - 2, 2 * fold - 1])]
+            by_scan = test.groupby("seriesuid")["class"].agg(["sum", "count"])
+            folds.append(np.column_stack([by_scan["sum"], by_scan["count"] - by_scan["sum"]]).astype(int))
+        return {"candidate": folds, "patch": [fold * VIEWS for fold in folds]}
+
+    def _located(self, root, options):
+        """The candidates with the subset of their scan, those of no scan on disk left out."""
         from luna16.data import read_candidates, scans_by_subset
 
         candidates = read_candidates(root)
         found = scans_by_subset(root, options.allow_outside_root)
         subset_of = {uid: int(subset) for subset, scans in found.items() for uid in scans}
-        candidates = candidates.assign(subset=candidates["seriesuid"].map(subset_of)).dropna(subset=["subset"])
+        return candidates.assign(subset=candidates["seriesuid"].map(subset_of)).dropna(subset=["subset"])
+
+    def counts(self, root, options, selection):
+        """Of the largest fold: 3 views per candidate; training keeps --negative-fraction of the negatives and
+        --positive-copies of each positive, less the scans held out and those --train-fraction leaves out."""
+        candidates = self._located(root, options)
         held_out = options.validation_fraction if selection == "held-out" else 0.0
         per_fold = []
         for fold in options.folds:

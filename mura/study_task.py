@@ -1,5 +1,7 @@
 """MURA as the study runs it (`transfer.tasks.StudyTask`): its root's checks and the counts of a run."""
 
+import numpy as np
+
 from transfer.tasks import CellCounts, StudyTask
 
 SPLITS = ("train", "valid")
@@ -10,6 +12,7 @@ class MuraStudy(StudyTask):
     root_help = "MURA folder as distributed (MURA-v1.1 and its csv files, or its parent)."
     held_out = "patients"
     test_data = "MURA valid"
+    expected_auc = (0.80, "the thesis's six MURA shoulder cells, 0.757-0.832, Fig. 5.1")
     module, options_class = "mura.experiment", "MuraOptions"
 
     def imposed(self, place):
@@ -23,6 +26,16 @@ class MuraStudy(StudyTask):
 
         parts = body_parts_of(options.body_part)
         return [read_split(root, split, parts, False, options.allow_outside_root) for split in SPLITS]
+
+    def test_design(self, root, options):
+        """The valid split, one fold: each patient's abnormal and normal images, and studies."""
+        _, valid = self._splits(root, options)
+        studies = valid.drop_duplicates("study")
+        design = {}
+        for level, table in (("image", valid), ("study", studies)):
+            by_patient = table.groupby("patient")["label"].agg(["sum", "count"])
+            design[level] = [np.column_stack([by_patient["sum"], by_patient["count"] - by_patient["sum"]]).astype(int)]
+        return design
 
     def counts(self, root, options, selection):
         """Training images per epoch (--epoch-size), the images that choose the epoch, the valid images."""

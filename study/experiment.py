@@ -603,6 +603,37 @@ class Experiment:
         print(f"report: {folder / 'report.md'}")
         return table
 
+    def power_lines(self):
+        """For each task and level the report tests, the smallest AUC difference its test data let the report's test
+        detect (`transfer.power`), and the comparisons it applies to."""
+        from study.report import comparisons
+        from transfer.power import ALPHA, POWER, WITHIN, detectable_difference
+
+        pairs = ", ".join(f"{a} vs {b}" for a, b in comparisons(list(self.o.inits)))
+        if not pairs:
+            return []
+        lines = [
+            f"\nwhat the test data can detect: the smallest AUC difference the report's test finds with {POWER:.0%} "
+            f"power at alpha {ALPHA}, simulated at the data's shape (folds, clusters, each cluster's positives and "
+            f"negatives; scores correlating {WITHIN} within a cluster); for each comparison ({pairs}):"
+        ]
+        for name, task in self.tasks.items():
+            options = self.cell_options(name, self.o.backbones[0], "scratch")
+            auc, source = task.expected_auc
+            for level, design in task.test_design(Path(self.o.roots[name]), options).items():
+                found = detectable_difference(design, auc, seed=self.o.seed)
+                test = {"permutation": "cluster permutation", "folds": f"paired t over {len(design)} folds"}
+                value = f"{found['difference']:.4f}"
+                if found["ceiling"]:
+                    value = f"more than {value} (beyond AUC 1: no better model can be told apart here)"
+                lines.append(
+                    f"  {name} {level}: {value} at AUC {auc} ({source}); {len(design)} fold"
+                    f"{'s' if len(design) > 1 else ''}, {found['clusters']:,} clusters, {found['positives']:,} "
+                    f"positive and {found['negatives']:,} negative cases; "
+                    f"{test.get(found['test'], 'cluster jackknife')} test"
+                )
+        return lines
+
     def _appendix(self, present):
         """Each task's own report lines from its finished cells."""
         lines = []
@@ -772,6 +803,7 @@ def run(options):
     steps = experiment.steps(measure=options.measure_steps > 0)
     chosen = selected_steps(steps, options.cells, experiment.array)
     print_plan(steps, chosen, experiment.out)
+    print("\n".join(experiment.power_lines()), flush=True)
     if options.plan_only:
         return []
     from plumbing.lock import output_lock

@@ -35,6 +35,7 @@ from plumbing.errors import UsageError
 from plumbing.figures import pyplot, save_figure
 from plumbing.runtime import ONEDNN_VARIABLE
 from transfer.plots import plot_mean_roc
+from transfer.power import observed_detectable
 from transfer.results import ResultsError, read_results
 from transfer.statistics import auc_interval, bootstrap_auc, paired_auc_test, stratified_auc, stratified_metric
 
@@ -322,6 +323,7 @@ def level_row(task, backbone, level, metric, by_init, inits, iterations, seed, i
                     f"{key}_clusters": test["clusters"],
                     f"{key}_df": test["df"],
                     f"{key}_p_how": test["p_how"],
+                    f"{key}_detectable": observed_detectable(test["ci_low"], test["ci_high"], test["df"]),
                 }
             )
             what, differences = _per_run_differences(y, p_a, p_b, strata)
@@ -643,6 +645,57 @@ def _selection_lines(table, thesis, selections):
     return lines
 
 
+def _number(value):
+    """A table cell as a float: NaN where it holds none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def detectable_lines(table, inits):
+    """Each comparison's difference beside the smallest one its test could have detected (`transfer.power`, from
+    the comparison's observed standard error), and whether that covers the thesis's own difference."""
+    from transfer.power import ALPHA, POWER
+
+    rows = []
+    for row in table.to_dict("records"):
+        for a, b in comparisons(inits) if row["metric"] == "auc" else ():
+            key = f"{a}_vs_{b}"
+            if not np.isfinite(row.get(f"{key}_detectable", np.nan)):
+                continue
+            detectable, difference = row[f"{key}_detectable"], row[f"{key}_delta"]
+            theirs = _number(row.get(f"thesis_{a}")) - _number(row.get(f"thesis_{b}"))
+            if np.isfinite(theirs):
+                seen = "yes" if abs(theirs) >= detectable else "**no**: below what these data detect"
+                thesis = f"{theirs:+.4f} | {seen}"
+            else:
+                thesis = "none | "
+            rows.append(
+                f"| {row['dataset']} | {row['backbone']} | {row['level']} | {a} vs {b} | {difference:+.4f} "
+                f"[{row[f'{key}_ci_low']:+.4f}, {row[f'{key}_ci_high']:+.4f}] | {detectable:.4f} | {thesis} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## What these data could detect",
+        "",
+        f"Each comparison's AUC difference beside the smallest difference its test detects with {POWER:.0%} power at "
+        f"alpha {ALPHA} on data like these: (q(1 - alpha / 2) + q(power)) times the comparison's standard error, "
+        "its interval's half-width over its quantile (`transfer/power.py`). A difference below it that the test "
+        "calls not significant is no evidence of no effect: these data could not have seen it. Where the thesis "
+        "reports both cells, its own difference is set beside it, and marked where these data could not have "
+        "detected it. `python -m study --plan` gives the same figure before any training, simulated at the data's "
+        "shape.",
+        "",
+        "| task | backbone | level | comparison | difference [95% interval] | detectable (80% power) | "
+        "thesis's difference | detectable here? |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
 def _figure_lines(runs, out, inits, iterations, seed, interval):
     """The ROC figure of each task and backbone and, with several label fractions, the label-efficiency
     section; the figures are written into `out`."""
@@ -723,6 +776,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     lines += _selection_lines(table, thesis, selections)
     lines += thesis_fold_lines(table, runs, thesis)
     lines += spread_lines(table, inits)
+    lines += detectable_lines(table, inits)
     lines += _figure_lines(runs, out, inits, iterations, seed, interval)
     lines += _run_lines(runs, out)
     write_text(out / "report.md", "\n".join([*lines, *appendix]) + "\n")

@@ -472,3 +472,42 @@ def test_a_task_of_ones_own_runs_in_the_study_and_is_a_row_of_its_report(tmp_pat
     assert row["scratch"] == pytest.approx(roc_auc_score(predictions["label"], predictions["probability"]), abs=1e-9)
     assert row["thesis"] == "the thesis has no squares results"
     assert "squares" in (out / "report" / "report.md").read_text()
+
+
+def test_the_plan_says_what_difference_each_tasks_test_data_can_detect(roots, tmp_path):
+    """Each task's test data as the plan simulates them, against an independent count of the trees: per fold of
+    LUNA16 each test scan's positive and negative candidates; MURA's valid split, each patient's abnormal and normal
+    images. The plan's line for each is the smallest difference simulated on that shape at the task's AUC."""
+    from study.experiment import Experiment, ExperimentOptions
+    from transfer.power import detectable_difference
+
+    data = roots / "data"
+    options = ExperimentOptions(
+        out=tmp_path / "out", roots={"luna16": str(data / "LUNA16"), "mura": str(data / "MURA-v1.1")}
+    )
+    experiment = Experiment(options)
+    designs = {
+        name: task.test_design(Path(options.roots[name]), experiment.cell_options(name, "resnet50", "scratch"))
+        for name, task in experiment.tasks.items()
+    }
+    candidates = pd.read_csv(data / "LUNA16" / "candidates_V2.csv")
+    for fold in range(1, 6):
+        scans = {p.stem for k in (2 * fold - 2, 2 * fold - 1) for p in (data / "LUNA16" / f"subset{k}").glob("*.mhd")}
+        test = candidates[candidates["seriesuid"].isin(scans)]
+        expected = sorted(zip(test.groupby("seriesuid")["class"].sum(), test.groupby("seriesuid").size()))
+        got = sorted((int(p), int(p + n)) for p, n in designs["luna16"]["candidate"][fold - 1])
+        assert got == [(int(p), int(c)) for p, c in expected], fold
+        assert (designs["luna16"]["patch"][fold - 1] == 3 * designs["luna16"]["candidate"][fold - 1]).all()
+    images = pd.read_csv(data / "MURA-v1.1" / "valid_image_paths.csv", header=None, names=["path"])
+    images = images[images["path"].str.contains("XR_SHOULDER")]
+    images["patient"] = images["path"].str.extract(r"(patient\d+)")[0]
+    images["label"] = images["path"].str.contains("_positive").astype(int)
+    per_patient = images.groupby("patient")["label"].agg(["sum", "count"])
+    expected = sorted(zip(per_patient["sum"], per_patient["count"] - per_patient["sum"]))
+    assert sorted(map(tuple, designs["mura"]["image"][0].tolist())) == [(int(a), int(b)) for a, b in expected]
+    lines = experiment.power_lines()
+    assert "for each comparison (genesis vs scratch, genesis vs imagenet)" in lines[0]
+    for name, level in (("luna16", "candidate"), ("mura", "image")):
+        found = detectable_difference(designs[name][level], experiment.tasks[name].expected_auc[0])
+        line = next(line for line in lines if line.startswith(f"  {name} {level}: "))
+        assert f"{found['difference']:.4f}" in line and f"{found['clusters']:,} clusters" in line

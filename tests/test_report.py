@@ -251,6 +251,16 @@ def test_thesis_cells_sit_beside_the_runs_that_match_them_with_the_difference(tm
     assert "sel. T (the `thesis` column): chosen on the test data" in text and "4.2.4.4" in text
     row = next(line for line in text.splitlines() if line.startswith("| luna16 | vgg16 | AUC"))
     assert row.count("sel. A") == 2 and row.endswith("sel. T |")
+    # What these 30 scans could detect: from the paired t over the 5 folds' interval (4 df), 80% power, beside the
+    # thesis's own +0.0050 (0.98672 - 0.98172), which is far below it.
+    from scipy.stats import t as student
+
+    low, high = luna["genesis_vs_scratch_ci_low"], luna["genesis_vs_scratch_ci_high"]
+    detectable = (student(4).ppf(0.975) + student(4).ppf(0.8)) * (high - low) / 2 / student(4).ppf(0.975)
+    assert luna["genesis_vs_scratch_detectable"] == pytest.approx(detectable)
+    level = luna["level"]
+    line = next(x for x in text.splitlines() if x.startswith(f"| luna16 | vgg16 | {level} | genesis vs scratch |"))
+    assert line.endswith(f"| {detectable:.4f} | +0.0050 | **no**: below what these data detect |"), line
 
 
 def test_without_a_matching_cell_the_thesis_column_says_why(retina, tmp_path):

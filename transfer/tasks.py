@@ -77,6 +77,8 @@ class StudyTask:
         root_help: the --help text of its root flag.
         held_out: what `--protocol held-out` holds out of the training data, in words ("scans").
         test_data: the data the thesis protocol chooses the epoch on, in words ("the test folds").
+        expected_auc: the AUC the plan assumes of each model when it simulates what difference the data can detect
+            (`transfer.power`); with its source.
         module: the module with the task's options type (`options_class`), `parser`, `resolve_options`, `run`
             and `THESIS_SCHEDULES`, imported when first used.
     """
@@ -84,6 +86,7 @@ class StudyTask:
     name = title = root_help = ""
     held_out = "groups"
     test_data = "the test data"
+    expected_auc = (0.85, "this project's choice for a task that names none")
     module = ""
     options_class = ""  # The name of the options type in `module`.
 
@@ -119,6 +122,11 @@ class StudyTask:
     def counts(self, root, options, selection):
         """The `CellCounts` of one cell with these (unresolved) options."""
         raise NotImplementedError
+
+    def test_design(self, root, options):
+        """The shape of the test data at each level the report tests: {level: [per fold, an (clusters, 2) array of
+        each cluster's positives and negatives]}; none by default (the plan then says nothing of power)."""
+        return {}
 
     def after_cell(self, folder, root, seed):
         """Work on a finished cell's results beyond the runner's (e.g. an official metric); keeps what it kept."""
