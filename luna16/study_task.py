@@ -11,6 +11,10 @@ from transfer.tasks import CellCounts, SharedStep, StudyTask
 
 VIEWS = 3
 PATCHES = "luna16/patches"  # The shared step's key.
+# The thesis's test data: its 888 scans (4.2.1.1) in five folds of subset pairs (4.2.1.7), with its 1,157 positive
+# and 753,418 negative patches (4.2.1.2). How they spread over the scans it does not say: spread as evenly as they
+# go, the most favourable spread (the fewer scans hold them, the more they cluster and the less can be detected).
+THESIS_SCANS, THESIS_POSITIVES, THESIS_NEGATIVES, THESIS_FOLDS = 888, 1_157, 753_418, 5
 
 
 class Luna16Study(StudyTask):
@@ -73,6 +77,17 @@ class Luna16Study(StudyTask):
             folds.append(np.column_stack([by_scan["sum"], by_scan["count"] - by_scan["sum"]]).astype(int))
         return {"candidate": folds, "patch": [fold * VIEWS for fold in folds]}
 
+    def thesis_sizes(self):
+        words = (
+            f"the thesis's {THESIS_SCANS} scans (4.2.1.1) in {THESIS_FOLDS} folds of subset pairs (4.2.1.7) with its "
+            f"{THESIS_POSITIVES:,} positive and {THESIS_NEGATIVES:,} negative patches (4.2.1.2), spread over the scans "
+            "as evenly as they go (the most favourable spread; the thesis does not give it)"
+        )
+        return words, "candidate", even_design(THESIS_SCANS, THESIS_POSITIVES, THESIS_NEGATIVES, THESIS_FOLDS)
+
+    def thesis_power_file(self):
+        return Path(__file__).with_name("configs") / "thesis_power.yaml"
+
     def _located(self, root, options):
         """The candidates with the subset of their scan, those of no scan on disk left out."""
         from luna16.data import read_candidates, scans_by_subset
@@ -132,6 +147,17 @@ class Luna16Study(StudyTask):
             "| --- | --- | --- | --- |",
             *lines,
         ]
+
+
+def even_design(scans, positives, negatives, folds):
+    """`scans` scans dealt round-robin into `folds` folds, the positives and negatives spread over them as evenly as
+    they go: per fold an (its scans, 2) array."""
+
+    def spread(total):
+        return total // scans + (np.arange(scans) < total % scans)
+
+    counts = np.column_stack([spread(positives), spread(negatives)])
+    return [counts[fold::folds] for fold in range(folds)]
 
 
 def _extract(options):

@@ -696,6 +696,41 @@ def detectable_lines(table, inits):
     ]
 
 
+def thesis_power_lines(tasks, thesis):
+    """For each task in `tasks` whose package gives what the thesis's own test data could detect
+    (`tools/thesis_power.py`), the thesis's differences beside it."""
+    import yaml
+
+    from transfer.tasks import registered
+
+    lines = []
+    for name, task in registered().items():
+        path = task.thesis_power_file()
+        if name not in tasks or path is None or not Path(path).is_file():
+            continue
+        power = yaml.safe_load(Path(path).read_text())
+        cells = [c for c in thesis["cells"] if c["task"] == name and c["level"] == power["level"]]
+        rows = []
+        for backbone in sorted({c["backbone"] for c in cells}):
+            auc = {c["init"]: c["auc"] for c in cells if c["backbone"] == backbone}
+            for a, b in comparisons([init for init in INIT_ORDER if init in auc]):
+                seen = "yes" if abs(auc[a] - auc[b]) >= power["detectable"] else "**no**"
+                rows.append(f"| {name} | {backbone} | {a} vs {b} | {auc[a] - auc[b]:+.4f} | {seen} |")
+        lines += [
+            f"{name}, on {power['data']}: a difference of {power['detectable']:.4f} or more is detected with "
+            f"{power['power']:.0%} power ({power['test']} test, each model's AUC {power['auc']}: "
+            f"{power['auc_source']}; `{power['command']}`).",
+            "",
+            "| task | backbone | comparison | thesis's difference | detectable on its data? |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    if not lines:
+        return []
+    return ["## What the thesis's own data could detect", "", *lines]
+
+
 def _figure_lines(runs, out, inits, iterations, seed, interval):
     """The ROC figure of each task and backbone and, with several label fractions, the label-efficiency
     section; the figures are written into `out`."""
@@ -777,6 +812,7 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     lines += thesis_fold_lines(table, runs, thesis)
     lines += spread_lines(table, inits)
     lines += detectable_lines(table, inits)
+    lines += thesis_power_lines({r.task for r in runs}, thesis)
     lines += _figure_lines(runs, out, inits, iterations, seed, interval)
     lines += _run_lines(runs, out)
     write_text(out / "report.md", "\n".join([*lines, *appendix]) + "\n")

@@ -68,3 +68,20 @@ def test_the_observed_detectable_difference_is_the_power_sum_of_quantiles_times_
     half = t(4).ppf(0.975) * standard_error  # The paired t over 5 folds.
     assert observed_detectable(-half, half, df=4) == pytest.approx((t(4).ppf(0.975) + t(4).ppf(0.8)) * standard_error)
     assert np.isnan(observed_detectable(np.nan, np.nan))
+
+
+def test_the_stored_figure_of_the_thesiss_own_data_is_what_the_tool_computes():
+    """luna16/configs/thesis_power.yaml, which the report reads, against `python tools/thesis_power.py` run now."""
+    from pathlib import Path
+
+    import yaml
+    from conftest import load_tool
+
+    from luna16.study_task import TASK, even_design
+
+    design = even_design(888, 1157, 753418, 5)
+    assert [len(fold) for fold in design] == [178, 178, 178, 177, 177]
+    assert sum(int(f[:, 0].sum()) for f in design) == 1157 and sum(int(f[:, 1].sum()) for f in design) == 753418
+    assert max(int(f[:, 1].max() - f[:, 1].min()) for f in design) <= 1  # As evenly as they go.
+    stored = yaml.safe_load(Path(TASK.thesis_power_file()).read_text())
+    assert load_tool("thesis_power").thesis_power(TASK) == stored

@@ -128,6 +128,15 @@ class StudyTask:
         each cluster's positives and negatives]}; none by default (the plan then says nothing of power)."""
         return {}
 
+    def thesis_sizes(self):
+        """The shape of the thesis's own test data, where the thesis gives it: (words with their sources, level,
+        design as `test_design` gives one); None where it does not."""
+        return None
+
+    def thesis_power_file(self):
+        """The file of what the thesis's test data could detect (`tools/thesis_power.py` writes it), or None."""
+        return None
+
     def after_cell(self, folder, root, seed):
         """Work on a finished cell's results beyond the runner's (e.g. an official metric); keeps what it kept."""
 
