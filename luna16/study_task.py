@@ -83,7 +83,7 @@ class Luna16Study(StudyTask):
             f"{THESIS_POSITIVES:,} positive and {THESIS_NEGATIVES:,} negative patches (4.2.1.2), spread over the scans "
             "as evenly as they go (the most favourable spread; the thesis does not give it)"
         )
-        return words, "candidate", even_design(THESIS_SCANS, THESIS_POSITIVES, THESIS_NEGATIVES, THESIS_FOLDS)
+        return words, "patch", even_design(THESIS_SCANS, THESIS_POSITIVES, THESIS_NEGATIVES, THESIS_FOLDS)
 
     def thesis_power_file(self):
         return Path(__file__).with_name("configs") / "thesis_power.yaml"

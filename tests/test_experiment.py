@@ -308,10 +308,9 @@ def test_the_thesis_protocol_fills_all_12_cells_split_over_processes_and_a_rerun
         assert row[f"thesis_{cell['init']}"] == pytest.approx(cell["auc"])  # ... beside the thesis's.
         filled += 1
     assert filled == 12
-    luna_patch = results[
-        (results["dataset"] == "luna16") & (results["level"] == "patch") & (results["metric"] == "auc")
-    ]
-    assert luna_patch["thesis"].str.contains("read as one patch per candidate").all()
+    luna = results[(results["dataset"] == "luna16") & (results["metric"] == "auc")].set_index("level")
+    assert luna.loc["patch", "thesis"].str.contains("its own level").all()  # The thesis's level (its wording) ...
+    assert luna.loc["candidate", "thesis"].str.contains("read as a candidate scored by the mean of its 3").all()
     assert report.count("| luna16/") == 6  # The CPM of every LUNA16 cell.
     before = _mtimes(out)
     assert len(before) > 12 * 6 + 6  # Each cell's weights, scores, metrics, figures; the report; the steps' records.

@@ -185,7 +185,7 @@ def test_report_links_every_runs_saliency_gallery(retina, tmp_path):
     )
 
 
-LUNA16_LEVELS = [{"name": "candidate", "description": "candidates", "group": "scan", "metrics": ["auc"]}]
+LUNA16_LEVELS = [{"name": "patch", "description": "patches", "group": "scan", "metrics": ["auc"]}]
 MURA_LEVELS = [{"name": "image", "description": "images of valid", "group": "patient", "metrics": ["auc"]}]
 
 
@@ -318,7 +318,7 @@ def test_a_fold_with_its_positives_in_one_scan_and_a_fold_with_one_positive_each
     ]
     table = build_report(runs, tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("- luna16 vgg16 candidate: genesis vs scratch")]
+    lines = [line for line in text.splitlines() if line.startswith("- luna16 vgg16 patch: genesis vs scratch")]
     assert len(lines) == 2 and "fold 2: all" in lines[0] and "positives in one scan" in lines[0]
     assert "fold 3: one positive case, too few to estimate a variance; left out" in lines[1]
     row = table.iloc[0]
