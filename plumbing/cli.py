@@ -159,15 +159,18 @@ def run_command(parse_args, run, argv=None, interrupted=None, tensorflow=False):
         raise SystemExit(143 if isinstance(stop, Terminated) else 130) from None
 
 
-def launch(module):
+def launch(module, imports_tensorflow=True):
     """Runs `module`'s `main` as a command started from a file of a checkout (`python genesis2d/train.py`).
 
-    The one launcher of the training commands: TensorFlow is started quietly before the
-    module imports it, so its start-up noise stays out of the log.
+    The one launcher of the training commands. A module that imports TensorFlow when it is
+    imported gets it started quietly first, so its start-up noise stays out of the log; one
+    that does not (`imports_tensorflow=False`) parses its arguments first and starts it
+    after (`run_command(tensorflow=True)`), so that `--help` and a bad flag answer at once.
     """
     import importlib
 
-    start_tensorflow_quietly()
+    if imports_tensorflow:
+        start_tensorflow_quietly()
     return importlib.import_module(module).main()
 
 

@@ -1,12 +1,12 @@
-"""`python -m study`: the whole study end to end on the built-in demo data (see `study.demo`)."""
+"""`python -m study`: the whole study end to end on the built-in demo data (see `study.demo`).
+
+TensorFlow starts quietly once the arguments are parsed (`plumbing.cli.run_command`), so `--help` and a bad flag
+answer at once."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from plumbing.cli import start_tensorflow_quietly
-
-start_tensorflow_quietly()
 from study.demo import main  # noqa: E402
 
 main()

@@ -425,6 +425,7 @@ def main(argv=None):
         run,
         argv,
         interrupted=lambda args: "run the same command again to continue where it stopped.",
+        tensorflow=True,
     )
 
 

@@ -26,8 +26,7 @@ from transfer.encoders import (
     genesis_card,
     radimagenet_file,
 )
-from transfer.finetune import SELECTIONS, Head, Schedule
-from transfer.schedules import SCHEDULE_FIELDS, schedule_row
+from transfer.schedules import SCHEDULE_FIELDS, SELECTIONS, Head, Schedule, schedule_row
 
 THESIS_TABLE = "the thesis's value for --backbone and --init (table below)"
 SHARED = "initialisation and training (shared by the downstream tasks)"

@@ -19,6 +19,52 @@ class ThesisSchedule:
     source: str  # The thesis figure or section of the row, and where it is silent, the choice made.
 
 
+@dataclass(frozen=True)
+class Head:
+    """The classification head of thesis Fig. 4.8 (see `build_classifier`)."""
+
+    units: int
+    l2: float
+    dropout: float
+
+
+# Which epoch a run keeps (`--selection`): the best validation AUC on data held out of the training split, the last
+# epoch of a run on all training data, or the best AUC on the test data (the thesis's reading of its epochs).
+SELECTIONS = ("held-out", "last", "test")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Two-phase training (thesis 4.2.2): warm-up with the encoder frozen, then fine-tuning.
+
+    Attributes:
+        epochs: fine-tuning epochs after the warm-up.
+        warmup_epochs: epochs with the encoder frozen (0 skips the phase).
+        batch_size: images per batch.
+        lr, momentum: SGD.
+        lr_factor, lr_patience: ReduceLROnPlateau on the validation loss (the training loss
+            when there is no validation data).
+        steps_per_epoch: batches per epoch, the data repeated as needed; None for one pass.
+        bn_momentum: momentum of the BatchNormalization moving statistics while fine-tuning;
+            None keeps the layers' own (Keras: 0.99).
+        selection: one of SELECTIONS; 'last' keeps the last epoch and needs no validation data.
+
+    The thesis's values per task, backbone and init are the tasks' schedule tables
+    (`transfer.schedules`); the command-line defaults are `transfer.options.TransferOptions`'s.
+    """
+
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    lr_factor: float
+    lr_patience: int
+    selection: str
+    steps_per_epoch: int | None = None
+    bn_momentum: float | None = None
+
+
 SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr_factor", "lr_patience", "momentum")
 
 
