@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from plumbing.errors import InputError, UsageError
+from plumbing.runtime import PRECISIONS
 
 
 @contextlib.contextmanager
@@ -51,9 +52,6 @@ def default_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
-PRECISIONS = ("auto", "float32", "mixed_float16")
-
-
 def add_runtime_arguments(parser, seeds="weights, sampling and augmentation", group=None):
     """Adds --precision, --seed, --deterministic and --verbose (to `group` or a new 'runtime' group); returns it.
 
@@ -67,7 +65,8 @@ def add_runtime_arguments(parser, seeds="weights, sampling and augmentation", gr
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: mixed_float16 on GPU, float32 on CPU. Default: auto.",
+        help="auto: mixed_bfloat16 on a GPU of compute capability 8.0 or more (A100, H100), mixed_float16 on an "
+        "older GPU, float32 on a CPU. Default: auto.",
     )
     group.add_argument("--seed", type=int, default=0, help=f"seeds {seeds}. Default: 0.")
     group.add_argument(

@@ -147,7 +147,8 @@ def _arrays(path):
 
 
 @pytest.mark.slow
-def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_one_step_under_mixed_precision_on_cpu(demo_manifest, tmp_path, precision):
     try:
         card = run(
             tiny_args(
@@ -158,16 +159,16 @@ def test_one_step_under_mixed_float16_on_cpu(demo_manifest, tmp_path):
                 "--steps-per-epoch",
                 "1",
                 "--precision",
-                "mixed_float16",
+                precision,
                 "--bn-momentum",
                 "0.8",
             )
         )
-        assert card["precision"] == "mixed_float16"
+        assert card["precision"] == precision
         assert np.isfinite(pd.read_csv(tmp_path / "mp" / "history.csv")["loss"]).all()
         model = keras.models.load_model(tmp_path / "mp" / "unet.keras", compile=False)
         assert model.output.dtype == "float32"
-        assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+        assert any(layer.dtype_policy.name == precision for layer in model.layers)
         norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert norms and all(layer.momentum == pytest.approx(0.8) for layer in norms)
     finally:

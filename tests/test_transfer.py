@@ -83,6 +83,30 @@ def test_head_is_the_thesis_head():
         build_classifier(encoder, units=4, dropout=1.5)
 
 
+def test_the_head_trains_under_mixed_bfloat16_and_answers_in_float32():
+    """--precision mixed_bfloat16: the encoder computes in bfloat16, the probability stays float32, a step's loss is
+    finite; 'auto' keeps float32 on a CPU, and an unknown name is refused."""
+    import keras
+
+    from plumbing.runtime import pick_precision
+
+    try:
+        assert pick_precision("mixed_bfloat16") == "mixed_bfloat16"
+        encoder = load_encoder("scratch", "resnet18", (32, 32, 1))
+        model = build_classifier(encoder, units=8, dropout=0.5)
+        assert encoder.compute_dtype == "bfloat16" and model.output.dtype == "float32"
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+        rng = np.random.default_rng(0)
+        loss = model.train_on_batch(rng.random((4, 32, 32, 1), dtype=np.float32), np.array([0.0, 1.0, 0.0, 1.0]))
+        assert np.isfinite(loss)
+        assert type(model.optimizer).__name__ == "SGD"  # No loss scaling: bfloat16 has float32's range.
+        assert pick_precision("auto") == "float32"  # On this CPU.
+        with pytest.raises(ValueError, match="precision must be one of"):
+            pick_precision("bfloat16")
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
 def _check_cv_outputs(out, folds, trained=True):
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
