@@ -107,6 +107,28 @@ def test_the_head_trains_under_mixed_bfloat16_and_answers_in_float32():
         keras.config.set_dtype_policy("float32")
 
 
+def test_predicting_a_streamed_fold_reads_it_to_the_end_without_a_warning():
+    """A test fold streamed from a generator (its length unknown to Keras) is predicted whole and in order, without
+    Keras's "ran out of data" warning, which a user would read as a training cut short."""
+    import warnings
+
+    import keras
+    import tensorflow as tf
+
+    from transfer.finetune import predict
+
+    images = np.arange(10, dtype=np.float32).reshape(10, 1)
+    stream = tf.data.Dataset.from_generator(
+        lambda: (images[i : i + 4] for i in range(0, 10, 4)), output_signature=tf.TensorSpec((None, 1), tf.float32)
+    )
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = predict(model, stream)
+    np.testing.assert_allclose(values, images.ravel())
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
 def _check_cv_outputs(out, folds, trained=True):
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]
