@@ -7,7 +7,7 @@
 Three parts, each printed as a table:
 
 1. Training images/s of the ResNet50 and VGG16 U-Nets at 224 (`--size full`), in
-   mixed_float16 and float32, at batch 32 and, on a GPU, at the largest batch that
+   mixed_float16, mixed_bfloat16 and float32, at batch 32 and, on a GPU, at the largest batch that
    fits in mixed_float16 (doubling from 64 until one fails), with `jit_compile` (always on under
    JAX; off and on under TensorFlow): fed from batches held in memory (what the
    accelerator can do) and from the numpy distortions made by worker processes
@@ -58,7 +58,9 @@ class Size:
     crop_size: int = 448
     slice_size: int = 512
     batch_size: int = 32
-    precisions: tuple = ("mixed_float16", "float32")
+    # Float16 first (the largest-batch search runs in it), then bfloat16 (auto's choice from compute capability 8.0),
+    # then float32: one GPU run gives all three.
+    precisions: tuple = ("mixed_float16", "mixed_bfloat16", "float32")
     steps: int = 20
     repeats: int = 3
     largest_limit: int = 1024  # The doubling search for the largest batch stops here (GPU only).
