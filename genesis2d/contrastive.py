@@ -36,6 +36,19 @@ outside the thesis's crop.
 import keras
 import numpy as np
 
+# The objectives' settings (temperature, projection, restoration weight, negatives, queue) and their sources, in
+# the keras-free `genesis2d.objectives` that the options read.
+from genesis2d.objectives import (  # noqa: F401
+    KEY_MOMENTUM,
+    MAX_QUEUE_SHARE,
+    NEGATIVES,
+    OBJECTIVES,
+    PROJECTION_DIM,
+    QUEUE_SIZE,
+    RESTORATION_WEIGHT,
+    TEMPERATURE,
+)
+
 # Views. Sources: MoCo v2's augmentation (its RandomResizedCrop, ColorJitter, blur and flip), without the
 # saturation, hue and greyscale parts, which grey slices do not have.
 CROP_SCALE = (0.2, 1.0)  # Share of the slice's area a view keeps (MoCo v2).
@@ -51,19 +64,7 @@ BLUR_SIGMA = (0.1, 2.0)  # Pixels at 224 (MoCo v2); scaled with the input size.
 BLUR_SIDE = 224
 VIEW_STREAM = 0x56494557  # Keeps the views' random stream apart from the distortions' of the same seed.
 
-# Loss and head. Sources: MoCo v2 (temperature 0.2, 128-d output, a hidden layer as wide as the features);
-# DiRA's public code (restoration weight 10, discrimination 1).
-TEMPERATURE = 0.2
-PROJECTION_DIM = 128
-RESTORATION_WEIGHT = 10.0
-OBJECTIVES = ("genesis", "contrastive", "genesis+contrastive")
-# Negatives: the batch's (SimCLR, the default) or a queue's (MoCo v2). Sources of the queue's constants: MoCo v2.
-NEGATIVES = ("batch", "queue")
-QUEUE_SIZE = 65536
-KEY_MOMENTUM = 0.999
-# The queue's slices (two keys each) at most this share of the training slices, so that a slice meets its own earlier
-# key among its negatives in at most one step in ten. This project's bound; MoCo v2's queue holds 5% of ImageNet.
-MAX_QUEUE_SHARE = 0.1
+
 MOMENTUM_ENCODER = "momentum_encoder"  # The key encoder's name in the model.
 EMBEDDING = "embedding"  # The name of the projection head's output (and of its loss).
 RESTORED = "restored"

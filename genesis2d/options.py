@@ -16,7 +16,7 @@ and batch 32 its cold start at 1.0 collapses within 8 steps (`genesis2d.schedule
 import dataclasses
 from pathlib import Path
 
-from genesis2d import contrastive, transforms
+from genesis2d import objectives, transforms
 from genesis2d.backbones import BACKBONES, image_size
 from genesis2d.strategy import CLUSTER_TIMEOUT, REPORT_EVERY
 from plumbing.cli import count_type
@@ -136,20 +136,20 @@ class PretrainConfig(Options):
         "--init takes the same names.",
         source="the thesis (genesis)",
         group=OBJECTIVE,
-        choices=contrastive.OBJECTIVES,
+        choices=objectives.OBJECTIVES,
     )
     temperature: float = option(
-        contrastive.TEMPERATURE, "InfoNCE temperature.", source="MoCo v2", group=OBJECTIVE, type=float
+        objectives.TEMPERATURE, "InfoNCE temperature.", source="MoCo v2", group=OBJECTIVE, type=float
     )
     projection_dim: int = option(
-        contrastive.PROJECTION_DIM,
+        objectives.PROJECTION_DIM,
         "output size of the projection head (MLP on the pooled encoder features).",
         source="MoCo v2",
         group=OBJECTIVE,
         type=int,
     )
     restoration_weight: float = option(
-        contrastive.RESTORATION_WEIGHT,
+        objectives.RESTORATION_WEIGHT,
         "genesis+contrastive: weight of the restoration loss (MSE), the contrastive loss's being 1.",
         source="DiRA's public code",
         group=OBJECTIVE,
@@ -163,10 +163,10 @@ class PretrainConfig(Options):
         "genesis2d/contrastive.py.",
         source="this project's choice",
         group=OBJECTIVE,
-        choices=contrastive.NEGATIVES,
+        choices=objectives.NEGATIVES,
     )
     queue_size: int = option(
-        contrastive.QUEUE_SIZE,
+        objectives.QUEUE_SIZE,
         "--negatives queue: keys kept as negatives (two a slice); at most the views of one epoch (steps x batch) "
         "and a tenth of the training slices' views, so that a slice seldom meets its own earlier key as a negative.",
         source="MoCo v2",
@@ -174,7 +174,7 @@ class PretrainConfig(Options):
         type=int,
     )
     key_momentum: float = option(
-        contrastive.KEY_MOMENTUM,
+        objectives.KEY_MOMENTUM,
         "--negatives queue: momentum m of the key encoder, key <- m key + (1 - m) encoder after each step "
         "(short runs learn faster at 0.99).",
         source="MoCo v2",

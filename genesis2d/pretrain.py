@@ -652,9 +652,7 @@ def _fit(run, model, streams, callbacks):
 
 
 def main(argv=None):
-    from plumbing.cli import run_command
+    """The command line (`genesis2d.command.main`, which `python genesis2d/train.py` runs)."""
+    from genesis2d.command import main as command
 
-    def interrupted(config):
-        return f"continue with `python genesis2d/train.py --resume --out {config.out}` (and the same options)."
-
-    return run_command(parse_args, run, argv, interrupted=interrupted, tensorflow=True)
+    return command(argv)

@@ -11,4 +11,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a file fr
 if __name__ == "__main__":
     from plumbing.cli import launch
 
-    launch("genesis2d.pretrain")
+    launch("genesis2d.command", imports_tensorflow=False)  # It starts TensorFlow after parsing.
