@@ -689,15 +689,9 @@ def _run_pretraining(config):
 
 def _shared_step(shared):
     """A task's `transfer.tasks.SharedStep` as a step of the plan."""
-    return Step(
-        shared.key,
-        shared.title,
-        action=shared.action,
-        finished=shared.finished,
-        counts=shared.counts,
-        seconds=shared.seconds,
-        disk=shared.disk,
-    )
+    from dataclasses import fields
+
+    return Step(**{item.name: getattr(shared, item.name) for item in fields(shared)})
 
 
 def selected_steps(steps, patterns, array=None):

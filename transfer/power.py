@@ -74,19 +74,11 @@ def simulate(design, auc, difference=0.0, within=WITHIN, rng=None):
     return y, mu_a * y + shared + own[0], mu_b * y + shared + own[1], clusters, folds
 
 
-def _auc(y, scores):
-    """The Mann-Whitney AUC (ties counted half)."""
-    from scipy.stats import rankdata
-
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    ranks = rankdata(scores)
-    return (ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-
-
 def mean_difference(y, a, b, folds):
-    """The report's statistic: the mean over folds of the AUC difference a - b."""
-    return float(np.mean([_auc(y[folds == k], a[folds == k]) - _auc(y[folds == k], b[folds == k]) for k in set(folds)]))
+    """The report's statistic: the mean over folds of the AUC difference a - b (`transfer.statistics`)."""
+    from transfer.statistics import stratified_auc
+
+    return stratified_auc(y, a, folds) - stratified_auc(y, b, folds)
 
 
 def report_test(design):
@@ -116,10 +108,10 @@ def detectable_difference(design, auc, within=WITHIN, alpha=ALPHA, power=POWER, 
     difference = 0.0
     for _ in range(PASSES):  # The spread at the difference itself: from the null's, a fixed point.
         rng = np.random.default_rng(seed)
-        values = [
-            mean_difference(*_without_clusters(simulate(design, auc, difference, within, rng)))
-            for _ in range(replicates)
-        ]
+        values = []
+        for _ in range(replicates):
+            y, a, b, _, folds = simulate(design, auc, difference, within, rng)
+            values.append(mean_difference(y, a, b, folds))
         sd = float(np.std(values, ddof=1))
         difference = min(factor * sd, (1 - auc) * CEILING)
     counts = np.concatenate([np.asarray(c).reshape(-1, 2) for c in design])
@@ -135,11 +127,6 @@ def detectable_difference(design, auc, within=WITHIN, alpha=ALPHA, power=POWER, 
         "positives": int(counts[:, 0].sum()),
         "negatives": int(counts[:, 1].sum()),
     }
-
-
-def _without_clusters(data):
-    y, a, b, _, folds = data
-    return y, a, b, folds
 
 
 def observed_detectable(ci_low, ci_high, df=None, level=0.95, power=POWER):
