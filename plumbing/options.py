@@ -80,8 +80,12 @@ def runtime(name, reuse=True, group="run"):
 
 
 def derived(default=None):
-    """A field that no flag sets: filled when the options are resolved (e.g. an input file's checksum)."""
-    return field(default=default, metadata={"derived": True, "reuse": True})
+    """A field that no flag sets: filled when the options are resolved (e.g. an input file's checksum), or given by
+    the caller (a mapping, each instance its own copy)."""
+    metadata = {"derived": True, "reuse": True}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def field_default(item):
@@ -111,18 +115,22 @@ def default_text(item):
     return f"{text} ({meta['source']})" if meta.get("source") else text
 
 
-def build_parser(options_class, prog, description, epilog=None, seeds="weights, sampling and augmentation"):
+def build_parser(
+    options_class, prog, description, epilog=None, seeds="weights, sampling and augmentation", config_flag=True
+):
     """An argparse parser whose options are the fields of `options_class`, grouped, with their defaults' sources.
 
     Args:
         options_class: a dataclass whose fields are `option`, `runtime` or `derived` fields.
         prog, description, epilog: as argparse takes them.
         seeds: what --seed seeds, for its help (when the class has runtime fields).
+        config_flag: whether the command takes --config (a YAML file of its option values).
     """
     parser = ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="YAML file of option defaults (keys are option names); flags override it.")
+    if config_flag:
+        parser.add_argument("--config", help="YAML file of option defaults (keys are option names); flags override it.")
     groups, runtime_added = {}, False
     for item in fields(options_class):
         meta = item.metadata

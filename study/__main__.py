@@ -1,4 +1,4 @@
-"""`python -m study`: the whole study end to end on the built-in demo data (see `study.demo`).
+"""`python -m study`: the experiment on your folders, or on the built-in demo data (see `study.command`).
 
 TensorFlow starts quietly once the arguments are parsed (`plumbing.cli.run_command`), so `--help` and a bad flag
 answer at once."""
@@ -7,6 +7,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from study.demo import main  # noqa: E402
+from study.command import main  # noqa: E402
 
 main()

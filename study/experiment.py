@@ -26,13 +26,22 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from argparse import BooleanOptionalAction
+from dataclasses import dataclass
 from pathlib import Path
+
+from genesis2d.backbones import BACKBONES  # Data only: no Keras import.
+from plumbing.cli import count_type
+from plumbing.errors import UsageError
+from plumbing.options import Options, derived, option
+
+BACKBONE_NAMES = tuple(sorted(BACKBONES))
 
 THESIS_BACKBONES = ("resnet50", "vgg16")  # Thesis 4.2.2-4.2.6, Fig. 5.1.
 THESIS_INITS = ("scratch", "genesis", "imagenet")  # Thesis Fig. 5.1.
 PRETRAINED = ("genesis", "contrastive", "genesis+contrastive")  # The inits pretrained here, each its own objective.
-STAGES = ("manifest", "shards", "pretrain")  # The --settings sections beside "roots", "tasks" and each task's.
+STAGES = ("manifest", "shards", "pretrain")  # The --settings sections beside "roots", "tasks", "study", each task's
+# and each pretrained arm's own "pretrain_<objective>" (merged over "pretrain").
 # The epoch each cell keeps (`transfer.options.TransferOptions.selection`) under each protocol, and its words, with
 # each task's own ({held_out}: "LUNA16: scans"; {test_data}: "LUNA16 test folds").
 PROTOCOLS = {
@@ -55,29 +64,185 @@ IMPOSED = {
 GIB = 2**30
 
 
-@dataclass(frozen=True)
-class ExperimentOptions:
-    """What `run` takes: the roots, the grid of cells, the protocol and each stage's own option values."""
+INITS = ("scratch", "genesis", "imagenet", "radimagenet", "contrastive", "genesis+contrastive")
+DEFAULT_INTERVAL = "jackknife"  # `study.report.DEFAULT_INTERVAL`, checked by tests/test_experiment.py.
+INTERVALS = ("jackknife", "bootstrap")  # `study.report.INTERVALS`, likewise.
+GRID, RUN, REPORT = "the grid of cells", "the run", "the report"
+YOUR_DATA = "your data (any folder leaves the demo)"
 
-    out: Path
-    corpus: str = None
-    datasets: str = None
-    roots: dict = field(default_factory=dict)  # {task name: its data folder}; the tasks run are those given one.
-    tasks: tuple = ()  # "module:attribute" of tasks beyond the installed ones (`transfer.tasks.registered`).
-    backbones: tuple = THESIS_BACKBONES
-    inits: tuple = THESIS_INITS
-    protocol: str = "held-out"
-    repeats: int = 2
-    folds: tuple = (1, 2, 3, 4, 5)
-    stage_settings: dict = field(default_factory=dict)  # {section: {option: value}}, checked by each stage.
-    settings_file: str = "settings"
-    cells: tuple = ()
-    plan_only: bool = False
-    measure_steps: int = 3
-    seed: int = 0
-    overwrite: bool = False
-    interval: str = "jackknife"
-    bootstrap: int = 1000
+
+@dataclass(frozen=True)
+class ExperimentOptions(Options):
+    """What `run` takes: the roots, the grid of cells, the protocol and each stage's own option values. Its option
+    fields are `python -m study`'s flags and the keys of a settings file's study section (`study.command`)."""
+
+    out: Path = option(
+        None, "output folder.", default_text="runs/study/ (the demo), runs/experiment/ (your data)", group=RUN
+    )
+    corpus: str = option(
+        None, "pretraining corpus folder, as the --datasets table describes it (thesis 3.1).", group=YOUR_DATA
+    )
+    datasets: str = option(
+        None,
+        "the corpus's datasets table.",
+        default_text="preprocessing/datasets.yaml (the thesis's 17)",
+        group=YOUR_DATA,
+    )
+    backbones: tuple = option(
+        THESIS_BACKBONES,
+        "backbone of every model.",
+        source="thesis 4.2.2-4.2.6",
+        flag="--backbone",
+        group=GRID,
+        nargs="+",
+        choices=BACKBONE_NAMES,
+    )
+    inits: tuple = option(
+        THESIS_INITS,
+        "initialisations. contrastive and genesis+contrastive pretrain their own encoders on --corpus "
+        "(genesis2d/contrastive.py), with the steps and batch of genesis's.",
+        source="thesis Fig. 5.1",
+        group=GRID,
+        nargs="+",
+        choices=INITS,
+    )
+    probe: bool = option(
+        False,
+        "also a linear probe of every cell's initialisation (the encoder frozen; one run): cells "
+        "<task>/<backbone>/<init>_probe.",
+        group=GRID,
+        action="store_true",
+    )
+    fractions: dict = derived({})  # {task: (share, ...)}: label-efficiency cells of those tasks (`--fractions`).
+    protocol: str = option(
+        "held-out",
+        "which epoch each cell keeps: held-out (chosen on training groups held out; the test data never choose) or "
+        "thesis (the best AUC on the test data, as the thesis read it, 4.2.2-4.2.5; optimistic). Recorded and "
+        "printed with every number.",
+        group=GRID,
+        choices=tuple(PROTOCOLS),
+    )
+    repeats: int = option(
+        2,
+        "runs per cell where a task repeats its training (MURA), averaged.",
+        source="the thesis trained its best models twice, 4.2.4.4",
+        group=GRID,
+        type=count_type(1),
+    )
+    folds: tuple = option(
+        (1, 2, 3, 4, 5), "cross-validation folds (LUNA16).", source="thesis 4.2.1.7", group=GRID, nargs="+", type=int
+    )
+    shards: bool = option(
+        True,
+        "pretrain from TFRecord shards of the corpus (--no-shards: from the manifest's files, for a small corpus).",
+        group=GRID,
+        action=BooleanOptionalAction,
+    )
+    cells: tuple = option(
+        (),
+        "run only the steps these patterns name (e.g. 'luna16/resnet50/*', 'pretrain/*', 'luna16/patches', report), "
+        "with their unfinished prerequisites, into the shared --out; in a Slurm job array (SLURM_ARRAY_TASK_ID) "
+        "each task takes its share of the selected cells.",
+        default_text="every step",
+        group=RUN,
+        nargs="+",
+        metavar="PATTERN",
+        reuse=False,
+    )
+    plan_only: bool = option(
+        False,
+        "check the folders, print the plan (counts, measured step times, projected hours, disk) and stop.",
+        flag="--plan",
+        group=RUN,
+        action="store_true",
+        reuse=False,
+    )
+    measure_steps: int = option(
+        3,
+        "timed training steps per model for the plan's projections (after one untimed step); 0 measures nothing "
+        "(no projected times).",
+        group=RUN,
+        type=count_type(0),
+        reuse=False,
+    )
+    seed: int = option(
+        0,
+        "seed of every step (weights, sampling, augmentation, distortions, bootstrap); on a CPU the same seed gives "
+        "the same report.",
+        group=RUN,
+        type=int,
+    )
+    overwrite: bool = option(
+        False,
+        "redo steps whose kept results were made with other settings or data. Default: such a step stops the "
+        "study, saying what changed.",
+        group=RUN,
+        action="store_true",
+        reuse=False,
+    )
+    interval: str = option(
+        DEFAULT_INTERVAL,
+        "the report's AUC intervals: the cluster jackknife on the logit scale (validated down to 20 clusters by "
+        "tools/simulate_statistics.py) or the percentile bootstrap.",
+        group=REPORT,
+        choices=INTERVALS,
+    )
+    bootstrap: int = option(
+        1000, "bootstrap resamples, used with --interval bootstrap only.", group=REPORT, type=count_type(1)
+    )
+    note: str = option(None, "a paragraph the report opens with.", group=REPORT)
+    roots: dict = derived({})  # {task name: its data folder}; the tasks run are those given one.
+    tasks: tuple = derived(())  # "module:attribute" of tasks beyond the installed ones (`transfer.tasks.registered`).
+    stage_settings: dict = derived({})  # {section: {option: value}}, checked by each stage.
+    settings_file: str = derived("settings")
+
+    def __post_init__(self):
+        """Each value checked where it is built, whichever door it came through (a flag, the study section of a
+        settings file, a library call): one line naming it (`plumbing.options.check_fields`, and the mapping of
+        label fractions here)."""
+        super().__post_init__()
+        for name in ("backbones", "inits", "folds", "cells", "tasks"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "out", None if self.out is None else Path(self.out))
+        fractions = self.fractions
+        if not isinstance(fractions, dict) or not all(
+            isinstance(f, (list, tuple)) and all(_share(x) for x in f) for f in fractions.values()
+        ):
+            raise UsageError(
+                "--fractions",
+                "must be shares in (0, 1) (study: fractions: a mapping of task names to them). "
+                f"Received: {fractions!r}",
+            )
+        object.__setattr__(self, "fractions", {task: tuple(shares) for task, shares in fractions.items()})
+
+
+def _share(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid: a task, a backbone and an initialisation, fine-tuned on all its training labels, on a
+    share of them (`fraction`, label efficiency), or as a linear probe."""
+
+    task: str
+    backbone: str
+    init: str
+    probe: bool = False
+    fraction: float = 1.0
+
+    @property
+    def variant(self):
+        if self.probe:
+            return f"{self.init}_probe"
+        return self.init if self.fraction == 1.0 else f"{self.init}_labels{round(self.fraction * 100)}"
+
+    @property
+    def key(self):
+        return cell_key(self.task, self.backbone, self.variant)
+
+    def folder(self, out):
+        return cell_folder(out, self.task, self.backbone, self.variant)
 
 
 @dataclass
@@ -129,7 +294,10 @@ def _size(count):
 
 def read_settings(path):
     """The sections of a --settings YAML file: {section: mapping}, and "tasks": [module:attribute, ...] where it
-    names tasks of one's own; unknown sections, and roots of no task, stop with one line."""
+    names tasks of one's own; unknown sections and keys, and roots of no task, stop with one line.
+
+    Relative paths (the roots, and a section's `config`, a YAML file of that section's values beneath its own) are
+    read from the settings file's folder."""
     import yaml
 
     from plumbing.errors import UsageError
@@ -147,7 +315,7 @@ def read_settings(path):
     if not isinstance(extra, list) or not all(isinstance(entry, str) for entry in extra):
         raise UsageError(path, "section tasks must be a list of module:attribute names of tasks")
     tasks = registered(extra)
-    known = ("roots", "tasks", *STAGES, *tasks)
+    known = ("roots", "tasks", "study", *STAGES, *(f"pretrain_{arm}" for arm in PRETRAINED), *tasks)
     unknown = sorted(set(data) - set(known), key=str)
     if unknown:
         raise UsageError(path, f"unknown sections {', '.join(map(str, unknown))}; known: {', '.join(known)}")
@@ -158,7 +326,13 @@ def read_settings(path):
     unknown = sorted(set(data.get("roots") or {}) - set(roots), key=str)
     if unknown:
         raise UsageError(path, f"section roots: unknown keys {', '.join(map(str, unknown))}; known: {', '.join(roots)}")
-    return {name: list(section) if name == "tasks" else dict(section or {}) for name, section in data.items()}
+    here = Path(path).resolve().parent
+    sections = {name: list(section) if name == "tasks" else dict(section or {}) for name, section in data.items()}
+    for name, section in sections.items():
+        for key in section if name == "roots" else ("config",) if name not in ("tasks", "study") else ():
+            if isinstance(section.get(key), str):
+                section[key] = os.path.normpath(here / Path(section[key]).expanduser())
+    return sections
 
 
 class Experiment:
@@ -177,6 +351,11 @@ class Experiment:
                 options.settings_file, f"roots name no task: {', '.join(unknown)}; known: {', '.join(known)}"
             )
         self.tasks = {name: task for name, task in known.items() if options.roots.get(name)}
+        unknown = sorted(set(options.fractions) - set(self.tasks))
+        if unknown:
+            raise UsageError(
+                "--fractions", f"names tasks without a root: {', '.join(unknown)}; tasks: {', '.join(self.tasks)}"
+            )
         self.selection, text = PROTOCOLS[options.protocol]
         self.protocol_text = text.format(
             held_out=", ".join(f"{task.title}: {task.held_out}" for task in self.tasks.values()),
@@ -190,11 +369,19 @@ class Experiment:
 
     # ---- each stage's options, from its --settings section and what the study imposes ----
 
-    def section(self, name):
+    def section(self, name, *more):
+        """A stage's option values from the settings: each section's `config` file beneath the sections' own keys;
+        `more` are sections read after `name` (a pretrained arm's own, after "pretrain")."""
         from plumbing.errors import UsageError
         from transfer import tasks
 
-        values = {k.replace("-", "_"): v for k, v in self.o.stage_settings.get(name, {}).items()}
+        files, keys = {}, {}
+        for part in (name, *more):
+            section = dict(self.o.stage_settings.get(part, {}))
+            config = section.pop("config", None)
+            files.update(self._config_values(part, config) if config else {})
+            keys.update(section)
+        values = {k.replace("-", "_"): v for k, v in {**files, **keys}.items()}
         if name in self.tasks:
             imposed = (*tasks.IMPOSED, *self.tasks[name].imposed(self.place))
         else:
@@ -208,11 +395,27 @@ class Experiment:
             )
         return values
 
-    def stage(self, name, options_class, parser, **imposed):
+    def _config_values(self, section, path):
+        """The mapping of a section's `config` YAML file."""
+        import yaml
+
+        from plumbing.errors import UsageError
+
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise UsageError(
+                path, f"(config of section {section}) cannot be read ({str(error).splitlines()[0]})"
+            ) from None
+        if not isinstance(values, dict):
+            raise UsageError(path, f"(config of section {section}) must hold a mapping of option names to values")
+        return values
+
+    def stage(self, name, options_class, parser, *more, **imposed):
         from plumbing.options import from_config
 
-        where = f"{self.o.settings_file}: section {name}"
-        return from_config(options_class, parser, self.section(name), where=where, **imposed)
+        where = f"{self.o.settings_file}: section {' and '.join((name, *more))}"
+        return from_config(options_class, parser, self.section(name, *more), where=where, **imposed)
 
     def manifest_options(self):
         from preprocessing.manifest import DATASETS, ManifestOptions, parser
@@ -255,8 +458,9 @@ class Experiment:
                 "pretrain",
                 pretrain.PretrainConfig,
                 pretrain.build_parser(),
-                manifest=None,
-                shards=str(self.out / "corpus" / "shards"),
+                *(() if objective == "genesis" else (f"pretrain_{objective}",)),
+                manifest=None if self.o.shards else str(self.out / "corpus" / "manifest.csv"),
+                shards=str(self.out / "corpus" / "shards") if self.o.shards else None,
                 backbone=backbone,
                 objective=objective,
                 out=str(folder),
@@ -273,9 +477,13 @@ class Experiment:
             self._shared[task] = self.tasks[task].shared_steps(Path(self.o.roots[task]), options, self.place)
         return self._shared[task]
 
-    def cell_options(self, task, backbone, init):
-        """The cell's task options, unresolved (a genesis encoder may not exist yet)."""
+    def cell_options(self, task, backbone, init, probe=False, fraction=1.0):
+        """The cell's task options, unresolved (a genesis encoder may not exist yet). A probe is one run: a frozen
+        encoder has no training noise to average."""
+        from dataclasses import replace
+
         study_task = self.tasks[task]
+        place = replace(self.place, repeats=1) if probe else self.place
         return self.stage(
             task,
             study_task.options_type(),
@@ -284,12 +492,25 @@ class Experiment:
             backbone=backbone,
             init=init,
             encoder=str(self.pretrain_dir(backbone, init)) if init in PRETRAINED else None,
-            out=str(cell_folder(self.out, task, backbone, init)),
+            out=str(Cell(task, backbone, init, probe, fraction).folder(self.out)),
             selection=self.selection,
             seed=self.o.seed,
             overwrite=self.o.overwrite,
-            **study_task.imposed(self.place),
+            probe=probe,
+            train_fraction=fraction,
+            **study_task.imposed(place),
         )
+
+    def cells(self):
+        """Every cell, in the order they run: each task's fine-tuned cells, its probes, then its label fractions."""
+        cells = []
+        for task in self.tasks:
+            grid = [(backbone, init) for backbone in self.o.backbones for init in self.o.inits]
+            cells += [Cell(task, backbone, init) for backbone, init in grid]
+            cells += [Cell(task, backbone, init, probe=True) for backbone, init in grid if self.o.probe]
+            for fraction in self.o.fractions.get(task, ()):
+                cells += [Cell(task, backbone, init, fraction=fraction) for backbone, init in grid]
+        return cells
 
     # ---- checks before anything is written ----
 
@@ -380,10 +601,7 @@ class Experiment:
             steps += self._corpus_steps(measure)
         for name in self.tasks:
             steps += [_shared_step(shared) for shared in self.shared_steps(name)]
-        for task in self.tasks:
-            for backbone in self.o.backbones:
-                for init in self.o.inits:
-                    steps.append(self._cell_step(task, backbone, init, measure))
+        steps += [self._cell_step(cell, measure) for cell in self.cells()]
         steps.append(Step("report", "the report: every cell with the thesis's value beside it", action=self.report))
         return steps
 
@@ -434,21 +652,8 @@ class Experiment:
                 disk=len(frame) * 200,
             )
         ]
-        shard_options = self.shard_options()
-        index = Path(shard_options.out) / "index.json"
-        plane_bytes = self._slice_bytes(frame)
-        steps.append(
-            Step(
-                "shards",
-                f"TFRecord shards ({shard_options.encoding})",
-                action=lambda: _run_shards(shard_options),
-                finished=lambda: _shards_finished(index, shard_options.splits),
-                needs=("manifest",),
-                counts=f"{len(frame):,} slices",
-                seconds=len(frame) * 0.01,
-                disk=int(plane_bytes * (0.5 if shard_options.encoding == "png" else 1.0)),
-            )
-        )
+        if self.o.shards:
+            steps.append(self._shards_step(frame))
         for objective in [init for init in PRETRAINED if init in self.o.inits]:
             for backbone in self.o.backbones:
                 check_split(
@@ -459,6 +664,21 @@ class Experiment:
                 )
                 steps.append(self._pretrain_step(backbone, by_split, measure, objective))
         return steps
+
+    def _shards_step(self, frame):
+        shard_options = self.shard_options()
+        index = Path(shard_options.out) / "index.json"
+        plane_bytes = self._slice_bytes(frame)
+        return Step(
+            "shards",
+            f"TFRecord shards ({shard_options.encoding})",
+            action=lambda: _run_shards(shard_options),
+            finished=lambda: _shards_finished(index, shard_options.splits),
+            needs=("manifest",),
+            counts=f"{len(frame):,} slices",
+            seconds=len(frame) * 0.01,
+            disk=int(plane_bytes * (0.5 if shard_options.encoding == "png" else 1.0)),
+        )
 
     def _manifest_settings(self, options):
         from plumbing.fingerprint import files_fingerprint
@@ -511,7 +731,7 @@ class Experiment:
             f"{what} at {config.image_size} px, batch {config.batch_size} images through the encoder",
             action=lambda: _run_pretraining(self.pretrain_config(backbone, objective)),
             finished=lambda: (folder / ENCODER_FILE).is_file() and not _pretraining_unfinished(folder),
-            needs=("shards",),
+            needs=("shards",) if self.o.shards else ("manifest",),
             counts=f"{train:,} training and {val:,} validation slices; at most {config.epochs} epochs of "
             f"{per_epoch:,} steps (early stopping may end it sooner)",
             train_steps=config.epochs * per_epoch,
@@ -521,29 +741,37 @@ class Experiment:
             disk=params * 4 * 4,
         )
 
-    def _cell_step(self, task, backbone, init, measure):
+    def _cell_step(self, cell, measure):
         from transfer.schedules import schedule_row
 
+        task, backbone, init = cell.task, cell.backbone, cell.init
         study_task = self.tasks[task]
-        options = self.cell_options(task, backbone, init)
+        options = self.cell_options(task, backbone, init, cell.probe, cell.fraction)
         row, _ = schedule_row(study_task.schedules(), backbone, init)
         value = {
             name: getattr(options, name) if getattr(options, name) is not None else getattr(row, name)
             for name in ("epochs", "warmup_epochs", "batch_size")
         }
-        epochs = value["epochs"] + value["warmup_epochs"]
+        epochs = 1 if cell.probe else value["epochs"] + value["warmup_epochs"]  # A probe: one pass for features.
         batch = value["batch_size"]
         count = study_task.counts(Path(self.o.roots[task]), options, self.selection)
         units, size = count.units, count.image_size
-        per_epoch = options.steps_per_epoch or max(1, math.ceil(count.train / batch))
+        per_epoch = options.steps_per_epoch or max(1, math.ceil(count.train * cell.fraction / batch))
         timing = self.timing("fine-tuning", backbone, size, batch, options.precision) if measure else None
-        folder = cell_folder(self.out, task, backbone, init)
+        folder = cell.folder(self.out)
         needs = (pretrain_key(backbone, init),) if init in PRETRAINED else ()
         needs += tuple(shared.key for shared in self.shared_steps(task))
+        how = (
+            ", linear probe"
+            if cell.probe
+            else f", {cell.fraction:.0%} of the training labels"
+            if cell.fraction < 1
+            else ""
+        )
         return Step(
-            cell_key(task, backbone, init),
-            f"{study_task.title} {backbone}, init {init}",
-            action=lambda: self.run_cell(task, backbone, init),
+            cell.key,
+            f"{study_task.title} {backbone}, init {init}{how}",
+            action=lambda: self.run_cell(cell),
             finished=lambda: cell_finished(folder),
             needs=needs,
             counts=f"{count.text}; {units} x {epochs} epochs of {per_epoch:,} steps at {size} px, batch {batch}",
@@ -557,18 +785,21 @@ class Experiment:
 
     # ---- running ----
 
-    def run_cell(self, task, backbone, init):
-        study_task = self.tasks[task]
-        study_task.run(study_task.resolve(self.cell_options(task, backbone, init)))
-        study_task.after_cell(cell_folder(self.out, task, backbone, init), Path(self.o.roots[task]), self.o.seed)
+    def run_cell(self, cell):
+        study_task = self.tasks[cell.task]
+        study_task.run(
+            study_task.resolve(self.cell_options(cell.task, cell.backbone, cell.init, cell.probe, cell.fraction))
+        )
+        study_task.after_cell(cell.folder(self.out), Path(self.o.roots[cell.task]), self.o.seed)
 
     def report(self):
         from plumbing.errors import UsageError
         from plumbing.lock import output_lock
         from study.report import build_report
 
-        cells = self._cell_keys()
-        present = [c for c in cells if cell_finished(cell_folder(self.out, *c.split("/")))]
+        folders = {cell.key: cell.folder(self.out) for cell in self.cells()}
+        cells = list(folders)
+        present = [c for c in cells if cell_finished(folders[c])]
         missing = [c for c in cells if c not in present]
         asked = any(fnmatch.fnmatchcase("report", p) for p in self.o.cells) or not (self.o.cells or self.array)
         if missing and not asked or not present:
@@ -578,7 +809,8 @@ class Experiment:
             )
             return None
         note = (
-            f"**Protocol: {self.o.protocol}** ({self.protocol_text}; the `sel.` beside each number names the rule "
+            (f"{self.o.note}\n\n" if self.o.note else "")
+            + f"**Protocol: {self.o.protocol}** ({self.protocol_text}; the `sel.` beside each number names the rule "
             f"its cell's run recorded). Cells: {len(present)} of {len(cells)}"
             + (f"; missing: {', '.join(missing)}." if missing else ".")
         )
@@ -586,13 +818,13 @@ class Experiment:
         try:
             with output_lock(folder):
                 table = build_report(
-                    [cell_folder(self.out, *c.split("/")) for c in present],
+                    [folders[c] for c in present],
                     folder,
                     self.o.bootstrap,
                     self.o.seed,
                     note=note,
                     interval=self.o.interval,
-                    appendix=self._appendix(present),
+                    appendix=self._appendix([(c, folders[c]) for c in present]),
                 )
         except UsageError as error:
             if not Path(str(error.path)) == folder:
@@ -635,16 +867,11 @@ class Experiment:
         return lines
 
     def _appendix(self, present):
-        """Each task's own report lines from its finished cells."""
+        """Each task's own report lines from its finished cells ((key, folder) pairs)."""
         lines = []
         for name, task in self.tasks.items():
-            lines += task.report_lines(
-                [(c, cell_folder(self.out, *c.split("/"))) for c in present if c.startswith(f"{name}/")]
-            )
+            lines += task.report_lines([(key, folder) for key, folder in present if key.startswith(f"{name}/")])
         return lines
-
-    def _cell_keys(self):
-        return [cell_key(t, b, i) for t in self.tasks for b in self.o.backbones for i in self.o.inits]
 
 
 def _parameters(timing, kind, backbone):
@@ -753,6 +980,7 @@ def slurm_array():
 
 def print_plan(steps, chosen, out):
     keys = {s.key for s in chosen}
+    width = max(28, *(len(s.key) for s in steps))
     print(f"\nthe plan ({len(chosen)} of {len(steps)} steps run here; projected times from the steps measured above):")
     for number, step in enumerate(steps, 1):
         mark = " " if step.key in keys else "-"
@@ -761,7 +989,7 @@ def print_plan(steps, chosen, out):
         state = "finished, kept" if finished else _hours(step.projected()) if measured else "not measured"
         timing = step.timing
         speed = f"; {timing.train_seconds:.3g} s/step ({timing.device}, {timing.precision})" if timing else ""
-        print(f"{mark}{number:>3}. {step.key:<28} {state:>14}  disk {_size(step.disk):>10}  {step.title}")
+        print(f"{mark}{number:>3}. {step.key:<{width}} {state:>14}  disk {_size(step.disk):>10}  {step.title}")
         if step.counts:
             print(f"       {step.counts}{speed}")
     todo = [s for s in chosen if not (s.finished is not None and s.finished())]
@@ -804,10 +1032,12 @@ def run(options):
 
     (experiment.out / "steps").mkdir(parents=True, exist_ok=True)
     for number, step in enumerate(chosen, 1):
-        projected = sum(s.projected() for s in chosen[number - 1 :])
+        left = chosen[number - 1 :]
+        measured = all(s.timing is not None or not (s.train_steps or s.predict_batches) for s in left)
+        projected = _hours(sum(s.projected() for s in left)) if measured else "not measured"
         print(
             f"\n=== [{number}/{len(chosen)}] {step.key}: {step.title} (elapsed {_hours(time.time() - started)}, "
-            f"projected left {_hours(projected)}) ===",
+            f"projected left {projected}) ===",
             flush=True,
         )
         # One process a step: another run of this --out doing it (an array task) is waited for, and its result is

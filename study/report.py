@@ -1,6 +1,6 @@
 """Collect downstream runs into the study's results table (thesis Fig. 5.1), with honest uncertainty.
 
-    python -m study.report runs/study/luna16_* runs/study/mura_* --out runs/report
+    python -m study.report runs/study/cells/* --out runs/report
 
 Reads only the results contract of each run folder (`transfer.results`), so any
 task that writes it appears here; the one line naming the runs' CPU comes from their

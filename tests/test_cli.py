@@ -76,8 +76,8 @@ def test_the_study_and_task_commands_parse_without_importing_tensorflow():
     import sys
 
     code = (
-        "import sys; import study.demo, luna16.experiment, mura.experiment, genesis2d.command, genesis2d.options; "
-        "study.demo.build_parser(); luna16.experiment.parser(); mura.experiment.parser(); "
+        "import sys; import study.command, luna16.experiment, mura.experiment, genesis2d.command, genesis2d.options; "
+        "study.command.build_parser(); luna16.experiment.parser(); mura.experiment.parser(); "
         "genesis2d.options.build_parser(); "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )

@@ -42,7 +42,7 @@ def roots(tmp_path_factory):
 
 def study(roots, out, *extra, measure=0):
     """`python -m study` on the roots at tiny sizes, one LUNA16 fold and one MURA run per cell."""
-    from study.demo import main
+    from study.command import main
 
     argv = ["--settings", str(roots / "tiny.yaml"), "--out", str(out), "--measure-steps", str(measure)]
     return main([*argv, "--folds", "1", "--repeats", "1", *extra])
@@ -106,7 +106,7 @@ def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp
     settings = yaml.safe_load((roots / "tiny.yaml").read_text())
     settings["roots"]["luna16"] = str(luna)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
-    from study.demo import main
+    from study.command import main
 
     out = tmp_path / "experiment"
     with pytest.raises(SystemExit) as stop:
@@ -119,7 +119,7 @@ def test_a_missing_annotations_file_stops_before_any_work(roots, keras_home, tmp
 
 @pytest.mark.slow
 def test_the_plan_refuses_a_corpus_split_without_validation_slices(roots, keras_home, tmp_path, capsys):
-    from study.demo import main
+    from study.command import main
 
     settings = yaml.safe_load((roots / "tiny.yaml").read_text())
     settings["manifest"]["fractions"] = [0.8, 0.0, 0.2]
@@ -139,7 +139,7 @@ def test_the_plan_refuses_a_corpus_split_without_validation_slices(roots, keras_
 def test_a_missing_imagenet_file_and_a_stage_setting_the_study_owns_stop_in_one_line(
     roots, tmp_path, monkeypatch, capsys
 ):
-    from study.demo import main
+    from study.command import main
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
     with pytest.raises(SystemExit):
@@ -427,7 +427,7 @@ def _squares_settings(tmp_path, **extra):
 def test_a_task_of_ones_own_joins_the_plan_without_a_change_to_the_study(tmp_path, capsys):
     """The made-up third task, named in the settings file, is a step of the plan with its own counts; the installed
     tasks are flags of `python -m study` without the study naming them."""
-    from study.demo import build_parser, main
+    from study.command import build_parser, main
 
     main([*_squares_settings(tmp_path), "--out", str(tmp_path / "out"), "--plan"])
     text = capsys.readouterr().out
@@ -449,7 +449,7 @@ def test_a_task_of_ones_own_joins_the_plan_without_a_change_to_the_study(tmp_pat
     ],
 )
 def test_a_task_or_root_the_study_cannot_use_stops_in_one_line(tmp_path, capsys, change, message):
-    from study.demo import main
+    from study.command import main
 
     with pytest.raises(SystemExit) as stop:
         main([*_squares_settings(tmp_path, **change), "--out", str(tmp_path / "out"), "--plan"])
@@ -461,7 +461,7 @@ def test_a_task_or_root_the_study_cannot_use_stops_in_one_line(tmp_path, capsys,
 def test_a_task_of_ones_own_runs_in_the_study_and_is_a_row_of_its_report(tmp_path, capsys):
     from sklearn.metrics import roc_auc_score
 
-    from study.demo import main
+    from study.command import main
 
     out = tmp_path / "out"
     main([*_squares_settings(tmp_path), "--out", str(out)])
@@ -510,3 +510,81 @@ def test_the_plan_says_what_difference_each_tasks_test_data_can_detect(roots, tm
         found = detectable_difference(designs[name][level], experiment.tasks[name].expected_auc[0])
         line = next(line for line in lines if line.startswith(f"  {name} {level}: "))
         assert f"{found['difference']:.4f}" in line and f"{found['clusters']:,} clusters" in line
+
+
+def test_the_demo_is_the_experiment_with_its_settings_file(capsys):
+    """`python -m study` without roots plans the experiment on the demo trees with study/demo.yaml: its probes and
+    MURA's label fractions are cells, and each pretraining arm reads its own config file beneath the shared values."""
+    import yaml as yaml_module
+
+    from genesis2d.options import DEMO_CONFIG, DEMO_CONTRASTIVE_CONFIG
+    from study.command import DEMO_SETTINGS, parse_args
+    from study.experiment import Experiment
+
+    options = parse_args(["--plan"])
+    assert options.settings_file == str(DEMO_SETTINGS) and options.out.name == "study"
+    assert options.backbones == ("resnet18",) and options.probe and options.fractions == {"mura": (0.25, 0.5)}
+    assert options.inits[:4] == ("scratch", "genesis", "contrastive", "genesis+contrastive")
+    experiment = Experiment(options)
+    keys = [cell.key for cell in experiment.cells()]
+    assert "luna16/resnet18/genesis_probe" in keys and "mura/resnet18/scratch_labels25" in keys
+    assert not any(key.startswith("luna16/") and "_labels" in key for key in keys)
+    assert len(keys) == len(options.inits) * (2 + 2 + 2)  # LUNA16: cells, probes; MURA: cells, probes, 2 fractions.
+    for objective, path in (("genesis", DEMO_CONFIG), ("contrastive", DEMO_CONTRASTIVE_CONFIG)):
+        config = experiment.pretrain_config("resnet18", objective)
+        file = yaml_module.safe_load(Path(path).read_text())
+        assert config.lr == file["lr"] and config.batch_size == file["batch_size"]  # The arm's own file...
+        assert (config.epochs, config.steps_per_epoch) == (3, 40)  # ...beneath the demo's shared values.
+        assert config.manifest and not config.shards  # 220 slices: read from the manifest, no shards.
+    probe = experiment.cell_options("mura", "resnet18", "genesis", probe=True)
+    fraction = experiment.cell_options("mura", "resnet18", "genesis", fraction=0.25)
+    assert (probe.probe, probe.repeats) == (True, 1) and (fraction.train_fraction, fraction.repeats) == (0.25, 2)
+    flagged = parse_args(["--repeats", "3", "--fractions", "0.5", "--pretrain-steps", "7"])
+    assert flagged.repeats == 3 and flagged.fractions == {"mura": (0.5,)}  # Flags win over the file.
+    assert Experiment(flagged).pretrain_config("resnet18").steps_per_epoch == 7
+
+
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ({"repeats": 0}, "squares.yaml: section study: --repeats: must be at least 1. Received: 0."),
+        ({"fractions": {"squares": [1.5]}}, "--fractions: must be shares in (0, 1) (study: fractions: a mapping"),
+        ({"fractions": {"mura": [0.5]}}, "--fractions: names tasks without a root: mura; tasks: squares"),
+        ({"probe": "yes"}, "section study: --probe: must be true or false. Received: 'yes'."),
+        ({"inits": ["scratch", "resnet"]}, "section study: --inits: must be one of scratch, genesis, imagenet"),
+        ({"epochs": 3}, "squares.yaml: section study: unknown options epochs"),
+    ],
+)
+def test_a_bad_study_setting_stops_in_one_line(tmp_path, capsys, study, message):
+    from study.command import main
+
+    argv = _squares_settings(tmp_path, study=study)
+    with pytest.raises(SystemExit) as stop:
+        main([*[a for a in argv if a != "--inits" and a != "scratch"], "--out", str(tmp_path / "out"), "--plan"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sections_config_file_is_read_from_the_settings_folder_beneath_its_own_keys(tmp_path, capsys):
+    from study.command import main
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "squares.yaml").write_text("image_size: 64\nsteps_per_epoch: 3\n")
+    argv = _squares_settings(tmp_path)
+    settings = yaml.safe_load(Path(argv[1]).read_text())
+    settings["squares"] = {"config": "configs/squares.yaml", "steps_per_epoch": 5, "verbose": 0}
+    Path(argv[1]).write_text(yaml.safe_dump(settings))
+    main([*argv, "--out", str(tmp_path / "out"), "--plan"])
+    assert "epochs of 5 steps at 64 px" in capsys.readouterr().out
+
+
+def test_a_library_call_meets_the_flags_line(tmp_path):
+    from plumbing.errors import UsageError
+    from study.experiment import ExperimentOptions
+
+    with pytest.raises(UsageError, match=r"^--repeats: must be at least 1\. Received: 0\.$"):
+        ExperimentOptions(out=tmp_path, repeats=0)
+    with pytest.raises(UsageError, match=r"^--inits: must be one of scratch, .*Received: 'resnet'\.$"):
+        ExperimentOptions(out=tmp_path, inits=("scratch", "resnet"))

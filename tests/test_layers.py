@@ -50,7 +50,7 @@ def test_every_package_is_in_the_order():
     assert packages == set().union(*LAYERS)
 
 
-@pytest.mark.parametrize("module", ["study/experiment.py", "study/report.py"])
+@pytest.mark.parametrize("module", ["study/experiment.py", "study/report.py", "study/command.py"])
 def test_the_study_runs_every_task_alike_and_names_none(module):
     """The experiment and the report reach the tasks through `transfer.tasks` only: no identifier names one and no
     string is one's name or step (prose, such as a --help example, may mention them)."""

@@ -63,7 +63,7 @@ def test_negative_counts_are_one_usage_line(tmp_path, capsys, flag, value, messa
 
 
 def test_the_studys_bootstrap_must_be_positive(capsys):
-    from study.demo import main
+    from study.command import main
 
     code, line = _exit_line(main, ["--bootstrap", "-5"], capsys)
     assert (
@@ -149,7 +149,7 @@ def test_a_bad_value_is_the_same_line_at_every_door(tmp_path, capsys, command, o
 
 
 def test_the_studys_settings_meet_the_same_line(tmp_path, capsys):
-    from study.demo import main
+    from study.command import main
 
     settings = tmp_path / "settings.yaml"
     settings.write_text("roots: {mura: nowhere}\nmura: {body_part: [XR_KNEE]}\n")

@@ -135,12 +135,14 @@ def test_a_downstream_run_on_a_busy_out_changes_nothing(demo_dir, tmp_path, hold
 
 @pytest.mark.slow
 def test_the_study_demo_stops_at_a_busy_stage_and_changes_nothing(tmp_path, hold, capsys):
-    from study.demo import main
+    from study.command import main
 
     out = tmp_path / "study"
-    pid = hold(out / "pretrain")
-    refused(main, ["--out", str(out), "--backbone", "resnet18"], out / "pretrain", pid, capsys)
-    assert sorted(path.name for path in out.iterdir()) == ["pretrain"]
+    busy = out / "pretrain" / "resnet18"  # The genesis arm's folder, which another process writes.
+    pid = hold(busy)
+    refused(main, ["--out", str(out), "--backbone", "resnet18"], busy, pid, capsys)
+    assert sorted(path.name for path in out.iterdir()) == ["corpus", "pretrain", "steps"]  # No cell ran.
+    assert sorted(path.name for path in (out / "pretrain").iterdir()) == ["resnet18"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from plumbing.errors import UsageError
 
 ENTRY_POINTS = "genesis2d.tasks"
 # What the study sets in every cell's options; a task adds its own (`StudyTask.imposed`).
-IMPOSED = ("data", "backbone", "init", "encoder", "out", "selection", "seed", "overwrite")
+IMPOSED = ("data", "backbone", "init", "encoder", "out", "selection", "seed", "overwrite", "probe", "train_fraction")
 
 
 @dataclass
