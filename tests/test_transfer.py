@@ -129,6 +129,29 @@ def test_predicting_a_streamed_fold_reads_it_to_the_end_without_a_warning():
     assert not [w for w in caught if "ran out of data" in str(w.message)]
 
 
+def test_a_probes_features_of_a_streamed_fold_come_without_a_warning():
+    """The linear probe reads its encoder's pooled features of a streamed fold the same way: whole, in order, quiet."""
+    import warnings
+
+    import keras
+    import tensorflow as tf
+
+    from transfer.probe import encoder_features
+
+    images = np.arange(10 * 2 * 2, dtype=np.float32).reshape(10, 2, 2, 1)
+    stream = tf.data.Dataset.from_generator(
+        lambda: ((images[i : i + 4], np.zeros(len(images[i : i + 4]))) for i in range(0, 10, 4)),
+        output_signature=(tf.TensorSpec((None, 2, 2, 1), tf.float32), tf.TensorSpec((None,), tf.float64)),
+    )
+    inputs = keras.Input((2, 2, 1))
+    encoder = keras.Model(inputs, keras.layers.Identity(name="encoder_output")(inputs))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        features = encoder_features(encoder, stream)
+    np.testing.assert_allclose(features, images.mean(axis=(1, 2)))  # Each image's mean over space, in order.
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
 def _check_cv_outputs(out, folds, trained=True):
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "class", "probability"]

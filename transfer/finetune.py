@@ -177,6 +177,12 @@ class KeepBest(keras.callbacks.Callback):
 
 def predict(model, data):
     """Probabilities (N,) for a tf.data dataset of image batches, or of (image, label) batches, in order."""
+    return predicted(model, data).ravel().astype(float)
+
+
+def predicted(model, data):
+    """`model.predict` over a tf.data dataset of image batches, or of (image, label) batches, in order, read to its
+    end without Keras's warning that the input ran out of data."""
     import warnings
 
     if isinstance(data.element_spec, tuple):
@@ -185,4 +191,4 @@ def predict(model, data):
         # Keras warns at the end of a dataset whose length it was not told (a streamed test fold) as if training
         # had been cut short; a prediction reads to the end by design.
         warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
-        return model.predict(data, verbose=0).ravel().astype(float)
+        return model.predict(data, verbose=0)

@@ -27,10 +27,10 @@ def encoder_features(encoder, data):
     """
     import keras
 
-    if isinstance(data.element_spec, tuple):
-        data = data.map(lambda x, *rest: x)
+    from transfer.finetune import predicted
+
     pooled = keras.Model(encoder.input, keras.layers.GlobalAveragePooling2D(name="probe_gap")(encoder.output))
-    return pooled.predict(data, verbose=0).astype(np.float64)
+    return predicted(pooled, data).astype(np.float64)
 
 
 def fit_probe(features, labels, groups, seed=0, c_grid=C_GRID, folds=PROBE_FOLDS):
