@@ -25,15 +25,17 @@ nodules and candidates. The last printed line is `CPM <value>`.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from plumbing.atomic import write_json
-from plumbing.cli import ArgumentParser, count_type
+from plumbing.cli import count_type
 from plumbing.errors import InputError, UsageError
 from plumbing.figures import pyplot, save_figure
+from plumbing.options import Options, build_parser, check_required, option
 from plumbing.tables import read_csv
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -281,41 +283,57 @@ def layout_seriesuids(annotations_path):
     return uids
 
 
-def parse_args(argv=None):
-    parser = ArgumentParser(prog="python -m luna16.froc", description=__doc__.split("\n\n")[0])
-    parser.add_argument("predictions", help="CSV with seriesuid, coordX, coordY, coordZ, probability.")
-    parser.add_argument("--annotations", required=True, help="LUNA16 annotations.csv (seriesuid, coords, diameter_mm).")
-    parser.add_argument(
-        "--excluded", help="annotations_excluded.csv: findings whose candidates are ignored. Default: none."
+FROC = "the evaluation"
+
+
+@dataclass(frozen=True)
+class FrocOptions(Options):
+    """What `python -m luna16.froc` takes."""
+
+    predictions: str = option(
+        None, "CSV with seriesuid, coordX, coordY, coordZ, probability.", flag="predictions", group=FROC
     )
-    parser.add_argument(
-        "--seriesuids",
-        help="file of evaluated scans, one seriesuid per line (as the official script "
-        "takes). Default: the subset*/*.mhd scans in the annotations file's folder.",
+    annotations: str = option(
+        None, "LUNA16 annotations.csv (seriesuid, coords, diameter_mm).", required=True, group=FROC
     )
-    parser.add_argument(
-        "--max-candidates",
+    excluded: str = option(
+        None, "annotations_excluded.csv: findings whose candidates are ignored.", default_text="none", group=FROC
+    )
+    seriesuids: str = option(
+        None,
+        "file of evaluated scans, one seriesuid per line (as the official script takes).",
+        default_text="the subset*/*.mhd scans in the annotations file's folder",
+        group=FROC,
+    )
+    max_candidates: int = option(
+        MAX_CAD_MARKS,
+        "candidates kept per scan, the most probable; 0 keeps all.",
+        source="the script's",
         type=count_type(0),
-        default=MAX_CAD_MARKS,
-        help="candidates kept per scan, the most probable; 0 keeps all. Default: 100 (the script's).",
+        group=FROC,
     )
-    parser.add_argument(
-        "--bootstrap", type=count_type(1), default=1000, help="bootstrap iterations for the 95%% CI. Default: 1000."
+    bootstrap: int = option(1000, "bootstrap iterations for the 95%% CI.", type=count_type(1), group=FROC)
+    seed: int = option(0, "seed of the bootstrap.", type=int, group=FROC)
+    out: str = option(
+        None,
+        "FROC curve figure (.png, .pdf or .svg; its numbers go to a .json beside it).",
+        default_text="froc.png beside the predictions",
+        group=FROC,
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
-    parser.add_argument(
-        "--out",
-        help="FROC curve figure (.png, .pdf or .svg; its numbers go to a .json beside it). "
-        "Default: froc.png beside the predictions.",
-    )
-    args = parser.parse_args(argv)
-    if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
-        raise UsageError(
-            "--out",
-            f"names the figure, which must end in {', '.join(FIGURE_SUFFIXES)} (its numbers are "
-            f"written to a .json beside it). Received: {args.out}",
-        )
-    return args
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.out and Path(self.out).suffix.lower() not in FIGURE_SUFFIXES:
+            raise UsageError(
+                "--out",
+                f"names the figure, which must end in {', '.join(FIGURE_SUFFIXES)} (its numbers are "
+                f"written to a .json beside it). Received: {self.out}",
+            )
+
+
+def parse_args(argv=None):
+    parser = build_parser(FrocOptions, "python -m luna16.froc", __doc__.split("\n\n")[0], config_flag=False)
+    return check_required(FrocOptions(**vars(parser.parse_args(argv))))
 
 
 def run(args):

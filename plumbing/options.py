@@ -149,9 +149,9 @@ def build_parser(
             text = f"{text} Default: {shown}.".strip()
         elif meta.get("required") and "Default:" not in text:
             text = f"{text} Required."
-        groups[group].add_argument(
-            *flags_of(item), dest=item.name, default=field_default(item), help=text, **meta["argparse"]
-        )
+        flags = flags_of(item)
+        named = {"dest": item.name} if flags[0].startswith("-") else {}  # A positional's dest is its flag.
+        groups[group].add_argument(*flags, **named, default=field_default(item), help=text, **meta["argparse"])
     return parser
 
 

@@ -14,12 +14,13 @@ reach an AUC clearly above 0.5. They are not medical data.
 
 import shutil
 import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from plumbing.atomic import write_text
-from plumbing.cli import ArgumentParser
+from plumbing.options import Options, build_parser, option
 
 COMPLETE_MARKER = ".complete"
 DEMO_VERSION = 5  # Bump when a generator changes, so old demo trees are rewritten.
@@ -373,14 +374,21 @@ def default_demo_dir():
     return Path(__file__).resolve().parents[1] / "demo_data"
 
 
+@dataclass(frozen=True)
+class DemoCorpusOptions(Options):
+    """What `python -m preprocessing.demo` takes."""
+
+    out: str = option(None, "folder to write.", default_text="demo_data/ in the project", group="demo")
+    seed: int = option(0, "random seed.", type=int, group="demo")
+    force: bool = option(False, "rewrite the corpus even if it is complete.", action="store_true", group="demo")
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(prog="python -m preprocessing.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project."
+    parser = build_parser(
+        DemoCorpusOptions, "python -m preprocessing.demo", __doc__.split("\n\n")[0], config_flag=False
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
-    parser.add_argument("--force", action="store_true", help="rewrite the corpus even if it is complete.")
-    return parser.parse_args(argv)
+    options = DemoCorpusOptions(**vars(parser.parse_args(argv)))
+    return options if options.out else replace(options, out=str(default_demo_dir()))
 
 
 def run(args):

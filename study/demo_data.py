@@ -5,9 +5,10 @@ the MURA-v1.1 tree (`mura.demo`), each in its real on-disk format, in seconds.
 Each is also written on first use by the command that needs it.
 """
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from plumbing.cli import ArgumentParser
+from plumbing.options import Options, build_parser, option
 
 
 def write_all(out, seed=0):
@@ -22,15 +23,20 @@ def write_all(out, seed=0):
     return Path(out)
 
 
+@dataclass(frozen=True)
+class DemoDataOptions(Options):
+    """What `python -m study.demo_data` takes."""
+
+    out: str = option(None, "folder to write.", default_text="demo_data/ in the project", group="demo")
+    seed: int = option(0, "random seed.", type=int, group="demo")
+
+
 def parse_args(argv=None):
     from preprocessing.demo import default_demo_dir
 
-    parser = ArgumentParser(prog="python -m study.demo_data", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", default=str(default_demo_dir()), help="folder to write. Default: demo_data/ in the project."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
-    return parser.parse_args(argv)
+    parser = build_parser(DemoDataOptions, "python -m study.demo_data", __doc__.split("\n\n")[0], config_flag=False)
+    options = DemoDataOptions(**vars(parser.parse_args(argv)))
+    return options if options.out else replace(options, out=str(default_demo_dir()))
 
 
 def run(args):

@@ -34,6 +34,7 @@ from genesis2d.backbones import BACKBONES  # Data only: no Keras import.
 from plumbing.cli import count_type
 from plumbing.errors import UsageError
 from plumbing.options import Options, derived, option
+from study.report import DEFAULT_INTERVAL, INTERVALS
 
 BACKBONE_NAMES = tuple(sorted(BACKBONES))
 
@@ -65,8 +66,6 @@ GIB = 2**30
 
 
 INITS = ("scratch", "genesis", "imagenet", "radimagenet", "contrastive", "genesis+contrastive")
-DEFAULT_INTERVAL = "jackknife"  # `study.report.DEFAULT_INTERVAL`, checked by tests/test_experiment.py.
-INTERVALS = ("jackknife", "bootstrap")  # `study.report.INTERVALS`, likewise.
 GRID, RUN, REPORT = "the grid of cells", "the run", "the report"
 YOUR_DATA = "your data (any folder leaves the demo)"
 

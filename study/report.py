@@ -24,15 +24,16 @@ interval against the share of labels. Writes `report.md` and `results.csv`.
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from plumbing.atomic import write_csv, write_text
-from plumbing.cli import ArgumentParser
-from plumbing.errors import UsageError
+from plumbing.cli import count_type
 from plumbing.figures import pyplot, save_figure
+from plumbing.options import Options, build_parser, check_required, option
 from plumbing.runtime import ONEDNN_VARIABLE
 from transfer.plots import plot_mean_roc
 from transfer.power import observed_detectable
@@ -819,32 +820,40 @@ def build_report(run_dirs, out, iterations=1000, seed=0, note=None, interval=DEF
     return table
 
 
-def parse_args(argv=None):
-    parser = ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "runs", nargs="+", help="finished downstream run folders (each with metrics.json and test_scores.csv)."
+REPORT_GROUP = "the report"
+
+
+@dataclass(frozen=True)
+class ReportOptions(Options):
+    """What `python -m study.report` takes."""
+
+    runs: list = option(
+        (),
+        "finished downstream run folders (each with metrics.json and test_scores.csv).",
+        flag="runs",
+        nargs="+",
+        group=REPORT_GROUP,
     )
-    parser.add_argument("--out", required=True, help="folder for report.md, results.csv and figures.")
-    parser.add_argument(
-        "--interval",
+    out: str = option(None, "folder for report.md, results.csv and figures.", required=True, group=REPORT_GROUP)
+    interval: str = option(
+        DEFAULT_INTERVAL,
+        "how each AUC's 95%% interval is made: the cluster jackknife with a t reference, or the percentile bootstrap "
+        "of clusters (too narrow with few clusters).",
         choices=INTERVALS,
-        default=DEFAULT_INTERVAL,
-        help="how each AUC's 95%% interval is made: the cluster jackknife with a t reference, or the "
-        f"percentile bootstrap of clusters (too narrow with few clusters). Default: {DEFAULT_INTERVAL}.",
+        group=REPORT_GROUP,
     )
-    parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples (--interval bootstrap). Default: 1000."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap. Default: 0.")
-    args = parser.parse_args(argv)
-    if args.bootstrap < 1:
-        raise UsageError("--bootstrap", f"must be at least 1. Received: {args.bootstrap}")
-    return args
+    bootstrap: int = option(1000, "bootstrap resamples (--interval bootstrap).", type=count_type(1), group=REPORT_GROUP)
+    seed: int = option(0, "seed of the bootstrap.", type=int, group=REPORT_GROUP)
 
 
-def run(args):
-    build_report(args.runs, args.out, args.bootstrap, args.seed, interval=args.interval)
-    print(f"report: {Path(args.out) / 'report.md'}")
+def parse_args(argv=None):
+    parser = build_parser(ReportOptions, "python -m study.report", __doc__.split("\n\n")[0], config_flag=False)
+    return check_required(ReportOptions(**vars(parser.parse_args(argv))))
+
+
+def run(options):
+    build_report(options.runs, options.out, options.bootstrap, options.seed, interval=options.interval)
+    print(f"report: {Path(options.out) / 'report.md'}")
 
 
 def main(argv=None):

@@ -203,3 +203,32 @@ def test_missing_start_weights_stop_before_the_patches_are_extracted(demo_dir, t
     code, line = _exit_line(main, [*argv, "--patches", str(patches), "--out", str(tmp_path / "out")], capsys)
     assert code == 1 and line.startswith(f"error: {missing}: "), line
     assert not patches.exists()
+
+
+def test_the_froc_figure_check_lives_in_its_options(tmp_path, capsys):
+    """`--out` must name a figure: the flag and a library call meet the same line, from `FrocOptions`."""
+    from luna16.froc import FrocOptions, main
+    from plumbing.errors import UsageError
+
+    argv = _froc_files(tmp_path, "a,1,0,0,10\n")
+    code, line = _exit_line(main, [*argv, "--out", str(tmp_path / "froc.txt")], capsys)
+    with pytest.raises(UsageError) as error:
+        FrocOptions(predictions=argv[0], annotations=argv[2], out=str(tmp_path / "froc.txt"))
+    assert code == 2 and line == f"error: {error.value}", line
+    assert "--out: names the figure, which must end in .png, .pdf, .svg" in line
+
+
+def test_every_command_parser_is_made_from_its_options_type():
+    """No command hand-builds its parser: each is `plumbing.options.build_parser` over its options dataclass, so its
+    flags, a settings or config file and a library call share one check (the study's pre-parser of its folders, which
+    only decides which settings file to read, aside)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("preprocessing", "genesis2d", "transfer", "luna16", "mura", "study"):
+        for path in sorted((root / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if "ArgumentParser(" in line and "add_help=False" not in line:
+                    found.append(f"{path.relative_to(root)}:{number}")
+    assert not found, found
