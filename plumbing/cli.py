@@ -251,16 +251,19 @@ def parse_with_demo_default(parser, argv, demo_config, data_flags):
     return parse_with_config(parser, argv)
 
 
-def load_config(path, parser):
-    """The YAML file's options as {dest: value}, each checked like the flag it stands for."""
+def read_yaml(path):
+    """A YAML file's content ({} when empty); a file that cannot be read or parsed stops with one line naming it."""
     import yaml
 
-    path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
-    return checked_config(config, parser, path)
+
+
+def load_config(path, parser):
+    """The YAML file's options as {dest: value}, each checked like the flag it stands for."""
+    return checked_config(read_yaml(path), parser, Path(path))
 
 
 def checked_config(config, parser, where):

@@ -97,9 +97,12 @@ def parse_args(argv=None):
         pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     flagged = {name: getattr(known, name.replace("-", "_")) for name in registered()}  # Each task's root flag.
-    demo = not on_your_data(known.corpus, flagged, known.settings)
-    settings = DEMO_SETTINGS if demo else known.settings
-    sections = read_settings(settings)
+    settings = known.settings
+    sections = read_settings(settings)  # Read once: its roots decide the demo, its sections the rest.
+    demo = not on_your_data(known.corpus, flagged, settings, sections)
+    if demo:
+        settings = DEMO_SETTINGS
+        sections = read_settings(settings)
     study = sections.pop("study", {})
     fractions = study.pop("fractions", None) or {}  # A mapping of tasks: checked by ExperimentOptions.
     parser.set_defaults(**checked_config(study, parser, f"{settings}: section study"))
@@ -131,16 +134,15 @@ def parse_args(argv=None):
     return ExperimentOptions(**values)
 
 
-def on_your_data(corpus, roots, settings):
-    """Whether the command names the user's folders (the thesis's experiment) rather than running the demo."""
+def on_your_data(corpus, roots, settings, sections):
+    """Whether the command names the user's folders (the thesis's experiment) rather than running the demo;
+    `sections` are those of the --settings file `settings` (none without one)."""
     from plumbing.errors import UsageError
 
     if corpus or any(roots.values()):
         return True
     if settings:
-        from study.experiment import read_settings
-
-        if not read_settings(settings).get("roots"):
+        if not sections.get("roots"):
             raise UsageError(settings, "has no roots section: name your folders there or with their flags")
         return True
     return False

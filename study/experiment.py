@@ -297,17 +297,12 @@ def read_settings(path):
 
     Relative paths (the roots, and a section's `config`, a YAML file of that section's values beneath its own) are
     read from the settings file's folder."""
-    import yaml
-
-    from plumbing.errors import UsageError
+    from plumbing.cli import read_yaml
     from transfer.tasks import registered
 
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise UsageError(path, f"cannot be read as YAML ({str(error).splitlines()[0]})") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise UsageError(path, "must hold a mapping of sections (roots, tasks, manifest, shards, pretrain, a task's)")
     extra = data.get("tasks") or []
@@ -396,16 +391,9 @@ class Experiment:
 
     def _config_values(self, section, path):
         """The mapping of a section's `config` YAML file."""
-        import yaml
+        from plumbing.cli import read_yaml
 
-        from plumbing.errors import UsageError
-
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise UsageError(
-                path, f"(config of section {section}) cannot be read ({str(error).splitlines()[0]})"
-            ) from None
+        values = read_yaml(path)
         if not isinstance(values, dict):
             raise UsageError(path, f"(config of section {section}) must hold a mapping of option names to values")
         return values
